@@ -1,0 +1,2 @@
+//! Pipeline benchmark (being written).
+fn main() {}

@@ -1,0 +1,119 @@
+//! The trait a service implements: what to do with each message and each batch.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::BoxError;
+use crate::message::{BatchKey, Message};
+
+/// What a pipeline does with messages. This is the one trait a service implements.
+///
+/// ```text
+///  source ──▶ prepare_messages ──▶ handle_message ──▶ [batcher] ──▶ handle_batch ──▶ ack ✓
+///                    │                   │                              │
+///                    └──── failed ───────┴────────── failed ────────────┴──▶ handle_failed ──▶ ack ✗
+/// ```
+///
+/// Every method runs inside a panic guard: an error or a panic fails the messages
+/// concerned, never the stage. A failed message skips later stages, is given to
+/// [`handle_failed`](Handler::handle_failed) once, and is acknowledged as failed.
+///
+/// # Examples
+///
+/// ```
+/// use longshore::{BatchInfo, BoxError, Handler, Message};
+///
+/// struct Orders;
+///
+/// impl Handler for Orders {
+///     type Item = String;
+///
+///     async fn handle_message(&self, message: &mut Message<String>) -> Result<(), BoxError> {
+///         if message.data().is_empty() {
+///             return Err("empty order".into());
+///         }
+///         message.put_batch_key(if message.data().starts_with("eu") { "eu" } else { "us" });
+///         Ok(())
+///     }
+///
+///     async fn handle_batch(
+///         &self,
+///         batch: &mut [Message<String>],
+///         info: &BatchInfo,
+///     ) -> Result<(), BoxError> {
+///         println!("inserting {} orders for {}", batch.len(), info.batch_key);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// The payload type, the same as the source's [`Source::Item`](crate::Source::Item).
+    type Item: Send + 'static;
+
+    /// Handles one message in a processor. Return an error (or call
+    /// [`Message::fail`]) to fail it; call [`Message::put_batcher`] or
+    /// [`Message::put_batch_key`] to route it.
+    fn handle_message(
+        &self,
+        message: &mut Message<Self::Item>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Handles one batch in a batcher. An error fails every message of the batch;
+    /// [`Message::fail`] fails one.
+    ///
+    /// The default fails the batch: a pipeline with batchers must implement it, and
+    /// nothing is acknowledged as done without having been handled.
+    fn handle_batch(
+        &self,
+        batch: &mut [Message<Self::Item>],
+        info: &BatchInfo,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = batch;
+        let batcher = info.batcher.clone();
+        async move {
+            Err(format!("handle_batch is not implemented, but batcher `{batcher}` is configured").into())
+        }
+    }
+
+    /// Runs once on each chunk a processor receives, before
+    /// [`handle_message`](Handler::handle_message): the place to load what many
+    /// messages need in one round trip. An error fails the whole chunk. Default: nothing.
+    fn prepare_messages(
+        &self,
+        messages: &mut [Message<Self::Item>],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = messages;
+        async { Ok(()) }
+    }
+
+    /// Called once with messages that failed, just before they are acknowledged as
+    /// failed: the place to log, count or dead-letter them. Default: nothing.
+    fn handle_failed(&self, messages: &mut [Message<Self::Item>]) -> impl Future<Output = ()> + Send {
+        let _ = messages;
+        async {}
+    }
+}
+
+/// What a batch is: which batcher made it, for which key, and why it was sent.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BatchInfo {
+    /// The batcher's name.
+    pub batcher: Arc<str>,
+    /// The key all messages of the batch share.
+    pub batch_key: BatchKey,
+    /// Why the batch was sent now.
+    pub trigger: BatchTrigger,
+}
+
+/// Why a batcher sent a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchTrigger {
+    /// It reached the batcher's `batch_size`.
+    Size,
+    /// Its oldest message waited `batch_timeout`.
+    Timeout,
+    /// The pipeline is shutting down, or the batcher holds its limit of partial batches.
+    Flush,
+}

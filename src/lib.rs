@@ -1,0 +1,92 @@
+//! # longshore
+//!
+//! Demand-driven, acknowledged consumers of message queues, in the spirit of Elixir's
+//! Broadway: implement [`Handler`], pick a [`Source`], and get concurrent processing,
+//! batching, acknowledgement and graceful shutdown, with memory bounded by demand.
+//!
+//! ```text
+//!  source ──▶ processors (N tasks: handle_message) ──▶ batchers (size / timeout / key)
+//!    ▲            partition_by keeps one key in order        │ handle_batch
+//!    │                                                       ▼
+//!    └───────────── acknowledger (once per message: successful or failed) ◀──┘
+//! ```
+//!
+//! ## Guarantees
+//!
+//! - **Demand-driven.** A source is asked for exactly as many messages as the pipeline
+//!   has room for, and never when it has none: at most `max_in_flight` messages are
+//!   received and unacknowledged at any time, whatever the backlog.
+//! - **Exactly-once acknowledgement.** Every message received is acknowledged once, as
+//!   successful or failed, after its last stage: its processor if it goes to no batcher,
+//!   else its batch processor. Messages are moved, never cloned, so no path can ack twice.
+//! - **Failure isolation.** An error or a panic in a handler fails the messages it was
+//!   handling, never the stage. Failed messages skip later stages, pass through
+//!   [`Handler::handle_failed`] once, and are acknowledged as failed.
+//! - **Graceful shutdown.** [`Pipeline::shutdown`] stops demand, drains processors,
+//!   flushes partial batches and acknowledges, within a deadline. What is not finished
+//!   by then is not acknowledged, so the broker redelivers it: at-least-once.
+//!
+//! ## Modules
+//!
+//! | item | what it is |
+//! | --- | --- |
+//! | [`Message`] | data plus status, batcher, batch key, attempt |
+//! | [`Handler`] | the trait a service implements |
+//! | [`Source`], [`Acknowledger`] | the connector side: produce on demand, acknowledge |
+//! | [`Pipeline`], [`PipelineBuilder`], [`Processors`], [`Batcher`] | configure, start, stop |
+//! | [`source::memory`] | the in-memory source: no broker needed |
+//! | [`testing`] | push data through a real topology in unit tests |
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use longshore::source::memory::MemorySource;
+//! use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
+//!
+//! struct Sum;
+//!
+//! impl Handler for Sum {
+//!     type Item = u64;
+//!
+//!     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+//!         if *message.data() % 1000 == 999 {
+//!             return Err("unlucky number".into());
+//!         }
+//!         message.put_batch_key(*message.data() % 2);
+//!         Ok(())
+//!     }
+//!
+//!     async fn handle_batch(&self, batch: &mut [Message<u64>], info: &BatchInfo) -> Result<(), BoxError> {
+//!         let sum: u64 = batch.iter().map(|m| *m.data()).sum();
+//!         tracing::debug!(key = %info.batch_key, sum, "batch");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pipeline = Pipeline::builder(MemorySource::from_iter(0..10_000u64), Sum)
+//!     .processors(Processors::new(4))
+//!     .batcher(Batcher::new("sum").batch_size(100).batch_timeout(Duration::from_millis(50)))
+//!     .start()?;
+//! let summary = pipeline.wait().await;
+//! assert_eq!((summary.successful, summary.failed), (9_990, 10));
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod handler;
+mod message;
+mod pipeline;
+pub mod source;
+pub mod testing;
+mod topology;
+
+pub use error::{BoxError, BuildError, DeadlineExceeded};
+pub use handler::{BatchInfo, BatchTrigger, Handler};
+pub use message::{BatchKey, Failure, FailureKind, Message, Status};
+pub use pipeline::config::{Batcher, Processors};
+pub use pipeline::{shutdown_signal, Pipeline, PipelineBuilder, Stats, StatsHandle, Summary};
+pub use source::{Acknowledger, Source};

@@ -1,0 +1,283 @@
+//! The unit that flows through a pipeline: data plus what the stages need to know about it.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::BoxError;
+
+/// One message from a source, as seen by every stage and finally by the acknowledger.
+///
+/// A message is moved through the pipeline, never cloned, so the type system already
+/// guarantees it is acknowledged at most once; the topology makes sure it is
+/// acknowledged at least once (see the crate docs, "Acknowledgements and failures").
+///
+/// # Examples
+///
+/// ```
+/// use longshore::Message;
+///
+/// let mut message = Message::new("hello");
+/// message.put_batcher("sql").put_batch_key("orders");
+/// assert!(message.is_ok());
+///
+/// message.fail("the payload is not JSON");
+/// assert!(message.is_failed());
+/// assert_eq!(message.status().to_string(), "failed (error): the payload is not JSON");
+/// ```
+pub struct Message<T> {
+    data: T,
+    ack_ref: u64,
+    attempt: u32,
+    received_at: Option<Instant>,
+    status: Status,
+    batcher: Option<Cow<'static, str>>,
+    batch_key: BatchKey,
+}
+
+impl<T> Message<T> {
+    /// A new, successful message holding `data`, on its first attempt.
+    pub fn new(data: T) -> Self {
+        Message {
+            data,
+            ack_ref: 0,
+            attempt: 1,
+            received_at: None,
+            status: Status::Ok,
+            batcher: None,
+            batch_key: BatchKey::None,
+        }
+    }
+
+    /// Sets the reference the source's [`Acknowledger`](crate::Acknowledger) uses to find
+    /// its own bookkeeping for this message (an offset slot, a receipt handle's index).
+    /// Sources set it; handlers never need to.
+    pub fn with_ack_ref(mut self, ack_ref: u64) -> Self {
+        self.ack_ref = ack_ref;
+        self
+    }
+
+    /// Sets the delivery attempt, counted from 1 (a source that knows the redelivery
+    /// count, such as SQS's `ApproximateReceiveCount`, sets it).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// The payload, mutably: a handler may decode or enrich it for later stages.
+    pub fn data_mut(&mut self) -> &mut T {
+        &mut self.data
+    }
+
+    /// Takes the payload out of the message.
+    pub fn into_data(self) -> T {
+        self.data
+    }
+
+    /// The reference set by the source with [`Message::with_ack_ref`].
+    pub fn ack_ref(&self) -> u64 {
+        self.ack_ref
+    }
+
+    /// Which delivery attempt this is, counted from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the pipeline received the message from its source (`None` before that).
+    pub fn received_at(&self) -> Option<Instant> {
+        self.received_at
+    }
+
+    /// Whether the message succeeded so far or failed, and why.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// `true` while no stage has failed the message.
+    pub fn is_ok(&self) -> bool {
+        matches!(self.status, Status::Ok)
+    }
+
+    /// `true` once a stage has failed the message.
+    pub fn is_failed(&self) -> bool {
+        !self.is_ok()
+    }
+
+    /// Marks the message as failed: it skips later stages, goes through
+    /// [`Handler::handle_failed`](crate::Handler::handle_failed) and is acknowledged as failed.
+    pub fn fail(&mut self, reason: impl Into<BoxError>) -> &mut Self {
+        self.set_failure(Failure::new(FailureKind::Error, reason.into()));
+        self
+    }
+
+    /// Routes the message to the batcher named `name` after the processor.
+    /// Without a call, a message goes to the first batcher configured, if any.
+    pub fn put_batcher(&mut self, name: impl Into<Cow<'static, str>>) -> &mut Self {
+        self.batcher = Some(name.into());
+        self
+    }
+
+    /// The batcher chosen with [`Message::put_batcher`].
+    pub fn batcher(&self) -> Option<&str> {
+        self.batcher.as_deref()
+    }
+
+    /// Groups the message with others of the same key inside its batcher: a batch only
+    /// ever holds messages of one key.
+    pub fn put_batch_key(&mut self, key: impl Into<BatchKey>) -> &mut Self {
+        self.batch_key = key.into();
+        self
+    }
+
+    /// The batch key set with [`Message::put_batch_key`].
+    pub fn batch_key(&self) -> &BatchKey {
+        &self.batch_key
+    }
+
+    pub(crate) fn set_failure(&mut self, failure: Failure) {
+        self.status = Status::Failed(failure);
+    }
+
+    pub(crate) fn set_received_at(&mut self, at: Instant) {
+        self.received_at = Some(at);
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Message<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("data", &self.data)
+            .field("status", &self.status)
+            .field("attempt", &self.attempt)
+            .field("batcher", &self.batcher)
+            .field("batch_key", &self.batch_key)
+            .field("ack_ref", &self.ack_ref)
+            .finish()
+    }
+}
+
+/// Whether a message succeeded so far, or failed and why.
+#[derive(Debug, Clone)]
+pub enum Status {
+    /// No stage has failed the message.
+    Ok,
+    /// A stage failed the message.
+    Failed(Failure),
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Ok => f.write_str("ok"),
+            Status::Failed(failure) => write!(f, "failed ({}): {}", failure.kind, failure.error),
+        }
+    }
+}
+
+/// Why a message failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    kind: FailureKind,
+    error: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, error: BoxError) -> Self {
+        Failure {
+            kind,
+            error: Arc::from(error),
+        }
+    }
+
+    /// Where the failure came from.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// The error, for display or downcasting.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.error
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.error)
+    }
+}
+
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// A handler returned an error, or called [`Message::fail`].
+    Error,
+    /// A handler panicked.
+    Panic,
+    /// The pipeline could not route the message (an unknown batcher name).
+    Routing,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::Error => "error",
+            FailureKind::Panic => "panic",
+            FailureKind::Routing => "routing",
+        })
+    }
+}
+
+/// The key that groups messages into batches inside a batcher.
+///
+/// ```
+/// use longshore::BatchKey;
+///
+/// assert_eq!(BatchKey::from("orders"), BatchKey::from(String::from("orders")));
+/// assert_ne!(BatchKey::from(7u64), BatchKey::None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum BatchKey {
+    /// No key: the batcher's default group.
+    #[default]
+    None,
+    /// An integer key.
+    Int(u64),
+    /// A string key.
+    Str(Cow<'static, str>),
+}
+
+impl From<u64> for BatchKey {
+    fn from(key: u64) -> Self {
+        BatchKey::Int(key)
+    }
+}
+
+impl From<&'static str> for BatchKey {
+    fn from(key: &'static str) -> Self {
+        BatchKey::Str(Cow::Borrowed(key))
+    }
+}
+
+impl From<String> for BatchKey {
+    fn from(key: String) -> Self {
+        BatchKey::Str(Cow::Owned(key))
+    }
+}
+
+impl fmt::Display for BatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchKey::None => f.write_str("-"),
+            BatchKey::Int(key) => write!(f, "{key}"),
+            BatchKey::Str(key) => f.write_str(key),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Builds and starts a pipeline: source, processors, batchers, limits.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BuildError;
+use crate::handler::Handler;
+use crate::message::Message;
+use crate::pipeline::config::{Batcher, Processors};
+use crate::pipeline::Pipeline;
+use crate::source::Source;
+use crate::topology::{
+    BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Meter, PartitionBy, Processor, Producer,
+};
+
+/// Configures a pipeline; made by [`Pipeline::builder`].
+///
+/// Every setting has a default: one producer, as many processors as cores with
+/// `max_demand` 64, no batcher, a 30 s shutdown deadline.
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct PipelineBuilder<S: Source, H> {
+    name: String,
+    source: S,
+    handler: H,
+    source_concurrency: usize,
+    processors: Processors,
+    partition_by: Option<PartitionBy<S::Item>>,
+    batchers: Vec<Batcher>,
+    shutdown_deadline: Duration,
+    max_in_flight: Option<usize>,
+}
+
+impl<S, H> PipelineBuilder<S, H>
+where
+    S: Source,
+    H: Handler<Item = S::Item>,
+{
+    pub(crate) fn new(source: S, handler: H) -> Self {
+        PipelineBuilder {
+            name: "longshore".to_owned(),
+            source,
+            handler,
+            source_concurrency: 1,
+            processors: Processors::default(),
+            partition_by: None,
+            batchers: Vec::new(),
+            shutdown_deadline: Duration::from_secs(30),
+            max_in_flight: None,
+        }
+    }
+
+    /// The pipeline's name, used in logs and metrics (default `longshore`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How many tasks call [`Source::receive`] at once (default 1).
+    pub fn source_concurrency(mut self, concurrency: usize) -> Self {
+        self.source_concurrency = concurrency;
+        self
+    }
+
+    /// The processor pool (default [`Processors::default`]).
+    pub fn processors(mut self, processors: Processors) -> Self {
+        self.processors = processors;
+        self
+    }
+
+    /// Routes each message to a processor by key, so that messages with the same key are
+    /// handled one after the other, in the order received, by the same processor.
+    ///
+    /// Without it, any free processor takes the next chunk. With it, a hot key's
+    /// processor may hold more than `max_demand`, up to the in-flight limit.
+    pub fn partition_by<F>(mut self, key: F) -> Self
+    where
+        F: Fn(&Message<S::Item>) -> u64 + Send + Sync + 'static,
+    {
+        self.partition_by = Some(Arc::new(key));
+        self
+    }
+
+    /// Adds a batcher. Successful messages go to the one they name with
+    /// [`Message::put_batcher`], else to the first added.
+    pub fn batcher(mut self, batcher: Batcher) -> Self {
+        self.batchers.push(batcher);
+        self
+    }
+
+    /// How long a shutdown may take to drain before the rest is abandoned, unacknowledged
+    /// (default 30 s). Keep it below Kubernetes' `terminationGracePeriodSeconds`.
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.shutdown_deadline = deadline;
+        self
+    }
+
+    /// The most messages received and not yet acknowledged. Default: enough for every
+    /// processor's `max_demand` plus, per batcher, one batch filling and one per
+    /// concurrent batch task: `processors × max_demand + Σ batch_size × (concurrency + 1)`.
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.max_in_flight = Some(limit);
+        self
+    }
+
+    fn validate(&self) -> Result<usize, BuildError> {
+        if self.name.is_empty() {
+            return Err(BuildError::new("name", "must not be empty"));
+        }
+        if self.source_concurrency == 0 {
+            return Err(BuildError::at_least("source.concurrency", 1, 0));
+        }
+        self.processors.validate()?;
+        for (index, batcher) in self.batchers.iter().enumerate() {
+            batcher.validate()?;
+            if self.batchers[..index].iter().any(|b| b.name == batcher.name) {
+                return Err(BuildError::new(
+                    format!("batchers.{}", batcher.name),
+                    "a batcher of that name is already configured",
+                ));
+            }
+        }
+        if self.shutdown_deadline.is_zero() {
+            return Err(BuildError::new("shutdown_deadline", "must be above zero"));
+        }
+        let default_limit = self.processors.concurrency * self.processors.max_demand
+            + self.batchers.iter().map(Batcher::in_flight_share).sum::<usize>();
+        match self.max_in_flight {
+            Some(limit) if limit < self.processors.max_demand => Err(BuildError::at_least(
+                "max_in_flight",
+                self.processors.max_demand,
+                limit,
+            )),
+            Some(limit) => Ok(limit),
+            None => Ok(default_limit),
+        }
+    }
+
+    /// Checks the configuration and starts the pipeline's tasks on the current tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the first invalid field, or `runtime` when called outside
+    /// a tokio runtime.
+    pub fn start(self) -> Result<Pipeline, BuildError> {
+        let limit = self.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::new(
+                "runtime",
+                "start must be called within a tokio runtime",
+            ));
+        }
+        let meter = Meter::new(limit);
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let ctx = Context::new(self.handler, self.source.acknowledger(), meter.clone());
+        let processors = self.processors.concurrency;
+
+        // Built from the last stage back, so each stage holds the sender of the next.
+        let mut routes = Vec::with_capacity(self.batchers.len());
+        for batcher in &self.batchers {
+            let name: Arc<str> = Arc::from(batcher.name.as_str());
+            let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
+            for _ in 0..batcher.concurrency {
+                let stage = BatchProcessor {
+                    ctx: ctx.clone(),
+                    input: batch_rx.clone(),
+                };
+                tasks.spawn(stage.run());
+            }
+            let (tx, rx) = mpsc::channel(processors * 2);
+            let stage = BatcherStage {
+                name: name.clone(),
+                batch_size: batcher.batch_size,
+                batch_timeout: batcher.batch_timeout,
+                input: rx,
+                output: batch_tx,
+            };
+            tasks.spawn(stage.run());
+            routes.push(BatcherRoute { name, tx });
+        }
+
+        let queue_len = 2;
+        let dispatch = match self.partition_by {
+            None => {
+                let (tx, rx) = async_channel::bounded(processors * queue_len);
+                for _ in 0..processors {
+                    tasks.spawn(
+                        Processor {
+                            ctx: ctx.clone(),
+                            input: rx.clone(),
+                            batchers: routes.clone(),
+                        }
+                        .run(),
+                    );
+                }
+                Dispatch::Shared(tx)
+            }
+            Some(partition_by) => {
+                let mut queues = Vec::with_capacity(processors);
+                for _ in 0..processors {
+                    let (tx, rx) = async_channel::bounded(queue_len);
+                    tasks.spawn(
+                        Processor {
+                            ctx: ctx.clone(),
+                            input: rx,
+                            batchers: routes.clone(),
+                        }
+                        .run(),
+                    );
+                    queues.push(tx);
+                }
+                Dispatch::Partitioned { queues, partition_by }
+            }
+        };
+        drop(routes);
+
+        let source = Arc::new(self.source);
+        let max_demand = self.processors.max_demand;
+        let max_fetch = match dispatch {
+            // A fetch that fits one processor's chunk is dispatched without copying.
+            Dispatch::Shared(_) => max_demand,
+            Dispatch::Partitioned { .. } => limit,
+        };
+        let mut producers = JoinSet::new();
+        for _ in 0..self.source_concurrency {
+            let producer = Producer {
+                source: source.clone(),
+                meter: meter.clone(),
+                dispatch: dispatch.clone(),
+                min_fetch: max_demand - self.processors.min_demand,
+                max_fetch,
+                max_chunk: max_demand,
+                stop: stop.clone(),
+            };
+            producers.spawn(producer.run());
+        }
+        drop(dispatch);
+        // The source is shut down once, after its last producer stops.
+        tasks.spawn(async move {
+            while producers.join_next().await.is_some() {}
+            source.shutdown().await;
+        });
+
+        tracing::info!(pipeline = %self.name, max_in_flight = limit, "pipeline started");
+        Ok(Pipeline::new(
+            self.name,
+            meter,
+            stop,
+            tasks,
+            self.shutdown_deadline,
+        ))
+    }
+}
+
+impl<S: Source, H> fmt::Debug for PipelineBuilder<S, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineBuilder")
+            .field("name", &self.name)
+            .field("source_concurrency", &self.source_concurrency)
+            .field("processors", &self.processors)
+            .field("partition_by", &self.partition_by.is_some())
+            .field("batchers", &self.batchers)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,238 @@
+//! A running pipeline: its builder, its stage settings, and the handle that reports on
+//! it and shuts it down.
+
+mod builder;
+pub(crate) mod config;
+mod signal;
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::DeadlineExceeded;
+use crate::handler::Handler;
+use crate::source::Source;
+use crate::topology::Meter;
+
+pub use builder::PipelineBuilder;
+pub use signal::shutdown_signal;
+
+/// A running pipeline.
+///
+/// It runs until its source is exhausted or until it is shut down. Shutting down stops
+/// demand, lets processors finish what they hold, flushes partial batches and
+/// acknowledges everything, all within the shutdown deadline; whatever is unfinished
+/// then is left unacknowledged, for the broker to redeliver.
+///
+/// ```text
+///  shutdown ─▶ producers stop asking ─▶ processors drain ─▶ batchers flush ─▶ last acks ─▶ done
+///                                                                 deadline passed? abort: no ack
+/// ```
+///
+/// # Examples
+///
+/// ```
+/// use longshore::{source::memory::MemorySource, BoxError, Handler, Message, Pipeline, Processors};
+///
+/// struct Double;
+/// impl Handler for Double {
+///     type Item = u64;
+///     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+///         *message.data_mut() *= 2;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let source = MemorySource::from_iter(0..1_000u64);
+/// let counts = source.counts();
+/// let pipeline = Pipeline::builder(source, Double)
+///     .processors(Processors::new(2))
+///     .start()?;
+/// let summary = pipeline.wait().await;
+/// assert_eq!(summary.successful, 1_000);
+/// assert_eq!(counts.successful(), 1_000);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Pipeline {
+    name: String,
+    meter: Arc<Meter>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    deadline: Duration,
+}
+
+impl Pipeline {
+    /// Starts configuring a pipeline reading from `source` and handling with `handler`.
+    pub fn builder<S, H>(source: S, handler: H) -> PipelineBuilder<S, H>
+    where
+        S: Source,
+        H: Handler<Item = S::Item>,
+    {
+        PipelineBuilder::new(source, handler)
+    }
+
+    pub(crate) fn new(
+        name: String,
+        meter: Arc<Meter>,
+        stop: CancellationToken,
+        tasks: JoinSet<()>,
+        deadline: Duration,
+    ) -> Self {
+        Pipeline {
+            name,
+            meter,
+            stop,
+            tasks,
+            deadline,
+        }
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A live view of the pipeline's counts, cheap to clone and to read from another task.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle(self.meter.clone())
+    }
+
+    /// A token that starts the shutdown when cancelled: the producers stop asking for
+    /// messages. Await [`Pipeline::wait`] (or call [`Pipeline::shutdown`]) for the drain.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Waits until every stage has stopped: the source was exhausted, or a shutdown
+    /// started with [`Pipeline::stop_token`] has drained. No deadline applies.
+    pub async fn wait(mut self) -> Summary {
+        all_done(&mut self.tasks).await;
+        self.summary()
+    }
+
+    /// Shuts down gracefully: stops demand, drains, flushes, acknowledges, within the
+    /// shutdown deadline.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadlineExceeded`] when the drain did not finish in time: the remaining stages
+    /// were aborted and their messages left unacknowledged.
+    pub async fn shutdown(mut self) -> Result<Summary, DeadlineExceeded> {
+        self.stop.cancel();
+        let deadline = self.deadline;
+        let drained = tokio::time::timeout(deadline, all_done(&mut self.tasks)).await;
+        match drained {
+            Ok(()) => Ok(self.summary()),
+            Err(_) => {
+                self.tasks.abort_all();
+                while self.tasks.join_next().await.is_some() {}
+                let in_flight = self.meter.credits.in_flight();
+                tracing::error!(pipeline = %self.name, in_flight, ?deadline, "shutdown deadline passed; aborted");
+                Err(DeadlineExceeded { in_flight })
+            }
+        }
+    }
+
+    /// Runs until the source is exhausted or the process receives SIGTERM or ctrl-c, then
+    /// shuts down within the deadline: the usual body of a service's `main`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::shutdown`].
+    pub async fn run_until_signal(mut self) -> Result<Summary, DeadlineExceeded> {
+        let stopped_by_itself = tokio::select! {
+            () = shutdown_signal() => false,
+            () = self.stop.cancelled() => false,
+            () = all_done(&mut self.tasks) => true,
+        };
+        if stopped_by_itself {
+            return Ok(self.summary());
+        }
+        tracing::info!(pipeline = %self.name, "shutting down");
+        self.shutdown().await
+    }
+
+    fn summary(&self) -> Summary {
+        let stats = self.stats().get();
+        Summary {
+            received: stats.received,
+            successful: stats.successful,
+            failed: stats.failed,
+        }
+    }
+}
+
+/// Waits for every task of the set to end; cancel safe, so the set can be aborted after.
+async fn all_done(tasks: &mut JoinSet<()>) {
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "pipeline stage ended abnormally");
+        }
+    }
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("stats", &self.stats().get())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a pipeline did, once it has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Messages received from the source.
+    pub received: u64,
+    /// Messages acknowledged as successful.
+    pub successful: u64,
+    /// Messages acknowledged as failed.
+    pub failed: u64,
+}
+
+/// A live view of a pipeline's counts; made by [`Pipeline::stats`].
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<Meter>);
+
+impl StatsHandle {
+    /// The counts now.
+    pub fn get(&self) -> Stats {
+        let meter = &self.0;
+        Stats {
+            received: meter.received.load(Ordering::Relaxed),
+            successful: meter.successful.load(Ordering::Relaxed),
+            failed: meter.failed.load(Ordering::Relaxed),
+            in_flight: meter.credits.in_flight(),
+            demand: meter.credits.demand(),
+            max_in_flight: meter.credits.limit(),
+        }
+    }
+}
+
+/// A pipeline's counts at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages received from the source.
+    pub received: u64,
+    /// Messages acknowledged as successful.
+    pub successful: u64,
+    /// Messages acknowledged as failed.
+    pub failed: u64,
+    /// Messages received and not yet acknowledged.
+    pub in_flight: usize,
+    /// How many more messages the pipeline may ask its source for now.
+    pub demand: usize,
+    /// The most messages the pipeline may hold at once.
+    pub max_in_flight: usize,
+}

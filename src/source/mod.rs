@@ -1,0 +1,90 @@
+//! Where messages come from, and how they are acknowledged.
+//!
+//! A [`Source`] is asked for an explicit demand and returns at most that many messages;
+//! it is never asked when nothing downstream has room. Its [`Acknowledger`] is told once
+//! per message, after the message's last stage, whether it succeeded or failed.
+
+pub mod memory;
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+
+use crate::error::BoxError;
+use crate::message::Message;
+
+/// A connector that produces messages **only on demand**.
+///
+/// # Contract
+///
+/// - [`receive`](Source::receive) returns at most `demand` messages, waiting until it has
+///   at least one. `Ok(None)` means the source is exhausted: the pipeline then drains and
+///   stops by itself. An `Err` is logged and the call retried after a backoff.
+/// - `receive` may be dropped before it completes (at shutdown). It must then lose
+///   nothing: messages it already took from the broker stay in the source, and
+///   [`shutdown`](Source::shutdown) releases them.
+/// - Each message is acknowledged exactly once, through the acknowledger returned by
+///   [`acknowledger`](Source::acknowledger), unless the pipeline missed its shutdown
+///   deadline: messages unfinished then are never acknowledged and the broker
+///   redelivers them.
+///
+/// # Examples
+///
+/// A source counting up to a limit, acknowledging into nothing:
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use longshore::{Acknowledger, BoxError, Message, Source};
+///
+/// struct Numbers { next: AtomicU64, end: u64 }
+///
+/// struct Ignore;
+/// impl Acknowledger<u64> for Ignore {
+///     async fn ack(&self, _ok: Vec<Message<u64>>, _failed: Vec<Message<u64>>) {}
+/// }
+///
+/// impl Source for Numbers {
+///     type Item = u64;
+///     type Acknowledger = Ignore;
+///
+///     fn acknowledger(&self) -> Ignore { Ignore }
+///
+///     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<u64>>>, BoxError> {
+///         let start = self.next.fetch_add(demand.get() as u64, Ordering::Relaxed).min(self.end);
+///         let end = (start + demand.get() as u64).min(self.end);
+///         Ok((start < end).then(|| (start..end).map(Message::new).collect()))
+///     }
+/// }
+/// ```
+pub trait Source: Send + Sync + 'static {
+    /// The payload type of the messages produced.
+    type Item: Send + 'static;
+    /// Who is told the outcome of each message.
+    type Acknowledger: Acknowledger<Self::Item>;
+
+    /// The acknowledger, taken once when the pipeline starts.
+    fn acknowledger(&self) -> Self::Acknowledger;
+
+    /// Returns at most `demand` messages, waiting for at least one; `Ok(None)` once exhausted.
+    fn receive(
+        &self,
+        demand: NonZeroUsize,
+    ) -> impl Future<Output = Result<Option<Vec<Message<Self::Item>>>, BoxError>> + Send;
+
+    /// Called once when the pipeline stops asking for messages: release anything
+    /// received but not yet handed to the pipeline. Default: nothing.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Connector code told the outcome of messages after their last stage.
+///
+/// Called with the messages of one processor chunk or one batch, grouped by outcome;
+/// each message comes exactly once. Calls may run concurrently from several stages.
+/// The call should be quick: hand slow work (network deletes, commits) to a task of the
+/// connector's own, holding no more than the pipeline's bounded in-flight messages.
+pub trait Acknowledger<T>: Send + Sync + 'static {
+    /// Acknowledges `successful` messages as done and `failed` ones as failed.
+    fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,172 @@
+//! A producer: takes credits, asks its source for exactly that many messages, and
+//! dispatches them to the processors.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::Message;
+use crate::source::Source;
+use crate::topology::Meter;
+
+/// A function from a message to its partition key (see the builder's `partition_by`).
+pub(crate) type PartitionBy<T> = Arc<dyn Fn(&Message<T>) -> u64 + Send + Sync>;
+
+/// How received messages reach the processors.
+pub(crate) enum Dispatch<T> {
+    /// One queue all processors take from: whichever is free handles the next chunk.
+    Shared(async_channel::Sender<Vec<Message<T>>>),
+    /// One queue per processor, chosen by the message's partition key, so that messages
+    /// of one key are handled in order by one processor.
+    Partitioned {
+        queues: Vec<async_channel::Sender<Vec<Message<T>>>>,
+        partition_by: PartitionBy<T>,
+    },
+}
+
+impl<T> Clone for Dispatch<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Dispatch::Shared(queue) => Dispatch::Shared(queue.clone()),
+            Dispatch::Partitioned { queues, partition_by } => Dispatch::Partitioned {
+                queues: queues.clone(),
+                partition_by: partition_by.clone(),
+            },
+        }
+    }
+}
+
+pub(crate) struct Producer<S: Source> {
+    pub(crate) source: Arc<S>,
+    pub(crate) meter: Arc<Meter>,
+    pub(crate) dispatch: Dispatch<S::Item>,
+    /// Fetch once at least this many credits are free (`max_demand - min_demand`).
+    pub(crate) min_fetch: usize,
+    /// Ask for at most this many at once.
+    pub(crate) max_fetch: usize,
+    /// The largest chunk a processor is given (`max_demand`).
+    pub(crate) max_chunk: usize,
+    pub(crate) stop: CancellationToken,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl<S: Source> Producer<S> {
+    pub(crate) async fn run(self) {
+        let credits = &self.meter.credits;
+        let mut retry = RETRY_MIN;
+        loop {
+            let demand = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                demand = credits.take(self.min_fetch, self.max_fetch) => demand,
+            };
+            let received = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    credits.give_back(demand);
+                    return;
+                }
+                received = self.source.receive(NonZeroUsize::new(demand).expect("credits take at least one")) => received,
+            };
+            match received {
+                Ok(Some(messages)) => {
+                    retry = RETRY_MIN;
+                    let got = messages.len();
+                    if got > demand {
+                        // A source broke its contract; take the excess so the count stays true.
+                        tracing::error!(demand, got, "source returned more messages than demanded");
+                        credits.take(got - demand, got - demand).await;
+                    }
+                    credits.give_back(demand.saturating_sub(got));
+                    self.meter.received.fetch_add(got as u64, Ordering::Relaxed);
+                    if self.dispatch(messages).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    credits.give_back(demand);
+                    return;
+                }
+                Err(error) => {
+                    credits.give_back(demand);
+                    tracing::warn!(%error, retry_in = ?retry, "source failed to receive");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Sends messages to the processors; `Err` only when they are gone (aborted).
+    async fn dispatch(&self, mut messages: Vec<Message<S::Item>>) -> Result<(), ()> {
+        let now = Instant::now().into_std();
+        messages
+            .iter_mut()
+            .for_each(|message| message.set_received_at(now));
+        match &self.dispatch {
+            Dispatch::Shared(queue) => {
+                for chunk in chunks(messages, self.max_chunk) {
+                    queue.send(chunk).await.map_err(drop)?;
+                }
+            }
+            Dispatch::Partitioned { queues, partition_by } => {
+                let mut parts: Vec<Vec<Message<S::Item>>> = queues.iter().map(|_| Vec::new()).collect();
+                for message in messages {
+                    let partition = (partition_by(&message) % queues.len() as u64) as usize;
+                    parts[partition].push(message);
+                }
+                for (queue, part) in queues.iter().zip(parts) {
+                    for chunk in chunks(part, self.max_chunk) {
+                        queue.send(chunk).await.map_err(drop)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `messages` into vectors of at most `max` messages, without copying the common
+/// case of a vector that already fits.
+fn chunks<T>(messages: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    if messages.len() <= max {
+        return if messages.is_empty() {
+            Vec::new()
+        } else {
+            vec![messages]
+        };
+    }
+    let mut rest = messages.into_iter();
+    let mut out = Vec::new();
+    loop {
+        let chunk: Vec<T> = rest.by_ref().take(max).collect();
+        if chunk.is_empty() {
+            return out;
+        }
+        out.push(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_keep_order_and_size() {
+        assert!(chunks(Vec::<u8>::new(), 3).is_empty());
+        assert_eq!(chunks(vec![1, 2], 3), vec![vec![1, 2]]);
+        assert_eq!(
+            chunks(vec![1, 2, 3, 4, 5, 6, 7], 3),
+            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+        );
+    }
+}
