@@ -117,3 +117,34 @@ pub enum BatchTrigger {
     /// The pipeline is shutting down, or the batcher holds its limit of partial batches.
     Flush,
 }
+
+/// A shared handler: keep an `Arc` to read its state while the pipeline runs it.
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    type Item = H::Item;
+
+    fn handle_message(
+        &self,
+        message: &mut Message<Self::Item>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).handle_message(message)
+    }
+
+    fn handle_batch(
+        &self,
+        batch: &mut [Message<Self::Item>],
+        info: &BatchInfo,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).handle_batch(batch, info)
+    }
+
+    fn prepare_messages(
+        &self,
+        messages: &mut [Message<Self::Item>],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).prepare_messages(messages)
+    }
+
+    fn handle_failed(&self, messages: &mut [Message<Self::Item>]) -> impl Future<Output = ()> + Send {
+        (**self).handle_failed(messages)
+    }
+}
