@@ -47,7 +47,12 @@ impl Handler for Recorder {
 
     async fn handle_message(&self, message: &mut Message<Item>) -> Result<(), BoxError> {
         let item = message.data().clone();
-        self.handled.lock().unwrap().entry(item.key).or_default().push(item.seq);
+        self.handled
+            .lock()
+            .unwrap()
+            .entry(item.key)
+            .or_default()
+            .push(item.seq);
         if !self.batchers.is_empty() {
             message.put_batch_key(item.key);
             let name = self.batchers[item.batcher % self.batchers.len()].clone();
@@ -70,7 +75,10 @@ impl Handler for Recorder {
             longshore::BatchKey::Int(key) => key,
             ref other => panic!("unexpected batch key {other:?}"),
         };
-        self.batches.lock().unwrap().push((info.batcher.to_string(), keys, key));
+        self.batches
+            .lock()
+            .unwrap()
+            .push((info.batcher.to_string(), keys, key));
         for message in batch.iter_mut() {
             if message.data().fate == Fate::FailInBatch {
                 message.fail("injected batch failure");
@@ -112,13 +120,15 @@ fn topology() -> impl Strategy<Value = Topology> {
         prop::collection::vec((1usize..=20, 1u64..=15, 1usize..=3), 0..=3),
         prop::collection::vec((0u64..6, fate(), 0usize..3), 0..300),
     )
-        .prop_map(|(processors, max_demand, partitioned, batchers, items)| Topology {
-            processors,
-            max_demand,
-            partitioned,
-            batchers,
-            items,
-        })
+        .prop_map(
+            |(processors, max_demand, partitioned, batchers, items)| Topology {
+                processors,
+                max_demand,
+                partitioned,
+                batchers,
+                items,
+            },
+        )
 }
 
 fn quiet_injected_panics() {
@@ -126,7 +136,10 @@ fn quiet_injected_panics() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let injected = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("injected"));
+            let injected = info
+                .payload()
+                .downcast_ref::<String>()
+                .is_some_and(|m| m.starts_with("injected"));
             if !injected {
                 default(info);
             }
@@ -192,7 +205,12 @@ async fn run(topology: Topology) {
             Fate::Error | Fate::Panic => true,
             Fate::FailInBatch | Fate::UnknownBatcher => has_batchers,
         };
-        assert_eq!(outcome.successful, !should_fail, "item {item:?}: {:?}", outcome.message.status());
+        assert_eq!(
+            outcome.successful,
+            !should_fail,
+            "item {item:?}: {:?}",
+            outcome.message.status()
+        );
         assert_eq!(outcome.successful, outcome.message.is_ok());
         if let Status::Failed(failure) = outcome.message.status() {
             let kind = match item.fate {
@@ -220,7 +238,10 @@ async fn run(topology: Topology) {
         batched += keys.len();
     }
     let expected_batched = if has_batchers {
-        items.iter().filter(|i| matches!(i.fate, Fate::Ok | Fate::FailInBatch)).count()
+        items
+            .iter()
+            .filter(|i| matches!(i.fate, Fate::Ok | Fate::FailInBatch))
+            .count()
     } else {
         0
     };
@@ -229,7 +250,10 @@ async fn run(topology: Topology) {
     // Per-key order of handle_message calls.
     if topology.partitioned {
         for (key, seqs) in recorder.handled.lock().unwrap().iter() {
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {seqs:?}");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "key {key} out of order: {seqs:?}"
+            );
         }
     }
 }

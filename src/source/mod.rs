@@ -88,3 +88,10 @@ pub trait Acknowledger<T>: Send + Sync + 'static {
     /// Acknowledges `successful` messages as done and `failed` ones as failed.
     fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send;
 }
+
+/// A shared acknowledger: a source may keep one `Arc` and hand the pipeline another.
+impl<T, A: Acknowledger<T>> Acknowledger<T> for std::sync::Arc<A> {
+    fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
+        (**self).ack(successful, failed)
+    }
+}
