@@ -184,17 +184,24 @@ async fn with_zero_demand_the_source_is_not_asked() {
     assert!(!ledger.over_demand.load(Ordering::SeqCst));
 }
 
+/// A batch as seen by the handler: why it came, its key, its data, when.
+type SeenBatch = (BatchTrigger, BatchKey, Vec<usize>, Instant);
+
 /// Records each batch and when it came.
 #[derive(Default)]
 struct Batches {
-    seen: Mutex<Vec<(BatchTrigger, BatchKey, Vec<usize>, Instant)>>,
+    seen: Mutex<Vec<SeenBatch>>,
     first: Notify,
 }
 
 impl Handler for Batches {
     type Item = usize;
     async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
-        let key = if *message.data() % 2 == 0 { "even" } else { "odd" };
+        let key = if message.data().is_multiple_of(2) {
+            "even"
+        } else {
+            "odd"
+        };
         message.put_batch_key(key);
         Ok(())
     }
