@@ -1,2 +1,410 @@
-//! Pipeline benchmark (being written).
-fn main() {}
+//! The core pipeline's throughput, added latency and peak memory, each as a ratio against
+//! two hand-written tokio pipelines of the same shape measured in the same run.
+//!
+//! Run with `scripts/bench` (or `cargo bench --bench pipeline`). Each case runs in a
+//! process of its own so that its peak RSS is its own. Topology (Broadway's benchmark):
+//! one producer over an in-memory source, 2 processors, then either no batcher or one
+//! batcher (batch size 100, timeout 1 s, concurrency 2), acknowledging to a counter.
+//!
+//! Baselines, no framework:
+//! - `naive`: one message per channel send, round-robin to per-processor bounded channels;
+//! - `chunked`: the same moving vectors of 64 messages, the practical limit of moving
+//!   messages between tasks.
+//!
+//! `LONGSHORE_BENCH_MESSAGES` sets the message count (default 5,000,000).
+
+use std::hint::black_box;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use longshore::source::memory::MemorySource;
+use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
+use tokio::sync::mpsc;
+
+const PROCESSORS: usize = 2;
+const BATCH_SIZE: usize = 100;
+const BATCH_CONCURRENCY: usize = 2;
+const CHUNK: usize = 64;
+/// One message in this many is timed from its receipt to its last stage.
+const SAMPLE_EVERY: u64 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Batcher,
+    NoBatcher,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Impl {
+    Longshore,
+    Naive,
+    Chunked,
+}
+
+/// What one case measured, in its own process.
+#[derive(Debug, Default)]
+struct Measured {
+    msgs_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    peak_rss_mb: f64,
+}
+
+/// Latency samples, in microseconds.
+#[derive(Debug, Default)]
+struct Samples(Mutex<Vec<u32>>);
+
+impl Samples {
+    fn record(&self, since: Instant) {
+        let micros = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.0.lock().unwrap().push(micros);
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut samples = self.0.lock().unwrap().clone();
+        if samples.is_empty() {
+            return 0.0;
+        }
+        samples.sort_unstable();
+        samples[((samples.len() - 1) as f64 * p) as usize] as f64
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let messages: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(5_000_000);
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let shape = match args[i + 1].as_str() {
+            "batcher" => Shape::Batcher,
+            _ => Shape::NoBatcher,
+        };
+        let imp = match args[i + 2].as_str() {
+            "longshore" => Impl::Longshore,
+            "naive" => Impl::Naive,
+            _ => Impl::Chunked,
+        };
+        let m = run_case(shape, imp, messages);
+        println!(
+            "RESULT {} {} {} {}",
+            m.msgs_per_s, m.p50_us, m.p99_us, m.peak_rss_mb
+        );
+        return;
+    }
+    // `cargo bench` passes --bench; a filter selects shapes by name.
+    let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
+    for (name, shape) in [("batcher", Shape::Batcher), ("no-batcher", Shape::NoBatcher)] {
+        if filter.is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let ours = in_child(name, "longshore");
+        let naive = in_child(name, "naive");
+        let chunked = in_child(name, "chunked");
+        println!(
+            "BENCH case={name} msgs_per_s={:.0} naive_msgs_per_s={:.0} chunked_msgs_per_s={:.0} \
+             vs_naive={:.2} vs_chunked={:.2} peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} \
+             naive_p50_us={:.0} naive_p99_us={:.0} chunked_p50_us={:.0} chunked_p99_us={:.0} \
+             naive_peak_rss_mb={:.1} chunked_peak_rss_mb={:.1} messages={messages}",
+            ours.msgs_per_s,
+            naive.msgs_per_s,
+            chunked.msgs_per_s,
+            ours.msgs_per_s / naive.msgs_per_s,
+            ours.msgs_per_s / chunked.msgs_per_s,
+            ours.peak_rss_mb,
+            ours.p50_us,
+            ours.p99_us,
+            naive.p50_us,
+            naive.p99_us,
+            chunked.p50_us,
+            chunked.p99_us,
+            naive.peak_rss_mb,
+            chunked.peak_rss_mb,
+        );
+    }
+}
+
+/// Runs one case in a child process and parses its RESULT line.
+fn in_child(shape: &str, imp: &str) -> Measured {
+    let exe = std::env::current_exe().expect("own path");
+    let out = Command::new(exe)
+        .args(["--case", shape, imp])
+        .output()
+        .expect("bench child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "case {shape}/{imp} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: Vec<f64> = line[7..].split(' ').map(|x| x.parse().unwrap()).collect();
+    Measured {
+        msgs_per_s: v[0],
+        p50_us: v[1],
+        p99_us: v[2],
+        peak_rss_mb: v[3],
+    }
+}
+
+fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let samples = Arc::new(Samples::default());
+    let started = Instant::now();
+    let done = runtime.block_on(async {
+        match imp {
+            Impl::Longshore => longshore_pipeline(shape, messages, samples.clone()).await,
+            Impl::Naive => naive_pipeline(shape, messages, samples.clone()).await,
+            Impl::Chunked => chunked_pipeline(shape, messages, samples.clone()).await,
+        }
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(done, messages, "every message acknowledged");
+    Measured {
+        msgs_per_s: messages as f64 / elapsed.as_secs_f64(),
+        p50_us: samples.percentile(0.50),
+        p99_us: samples.percentile(0.99),
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+// ---------------------------------------------------------------- longshore
+
+struct Bench {
+    samples: Arc<Samples>,
+}
+
+impl Handler for Bench {
+    type Item = u64;
+
+    async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+        black_box(message.data());
+        Ok(())
+    }
+
+    async fn handle_batch(&self, batch: &mut [Message<u64>], _: &BatchInfo) -> Result<(), BoxError> {
+        for message in batch.iter() {
+            if black_box(*message.data()) % SAMPLE_EVERY == 0 {
+                self.samples
+                    .record(message.received_at().expect("set on receipt"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The no-batcher shape samples latency in the processor, the last stage there.
+struct BenchNoBatcher {
+    samples: Arc<Samples>,
+}
+
+impl Handler for BenchNoBatcher {
+    type Item = u64;
+
+    async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+        if black_box(*message.data()) % SAMPLE_EVERY == 0 {
+            self.samples
+                .record(message.received_at().expect("set on receipt"));
+        }
+        Ok(())
+    }
+}
+
+async fn longshore_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u64 {
+    let source = MemorySource::from_iter(0..messages);
+    let counts = source.counts();
+    let processors = Processors::new(PROCESSORS);
+    let pipeline = match shape {
+        Shape::Batcher => Pipeline::builder(source, Bench { samples })
+            .processors(processors)
+            .batcher(
+                Batcher::new("bench")
+                    .batch_size(BATCH_SIZE)
+                    .batch_timeout(Duration::from_secs(1))
+                    .concurrency(BATCH_CONCURRENCY),
+            )
+            .start(),
+        Shape::NoBatcher => Pipeline::builder(source, BenchNoBatcher { samples })
+            .processors(processors)
+            .start(),
+    };
+    pipeline.expect("valid").wait().await;
+    counts.successful()
+}
+
+// ---------------------------------------------------------------- baselines
+
+/// A baseline's message: the payload, and its receipt time when it is sampled.
+struct Msg {
+    data: u64,
+    at: Option<Instant>,
+}
+
+fn produce(i: u64) -> Msg {
+    Msg {
+        data: i,
+        at: (i % SAMPLE_EVERY == 0).then(Instant::now),
+    }
+}
+
+fn finish(msg: &Msg, samples: &Samples) {
+    if let Some(at) = black_box(msg).at {
+        samples.record(at);
+    }
+}
+
+async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let (batch_txs, batch_rxs): (Vec<_>, Vec<_>) = (0..BATCH_CONCURRENCY)
+        .map(|_| mpsc::channel::<Vec<Msg>>(1))
+        .unzip();
+    let (batcher_tx, mut batcher_rx) = mpsc::channel::<Msg>(CHUNK);
+    if shape == Shape::Batcher {
+        for mut rx in batch_rxs {
+            let (acked, samples) = (acked.clone(), samples.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    batch.iter().for_each(|m| finish(m, &samples));
+                    acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH_SIZE);
+            let mut next = 0;
+            while let Some(msg) = batcher_rx.recv().await {
+                batch.push(msg);
+                if batch.len() == BATCH_SIZE {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+                    batch_txs[next % BATCH_CONCURRENCY].send(full).await.unwrap();
+                    next += 1;
+                }
+            }
+            if !batch.is_empty() {
+                batch_txs[0].send(batch).await.unwrap();
+            }
+        }));
+    }
+    let mut processor_txs = Vec::new();
+    for _ in 0..PROCESSORS {
+        let (tx, mut rx) = mpsc::channel::<Msg>(CHUNK);
+        processor_txs.push(tx);
+        let (acked, samples, batcher_tx) = (acked.clone(), samples.clone(), batcher_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                black_box(msg.data);
+                if shape == Shape::Batcher {
+                    batcher_tx.send(msg).await.unwrap();
+                } else {
+                    finish(&msg, &samples);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    drop(batcher_tx);
+    tasks.push(tokio::spawn(async move {
+        for i in 0..messages {
+            processor_txs[i as usize % PROCESSORS]
+                .send(produce(i))
+                .await
+                .unwrap();
+        }
+    }));
+    for task in tasks {
+        task.await.unwrap();
+    }
+    acked.load(Ordering::Relaxed)
+}
+
+async fn chunked_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let (batch_txs, batch_rxs): (Vec<_>, Vec<_>) = (0..BATCH_CONCURRENCY)
+        .map(|_| mpsc::channel::<Vec<Msg>>(1))
+        .unzip();
+    let (batcher_tx, mut batcher_rx) = mpsc::channel::<Vec<Msg>>(4);
+    if shape == Shape::Batcher {
+        for mut rx in batch_rxs {
+            let (acked, samples) = (acked.clone(), samples.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    batch.iter().for_each(|m| finish(m, &samples));
+                    acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH_SIZE);
+            let mut next = 0;
+            while let Some(chunk) = batcher_rx.recv().await {
+                for msg in chunk {
+                    batch.push(msg);
+                    if batch.len() == BATCH_SIZE {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+                        batch_txs[next % BATCH_CONCURRENCY].send(full).await.unwrap();
+                        next += 1;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                batch_txs[0].send(batch).await.unwrap();
+            }
+        }));
+    }
+    let mut processor_txs = Vec::new();
+    for _ in 0..PROCESSORS {
+        let (tx, mut rx) = mpsc::channel::<Vec<Msg>>(4);
+        processor_txs.push(tx);
+        let (acked, samples, batcher_tx) = (acked.clone(), samples.clone(), batcher_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                chunk.iter().for_each(|m| {
+                    black_box(m.data);
+                });
+                if shape == Shape::Batcher {
+                    batcher_tx.send(chunk).await.unwrap();
+                } else {
+                    chunk.iter().for_each(|m| finish(m, &samples));
+                    acked.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    drop(batcher_tx);
+    tasks.push(tokio::spawn(async move {
+        let mut next = 0;
+        let mut i = 0;
+        while i < messages {
+            let end = (i + CHUNK as u64).min(messages);
+            let chunk: Vec<Msg> = (i..end).map(produce).collect();
+            processor_txs[next % PROCESSORS].send(chunk).await.unwrap();
+            next += 1;
+            i = end;
+        }
+    }));
+    for task in tasks {
+        task.await.unwrap();
+    }
+    acked.load(Ordering::Relaxed)
+}
