@@ -97,7 +97,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; a filter selects shapes by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
-    for (name, shape) in [("batcher", Shape::Batcher), ("no-batcher", Shape::NoBatcher)] {
+    for name in ["batcher", "no-batcher"] {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
@@ -203,7 +203,7 @@ impl Handler for Bench {
 
     async fn handle_batch(&self, batch: &mut [Message<u64>], _: &BatchInfo) -> Result<(), BoxError> {
         for message in batch.iter() {
-            if black_box(*message.data()) % SAMPLE_EVERY == 0 {
+            if black_box(*message.data()).is_multiple_of(SAMPLE_EVERY) {
                 self.samples
                     .record(message.received_at().expect("set on receipt"));
             }
@@ -221,7 +221,7 @@ impl Handler for BenchNoBatcher {
     type Item = u64;
 
     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
-        if black_box(*message.data()) % SAMPLE_EVERY == 0 {
+        if black_box(*message.data()).is_multiple_of(SAMPLE_EVERY) {
             self.samples
                 .record(message.received_at().expect("set on receipt"));
         }
@@ -262,7 +262,7 @@ struct Msg {
 fn produce(i: u64) -> Msg {
     Msg {
         data: i,
-        at: (i % SAMPLE_EVERY == 0).then(Instant::now),
+        at: i.is_multiple_of(SAMPLE_EVERY).then(Instant::now),
     }
 }
 
