@@ -1,7 +1,6 @@
 //! A batcher: groups a named batcher's messages by batch key and sends a batch when it
 //! is full, when its oldest message has waited the batch timeout, or at shutdown.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,8 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::handler::{BatchInfo, BatchTrigger};
-use crate::message::{BatchKey, Message};
+use crate::message::Message;
+use crate::topology::batch_groups::{BatchGroups, Group};
 
 pub(crate) type Batch<T> = (Vec<Message<T>>, BatchInfo);
 
@@ -21,19 +21,15 @@ pub(crate) struct BatcherStage<T> {
     pub(crate) output: async_channel::Sender<Batch<T>>,
 }
 
-struct Pending<T> {
-    messages: Vec<Message<T>>,
-    deadline: Instant,
-}
-
 impl<T: Send + 'static> BatcherStage<T> {
     pub(crate) async fn run(mut self) {
-        let mut pending: HashMap<BatchKey, Pending<T>> = HashMap::new();
+        // Room for a whole batch up front, within reason: many keys may each hold a few.
+        let mut groups = BatchGroups::new(self.batch_size.min(1024));
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
-            let next = pending.values().map(|p| p.deadline).min();
+            let next = groups.next_deadline();
             if next != armed {
                 if let Some(deadline) = next {
                     timer.as_mut().reset(deadline);
@@ -45,54 +41,38 @@ impl<T: Send + 'static> BatcherStage<T> {
                 biased;
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
-                    let now = Instant::now();
-                    let expired: Vec<BatchKey> = pending
-                        .iter()
-                        .filter(|(_, p)| p.deadline <= now)
-                        .map(|(key, _)| key.clone())
-                        .collect();
-                    for key in expired {
-                        let batch = pending.remove(&key).expect("expired key is pending");
-                        self.send(key, batch.messages, BatchTrigger::Timeout).await;
+                    for group in groups.remove_expired(Instant::now()) {
+                        self.send(group, BatchTrigger::Timeout).await;
                     }
                 }
                 chunk = self.input.recv() => match chunk {
-                    Some(chunk) => self.add(&mut pending, chunk).await,
+                    Some(chunk) => self.add(&mut groups, chunk).await,
                     None => break,
                 },
             }
         }
-        for (key, batch) in pending {
-            self.send(key, batch.messages, BatchTrigger::Flush).await;
+        for group in groups.drain() {
+            self.send(group, BatchTrigger::Flush).await;
         }
     }
 
-    async fn add(&self, pending: &mut HashMap<BatchKey, Pending<T>>, chunk: Vec<Message<T>>) {
+    async fn add(&self, groups: &mut BatchGroups<T>, chunk: Vec<Message<T>>) {
+        let timeout = self.batch_timeout;
         for message in chunk {
-            if !pending.contains_key(message.batch_key()) {
-                let batch = Pending {
-                    messages: Vec::with_capacity(self.batch_size),
-                    deadline: Instant::now() + self.batch_timeout,
-                };
-                pending.insert(message.batch_key().clone(), batch);
-            }
-            let batch = pending.get_mut(message.batch_key()).expect("inserted above");
-            batch.messages.push(message);
-            if batch.messages.len() >= self.batch_size {
-                let key = batch.messages[0].batch_key().clone();
-                let full = pending.remove(&key).expect("full key is pending");
-                self.send(key, full.messages, BatchTrigger::Size).await;
+            let (position, len) = groups.push(message, || Instant::now() + timeout);
+            if len >= self.batch_size {
+                self.send(groups.remove(position), BatchTrigger::Size).await;
             }
         }
     }
 
-    async fn send(&self, batch_key: BatchKey, messages: Vec<Message<T>>, trigger: BatchTrigger) {
+    async fn send(&self, group: Group<T>, trigger: BatchTrigger) {
         let info = BatchInfo {
             batcher: self.name.clone(),
-            batch_key,
+            batch_key: group.key,
             trigger,
         };
-        if let Err(lost) = self.output.send((messages, info)).await {
+        if let Err(lost) = self.output.send((group.messages, info)).await {
             // Only after an abort at the shutdown deadline: left unacknowledged, redelivered.
             tracing::warn!(batcher = %self.name, messages = lost.0 .0.len(), "batch processors gone; batch left unacknowledged");
         }

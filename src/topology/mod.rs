@@ -11,6 +11,7 @@
 //! as it holds credits for, so the in-flight total never exceeds the credit limit.
 
 mod acknowledge;
+mod batch_groups;
 mod batch_processor;
 mod batcher;
 pub(crate) mod credits;
