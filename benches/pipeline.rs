@@ -74,10 +74,16 @@ impl Samples {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test` runs this as a smoke test, briefly.
+    let default_messages = if args.iter().any(|a| a == "--bench") {
+        5_000_000
+    } else {
+        20_000
+    };
     let messages: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
         .ok()
         .and_then(|n| n.replace('_', "").parse().ok())
-        .unwrap_or(5_000_000);
+        .unwrap_or(default_messages);
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let shape = match args[i + 1].as_str() {
             "batcher" => Shape::Batcher,
@@ -95,15 +101,15 @@ fn main() {
         );
         return;
     }
-    // `cargo bench` passes --bench; a filter selects shapes by name.
+    // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
     for name in ["batcher", "no-batcher"] {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
-        let ours = in_child(name, "longshore");
-        let naive = in_child(name, "naive");
-        let chunked = in_child(name, "chunked");
+        let ours = in_child(name, "longshore", messages);
+        let naive = in_child(name, "naive", messages);
+        let chunked = in_child(name, "chunked", messages);
         println!(
             "BENCH case={name} msgs_per_s={:.0} naive_msgs_per_s={:.0} chunked_msgs_per_s={:.0} \
              vs_naive={:.2} vs_chunked={:.2} peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} \
@@ -128,10 +134,11 @@ fn main() {
 }
 
 /// Runs one case in a child process and parses its RESULT line.
-fn in_child(shape: &str, imp: &str) -> Measured {
+fn in_child(shape: &str, imp: &str, messages: u64) -> Measured {
     let exe = std::env::current_exe().expect("own path");
     let out = Command::new(exe)
         .args(["--case", shape, imp])
+        .env("LONGSHORE_BENCH_MESSAGES", messages.to_string())
         .output()
         .expect("bench child runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -76,6 +76,11 @@
 //! # }
 //! ```
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod error;
 mod handler;
 mod message;
