@@ -114,8 +114,10 @@ pub enum BatchTrigger {
     Size,
     /// Its oldest message waited `batch_timeout`.
     Timeout,
-    /// The pipeline is shutting down, or the batcher holds its limit of partial batches.
+    /// The pipeline is shutting down.
     Flush,
+    /// Its messages failed in an earlier attempt of the batch and are tried again.
+    Retry,
 }
 
 /// A shared handler: keep an `Arc` to read its state while the pipeline runs it.

@@ -82,6 +82,7 @@
 struct ReadmeDoctests;
 
 mod error;
+mod failure;
 mod handler;
 mod message;
 mod pipeline;
@@ -90,6 +91,9 @@ pub mod testing;
 mod topology;
 
 pub use error::{BoxError, BuildError, DeadlineExceeded};
+pub use failure::dead_letter::DeadLetter;
+pub use failure::rate_limit::{RateLimit, RateLimits};
+pub use failure::retry::{Permanent, RetryAfter, RetryPolicy};
 pub use handler::{BatchInfo, BatchTrigger, Handler};
 pub use message::{BatchKey, Failure, FailureKind, Message, Status};
 pub use pipeline::config::{Batcher, Processors};

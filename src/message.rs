@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::BoxError;
 
@@ -31,6 +31,7 @@ pub struct Message<T> {
     ack_ref: u64,
     attempt: u32,
     received_at: Option<Instant>,
+    redeliver_after: Option<Duration>,
     status: Status,
     batcher: Option<Cow<'static, str>>,
     batch_key: BatchKey,
@@ -44,6 +45,7 @@ impl<T> Message<T> {
             ack_ref: 0,
             attempt: 1,
             received_at: None,
+            redeliver_after: None,
             status: Status::Ok,
             batcher: None,
             batch_key: BatchKey::None,
@@ -139,6 +141,23 @@ impl<T> Message<T> {
     /// The batch key set with [`Message::put_batch_key`].
     pub fn batch_key(&self) -> &BatchKey {
         &self.batch_key
+    }
+
+    /// On a failed message from a source that redelivers
+    /// ([`Redelivery::Broker`](crate::source::Redelivery::Broker)): how long the broker
+    /// should wait before delivering it again. `None` when the failure is final.
+    pub fn redeliver_after(&self) -> Option<Duration> {
+        self.redeliver_after
+    }
+
+    pub(crate) fn set_redeliver_after(&mut self, delay: Duration) {
+        self.redeliver_after = Some(delay);
+    }
+
+    /// Readies a failed message for its next attempt.
+    pub(crate) fn retry(&mut self) {
+        self.attempt += 1;
+        self.status = Status::Ok;
     }
 
     pub(crate) fn set_failure(&mut self, failure: Failure) {

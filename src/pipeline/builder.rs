@@ -9,6 +9,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BuildError;
+use crate::failure::dead_letter::{DeadLetter, ErasedDeadLetter};
+use crate::failure::rate_limit::{Limiter, RateLimit, RateLimits};
+use crate::failure::retry::RetryPolicy;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::pipeline::config::{Batcher, Processors};
@@ -33,6 +36,9 @@ pub struct PipelineBuilder<S: Source, H> {
     batchers: Vec<Batcher>,
     shutdown_deadline: Duration,
     max_in_flight: Option<usize>,
+    retry: RetryPolicy,
+    dead_letter: Option<Box<dyn ErasedDeadLetter<S::Item>>>,
+    rate_limit: Option<RateLimit>,
 }
 
 impl<S, H> PipelineBuilder<S, H>
@@ -51,6 +57,9 @@ where
             batchers: Vec::new(),
             shutdown_deadline: Duration::from_secs(30),
             max_in_flight: None,
+            retry: RetryPolicy::none(),
+            dead_letter: None,
+            rate_limit: None,
         }
     }
 
@@ -107,6 +116,30 @@ where
         self
     }
 
+    /// How failed messages are retried (default [`RetryPolicy::none`]). Retries happen in
+    /// process, without blocking the stage, unless the source has the broker redeliver
+    /// ([`Redelivery::Broker`](crate::source::Redelivery::Broker)). A message waiting for
+    /// its retry stays in flight: many failures slow fetching instead of growing memory.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Where messages go after their last attempt, before they are acknowledged as failed
+    /// (default: nowhere, after [`Handler::handle_failed`]).
+    pub fn dead_letter<D: DeadLetter<S::Item>>(mut self, destination: D) -> Self {
+        self.dead_letter = Some(Box::new(destination));
+        self
+    }
+
+    /// At most this many messages per interval are fetched from the source (default: no
+    /// limit). The limit applies before the fetch, so a throttled pipeline holds nothing
+    /// extra. Changeable at runtime through [`Pipeline::rate_limits`].
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     fn validate(&self) -> Result<usize, BuildError> {
         if self.name.is_empty() {
             return Err(BuildError::new("name", "must not be empty"));
@@ -123,6 +156,10 @@ where
                     "a batcher of that name is already configured",
                 ));
             }
+        }
+        self.retry.validate()?;
+        if let Some(limit) = &self.rate_limit {
+            limit.validate("rate_limit")?;
         }
         if self.shutdown_deadline.is_zero() {
             return Err(BuildError::new("shutdown_deadline", "must be above zero"));
@@ -155,21 +192,32 @@ where
                 "start must be called within a tokio runtime",
             ));
         }
-        let meter = Meter::new(limit);
+        let meter = Meter::new(limit, Limiter::new(self.rate_limit));
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let ctx = Context::new(self.handler, self.source.acknowledger(), meter.clone());
+        let ctx = Arc::new(Context {
+            handler: self.handler,
+            acknowledger: self.source.acknowledger(),
+            retry: self.retry,
+            redelivery: self.source.redelivery(),
+            dead_letter: self.dead_letter,
+            meter: meter.clone(),
+        });
         let processors = self.processors.concurrency;
 
         // Built from the last stage back, so each stage holds the sender of the next.
         let mut routes = Vec::with_capacity(self.batchers.len());
+        let mut batcher_limits = Vec::with_capacity(self.batchers.len());
         for batcher in &self.batchers {
             let name: Arc<str> = Arc::from(batcher.name.as_str());
+            let rate_limit = Limiter::new(batcher.rate_limit);
+            batcher_limits.push((name.clone(), rate_limit.clone()));
             let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
             for _ in 0..batcher.concurrency {
                 let stage = BatchProcessor {
                     ctx: ctx.clone(),
                     input: batch_rx.clone(),
+                    rate_limit: rate_limit.clone(),
                 };
                 tasks.spawn(stage.run());
             }
@@ -195,6 +243,7 @@ where
                             ctx: ctx.clone(),
                             input: rx.clone(),
                             batchers: routes.clone(),
+                            partition_by: None,
                         }
                         .run(),
                     );
@@ -210,6 +259,7 @@ where
                             ctx: ctx.clone(),
                             input: rx,
                             batchers: routes.clone(),
+                            partition_by: Some(partition_by.clone()),
                         }
                         .run(),
                     );
@@ -248,9 +298,14 @@ where
         });
 
         tracing::info!(pipeline = %self.name, max_in_flight = limit, "pipeline started");
+        let rate_limits = RateLimits {
+            pipeline: meter.rate_limit.clone(),
+            batchers: batcher_limits.into(),
+        };
         Ok(Pipeline::new(
             self.name,
             meter,
+            rate_limits,
             stop,
             tasks,
             self.shutdown_deadline,
@@ -268,6 +323,9 @@ impl<S: Source, H> fmt::Debug for PipelineBuilder<S, H> {
             .field("batchers", &self.batchers)
             .field("shutdown_deadline", &self.shutdown_deadline)
             .field("max_in_flight", &self.max_in_flight)
+            .field("retry", &self.retry)
+            .field("dead_letter", &self.dead_letter.is_some())
+            .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
     }
 }

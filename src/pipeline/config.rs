@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::BuildError;
+use crate::failure::rate_limit::RateLimit;
 
 /// Settings of the processor pool: the tasks calling
 /// [`Handler::handle_message`](crate::Handler::handle_message).
@@ -94,6 +95,7 @@ pub struct Batcher {
     pub(crate) batch_size: usize,
     pub(crate) batch_timeout: Duration,
     pub(crate) concurrency: usize,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl Batcher {
@@ -104,6 +106,7 @@ impl Batcher {
             batch_size: 100,
             batch_timeout: Duration::from_secs(1),
             concurrency: 1,
+            rate_limit: None,
         }
     }
 
@@ -130,6 +133,14 @@ impl Batcher {
         self
     }
 
+    /// At most this many messages per interval go into this batcher's batches (default:
+    /// no limit): for a slow sink. Changeable at runtime through
+    /// [`Pipeline::rate_limits`](crate::Pipeline::rate_limits).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     /// Checks the settings, naming the field at fault.
     pub fn validate(&self) -> Result<(), BuildError> {
         let field = |name: &str| format!("batchers.{}.{name}", self.name);
@@ -144,6 +155,9 @@ impl Batcher {
         }
         if self.concurrency == 0 {
             return Err(BuildError::at_least(field("concurrency"), 1, 0));
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate(&field("rate_limit"))?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::DeadlineExceeded;
+use crate::failure::rate_limit::RateLimits;
 use crate::handler::Handler;
 use crate::source::Source;
 use crate::topology::Meter;
@@ -63,6 +64,7 @@ pub use signal::shutdown_signal;
 pub struct Pipeline {
     name: String,
     meter: Arc<Meter>,
+    rate_limits: RateLimits,
     stop: CancellationToken,
     tasks: JoinSet<()>,
     deadline: Duration,
@@ -81,6 +83,7 @@ impl Pipeline {
     pub(crate) fn new(
         name: String,
         meter: Arc<Meter>,
+        rate_limits: RateLimits,
         stop: CancellationToken,
         tasks: JoinSet<()>,
         deadline: Duration,
@@ -88,6 +91,7 @@ impl Pipeline {
         Pipeline {
             name,
             meter,
+            rate_limits,
             stop,
             tasks,
             deadline,
@@ -102,6 +106,11 @@ impl Pipeline {
     /// A live view of the pipeline's counts, cheap to clone and to read from another task.
     pub fn stats(&self) -> StatsHandle {
         StatsHandle(self.meter.clone())
+    }
+
+    /// A handle to change the pipeline's rate limits while it runs. Cheap to clone.
+    pub fn rate_limits(&self) -> RateLimits {
+        self.rate_limits.clone()
     }
 
     /// A token that starts the shutdown when cancelled: the producers stop asking for
@@ -212,6 +221,9 @@ impl StatsHandle {
             received: meter.received.load(Ordering::Relaxed),
             successful: meter.successful.load(Ordering::Relaxed),
             failed: meter.failed.load(Ordering::Relaxed),
+            retried: meter.retried.load(Ordering::Relaxed),
+            dead_lettered: meter.dead_lettered.load(Ordering::Relaxed),
+            rate_limited: Duration::from_nanos(meter.rate_limited_nanos.load(Ordering::Relaxed)),
             in_flight: meter.credits.in_flight(),
             demand: meter.credits.demand(),
             max_in_flight: meter.credits.limit(),
@@ -229,6 +241,12 @@ pub struct Stats {
     pub successful: u64,
     /// Messages acknowledged as failed.
     pub failed: u64,
+    /// Failed attempts followed by another attempt.
+    pub retried: u64,
+    /// Messages written to the dead-letter destination.
+    pub dead_lettered: u64,
+    /// Time stages spent waiting for a rate limit, summed over stages.
+    pub rate_limited: Duration,
     /// Messages received and not yet acknowledged.
     pub in_flight: usize,
     /// How many more messages the pipeline may ask its source for now.

@@ -71,11 +71,31 @@ pub trait Source: Send + Sync + 'static {
         demand: NonZeroUsize,
     ) -> impl Future<Output = Result<Option<Vec<Message<Self::Item>>>, BoxError>> + Send;
 
+    /// Who retries a failed message: the pipeline, in process (the default, and the only
+    /// way for Kafka), or the broker, by redelivering it (SQS's visibility timeout).
+    fn redelivery(&self) -> Redelivery {
+        Redelivery::InProcess
+    }
+
     /// Called once when the pipeline stops asking for messages: release anything
     /// received but not yet handed to the pipeline. Default: nothing.
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// Who retries a failed message that has attempts left. Either way the handler sees the
+/// same thing: the message again, with its [`attempt`](Message::attempt) one higher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Redelivery {
+    /// The pipeline keeps the message and tries it again after the policy's backoff.
+    #[default]
+    InProcess,
+    /// The acknowledger gets the message as failed with
+    /// [`Message::redeliver_after`] set, and makes the broker deliver it again after that
+    /// delay; the source sets the attempt from the broker's delivery count.
+    Broker,
 }
 
 /// Connector code told the outcome of messages after their last stage.

@@ -1,8 +1,9 @@
-//! The end of every message's path: failed messages through `handle_failed`, then one
-//! acknowledgement call, then the credits back.
+//! The end of every message's path: final failures through `handle_failed` and the
+//! dead-letter destination, then one acknowledgement call, then the credits back.
 
 use std::sync::atomic::Ordering;
 
+use crate::failure::dead_letter::write_until_done;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::source::Acknowledger;
@@ -16,6 +17,9 @@ where
 {
     /// Acknowledges messages that finished their last stage. Each message reaches this
     /// exactly once: it is moved here, and stages never drop one on another path.
+    ///
+    /// Final failures go through `handle_failed` and the dead-letter destination first;
+    /// failures the broker will redeliver go straight to the acknowledger.
     pub(crate) async fn acknowledge(
         &self,
         successful: Vec<Message<H::Item>>,
@@ -26,13 +30,13 @@ where
             return;
         }
         if !failed.is_empty() {
-            let handled = guarded(async {
-                self.handler.handle_failed(&mut failed).await;
-                Ok(())
-            });
-            if let Err(failure) = handled.await {
-                tracing::error!(%failure, messages = failed.len(), "handle_failed failed; acknowledging as failed anyway");
-            }
+            // Final failures first, so that they form one slice to hand over.
+            failed.sort_by_key(|message| message.redeliver_after().is_some());
+            let finals = failed
+                .iter()
+                .take_while(|m| m.redeliver_after().is_none())
+                .count();
+            self.finish_failed(&mut failed[..finals]).await;
             self.meter
                 .failed
                 .fetch_add(failed.len() as u64, Ordering::Relaxed);
@@ -42,6 +46,26 @@ where
             .fetch_add(successful.len() as u64, Ordering::Relaxed);
         self.acknowledger.ack(successful, failed).await;
         self.meter.credits.give_back(settled);
+    }
+
+    /// The end of the failure path: `handle_failed` once, then the dead letter.
+    async fn finish_failed(&self, finals: &mut [Message<H::Item>]) {
+        if finals.is_empty() {
+            return;
+        }
+        let handled = guarded(async {
+            self.handler.handle_failed(finals).await;
+            Ok(())
+        });
+        if let Err(failure) = handled.await {
+            tracing::error!(%failure, messages = finals.len(), "handle_failed failed; going on to dead-letter");
+        }
+        if let Some(destination) = &self.dead_letter {
+            write_until_done(&**destination, finals).await;
+            self.meter
+                .dead_lettered
+                .fetch_add(finals.len() as u64, Ordering::Relaxed);
+        }
     }
 }
 

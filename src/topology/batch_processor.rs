@@ -1,8 +1,14 @@
-//! A batch processor: runs `handle_batch` on each batch and acknowledges it.
+//! A batch processor: waits for its batcher's rate limit, runs `handle_batch`, keeps the
+//! failed messages with attempts left for another try as a batch, and acknowledges the
+//! rest.
 
 use std::sync::Arc;
 
-use crate::handler::Handler;
+use futures_util::StreamExt;
+use tokio_util::time::DelayQueue;
+
+use crate::failure::rate_limit::Limiter;
+use crate::handler::{BatchTrigger, Handler};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::batcher::Batch;
@@ -12,6 +18,7 @@ use crate::topology::Context;
 pub(crate) struct BatchProcessor<H: Handler, A> {
     pub(crate) ctx: Arc<Context<H, A>>,
     pub(crate) input: async_channel::Receiver<Batch<H::Item>>,
+    pub(crate) rate_limit: Arc<Limiter>,
 }
 
 impl<H, A> BatchProcessor<H, A>
@@ -20,14 +27,60 @@ where
     A: Acknowledger<H::Item>,
 {
     pub(crate) async fn run(self) {
-        while let Ok((mut batch, info)) = self.input.recv().await {
-            if let Err(failure) = guarded(self.ctx.handler.handle_batch(&mut batch, &info)).await {
-                batch
-                    .iter_mut()
-                    .for_each(|message| message.set_failure(failure.clone()));
+        let mut retries: DelayQueue<Batch<H::Item>> = DelayQueue::new();
+        let mut open = true;
+        loop {
+            let batch = tokio::select! {
+                biased;
+                Some(expired) = retries.next(), if !retries.is_empty() => expired.into_inner(),
+                batch = self.input.recv(), if open => match batch {
+                    Ok(batch) => batch,
+                    Err(_) => {
+                        open = false;
+                        continue;
+                    }
+                },
+                else => break,
+            };
+            if let Some(retry) = self.handle(batch).await {
+                let delay = retry.1;
+                retries.insert(retry.0, delay);
             }
-            let (successful, failed) = split_failed(batch);
-            self.ctx.acknowledge(successful, failed).await;
         }
+    }
+
+    /// Handles one batch; returns the part to try again and when.
+    async fn handle(
+        &self,
+        (mut batch, info): Batch<H::Item>,
+    ) -> Option<(Batch<H::Item>, std::time::Duration)> {
+        let waited = self.rate_limit.acquire(batch.len()).await;
+        self.ctx.meter.add_rate_limited(waited);
+        if let Err(failure) = guarded(self.ctx.handler.handle_batch(&mut batch, &info)).await {
+            batch
+                .iter_mut()
+                .for_each(|message| message.set_failure(failure.clone()));
+        }
+        let (successful, failed) = split_failed(batch);
+        let mut settled = Vec::with_capacity(failed.len());
+        let mut again = Vec::new();
+        let mut delay = std::time::Duration::ZERO;
+        for mut message in failed {
+            match self.ctx.retry_delay(&mut message) {
+                Some(wait) => {
+                    delay = delay.max(wait);
+                    message.retry();
+                    again.push(message);
+                }
+                None => settled.push(message),
+            }
+        }
+        self.ctx.acknowledge(successful, settled).await;
+        if again.is_empty() {
+            return None;
+        }
+        let mut info = info;
+        info.trigger = BatchTrigger::Retry;
+        Some(((again, info), delay))
     }
 }

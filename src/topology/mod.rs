@@ -19,23 +19,34 @@ mod guard;
 mod processor;
 mod producer;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::failure::dead_letter::ErasedDeadLetter;
+use crate::failure::rate_limit::Limiter;
+use crate::failure::retry::{Decision, RetryPolicy};
 use crate::handler::Handler;
-use crate::source::Acknowledger;
+use crate::message::{Message, Status};
+use crate::source::{Acknowledger, Redelivery};
 
 pub(crate) use batch_processor::BatchProcessor;
 pub(crate) use batcher::BatcherStage;
 pub(crate) use processor::{BatcherRoute, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 
+pub(crate) use guard::guarded;
+
 use credits::Credits;
 
-/// What every stage shares: the user's handler, the source's acknowledger, the meter.
-pub(crate) struct Context<H, A> {
+/// What every stage shares: the user's handler, the source's acknowledger, the failure
+/// policy, the meter.
+pub(crate) struct Context<H: Handler, A> {
     pub(crate) handler: H,
     pub(crate) acknowledger: A,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) redelivery: Redelivery,
+    pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Item>>>,
     pub(crate) meter: Arc<Meter>,
 }
 
@@ -44,12 +55,24 @@ where
     H: Handler,
     A: Acknowledger<H::Item>,
 {
-    pub(crate) fn new(handler: H, acknowledger: A, meter: Arc<Meter>) -> Arc<Self> {
-        Arc::new(Context {
-            handler,
-            acknowledger,
-            meter,
-        })
+    /// After a stage failed `message`: the delay after which the stage should try it
+    /// again itself, or `None` when it goes on to be acknowledged (a final failure, or
+    /// one the broker redelivers).
+    pub(crate) fn retry_delay(&self, message: &mut Message<H::Item>) -> Option<Duration> {
+        let Status::Failed(failure) = message.status() else {
+            return None;
+        };
+        let Decision::Retry(delay) = self.retry.decide(failure, message.attempt()) else {
+            return None;
+        };
+        self.meter.retried.fetch_add(1, Ordering::Relaxed);
+        match self.redelivery {
+            Redelivery::InProcess => Some(delay),
+            Redelivery::Broker => {
+                message.set_redeliver_after(delay);
+                None
+            }
+        }
     }
 }
 
@@ -60,15 +83,31 @@ pub(crate) struct Meter {
     pub(crate) received: AtomicU64,
     pub(crate) successful: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) rate_limited_nanos: AtomicU64,
+    /// The limit on fetching from the source.
+    pub(crate) rate_limit: Arc<Limiter>,
 }
 
 impl Meter {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, rate_limit: Arc<Limiter>) -> Arc<Self> {
         Arc::new(Meter {
             credits: Credits::new(limit),
             received: AtomicU64::new(0),
             successful: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            rate_limited_nanos: AtomicU64::new(0),
+            rate_limit,
         })
+    }
+
+    pub(crate) fn add_rate_limited(&self, waited: Duration) {
+        if !waited.is_zero() {
+            let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            self.rate_limited_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
     }
 }

@@ -1,15 +1,21 @@
-//! A processor: runs `prepare_messages` and `handle_message` on each chunk, then hands
-//! each message to its batcher or, with no batcher, acknowledges it.
+//! A processor: runs `prepare_messages` and `handle_message` on each chunk, keeps failed
+//! messages for their retries (and, with `partition_by`, their key's later messages
+//! behind them), then hands each message to its batcher or, with no batcher,
+//! acknowledges it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio_util::time::DelayQueue;
 
 use crate::handler::Handler;
 use crate::message::{Failure, FailureKind, Message};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::guarded;
+use crate::topology::producer::PartitionBy;
 use crate::topology::Context;
 
 /// Where a processor sends the messages routed to one batcher.
@@ -31,6 +37,16 @@ pub(crate) struct Processor<H: Handler, A> {
     pub(crate) ctx: Arc<Context<H, A>>,
     pub(crate) input: async_channel::Receiver<Vec<Message<H::Item>>>,
     pub(crate) batchers: Vec<BatcherRoute<H::Item>>,
+    /// With `partition_by`: later messages of a key wait behind its retry.
+    pub(crate) partition_by: Option<PartitionBy<H::Item>>,
+}
+
+/// Messages a processor keeps for another attempt.
+struct Retries<T> {
+    /// Failed messages, each until its backoff has passed.
+    due: DelayQueue<Message<T>>,
+    /// Per partition key with a message in `due`: the later messages of that key, in order.
+    held: HashMap<u64, VecDeque<Message<T>>>,
 }
 
 impl<H, A> Processor<H, A>
@@ -39,26 +55,102 @@ where
     A: Acknowledger<H::Item>,
 {
     pub(crate) async fn run(self) {
-        while let Ok(chunk) = self.input.recv().await {
-            let chunk = self.handle(chunk).await;
-            self.route(chunk).await;
+        let mut retries = Retries {
+            due: DelayQueue::new(),
+            held: HashMap::new(),
+        };
+        let mut open = true;
+        loop {
+            // Retries first: they are older than anything still queued.
+            let done = tokio::select! {
+                biased;
+                Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
+                    let message = expired.into_inner();
+                    // The key is free for its head; the messages behind it follow it.
+                    let behind = self.key(&message).and_then(|key| retries.held.remove(&key));
+                    let mut messages = vec![message];
+                    messages.extend(behind.into_iter().flatten());
+                    self.pass(&mut retries, messages).await
+                }
+                chunk = self.input.recv(), if open => match chunk {
+                    Ok(chunk) => self.pass(&mut retries, chunk).await,
+                    Err(_) => {
+                        open = false;
+                        continue;
+                    }
+                },
+                // Input closed and no retry pending: drained.
+                else => break,
+            };
+            self.route(done).await;
         }
     }
 
-    async fn handle(&self, mut chunk: Vec<Message<H::Item>>) -> Vec<Message<H::Item>> {
+    fn key(&self, message: &Message<H::Item>) -> Option<u64> {
+        self.partition_by
+            .as_ref()
+            .map(|partition_by| partition_by(message))
+    }
+
+    /// Handles `messages` in order and returns those done with this stage; failed ones
+    /// with attempts left, and those whose key waits behind them, stay in `retries`.
+    async fn pass(
+        &self,
+        retries: &mut Retries<H::Item>,
+        messages: Vec<Message<H::Item>>,
+    ) -> Vec<Message<H::Item>> {
+        let mut messages = self.hold_back(retries, messages);
+        if messages.is_empty() {
+            return messages;
+        }
         let handler = &self.ctx.handler;
-        if let Err(failure) = guarded(handler.prepare_messages(&mut chunk)).await {
-            chunk
+        if let Err(failure) = guarded(handler.prepare_messages(&mut messages)).await {
+            messages
                 .iter_mut()
                 .for_each(|message| message.set_failure(failure.clone()));
-            return chunk;
         }
-        for message in chunk.iter_mut() {
-            if let Err(failure) = guarded(handler.handle_message(message)).await {
-                message.set_failure(failure);
+        let mut done = Vec::with_capacity(messages.len());
+        for mut message in messages {
+            let key = self.key(&message);
+            if let Some(queue) = key.and_then(|key| retries.held.get_mut(&key)) {
+                queue.push_back(message);
+                continue;
+            }
+            if message.is_ok() {
+                if let Err(failure) = guarded(handler.handle_message(&mut message)).await {
+                    message.set_failure(failure);
+                }
+            }
+            if let Some(delay) = self.ctx.retry_delay(&mut message) {
+                if let Some(key) = key {
+                    retries.held.entry(key).or_default();
+                }
+                message.retry();
+                retries.due.insert(message, delay);
+                continue;
+            }
+            done.push(message);
+        }
+        done
+    }
+
+    /// Moves the messages whose key waits behind a retry to the back of its queue.
+    fn hold_back(
+        &self,
+        retries: &mut Retries<H::Item>,
+        messages: Vec<Message<H::Item>>,
+    ) -> Vec<Message<H::Item>> {
+        if retries.held.is_empty() {
+            return messages;
+        }
+        let mut free = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.key(&message).and_then(|key| retries.held.get_mut(&key)) {
+                Some(queue) => queue.push_back(message),
+                None => free.push(message),
             }
         }
-        chunk
+        free
     }
 
     /// The index of the batcher a successful message goes to: the one it names, else the first.

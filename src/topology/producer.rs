@@ -61,11 +61,26 @@ impl<S: Source> Producer<S> {
         let credits = &self.meter.credits;
         let mut retry = RETRY_MIN;
         loop {
-            let demand = tokio::select! {
+            let mut demand = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
                 demand = credits.take(self.min_fetch, self.max_fetch) => demand,
             };
+            // The rate limit comes before the fetch: a throttled pipeline waits with
+            // nothing fetched, holding only its credits.
+            let limit = &self.meter.rate_limit;
+            if let Some(burst) = limit.burst().filter(|&burst| burst < demand) {
+                credits.give_back(demand - burst);
+                demand = burst;
+            }
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    credits.give_back(demand);
+                    return;
+                }
+                waited = limit.acquire(demand) => self.meter.add_rate_limited(waited),
+            }
             let received = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => {

@@ -1,0 +1,230 @@
+//! Rate limits, applied before a fetch (so a throttled pipeline holds no more than its
+//! demand) and, per batcher, before a batch (for slow sinks). Changeable at runtime.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::Quota;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::BuildError;
+
+/// At most `messages` per `per`, in bursts of at most `burst` (default: `messages`).
+///
+/// ```
+/// use std::time::Duration;
+/// use longshore::RateLimit;
+///
+/// let limit = RateLimit::per_second(500).burst(50);
+/// assert!(limit.validate("rate_limit").is_ok());
+/// let error = RateLimit::new(0, Duration::from_secs(1)).validate("rate_limit").unwrap_err();
+/// assert_eq!(error.to_string(), "invalid rate_limit.messages: must be at least 1, got 0");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    messages: u32,
+    per: Duration,
+    burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// At most `messages` per `per`.
+    pub fn new(messages: u32, per: Duration) -> Self {
+        RateLimit {
+            messages,
+            per,
+            burst: None,
+        }
+    }
+
+    /// At most `messages` per second.
+    pub fn per_second(messages: u32) -> Self {
+        RateLimit::new(messages, Duration::from_secs(1))
+    }
+
+    /// The most messages let through at once after a quiet spell (default: `messages`).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Checks the settings; `field` is where the limit sits in the configuration.
+    pub fn validate(&self, field: &str) -> Result<(), BuildError> {
+        if self.messages == 0 {
+            return Err(BuildError::at_least(format!("{field}.messages"), 1, 0));
+        }
+        if self.burst == Some(0) {
+            return Err(BuildError::at_least(format!("{field}.burst"), 1, 0));
+        }
+        if (self.per / self.messages).is_zero() {
+            return Err(BuildError::new(
+                format!("{field}.per"),
+                format!(
+                    "must allow at least 1 ns per message, got {:?} for {}",
+                    self.per, self.messages
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn burst_size(&self) -> u32 {
+        self.burst.unwrap_or(self.messages).max(1)
+    }
+
+    fn quota(&self) -> Quota {
+        let period = (self.per / self.messages.max(1)).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(self.burst_size()).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(period)
+            .expect("period is above zero")
+            .allow_burst(burst)
+    }
+}
+
+/// governor's clock on tokio's time, so that paused-time tests are exact.
+#[derive(Debug, Clone)]
+struct TokioClock(Instant);
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+type Governor = governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+struct Active {
+    governor: Governor,
+    clock: TokioClock,
+    burst: u32,
+}
+
+/// One rate limit, which may be changed or removed while callers wait on it.
+#[derive(Default)]
+pub(crate) struct Limiter {
+    active: RwLock<Option<Arc<Active>>>,
+    changed: Notify,
+}
+
+impl Limiter {
+    pub(crate) fn new(limit: Option<RateLimit>) -> Arc<Self> {
+        let limiter = Arc::new(Limiter::default());
+        limiter.set(limit);
+        limiter
+    }
+
+    /// Replaces the limit; waiting callers re-check against the new one at once.
+    pub(crate) fn set(&self, limit: Option<RateLimit>) {
+        let active = limit.map(|limit| {
+            let clock = TokioClock(Instant::now());
+            Arc::new(Active {
+                governor: governor::RateLimiter::direct_with_clock(limit.quota(), clock.clone()),
+                clock,
+                burst: limit.burst_size(),
+            })
+        });
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = active;
+        self.changed.notify_waiters();
+    }
+
+    fn active(&self) -> Option<Arc<Active>> {
+        self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The most messages one call to [`Limiter::acquire`] lets through at once.
+    pub(crate) fn burst(&self) -> Option<usize> {
+        self.active().map(|active| active.burst as usize)
+    }
+
+    /// Waits until `n` messages may pass; returns how long it waited.
+    pub(crate) async fn acquire(&self, n: usize) -> Duration {
+        let started = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let changed = self.changed.notified();
+            let Some(active) = self.active() else {
+                break;
+            };
+            let take = left.min(active.burst as usize);
+            let cells = NonZeroU32::new(take as u32).expect("take is at least one");
+            match active.governor.check_n(cells) {
+                Ok(Ok(())) => left -= take,
+                Ok(Err(not_until)) => {
+                    let wait = not_until.wait_time_from(active.clock.now());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = changed => {}
+                    }
+                }
+                Err(_) => unreachable!("never more cells than the burst"),
+            }
+        }
+        started.elapsed()
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter").field("burst", &self.burst()).finish()
+    }
+}
+
+/// Changes a running pipeline's rate limits; made by
+/// [`Pipeline::rate_limits`](crate::Pipeline::rate_limits). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub(crate) pipeline: Arc<Limiter>,
+    pub(crate) batchers: Arc<[(Arc<str>, Arc<Limiter>)]>,
+}
+
+impl RateLimits {
+    /// Sets (or with `None`, removes) the limit on messages fetched from the source.
+    pub fn set(&self, limit: Option<RateLimit>) -> Result<(), BuildError> {
+        if let Some(limit) = &limit {
+            limit.validate("rate_limit")?;
+        }
+        self.pipeline.set(limit);
+        Ok(())
+    }
+
+    /// Sets (or with `None`, removes) the limit on messages handed to batcher `name`.
+    pub fn set_batcher(&self, name: &str, limit: Option<RateLimit>) -> Result<(), BuildError> {
+        let field = format!("batchers.{name}.rate_limit");
+        let Some((_, limiter)) = self.batchers.iter().find(|(batcher, _)| &**batcher == name) else {
+            return Err(BuildError::new(field, "no batcher of that name"));
+        };
+        if let Some(limit) = &limit {
+            limit.validate(&field)?;
+        }
+        limiter.set(limit);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lets_through_the_burst_then_the_rate() {
+        let limiter = Limiter::new(Some(RateLimit::per_second(10).burst(5)));
+        assert_eq!(limiter.acquire(5).await, Duration::ZERO);
+        // 10 more at 10/s: 1 s.
+        let waited = limiter.acquire(10).await;
+        assert!(
+            waited >= Duration::from_millis(900) && waited <= Duration::from_millis(1000),
+            "{waited:?}"
+        );
+
+        limiter.set(None);
+        assert_eq!(limiter.acquire(1_000_000).await, Duration::ZERO);
+    }
+}
