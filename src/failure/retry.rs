@@ -120,7 +120,7 @@ impl RetryPolicy {
         if self.max_attempts == 0 {
             return Err(BuildError::at_least("retry.max_attempts", 1, 0));
         }
-        if !(self.multiplier >= 1.0) {
+        if self.multiplier.is_nan() || self.multiplier < 1.0 {
             return Err(BuildError::new(
                 "retry.multiplier",
                 format!("must be at least 1.0, got {}", self.multiplier),
