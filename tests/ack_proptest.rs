@@ -1,19 +1,25 @@
-//! Property: over random topologies and random handler errors and panics, every message
-//! is acknowledged exactly once with the right status, and where `partition_by` is set
-//! each key's messages are handled in the order sent.
+//! Property: over random topologies, random handler errors and panics, retries and dead
+//! letters, every message is acknowledged exactly once with the right status, final
+//! failures reach `handle_failed` and the dead-letter destination exactly once, and where
+//! `partition_by` is set each key's messages are handled in the order sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use longshore::testing::TestSource;
-use longshore::{BatchInfo, Batcher, BoxError, FailureKind, Handler, Message, Pipeline, Processors, Status};
+use longshore::{
+    BatchInfo, Batcher, BoxError, DeadLetter, FailureKind, Handler, Message, Pipeline, Processors,
+    RetryPolicy, Status,
+};
 use proptest::prelude::*;
 
 /// What the handler does with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
     Ok,
+    /// Fails its first n attempts in `handle_message`.
+    Flaky(u32),
     Error,
     Panic,
     /// `handle_message` succeeds; the batch holding it fails it.
@@ -59,6 +65,7 @@ impl Handler for Recorder {
             message.put_batcher(name);
         }
         match item.fate {
+            Fate::Flaky(n) if message.attempt() <= n => Err(format!("injected flake {}", item.seq).into()),
             Fate::Error => Err(format!("injected error {}", item.seq).into()),
             Fate::Panic => panic!("injected panic {}", item.seq),
             Fate::UnknownBatcher if !self.batchers.is_empty() => {
@@ -100,11 +107,14 @@ struct Topology {
     partitioned: bool,
     batchers: Vec<(usize, u64, usize)>,
     items: Vec<(u64, Fate, usize)>,
+    max_attempts: u32,
+    dead_letter: bool,
 }
 
 fn fate() -> impl Strategy<Value = Fate> {
     prop_oneof![
         6 => Just(Fate::Ok),
+        2 => (1u32..=3).prop_map(Fate::Flaky),
         1 => Just(Fate::Error),
         1 => Just(Fate::Panic),
         1 => Just(Fate::FailInBatch),
@@ -119,14 +129,18 @@ fn topology() -> impl Strategy<Value = Topology> {
         any::<bool>(),
         prop::collection::vec((1usize..=20, 1u64..=15, 1usize..=3), 0..=3),
         prop::collection::vec((0u64..6, fate(), 0usize..3), 0..300),
+        1u32..=3,
+        any::<bool>(),
     )
         .prop_map(
-            |(processors, max_demand, partitioned, batchers, items)| Topology {
+            |(processors, max_demand, partitioned, batchers, items, max_attempts, dead_letter)| Topology {
                 processors,
                 max_demand,
                 partitioned,
                 batchers,
                 items,
+                max_attempts,
+                dead_letter,
             },
         )
 }
@@ -172,6 +186,15 @@ async fn run(topology: Topology) {
                 .concurrency(concurrency),
         );
     }
+    let retry = RetryPolicy::new(topology.max_attempts)
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(4))
+        .jitter(0.5);
+    builder = builder.retry(retry);
+    let dead_letters = Arc::new(DeadLetters::default());
+    if topology.dead_letter {
+        builder = builder.dead_letter(dead_letters.clone());
+    }
     let pipeline = builder.start().expect("valid topology");
 
     let items: Vec<Item> = topology
@@ -202,6 +225,7 @@ async fn run(topology: Topology) {
         assert_eq!(outcome.message.data().seq, item.seq);
         let should_fail = match item.fate {
             Fate::Ok => false,
+            Fate::Flaky(n) => n >= topology.max_attempts,
             Fate::Error | Fate::Panic => true,
             Fate::FailInBatch | Fate::UnknownBatcher => has_batchers,
         };
@@ -228,6 +252,13 @@ async fn run(topology: Topology) {
     failed_seen.sort_unstable();
     assert_eq!(failed_seen, expected_failed);
 
+    // The dead-letter destination took each final failure exactly once.
+    if topology.dead_letter {
+        let mut dead = dead_letters.0.lock().unwrap().clone();
+        dead.sort_unstable();
+        assert_eq!(dead, expected_failed);
+    }
+
     // Batches hold one key each, within size, and only messages that reached batchers.
     let batches = recorder.batches.lock().unwrap();
     let mut batched = 0;
@@ -237,11 +268,17 @@ async fn run(topology: Topology) {
         assert!(keys.iter().all(|k| k == key), "a batch mixes keys");
         batched += keys.len();
     }
-    let expected_batched = if has_batchers {
+    // Every message that passed its processor was batched, once per batch attempt.
+    let expected_batched: usize = if has_batchers {
         items
             .iter()
-            .filter(|i| matches!(i.fate, Fate::Ok | Fate::FailInBatch))
-            .count()
+            .map(|i| match i.fate {
+                Fate::Ok => 1,
+                Fate::Flaky(n) if n < topology.max_attempts => 1,
+                Fate::FailInBatch => topology.max_attempts as usize,
+                _ => 0,
+            })
+            .sum()
     } else {
         0
     };
@@ -251,10 +288,24 @@ async fn run(topology: Topology) {
     if topology.partitioned {
         for (key, seqs) in recorder.handled.lock().unwrap().iter() {
             assert!(
-                seqs.windows(2).all(|w| w[0] < w[1]),
+                seqs.windows(2).all(|w| w[0] <= w[1]),
                 "key {key} out of order: {seqs:?}"
             );
         }
+    }
+}
+
+/// Records the sequence numbers it is given.
+#[derive(Debug, Default)]
+struct DeadLetters(Mutex<Vec<usize>>);
+
+impl DeadLetter<Item> for DeadLetters {
+    async fn dead_letter(&self, messages: &mut [Message<Item>]) -> Result<(), BoxError> {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(messages.iter().map(|m| m.data().seq));
+        Ok(())
     }
 }
 

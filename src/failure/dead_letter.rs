@@ -70,3 +70,10 @@ pub(crate) async fn write_until_done<T>(destination: &dyn ErasedDeadLetter<T>, m
         }
     }
 }
+
+/// A shared destination: keep an `Arc` to read it while the pipeline writes to it.
+impl<T, D: DeadLetter<T>> DeadLetter<T> for std::sync::Arc<D> {
+    fn dead_letter(&self, messages: &mut [Message<T>]) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).dead_letter(messages)
+    }
+}
