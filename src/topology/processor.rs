@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -109,27 +110,47 @@ where
                 .iter_mut()
                 .for_each(|message| message.set_failure(failure.clone()));
         }
-        let mut done = Vec::with_capacity(messages.len());
-        for mut message in messages {
-            let key = self.key(&message);
-            if let Some(queue) = key.and_then(|key| retries.held.get_mut(&key)) {
-                queue.push_back(message);
+        // Handled in place; the few that stay (index, retry delay or `None` to wait behind
+        // their key) are taken out afterwards, so the common case copies nothing.
+        let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
+        for (index, message) in messages.iter_mut().enumerate() {
+            let waits = !retries.held.is_empty()
+                && self
+                    .key(message)
+                    .is_some_and(|key| retries.held.contains_key(&key));
+            if waits {
+                staying.push((index, None));
                 continue;
             }
             if message.is_ok() {
-                if let Err(failure) = guarded(handler.handle_message(&mut message)).await {
+                if let Err(failure) = guarded(handler.handle_message(message)).await {
                     message.set_failure(failure);
                 }
             }
-            if let Some(delay) = self.ctx.retry_delay(&mut message) {
-                if let Some(key) = key {
+            if let Some(delay) = self.ctx.retry_delay(message) {
+                if let Some(key) = self.key(message) {
                     retries.held.entry(key).or_default();
                 }
-                message.retry();
-                retries.due.insert(message, delay);
-                continue;
+                staying.push((index, Some(delay)));
             }
-            done.push(message);
+        }
+        if staying.is_empty() {
+            return messages;
+        }
+        let mut staying = staying.into_iter().peekable();
+        let mut done = Vec::with_capacity(messages.len());
+        for (index, mut message) in messages.into_iter().enumerate() {
+            match staying.next_if(|&(at, _)| at == index) {
+                None => done.push(message),
+                Some((_, Some(delay))) => {
+                    message.retry();
+                    retries.due.insert(message, delay);
+                }
+                Some((_, None)) => {
+                    let key = self.key(&message).expect("only keyed messages wait");
+                    retries.held.entry(key).or_default().push_back(message);
+                }
+            }
         }
         done
     }
