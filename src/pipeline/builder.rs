@@ -84,8 +84,10 @@ where
     /// Routes each message to a processor by key, so that messages with the same key are
     /// handled one after the other, in the order received, by the same processor.
     ///
-    /// Without it, any free processor takes the next chunk. With it, a hot key's
-    /// processor may hold more than `max_demand`, up to the in-flight limit.
+    /// Without it, any free processor takes the next chunk, unless the source keeps an
+    /// order of its own ([`Source::partition_by`]: Kafka's partitions, SQS FIFO's message
+    /// groups). With it, a hot key's processor may hold more than `max_demand`, up to the
+    /// in-flight limit.
     pub fn partition_by<F>(mut self, key: F) -> Self
     where
         F: Fn(&Message<S::Item>) -> u64 + Send + Sync + 'static,
@@ -234,7 +236,7 @@ where
         }
 
         let queue_len = 2;
-        let dispatch = match self.partition_by {
+        let dispatch = match self.partition_by.or_else(|| self.source.partition_by()) {
             None => {
                 let (tx, rx) = async_channel::bounded(processors * queue_len);
                 for _ in 0..processors {

@@ -71,6 +71,13 @@ pub trait Source: Send + Sync + 'static {
         demand: NonZeroUsize,
     ) -> impl Future<Output = Result<Option<Vec<Message<Self::Item>>>, BoxError>> + Send;
 
+    /// The order this source keeps by default: messages with the same key are handled
+    /// in order by one processor (Kafka: the partition; SQS FIFO: the message group).
+    /// Used when the pipeline's builder sets no `partition_by`. Default: none.
+    fn partition_by(&self) -> Option<PartitionBy<Self::Item>> {
+        None
+    }
+
     /// Who retries a failed message: the pipeline, in process (the default, and the only
     /// way for Kafka), or the broker, by redelivering it (SQS's visibility timeout).
     fn redelivery(&self) -> Redelivery {
@@ -83,6 +90,10 @@ pub trait Source: Send + Sync + 'static {
         async {}
     }
 }
+
+/// A function from a message to its ordering key: messages with equal keys are handled
+/// one after the other, in the order received.
+pub type PartitionBy<T> = std::sync::Arc<dyn Fn(&Message<T>) -> u64 + Send + Sync>;
 
 /// Who retries a failed message that has attempts left. Either way the handler sees the
 /// same thing: the message again, with its [`attempt`](Message::attempt) one higher.

@@ -13,8 +13,7 @@ use crate::message::Message;
 use crate::source::Source;
 use crate::topology::Meter;
 
-/// A function from a message to its partition key (see the builder's `partition_by`).
-pub(crate) type PartitionBy<T> = Arc<dyn Fn(&Message<T>) -> u64 + Send + Sync>;
+pub(crate) use crate::source::PartitionBy;
 
 /// How received messages reach the processors.
 pub(crate) enum Dispatch<T> {

@@ -1,0 +1,233 @@
+//! What the consumer owns right now: the assigned partitions with their offsets, and the
+//! records fetched but not yet handed to the pipeline. Shared by the poll thread, the
+//! rebalance callbacks and the acknowledger.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use longshore::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
+
+use crate::offsets::PartitionOffsets;
+use crate::record::KafkaRecord;
+
+pub(crate) type TopicPartition = (Arc<str>, i32);
+
+/// One assigned partition.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub(crate) generation: u64,
+    pub(crate) offsets: PartitionOffsets,
+    /// Of the received, how many still wait in the queue (not handed to the pipeline).
+    pub(crate) queued: usize,
+    pub(crate) paused: bool,
+    /// The offset last committed, as the broker confirmed.
+    pub(crate) committed: Option<i64>,
+    /// Records below this offset were acknowledged in an earlier assignment of the
+    /// partition to this consumer, whose commit the broker refused mid-rebalance: they
+    /// are skipped, not handled twice.
+    pub(crate) done_below: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) partitions: HashMap<TopicPartition, Partition>,
+    /// Fetched, not yet asked for. Bounded: each partition holds at most
+    /// `max_buffered_per_partition` between fetch and acknowledgement.
+    pub(crate) queue: VecDeque<Message<KafkaRecord>>,
+    pub(crate) next_generation: u64,
+    /// Paused partitions that drained below half their limit.
+    pub(crate) to_resume: Vec<TopicPartition>,
+    /// Revoke commits the broker refused (a rebalance in progress): committed again if
+    /// the partition comes back to this consumer.
+    pub(crate) unconfirmed: HashMap<TopicPartition, i64>,
+    /// The source stopped fetching: the pipeline is shutting down.
+    pub(crate) stopped: bool,
+    /// The acknowledger is gone (or was never taken): commit a last time and close.
+    pub(crate) finished: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Signalled when acknowledgements arrive, for a revoke waiting on its partitions.
+    acknowledged: Condvar,
+    /// Signalled when records are queued.
+    pub(crate) ready: Notify,
+    pub(crate) max_buffered_per_partition: usize,
+}
+
+impl Shared {
+    pub(crate) fn new(max_buffered_per_partition: usize) -> Arc<Self> {
+        Arc::new(Shared {
+            state: Mutex::default(),
+            acknowledged: Condvar::new(),
+            ready: Notify::new(),
+            max_buffered_per_partition,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// New partitions: each starts a new generation. Returns the commits refused at an
+    /// earlier revoke of partitions that came back, to make now.
+    pub(crate) fn assign(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let mut state = self.lock();
+        let mut retry = TopicPartitionList::new();
+        for element in tpl.elements() {
+            let generation = state.next_generation;
+            state.next_generation += 1;
+            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            let done_below = state.unconfirmed.remove(&key);
+            if let Some(offset) = done_below {
+                retry
+                    .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
+                    .expect("a valid offset");
+            }
+            let partition = Partition {
+                generation,
+                offsets: PartitionOffsets::default(),
+                queued: 0,
+                paused: false,
+                committed: None,
+                done_below,
+            };
+            state.partitions.insert(key, partition);
+        }
+        retry
+    }
+
+    /// Remembers revoke commits the broker refused.
+    pub(crate) fn unconfirmed(&self, commits: &TopicPartitionList) {
+        let mut state = self.lock();
+        for element in commits.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                state
+                    .unconfirmed
+                    .insert((Arc::from(element.topic()), element.partition()), offset);
+            }
+        }
+    }
+
+    /// Records offsets the broker confirmed as committed.
+    pub(crate) fn confirmed(&self, commits: &TopicPartitionList) {
+        let mut state = self.lock();
+        for element in commits.elements() {
+            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            if let (Some(partition), Offset::Offset(offset)) =
+                (state.partitions.get_mut(&key), element.offset())
+            {
+                partition.committed = partition.committed.max(Some(offset));
+            }
+        }
+    }
+
+    /// Revoked partitions: drop their queued records, wait (at most `timeout`) for their
+    /// in-flight records to be acknowledged, then return the offsets to commit. The
+    /// partitions are forgotten: a late acknowledgement commits nothing.
+    pub(crate) fn revoke(&self, tpl: &TopicPartitionList, timeout: Duration) -> TopicPartitionList {
+        let revoked: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| (Arc::from(e.topic()), e.partition()))
+            .collect();
+        let mut state = self.lock();
+        // Never handed out, never acknowledged: the next owner reads them again.
+        state.queue.retain(|m| {
+            let record = m.data();
+            !revoked
+                .iter()
+                .any(|(t, p)| **t == *record.topic() && *p == record.partition())
+        });
+        let deadline = Instant::now() + timeout;
+        let busy = |state: &State| {
+            revoked.iter().any(|tp| {
+                state
+                    .partitions
+                    .get(tp)
+                    .is_some_and(|p| p.offsets.in_flight() > p.queued)
+            })
+        };
+        while busy(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    ?timeout,
+                    "revoked partitions still had messages in flight; committing what was acknowledged"
+                );
+                break;
+            }
+            state = self
+                .acknowledged
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        let mut commits = TopicPartitionList::new();
+        for tp in &revoked {
+            if let Some(partition) = state.partitions.remove(tp) {
+                add_commit(&mut commits, tp, &partition, true);
+            }
+        }
+        state.to_resume.retain(|tp| !revoked.contains(tp));
+        commits
+    }
+
+    /// The offsets to commit: those past the last confirmed commit, or with `all`, every
+    /// partition's.
+    pub(crate) fn commits(&self, all: bool) -> TopicPartitionList {
+        let state = self.lock();
+        let mut commits = TopicPartitionList::new();
+        for (tp, partition) in state.partitions.iter() {
+            add_commit(&mut commits, tp, partition, all);
+        }
+        commits
+    }
+
+    /// Records the acknowledgement of `records`: those of a partition revoked since are
+    /// ignored.
+    pub(crate) fn acknowledge<'a>(&self, records: impl Iterator<Item = &'a KafkaRecord>) {
+        let mut state = self.lock();
+        let limit = self.max_buffered_per_partition;
+        let mut resume = Vec::new();
+        for record in records {
+            let key = (record.topic_arc().clone(), record.partition());
+            let Some(partition) = state.partitions.get_mut(&key) else {
+                continue;
+            };
+            if partition.generation != record.generation {
+                continue;
+            }
+            partition.offsets.acknowledged(record.offset());
+            if partition.paused && partition.offsets.in_flight() <= limit / 2 {
+                partition.paused = false;
+                resume.push(key);
+            }
+        }
+        state.to_resume.extend(resume);
+        drop(state);
+        self.acknowledged.notify_all();
+    }
+}
+
+/// Adds `partition`'s committable offset to `commits` if it is past the confirmed one
+/// (or, with `all`, if there is one).
+fn add_commit(
+    commits: &mut TopicPartitionList,
+    (topic, partition): &TopicPartition,
+    state: &Partition,
+    all: bool,
+) {
+    match state.offsets.committable() {
+        Some(offset) if all || state.committed.is_none_or(|c| c < offset) => {
+            commits
+                .add_partition_offset(topic, *partition, Offset::Offset(offset))
+                .expect("a valid offset");
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,169 @@
+//! The Kafka source's settings, checked at start with errors that name the field.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use longshore::BuildError;
+use rdkafka::ClientConfig;
+
+/// How the Kafka source orders the handling of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ordering {
+    /// One partition's messages are handled one after the other, in offset order
+    /// (Kafka's own guarantee). Concurrency is at most the number of partitions.
+    #[default]
+    Partition,
+    /// One key's messages (within a partition) are handled in offset order; different
+    /// keys of a partition concurrently. Offsets are still committed contiguously.
+    Key,
+    /// No order: any processor takes any message.
+    Unordered,
+}
+
+/// Settings of a [`KafkaSource`](crate::KafkaSource).
+///
+/// ```
+/// use std::time::Duration;
+/// use longshore_kafka::{KafkaConfig, Ordering};
+///
+/// let config = KafkaConfig::new("127.0.0.1:9092", "orders-service", ["orders"])
+///     .ordering(Ordering::Key)
+///     .commit_interval(Duration::from_secs(2))
+///     .property("security.protocol", "plaintext");
+/// assert!(config.validate().is_ok());
+///
+/// let error = KafkaConfig::new("", "g", ["t"]).validate().unwrap_err();
+/// assert_eq!(error.to_string(), "invalid kafka.bootstrap_servers: must not be empty");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub(crate) bootstrap_servers: String,
+    pub(crate) group_id: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) commit_interval: Duration,
+    pub(crate) max_buffered_per_partition: usize,
+    pub(crate) ordering: Ordering,
+    pub(crate) revoke_drain_timeout: Duration,
+}
+
+/// Properties the source sets itself: overriding them would break its guarantees.
+const OWNED_PROPERTIES: [&str; 4] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "bootstrap.servers",
+    "group.id",
+];
+
+impl KafkaConfig {
+    /// Consume `topics` (names, or regular expressions starting with `^`) from the
+    /// cluster at `bootstrap_servers` in consumer group `group_id`.
+    pub fn new(
+        bootstrap_servers: impl Into<String>,
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            group_id: group_id.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            properties: BTreeMap::new(),
+            commit_interval: Duration::from_secs(5),
+            max_buffered_per_partition: 1_000,
+            ordering: Ordering::Partition,
+            revoke_drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Any librdkafka property (TLS, SASL, timeouts, `auto.offset.reset`, ...), passed
+    /// through as given, except those the source owns (`enable.auto.commit`,
+    /// `enable.auto.offset.store`, `bootstrap.servers`, `group.id`).
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// How often the acknowledged prefix of each partition is committed (default 5 s).
+    /// It is also committed on revoke and at shutdown.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// The most messages of one partition held between fetch and acknowledgement
+    /// (default 1,000). A partition at its limit is paused until it drains below half.
+    pub fn max_buffered_per_partition(mut self, max: usize) -> Self {
+        self.max_buffered_per_partition = max;
+        self
+    }
+
+    /// How messages are ordered (default [`Ordering::Partition`]).
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// On revoke, how long the in-flight messages of the revoked partitions may take to
+    /// finish before the commit and the release (default 10 s). Keep it well below the
+    /// group's `max.poll.interval.ms`.
+    pub fn revoke_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.revoke_drain_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings, naming the field at fault.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let empty = |field: &str| BuildError {
+            field: format!("kafka.{field}"),
+            reason: "must not be empty".to_owned(),
+        };
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(empty("bootstrap_servers"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(empty("group_id"));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(empty("topics"));
+        }
+        if self.max_buffered_per_partition == 0 {
+            return Err(BuildError {
+                field: "kafka.max_buffered_per_partition".to_owned(),
+                reason: "must be at least 1, got 0".to_owned(),
+            });
+        }
+        if self.commit_interval.is_zero() {
+            return Err(BuildError {
+                field: "kafka.commit_interval".to_owned(),
+                reason: "must be above zero".to_owned(),
+            });
+        }
+        if let Some(owned) = OWNED_PROPERTIES
+            .iter()
+            .find(|p| self.properties.contains_key(**p))
+        {
+            return Err(BuildError {
+                field: format!("kafka.properties.{owned}"),
+                reason: "is set by the source itself and cannot be overridden".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration: the user's properties, then the source's own.
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        // Bound librdkafka's own prefetch: memory follows demand, not the backlog.
+        config.set("queued.max.messages.kbytes", "16384");
+        config.set("auto.offset.reset", "earliest");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+    }
+}

@@ -1,0 +1,137 @@
+//! Per-partition offset tracking: which offsets were handed to the pipeline, which were
+//! acknowledged, and the offset that may be committed — never past an unfinished one.
+
+use std::collections::VecDeque;
+
+/// The offsets of one partition between receipt and commit.
+///
+/// Offsets arrive in increasing order (gaps allowed: compaction, transaction markers).
+/// The committable position is the first offset not yet acknowledged, or one past the
+/// last received when all are: Kafka's "next offset to read".
+#[derive(Debug, Default)]
+pub(crate) struct PartitionOffsets {
+    /// Received and not yet committable: (offset, acknowledged).
+    pending: VecDeque<(i64, bool)>,
+    /// Everything before this offset is acknowledged.
+    position: Option<i64>,
+    /// Entries of `pending` not yet acknowledged.
+    unacknowledged: usize,
+}
+
+impl PartitionOffsets {
+    /// Records that `offset` was handed to the pipeline.
+    pub(crate) fn received(&mut self, offset: i64) {
+        debug_assert!(self.pending.back().is_none_or(|&(last, _)| last < offset));
+        if self.pending.is_empty() && self.position.is_none() {
+            self.position = Some(offset);
+        }
+        self.pending.push_back((offset, false));
+        self.unacknowledged += 1;
+    }
+
+    /// Records that `offset` was acknowledged; `false` if it was not pending.
+    pub(crate) fn acknowledged(&mut self, offset: i64) -> bool {
+        let Ok(index) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {
+            return false;
+        };
+        if self.pending[index].1 {
+            return false;
+        }
+        self.pending[index].1 = true;
+        self.unacknowledged -= 1;
+        while let Some(&(offset, true)) = self.pending.front() {
+            self.pending.pop_front();
+            self.position = Some(offset + 1);
+        }
+        if let Some(&(offset, false)) = self.pending.front() {
+            self.position = Some(offset);
+        }
+        true
+    }
+
+    /// The offset to commit: every offset before it is acknowledged. `None` before the
+    /// first message.
+    pub(crate) fn committable(&self) -> Option<i64> {
+        self.position
+    }
+
+    /// Messages received and not yet acknowledged.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.unacknowledged
+    }
+
+    /// Entries kept: the unacknowledged, and acknowledged ones behind an unacknowledged.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn commits_only_the_acknowledged_prefix() {
+        let mut offsets = PartitionOffsets::default();
+        assert_eq!(offsets.committable(), None);
+        for offset in [10, 11, 13, 14] {
+            offsets.received(offset);
+        }
+        assert_eq!(offsets.committable(), Some(10));
+        assert!(offsets.acknowledged(11));
+        assert_eq!(offsets.committable(), Some(10));
+        assert!(offsets.acknowledged(10));
+        assert_eq!(offsets.committable(), Some(13));
+        assert!(!offsets.acknowledged(10), "twice");
+        assert!(!offsets.acknowledged(12), "never received");
+        assert!(offsets.acknowledged(14));
+        assert!(offsets.acknowledged(13));
+        assert_eq!(offsets.committable(), Some(15));
+        assert_eq!(offsets.in_flight(), 0);
+        assert_eq!(offsets.len(), 0);
+    }
+
+    /// Offsets with random gaps, and the same offsets in a random order.
+    fn offsets_and_acks() -> impl Strategy<Value = (Vec<i64>, Vec<i64>)> {
+        prop::collection::vec(1i64..4, 1..200).prop_flat_map(|gaps| {
+            let offsets: Vec<i64> = gaps
+                .iter()
+                .scan(0, |next, gap| {
+                    *next += gap;
+                    Some(*next)
+                })
+                .collect();
+            (Just(offsets.clone()), Just(offsets).prop_shuffle())
+        })
+    }
+
+    proptest! {
+        /// Random gaps and acknowledgement orders: the committable offset never passes an
+        /// unacknowledged one, and reaches one past the last when all are acknowledged.
+        #[test]
+        fn never_passes_an_unacknowledged_offset((offsets, acks) in offsets_and_acks()) {
+            let mut tracker = PartitionOffsets::default();
+            offsets.iter().for_each(|&o| tracker.received(o));
+            let last = offsets[offsets.len() - 1];
+            let mut acknowledged = std::collections::BTreeSet::new();
+            for ack in acks {
+                prop_assert!(tracker.acknowledged(ack));
+                acknowledged.insert(ack);
+                let position = tracker.committable().unwrap();
+                // Every received offset below the position is acknowledged, and the
+                // position is the first unacknowledged offset, or one past the last.
+                for &o in offsets.iter().filter(|&&o| o < position) {
+                    prop_assert!(acknowledged.contains(&o));
+                }
+                let first_open = offsets.iter().find(|o| !acknowledged.contains(o));
+                prop_assert_eq!(position, first_open.copied().unwrap_or(last + 1));
+                prop_assert_eq!(tracker.in_flight(), offsets.len() - acknowledged.len());
+            }
+            prop_assert_eq!(tracker.committable(), Some(last + 1));
+            prop_assert_eq!(tracker.len(), 0);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The Kafka [`Source`]: hands queued records to the pipeline on demand, and acknowledges
+//! them into the offset trackers.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use longshore::source::PartitionBy;
+use longshore::{Acknowledger, BoxError, Message, Source};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::assignment::Shared;
+use crate::config::{KafkaConfig, Ordering};
+use crate::error::KafkaSourceError;
+use crate::poller::{self, Context};
+use crate::record::KafkaRecord;
+
+/// Consumes Kafka topics in a consumer group, on demand.
+///
+/// ```text
+///  librdkafka ─▶ poll thread ─▶ queue (≤ max_buffered_per_partition each) ─▶ pipeline
+///      ▲             │ pause a full partition                                    │ ack
+///      └── commit ◀──┴── per partition: the contiguous acknowledged prefix ◀─────┘
+/// ```
+///
+/// - Offsets: per partition, only the contiguous acknowledged prefix is committed, on an
+///   interval, on revoke and at shutdown: never past an unfinished message.
+/// - Revoke: queued records of the revoked partitions are dropped (they were never
+///   handed out); their in-flight messages get `revoke_drain_timeout` to finish; then the
+///   prefix is committed and the partitions released. A later acknowledgement of them
+///   commits nothing.
+/// - Order: see [`Ordering`]; it becomes the pipeline's `partition_by` unless the builder
+///   sets one.
+/// - Failures are retried in process (Kafka cannot redeliver one record); give the
+///   pipeline a [`KafkaDeadLetter`](crate::KafkaDeadLetter) for what still fails.
+pub struct KafkaSource {
+    shared: Arc<Shared>,
+    poller: Arc<Mutex<Option<JoinHandle<()>>>>,
+    ordering: Ordering,
+    acknowledger_taken: std::sync::atomic::AtomicBool,
+}
+
+impl KafkaSource {
+    /// Connects, subscribes and starts the consumer's poll thread.
+    ///
+    /// # Errors
+    ///
+    /// An invalid configuration (naming the field), or librdkafka refusing it.
+    pub fn new(config: KafkaConfig) -> Result<Self, KafkaSourceError> {
+        config.validate()?;
+        let shared = Shared::new(config.max_buffered_per_partition);
+        let context = Context {
+            shared: shared.clone(),
+            revoke_drain_timeout: config.revoke_drain_timeout,
+        };
+        let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let poller = poller::spawn(consumer, shared.clone(), config.commit_interval)?;
+        Ok(KafkaSource {
+            shared,
+            poller: Arc::new(Mutex::new(Some(poller))),
+            ordering: config.ordering,
+            acknowledger_taken: Default::default(),
+        })
+    }
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("ordering", &self.ordering)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source for KafkaSource {
+    type Item = KafkaRecord;
+    type Acknowledger = KafkaAcknowledger;
+
+    fn acknowledger(&self) -> KafkaAcknowledger {
+        self.acknowledger_taken
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        KafkaAcknowledger {
+            shared: self.shared.clone(),
+            poller: self.poller.clone(),
+        }
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<KafkaRecord>>>, BoxError> {
+        loop {
+            let ready = self.shared.ready.notified();
+            {
+                let mut state = self.shared.lock();
+                if !state.queue.is_empty() {
+                    let n = demand.get().min(state.queue.len());
+                    let messages: Vec<Message<KafkaRecord>> = state.queue.drain(..n).collect();
+                    for message in &messages {
+                        let record = message.data();
+                        let key = (record.topic_arc().clone(), record.partition());
+                        if let Some(partition) = state.partitions.get_mut(&key) {
+                            partition.queued -= 1;
+                        }
+                    }
+                    if !state.queue.is_empty() {
+                        self.shared.ready.notify_one();
+                    }
+                    return Ok(Some(messages));
+                }
+            }
+            ready.await;
+        }
+    }
+
+    fn partition_by(&self) -> Option<PartitionBy<KafkaRecord>> {
+        fn hash(parts: impl Hash) -> u64 {
+            let mut hasher = DefaultHasher::new();
+            parts.hash(&mut hasher);
+            hasher.finish()
+        }
+        match self.ordering {
+            Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| {
+                let r = m.data();
+                hash((r.topic(), r.partition()))
+            })),
+            Ordering::Key => Some(Arc::new(|m: &Message<KafkaRecord>| {
+                let r = m.data();
+                hash((r.topic(), r.partition(), r.key()))
+            })),
+            Ordering::Unordered => None,
+        }
+    }
+
+    async fn shutdown(&self) {
+        let mut state = self.shared.lock();
+        state.stopped = true;
+        // Never handed out: not acknowledged, so not committed, so read again later.
+        state.queue.clear();
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        if !self.acknowledger_taken.load(std::sync::atomic::Ordering::SeqCst) {
+            // No pipeline ever ran: close the consumer now.
+            self.shared.lock().finished = true;
+        }
+    }
+}
+
+/// Acknowledges Kafka records into their partitions' offset trackers. When the pipeline
+/// drops it (it has stopped), it commits a last time and closes the consumer.
+pub struct KafkaAcknowledger {
+    shared: Arc<Shared>,
+    poller: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for KafkaAcknowledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAcknowledger").finish_non_exhaustive()
+    }
+}
+
+impl Acknowledger<KafkaRecord> for KafkaAcknowledger {
+    async fn ack(&self, successful: Vec<Message<KafkaRecord>>, failed: Vec<Message<KafkaRecord>>) {
+        // A failed message was dead-lettered (or given up) before it got here: either
+        // way it is done, and the offset may pass it.
+        self.shared
+            .acknowledge(successful.iter().chain(&failed).map(Message::data));
+    }
+}
+
+impl Drop for KafkaAcknowledger {
+    fn drop(&mut self) {
+        self.shared.lock().finished = true;
+        let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(poller) = poller {
+            // The final commit happens there; wait for it so that the process may exit.
+            if poller.join().is_err() {
+                tracing::error!("the kafka poll thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Test support: a real Kafka-protocol broker (librdkafka's mock cluster, over TCP on
+//! loopback), producing known records, reading what was committed.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses its own part
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use longshore::{BoxError, Handler, Message};
+use longshore_kafka::{KafkaConfig, KafkaRecord};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A mock cluster with one broker, and a topic of `partitions` partitions.
+pub fn cluster(
+    topic: &str,
+    partitions: i32,
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("the mock cluster starts");
+    cluster.create_topic(topic, partitions, 1).expect("topic created");
+    cluster
+}
+
+/// Produces `count` records to `topic`: key `k{i % keys}`, payload `i`, round-robin over
+/// partitions; waits until all are written.
+pub fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, keys: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for i in 0..count {
+        let key = format!("k{}", i % keys);
+        let payload = i.to_string();
+        let partition = (i % partitions as usize) as i32;
+        let mut record = BaseRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("all records written");
+}
+
+/// The consumer settings for tests: fast group protocol, as TOOLS.md advises for the
+/// mock cluster.
+pub fn config(bootstrap: &str, group: &str, topic: &str) -> KafkaConfig {
+    KafkaConfig::new(bootstrap, group, [topic])
+        .property("session.timeout.ms", "3000")
+        .property("heartbeat.interval.ms", "500")
+        .commit_interval(Duration::from_millis(200))
+}
+
+/// The offsets committed by `group` for each partition of `topic`.
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// A handled record: partition, offset, key, payload as a number, attempt.
+pub type Handled = (i32, i64, String, usize, u32);
+
+/// Records each handled record.
+#[derive(Default)]
+pub struct Recorder {
+    pub handled: Mutex<Vec<Handled>>,
+    /// Payloads that fail every attempt.
+    pub poison: Vec<usize>,
+    /// Payloads that fail their first attempt.
+    pub flaky: Vec<usize>,
+    pub delay: Option<Duration>,
+}
+
+impl Recorder {
+    pub fn payloads(&self) -> Vec<usize> {
+        self.handled.lock().unwrap().iter().map(|h| h.3).collect()
+    }
+
+    /// Per partition, the offsets in the order handled (successful attempts only).
+    pub fn offsets_by_partition(&self) -> HashMap<i32, Vec<i64>> {
+        let mut by = HashMap::<i32, Vec<i64>>::new();
+        for &(p, o, _, _, _) in self.handled.lock().unwrap().iter() {
+            by.entry(p).or_default().push(o);
+        }
+        by
+    }
+}
+
+impl Handler for Recorder {
+    type Item = KafkaRecord;
+
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let record = message.data();
+        let payload: usize = record.payload_str().ok_or("not text")?.parse()?;
+        if self.poison.contains(&payload) || (self.flaky.contains(&payload) && message.attempt() == 1) {
+            return Err(format!("cannot handle {payload}").into());
+        }
+        let key = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
+        self.handled.lock().unwrap().push((
+            record.partition(),
+            record.offset(),
+            key,
+            payload,
+            message.attempt(),
+        ));
+        Ok(())
+    }
+}
+
+/// Waits until `done` holds, checking every 10 ms, for at most `timeout`.
+pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
