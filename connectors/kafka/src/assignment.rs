@@ -101,6 +101,42 @@ impl Shared {
         retry
     }
 
+    /// Takes up to `demand` queued records, in order, skipping those of a partition that
+    /// already has `max_buffered_per_partition` handed out: a partition stalled behind a
+    /// retry cannot take the whole pipeline's demand.
+    pub(crate) fn take(&self, demand: usize) -> Vec<Message<KafkaRecord>> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let limit = self.max_buffered_per_partition;
+        let mut taken = Vec::with_capacity(demand.min(state.queue.len()));
+        let mut kept = VecDeque::new();
+        while taken.len() < demand {
+            let Some(message) = state.queue.pop_front() else {
+                break;
+            };
+            let record = message.data();
+            let key = (record.topic_arc().clone(), record.partition());
+            match state.partitions.get_mut(&key) {
+                Some(partition) if partition.offsets.in_flight() - partition.queued >= limit => {
+                    kept.push_back(message);
+                }
+                Some(partition) => {
+                    partition.queued -= 1;
+                    taken.push(message);
+                }
+                None => {}
+            }
+        }
+        // Skipped records go back in front, in their order.
+        while let Some(message) = kept.pop_back() {
+            state.queue.push_front(message);
+        }
+        if !taken.is_empty() && !state.queue.is_empty() {
+            self.ready.notify_one();
+        }
+        taken
+    }
+
     /// Remembers revoke commits the broker refused.
     pub(crate) fn unconfirmed(&self, commits: &TopicPartitionList) {
         let mut state = self.lock();

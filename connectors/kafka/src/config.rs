@@ -45,6 +45,7 @@ pub struct KafkaConfig {
     pub(crate) max_buffered_per_partition: usize,
     pub(crate) ordering: Ordering,
     pub(crate) revoke_drain_timeout: Duration,
+    pub(crate) lag_interval: Duration,
 }
 
 /// Properties the source sets itself: overriding them would break its guarantees.
@@ -69,9 +70,10 @@ impl KafkaConfig {
             topics: topics.into_iter().map(Into::into).collect(),
             properties: BTreeMap::new(),
             commit_interval: Duration::from_secs(5),
-            max_buffered_per_partition: 1_000,
+            max_buffered_per_partition: 100,
             ordering: Ordering::Partition,
             revoke_drain_timeout: Duration::from_secs(10),
+            lag_interval: Duration::from_secs(15),
         }
     }
 
@@ -91,7 +93,9 @@ impl KafkaConfig {
     }
 
     /// The most messages of one partition held between fetch and acknowledgement
-    /// (default 1,000). A partition at its limit is paused until it drains below half.
+    /// (default 100). A partition at its limit is paused until it drains below half, and
+    /// gets no more demand meanwhile. Keep it below the pipeline's `max_in_flight`: a
+    /// partition stalled behind a retry then cannot hold all of it.
     pub fn max_buffered_per_partition(mut self, max: usize) -> Self {
         self.max_buffered_per_partition = max;
         self
@@ -108,6 +112,12 @@ impl KafkaConfig {
     /// group's `max.poll.interval.ms`.
     pub fn revoke_drain_timeout(mut self, timeout: Duration) -> Self {
         self.revoke_drain_timeout = timeout;
+        self
+    }
+
+    /// How often the consumer's lag is read from the brokers (default 15 s).
+    pub fn lag_interval(mut self, interval: Duration) -> Self {
+        self.lag_interval = interval;
         self
     }
 

@@ -17,10 +17,14 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::assignment::Shared;
+use crate::lag::KafkaLag;
 use crate::record::KafkaRecord;
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The bound on each broker request of a lag refresh.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the rebalance protocol's callbacks against the shared assignment.
 pub(crate) struct Context {
@@ -86,14 +90,21 @@ fn commit(consumer: &BaseConsumer<Context>, commits: &TopicPartitionList, mode: 
     }
 }
 
+/// How often the poll thread commits and reads the lag.
+pub(crate) struct Intervals {
+    pub(crate) commit: Duration,
+    pub(crate) lag: Duration,
+}
+
 pub(crate) fn spawn(
     consumer: BaseConsumer<Context>,
     shared: Arc<Shared>,
-    commit_interval: Duration,
+    intervals: Intervals,
+    lag: (KafkaLag, String),
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("longshore-kafka".to_owned())
-        .spawn(move || Poller::new(consumer, shared).run(commit_interval))
+        .spawn(move || Poller::new(consumer, shared).run(intervals, lag))
 }
 
 struct Poller {
@@ -111,8 +122,9 @@ impl Poller {
         }
     }
 
-    fn run(mut self, commit_interval: Duration) {
+    fn run(mut self, intervals: Intervals, (lag, group): (KafkaLag, String)) {
         let mut last_commit = Instant::now();
+        let mut last_lag = Instant::now();
         let mut topics = HashMap::new();
         loop {
             let (stopped, finished) = {
@@ -133,9 +145,13 @@ impl Poller {
                 None => {}
             }
             self.resume_drained();
-            if last_commit.elapsed() >= commit_interval {
+            if last_commit.elapsed() >= intervals.commit {
                 commit(&self.consumer, &self.shared.commits(false), CommitMode::Async);
                 last_commit = Instant::now();
+            }
+            if last_lag.elapsed() >= intervals.lag {
+                lag.refresh(&self.consumer, &group, LAG_TIMEOUT);
+                last_lag = Instant::now();
             }
         }
         commit(&self.consumer, &self.shared.commits(true), CommitMode::Sync);

@@ -13,7 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::assignment::Shared;
 use crate::config::{KafkaConfig, Ordering};
 use crate::error::KafkaSourceError;
-use crate::poller::{self, Context};
+use crate::lag::KafkaLag;
+use crate::poller::{self, Context, Intervals};
 use crate::record::KafkaRecord;
 
 /// Consumes Kafka topics in a consumer group, on demand.
@@ -36,6 +37,7 @@ use crate::record::KafkaRecord;
 ///   pipeline a [`KafkaDeadLetter`](crate::KafkaDeadLetter) for what still fails.
 pub struct KafkaSource {
     shared: Arc<Shared>,
+    lag: KafkaLag,
     poller: Arc<Mutex<Option<JoinHandle<()>>>>,
     ordering: Ordering,
     acknowledger_taken: std::sync::atomic::AtomicBool,
@@ -57,13 +59,31 @@ impl KafkaSource {
         let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let poller = poller::spawn(consumer, shared.clone(), config.commit_interval)?;
+        let lag = KafkaLag::default();
+        let intervals = Intervals {
+            commit: config.commit_interval,
+            lag: config.lag_interval,
+        };
+        let poller = poller::spawn(
+            consumer,
+            shared.clone(),
+            intervals,
+            (lag.clone(), config.group_id),
+        )?;
         Ok(KafkaSource {
             shared,
+            lag,
             poller: Arc::new(Mutex::new(Some(poller))),
             ordering: config.ordering,
             acknowledger_taken: Default::default(),
         })
+    }
+}
+
+impl KafkaSource {
+    /// The consumer's lag per partition, refreshed every `lag_interval`.
+    pub fn lag(&self) -> KafkaLag {
+        self.lag.clone()
     }
 }
 
@@ -91,23 +111,9 @@ impl Source for KafkaSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<KafkaRecord>>>, BoxError> {
         loop {
             let ready = self.shared.ready.notified();
-            {
-                let mut state = self.shared.lock();
-                if !state.queue.is_empty() {
-                    let n = demand.get().min(state.queue.len());
-                    let messages: Vec<Message<KafkaRecord>> = state.queue.drain(..n).collect();
-                    for message in &messages {
-                        let record = message.data();
-                        let key = (record.topic_arc().clone(), record.partition());
-                        if let Some(partition) = state.partitions.get_mut(&key) {
-                            partition.queued -= 1;
-                        }
-                    }
-                    if !state.queue.is_empty() {
-                        self.shared.ready.notify_one();
-                    }
-                    return Ok(Some(messages));
-                }
+            let messages = self.shared.take(demand.get());
+            if !messages.is_empty() {
+                return Ok(Some(messages));
             }
             ready.await;
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cluster, committed, config, eventually, produce, Recorder};
-use longshore::{Pipeline, Processors, RetryPolicy};
-use longshore_kafka::{KafkaDeadLetter, KafkaSource, Ordering};
+use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy};
+use longshore_kafka::{KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::ClientConfig;
@@ -222,4 +222,57 @@ async fn consumers_joining_and_leaving_lose_nothing_and_drain_before_releasing()
     // in-flight (6 × 10 each) plus their fetched-ahead queues (≤ 1,000 per partition).
     assert!(duplicates <= 4 * 6 * 1_000, "duplicates {duplicates}");
     eprintln!("rebalance run: handled {total}, duplicates {duplicates}");
+}
+
+/// Handles payloads below a threshold; the rest wait an hour for their retry, holding
+/// back their partition (not their processor).
+struct Stall(usize);
+
+impl Handler for Stall {
+    type Item = KafkaRecord;
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        let payload: usize = message.data().payload_str().ok_or("not text")?.parse()?;
+        if payload >= self.0 {
+            return Err(RetryAfter::new("stalled", Duration::from_secs(3600)).into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_the_high_watermark_minus_the_committed_offset() {
+    let cluster = cluster("lagging", 2);
+    let bootstrap = cluster.bootstrap_servers();
+    // Payload i goes to partition i % 2 at offset i / 2: 50 records per partition.
+    produce(&bootstrap, "lagging", 2, 100, 10);
+
+    let config = config(&bootstrap, "g5", "lagging")
+        .lag_interval(Duration::from_millis(100))
+        .max_buffered_per_partition(8);
+    let source = KafkaSource::new(config).unwrap();
+    let lag = source.lag();
+    // Payloads 0..60 are handled: offsets 0..30 of each partition; offset 30 stalls.
+    let pipeline = Pipeline::builder(source, Stall(60))
+        .processors(Processors::new(2).max_demand(10).min_demand(5))
+        .retry(RetryPolicy::new(2))
+        .shutdown_deadline(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    let lags = || {
+        lag.snapshot()
+            .iter()
+            .map(|l| (l.partition, l.high_watermark, l.committed, l.lag))
+            .collect::<Vec<_>>()
+    };
+    eventually(WAIT, || lags() == vec![(0, 50, 30, 20), (1, 50, 30, 20)]).await;
+    let snapshot = lag.snapshot();
+    assert_eq!(
+        (snapshot[0].consumergroup.as_str(), snapshot[0].topic.as_str()),
+        ("g5", "lagging")
+    );
+
+    // The stalled records miss the deadline: unacknowledged, so never committed.
+    let error = pipeline.shutdown().await.unwrap_err();
+    assert!(error.in_flight >= 2);
+    assert_eq!(committed(&bootstrap, "g5", "lagging", 2), vec![30, 30]);
 }
