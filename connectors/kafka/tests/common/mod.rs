@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
+pub mod tansu;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,9 +29,22 @@ pub fn cluster(
 /// Produces `count` records to `topic`: key `k{i % keys}`, payload `i`, round-robin over
 /// partitions; waits until all are written.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, keys: usize) {
+    produce_with(bootstrap, topic, partitions, count, keys, 10_000);
+}
+
+/// As [`produce`], with at most `per_batch` records in one record batch.
+pub fn produce_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    count: usize,
+    keys: usize,
+    per_batch: usize,
+) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
+        .set("batch.num.messages", per_batch.to_string())
         .create()
         .expect("producer");
     for i in 0..count {

@@ -1,0 +1,97 @@
+//! A tansu broker (a Kafka-protocol broker written in Rust) as a separate process on a
+//! loopback port, so that it outlives the consumer processes a test kills.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running broker, stopped when dropped.
+pub struct Tansu {
+    child: Child,
+    pub bootstrap: String,
+}
+
+/// Where scripts/test installs tansu; `LONGSHORE_TANSU` overrides it.
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("LONGSHORE_TANSU") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").expect("HOME is set");
+    PathBuf::from(home).join(".cache/tansu-0.6.0/bin/tansu")
+}
+
+impl Tansu {
+    /// Starts a broker with in-memory storage on a free loopback port. Fails the test,
+    /// saying why, when tansu is missing or does not start: never a silent skip.
+    pub fn start() -> Tansu {
+        let binary = binary();
+        assert!(
+            binary.exists(),
+            "tansu not found at {}: run scripts/test (it installs tansu 0.6.0 under ~/.cache), \
+             or set LONGSHORE_TANSU",
+            binary.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu at {}: {e}", binary.display()));
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {bootstrap} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Tansu { child, bootstrap }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates `topic` with `partitions` partitions through the admin API.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("create_topics answered");
+    for result in results {
+        result.unwrap_or_else(|(topic, error)| panic!("cannot create topic {topic}: {error}"));
+    }
+}

@@ -1,0 +1,69 @@
+//! Test support, not an example: a consumer process for the kill -9 tests. It consumes a
+//! topic and appends each handled payload, one per line, to a file (one `write` per batch,
+//! so a kill never leaves half a batch), until SIGTERM.
+//!
+//! Usage: count-consumer BOOTSTRAP TOPIC GROUP OUTPUT
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::Duration;
+
+use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
+use longshore_kafka::{KafkaConfig, KafkaRecord, KafkaSource};
+
+struct AppendToFile(std::sync::Mutex<std::fs::File>);
+
+impl Handler for AppendToFile {
+    type Item = KafkaRecord;
+
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        message.data().payload_str().ok_or("not text")?.parse::<u64>()?;
+        Ok(())
+    }
+
+    async fn handle_batch(&self, batch: &mut [Message<KafkaRecord>], _: &BatchInfo) -> Result<(), BoxError> {
+        let mut lines = String::with_capacity(batch.len() * 8);
+        for message in batch.iter() {
+            lines.push_str(message.data().payload_str().unwrap_or_default());
+            lines.push('\n');
+        }
+        self.0.lock().unwrap().write_all(lines.as_bytes())?;
+        Ok(())
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [bootstrap, topic, group, output] = args.as_slice() else {
+        return Err("usage: count-consumer BOOTSTRAP TOPIC GROUP OUTPUT".into());
+    };
+    let file = OpenOptions::new().create(true).append(true).open(output)?;
+    let config = KafkaConfig::new(bootstrap.as_str(), group.as_str(), [topic.as_str()])
+        .property("session.timeout.ms", "6000")
+        .property("heartbeat.interval.ms", "500")
+        .commit_interval(Duration::from_millis(100));
+    let pipeline = Pipeline::builder(
+        KafkaSource::new(config)?,
+        AppendToFile(std::sync::Mutex::new(file)),
+    )
+    .processors(Processors::new(4).max_demand(50).min_demand(25))
+    .batcher(
+        Batcher::new("file")
+            .batch_size(100)
+            .batch_timeout(Duration::from_millis(20)),
+    )
+    .shutdown_deadline(Duration::from_secs(10))
+    .start()?;
+    println!("max_in_flight={}", pipeline.stats().get().max_in_flight);
+    // Progress on stderr, which the test keeps in a file beside the output.
+    let stats = pipeline.stats();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            eprintln!("{:?}", stats.get());
+        }
+    });
+    pipeline.run_until_signal().await?;
+    Ok(())
+}
