@@ -14,7 +14,6 @@
 //! `LONGSHORE_BENCH_MESSAGES` sets the message count (default 5,000,000).
 
 use std::hint::black_box;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +21,8 @@ use std::time::{Duration, Instant};
 use longshore::source::memory::MemorySource;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
 use tokio::sync::mpsc;
+
+mod support;
 
 const PROCESSORS: usize = 2;
 const BATCH_SIZE: usize = 100;
@@ -95,10 +96,7 @@ fn main() {
             _ => Impl::Chunked,
         };
         let m = run_case(shape, imp, messages);
-        println!(
-            "RESULT {} {} {} {}",
-            m.msgs_per_s, m.p50_us, m.p99_us, m.peak_rss_mb
-        );
+        support::report(&[m.msgs_per_s, m.p50_us, m.p99_us, m.peak_rss_mb]);
         return;
     }
     // A filter selects cases by name.
@@ -133,25 +131,10 @@ fn main() {
     }
 }
 
-/// Runs one case in a child process and parses its RESULT line.
+/// Runs one case in a child process.
 fn in_child(shape: &str, imp: &str, messages: u64) -> Measured {
-    let exe = std::env::current_exe().expect("own path");
-    let out = Command::new(exe)
-        .args(["--case", shape, imp])
-        .env("LONGSHORE_BENCH_MESSAGES", messages.to_string())
-        .output()
-        .expect("bench child runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| {
-            panic!(
-                "case {shape}/{imp} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let v: Vec<f64> = line[7..].split(' ').map(|x| x.parse().unwrap()).collect();
+    let env = [("LONGSHORE_BENCH_MESSAGES", messages.to_string())];
+    let v = support::run_child(&["--case", shape, imp], &env);
     Measured {
         msgs_per_s: v[0],
         p50_us: v[1],
@@ -181,17 +164,8 @@ fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
         msgs_per_s: messages as f64 / elapsed.as_secs_f64(),
         p50_us: samples.percentile(0.50),
         p99_us: samples.percentile(0.99),
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: support::peak_rss_mb(),
     }
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 // ---------------------------------------------------------------- longshore

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     acknowledged: Condvar,
     /// Signalled when records are queued.
     pub(crate) ready: Notify,
+    /// Signalled when the pipeline takes records from the queue.
+    room: Condvar,
     pub(crate) max_buffered_per_partition: usize,
 }
 
@@ -65,6 +67,7 @@ impl Shared {
             state: Mutex::default(),
             acknowledged: Condvar::new(),
             ready: Notify::new(),
+            room: Condvar::new(),
             max_buffered_per_partition,
         })
     }
@@ -131,10 +134,26 @@ impl Shared {
         while let Some(message) = kept.pop_back() {
             state.queue.push_front(message);
         }
-        if !taken.is_empty() && !state.queue.is_empty() {
-            self.ready.notify_one();
+        if !taken.is_empty() {
+            self.room.notify_one();
+            if !state.queue.is_empty() {
+                self.ready.notify_one();
+            }
         }
         taken
+    }
+
+    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records; `false`
+    /// if it is still full (or the source stopped or finished meanwhile).
+    pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .room
+            .wait_timeout_while(state, timeout, |s| {
+                s.queue.len() >= limit && !s.stopped && !s.finished
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.queue.len() < limit
     }
 
     /// Remembers revoke commits the broker refused.

@@ -70,7 +70,7 @@ impl KafkaConfig {
             topics: topics.into_iter().map(Into::into).collect(),
             properties: BTreeMap::new(),
             commit_interval: Duration::from_secs(5),
-            max_buffered_per_partition: 100,
+            max_buffered_per_partition: 1_000,
             ordering: Ordering::Partition,
             revoke_drain_timeout: Duration::from_secs(10),
             lag_interval: Duration::from_secs(15),
@@ -92,10 +92,12 @@ impl KafkaConfig {
         self
     }
 
-    /// The most messages of one partition held between fetch and acknowledgement
-    /// (default 100). A partition at its limit is paused until it drains below half, and
-    /// gets no more demand meanwhile. Keep it below the pipeline's `max_in_flight`: a
-    /// partition stalled behind a retry then cannot hold all of it.
+    /// The most records fetched ahead of demand, and the most of one partition between
+    /// fetch and acknowledgement (default 1,000). With the queue full, the consumer stops
+    /// taking records from librdkafka (whose prefetch is bounded too); a partition at its
+    /// limit is paused until it drains below half, and gets no demand meanwhile. Keep it
+    /// below the pipeline's `max_in_flight`: a partition stalled behind a retry then
+    /// cannot hold all of it.
     pub fn max_buffered_per_partition(mut self, max: usize) -> Self {
         self.max_buffered_per_partition = max;
         self
@@ -164,7 +166,7 @@ impl KafkaConfig {
     pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         // Bound librdkafka's own prefetch: memory follows demand, not the backlog.
-        config.set("queued.max.messages.kbytes", "16384");
+        config.set("queued.max.messages.kbytes", "32768");
         config.set("auto.offset.reset", "earliest");
         for (key, value) in &self.properties {
             config.set(key, value);

@@ -23,6 +23,12 @@ use crate::record::KafkaRecord;
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How long a full queue waits for demand before the partitions are paused.
+const STALL: Duration = Duration::from_secs(1);
+
+/// The most records handed from librdkafka to the queue at once.
+const HANDOFF: usize = 512;
+
 /// The bound on each broker request of a lag refresh.
 const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -126,24 +132,59 @@ impl Poller {
         let mut last_commit = Instant::now();
         let mut last_lag = Instant::now();
         let mut topics = HashMap::new();
+        let mut full_since: Option<Instant> = None;
         loop {
-            let (stopped, finished) = {
+            let (stopped, finished, queued) = {
                 let state = self.shared.lock();
-                (state.stopped, state.finished)
+                (state.stopped, state.finished, state.queue.len())
             };
             if finished {
                 break;
             }
             if stopped && !self.paused_all {
-                self.pause_all();
+                self.pause_all(true);
             }
-            match self.consumer.poll(POLL_INTERVAL) {
-                // Once stopped, what arrives is not handed out, so it is read again later.
-                Some(Ok(message)) if !stopped => self.enqueue(&mut topics, &message),
-                Some(Ok(_)) => {}
-                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
-                None => {}
+            // Back-pressure: with the queue full, stop taking records from librdkafka (it
+            // stops fetching once its own bounded prefetch is full). Only a stall longer
+            // than STALL pauses the partitions, so that polling can go on serving the
+            // group's callbacks; pausing drops librdkafka's prefetch, too dear for the
+            // ordinary ebb and flow of demand.
+            let limit = self.shared.max_buffered_per_partition;
+            let full = queued >= limit;
+            if full && !stopped {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                let left = STALL.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    // Woken as soon as the pipeline takes records; at the latest for a commit.
+                    self.shared.wait_for_room(limit, left.min(intervals.commit));
+                    if last_commit.elapsed() < intervals.commit {
+                        continue;
+                    }
+                }
+                if !self.paused_all {
+                    tracing::info!("pipeline stalled with a full queue; pausing all partitions");
+                    self.pause_all(true);
+                }
+            } else if full_since.take().is_some() && self.paused_all && !stopped {
+                self.pause_all(false);
             }
+            // Whatever librdkafka has ready, up to a handoff, in one lock and one wake-up:
+            // a wake-up per record would cost more than the record.
+            let mut ready = Vec::new();
+            let mut timeout = POLL_INTERVAL;
+            while ready.len() < HANDOFF {
+                match self.consumer.poll(timeout) {
+                    Some(Ok(message)) => ready.push(message),
+                    Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+                    None => break,
+                }
+                timeout = Duration::ZERO;
+            }
+            // Once stopped, what arrives is not handed out, so it is read again later.
+            if !stopped && !ready.is_empty() {
+                self.enqueue(&mut topics, &ready);
+            }
+            drop(ready);
             self.resume_drained();
             if last_commit.elapsed() >= intervals.commit {
                 commit(&self.consumer, &self.shared.commits(false), CommitMode::Async);
@@ -159,39 +200,44 @@ impl Poller {
         // Dropping the consumer leaves the group.
     }
 
-    /// Queues `message` for the pipeline; `topics` keeps one shared name per topic.
-    fn enqueue(&self, topics: &mut HashMap<String, Arc<str>>, message: &BorrowedMessage<'_>) {
-        let topic = match topics.get(message.topic()) {
-            Some(topic) => topic.clone(),
-            None => {
-                let topic: Arc<str> = Arc::from(message.topic());
-                topics.insert(message.topic().to_owned(), topic.clone());
-                topic
-            }
-        };
-        let key = (topic.clone(), message.partition());
+    /// Queues `messages` for the pipeline; `topics` keeps one shared name per topic.
+    fn enqueue(&self, topics: &mut HashMap<String, Arc<str>>, messages: &[BorrowedMessage<'_>]) {
+        let mut full = Vec::new();
         let mut state = self.shared.lock();
-        let Some(partition) = state.partitions.get_mut(&key) else {
-            // Fetched just before its revoke: not ours any more.
-            return;
-        };
-        if partition.done_below.is_some_and(|done| message.offset() < done) {
-            // Acknowledged under an earlier assignment (its commit is made at assign).
-            return;
+        let state = &mut *state;
+        for message in messages {
+            let topic = match topics.get(message.topic()) {
+                Some(topic) => topic.clone(),
+                None => {
+                    let topic: Arc<str> = Arc::from(message.topic());
+                    topics.insert(message.topic().to_owned(), topic.clone());
+                    topic
+                }
+            };
+            let key = (topic.clone(), message.partition());
+            let Some(partition) = state.partitions.get_mut(&key) else {
+                // Fetched just before its revoke: not ours any more.
+                continue;
+            };
+            if partition.done_below.is_some_and(|done| message.offset() < done) {
+                // Acknowledged under an earlier assignment (its commit is made at assign).
+                continue;
+            }
+            partition.offsets.received(message.offset());
+            partition.queued += 1;
+            let record = KafkaRecord::from_borrowed(message, topic, partition.generation);
+            // Paused only when stalled: its limit handed out and unacknowledged. (The queue's
+            // own limit already bounds what waits; pausing drops librdkafka's prefetch.)
+            let handed_out = partition.offsets.in_flight() - partition.queued;
+            if !partition.paused && handed_out >= self.shared.max_buffered_per_partition {
+                partition.paused = true;
+                full.push(key);
+            }
+            state.queue.push_back(Message::new(record));
         }
-        partition.offsets.received(message.offset());
-        partition.queued += 1;
-        let record = KafkaRecord::from_borrowed(message, topic, partition.generation);
-        let full =
-            !partition.paused && partition.offsets.in_flight() >= self.shared.max_buffered_per_partition;
-        if full {
-            partition.paused = true;
-        }
-        state.queue.push_back(Message::new(record));
-        drop(state);
         self.shared.ready.notify_one();
-        if full {
-            self.set_paused(&[key], true);
+        if !full.is_empty() {
+            self.set_paused(&full, true);
         }
     }
 
@@ -202,16 +248,22 @@ impl Poller {
         }
     }
 
-    fn pause_all(&mut self) {
+    /// Pauses (or resumes) every assigned partition.
+    fn pause_all(&mut self, paused: bool) {
         match self.consumer.assignment() {
             Ok(assignment) => {
-                if let Err(error) = self.consumer.pause(&assignment) {
-                    tracing::warn!(%error, "cannot pause partitions");
+                let result = if paused {
+                    self.consumer.pause(&assignment)
+                } else {
+                    self.consumer.resume(&assignment)
+                };
+                if let Err(error) = result {
+                    tracing::warn!(%error, paused, "cannot pause or resume partitions");
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot read the assignment"),
         }
-        self.paused_all = true;
+        self.paused_all = paused;
     }
 
     fn set_paused(&self, partitions: &[(Arc<str>, i32)], paused: bool) {

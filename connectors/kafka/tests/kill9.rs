@@ -117,7 +117,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
     assert_eq!(lost, 0, "records lost");
     assert_eq!(unique, PRODUCED);
     // A kill replays what was in flight plus what was acknowledged since the last
-    // commit (one 100 ms commit interval): bounded per kill.
+    // commit (one 20 ms commit interval of throughput): bounded per kill.
     assert!(
         duplicates <= KILLS * (in_flight_bound + PRODUCED / 10),
         "duplicates {duplicates} over the bound"

@@ -276,3 +276,38 @@ async fn lag_is_the_high_watermark_minus_the_committed_offset() {
     assert!(error.in_flight >= 2);
     assert_eq!(committed(&bootstrap, "g5", "lagging", 2), vec![30, 30]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_mid_run_loses_nothing() {
+    let cluster = cluster("outage", 3);
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, "outage", 3, 3_000, 30);
+
+    let recorder = Arc::new(Recorder {
+        delay: Some(Duration::from_micros(500)),
+        ..Recorder::default()
+    });
+    let pipeline = Pipeline::builder(
+        KafkaSource::new(config(&bootstrap, "g6", "outage")).unwrap(),
+        recorder.clone(),
+    )
+    .processors(Processors::new(3).max_demand(10).min_demand(5))
+    .start()
+    .unwrap();
+    eventually(WAIT, || recorder.payloads().len() >= 500).await;
+
+    // The broker goes away for two seconds, mid-stream, and comes back.
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.broker_up(1).unwrap();
+
+    let unique = || recorder.payloads().into_iter().collect::<BTreeSet<usize>>().len();
+    eventually(WAIT, || unique() == 3_000).await;
+    eventually(WAIT, || {
+        committed(&bootstrap, "g6", "outage", 3) == vec![1_000; 3]
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    let duplicates = recorder.payloads().len() - 3_000;
+    assert!(duplicates <= 3 * 100, "duplicates {duplicates}");
+}

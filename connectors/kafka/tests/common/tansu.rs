@@ -1,5 +1,8 @@
 //! A tansu broker (a Kafka-protocol broker written in Rust) as a separate process on a
-//! loopback port, so that it outlives the consumer processes a test kills.
+//! loopback port, so that it outlives the consumer processes a test kills. Shared by the
+//! tests and the benchmark.
+
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

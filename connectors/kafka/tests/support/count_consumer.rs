@@ -42,7 +42,7 @@ async fn main() -> Result<(), BoxError> {
     let config = KafkaConfig::new(bootstrap.as_str(), group.as_str(), [topic.as_str()])
         .property("session.timeout.ms", "6000")
         .property("heartbeat.interval.ms", "500")
-        .commit_interval(Duration::from_millis(100));
+        .commit_interval(Duration::from_millis(20));
     let pipeline = Pipeline::builder(
         KafkaSource::new(config)?,
         AppendToFile(std::sync::Mutex::new(file)),

@@ -1,0 +1,37 @@
+//! What every benchmark binary shares: each case runs in a child process of its own (so
+//! its peak RSS is its own), which reports one `RESULT` line of numbers.
+
+use std::process::Command;
+
+/// Runs this same binary with `args` (and `envs`) and returns the numbers of the
+/// `RESULT` line it prints.
+pub(crate) fn run_child(args: &[&str], envs: &[(&str, String)]) -> Vec<f64> {
+    let exe = std::env::current_exe().expect("own path");
+    let out = Command::new(exe)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("bench child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("case {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    line.split(' ').map(|x| x.parse().expect("a number")).collect()
+}
+
+/// Prints the `RESULT` line a child reports to its parent.
+pub(crate) fn report(values: &[f64]) {
+    let values: Vec<String> = values.iter().map(f64::to_string).collect();
+    println!("RESULT {}", values.join(" "));
+}
+
+/// This process's peak resident memory, in MiB.
+pub(crate) fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,168 @@
+//! Consume -> handle -> commit through longshore, against a raw rdkafka consumer loop
+//! reading the same topic in the same run, on librdkafka's mock cluster (40 partitions)
+//! and on a tansu broker process. Each consumer runs in a process of its own, so that
+//! its peak RSS is its own; throughput is timed from its first record to its last.
+//!
+//! Run with `scripts/bench kafka`. `LONGSHORE_BENCH_MESSAGES` sets the record count
+//! (default 1,000,000 on the mock cluster; a fifth of it on tansu).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use longshore::{BoxError, Handler, Message, Pipeline, Processors};
+use longshore_kafka::{KafkaConfig, KafkaRecord, KafkaSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+#[path = "../../../benches/support/mod.rs"]
+mod support;
+#[path = "../tests/common/tansu.rs"]
+mod tansu;
+
+use tansu::{create_topic, Tansu};
+
+const TOPIC: &str = "bench";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let (imp, bootstrap, group) = (&args[i + 1], &args[i + 2], &args[i + 3]);
+        let count: usize = args[i + 4].parse().unwrap();
+        let rate = match imp.as_str() {
+            "raw" => raw(bootstrap, group, count),
+            _ => ours(bootstrap, group, count),
+        };
+        support::report(&[rate, support::peak_rss_mb()]);
+        return;
+    }
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let count: usize = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(if smoke { 20_000 } else { 1_000_000 });
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 40, 1).expect("topic");
+    produce(&cluster.bootstrap_servers(), 40, count, 10_000);
+    compare("kafka-mock", &cluster.bootstrap_servers(), count);
+
+    let tansu = Tansu::start();
+    let count = count / 5;
+    create_topic(&tansu.bootstrap, TOPIC, 4);
+    // One record per batch: tansu 0.6 does not serve fetches starting inside a batch.
+    produce(&tansu.bootstrap, 4, count, 1);
+    compare("kafka-tansu", &tansu.bootstrap, count);
+}
+
+/// Runs both consumers over the topic at `bootstrap` and prints the BENCH line.
+fn compare(case: &str, bootstrap: &str, count: usize) {
+    // A fresh group per run: each reads the topic from its start.
+    let runs = std::cell::Cell::new(0);
+    let run = |imp: &str| {
+        runs.set(runs.get() + 1);
+        let group = format!("{imp}-{}-{}", std::process::id(), runs.get());
+        support::run_child(&["--case", imp, bootstrap, &group, &count.to_string()], &[])
+    };
+    // Alternated, best of two each: the brokers' own speed drifts over a run.
+    let best = |a: Vec<f64>, b: Vec<f64>| if a[0] >= b[0] { a } else { b };
+    let (raw1, ours1) = (run("raw"), run("longshore"));
+    let (ours2, raw2) = (run("longshore"), run("raw"));
+    let (baseline, longshore) = (best(raw1, raw2), best(ours1, ours2));
+    println!(
+        "BENCH case={case} msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} peak_rss_mb={:.1} \
+         baseline_peak_rss_mb={:.1} messages={count}",
+        longshore[0],
+        baseline[0],
+        longshore[0] / baseline[0],
+        longshore[1],
+        baseline[1],
+    );
+}
+
+/// Records of 100 bytes, round-robin over partitions.
+fn produce(bootstrap: &str, partitions: i32, count: usize, per_batch: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", per_batch.to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let payload = [b'x'; 100];
+    for i in 0..count {
+        let key = (i % 1000).to_string();
+        let mut record = BaseRecord::to(TOPIC)
+            .key(&key)
+            .payload(&payload[..])
+            .partition((i % partitions as usize) as i32);
+        while let Err((_, back)) = producer.send(record) {
+            record = back;
+            producer.poll(Duration::from_millis(5));
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("all records written");
+}
+
+/// The baseline: a plain rdkafka consumer loop, committing every 5 s (librdkafka's auto
+/// commit).
+fn raw(bootstrap: &str, group: &str, count: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[TOPIC]).unwrap();
+    let mut seen = 0;
+    let mut started = None;
+    while seen < count {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            black_box(message.payload());
+            seen += 1;
+        }
+    }
+    count as f64 / started.expect("records").elapsed().as_secs_f64()
+}
+
+struct Touch;
+
+impl Handler for Touch {
+    type Item = KafkaRecord;
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        black_box(message.data().payload());
+        Ok(())
+    }
+}
+
+/// longshore: the Kafka source, 2 processors in partition order, commits every 5 s.
+fn ours(bootstrap: &str, group: &str, count: usize) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [TOPIC])).expect("source");
+        let pipeline = Pipeline::builder(source, Touch)
+            .processors(Processors::new(2))
+            .start()
+            .unwrap();
+        let stats = pipeline.stats();
+        while stats.get().received == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let started = Instant::now();
+        while stats.get().successful < count as u64 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        pipeline.shutdown().await.expect("drains");
+        rate
+    })
+}
