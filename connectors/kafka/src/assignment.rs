@@ -143,17 +143,31 @@ impl Shared {
         taken
     }
 
-    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records; `false`
-    /// if it is still full (or the source stopped or finished meanwhile).
+    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records that
+    /// can be taken; `false` if it is still full (or the source stopped or finished).
     pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) -> bool {
         let state = self.lock();
         let (state, _) = self
             .room
             .wait_timeout_while(state, timeout, |s| {
-                s.queue.len() >= limit && !s.stopped && !s.finished
+                self.takeable(s) >= limit && !s.stopped && !s.finished
             })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.queue.len() < limit
+        self.takeable(&state) < limit
+    }
+
+    /// Queued records that the pipeline may take: not those of a partition with its limit
+    /// handed out (paused, so its queued records stay few), which would otherwise fill
+    /// the queue and starve every other partition.
+    pub(crate) fn takeable(&self, state: &State) -> usize {
+        let limit = self.max_buffered_per_partition;
+        let blocked: usize = state
+            .partitions
+            .values()
+            .filter(|p| p.offsets.in_flight() - p.queued >= limit)
+            .map(|p| p.queued)
+            .sum();
+        state.queue.len() - blocked
     }
 
     /// Remembers revoke commits the broker refused.

@@ -136,7 +136,7 @@ impl Poller {
         loop {
             let (stopped, finished, queued) = {
                 let state = self.shared.lock();
-                (state.stopped, state.finished, state.queue.len())
+                (state.stopped, state.finished, self.shared.takeable(&state))
             };
             if finished {
                 break;
@@ -155,13 +155,14 @@ impl Poller {
                 let since = *full_since.get_or_insert_with(Instant::now);
                 let left = STALL.saturating_sub(since.elapsed());
                 if !left.is_zero() {
-                    // Woken as soon as the pipeline takes records; at the latest for a commit.
-                    self.shared.wait_for_room(limit, left.min(intervals.commit));
-                    if last_commit.elapsed() < intervals.commit {
+                    // Woken as soon as the pipeline takes records; at the latest for a commit
+                    // (then polling once more serves the group's callbacks too).
+                    if self.shared.wait_for_room(limit, left.min(intervals.commit))
+                        || last_commit.elapsed() < intervals.commit
+                    {
                         continue;
                     }
-                }
-                if !self.paused_all {
+                } else if !self.paused_all {
                     tracing::info!("pipeline stalled with a full queue; pausing all partitions");
                     self.pause_all(true);
                 }

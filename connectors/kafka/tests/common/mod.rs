@@ -165,3 +165,10 @@ pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Broker tests run one at a time: on two cores, several brokers and consumer groups at
+/// once turn timing into flakiness.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
