@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_every_record_in_partition_order_and_commits_each_partition_to_its_end() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let cluster = cluster("orders", 4);
     let bootstrap = cluster.bootstrap_servers();
     produce(&bootstrap, "orders", 4, 2_000, 50);
@@ -46,7 +46,7 @@ async fn consumes_every_record_in_partition_order_and_commits_each_partition_to_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_from_the_committed_offsets() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let cluster = cluster("events", 2);
     let bootstrap = cluster.bootstrap_servers();
     produce(&bootstrap, "events", 2, 1_000, 10);
@@ -91,7 +91,7 @@ async fn a_restart_resumes_from_the_committed_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_order_holds_under_concurrency_and_retries_and_poison_goes_to_the_dead_letter_topic() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let cluster = cluster("payments", 2);
     cluster.create_topic("payments.dlq", 1, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
@@ -175,7 +175,7 @@ async fn key_order_holds_under_concurrency_and_retries_and_poison_goes_to_the_de
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_joining_and_leaving_lose_nothing_and_drain_before_releasing() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let cluster = cluster("clicks", 6);
     let bootstrap = cluster.bootstrap_servers();
     produce(&bootstrap, "clicks", 6, 3_000, 30);
@@ -245,7 +245,7 @@ impl Handler for Stall {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_the_high_watermark_minus_the_committed_offset() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let cluster = cluster("lagging", 2);
     let bootstrap = cluster.bootstrap_servers();
     // Payload i goes to partition i % 2 at offset i / 2: 50 records per partition.
@@ -284,7 +284,7 @@ async fn lag_is_the_high_watermark_minus_the_committed_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_mid_run_loses_nothing() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let cluster = cluster("outage", 3);
     let bootstrap = cluster.bootstrap_servers();
     produce(&bootstrap, "outage", 3, 3_000, 30);

@@ -168,7 +168,7 @@ pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
 
 /// Broker tests run one at a time: on two cores, several brokers and consumer groups at
 /// once turn timing into flakiness.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
