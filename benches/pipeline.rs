@@ -253,6 +253,26 @@ fn finish(msg: &Msg, samples: &Samples) {
     }
 }
 
+/// The baselines' batch processors: count each batch's messages as acknowledged.
+fn batch_processors(
+    inputs: Vec<mpsc::Receiver<Vec<Msg>>>,
+    acked: &Arc<AtomicU64>,
+    samples: &Arc<Samples>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    inputs
+        .into_iter()
+        .map(|mut rx| {
+            let (acked, samples) = (acked.clone(), samples.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    batch.iter().for_each(|m| finish(m, &samples));
+                    acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
 async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u64 {
     let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -261,15 +281,7 @@ async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u
         .unzip();
     let (batcher_tx, mut batcher_rx) = mpsc::channel::<Msg>(CHUNK);
     if shape == Shape::Batcher {
-        for mut rx in batch_rxs {
-            let (acked, samples) = (acked.clone(), samples.clone());
-            tasks.push(tokio::spawn(async move {
-                while let Some(batch) = rx.recv().await {
-                    batch.iter().for_each(|m| finish(m, &samples));
-                    acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                }
-            }));
-        }
+        tasks.extend(batch_processors(batch_rxs, &acked, &samples));
         tasks.push(tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH_SIZE);
             let mut next = 0;
@@ -326,15 +338,7 @@ async fn chunked_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) ->
         .unzip();
     let (batcher_tx, mut batcher_rx) = mpsc::channel::<Vec<Msg>>(4);
     if shape == Shape::Batcher {
-        for mut rx in batch_rxs {
-            let (acked, samples) = (acked.clone(), samples.clone());
-            tasks.push(tokio::spawn(async move {
-                while let Some(batch) = rx.recv().await {
-                    batch.iter().for_each(|m| finish(m, &samples));
-                    acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                }
-            }));
-        }
+        tasks.extend(batch_processors(batch_rxs, &acked, &samples));
         tasks.push(tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH_SIZE);
             let mut next = 0;

@@ -304,14 +304,14 @@ where
             pipeline: meter.rate_limit.clone(),
             batchers: batcher_limits.into(),
         };
-        Ok(Pipeline::new(
-            self.name,
+        Ok(Pipeline {
+            name: self.name,
             meter,
             rate_limits,
             stop,
             tasks,
-            self.shutdown_deadline,
-        ))
+            deadline: self.shutdown_deadline,
+        })
     }
 }
 

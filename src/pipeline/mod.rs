@@ -80,24 +80,6 @@ impl Pipeline {
         PipelineBuilder::new(source, handler)
     }
 
-    pub(crate) fn new(
-        name: String,
-        meter: Arc<Meter>,
-        rate_limits: RateLimits,
-        stop: CancellationToken,
-        tasks: JoinSet<()>,
-        deadline: Duration,
-    ) -> Self {
-        Pipeline {
-            name,
-            meter,
-            rate_limits,
-            stop,
-            tasks,
-            deadline,
-        }
-    }
-
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.name
