@@ -298,10 +298,10 @@ async fn shutdown_drains_flushes_and_acknowledges_everything_received() {
     assert!(seen
         .iter()
         .all(|(trigger, ..)| matches!(trigger, BatchTrigger::Flush | BatchTrigger::Size)));
-    assert!(
-        seen.iter().any(|(trigger, ..)| *trigger == BatchTrigger::Flush),
-        "a partial batch was flushed"
-    );
+    if summary.received % 1_000 != 0 {
+        let flushed = seen.iter().any(|(trigger, ..)| *trigger == BatchTrigger::Flush);
+        assert!(flushed, "a partial batch was flushed");
+    }
     assert_eq!(
         seen.iter().map(|(_, _, data, _)| data.len() as u64).sum::<u64>(),
         summary.received
