@@ -21,14 +21,17 @@ pub struct BuildError {
 }
 
 impl BuildError {
-    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An error for `field` (a dotted path), saying what was expected and what was given.
+    /// Connectors use it so that every configuration error reads the same.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         BuildError {
             field: field.into(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn at_least(field: impl Into<String>, min: usize, got: usize) -> Self {
+    /// `field` must be at least `min`, and was `got`.
+    pub fn at_least(field: impl Into<String>, min: usize, got: usize) -> Self {
         BuildError::new(field, format!("must be at least {min}, got {got}"))
     }
 }

@@ -125,10 +125,7 @@ impl KafkaConfig {
 
     /// Checks the settings, naming the field at fault.
     pub fn validate(&self) -> Result<(), BuildError> {
-        let empty = |field: &str| BuildError {
-            field: format!("kafka.{field}"),
-            reason: "must not be empty".to_owned(),
-        };
+        let empty = |field: &str| BuildError::new(format!("kafka.{field}"), "must not be empty");
         if self.bootstrap_servers.trim().is_empty() {
             return Err(empty("bootstrap_servers"));
         }
@@ -139,25 +136,19 @@ impl KafkaConfig {
             return Err(empty("topics"));
         }
         if self.max_buffered_per_partition == 0 {
-            return Err(BuildError {
-                field: "kafka.max_buffered_per_partition".to_owned(),
-                reason: "must be at least 1, got 0".to_owned(),
-            });
+            return Err(BuildError::at_least("kafka.max_buffered_per_partition", 1, 0));
         }
         if self.commit_interval.is_zero() {
-            return Err(BuildError {
-                field: "kafka.commit_interval".to_owned(),
-                reason: "must be above zero".to_owned(),
-            });
+            return Err(BuildError::new("kafka.commit_interval", "must be above zero"));
         }
         if let Some(owned) = OWNED_PROPERTIES
             .iter()
             .find(|p| self.properties.contains_key(**p))
         {
-            return Err(BuildError {
-                field: format!("kafka.properties.{owned}"),
-                reason: "is set by the source itself and cannot be overridden".to_owned(),
-            });
+            return Err(BuildError::new(
+                format!("kafka.properties.{owned}"),
+                "is set by the source itself and cannot be overridden",
+            ));
         }
         Ok(())
     }
