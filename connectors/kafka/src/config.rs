@@ -46,6 +46,7 @@ pub struct KafkaConfig {
     pub(crate) ordering: Ordering,
     pub(crate) revoke_drain_timeout: Duration,
     pub(crate) lag_interval: Duration,
+    pub(crate) close_timeout: Duration,
 }
 
 /// Properties the source sets itself: overriding them would break its guarantees.
@@ -74,6 +75,7 @@ impl KafkaConfig {
             ordering: Ordering::Partition,
             revoke_drain_timeout: Duration::from_secs(10),
             lag_interval: Duration::from_secs(15),
+            close_timeout: Duration::from_secs(30),
         }
     }
 
@@ -120,6 +122,14 @@ impl KafkaConfig {
     /// How often the consumer's lag is read from the brokers (default 15 s).
     pub fn lag_interval(mut self, interval: Duration) -> Self {
         self.lag_interval = interval;
+        self
+    }
+
+    /// At shutdown, how long the final commit and leaving the group may take (default
+    /// 30 s). A consumer that has not closed by then is left behind so that the service
+    /// can exit; whatever it had not committed is consumed again, never lost.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
 

@@ -6,7 +6,7 @@
 //! revoked partitions' messages are acknowledged, and must not block a runtime worker.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -107,10 +107,42 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     intervals: Intervals,
     lag: (KafkaLag, String),
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> std::io::Result<PollThread> {
+    let (done, finished) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
         .name("longshore-kafka".to_owned())
-        .spawn(move || Poller::new(consumer, shared).run(intervals, lag))
+        .spawn(move || {
+            // Dropped when the thread ends, even by a panic: that is the signal.
+            let _done = done;
+            Poller::new(consumer, shared).run(intervals, lag);
+        })?;
+    Ok(PollThread { handle, finished })
+}
+
+/// The running poll thread.
+pub(crate) struct PollThread {
+    handle: JoinHandle<()>,
+    finished: mpsc::Receiver<()>,
+}
+
+impl PollThread {
+    /// Waits at most `timeout` for the thread (told to finish) to make its final commit
+    /// and leave the group. librdkafka's close can wait forever on a broker that stopped
+    /// answering; then the thread is left behind rather than the service kept from
+    /// exiting: what it had not committed is read again, never lost.
+    pub(crate) fn join(self, timeout: Duration) {
+        match self.finished.recv_timeout(timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => tracing::error!(
+                ?timeout,
+                "the kafka consumer did not close in time; leaving it behind"
+            ),
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if self.handle.join().is_err() {
+                    tracing::error!("the kafka poll thread panicked");
+                }
+            }
+        }
+    }
 }
 
 struct Poller {

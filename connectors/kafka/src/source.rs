@@ -4,7 +4,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::time::Duration;
 
 use longshore::source::PartitionBy;
 use longshore::{Acknowledger, BoxError, Message, Source};
@@ -14,7 +14,7 @@ use crate::assignment::Shared;
 use crate::config::{KafkaConfig, Ordering};
 use crate::error::KafkaSourceError;
 use crate::lag::KafkaLag;
-use crate::poller::{self, Context, Intervals};
+use crate::poller::{self, Context, Intervals, PollThread};
 use crate::record::KafkaRecord;
 
 /// Consumes Kafka topics in a consumer group, on demand.
@@ -38,7 +38,8 @@ use crate::record::KafkaRecord;
 pub struct KafkaSource {
     shared: Arc<Shared>,
     lag: KafkaLag,
-    poller: Arc<Mutex<Option<JoinHandle<()>>>>,
+    poller: Arc<Mutex<Option<PollThread>>>,
+    close_timeout: Duration,
     ordering: Ordering,
     acknowledger_taken: std::sync::atomic::AtomicBool,
 }
@@ -74,6 +75,7 @@ impl KafkaSource {
             shared,
             lag,
             poller: Arc::new(Mutex::new(Some(poller))),
+            close_timeout: config.close_timeout,
             ordering: config.ordering,
             acknowledger_taken: Default::default(),
         })
@@ -105,6 +107,7 @@ impl Source for KafkaSource {
         KafkaAcknowledger {
             shared: self.shared.clone(),
             poller: self.poller.clone(),
+            close_timeout: self.close_timeout,
         }
     }
 
@@ -159,7 +162,8 @@ impl Drop for KafkaSource {
 /// drops it (it has stopped), it commits a last time and closes the consumer.
 pub struct KafkaAcknowledger {
     shared: Arc<Shared>,
-    poller: Arc<Mutex<Option<JoinHandle<()>>>>,
+    poller: Arc<Mutex<Option<PollThread>>>,
+    close_timeout: Duration,
 }
 
 impl std::fmt::Debug for KafkaAcknowledger {
@@ -183,9 +187,7 @@ impl Drop for KafkaAcknowledger {
         let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(poller) = poller {
             // The final commit happens there; wait for it so that the process may exit.
-            if poller.join().is_err() {
-                tracing::error!("the kafka poll thread panicked");
-            }
+            poller.join(self.close_timeout);
         }
     }
 }

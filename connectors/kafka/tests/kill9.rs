@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tansu::{create_topic, Tansu};
-use common::{committed, produce_with};
+use common::{committed, produce_with, Watchdog, TEST_LIMIT};
 
 const TOPIC: &str = "chaos";
 const PARTITIONS: i32 = 4;
@@ -64,6 +64,7 @@ fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let _watchdog = Watchdog::arm(TEST_LIMIT);
     let broker = Tansu::start();
     create_topic(&broker.bootstrap, TOPIC, PARTITIONS);
     // One record per batch: tansu 0.6 does not serve a fetch that starts inside a record

@@ -166,9 +166,41 @@ pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Broker tests run one at a time: on two cores, several brokers and consumer groups at
-/// once turn timing into flakiness.
-pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+/// The longest a broker test may run once it holds [`serial`]'s lock.
+pub const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+/// Held by a running broker test: the lock that makes broker tests run one at a time (on
+/// two cores, several brokers and consumer groups at once turn timing into flakiness),
+/// and a watchdog.
+pub struct Serial {
+    _lock: tokio::sync::MutexGuard<'static, ()>,
+    _watchdog: Watchdog,
+}
+
+pub async fn serial() -> Serial {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    SERIAL.lock().await
+    let lock = SERIAL.lock().await;
+    Serial {
+        _lock: lock,
+        _watchdog: Watchdog::arm(TEST_LIMIT),
+    }
+}
+
+/// Ends the whole test process if dropped later than `limit` after arming: a hang (a
+/// blocked runtime worker cannot be timed out from inside) fails the run at once, naming
+/// the test, instead of holding CI until its own limit.
+pub struct Watchdog(std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    pub fn arm(limit: Duration) -> Self {
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        std::thread::spawn(move || {
+            if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("{test} still running after {limit:?}: hung; ending the test run");
+                std::process::exit(101);
+            }
+        });
+        Watchdog(disarm)
+    }
 }
