@@ -120,6 +120,22 @@ pub enum BatchTrigger {
     Retry,
 }
 
+impl BatchTrigger {
+    /// Its name, as the `trigger` label of `longshore_batches_total` spells it.
+    ///
+    /// ```
+    /// assert_eq!(longshore::BatchTrigger::Timeout.as_str(), "timeout");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchTrigger::Size => "size",
+            BatchTrigger::Timeout => "timeout",
+            BatchTrigger::Flush => "flush",
+            BatchTrigger::Retry => "retry",
+        }
+    }
+}
+
 /// A shared handler: keep an `Arc` to read its state while the pipeline runs it.
 impl<H: Handler> Handler for std::sync::Arc<H> {
     type Item = H::Item;

@@ -85,6 +85,7 @@ mod error;
 mod failure;
 mod handler;
 mod message;
+pub mod metrics;
 mod pipeline;
 pub mod source;
 pub mod testing;

@@ -14,6 +14,8 @@ use crate::failure::rate_limit::{Limiter, RateLimit, RateLimits};
 use crate::failure::retry::RetryPolicy;
 use crate::handler::Handler;
 use crate::message::Message;
+use crate::metrics::health::{self, PipelineHealth};
+use crate::metrics::{BatcherMetrics, PipelineMetrics, Stage, StageMetrics};
 use crate::pipeline::config::{Batcher, Processors};
 use crate::pipeline::Pipeline;
 use crate::source::Source;
@@ -194,7 +196,11 @@ where
                 "start must be called within a tokio runtime",
             ));
         }
-        let meter = Meter::new(limit, Limiter::new(self.rate_limit));
+        let meter = Meter::new(
+            limit,
+            Limiter::new(self.rate_limit),
+            PipelineMetrics::new(&self.name, limit),
+        );
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let ctx = Arc::new(Context {
@@ -214,12 +220,15 @@ where
             let name: Arc<str> = Arc::from(batcher.name.as_str());
             let rate_limit = Limiter::new(batcher.rate_limit);
             batcher_limits.push((name.clone(), rate_limit.clone()));
+            let metrics = BatcherMetrics::new(&self.name, &name);
             let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
             for _ in 0..batcher.concurrency {
                 let stage = BatchProcessor {
                     ctx: ctx.clone(),
                     input: batch_rx.clone(),
                     rate_limit: rate_limit.clone(),
+                    metrics: metrics.clone(),
+                    batch_size: batcher.batch_size,
                 };
                 tasks.spawn(stage.run());
             }
@@ -230,12 +239,15 @@ where
                 batch_timeout: batcher.batch_timeout,
                 input: rx,
                 output: batch_tx,
+                metrics,
             };
             tasks.spawn(stage.run());
             routes.push(BatcherRoute { name, tx });
         }
 
         let queue_len = 2;
+        let metrics = StageMetrics::new(&self.name, Stage::Processor, "");
+        let max_demand = self.processors.max_demand;
         let dispatch = match self.partition_by.or_else(|| self.source.partition_by()) {
             None => {
                 let (tx, rx) = async_channel::bounded(processors * queue_len);
@@ -246,6 +258,8 @@ where
                             input: rx.clone(),
                             batchers: routes.clone(),
                             partition_by: None,
+                            metrics: metrics.clone(),
+                            max_demand,
                         }
                         .run(),
                     );
@@ -262,6 +276,8 @@ where
                             input: rx,
                             batchers: routes.clone(),
                             partition_by: Some(partition_by.clone()),
+                            metrics: metrics.clone(),
+                            max_demand,
                         }
                         .run(),
                     );
@@ -273,7 +289,6 @@ where
         drop(routes);
 
         let source = Arc::new(self.source);
-        let max_demand = self.processors.max_demand;
         let max_fetch = match dispatch {
             // A fetch that fits one processor's chunk is dispatched without copying.
             Dispatch::Shared(_) => max_demand,
@@ -293,9 +308,17 @@ where
             producers.spawn(producer.run());
         }
         drop(dispatch);
+        // Not ready once the shutdown starts, or once the source is exhausted.
+        let running = stop.child_token();
+        let ready_source = source.clone();
+        let health = health::register(PipelineHealth {
+            stop: running.clone(),
+            source_ready: Box::new(move || ready_source.is_ready()),
+        });
         // The source is shut down once, after its last producer stops.
         tasks.spawn(async move {
             while producers.join_next().await.is_some() {}
+            running.cancel();
             source.shutdown().await;
         });
 
@@ -311,6 +334,7 @@ where
             stop,
             tasks,
             deadline: self.shutdown_deadline,
+            _health: health,
         })
     }
 }

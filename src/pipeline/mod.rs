@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::DeadlineExceeded;
 use crate::failure::rate_limit::RateLimits;
 use crate::handler::Handler;
+use crate::metrics::health::PipelineHealth;
 use crate::source::Source;
 use crate::topology::Meter;
 
@@ -68,6 +69,8 @@ pub struct Pipeline {
     stop: CancellationToken,
     tasks: JoinSet<()>,
     deadline: Duration,
+    /// Counts in `/readyz` while the pipeline lives.
+    _health: Arc<PipelineHealth>,
 }
 
 impl Pipeline {

@@ -84,6 +84,12 @@ pub trait Source: Send + Sync + 'static {
         Redelivery::InProcess
     }
 
+    /// Whether the source is connected and can deliver (Kafka: it joined its group).
+    /// The metrics server's `/readyz` reports it. Default: always.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     /// Called once when the pipeline stops asking for messages: release anything
     /// received but not yet handed to the pipeline. Default: nothing.
     fn shutdown(&self) -> impl Future<Output = ()> + Send {

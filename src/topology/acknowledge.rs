@@ -37,15 +37,36 @@ where
                 .take_while(|m| m.redeliver_after().is_none())
                 .count();
             self.finish_failed(&mut failed[..finals]).await;
-            self.meter
-                .failed
-                .fetch_add(failed.len() as u64, Ordering::Relaxed);
         }
-        self.meter
-            .successful
-            .fetch_add(successful.len() as u64, Ordering::Relaxed);
+        self.count(&successful, &failed);
         self.acknowledger.ack(successful, failed).await;
         self.meter.credits.give_back(settled);
+    }
+
+    fn count(&self, successful: &[Message<H::Item>], failed: &[Message<H::Item>]) {
+        let meter = &self.meter;
+        let metrics = &meter.metrics;
+        meter
+            .successful
+            .fetch_add(successful.len() as u64, Ordering::Relaxed);
+        meter.failed.fetch_add(failed.len() as u64, Ordering::Relaxed);
+        metrics.successful.inc_by(successful.len() as u64);
+        metrics.failed.inc_by(failed.len() as u64);
+        metrics.in_flight.sub((successful.len() + failed.len()) as i64);
+        let now = std::time::Instant::now();
+        for (messages, histogram) in [
+            (successful, &metrics.successful_duration),
+            (failed, &metrics.failed_duration),
+        ] {
+            if messages.is_empty() {
+                continue;
+            }
+            // Observed locally, published once: one atomic add per call, not per message.
+            let local = histogram.local();
+            for at in messages.iter().filter_map(Message::received_at) {
+                local.observe(now.saturating_duration_since(at).as_secs_f64());
+            }
+        }
     }
 
     /// The end of the failure path: `handle_failed` once, then the dead letter.
@@ -65,6 +86,7 @@ where
             self.meter
                 .dead_lettered
                 .fetch_add(finals.len() as u64, Ordering::Relaxed);
+            self.meter.metrics.dead_lettered.inc_by(finals.len() as u64);
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::handler::{BatchInfo, BatchTrigger};
 use crate::message::Message;
+use crate::metrics::{BatcherMetrics, Held};
 use crate::topology::batch_groups::{BatchGroups, Group};
 
 pub(crate) type Batch<T> = (Vec<Message<T>>, BatchInfo);
@@ -19,6 +20,7 @@ pub(crate) struct BatcherStage<T> {
     pub(crate) batch_timeout: Duration,
     pub(crate) input: mpsc::Receiver<Vec<Message<T>>>,
     pub(crate) output: async_channel::Sender<Batch<T>>,
+    pub(crate) metrics: BatcherMetrics,
 }
 
 impl<T: Send + 'static> BatcherStage<T> {
@@ -28,6 +30,7 @@ impl<T: Send + 'static> BatcherStage<T> {
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let mut holding = self.metrics.stage.holding(0);
         loop {
             let next = groups.next_deadline();
             if next != armed {
@@ -42,31 +45,43 @@ impl<T: Send + 'static> BatcherStage<T> {
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
                     for group in groups.remove_expired(Instant::now()) {
-                        self.send(group, BatchTrigger::Timeout).await;
+                        self.send(&mut holding, group, BatchTrigger::Timeout).await;
                     }
                 }
                 chunk = self.input.recv() => match chunk {
-                    Some(chunk) => self.add(&mut groups, chunk).await,
+                    Some(chunk) => {
+                        holding.add(chunk.len());
+                        self.add(&mut holding, &mut groups, chunk).await;
+                    }
                     None => break,
                 },
             }
         }
         for group in groups.drain() {
-            self.send(group, BatchTrigger::Flush).await;
+            self.send(&mut holding, group, BatchTrigger::Flush).await;
         }
     }
 
-    async fn add(&self, groups: &mut BatchGroups<T>, chunk: Vec<Message<T>>) {
+    async fn add(&self, holding: &mut Held, groups: &mut BatchGroups<T>, chunk: Vec<Message<T>>) {
         let timeout = self.batch_timeout;
         for message in chunk {
             let (position, len) = groups.push(message, || Instant::now() + timeout);
             if len >= self.batch_size {
-                self.send(groups.remove(position), BatchTrigger::Size).await;
+                self.send(holding, groups.remove(position), BatchTrigger::Size)
+                    .await;
             }
         }
     }
 
-    async fn send(&self, group: Group<T>, trigger: BatchTrigger) {
+    async fn send(&self, holding: &mut Held, group: Group<T>, trigger: BatchTrigger) {
+        let metrics = &self.metrics;
+        let opened = group.deadline - self.batch_timeout;
+        metrics
+            .fill
+            .observe(Instant::now().saturating_duration_since(opened).as_secs_f64());
+        metrics.size.observe(group.messages.len() as f64);
+        metrics.batch(trigger).inc();
+        holding.release(group.messages.len());
         let info = BatchInfo {
             batcher: self.name.clone(),
             batch_key: group.key,

@@ -28,6 +28,7 @@ use crate::failure::rate_limit::Limiter;
 use crate::failure::retry::{Decision, RetryPolicy};
 use crate::handler::Handler;
 use crate::message::{Message, Status};
+use crate::metrics::PipelineMetrics;
 use crate::source::{Acknowledger, Redelivery};
 
 pub(crate) use batch_processor::BatchProcessor;
@@ -66,6 +67,7 @@ where
             return None;
         };
         self.meter.retried.fetch_add(1, Ordering::Relaxed);
+        self.meter.metrics.retries.inc();
         match self.redelivery {
             Redelivery::InProcess => Some(delay),
             Redelivery::Broker => {
@@ -76,7 +78,8 @@ where
     }
 }
 
-/// The pipeline's counts, updated once per chunk or batch, never per message.
+/// The pipeline's counts, updated once per chunk or batch, never per message: its own
+/// (for [`Stats`](crate::Stats)) and its Prometheus series.
 #[derive(Debug)]
 pub(crate) struct Meter {
     pub(crate) credits: Credits,
@@ -88,10 +91,11 @@ pub(crate) struct Meter {
     pub(crate) rate_limited_nanos: AtomicU64,
     /// The limit on fetching from the source.
     pub(crate) rate_limit: Arc<Limiter>,
+    pub(crate) metrics: PipelineMetrics,
 }
 
 impl Meter {
-    pub(crate) fn new(limit: usize, rate_limit: Arc<Limiter>) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, rate_limit: Arc<Limiter>, metrics: PipelineMetrics) -> Arc<Self> {
         Arc::new(Meter {
             credits: Credits::new(limit),
             received: AtomicU64::new(0),
@@ -101,13 +105,22 @@ impl Meter {
             dead_lettered: AtomicU64::new(0),
             rate_limited_nanos: AtomicU64::new(0),
             rate_limit,
+            metrics,
         })
     }
 
-    pub(crate) fn add_rate_limited(&self, waited: Duration) {
+    /// Time spent waiting for `limiter`.
+    pub(crate) fn add_rate_limited(&self, waited: Duration, limiter: &prometheus::Counter) {
         if !waited.is_zero() {
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
             self.rate_limited_nanos.fetch_add(nanos, Ordering::Relaxed);
+            limiter.inc_by(waited.as_secs_f64());
         }
+    }
+
+    pub(crate) fn add_received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.received.inc_by(n as u64);
+        self.metrics.in_flight.add(n as i64);
     }
 }

@@ -10,9 +10,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
+use tracing::Instrument;
 
 use crate::handler::Handler;
 use crate::message::{Failure, FailureKind, Message};
+use crate::metrics::{HandlingTimes, StageMetrics};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::guarded;
@@ -40,6 +42,9 @@ pub(crate) struct Processor<H: Handler, A> {
     pub(crate) batchers: Vec<BatcherRoute<H::Item>>,
     /// With `partition_by`: later messages of a key wait behind its retry.
     pub(crate) partition_by: Option<PartitionBy<H::Item>>,
+    pub(crate) metrics: StageMetrics,
+    /// The chunk it asks for: `max_demand`.
+    pub(crate) max_demand: usize,
 }
 
 /// Messages a processor keeps for another attempt.
@@ -61,7 +66,9 @@ where
             held: HashMap::new(),
         };
         let mut open = true;
+        let mut holding = self.metrics.holding(0);
         loop {
+            let waiting = self.metrics.demanding(self.max_demand);
             // Retries first: they are older than anything still queued.
             let done = tokio::select! {
                 biased;
@@ -74,7 +81,10 @@ where
                     self.pass(&mut retries, messages).await
                 }
                 chunk = self.input.recv(), if open => match chunk {
-                    Ok(chunk) => self.pass(&mut retries, chunk).await,
+                    Ok(chunk) => {
+                        holding.add(chunk.len());
+                        self.pass(&mut retries, chunk).await
+                    }
                     Err(_) => {
                         open = false;
                         continue;
@@ -83,6 +93,8 @@ where
                 // Input closed and no retry pending: drained.
                 else => break,
             };
+            drop(waiting);
+            holding.release(done.len());
             self.route(done).await;
         }
     }
@@ -113,6 +125,7 @@ where
         // Handled in place; the few that stay (index, retry delay or `None` to wait behind
         // their key) are taken out afterwards, so the common case copies nothing.
         let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
+        let mut timing = HandlingTimes::new(&self.metrics);
         for (index, message) in messages.iter_mut().enumerate() {
             let waits = !retries.held.is_empty()
                 && self
@@ -123,7 +136,10 @@ where
                 continue;
             }
             if message.is_ok() {
-                if let Err(failure) = guarded(handler.handle_message(message)).await {
+                let span = tracing::debug_span!("message", attempt = message.attempt());
+                let handled = guarded(handler.handle_message(message)).instrument(span).await;
+                timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
+                if let Err(failure) = handled {
                     message.set_failure(failure);
                 }
             }

@@ -2,7 +2,6 @@
 //! dispatches them to the processors.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Message;
+use crate::metrics::Held;
 use crate::source::Source;
 use crate::topology::Meter;
 
@@ -78,8 +78,9 @@ impl<S: Source> Producer<S> {
                     credits.give_back(demand);
                     return;
                 }
-                waited = limit.acquire(demand) => self.meter.add_rate_limited(waited),
+                waited = limit.acquire(demand) => self.meter.add_rate_limited(waited, &self.meter.metrics.rate_limited),
             }
+            let demanded = Held::new(&self.meter.metrics.producer_demand, demand);
             let received = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => {
@@ -88,6 +89,7 @@ impl<S: Source> Producer<S> {
                 }
                 received = self.source.receive(NonZeroUsize::new(demand).expect("credits take at least one")) => received,
             };
+            drop(demanded);
             match received {
                 Ok(Some(messages)) => {
                     retry = RETRY_MIN;
@@ -98,7 +100,7 @@ impl<S: Source> Producer<S> {
                         credits.take(got - demand, got - demand).await;
                     }
                     credits.give_back(demand.saturating_sub(got));
-                    self.meter.received.fetch_add(got as u64, Ordering::Relaxed);
+                    self.meter.add_received(got);
                     if self.dispatch(messages).await.is_err() {
                         return;
                     }

@@ -43,6 +43,8 @@ pub(crate) struct State {
     /// Revoke commits the broker refused (a rebalance in progress): committed again if
     /// the partition comes back to this consumer.
     pub(crate) unconfirmed: HashMap<TopicPartition, i64>,
+    /// The consumer joined its group (its first assignment came, empty or not).
+    pub(crate) joined: bool,
     /// The source stopped fetching: the pipeline is shutting down.
     pub(crate) stopped: bool,
     /// The acknowledger is gone (or was never taken): commit a last time and close.
@@ -76,16 +78,48 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The refused revoke commits (see [`State::unconfirmed`]) of partitions in `tpl`.
+    pub(crate) fn pending(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let state = self.lock();
+        let mut pending = TopicPartitionList::new();
+        for element in tpl.elements() {
+            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            if let Some(&offset) = state.unconfirmed.get(&key) {
+                pending
+                    .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
+                    .expect("a valid offset");
+            }
+        }
+        pending
+    }
+
     /// New partitions: each starts a new generation. Returns the commits refused at an
-    /// earlier revoke of partitions that came back, to make now.
-    pub(crate) fn assign(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+    /// earlier revoke of partitions that came back, to make now: only those still ahead of
+    /// what the group has committed since (`group`, `None` if unknown). Another owner may
+    /// have gone further meanwhile, and a commit never moves back.
+    pub(crate) fn assign(
+        &self,
+        tpl: &TopicPartitionList,
+        group: Option<&TopicPartitionList>,
+    ) -> TopicPartitionList {
         let mut state = self.lock();
+        state.joined = true;
         let mut retry = TopicPartitionList::new();
         for element in tpl.elements() {
             let generation = state.next_generation;
             state.next_generation += 1;
             let key: TopicPartition = (Arc::from(element.topic()), element.partition());
-            let done_below = state.unconfirmed.remove(&key);
+            let ahead = |ours: &i64| {
+                group.is_some_and(
+                    |group| match group.find_partition(&key.0, key.1).map(|e| e.offset()) {
+                        Some(Offset::Offset(theirs)) => theirs < *ours,
+                        Some(Offset::Invalid) => true,
+                        _ => false,
+                    },
+                )
+            };
+            // Not ahead (or unknown): read again from the group's offset; duplicates at worst.
+            let done_below = state.unconfirmed.remove(&key).filter(ahead);
             if let Some(offset) = done_below {
                 retry
                     .add_partition_offset(&key.0, key.1, Offset::Offset(offset))

@@ -29,6 +29,9 @@ const STALL: Duration = Duration::from_secs(1);
 /// The most records handed from librdkafka to the queue at once.
 const HANDOFF: usize = 512;
 
+/// The bound on reading the group's offsets when partitions come back.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The bound on each broker request of a lag refresh.
 const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -70,7 +73,14 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let retry = self.shared.assign(tpl);
+                let pending = self.shared.pending(tpl);
+                let group = (pending.count() > 0)
+                    .then(|| consumer.committed_offsets(pending, COMMITTED_TIMEOUT))
+                    .and_then(|read| {
+                        read.inspect_err(|error| tracing::warn!(%error, "cannot read the group's offsets"))
+                            .ok()
+                    });
+                let retry = self.shared.assign(tpl, group.as_ref());
                 if commit(consumer, &retry, CommitMode::Sync) {
                     self.shared.confirmed(&retry);
                 }

@@ -60,7 +60,7 @@ impl KafkaSource {
         let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let lag = KafkaLag::default();
+        let lag = KafkaLag::exported();
         let intervals = Intervals {
             commit: config.commit_interval,
             lag: config.lag_interval,
@@ -139,6 +139,11 @@ impl Source for KafkaSource {
             })),
             Ordering::Unordered => None,
         }
+    }
+
+    fn is_ready(&self) -> bool {
+        let state = self.shared.lock();
+        state.joined && !state.stopped
     }
 
     async fn shutdown(&self) {

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cluster, committed, config, eventually, produce, Recorder};
+use common::{cluster, committed, config, eventually, eventually_eq, produce, Recorder};
 use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy};
 use longshore_kafka::{KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -217,7 +217,7 @@ async fn consumers_joining_and_leaving_lose_nothing_and_drain_before_releasing()
     // The group settles on C alone: it commits every partition to its end. (Mid-storm a
     // broker may refuse a revoke's commit; the next owner then reads those records again:
     // duplicates, never losses.)
-    eventually(WAIT, || committed(&bootstrap, "g4", "clicks", 6) == vec![500; 6]).await;
+    eventually_eq(WAIT, || committed(&bootstrap, "g4", "clicks", 6), vec![500; 6]).await;
     pipeline_c.shutdown().await.unwrap();
 
     let total = handled(&[&a, &b, &c]);

@@ -166,6 +166,27 @@ pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `value()` equals `expected`, for at most `timeout`; on failure, says what
+/// it was last.
+pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(
+    timeout: Duration,
+    mut value: impl FnMut() -> T,
+    expected: T,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = value();
+        if now == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {now:?}, not {expected:?}, after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The longest a broker test may run once it holds [`serial`]'s lock.
 pub const TEST_LIMIT: Duration = Duration::from_secs(180);
 
@@ -179,6 +200,14 @@ pub struct Serial {
 
 pub async fn serial() -> Serial {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    // The source's log, shown with a failing test's output: what the group did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "longshore=info,longshore_kafka=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let lock = SERIAL.lock().await;
     Serial {
         _lock: lock,

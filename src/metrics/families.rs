@@ -1,0 +1,365 @@
+//! The metric families, registered once on the process registry, and the handles a
+//! pipeline resolves from them at start so that its stages count with one atomic add.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use prometheus::local::LocalHistogram;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts,
+};
+
+use super::registry;
+use crate::handler::BatchTrigger;
+
+/// Seconds, from 100 µs to about 30 s.
+fn duration_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.5, 15).expect("valid buckets")
+}
+
+/// Messages per batch, from 1 to about 16,000.
+fn size_buckets() -> Vec<f64> {
+    exponential_buckets(1.0, 2.0, 15).expect("valid buckets")
+}
+
+struct Families {
+    received: IntCounterVec,
+    acknowledged: IntCounterVec,
+    retries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    rate_limited: prometheus::CounterVec,
+    in_flight: IntGaugeVec,
+    max_in_flight: IntGaugeVec,
+    message_duration: HistogramVec,
+    stage_demand: IntGaugeVec,
+    stage_in_flight: IntGaugeVec,
+    stage_messages: IntCounterVec,
+    stage_duration: HistogramVec,
+    batches: IntCounterVec,
+    batch_size: HistogramVec,
+    batch_fill: HistogramVec,
+}
+
+fn families() -> &'static Families {
+    static FAMILIES: OnceLock<Families> = OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        let stage = ["pipeline", "stage", "batcher"];
+        let families = Families {
+            received: counter("longshore_received_messages_total", "Messages received from the source.", &["pipeline"]),
+            acknowledged: counter(
+                "longshore_acknowledged_messages_total",
+                "Messages acknowledged after their last stage, by outcome (successful or failed).",
+                &["pipeline", "outcome"],
+            ),
+            retries: counter("longshore_retries_total", "Failed attempts followed by another attempt.", &["pipeline"]),
+            dead_lettered: counter(
+                "longshore_dead_lettered_messages_total",
+                "Messages written to the dead-letter destination.",
+                &["pipeline"],
+            ),
+            rate_limited: prometheus::CounterVec::new(
+                Opts::new("longshore_rate_limited_seconds_total", "Time spent waiting for a rate limit, by limiter (source or a batcher's name)."),
+                &["pipeline", "limiter"],
+            )
+            .expect("valid metric"),
+            in_flight: gauge("longshore_in_flight_messages", "Messages received and not yet acknowledged.", &["pipeline"]),
+            max_in_flight: gauge(
+                "longshore_max_in_flight_messages",
+                "The most messages the pipeline may hold at once (its demand bound).",
+                &["pipeline"],
+            ),
+            message_duration: histogram(
+                "longshore_message_duration_seconds",
+                "Time from receipt to acknowledgement, by outcome: the latency the pipeline adds, handling included.",
+                &["pipeline", "outcome"],
+                duration_buckets(),
+            ),
+            stage_demand: gauge(
+                "longshore_stage_demand_messages",
+                "Messages a stage has asked for and not yet received (the producer: asked of the source).",
+                &stage,
+            ),
+            stage_in_flight: gauge("longshore_stage_in_flight_messages", "Messages inside a stage, waiting retries included.", &stage),
+            stage_messages: counter(
+                "longshore_stage_messages_total",
+                "Handling attempts in a stage, by outcome (successful or failed).",
+                &["pipeline", "stage", "batcher", "outcome"],
+            ),
+            stage_duration: histogram(
+                "longshore_stage_duration_seconds",
+                "Time in the handler: one handle_message (processor) or one handle_batch (batch_processor).",
+                &stage,
+                duration_buckets(),
+            ),
+            batches: counter(
+                "longshore_batches_total",
+                "Batches sent to handle_batch, by what closed them (size, timeout, flush, retry).",
+                &["pipeline", "batcher", "trigger"],
+            ),
+            batch_size: histogram("longshore_batch_size_messages", "Messages per batch.", &["pipeline", "batcher"], size_buckets()),
+            batch_fill: histogram(
+                "longshore_batch_fill_duration_seconds",
+                "Time from a batch's first message to the batch being closed.",
+                &["pipeline", "batcher"],
+                duration_buckets(),
+            ),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+            Box::new(families.received.clone()),
+            Box::new(families.acknowledged.clone()),
+            Box::new(families.retries.clone()),
+            Box::new(families.dead_lettered.clone()),
+            Box::new(families.rate_limited.clone()),
+            Box::new(families.in_flight.clone()),
+            Box::new(families.max_in_flight.clone()),
+            Box::new(families.message_duration.clone()),
+            Box::new(families.stage_demand.clone()),
+            Box::new(families.stage_in_flight.clone()),
+            Box::new(families.stage_messages.clone()),
+            Box::new(families.stage_duration.clone()),
+            Box::new(families.batches.clone()),
+            Box::new(families.batch_size.clone()),
+            Box::new(families.batch_fill.clone()),
+        ];
+        for collector in collectors {
+            registry().register(collector).expect("longshore's metrics are registered once");
+        }
+        families
+    })
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric")
+}
+
+/// A pipeline's own series.
+#[derive(Debug)]
+pub(crate) struct PipelineMetrics {
+    pub(crate) received: IntCounter,
+    pub(crate) successful: IntCounter,
+    pub(crate) failed: IntCounter,
+    pub(crate) retries: IntCounter,
+    pub(crate) dead_lettered: IntCounter,
+    pub(crate) rate_limited: prometheus::Counter,
+    pub(crate) in_flight: IntGauge,
+    max_in_flight: IntGauge,
+    max: i64,
+    pub(crate) successful_duration: Histogram,
+    pub(crate) failed_duration: Histogram,
+    /// What the producers asked of the source and wait for.
+    pub(crate) producer_demand: IntGauge,
+}
+
+impl PipelineMetrics {
+    pub(crate) fn new(pipeline: &str, max_in_flight: usize) -> Self {
+        let f = families();
+        let max = i64::try_from(max_in_flight).unwrap_or(i64::MAX);
+        let max_in_flight = f.max_in_flight.with_label_values(&[pipeline]);
+        // Added, not set: pipelines of one name in one process sum up.
+        max_in_flight.add(max);
+        PipelineMetrics {
+            received: f.received.with_label_values(&[pipeline]),
+            successful: f.acknowledged.with_label_values(&[pipeline, "successful"]),
+            failed: f.acknowledged.with_label_values(&[pipeline, "failed"]),
+            retries: f.retries.with_label_values(&[pipeline]),
+            dead_lettered: f.dead_lettered.with_label_values(&[pipeline]),
+            rate_limited: f.rate_limited.with_label_values(&[pipeline, "source"]),
+            in_flight: f.in_flight.with_label_values(&[pipeline]),
+            max_in_flight,
+            max,
+            successful_duration: f.message_duration.with_label_values(&[pipeline, "successful"]),
+            failed_duration: f.message_duration.with_label_values(&[pipeline, "failed"]),
+            producer_demand: f.stage_demand.with_label_values(&[pipeline, "producer", ""]),
+        }
+    }
+}
+
+impl Drop for PipelineMetrics {
+    fn drop(&mut self) {
+        self.max_in_flight.sub(self.max);
+    }
+}
+
+/// The stages, as the `stage` label names them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stage {
+    Processor,
+    Batcher,
+    BatchProcessor,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Processor => "processor",
+            Stage::Batcher => "batcher",
+            Stage::BatchProcessor => "batch_processor",
+        }
+    }
+}
+
+/// One stage's series (of all its tasks together).
+#[derive(Debug, Clone)]
+pub(crate) struct StageMetrics {
+    pub(crate) demand: IntGauge,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) successful: IntCounter,
+    pub(crate) failed: IntCounter,
+    pub(crate) duration: Histogram,
+}
+
+impl StageMetrics {
+    pub(crate) fn new(pipeline: &str, stage: Stage, batcher: &str) -> Self {
+        let f = families();
+        let labels = [pipeline, stage.label(), batcher];
+        StageMetrics {
+            demand: f.stage_demand.with_label_values(&labels),
+            in_flight: f.stage_in_flight.with_label_values(&labels),
+            successful: f
+                .stage_messages
+                .with_label_values(&[pipeline, stage.label(), batcher, "successful"]),
+            failed: f
+                .stage_messages
+                .with_label_values(&[pipeline, stage.label(), batcher, "failed"]),
+            duration: f.stage_duration.with_label_values(&labels),
+        }
+    }
+
+    /// Counts `n` messages as demanded until the guard is dropped (also when the waiting
+    /// task is cancelled).
+    pub(crate) fn demanding(&self, n: usize) -> Held {
+        Held::new(&self.demand, n)
+    }
+
+    /// Counts `n` messages as inside the stage until the guard is dropped.
+    pub(crate) fn holding(&self, n: usize) -> Held {
+        Held::new(&self.in_flight, n)
+    }
+}
+
+/// Times the handler calls of one pass of a stage and counts their outcomes, publishing
+/// once when dropped: per message, no more than reading the clock.
+#[derive(Debug)]
+pub(crate) struct HandlingTimes<'a> {
+    metrics: &'a StageMetrics,
+    local: LocalHistogram,
+    since: Instant,
+    successful: u64,
+    failed: u64,
+}
+
+impl<'a> HandlingTimes<'a> {
+    pub(crate) fn new(metrics: &'a StageMetrics) -> Self {
+        HandlingTimes {
+            metrics,
+            local: metrics.duration.local(),
+            since: Instant::now(),
+            successful: 0,
+            failed: 0,
+        }
+    }
+
+    /// A handler call just ended with these outcomes; it started at the end of the last
+    /// one (or when this was made).
+    pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
+        let now = Instant::now();
+        self.local.observe(now.duration_since(self.since).as_secs_f64());
+        self.since = now;
+        self.successful += successful as u64;
+        self.failed += failed as u64;
+    }
+}
+
+impl Drop for HandlingTimes<'_> {
+    fn drop(&mut self) {
+        self.local.flush();
+        self.metrics.successful.inc_by(self.successful);
+        self.metrics.failed.inc_by(self.failed);
+    }
+}
+
+/// A gauge raised by `n` while held.
+#[derive(Debug)]
+pub(crate) struct Held {
+    gauge: IntGauge,
+    n: i64,
+}
+
+impl Held {
+    pub(crate) fn new(gauge: &IntGauge, n: usize) -> Self {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        gauge.add(n);
+        Held {
+            gauge: gauge.clone(),
+            n,
+        }
+    }
+
+    /// Lowers the count by `n` of the messages held (they left the stage).
+    pub(crate) fn release(&mut self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX).min(self.n);
+        self.gauge.sub(n);
+        self.n -= n;
+    }
+
+    /// Raises the count by `n` more messages.
+    pub(crate) fn add(&mut self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.gauge.add(n);
+        self.n += n;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.sub(self.n);
+    }
+}
+
+/// A batcher's own series.
+#[derive(Debug, Clone)]
+pub(crate) struct BatcherMetrics {
+    pub(crate) stage: StageMetrics,
+    pub(crate) batch_processor: StageMetrics,
+    pub(crate) size: Histogram,
+    pub(crate) fill: Histogram,
+    pub(crate) rate_limited: prometheus::Counter,
+    batches: [IntCounter; 4],
+}
+
+impl BatcherMetrics {
+    pub(crate) fn new(pipeline: &str, batcher: &str) -> Self {
+        let f = families();
+        let batches = |trigger: BatchTrigger| {
+            f.batches
+                .with_label_values(&[pipeline, batcher, trigger.as_str()])
+        };
+        BatcherMetrics {
+            stage: StageMetrics::new(pipeline, Stage::Batcher, batcher),
+            batch_processor: StageMetrics::new(pipeline, Stage::BatchProcessor, batcher),
+            size: f.batch_size.with_label_values(&[pipeline, batcher]),
+            fill: f.batch_fill.with_label_values(&[pipeline, batcher]),
+            rate_limited: f.rate_limited.with_label_values(&[pipeline, batcher]),
+            batches: [
+                batches(BatchTrigger::Size),
+                batches(BatchTrigger::Timeout),
+                batches(BatchTrigger::Flush),
+                batches(BatchTrigger::Retry),
+            ],
+        }
+    }
+
+    pub(crate) fn batch(&self, trigger: BatchTrigger) -> &IntCounter {
+        &self.batches[trigger as usize]
+    }
+}

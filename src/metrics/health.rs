@@ -1,0 +1,42 @@
+//! Readiness: the pipelines of the process, each running or not, each with its source
+//! connected or not.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio_util::sync::CancellationToken;
+
+/// One pipeline, as `/readyz` sees it.
+pub(crate) struct PipelineHealth {
+    /// Cancelled when the shutdown starts, or once the source is exhausted.
+    pub(crate) stop: CancellationToken,
+    pub(crate) source_ready: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl PipelineHealth {
+    fn ready(&self) -> bool {
+        !self.stop.is_cancelled() && (self.source_ready)()
+    }
+}
+
+fn pipelines() -> &'static Mutex<Vec<Weak<PipelineHealth>>> {
+    static PIPELINES: Mutex<Vec<Weak<PipelineHealth>>> = Mutex::new(Vec::new());
+    &PIPELINES
+}
+
+/// Adds a pipeline to the process's readiness; it counts for as long as the returned
+/// `Arc` lives.
+pub(crate) fn register(health: PipelineHealth) -> Arc<PipelineHealth> {
+    let health = Arc::new(health);
+    let mut pipelines = pipelines().lock().unwrap_or_else(|p| p.into_inner());
+    pipelines.retain(|p| p.strong_count() > 0);
+    pipelines.push(Arc::downgrade(&health));
+    health
+}
+
+/// Ready: at least one pipeline, and every pipeline running with its source ready.
+pub(crate) fn ready() -> bool {
+    let pipelines = pipelines().lock().unwrap_or_else(|p| p.into_inner());
+    let live: Vec<Arc<PipelineHealth>> = pipelines.iter().filter_map(Weak::upgrade).collect();
+    drop(pipelines);
+    !live.is_empty() && live.iter().all(|p| p.ready())
+}

@@ -1,0 +1,93 @@
+//! The HTTP endpoint: `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes.
+
+use std::net::SocketAddr;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, TextEncoder};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{health, registry};
+
+/// Serves `/metrics` (the process registry in Prometheus' text format), `/healthz`
+/// (200 while the process serves) and `/readyz` (200 while every pipeline of the process
+/// runs with its source ready; 503 before the source connects and once a shutdown starts).
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let server = longshore::metrics::MetricsServer::bind("0.0.0.0:9090".parse().unwrap()).await?;
+/// println!("metrics on http://{}/metrics", server.local_addr());
+/// // ... start and run pipelines ...
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port) and serves on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The address cannot be bound.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+        tracing::info!(%local_addr, "metrics and health endpoint listening");
+        Ok(MetricsServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops serving, letting requests under way finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&registry().gather(), &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            body,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+async fn readyz() -> impl IntoResponse {
+    if health::ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}

@@ -1,0 +1,122 @@
+//! The `/metrics` endpoint against `docs/metrics.md`, over a real socket.
+
+mod common;
+
+use std::time::Duration;
+
+use longshore::metrics::MetricsServer;
+use longshore::source::memory::MemorySource;
+use longshore::{
+    BatchInfo, Batcher, BoxError, DeadLetter, Handler, Message, Permanent, Pipeline, Processors, RateLimit,
+    RetryPolicy,
+};
+
+/// Fails multiples of 10 once (retried), multiples of 97 for good (dead-lettered).
+struct Flaky;
+
+impl Handler for Flaky {
+    type Item = u64;
+
+    async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+        let n = *message.data();
+        if n.is_multiple_of(97) {
+            return Err(Permanent::new("poison").into());
+        }
+        if n.is_multiple_of(10) && message.attempt() == 1 {
+            return Err("flaky".into());
+        }
+        Ok(())
+    }
+
+    async fn handle_batch(&self, _batch: &mut [Message<u64>], _info: &BatchInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+struct Discard;
+
+impl DeadLetter<u64> for Discard {
+    async fn dead_letter(&self, _messages: &mut [Message<u64>]) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let pipeline = Pipeline::builder(MemorySource::from_iter(0..1_000u64), Flaky)
+        .name("metrics-test")
+        .processors(Processors::new(2))
+        .batcher(
+            Batcher::new("sink")
+                .batch_size(50)
+                .batch_timeout(Duration::from_millis(20))
+                .rate_limit(RateLimit::per_second(100_000)),
+        )
+        .retry(RetryPolicy::new(2).initial_backoff(Duration::from_millis(1)))
+        .rate_limit(RateLimit::per_second(1_000_000))
+        .dead_letter(Discard)
+        .start()
+        .unwrap();
+    let summary = pipeline.wait().await;
+    assert_eq!(summary.received, 1_000);
+
+    let (status, body) = common::get(server.local_addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    let documented: std::collections::BTreeMap<_, _> = common::documented_metrics()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("longshore_kafka_"))
+        .collect();
+    assert!(documented.len() >= 15, "docs/metrics.md read: {documented:?}");
+    assert_eq!(common::exposed_metrics(&body), documented);
+
+    let value = |series: &str| common::sample(&body, series).unwrap_or_else(|| panic!("{series} missing"));
+    let poison = (0..1_000u64).filter(|n| n.is_multiple_of(97)).count() as f64;
+    let flaky = (0..1_000u64).filter(|n| n.is_multiple_of(10) && !n.is_multiple_of(97)).count() as f64;
+    assert_eq!(
+        value(r#"longshore_received_messages_total{pipeline="metrics-test"}"#),
+        1_000.0
+    );
+    assert_eq!(
+        value(r#"longshore_acknowledged_messages_total{outcome="failed",pipeline="metrics-test"}"#),
+        poison
+    );
+    assert_eq!(
+        value(r#"longshore_acknowledged_messages_total{outcome="successful",pipeline="metrics-test"}"#),
+        1_000.0 - poison
+    );
+    assert_eq!(
+        value(r#"longshore_retries_total{pipeline="metrics-test"}"#),
+        flaky
+    );
+    assert_eq!(
+        value(r#"longshore_dead_lettered_messages_total{pipeline="metrics-test"}"#),
+        poison
+    );
+    assert_eq!(
+        value(r#"longshore_in_flight_messages{pipeline="metrics-test"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(
+            r#"longshore_stage_messages_total{batcher="",outcome="failed",pipeline="metrics-test",stage="processor"}"#
+        ),
+        poison + flaky
+    );
+    assert_eq!(
+        value(r#"longshore_batch_size_messages_sum{batcher="sink",pipeline="metrics-test"}"#),
+        1_000.0 - poison
+    );
+    assert_eq!(
+        value(r#"longshore_message_duration_seconds_count{outcome="successful",pipeline="metrics-test"}"#),
+        1_000.0 - poison
+    );
+    // Every stage has drained: nothing left inside one.
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("longshore_stage_in_flight_messages{"))
+    {
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+    server.shutdown().await;
+}
