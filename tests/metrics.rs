@@ -72,7 +72,9 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
 
     let value = |series: &str| common::sample(&body, series).unwrap_or_else(|| panic!("{series} missing"));
     let poison = (0..1_000u64).filter(|n| n.is_multiple_of(97)).count() as f64;
-    let flaky = (0..1_000u64).filter(|n| n.is_multiple_of(10) && !n.is_multiple_of(97)).count() as f64;
+    let flaky = (0..1_000u64)
+        .filter(|n| n.is_multiple_of(10) && !n.is_multiple_of(97))
+        .count() as f64;
     assert_eq!(
         value(r#"longshore_received_messages_total{pipeline="metrics-test"}"#),
         1_000.0

@@ -4,11 +4,14 @@
 //! validates each one, and a batcher that "writes" them in batches of 100 to a simulated
 //! slow sink. No broker needed. It prints a progress line each second and a summary, and
 //! ends by itself once every order is acknowledged (about three seconds by default), or
-//! drains and stops on ctrl-c.
+//! drains and stops on ctrl-c. Its metrics are on http://127.0.0.1:9464/metrics while it
+//! runs (`--metrics-addr` to move them).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use longshore::metrics::MetricsServer;
 use longshore::source::memory::MemorySource;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
 
@@ -30,6 +33,9 @@ struct Args {
     /// How long the simulated sink takes to write one batch, in milliseconds.
     #[arg(long, default_value_t = 5)]
     sink_latency_ms: u64,
+    /// Where to serve /metrics, /healthz and /readyz (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
 }
 
 /// One order, as a producer would have put it on a queue.
@@ -68,6 +74,10 @@ impl Handler for Orders {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    let metrics = MetricsServer::bind(args.metrics_addr)
+        .await
+        .map_err(|error| format!("--metrics-addr {}: {error}", args.metrics_addr))?;
+    println!("metrics on http://{}/metrics", metrics.local_addr());
     // One order in a thousand is invalid, to show the failure path.
     let orders = (0..args.count).map(|id| Order {
         id,
@@ -116,6 +126,7 @@ async fn main() -> Result<(), BoxError> {
 
     let summary = pipeline.run_until_signal().await?;
     progress.abort();
+    metrics.shutdown().await;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "done in {elapsed:.2}s: received {}, acknowledged {} successful and {} failed ({:.0} msg/s)",
