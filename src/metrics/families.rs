@@ -2,7 +2,7 @@
 //! pipeline resolves from them at start so that its stages count with one atomic add.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus::local::LocalHistogram;
 
@@ -14,9 +14,12 @@ use prometheus::{
 use super::registry;
 use crate::handler::BatchTrigger;
 
+/// The upper bound of the first duration bucket.
+const FIRST_DURATION_BUCKET: Duration = Duration::from_micros(100);
+
 /// Seconds, from 100 µs to about 30 s.
 fn duration_buckets() -> Vec<f64> {
-    exponential_buckets(0.0001, 2.5, 15).expect("valid buckets")
+    exponential_buckets(FIRST_DURATION_BUCKET.as_secs_f64(), 2.5, 15).expect("valid buckets")
 }
 
 /// Messages per batch, from 1 to about 16,000.
@@ -248,22 +251,37 @@ impl StageMetrics {
 }
 
 /// Times the handler calls of one pass of a stage and counts their outcomes, publishing
-/// once when dropped: per message, no more than reading the clock.
+/// once when dropped.
+///
+/// Reading the clock around every call would cost as much as a quick handler. So a pass
+/// expected to be quick (`each == false`) reads it once at the end: if the whole pass took
+/// less than the first bucket's bound, so did every call in it, and giving each the mean
+/// puts the same counts in the same buckets, with the same sum. A slower pass is
+/// approximated that way once, and [`HandlingTimes::finish`] says to time each call of
+/// the next one.
 #[derive(Debug)]
 pub(crate) struct HandlingTimes<'a> {
     metrics: &'a StageMetrics,
     local: LocalHistogram,
+    each: bool,
+    started: Instant,
     since: Instant,
+    untimed: u32,
     successful: u64,
     failed: u64,
 }
 
 impl<'a> HandlingTimes<'a> {
-    pub(crate) fn new(metrics: &'a StageMetrics) -> Self {
+    /// `each`: read the clock around every call.
+    pub(crate) fn new(metrics: &'a StageMetrics, each: bool) -> Self {
+        let now = Instant::now();
         HandlingTimes {
             metrics,
             local: metrics.duration.local(),
-            since: Instant::now(),
+            each,
+            started: now,
+            since: now,
+            untimed: 0,
             successful: 0,
             failed: 0,
         }
@@ -272,16 +290,32 @@ impl<'a> HandlingTimes<'a> {
     /// A handler call just ended with these outcomes; it started at the end of the last
     /// one (or when this was made).
     pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
-        let now = Instant::now();
-        self.local.observe(now.duration_since(self.since).as_secs_f64());
-        self.since = now;
+        if self.each {
+            let now = Instant::now();
+            self.local.observe(now.duration_since(self.since).as_secs_f64());
+            self.since = now;
+        } else {
+            self.untimed += 1;
+        }
         self.successful += successful as u64;
         self.failed += failed as u64;
+    }
+
+    /// Publishes; returns whether the next pass should time each call: this one was
+    /// slow enough for calls to fall beyond the first bucket.
+    pub(crate) fn finish(self) -> bool {
+        self.started.elapsed() >= FIRST_DURATION_BUCKET
     }
 }
 
 impl Drop for HandlingTimes<'_> {
     fn drop(&mut self) {
+        if self.untimed > 0 {
+            let mean = self.since.elapsed() / self.untimed;
+            for _ in 0..self.untimed {
+                self.local.observe(mean.as_secs_f64());
+            }
+        }
         self.local.flush();
         self.metrics.successful.inc_by(self.successful);
         self.metrics.failed.inc_by(self.failed);

@@ -1,6 +1,7 @@
 //! Builds and starts a pipeline: source, processors, batchers, limits.
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,6 +260,7 @@ where
                             batchers: routes.clone(),
                             partition_by: None,
                             metrics: metrics.clone(),
+                            time_each: AtomicBool::new(false),
                             max_demand,
                         }
                         .run(),
@@ -277,6 +279,7 @@ where
                             batchers: routes.clone(),
                             partition_by: Some(partition_by.clone()),
                             metrics: metrics.clone(),
+                            time_each: AtomicBool::new(false),
                             max_demand,
                         }
                         .run(),

@@ -62,9 +62,16 @@ where
                 continue;
             }
             // Observed locally, published once: one atomic add per call, not per message.
+            // Messages received together share their receipt time: one subtraction each run.
             let local = histogram.local();
+            let mut last: Option<(std::time::Instant, f64)> = None;
             for at in messages.iter().filter_map(Message::received_at) {
-                local.observe(now.saturating_duration_since(at).as_secs_f64());
+                let seconds = match last {
+                    Some((same, seconds)) if same == at => seconds,
+                    _ => now.saturating_duration_since(at).as_secs_f64(),
+                };
+                last = Some((at, seconds));
+                local.observe(seconds);
             }
         }
     }

@@ -72,7 +72,7 @@ where
         self.ctx
             .meter
             .add_rate_limited(waited, &self.metrics.rate_limited);
-        let mut timing = HandlingTimes::new(&self.metrics.batch_processor);
+        let mut timing = HandlingTimes::new(&self.metrics.batch_processor, true);
         let span = tracing::debug_span!("batch", batcher = %info.batcher, size = batch.len(), trigger = info.trigger.as_str());
         let handled = guarded(self.ctx.handler.handle_batch(&mut batch, &info))
             .instrument(span)
@@ -84,7 +84,7 @@ where
         }
         let failed = batch.iter().filter(|m| m.is_failed()).count();
         timing.handled(batch.len() - failed, failed);
-        drop(timing);
+        timing.finish();
         let (successful, failed) = split_failed(batch);
         let mut settled = Vec::with_capacity(failed.len());
         let mut again = Vec::new();

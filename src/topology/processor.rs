@@ -4,6 +4,7 @@
 //! acknowledges it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub(crate) struct Processor<H: Handler, A> {
     /// With `partition_by`: later messages of a key wait behind its retry.
     pub(crate) partition_by: Option<PartitionBy<H::Item>>,
     pub(crate) metrics: StageMetrics,
+    /// Whether handler calls are slow enough to be timed one by one (see [`HandlingTimes`]).
+    pub(crate) time_each: AtomicBool,
     /// The chunk it asks for: `max_demand`.
     pub(crate) max_demand: usize,
 }
@@ -125,7 +128,7 @@ where
         // Handled in place; the few that stay (index, retry delay or `None` to wait behind
         // their key) are taken out afterwards, so the common case copies nothing.
         let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
-        let mut timing = HandlingTimes::new(&self.metrics);
+        let mut timing = HandlingTimes::new(&self.metrics, self.time_each.load(Relaxed));
         for (index, message) in messages.iter_mut().enumerate() {
             let waits = !retries.held.is_empty()
                 && self
@@ -150,6 +153,7 @@ where
                 staying.push((index, Some(delay)));
             }
         }
+        self.time_each.store(timing.finish(), Relaxed);
         if staying.is_empty() {
             return messages;
         }

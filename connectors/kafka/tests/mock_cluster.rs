@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cluster, committed, config, eventually, eventually_eq, produce, Recorder};
-use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy};
+use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy, Source};
 use longshore_kafka::{KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
@@ -316,4 +316,15 @@ async fn a_broker_outage_mid_run_loses_nothing() {
     pipeline.shutdown().await.unwrap();
     let duplicates = recorder.payloads().len() - 3_000;
     assert!(duplicates <= 3 * 100, "duplicates {duplicates}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_once_in_the_group_and_not_after_the_shutdown_starts() {
+    let _serial = common::serial().await;
+    let cluster = cluster("ready", 1);
+    let source = KafkaSource::new(config(&cluster.bootstrap_servers(), "g7", "ready")).unwrap();
+    assert!(!source.is_ready(), "ready before joining its group");
+    eventually(WAIT, || source.is_ready()).await;
+    source.shutdown().await;
+    assert!(!source.is_ready(), "still ready once stopping");
 }
