@@ -30,6 +30,12 @@ impl BuildError {
         }
     }
 
+    /// The same error, its field within `section` (`processors.concurrency` within
+    /// `pipeline` is `pipeline.processors.concurrency`).
+    pub fn within(self, section: &str) -> Self {
+        BuildError::new(format!("{section}.{}", self.field), self.reason)
+    }
+
     /// `field` must be at least `min`, and was `got`.
     pub fn at_least(field: impl Into<String>, min: usize, got: usize) -> Self {
         BuildError::new(field, format!("must be at least {min}, got {got}"))

@@ -87,6 +87,8 @@ mod handler;
 mod message;
 pub mod metrics;
 mod pipeline;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod source;
 pub mod testing;
 mod topology;
@@ -97,6 +99,6 @@ pub use failure::rate_limit::{RateLimit, RateLimits};
 pub use failure::retry::{Permanent, RetryAfter, RetryPolicy};
 pub use handler::{BatchInfo, BatchTrigger, Handler};
 pub use message::{BatchKey, Failure, FailureKind, Message, Status};
-pub use pipeline::config::{Batcher, Processors};
+pub use pipeline::config::{Batcher, PipelineConfig, Processors};
 pub use pipeline::{shutdown_signal, Pipeline, PipelineBuilder, Stats, StatsHandle, Summary};
 pub use source::{Acknowledger, Source};

@@ -501,7 +501,7 @@ async fn bad_configuration_fails_at_start_naming_the_field() {
     );
     assert_eq!(
         build_error(|| Pipeline::builder(source(), Stuck).source_concurrency(0).start()),
-        "invalid source.concurrency: must be at least 1, got 0"
+        "invalid source_concurrency: must be at least 1, got 0"
     );
 }
 

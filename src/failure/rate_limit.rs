@@ -26,11 +26,18 @@ use crate::error::BuildError;
 /// let error = RateLimit::new(0, Duration::from_secs(1)).validate("rate_limit").unwrap_err();
 /// assert_eq!(error.to_string(), "invalid rate_limit.messages: must be at least 1, got 0");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimit {
     messages: u32,
+    #[serde(with = "humantime_serde", default = "one_second")]
     per: Duration,
+    #[serde(default)]
     burst: Option<u32>,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl RateLimit {

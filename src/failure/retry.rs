@@ -25,10 +25,13 @@ use crate::message::{Failure, FailureKind};
 /// assert_eq!(policy.backoff(3), Duration::from_millis(400)); // before attempt 4
 /// assert_eq!(RetryPolicy::none().max_attempts(), 1);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     max_attempts: u32,
+    #[serde(with = "humantime_serde")]
     initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
     max_backoff: Duration,
     multiplier: f64,
     jitter: f64,

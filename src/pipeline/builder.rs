@@ -17,7 +17,7 @@ use crate::handler::Handler;
 use crate::message::Message;
 use crate::metrics::health::{self, PipelineHealth};
 use crate::metrics::{BatcherMetrics, PipelineMetrics, Stage, StageMetrics};
-use crate::pipeline::config::{Batcher, Processors};
+use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::Pipeline;
 use crate::source::Source;
 use crate::topology::{
@@ -30,18 +30,11 @@ use crate::topology::{
 /// `max_demand` 64, no batcher, a 30 s shutdown deadline.
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct PipelineBuilder<S: Source, H> {
-    name: String,
+    config: PipelineConfig,
     source: S,
     handler: H,
-    source_concurrency: usize,
-    processors: Processors,
     partition_by: Option<PartitionBy<S::Item>>,
-    batchers: Vec<Batcher>,
-    shutdown_deadline: Duration,
-    max_in_flight: Option<usize>,
-    retry: RetryPolicy,
     dead_letter: Option<Box<dyn ErasedDeadLetter<S::Item>>>,
-    rate_limit: Option<RateLimit>,
 }
 
 impl<S, H> PipelineBuilder<S, H>
@@ -51,36 +44,36 @@ where
 {
     pub(crate) fn new(source: S, handler: H) -> Self {
         PipelineBuilder {
-            name: "longshore".to_owned(),
+            config: PipelineConfig::default(),
             source,
             handler,
-            source_concurrency: 1,
-            processors: Processors::default(),
             partition_by: None,
-            batchers: Vec::new(),
-            shutdown_deadline: Duration::from_secs(30),
-            max_in_flight: None,
-            retry: RetryPolicy::none(),
             dead_letter: None,
-            rate_limit: None,
         }
+    }
+
+    /// Takes every setting of `config` (from a configuration file, say), replacing those
+    /// set before; later calls change them further.
+    pub fn config(mut self, config: PipelineConfig) -> Self {
+        self.config = config;
+        self
     }
 
     /// The pipeline's name, used in logs and metrics (default `longshore`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.config.name = name.into();
         self
     }
 
     /// How many tasks call [`Source::receive`] at once (default 1).
     pub fn source_concurrency(mut self, concurrency: usize) -> Self {
-        self.source_concurrency = concurrency;
+        self.config.source_concurrency = concurrency;
         self
     }
 
     /// The processor pool (default [`Processors::default`]).
     pub fn processors(mut self, processors: Processors) -> Self {
-        self.processors = processors;
+        self.config.processors = processors;
         self
     }
 
@@ -102,14 +95,14 @@ where
     /// Adds a batcher. Successful messages go to the one they name with
     /// [`Message::put_batcher`], else to the first added.
     pub fn batcher(mut self, batcher: Batcher) -> Self {
-        self.batchers.push(batcher);
+        self.config.batchers.push(batcher);
         self
     }
 
     /// How long a shutdown may take to drain before the rest is abandoned, unacknowledged
     /// (default 30 s). Keep it below Kubernetes' `terminationGracePeriodSeconds`.
     pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
-        self.shutdown_deadline = deadline;
+        self.config.shutdown_deadline = deadline;
         self
     }
 
@@ -117,7 +110,7 @@ where
     /// processor's `max_demand` plus, per batcher, one batch filling and one per
     /// concurrent batch task: `processors × max_demand + Σ batch_size × (concurrency + 1)`.
     pub fn max_in_flight(mut self, limit: usize) -> Self {
-        self.max_in_flight = Some(limit);
+        self.config.max_in_flight = Some(limit);
         self
     }
 
@@ -126,7 +119,7 @@ where
     /// ([`Redelivery::Broker`](crate::source::Redelivery::Broker)). A message waiting for
     /// its retry stays in flight: many failures slow fetching instead of growing memory.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
+        self.config.retry = policy;
         self
     }
 
@@ -141,45 +134,8 @@ where
     /// limit). The limit applies before the fetch, so a throttled pipeline holds nothing
     /// extra. Changeable at runtime through [`Pipeline::rate_limits`].
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
-        self.rate_limit = Some(limit);
+        self.config.rate_limit = Some(limit);
         self
-    }
-
-    fn validate(&self) -> Result<usize, BuildError> {
-        if self.name.is_empty() {
-            return Err(BuildError::new("name", "must not be empty"));
-        }
-        if self.source_concurrency == 0 {
-            return Err(BuildError::at_least("source.concurrency", 1, 0));
-        }
-        self.processors.validate()?;
-        for (index, batcher) in self.batchers.iter().enumerate() {
-            batcher.validate()?;
-            if self.batchers[..index].iter().any(|b| b.name == batcher.name) {
-                return Err(BuildError::new(
-                    format!("batchers.{}", batcher.name),
-                    "a batcher of that name is already configured",
-                ));
-            }
-        }
-        self.retry.validate()?;
-        if let Some(limit) = &self.rate_limit {
-            limit.validate("rate_limit")?;
-        }
-        if self.shutdown_deadline.is_zero() {
-            return Err(BuildError::new("shutdown_deadline", "must be above zero"));
-        }
-        let default_limit = self.processors.concurrency * self.processors.max_demand
-            + self.batchers.iter().map(Batcher::in_flight_share).sum::<usize>();
-        match self.max_in_flight {
-            Some(limit) if limit < self.processors.max_demand => Err(BuildError::at_least(
-                "max_in_flight",
-                self.processors.max_demand,
-                limit,
-            )),
-            Some(limit) => Ok(limit),
-            None => Ok(default_limit),
-        }
     }
 
     /// Checks the configuration and starts the pipeline's tasks on the current tokio
@@ -190,7 +146,8 @@ where
     /// A [`BuildError`] naming the first invalid field, or `runtime` when called outside
     /// a tokio runtime.
     pub fn start(self) -> Result<Pipeline, BuildError> {
-        let limit = self.validate()?;
+        let limit = self.config.validate()?;
+        let config = self.config;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BuildError::new(
                 "runtime",
@@ -199,29 +156,29 @@ where
         }
         let meter = Meter::new(
             limit,
-            Limiter::new(self.rate_limit),
-            PipelineMetrics::new(&self.name, limit),
+            Limiter::new(config.rate_limit),
+            PipelineMetrics::new(&config.name, limit),
         );
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let ctx = Arc::new(Context {
             handler: self.handler,
             acknowledger: self.source.acknowledger(),
-            retry: self.retry,
+            retry: config.retry,
             redelivery: self.source.redelivery(),
             dead_letter: self.dead_letter,
             meter: meter.clone(),
         });
-        let processors = self.processors.concurrency;
+        let processors = config.processors.concurrency;
 
         // Built from the last stage back, so each stage holds the sender of the next.
-        let mut routes = Vec::with_capacity(self.batchers.len());
-        let mut batcher_limits = Vec::with_capacity(self.batchers.len());
-        for batcher in &self.batchers {
+        let mut routes = Vec::with_capacity(config.batchers.len());
+        let mut batcher_limits = Vec::with_capacity(config.batchers.len());
+        for batcher in &config.batchers {
             let name: Arc<str> = Arc::from(batcher.name.as_str());
             let rate_limit = Limiter::new(batcher.rate_limit);
             batcher_limits.push((name.clone(), rate_limit.clone()));
-            let metrics = BatcherMetrics::new(&self.name, &name);
+            let metrics = BatcherMetrics::new(&config.name, &name);
             let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
             for _ in 0..batcher.concurrency {
                 let stage = BatchProcessor {
@@ -247,8 +204,8 @@ where
         }
 
         let queue_len = 2;
-        let metrics = StageMetrics::new(&self.name, Stage::Processor, "");
-        let max_demand = self.processors.max_demand;
+        let metrics = StageMetrics::new(&config.name, Stage::Processor, "");
+        let max_demand = config.processors.max_demand;
         let dispatch = match self.partition_by.or_else(|| self.source.partition_by()) {
             None => {
                 let (tx, rx) = async_channel::bounded(processors * queue_len);
@@ -298,12 +255,12 @@ where
             Dispatch::Partitioned { .. } => limit,
         };
         let mut producers = JoinSet::new();
-        for _ in 0..self.source_concurrency {
+        for _ in 0..config.source_concurrency {
             let producer = Producer {
                 source: source.clone(),
                 meter: meter.clone(),
                 dispatch: dispatch.clone(),
-                min_fetch: max_demand - self.processors.min_demand,
+                min_fetch: max_demand - config.processors.min_demand,
                 max_fetch,
                 max_chunk: max_demand,
                 stop: stop.clone(),
@@ -325,18 +282,18 @@ where
             source.shutdown().await;
         });
 
-        tracing::info!(pipeline = %self.name, max_in_flight = limit, "pipeline started");
+        tracing::info!(pipeline = %config.name, max_in_flight = limit, "pipeline started");
         let rate_limits = RateLimits {
             pipeline: meter.rate_limit.clone(),
             batchers: batcher_limits.into(),
         };
         Ok(Pipeline {
-            name: self.name,
+            name: config.name,
             meter,
             rate_limits,
             stop,
             tasks,
-            deadline: self.shutdown_deadline,
+            deadline: config.shutdown_deadline,
             _health: health,
         })
     }
@@ -345,16 +302,9 @@ where
 impl<S: Source, H> fmt::Debug for PipelineBuilder<S, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
-            .field("name", &self.name)
-            .field("source_concurrency", &self.source_concurrency)
-            .field("processors", &self.processors)
+            .field("config", &self.config)
             .field("partition_by", &self.partition_by.is_some())
-            .field("batchers", &self.batchers)
-            .field("shutdown_deadline", &self.shutdown_deadline)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("retry", &self.retry)
             .field("dead_letter", &self.dead_letter.is_some())
-            .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
     }
 }

@@ -1,9 +1,11 @@
-//! Stage settings: how many processors and batchers, and how much each may hold.
+//! Pipeline settings: how many processors and batchers, how much each may hold, and
+//! the whole pipeline's, as a builder sets them or a configuration file gives them.
 
 use std::time::Duration;
 
 use crate::error::BuildError;
 use crate::failure::rate_limit::RateLimit;
+use crate::failure::retry::RetryPolicy;
 
 /// Settings of the processor pool: the tasks calling
 /// [`Handler::handle_message`](crate::Handler::handle_message).
@@ -15,7 +17,8 @@ use crate::failure::rate_limit::RateLimit;
 /// assert!(processors.validate().is_ok());
 /// assert!(Processors::new(0).validate().is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Processors {
     pub(crate) concurrency: usize,
     pub(crate) max_demand: usize,
@@ -89,10 +92,12 @@ impl Processors {
 ///     .concurrency(4);
 /// assert_eq!(batcher.name(), "sql");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default = "Batcher::unnamed", deny_unknown_fields)]
 pub struct Batcher {
     pub(crate) name: String,
     pub(crate) batch_size: usize,
+    #[serde(with = "humantime_serde")]
     pub(crate) batch_timeout: Duration,
     pub(crate) concurrency: usize,
     pub(crate) rate_limit: Option<RateLimit>,
@@ -108,6 +113,11 @@ impl Batcher {
             concurrency: 1,
             rate_limit: None,
         }
+    }
+
+    /// Defaults for a configuration file, which must name the batcher.
+    fn unnamed() -> Self {
+        Batcher::new("")
     }
 
     /// The batcher's name, as given to [`Message::put_batcher`](crate::Message::put_batcher).
@@ -166,5 +176,104 @@ impl Batcher {
     /// and one being handled per concurrent task.
     pub(crate) fn in_flight_share(&self) -> usize {
         self.batch_size * (self.concurrency + 1)
+    }
+}
+
+/// Every setting of a pipeline but its source, handler, `partition_by` and dead-letter
+/// destination: what [`PipelineBuilder`](crate::PipelineBuilder) sets one by one, or
+/// takes whole from a configuration file with
+/// [`PipelineBuilder::config`](crate::PipelineBuilder::config).
+///
+/// Durations are written as `"250ms"`, `"30s"`, `"2m"`. Missing fields keep their
+/// defaults; unknown fields are an error.
+///
+/// ```
+/// let config: longshore::PipelineConfig = toml::from_str(r#"
+///     name = "orders"
+///     shutdown_deadline = "25s"
+///     processors = { concurrency = 8, max_demand = 100, min_demand = 50 }
+///     batchers = [{ name = "db", batch_size = 500, batch_timeout = "200ms" }]
+///     retry = { max_attempts = 5, initial_backoff = "100ms" }
+///     rate_limit = { messages = 1000, per = "1s" }
+/// "#).unwrap();
+/// assert_eq!(config.shutdown_deadline, std::time::Duration::from_secs(25));
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PipelineConfig {
+    /// The pipeline's name, in logs and metrics (default `longshore`).
+    pub name: String,
+    /// How many tasks ask the source for messages at once (default 1).
+    pub source_concurrency: usize,
+    /// The processor pool (default [`Processors::default`]).
+    pub processors: Processors,
+    /// The batchers, in order: the first is the default route (default none).
+    pub batchers: Vec<Batcher>,
+    /// How long a shutdown may drain (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+    /// The most messages received and not yet acknowledged (default: derived from the
+    /// stages, see [`PipelineBuilder::max_in_flight`](crate::PipelineBuilder::max_in_flight)).
+    pub max_in_flight: Option<usize>,
+    /// How failed messages are retried (default: not at all).
+    pub retry: RetryPolicy,
+    /// The limit on fetching from the source (default none).
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            name: "longshore".to_owned(),
+            source_concurrency: 1,
+            processors: Processors::default(),
+            batchers: Vec::new(),
+            shutdown_deadline: Duration::from_secs(30),
+            max_in_flight: None,
+            retry: RetryPolicy::none(),
+            rate_limit: None,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks every setting, naming the field at fault; returns the in-flight limit.
+    pub fn validate(&self) -> Result<usize, BuildError> {
+        if self.name.is_empty() {
+            return Err(BuildError::new("name", "must not be empty"));
+        }
+        if self.source_concurrency == 0 {
+            return Err(BuildError::at_least("source_concurrency", 1, 0));
+        }
+        self.processors.validate()?;
+        for (index, batcher) in self.batchers.iter().enumerate() {
+            batcher.validate()?;
+            if self.batchers[..index].iter().any(|b| b.name == batcher.name) {
+                return Err(BuildError::new(
+                    format!("batchers.{}", batcher.name),
+                    "a batcher of that name is already configured",
+                ));
+            }
+        }
+        self.retry.validate()?;
+        if let Some(limit) = &self.rate_limit {
+            limit.validate("rate_limit")?;
+        }
+        if self.shutdown_deadline.is_zero() {
+            return Err(BuildError::new("shutdown_deadline", "must be above zero"));
+        }
+        let default_limit = self.processors.concurrency * self.processors.max_demand
+            + self.batchers.iter().map(Batcher::in_flight_share).sum::<usize>();
+        match self.max_in_flight {
+            Some(limit) if limit < self.processors.max_demand => Err(BuildError::at_least(
+                "max_in_flight",
+                self.processors.max_demand,
+                limit,
+            )),
+            Some(limit) => Ok(limit),
+            None => Ok(default_limit),
+        }
     }
 }

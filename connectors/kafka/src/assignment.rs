@@ -43,6 +43,8 @@ pub(crate) struct State {
     /// Revoke commits the broker refused (a rebalance in progress): committed again if
     /// the partition comes back to this consumer.
     pub(crate) unconfirmed: HashMap<TopicPartition, i64>,
+    /// Every assigned partition is paused: the pipeline stalled, or is stopping.
+    pub(crate) paused_all: bool,
     /// The consumer joined its group (its first assignment came, empty or not).
     pub(crate) joined: bool,
     /// The source stopped fetching: the pipeline is shutting down.

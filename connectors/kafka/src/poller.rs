@@ -73,6 +73,14 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // New partitions run, whatever was paused before: librdkafka may keep a
+                // partition's pause across a revoke and a re-assign, and a resume made
+                // in between (of an empty assignment) reaches nothing. A stall still
+                // going on pauses them again.
+                if let Err(error) = consumer.resume(tpl) {
+                    tracing::warn!(%error, "cannot resume assigned partitions");
+                }
+                self.shared.lock().paused_all = false;
                 let pending = self.shared.pending(tpl);
                 let group = (pending.count() > 0)
                     .then(|| consumer.committed_offsets(pending, COMMITTED_TIMEOUT))
@@ -158,16 +166,11 @@ impl PollThread {
 struct Poller {
     consumer: BaseConsumer<Context>,
     shared: Arc<Shared>,
-    paused_all: bool,
 }
 
 impl Poller {
     fn new(consumer: BaseConsumer<Context>, shared: Arc<Shared>) -> Self {
-        Poller {
-            consumer,
-            shared,
-            paused_all: false,
-        }
+        Poller { consumer, shared }
     }
 
     fn run(mut self, intervals: Intervals, (lag, group): (KafkaLag, String)) {
@@ -176,14 +179,19 @@ impl Poller {
         let mut topics = HashMap::new();
         let mut full_since: Option<Instant> = None;
         loop {
-            let (stopped, finished, queued) = {
+            let (stopped, finished, queued, paused_all) = {
                 let state = self.shared.lock();
-                (state.stopped, state.finished, self.shared.takeable(&state))
+                (
+                    state.stopped,
+                    state.finished,
+                    self.shared.takeable(&state),
+                    state.paused_all,
+                )
             };
             if finished {
                 break;
             }
-            if stopped && !self.paused_all {
+            if stopped && !paused_all {
                 self.pause_all(true);
             }
             // Back-pressure: with the queue full, stop taking records from librdkafka (it
@@ -204,11 +212,11 @@ impl Poller {
                     {
                         continue;
                     }
-                } else if !self.paused_all {
+                } else if !paused_all {
                     tracing::info!("pipeline stalled with a full queue; pausing all partitions");
                     self.pause_all(true);
                 }
-            } else if full_since.take().is_some() && self.paused_all && !stopped {
+            } else if full_since.take().is_some() && paused_all && !stopped {
                 self.pause_all(false);
             }
             // Whatever librdkafka has ready, up to a handoff, in one lock and one wake-up:
@@ -285,8 +293,11 @@ impl Poller {
     }
 
     fn resume_drained(&mut self) {
-        let resume = std::mem::take(&mut self.shared.lock().to_resume);
-        if !resume.is_empty() && !self.paused_all {
+        let (resume, paused_all) = {
+            let mut state = self.shared.lock();
+            (std::mem::take(&mut state.to_resume), state.paused_all)
+        };
+        if !resume.is_empty() && !paused_all {
             self.set_paused(&resume, false);
         }
     }
@@ -306,7 +317,7 @@ impl Poller {
             }
             Err(error) => tracing::warn!(%error, "cannot read the assignment"),
         }
-        self.paused_all = paused;
+        self.shared.lock().paused_all = paused;
     }
 
     fn set_paused(&self, partitions: &[(Arc<str>, i32)], paused: bool) {

@@ -328,3 +328,61 @@ async fn ready_once_in_the_group_and_not_after_the_shutdown_starts() {
     source.shutdown().await;
     assert!(!source.is_ready(), "still ready once stopping");
 }
+
+/// Blocks every call until the gate opens.
+struct Gated {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    recorder: Recorder,
+}
+
+impl Handler for Gated {
+    type Item = KafkaRecord;
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.recorder.handle_message(message).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_that_loses_and_regains_its_partitions_consumes_again() {
+    let _serial = common::serial().await;
+    let cluster = cluster("regained", 2);
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, "regained", 2, 1_000, 10);
+
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = Arc::new(Gated {
+        open: open.clone(),
+        recorder: Recorder::default(),
+    });
+    let config = config(&bootstrap, "g8", "regained")
+        .max_buffered_per_partition(50)
+        .revoke_drain_timeout(Duration::from_millis(500));
+    let pipeline = Pipeline::builder(KafkaSource::new(config).unwrap(), handler.clone())
+        .processors(Processors::new(2).max_demand(10).min_demand(5))
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    // The handler blocks: the queue fills, and after a while every partition is paused.
+    eventually(WAIT, || stats.get().received > 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The session expires while the broker is away: a revoke, then the same partitions
+    // assigned again.
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.broker_up(1).unwrap();
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let unique = || {
+        handler
+            .recorder
+            .payloads()
+            .into_iter()
+            .collect::<BTreeSet<usize>>()
+            .len()
+    };
+    eventually(WAIT, || unique() == 1_000).await;
+    pipeline.shutdown().await.unwrap();
+}

@@ -1,0 +1,170 @@
+//! A service's settings file: the pipeline, the source, metrics and logging, in TOML, with
+//! environment overrides; every error names the field.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::LogFormat;
+use crate::{BuildError, PipelineConfig};
+
+/// Environment variables starting with this override the file: `__` separates the
+/// levels, so `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` sets
+/// `pipeline.processors.concurrency`. Values are read as TOML (`8`, `true`, `"8"`,
+/// `["a", "b"]`), or else taken as a string.
+pub const ENV_PREFIX: &str = "LONGSHORE_";
+
+/// A service's settings: `S` is the source's section, as its connector defines it.
+///
+/// ```
+/// use longshore::service::ServiceConfig;
+///
+/// #[derive(Debug, Default, serde::Deserialize)]
+/// struct Source { queue: String }
+///
+/// let config: ServiceConfig<Source> = ServiceConfig::from_toml(
+///     r#"
+///     [pipeline]
+///     name = "orders"
+///     processors = { concurrency = 4 }
+///
+///     [source]
+///     queue = "orders"
+///     "#,
+///     [("LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY", "8")],
+/// ).unwrap();
+/// assert_eq!(config.source.queue, "orders");
+/// assert_eq!(config.pipeline.processors.concurrency(), 8);
+///
+/// let error = ServiceConfig::<Source>::from_toml("[pipeline]\nshutdown_deadline = 5", []).unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "invalid pipeline.shutdown_deadline: invalid type: integer `5`, expected a duration such as \"30s\""
+/// );
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceConfig<S> {
+    /// The pipeline's settings.
+    pub pipeline: PipelineConfig,
+    /// The source's settings.
+    pub source: S,
+    /// Where the metrics and health endpoint listens.
+    pub metrics: MetricsConfig,
+    /// How the service logs.
+    pub log: LogConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (default `0.0.0.0:9464`).
+    pub addr: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,longshore=debug` (default `info`); `RUST_LOG`
+    /// wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl<S: DeserializeOwned + Default> ServiceConfig<S> {
+    /// Reads `path` (TOML), applies the `LONGSHORE_*` variables of the environment, checks
+    /// the pipeline's settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the field: unreadable file (`config`), bad TOML, a value of
+    /// the wrong type, an unknown field, or an invalid setting.
+    pub fn load(path: &Path) -> Result<Self, BuildError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| BuildError::new("config", format!("cannot read {}: {error}", path.display())))?;
+        Self::from_toml(&text, std::env::vars())
+    }
+
+    /// As [`ServiceConfig::load`], from TOML text and the given environment.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServiceConfig::load`].
+    pub fn from_toml<K, V>(text: &str, env: impl IntoIterator<Item = (K, V)>) -> Result<Self, BuildError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|error: toml::de::Error| BuildError::new("config", error.message().to_owned()))?;
+        for (key, value) in env {
+            if let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) {
+                override_value(&mut table, path, value.as_ref())?;
+            }
+        }
+        let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+            let path = error.path().to_string();
+            BuildError::new(
+                if path == "." { "config".to_owned() } else { path },
+                error.into_inner().to_string(),
+            )
+        })?;
+        config
+            .pipeline
+            .validate()
+            .map_err(|error| error.within("pipeline"))?;
+        Ok(config)
+    }
+}
+
+/// Sets `path` (`PIPELINE__PROCESSORS__CONCURRENCY`) in `table` to `raw`.
+fn override_value(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), BuildError> {
+    let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+    let field = keys.join(".");
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut parsed| parsed.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, parents) = keys.split_last().expect("split yields at least one key");
+    let mut at = table;
+    for key in parents {
+        let entry = at
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| {
+            BuildError::new(
+                field.clone(),
+                format!("{ENV_PREFIX}{path} goes inside `{key}`, which is not a table"),
+            )
+        })?;
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
