@@ -43,6 +43,11 @@ impl Processors {
         }
     }
 
+    /// How many processors run.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     /// How many messages one processor asks for and holds at most (default 64). It is
     /// also the largest chunk a processor handles at once.
     pub fn max_demand(mut self, max_demand: usize) -> Self {

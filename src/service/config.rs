@@ -97,8 +97,9 @@ impl Default for LogConfig {
 }
 
 impl<S: DeserializeOwned + Default> ServiceConfig<S> {
-    /// Reads `path` (TOML), applies the `LONGSHORE_*` variables of the environment, checks
-    /// the pipeline's settings.
+    /// Reads `path` (TOML; JSON if it ends in `.json`, as the Helm chart renders it),
+    /// applies the `LONGSHORE_*` variables of the environment, checks the pipeline's
+    /// settings.
     ///
     /// # Errors
     ///
@@ -107,6 +108,11 @@ impl<S: DeserializeOwned + Default> ServiceConfig<S> {
     pub fn load(path: &Path) -> Result<Self, BuildError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| BuildError::new("config", format!("cannot read {}: {error}", path.display())))?;
+        if path.extension().is_some_and(|extension| extension == "json") {
+            let table =
+                serde_json::from_str(&text).map_err(|error| BuildError::new("config", error.to_string()))?;
+            return Self::from_table(table, std::env::vars());
+        }
         Self::from_toml(&text, std::env::vars())
     }
 
@@ -120,9 +126,20 @@ impl<S: DeserializeOwned + Default> ServiceConfig<S> {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut table: toml::Table = text
+        let table: toml::Table = text
             .parse()
             .map_err(|error: toml::de::Error| BuildError::new("config", error.message().to_owned()))?;
+        Self::from_table(table, env)
+    }
+
+    fn from_table<K, V>(
+        mut table: toml::Table,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, BuildError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
         for (key, value) in env {
             if let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) {
                 override_value(&mut table, path, value.as_ref())?;
@@ -130,10 +147,10 @@ impl<S: DeserializeOwned + Default> ServiceConfig<S> {
         }
         let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
             let path = error.path().to_string();
-            BuildError::new(
-                if path == "." { "config".to_owned() } else { path },
-                error.into_inner().to_string(),
-            )
+            // The path is given once; the deserializer's own location note is left out.
+            let reason = error.into_inner().to_string();
+            let reason = reason.lines().next().unwrap_or_default().to_owned();
+            BuildError::new(if path == "." { "config".to_owned() } else { path }, reason)
         })?;
         config
             .pipeline

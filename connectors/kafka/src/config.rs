@@ -7,7 +7,8 @@ use longshore::BuildError;
 use rdkafka::ClientConfig;
 
 /// How the Kafka source orders the handling of messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// One partition's messages are handled one after the other, in offset order
     /// (Kafka's own guarantee). Concurrency is at most the number of partitions.
@@ -35,18 +36,44 @@ pub enum Ordering {
 /// let error = KafkaConfig::new("", "g", ["t"]).validate().unwrap_err();
 /// assert_eq!(error.to_string(), "invalid kafka.bootstrap_servers: must not be empty");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// In a service's settings file (see `longshore::service`), the `[source]` section:
+///
+/// ```
+/// let config: longshore_kafka::KafkaConfig = toml::from_str(r#"
+///     bootstrap_servers = "kafka-0:9092,kafka-1:9092"
+///     group_id = "orders-service"
+///     topics = ["orders"]
+///     ordering = "key"
+///     commit_interval = "2s"
+///     properties = { "security.protocol" = "sasl_ssl", "sasl.mechanism" = "SCRAM-SHA-512" }
+/// "#).unwrap();
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default = "KafkaConfig::unset", deny_unknown_fields)]
 pub struct KafkaConfig {
     pub(crate) bootstrap_servers: String,
     pub(crate) group_id: String,
     pub(crate) topics: Vec<String>,
     pub(crate) properties: BTreeMap<String, String>,
+    #[serde(with = "humantime_serde")]
     pub(crate) commit_interval: Duration,
     pub(crate) max_buffered_per_partition: usize,
     pub(crate) ordering: Ordering,
+    #[serde(with = "humantime_serde")]
     pub(crate) revoke_drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub(crate) lag_interval: Duration,
+    #[serde(with = "humantime_serde")]
     pub(crate) close_timeout: Duration,
+}
+
+impl Default for KafkaConfig {
+    /// Nothing to connect to yet: [`KafkaConfig::validate`] names what is missing.
+    fn default() -> Self {
+        KafkaConfig::unset()
+    }
 }
 
 /// Properties the source sets itself: overriding them would break its guarantees.
@@ -77,6 +104,10 @@ impl KafkaConfig {
             lag_interval: Duration::from_secs(15),
             close_timeout: Duration::from_secs(30),
         }
+    }
+
+    fn unset() -> Self {
+        KafkaConfig::new("", "", Vec::<String>::new())
     }
 
     /// Any librdkafka property (TLS, SASL, timeouts, `auto.offset.reset`, ...), passed

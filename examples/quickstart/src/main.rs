@@ -5,13 +5,14 @@
 //! slow sink. No broker needed. It prints a progress line each second and a summary, and
 //! ends by itself once every order is acknowledged (about three seconds by default), or
 //! drains and stops on ctrl-c. Its metrics are on http://127.0.0.1:9464/metrics while it
-//! runs (`--metrics-addr` to move them).
+//! runs (`--metrics-addr` to move them). It starts like every longshore service:
+//! `--config`, `--metrics-addr`, `--log-format` (see `longshore::service`).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use longshore::metrics::MetricsServer;
+use longshore::service::{ServiceArgs, ServiceConfig};
 use longshore::source::memory::MemorySource;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
 
@@ -33,10 +34,16 @@ struct Args {
     /// How long the simulated sink takes to write one batch, in milliseconds.
     #[arg(long, default_value_t = 5)]
     sink_latency_ms: u64,
-    /// Where to serve /metrics, /healthz and /readyz (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    metrics_addr: SocketAddr,
+    /// The flags of every longshore service: --config (whose [pipeline] section then
+    /// replaces the flags above), --metrics-addr, --log-format.
+    #[command(flatten)]
+    service: ServiceArgs,
 }
+
+/// The settings of a source that has none.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
 
 /// One order, as a producer would have put it on a queue.
 #[derive(Debug)]
@@ -74,9 +81,12 @@ impl Handler for Orders {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    let metrics = MetricsServer::bind(args.metrics_addr)
+    // The in-memory source has no settings: its section stays empty.
+    let config: ServiceConfig<Empty> = args.service.load()?;
+    args.service.init_logging(&config);
+    let metrics = MetricsServer::bind(config.metrics.addr)
         .await
-        .map_err(|error| format!("--metrics-addr {}: {error}", args.metrics_addr))?;
+        .map_err(|error| format!("metrics.addr {}: {error}", config.metrics.addr))?;
     println!("metrics on http://{}/metrics", metrics.local_addr());
     // One order in a thousand is invalid, to show the failure path.
     let orders = (0..args.count).map(|id| Order {
@@ -90,16 +100,20 @@ async fn main() -> Result<(), BoxError> {
     let handler = Orders {
         sink_latency: Duration::from_millis(args.sink_latency_ms),
     };
-    let pipeline = Pipeline::builder(MemorySource::from_iter(orders), handler)
-        .name("quickstart")
-        .processors(Processors::new(args.processors))
-        .batcher(
-            Batcher::new("db")
-                .batch_size(args.batch_size)
-                .batch_timeout(Duration::from_millis(200))
-                .concurrency(args.batch_concurrency),
-        )
-        .start()?;
+    let builder = Pipeline::builder(MemorySource::from_iter(orders), handler);
+    let builder = match args.service.config {
+        Some(_) => builder.config(config.pipeline),
+        None => builder
+            .name("quickstart")
+            .processors(Processors::new(args.processors))
+            .batcher(
+                Batcher::new("db")
+                    .batch_size(args.batch_size)
+                    .batch_timeout(Duration::from_millis(200))
+                    .concurrency(args.batch_concurrency),
+            ),
+    };
+    let pipeline = builder.start()?;
 
     let stats = pipeline.stats();
     let started = Instant::now();

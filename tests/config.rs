@@ -1,0 +1,183 @@
+//! Settings files: a good one gives the pipeline it describes; each bad field is named.
+
+use std::time::Duration;
+
+use longshore::service::{LogFormat, ServiceConfig};
+use longshore::{Batcher, Processors, RateLimit, RetryPolicy};
+
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Source {
+    queue: String,
+    #[serde(default)]
+    wait_time_seconds: u32,
+}
+
+const GOOD: &str = r#"
+[pipeline]
+name = "orders"
+source_concurrency = 2
+shutdown_deadline = "25s"
+max_in_flight = 5000
+processors = { concurrency = 8, max_demand = 100, min_demand = 50 }
+retry = { max_attempts = 5, initial_backoff = "200ms", max_backoff = "1m" }
+rate_limit = { messages = 1000, per = "1s", burst = 100 }
+
+[[pipeline.batchers]]
+name = "db"
+batch_size = 500
+batch_timeout = "250ms"
+concurrency = 4
+rate_limit = { messages = 50 }
+
+[source]
+queue = "orders"
+
+[metrics]
+addr = "127.0.0.1:9000"
+
+[log]
+format = "json"
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<ServiceConfig<Source>, String> {
+    ServiceConfig::from_toml(text, env.iter().copied()).map_err(|error| error.to_string())
+}
+
+#[test]
+fn a_good_file_gives_the_pipeline_it_describes() {
+    let config = load(GOOD, &[]).unwrap();
+    let pipeline = &config.pipeline;
+    assert_eq!(pipeline.name, "orders");
+    assert_eq!(pipeline.source_concurrency, 2);
+    assert_eq!(pipeline.shutdown_deadline, Duration::from_secs(25));
+    assert_eq!(pipeline.max_in_flight, Some(5000));
+    assert_eq!(
+        pipeline.processors,
+        Processors::new(8).max_demand(100).min_demand(50)
+    );
+    assert_eq!(
+        pipeline.retry,
+        RetryPolicy::new(5)
+            .initial_backoff(Duration::from_millis(200))
+            .max_backoff(Duration::from_secs(60))
+    );
+    assert_eq!(pipeline.rate_limit, Some(RateLimit::per_second(1000).burst(100)));
+    assert_eq!(
+        pipeline.batchers,
+        vec![Batcher::new("db")
+            .batch_size(500)
+            .batch_timeout(Duration::from_millis(250))
+            .concurrency(4)
+            .rate_limit(RateLimit::per_second(50))]
+    );
+    assert_eq!(config.source.queue, "orders");
+    assert_eq!(config.metrics.addr, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults() {
+    let config = load("", &[]).unwrap();
+    assert_eq!(config.pipeline, longshore::PipelineConfig::default());
+    assert_eq!(config.metrics.addr, "0.0.0.0:9464".parse().unwrap());
+    assert_eq!(config.log.format, LogFormat::Text);
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let config = load(
+        GOOD,
+        &[
+            ("LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY", "16"),
+            ("LONGSHORE_PIPELINE__SHUTDOWN_DEADLINE", "50s"),
+            ("LONGSHORE_SOURCE__QUEUE", "orders-eu"),
+            ("LONGSHORE_SOURCE__WAIT_TIME_SECONDS", "20"),
+            ("LONGSHORE_LOG__FORMAT", "text"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.pipeline.processors.concurrency(), 16);
+    assert_eq!(config.pipeline.shutdown_deadline, Duration::from_secs(50));
+    assert_eq!(
+        config.source,
+        Source {
+            queue: "orders-eu".into(),
+            wait_time_seconds: 20
+        }
+    );
+    assert_eq!(config.log.format, LogFormat::Text);
+}
+
+#[test]
+fn each_bad_field_is_named_with_what_was_expected() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        (
+            "[pipeline]\nprocessors = { concurrency = \"many\" }",
+            &[],
+            "invalid pipeline.processors.concurrency: invalid type: string \"many\", expected usize",
+        ),
+        (
+            "[pipeline]\nprocessors = { concurency = 4 }",
+            &[],
+            "invalid pipeline.processors.concurency: unknown field `concurency`, expected one of `concurrency`",
+        ),
+        (
+            "[pipeline]\nshutdown_deadline = \"soon\"",
+            &[],
+            "invalid pipeline.shutdown_deadline: ",
+        ),
+        (
+            "[[pipeline.batchers]]\nname = \"db\"\nbatch_size = 0",
+            &[],
+            "invalid pipeline.batchers.db.batch_size: must be at least 1, got 0",
+        ),
+        (
+            "[[pipeline.batchers]]\nbatch_size = 10",
+            &[],
+            "invalid pipeline.batchers.name: must not be empty",
+        ),
+        (
+            "[pipeline]\nprocessors = { max_demand = 10, min_demand = 10 }",
+            &[],
+            "invalid pipeline.processors.min_demand: must be below processors.max_demand (10), got 10",
+        ),
+        (
+            "[pipeline]\nretry = { max_attempts = 0 }",
+            &[],
+            "invalid pipeline.retry.max_attempts",
+        ),
+        (
+            "[pipeline]\nrate_limit = { per = \"1s\" }",
+            &[],
+            "invalid pipeline.rate_limit: missing field `messages`",
+        ),
+        ("[metrics]\naddr = \"localhost\"", &[], "invalid metrics.addr: "),
+        (
+            "[log]\nformat = \"xml\"",
+            &[],
+            "invalid log.format: unknown variant `xml`, expected `text` or `json`",
+        ),
+        ("[source]\nqueue = 5", &[], "invalid source.queue: invalid type: integer `5`, expected a string"),
+        ("[pipelin]\nname = \"x\"", &[], "invalid pipelin: unknown field `pipelin`, expected one of `pipeline`"),
+        ("[pipeline\nname = ", &[], "invalid config: "),
+        (
+            "",
+            &[("LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY", "lots")],
+            "invalid pipeline.processors.concurrency: invalid type: string \"lots\", expected usize",
+        ),
+        (
+            "[pipeline]\nname = \"x\"",
+            &[("LONGSHORE_PIPELINE__NAME__FIRST", "y")],
+            "invalid pipeline.name.first: LONGSHORE_PIPELINE__NAME__FIRST goes inside `name`, which is not a table",
+        ),
+    ];
+    for (text, env, expected) in cases {
+        let error = load(text, env).expect_err(text);
+        assert!(
+            error.starts_with(expected),
+            "{text:?}\n  gave {error}\n  not {expected}"
+        );
+    }
+}
