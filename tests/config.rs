@@ -112,7 +112,9 @@ fn the_environment_overrides_the_file() {
 
 #[test]
 fn each_bad_field_is_named_with_what_was_expected() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (file, environment, the error's start)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             "[pipeline]\nprocessors = { concurrency = \"many\" }",
             &[],

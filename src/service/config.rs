@@ -38,10 +38,11 @@ pub const ENV_PREFIX: &str = "LONGSHORE_";
 /// assert_eq!(config.source.queue, "orders");
 /// assert_eq!(config.pipeline.processors.concurrency(), 8);
 ///
-/// let error = ServiceConfig::<Source>::from_toml("[pipeline]\nshutdown_deadline = 5", []).unwrap_err();
+/// let no_env: [(&str, &str); 0] = [];
+/// let error = ServiceConfig::<Source>::from_toml("[pipeline]\nshutdown_deadline = 5", no_env).unwrap_err();
 /// assert_eq!(
 ///     error.to_string(),
-///     "invalid pipeline.shutdown_deadline: invalid type: integer `5`, expected a duration such as \"30s\""
+///     "invalid pipeline.shutdown_deadline: invalid type: integer `5`, expected a duration"
 /// );
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
