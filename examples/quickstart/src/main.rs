@@ -4,7 +4,7 @@
 //! validates each one, and a batcher that "writes" them in batches of 100 to a simulated
 //! slow sink. No broker needed. It prints a progress line each second and a summary, and
 //! ends by itself once every order is acknowledged (about three seconds by default), or
-//! drains and stops on ctrl-c. Its metrics are on http://127.0.0.1:9464/metrics while it
+//! drains and stops on ctrl-c. Its metrics are on http://localhost:9464/metrics while it
 //! runs (`--metrics-addr` to move them). It starts like every longshore service:
 //! `--config`, `--metrics-addr`, `--log-format` (see `longshore::service`).
 
