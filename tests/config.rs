@@ -95,6 +95,8 @@ fn the_environment_overrides_the_file() {
             ("LONGSHORE_SOURCE__WAIT_TIME_SECONDS", "20"),
             ("LONGSHORE_LOG__FORMAT", "text"),
             ("UNRELATED", "x"),
+            ("LONGSHORE_CONFIG", "/etc/longshore/config.toml"),
+            ("LONGSHORE_HELM", "/usr/bin/helm"),
         ],
     )
     .unwrap();

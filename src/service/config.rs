@@ -12,7 +12,8 @@ use crate::{BuildError, PipelineConfig};
 
 /// Environment variables starting with this override the file: `__` separates the
 /// levels, so `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` sets
-/// `pipeline.processors.concurrency`. Values are read as TOML (`8`, `true`, `"8"`,
+/// `pipeline.processors.concurrency`. A variable without `__` (`LONGSHORE_CONFIG`) is no
+/// override. Values are read as TOML (`8`, `true`, `"8"`,
 /// `["a", "b"]`), or else taken as a string.
 pub const ENV_PREFIX: &str = "LONGSHORE_";
 
@@ -142,7 +143,12 @@ impl<S: DeserializeOwned + Default> ServiceConfig<S> {
         V: AsRef<str>,
     {
         for (key, value) in env {
-            if let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) {
+            // Only section paths: LONGSHORE_CONFIG and the like are not settings.
+            if let Some(path) = key
+                .as_ref()
+                .strip_prefix(ENV_PREFIX)
+                .filter(|path| path.contains("__"))
+            {
                 override_value(&mut table, path, value.as_ref())?;
             }
         }
