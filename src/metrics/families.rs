@@ -397,3 +397,39 @@ impl BatcherMetrics {
         &self.batches[trigger as usize]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quick_pass_is_timed_once_and_every_call_counted() {
+        let metrics = StageMetrics::new("unit-quick", Stage::Processor, "");
+        let mut timing = HandlingTimes::new(&metrics, false);
+        for _ in 0..10 {
+            timing.handled(1, 0);
+        }
+        timing.handled(0, 1);
+        assert!(!timing.finish(), "a pass of no work is quick");
+        assert_eq!(metrics.duration.get_sample_count(), 11);
+        assert!(metrics.duration.get_sample_sum() < FIRST_DURATION_BUCKET.as_secs_f64());
+        assert_eq!((metrics.successful.get(), metrics.failed.get()), (10, 1));
+    }
+
+    #[test]
+    fn a_slow_pass_asks_for_each_call_to_be_timed() {
+        let metrics = StageMetrics::new("unit-slow", Stage::Processor, "");
+        let mut timing = HandlingTimes::new(&metrics, false);
+        std::thread::sleep(FIRST_DURATION_BUCKET * 2);
+        timing.handled(1, 0);
+        assert!(timing.finish());
+
+        let mut timing = HandlingTimes::new(&metrics, true);
+        timing.handled(1, 0);
+        std::thread::sleep(FIRST_DURATION_BUCKET * 2);
+        timing.handled(1, 0);
+        timing.finish();
+        assert_eq!(metrics.duration.get_sample_count(), 3);
+        assert!(metrics.duration.get_sample_sum() >= 4.0 * FIRST_DURATION_BUCKET.as_secs_f64());
+    }
+}
