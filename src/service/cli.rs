@@ -41,7 +41,11 @@ impl ServiceArgs {
     /// # Errors
     ///
     /// As [`ServiceConfig::load`].
-    pub fn load<S: DeserializeOwned + Default>(&self) -> Result<ServiceConfig<S>, BuildError> {
+    pub fn load<S, A>(&self) -> Result<ServiceConfig<S, A>, BuildError>
+    where
+        S: DeserializeOwned + Default,
+        A: DeserializeOwned + Default,
+    {
         let mut config = match &self.config {
             Some(path) => ServiceConfig::load(path)?,
             None => ServiceConfig::from_toml("", std::env::vars())?,
@@ -57,7 +61,7 @@ impl ServiceArgs {
 
     /// Installs the global `tracing` subscriber the settings ask for (`RUST_LOG` wins
     /// over `log.filter`). Does nothing if one is installed already.
-    pub fn init_logging<S>(&self, config: &ServiceConfig<S>) {
+    pub fn init_logging<S, A>(&self, config: &ServiceConfig<S, A>) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
         let builder = tracing_subscriber::fmt().with_env_filter(filter);

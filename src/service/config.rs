@@ -17,7 +17,8 @@ use crate::{BuildError, PipelineConfig};
 /// `["a", "b"]`), or else taken as a string.
 pub const ENV_PREFIX: &str = "LONGSHORE_";
 
-/// A service's settings: `S` is the source's section, as its connector defines it.
+/// A service's settings: `S` is the source's section, as its connector defines it; `A`
+/// the service's own `[app]` section (none by default).
 ///
 /// ```
 /// use longshore::service::ServiceConfig;
@@ -49,11 +50,13 @@ pub const ENV_PREFIX: &str = "LONGSHORE_";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
-pub struct ServiceConfig<S> {
+pub struct ServiceConfig<S, A = ()> {
     /// The pipeline's settings.
     pub pipeline: PipelineConfig,
     /// The source's settings.
     pub source: S,
+    /// The service's own settings, the `[app]` section (a sink's address, say).
+    pub app: A,
     /// Where the metrics and health endpoint listens.
     pub metrics: MetricsConfig,
     /// How the service logs.
@@ -98,7 +101,11 @@ impl Default for LogConfig {
     }
 }
 
-impl<S: DeserializeOwned + Default> ServiceConfig<S> {
+impl<S, A> ServiceConfig<S, A>
+where
+    S: DeserializeOwned + Default,
+    A: DeserializeOwned + Default,
+{
     /// Reads `path` (TOML; JSON if it ends in `.json`, as the Helm chart renders it),
     /// applies the `LONGSHORE_*` variables of the environment, checks the pipeline's
     /// settings.

@@ -115,6 +115,11 @@ impl KafkaConfig {
         KafkaConfig::new("", "", Vec::<String>::new())
     }
 
+    /// The cluster's bootstrap servers, as given.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
     /// Any librdkafka property (TLS, SASL, timeouts, `auto.offset.reset`, ...), passed
     /// through as given, except those the source owns (`enable.auto.commit`,
     /// `enable.auto.offset.store`, `bootstrap.servers`, `group.id`). The eager assignment

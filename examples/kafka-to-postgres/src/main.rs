@@ -1,0 +1,152 @@
+//! Consumes a Kafka topic and inserts its records into PostgreSQL, many rows per
+//! statement: the "insert n rows at once" case of a batcher keyed by table.
+//!
+//! Each record's key names its table (`orders` or `refunds`), its payload is a JSON row
+//! (`{"id": 7, "amount_cents": 1250}`). Processors check each record; a batcher groups
+//! them by table, 500 at a time or every 200 ms; each batch is one `INSERT ... ON CONFLICT
+//! DO NOTHING`, so a record delivered twice (after a crash, before its commit) is stored
+//! once. Records that cannot be stored go to the dead-letter topic.
+//!
+//! ```sh
+//! kafka-to-postgres --config kafka-to-postgres.toml
+//! ```
+//!
+//! ```toml
+//! [pipeline]
+//! name = "kafka-to-postgres"
+//! batchers = [{ name = "rows", batch_size = 500, batch_timeout = "200ms", concurrency = 2 }]
+//! retry = { max_attempts = 3 }
+//!
+//! [source]
+//! bootstrap_servers = "kafka:9092"
+//! group_id = "kafka-to-postgres"
+//! topics = ["payments"]
+//!
+//! [app]
+//! postgres = "host=db user=app dbname=payments"
+//! dead_letter_topic = "payments.dlq"
+//! ```
+
+use std::sync::Arc;
+
+use clap::Parser;
+use longshore::metrics::MetricsServer;
+use longshore::service::{ServiceArgs, ServiceConfig};
+use longshore::{BatchInfo, BatchKey, BoxError, Handler, Message, Permanent, Pipeline};
+use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaRecord, KafkaSource};
+use tokio_postgres::types::ToSql;
+
+/// Kafka to PostgreSQL, in batches per table.
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+/// The `[app]` section.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct App {
+    /// A libpq connection string.
+    postgres: String,
+    /// Where records that cannot be stored go.
+    dead_letter_topic: String,
+}
+
+/// The tables a record may name, and so the batch keys: a fixed list, never data.
+const TABLES: [&str; 2] = ["orders", "refunds"];
+
+#[derive(Debug, serde::Deserialize)]
+struct Row {
+    id: i64,
+    amount_cents: i64,
+}
+
+fn row(record: &KafkaRecord) -> Result<Row, BoxError> {
+    let payload = record.payload().ok_or_else(|| Permanent::new("no payload"))?;
+    serde_json::from_slice(payload).map_err(|error| Permanent::new(format!("not a row: {error}")).into())
+}
+
+struct ToPostgres {
+    db: tokio_postgres::Client,
+}
+
+impl Handler for ToPostgres {
+    type Item = KafkaRecord;
+
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        let record = message.data();
+        let key = record.key().unwrap_or_default();
+        let table = TABLES
+            .into_iter()
+            .find(|table| table.as_bytes() == key)
+            .ok_or_else(|| Permanent::new(format!("no table {:?}", String::from_utf8_lossy(key))))?;
+        row(record)?;
+        message.put_batch_key(table);
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<KafkaRecord>],
+        info: &BatchInfo,
+    ) -> Result<(), BoxError> {
+        let table = TABLES
+            .into_iter()
+            .find(|&table| info.batch_key == BatchKey::from(table))
+            .ok_or("batch of an unknown table")?;
+        let rows: Vec<Row> = batch.iter().map(|m| row(m.data())).collect::<Result<_, _>>()?;
+        // One statement for the whole batch: ($1, $2), ($3, $4), ...
+        let values: Vec<String> = (0..rows.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let statement = format!(
+            "INSERT INTO {table} (id, amount_cents) VALUES {} ON CONFLICT (id) DO NOTHING",
+            values.join(", ")
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = rows
+            .iter()
+            .flat_map(|row| [&row.id as &(dyn ToSql + Sync), &row.amount_cents])
+            .collect();
+        self.db.execute(&statement, &params).await?;
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let config: ServiceConfig<KafkaConfig, App> = args.service.load()?;
+    args.service.init_logging(&config);
+
+    let (db, connection) = tokio_postgres::connect(&config.app.postgres, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            eprintln!("postgres connection lost: {error}");
+        }
+    });
+    for table in TABLES {
+        db.execute(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id BIGINT PRIMARY KEY, amount_cents BIGINT NOT NULL)"
+            ),
+            &[],
+        )
+        .await?;
+    }
+
+    let metrics = MetricsServer::bind(config.metrics.addr).await?;
+    let dead_letter = KafkaDeadLetter::new(config.source.bootstrap_servers(), &config.app.dead_letter_topic)?;
+    let source = KafkaSource::new(config.source)?;
+    let pipeline = Pipeline::builder(source, Arc::new(ToPostgres { db }))
+        .config(config.pipeline)
+        .dead_letter(dead_letter)
+        .start()?;
+    let summary = pipeline.run_until_signal().await?;
+    metrics.shutdown().await;
+    eprintln!(
+        "stopped: {} received, {} stored, {} dead-lettered or failed",
+        summary.received, summary.successful, summary.failed
+    );
+    Ok(())
+}
