@@ -223,6 +223,9 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         // Bound librdkafka's own prefetch: memory follows demand, not the backlog.
         config.set("queued.max.messages.kbytes", "32768");
+        // The pipeline drains that prefetch in bursts; past the bound, librdkafka waits this
+        // long before fetching again (1 s by default: a whole second of idle consumer).
+        config.set("fetch.queue.backoff.ms", "20");
         config.set("auto.offset.reset", "earliest");
         for (key, value) in &self.properties {
             config.set(key, value);
