@@ -226,6 +226,10 @@ impl KafkaConfig {
         // The pipeline drains that prefetch in bursts; past the bound, librdkafka waits this
         // long before fetching again (1 s by default: a whole second of idle consumer).
         config.set("fetch.queue.backoff.ms", "20");
+        // A partition that becomes fetchable (assigned, resumed) waits for the fetch in
+        // flight: cap that wait at 100 ms rather than 500 (idle cost: 10 empty fetches a
+        // second per broker).
+        config.set("fetch.wait.max.ms", "100");
         config.set("auto.offset.reset", "earliest");
         for (key, value) in &self.properties {
             config.set(key, value);
