@@ -115,6 +115,9 @@ fn raw(bootstrap: &str, group: &str, count: usize) -> f64 {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
+        // The fetch settings longshore uses, so that the baseline is the best raw loop.
+        .set("fetch.queue.backoff.ms", "20")
+        .set("fetch.wait.max.ms", "100")
         .create()
         .expect("consumer");
     consumer.subscribe(&[TOPIC]).unwrap();
