@@ -185,3 +185,16 @@ fn each_bad_field_is_named_with_what_was_expected() {
         );
     }
 }
+
+proptest::proptest! {
+    /// Any file and any override is a setting or an error, never a panic.
+    #[test]
+    fn no_input_makes_the_loader_panic(
+        text in "(\\[[a-z.]{0,12}\\]\n|[a-z_]{1,12} = (\"[^\"]{0,8}\"|[0-9]{1,3}|true|\\{[^}]{0,12}\\}|\\[[^]]{0,12}\\])\n|[^\n]{0,20}\n){0,8}",
+        key in "[A-Z_]{0,24}",
+        value in "[^\u{0}]{0,16}",
+    ) {
+        let _ = load(&text, &[]);
+        let _ = load(GOOD, &[(&format!("LONGSHORE_{key}"), &value)]);
+    }
+}

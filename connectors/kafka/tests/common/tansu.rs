@@ -12,59 +12,95 @@ use std::time::{Duration, Instant};
 /// A running broker, stopped when dropped.
 pub struct Tansu {
     child: Child,
+    port: u16,
+    storage: String,
     pub bootstrap: String,
 }
 
-/// Where scripts/test installs tansu; `LONGSHORE_TANSU` overrides it.
+/// Where scripts/test installs tansu (with its SQLite storage); `LONGSHORE_TANSU`
+/// overrides it.
 fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("LONGSHORE_TANSU") {
         return PathBuf::from(path);
     }
     let home = std::env::var("HOME").expect("HOME is set");
-    PathBuf::from(home).join(".cache/tansu-0.6.0/bin/tansu")
+    PathBuf::from(home).join(".cache/tansu-0.6.0-libsql/bin/tansu")
 }
 
 impl Tansu {
     /// Starts a broker with in-memory storage on a free loopback port. Fails the test,
     /// saying why, when tansu is missing or does not start: never a silent skip.
     pub fn start() -> Tansu {
-        let binary = binary();
-        assert!(
-            binary.exists(),
-            "tansu not found at {}: run scripts/test (it installs tansu 0.6.0 under ~/.cache), \
-             or set LONGSHORE_TANSU",
-            binary.display()
-        );
+        Tansu::start_with("memory://tansu/")
+    }
+
+    /// Starts a broker keeping its data in a SQLite file in `dir`: it survives
+    /// [`Tansu::restart`].
+    pub fn start_persistent(dir: &std::path::Path) -> Tansu {
+        Tansu::start_with(&format!("sqlite://{}", dir.join("tansu.db").display()))
+    }
+
+    fn start_with(storage: &str) -> Tansu {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu at {}: {e}", binary.display()));
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {bootstrap} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let child = spawn(port, storage);
+        Tansu {
+            child,
+            port,
+            storage: storage.to_owned(),
+            bootstrap: format!("127.0.0.1:{port}"),
         }
-        Tansu { child, bootstrap }
     }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and storage;
+    /// returns once it listens.
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = spawn(self.port, &self.storage);
+    }
+}
+
+/// Starts tansu on `port` with `storage` and waits until it listens.
+fn spawn(port: u16, storage: &str) -> Child {
+    let binary = binary();
+    assert!(
+        binary.exists(),
+        "tansu not found at {}: run scripts/test (it installs tansu 0.6.0 under ~/.cache), \
+         or set LONGSHORE_TANSU",
+        binary.display()
+    );
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut child = Command::new(&binary)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", storage, "--silent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tansu at {}: {e}", binary.display()));
+    let bootstrap = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&bootstrap).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tansu ({storage}) exited at start: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {bootstrap} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 impl Drop for Tansu {
