@@ -21,10 +21,16 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     let dir = std::env::temp_dir().join(format!("longshore-tansu-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut broker = Tansu::start_persistent(&dir);
-    create_topic(&broker.bootstrap, "restarted", 2);
-    // One record per batch: tansu 0.6 does not serve a fetch that starts inside a batch.
-    produce_with(&broker.bootstrap, "restarted", 2, RECORDS, 20, 1);
+    let setup = dir.clone();
+    let mut broker = tokio::task::spawn_blocking(move || {
+        let broker = Tansu::start_persistent(&setup);
+        create_topic(&broker.bootstrap, "restarted", 2);
+        // One record per batch: tansu 0.6 does not serve a fetch that starts inside a batch.
+        produce_with(&broker.bootstrap, "restarted", 2, RECORDS, 20, 1);
+        broker
+    })
+    .await
+    .unwrap();
 
     let recorder = Arc::new(Recorder {
         delay: Some(Duration::from_micros(300)),

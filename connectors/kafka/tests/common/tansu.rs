@@ -14,6 +14,8 @@ pub struct Tansu {
     child: Child,
     port: u16,
     storage: String,
+    /// Where it runs: the folder of its SQLite file.
+    dir: PathBuf,
     pub bootstrap: String,
 }
 
@@ -31,26 +33,28 @@ impl Tansu {
     /// Starts a broker with in-memory storage on a free loopback port. Fails the test,
     /// saying why, when tansu is missing or does not start: never a silent skip.
     pub fn start() -> Tansu {
-        Tansu::start_with("memory://tansu/")
+        Tansu::start_with("memory://tansu/", &std::env::temp_dir())
     }
 
     /// Starts a broker keeping its data in a SQLite file in `dir`: it survives
     /// [`Tansu::restart`].
     pub fn start_persistent(dir: &std::path::Path) -> Tansu {
-        Tansu::start_with(&format!("sqlite://{}", dir.join("tansu.db").display()))
+        // tansu reads the path of a sqlite:// URL relative to its working folder.
+        Tansu::start_with("sqlite://tansu.db", dir)
     }
 
-    fn start_with(storage: &str) -> Tansu {
+    fn start_with(storage: &str, dir: &std::path::Path) -> Tansu {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = spawn(port, storage);
+        let child = spawn(port, storage, dir);
         Tansu {
             child,
             port,
             storage: storage.to_owned(),
+            dir: dir.to_owned(),
             bootstrap: format!("127.0.0.1:{port}"),
         }
     }
@@ -61,12 +65,12 @@ impl Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = spawn(self.port, &self.storage);
+        self.child = spawn(self.port, &self.storage, &self.dir);
     }
 }
 
 /// Starts tansu on `port` with `storage` and waits until it listens.
-fn spawn(port: u16, storage: &str) -> Child {
+fn spawn(port: u16, storage: &str, dir: &std::path::Path) -> Child {
     let binary = binary();
     assert!(
         binary.exists(),
@@ -84,6 +88,7 @@ fn spawn(port: u16, storage: &str) -> Child {
             &url,
         ])
         .args(["--storage-engine", storage, "--silent"])
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
