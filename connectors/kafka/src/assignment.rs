@@ -95,6 +95,19 @@ impl Shared {
         pending
     }
 
+    /// The partitions of `tpl` that are not paused for having their limit handed out.
+    pub(crate) fn not_paused(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let state = self.lock();
+        let mut running = TopicPartitionList::new();
+        for element in tpl.elements() {
+            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            if !state.partitions.get(&key).is_some_and(|p| p.paused) {
+                running.add_partition(&key.0, key.1);
+            }
+        }
+        running
+    }
+
     /// New partitions: each starts a new generation. Returns the commits refused at an
     /// earlier revoke of partitions that came back, to make now: only those still ahead of
     /// what the group has committed since (`group`, `None` if unknown). Another owner may

@@ -75,12 +75,18 @@ impl ConsumerContext for Context {
             Rebalance::Assign(tpl) => {
                 // New partitions run, whatever was paused before: librdkafka may keep a
                 // partition's pause across a revoke and a re-assign, and a resume made
-                // in between (of an empty assignment) reaches nothing. A stall still
-                // going on pauses them again.
-                if let Err(error) = consumer.resume(tpl) {
+                // in between (of an empty assignment) reaches nothing. After a stall
+                // (everything paused), the partitions kept through an incremental
+                // rebalance run again too. A stall still going on pauses them again.
+                let was_paused_all = std::mem::take(&mut self.shared.lock().paused_all);
+                let resume = if was_paused_all {
+                    consumer.assignment().unwrap_or_else(|_| (*tpl).clone())
+                } else {
+                    (*tpl).clone()
+                };
+                if let Err(error) = consumer.resume(&self.shared.not_paused(&resume)) {
                     tracing::warn!(%error, "cannot resume assigned partitions");
                 }
-                self.shared.lock().paused_all = false;
                 let pending = self.shared.pending(tpl);
                 let group = (pending.count() > 0)
                     .then(|| consumer.committed_offsets(pending, COMMITTED_TIMEOUT))
