@@ -1,6 +1,6 @@
 //! # longshore-kafka
 //!
-//! A Kafka source for [longshore](longshore): a consumer group read on demand, offsets
+//! A Kafka source for [longshore]: a consumer group read on demand, offsets
 //! committed only over the contiguous acknowledged prefix of each partition, in-flight
 //! messages drained on revoke, per-partition or per-key order, and a dead-letter topic.
 //!

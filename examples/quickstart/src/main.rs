@@ -34,7 +34,7 @@ struct Args {
     /// How long the simulated sink takes to write one batch, in milliseconds.
     #[arg(long, default_value_t = 5)]
     sink_latency_ms: u64,
-    /// The flags of every longshore service: --config (whose [pipeline] section then
+    /// The flags of every longshore service: --config (whose `[pipeline]` section then
     /// replaces the flags above), --metrics-addr, --log-format.
     #[command(flatten)]
     service: ServiceArgs,
