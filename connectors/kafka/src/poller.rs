@@ -29,6 +29,9 @@ const STALL: Duration = Duration::from_secs(1);
 /// The most records handed from librdkafka to the queue at once.
 const HANDOFF: usize = 512;
 
+/// How many times the final commit is tried before the consumer closes anyway.
+const FINAL_COMMIT_ATTEMPTS: u32 = 5;
+
 /// The bound on reading the group's offsets when partitions come back.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -252,7 +255,19 @@ impl Poller {
                 last_lag = Instant::now();
             }
         }
-        commit(&self.consumer, &self.shared.commits(true), CommitMode::Sync);
+        // The final commit is what saves a restart from reading the run's tail again: a
+        // refusal (a rebalance, a coordinator moving) is retried a few times, polling in
+        // between so that the group's state can settle.
+        let commits = self.shared.commits(true);
+        for attempt in 1..=FINAL_COMMIT_ATTEMPTS {
+            if commit(&self.consumer, &commits, CommitMode::Sync) {
+                break;
+            }
+            if attempt < FINAL_COMMIT_ATTEMPTS {
+                // Records polled now are never handed out: they stay uncommitted.
+                let _ = self.consumer.poll(POLL_INTERVAL * 5 * attempt);
+            }
+        }
         tracing::info!("kafka consumer closing after its final commit");
         // Dropping the consumer leaves the group.
     }

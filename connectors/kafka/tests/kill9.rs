@@ -13,8 +13,14 @@ use common::{committed, produce_with, Watchdog, TEST_LIMIT};
 
 const TOPIC: &str = "chaos";
 const PARTITIONS: i32 = 4;
-const PRODUCED: usize = 20_000;
-const KILLS: usize = 3;
+/// The test command's shortened run; `scripts/chaos` sets the full one through
+/// `LONGSHORE_CHAOS_RECORDS` and `LONGSHORE_CHAOS_KILLS`.
+fn setting(variable: &str, default: usize) -> usize {
+    std::env::var(variable)
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
 
 /// A consumer process, killed if the test ends first.
 struct Consumer(Child);
@@ -64,22 +70,28 @@ fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn kill_9_mid_stream_then_restart_loses_nothing() {
-    let _watchdog = Watchdog::arm(TEST_LIMIT);
+    let (produced, kills) = (
+        setting("LONGSHORE_CHAOS_RECORDS", 20_000),
+        setting("LONGSHORE_CHAOS_KILLS", 3),
+    );
+    // A minute more per 100,000 records than the test command's run.
+    let _watchdog = Watchdog::arm(TEST_LIMIT + Duration::from_secs(60 * (produced / 100_000) as u64));
     let broker = Tansu::start();
     create_topic(&broker.bootstrap, TOPIC, PARTITIONS);
     // One record per batch: tansu 0.6 does not serve a fetch that starts inside a record
     // batch, as consumers do after a commit or a pause (real Kafka does).
-    produce_with(&broker.bootstrap, TOPIC, PARTITIONS, PRODUCED, 100, 1);
+    produce_with(&broker.bootstrap, TOPIC, PARTITIONS, produced, 100, 1);
     let dir = std::env::temp_dir().join(format!("longshore-kill9-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let output = dir.join("handled.txt");
     let _ = std::fs::remove_file(&output);
 
-    // Kill each consumer once it has handled another slice of the stream.
-    for kill in 1..=KILLS {
+    // Kill each consumer at a random moment within its slice of the stream.
+    for kill in 1..=kills {
         let mut consumer = start_consumer(&broker.bootstrap, &output);
-        let target = kill * PRODUCED / (KILLS + 2);
-        wait_for(Duration::from_secs(120), "consumer progress", || {
+        let slice = produced / (kills + 2);
+        let target = (kill - 1) * slice + slice / 2 + fastrand::usize(0..=slice / 2);
+        wait_for(Duration::from_secs(600), "consumer progress", || {
             handled(&output).len() >= target
         });
         consumer.0.kill().expect("SIGKILL");
@@ -88,8 +100,8 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
 
     // The last one runs to the end and stops on SIGTERM.
     let mut consumer = start_consumer(&broker.bootstrap, &output);
-    wait_for(Duration::from_secs(120), "every record handled", || {
-        handled(&output).len() >= PRODUCED
+    wait_for(Duration::from_secs(600), "every record handled", || {
+        handled(&output).len() >= produced
     });
     let status = Command::new("kill")
         .args(["-TERM", &consumer.0.id().to_string()])
@@ -109,24 +121,24 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
     let counts = handled(&output);
     let unique = counts.len();
     let total: usize = counts.values().sum();
-    let lost = (0..PRODUCED).filter(|p| !counts.contains_key(p)).count();
+    let lost = (0..produced).filter(|p| !counts.contains_key(p)).count();
     let duplicates = total - unique;
     println!(
-        "CHAOS case=kafka-kill9-tansu produced={PRODUCED} handled_unique={unique} lost={lost} \
-         duplicates={duplicates} inflight_bound={in_flight_bound} kills={KILLS}"
+        "CHAOS case=kafka-kill9-tansu produced={produced} handled_unique={unique} lost={lost} \
+         duplicates={duplicates} inflight_bound={in_flight_bound} kills={kills}"
     );
     assert_eq!(lost, 0, "records lost");
-    assert_eq!(unique, PRODUCED);
+    assert_eq!(unique, produced);
     // A kill replays what was in flight plus what was acknowledged since the last
     // commit (one 20 ms commit interval of throughput): bounded per kill.
     assert!(
-        duplicates <= KILLS * (in_flight_bound + PRODUCED / 10),
+        duplicates <= kills * (in_flight_bound + produced / 10),
         "duplicates {duplicates} over the bound"
     );
     // After the graceful stop everything is committed.
     let ends: i64 = committed(&broker.bootstrap, "chaos-group", TOPIC, PARTITIONS)
         .iter()
         .sum();
-    assert_eq!(ends as usize, PRODUCED);
+    assert_eq!(ends as usize, produced);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,7 +66,7 @@ pub fn produce_with(
         }
     }
     producer
-        .flush(Duration::from_secs(30))
+        .flush(Duration::from_secs(600))
         .expect("all records written");
 }
 
