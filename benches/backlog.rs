@@ -33,11 +33,7 @@ impl Handler for SlowSink {
 
 /// Runs the pipeline over `backlog` messages for `run`, then shuts it down; the peak RSS.
 fn run_case(backlog: u64, run: Duration) -> f64 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     runtime.block_on(async {
         let source = MemorySource::from_iter((0..backlog).map(|_| vec![0u8; 1024]));
         let pipeline = Pipeline::builder(source, SlowSink)

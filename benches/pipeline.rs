@@ -144,11 +144,7 @@ fn in_child(shape: &str, imp: &str, messages: u64) -> Measured {
 }
 
 fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let samples = Arc::new(Samples::default());
     let started = Instant::now();
     let done = runtime.block_on(async {

@@ -145,11 +145,7 @@ impl Handler for Touch {
 
 /// longshore: the Kafka source, 2 processors in partition order, commits every 5 s.
 fn ours(bootstrap: &str, group: &str, count: usize) -> f64 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     runtime.block_on(async {
         let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [TOPIC])).expect("source");
         let pipeline = Pipeline::builder(source, Touch)
