@@ -111,7 +111,8 @@ impl Shared {
     /// New partitions: each starts a new generation. Returns the commits refused at an
     /// earlier revoke of partitions that came back, to make now: only those still ahead of
     /// what the group has committed since (`group`, `None` if unknown). Another owner may
-    /// have gone further meanwhile, and a commit never moves back.
+    /// have gone further meanwhile, and a commit never moves back. The records they cover
+    /// are skipped either way.
     pub(crate) fn assign(
         &self,
         tpl: &TopicPartitionList,
@@ -133,9 +134,11 @@ impl Shared {
                     },
                 )
             };
-            // Not ahead (or unknown): read again from the group's offset; duplicates at worst.
-            let done_below = state.unconfirmed.remove(&key).filter(ahead);
-            if let Some(offset) = done_below {
+            // Records below it were handled here before: skipping them never loses one.
+            // Committing it is right only when it is ahead of the group's offset; when that
+            // is unknown, the commit waits for records past it.
+            let done_below = state.unconfirmed.remove(&key);
+            if let Some(offset) = done_below.filter(ahead) {
                 retry
                     .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
                     .expect("a valid offset");
