@@ -1,8 +1,6 @@
 //! The end of every message's path: final failures through `handle_failed` and the
 //! dead-letter destination, then one acknowledgement call, then the credits back.
 
-use std::sync::atomic::Ordering;
-
 use crate::failure::dead_letter::write_until_done;
 use crate::handler::Handler;
 use crate::message::Message;
@@ -44,15 +42,8 @@ where
     }
 
     fn count(&self, successful: &[Message<H::Item>], failed: &[Message<H::Item>]) {
-        let meter = &self.meter;
-        let metrics = &meter.metrics;
-        meter
-            .successful
-            .fetch_add(successful.len() as u64, Ordering::Relaxed);
-        meter.failed.fetch_add(failed.len() as u64, Ordering::Relaxed);
-        metrics.successful.inc_by(successful.len() as u64);
-        metrics.failed.inc_by(failed.len() as u64);
-        metrics.in_flight.sub((successful.len() + failed.len()) as i64);
+        self.meter.add_settled(successful.len(), failed.len());
+        let metrics = &self.meter.metrics;
         let now = std::time::Instant::now();
         for (messages, histogram) in [
             (successful, &metrics.successful_duration),
@@ -90,10 +81,7 @@ where
         }
         if let Some(destination) = &self.dead_letter {
             write_until_done(&**destination, finals).await;
-            self.meter
-                .dead_lettered
-                .fetch_add(finals.len() as u64, Ordering::Relaxed);
-            self.meter.metrics.dead_lettered.inc_by(finals.len() as u64);
+            self.meter.add_dead_lettered(finals.len());
         }
     }
 }

@@ -66,8 +66,7 @@ where
         let Decision::Retry(delay) = self.retry.decide(failure, message.attempt()) else {
             return None;
         };
-        self.meter.retried.fetch_add(1, Ordering::Relaxed);
-        self.meter.metrics.retries.inc();
+        self.meter.add_retried();
         match self.redelivery {
             Redelivery::InProcess => Some(delay),
             Redelivery::Broker => {
@@ -122,5 +121,24 @@ impl Meter {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
         self.metrics.received.inc_by(n as u64);
         self.metrics.in_flight.add(n as i64);
+    }
+
+    pub(crate) fn add_retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        self.metrics.retries.inc();
+    }
+
+    pub(crate) fn add_dead_lettered(&self, n: usize) {
+        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.dead_lettered.inc_by(n as u64);
+    }
+
+    /// Messages acknowledged: out of flight.
+    pub(crate) fn add_settled(&self, successful: usize, failed: usize) {
+        self.successful.fetch_add(successful as u64, Ordering::Relaxed);
+        self.failed.fetch_add(failed as u64, Ordering::Relaxed);
+        self.metrics.successful.inc_by(successful as u64);
+        self.metrics.failed.inc_by(failed as u64);
+        self.metrics.in_flight.sub((successful + failed) as i64);
     }
 }

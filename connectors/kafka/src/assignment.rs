@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use longshore::Message;
+use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
@@ -14,6 +15,11 @@ use crate::offsets::PartitionOffsets;
 use crate::record::KafkaRecord;
 
 pub(crate) type TopicPartition = (Arc<str>, i32);
+
+/// The key of one element of a partition list.
+fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
+    (Arc::from(element.topic()), element.partition())
+}
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -85,7 +91,7 @@ impl Shared {
         let state = self.lock();
         let mut pending = TopicPartitionList::new();
         for element in tpl.elements() {
-            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            let key = key_of(&element);
             if let Some(&offset) = state.unconfirmed.get(&key) {
                 pending
                     .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
@@ -100,7 +106,7 @@ impl Shared {
         let state = self.lock();
         let mut running = TopicPartitionList::new();
         for element in tpl.elements() {
-            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            let key = key_of(&element);
             if !state.partitions.get(&key).is_some_and(|p| p.paused) {
                 running.add_partition(&key.0, key.1);
             }
@@ -124,7 +130,7 @@ impl Shared {
         for element in tpl.elements() {
             let generation = state.next_generation;
             state.next_generation += 1;
-            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            let key = key_of(&element);
             let ahead = |ours: &i64| {
                 group.is_some_and(
                     |group| match group.find_partition(&key.0, key.1).map(|e| e.offset()) {
@@ -227,9 +233,7 @@ impl Shared {
         let mut state = self.lock();
         for element in commits.elements() {
             if let Offset::Offset(offset) = element.offset() {
-                state
-                    .unconfirmed
-                    .insert((Arc::from(element.topic()), element.partition()), offset);
+                state.unconfirmed.insert(key_of(&element), offset);
             }
         }
     }
@@ -238,7 +242,7 @@ impl Shared {
     pub(crate) fn confirmed(&self, commits: &TopicPartitionList) {
         let mut state = self.lock();
         for element in commits.elements() {
-            let key: TopicPartition = (Arc::from(element.topic()), element.partition());
+            let key = key_of(&element);
             if let (Some(partition), Offset::Offset(offset)) =
                 (state.partitions.get_mut(&key), element.offset())
             {
@@ -251,11 +255,7 @@ impl Shared {
     /// in-flight records to be acknowledged, then return the offsets to commit. The
     /// partitions are forgotten: a late acknowledgement commits nothing.
     pub(crate) fn revoke(&self, tpl: &TopicPartitionList, timeout: Duration) -> TopicPartitionList {
-        let revoked: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| (Arc::from(e.topic()), e.partition()))
-            .collect();
+        let revoked: Vec<TopicPartition> = tpl.elements().iter().map(key_of).collect();
         let mut state = self.lock();
         // Never handed out, never acknowledged: the next owner reads them again.
         state.queue.retain(|m| {

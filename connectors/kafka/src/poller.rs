@@ -123,10 +123,11 @@ fn commit(consumer: &BaseConsumer<Context>, commits: &TopicPartitionList, mode: 
     }
 }
 
-/// How often the poll thread commits and reads the lag.
+/// How often the poll thread commits and reads the lag, and how long its close may take.
 pub(crate) struct Intervals {
     pub(crate) commit: Duration,
     pub(crate) lag: Duration,
+    pub(crate) close: Duration,
 }
 
 pub(crate) fn spawn(
@@ -135,6 +136,7 @@ pub(crate) fn spawn(
     intervals: Intervals,
     lag: (KafkaLag, String),
 ) -> std::io::Result<PollThread> {
+    let close_timeout = intervals.close;
     let (done, finished) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("longshore-kafka".to_owned())
@@ -143,21 +145,27 @@ pub(crate) fn spawn(
             let _done = done;
             Poller::new(consumer, shared).run(intervals, lag);
         })?;
-    Ok(PollThread { handle, finished })
+    Ok(PollThread {
+        handle,
+        finished,
+        close_timeout,
+    })
 }
 
 /// The running poll thread.
 pub(crate) struct PollThread {
     handle: JoinHandle<()>,
     finished: mpsc::Receiver<()>,
+    close_timeout: Duration,
 }
 
 impl PollThread {
-    /// Waits at most `timeout` for the thread (told to finish) to make its final commit
+    /// Waits at most the close timeout for the thread (told to finish) to make its final commit
     /// and leave the group. librdkafka's close can wait forever on a broker that stopped
     /// answering; then the thread is left behind rather than the service kept from
     /// exiting: what it had not committed is read again, never lost.
-    pub(crate) fn join(self, timeout: Duration) {
+    pub(crate) fn join(self) {
+        let timeout = self.close_timeout;
         match self.finished.recv_timeout(timeout) {
             Err(mpsc::RecvTimeoutError::Timeout) => tracing::error!(
                 ?timeout,

@@ -4,7 +4,6 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use longshore::source::PartitionBy;
 use longshore::{Acknowledger, BoxError, Message, Source};
@@ -39,7 +38,6 @@ pub struct KafkaSource {
     shared: Arc<Shared>,
     lag: KafkaLag,
     poller: Arc<Mutex<Option<PollThread>>>,
-    close_timeout: Duration,
     ordering: Ordering,
     acknowledger_taken: std::sync::atomic::AtomicBool,
 }
@@ -64,6 +62,7 @@ impl KafkaSource {
         let intervals = Intervals {
             commit: config.commit_interval,
             lag: config.lag_interval,
+            close: config.close_timeout,
         };
         let poller = poller::spawn(
             consumer,
@@ -75,7 +74,6 @@ impl KafkaSource {
             shared,
             lag,
             poller: Arc::new(Mutex::new(Some(poller))),
-            close_timeout: config.close_timeout,
             ordering: config.ordering,
             acknowledger_taken: Default::default(),
         })
@@ -107,7 +105,6 @@ impl Source for KafkaSource {
         KafkaAcknowledger {
             shared: self.shared.clone(),
             poller: self.poller.clone(),
-            close_timeout: self.close_timeout,
         }
     }
 
@@ -168,7 +165,6 @@ impl Drop for KafkaSource {
 pub struct KafkaAcknowledger {
     shared: Arc<Shared>,
     poller: Arc<Mutex<Option<PollThread>>>,
-    close_timeout: Duration,
 }
 
 impl std::fmt::Debug for KafkaAcknowledger {
@@ -192,7 +188,7 @@ impl Drop for KafkaAcknowledger {
         let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(poller) = poller {
             // The final commit happens there; wait for it so that the process may exit.
-            poller.join(self.close_timeout);
+            poller.join();
         }
     }
 }
