@@ -63,7 +63,11 @@ async fn a_restart_resumes_from_the_committed_offsets() {
     eventually(WAIT, || stats.get().successful >= 300).await;
     let in_flight_bound = stats.get().max_in_flight;
     pipeline.shutdown().await.unwrap();
-    let committed_first: i64 = committed(&bootstrap, "g2", "events", 2).iter().sum();
+    // A partition the first consumer never read has no commit (-1): nothing of it done.
+    let committed_first: i64 = committed(&bootstrap, "g2", "events", 2)
+        .iter()
+        .map(|&offset| offset.max(0))
+        .sum();
     assert!(committed_first >= 300, "committed {committed_first}");
 
     let second = Arc::new(Recorder::default());
