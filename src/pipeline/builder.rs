@@ -19,7 +19,7 @@ use crate::metrics::health::{self, PipelineHealth};
 use crate::metrics::{BatcherMetrics, PipelineMetrics, Stage, StageMetrics};
 use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::Pipeline;
-use crate::source::Source;
+use crate::source::{Acknowledger as _, Source};
 use crate::topology::{
     BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Meter, PartitionBy, Processor, Producer,
 };
@@ -280,6 +280,13 @@ where
             while producers.join_next().await.is_some() {}
             running.cancel();
             source.shutdown().await;
+        });
+        // The acknowledger flushes once, after every stage has acknowledged its last.
+        let mut stages = tasks;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            super::all_done(&mut stages).await;
+            ctx.acknowledger.flush().await;
         });
 
         tracing::info!(pipeline = %config.name, max_in_flight = limit, "pipeline started");

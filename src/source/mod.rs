@@ -124,11 +124,22 @@ pub enum Redelivery {
 pub trait Acknowledger<T>: Send + Sync + 'static {
     /// Acknowledges `successful` messages as done and `failed` ones as failed.
     fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send;
+
+    /// Called once, after the last `ack`, when every stage has stopped: finish what the
+    /// connector still holds (deletes not yet sent, a last commit). The pipeline is done,
+    /// and its shutdown deadline met, only when this returns.
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// A shared acknowledger: a source may keep one `Arc` and hand the pipeline another.
 impl<T, A: Acknowledger<T>> Acknowledger<T> for std::sync::Arc<A> {
     fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
         (**self).ack(successful, failed)
+    }
+
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        (**self).flush()
     }
 }

@@ -1,0 +1,119 @@
+//! An explicit dead-letter queue: the pipeline's [`DeadLetter`] destination for SQS
+//! messages, with headers saying why and where from.
+
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::Client;
+use longshore::{BoxError, DeadLetter, Message};
+
+use crate::message::SqsMessage;
+use crate::queue::MAX_BATCH;
+
+/// SQS takes at most this many message attributes per message.
+const MAX_ATTRIBUTES: usize = 10;
+
+/// Writes messages that failed their last attempt to another SQS queue, with the
+/// message attributes `longshore.reason`, `longshore.attempts`,
+/// `longshore.source_queue` and `longshore.message_id` (and as many of the message's
+/// own as SQS's limit of 10 leaves room for). Pair it with
+/// [`FinalFailure::Delete`](crate::FinalFailure::Delete), so that the source deletes
+/// what it wrote.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), longshore::BoxError> {
+/// use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsSource};
+///
+/// let source = SqsSource::connect(SqsConfig::new("orders").on_final_failure(FinalFailure::Delete)).await?;
+/// let dead_letter = SqsDeadLetter::connect("orders-dlq", None).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetter {
+    client: Client,
+    url: String,
+    fifo: bool,
+}
+
+impl SqsDeadLetter {
+    /// Writes to the queue `queue` (a URL or a name), with the SDK's standard chain
+    /// and an optional endpoint override.
+    ///
+    /// # Errors
+    ///
+    /// The queue cannot be found.
+    pub async fn connect(queue: &str, endpoint_url: Option<&str>) -> Result<Self, crate::SqsSourceError> {
+        let mut config = crate::SqsConfig::new(queue);
+        config.endpoint_url = endpoint_url.map(str::to_owned);
+        let (client, url) = crate::queue::client_and_url(&config).await?;
+        Ok(SqsDeadLetter {
+            fifo: url.ends_with(".fifo"),
+            client,
+            url,
+        })
+    }
+
+    fn entry(&self, id: usize, message: &Message<SqsMessage>) -> SendMessageBatchRequestEntry {
+        let data = message.data();
+        let string = |value: String| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .expect("data type is set")
+        };
+        let mut attributes = vec![
+            ("longshore.reason".to_owned(), string(message.status().to_string())),
+            ("longshore.attempts".to_owned(), string(message.attempt().to_string())),
+            ("longshore.source_queue".to_owned(), string(data.queue.to_string())),
+            ("longshore.message_id".to_owned(), string(data.message_id.clone())),
+        ];
+        let mut own: Vec<_> = data.message_attributes.iter().collect();
+        own.sort_by(|a, b| a.0.cmp(b.0));
+        let room = MAX_ATTRIBUTES - attributes.len();
+        if own.len() > room {
+            tracing::warn!(message_id = %data.message_id, dropped = own.len() - room, "message attributes over SQS's limit left out of the dead letter");
+        }
+        attributes.extend(own.into_iter().take(room).map(|(k, v)| (k.clone(), v.clone())));
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(id.to_string())
+            .message_body(&data.body)
+            .set_message_attributes(Some(attributes.into_iter().collect()));
+        if self.fifo {
+            entry = entry
+                .message_group_id(data.group_id().unwrap_or("longshore"))
+                .message_deduplication_id(&data.message_id);
+        }
+        entry.build().expect("id and body are set")
+    }
+
+}
+
+impl DeadLetter<SqsMessage> for SqsDeadLetter {
+    async fn dead_letter(&self, messages: &mut [Message<SqsMessage>]) -> Result<(), BoxError> {
+        for (chunk_index, chunk) in messages.chunks(MAX_BATCH).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(id, message)| self.entry(id, message))
+                .collect();
+            let sent = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(aws_sdk_sqs::Error::from)?;
+            if let Some(failure) = sent.failed.first() {
+                return Err(format!(
+                    "dead-letter queue refused {} of {} messages (batch {chunk_index}): {} {:?}",
+                    sent.failed.len(),
+                    chunk.len(),
+                    failure.code,
+                    failure.message
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! Demand-driven receiving: long polls of up to 10 messages, as many as the demand not
+//! yet covered needs, up to `receive_concurrency` at once.
+//!
+//! Polls run as tasks of their own, so a pipeline that stops waiting (a shutdown)
+//! never cancels a poll that SQS has already answered: what it brings lands in
+//! `arrived`, and the shutdown releases it. Demand is never exceeded: the polls in
+//! flight never ask for more than the demand of the receive calls that started them,
+//! less what already arrived.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use longshore::{BoxError, Message};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::held::Held;
+use crate::message::SqsMessage;
+use crate::queue::{Queue, MAX_BATCH};
+
+/// What a receive call needs of the configuration.
+#[derive(Debug)]
+pub(crate) struct Polling {
+    pub(crate) concurrency: usize,
+    pub(crate) wait_time: Duration,
+    pub(crate) attribute_names: Vec<MessageSystemAttributeName>,
+    pub(crate) message_attribute_names: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Receiver {
+    queue: Arc<Queue>,
+    held: Arc<Held>,
+    polling: Polling,
+    state: Mutex<State>,
+    /// Woken whenever a poll ends.
+    polled: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Received, not yet handed out.
+    arrived: VecDeque<Message<SqsMessage>>,
+    polls: usize,
+    /// Messages asked for by the polls in flight.
+    asked: usize,
+    error: Option<String>,
+}
+
+impl Receiver {
+    pub(crate) fn new(queue: Arc<Queue>, held: Arc<Held>, polling: Polling) -> Arc<Self> {
+        Arc::new(Receiver {
+            queue,
+            held,
+            polling,
+            state: Mutex::default(),
+            polled: Notify::new(),
+        })
+    }
+
+    /// Waits for messages, at most `demand` of them.
+    pub(crate) async fn receive(self: &Arc<Self>, demand: usize) -> Result<Vec<Message<SqsMessage>>, BoxError> {
+        loop {
+            let polled = self.polled.notified();
+            tokio::pin!(polled);
+            polled.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if let Some(error) = state.error.take() {
+                    return Err(error.into());
+                }
+                if !state.arrived.is_empty() {
+                    let n = demand.min(state.arrived.len());
+                    return Ok(state.arrived.drain(..n).collect());
+                }
+                self.start_polls(&mut state, demand);
+            }
+            polled.await;
+        }
+    }
+
+    /// Starts the polls that `demand` needs beyond those in flight.
+    fn start_polls(self: &Arc<Self>, state: &mut State, demand: usize) {
+        let mut missing = demand.saturating_sub(state.asked);
+        while missing > 0 && state.polls < self.polling.concurrency {
+            let n = missing.min(MAX_BATCH);
+            missing -= n;
+            state.polls += 1;
+            state.asked += n;
+            tokio::spawn(self.clone().poll(n));
+        }
+    }
+
+    async fn poll(self: Arc<Self>, n: usize) {
+        let polled = self.receive_message(n).await;
+        let mut state = self.lock();
+        state.polls -= 1;
+        state.asked -= n;
+        match polled {
+            Ok(messages) => state.arrived.extend(messages),
+            Err(error) => state.error = Some(error),
+        }
+        drop(state);
+        self.polled.notify_waiters();
+    }
+
+    async fn receive_message(&self, n: usize) -> Result<Vec<Message<SqsMessage>>, String> {
+        let queue = &self.queue;
+        queue.metrics.call("ReceiveMessage");
+        let call = queue
+            .client
+            .receive_message()
+            .queue_url(&queue.url)
+            .max_number_of_messages(n as i32)
+            .wait_time_seconds(self.polling.wait_time.as_secs() as i32)
+            .visibility_timeout(crate::config::sqs_seconds(queue.visibility))
+            .set_message_system_attribute_names(Some(self.polling.attribute_names.clone()))
+            .set_message_attribute_names(Some(self.polling.message_attribute_names.clone()));
+        // The visibility timeout runs from the request: count it from there.
+        let sent_at = Instant::now();
+        let answer = call.send().await.map_err(|error| {
+            format!("receiving from {}: {:#}", queue.name, aws_sdk_sqs::Error::from(error))
+        })?;
+        let received: Vec<SqsMessage> = answer
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| {
+                let converted = SqsMessage::from_sdk(message, &queue.name);
+                if converted.is_none() {
+                    tracing::warn!(queue = %queue.name, "message without id or receipt skipped");
+                }
+                converted
+            })
+            .collect();
+        queue.metrics.observe_age(&received);
+        let refs = self.held.hold(
+            received.iter().map(|m| m.receipt_handle.as_str()),
+            sent_at,
+            queue.visibility,
+        );
+        Ok(received
+            .into_iter()
+            .zip(refs)
+            .map(|(message, ack_ref)| {
+                let attempt = message.receive_count();
+                Message::new(message).with_ack_ref(ack_ref).with_attempt(attempt)
+            })
+            .collect())
+    }
+
+    /// Stops: waits (up to `wait`) for the polls in flight and returns every message
+    /// received and not handed out.
+    pub(crate) async fn stop(&self, wait: Duration) -> Vec<Message<SqsMessage>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let polled = self.polled.notified();
+            tokio::pin!(polled);
+            polled.as_mut().enable();
+            if self.lock().polls == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, polled).await.is_err() {
+                tracing::warn!(queue = %self.queue.name, "polls still in flight at shutdown; what they bring stays invisible until its timeout");
+                break;
+            }
+        }
+        self.lock().arrived.drain(..).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

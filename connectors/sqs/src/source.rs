@@ -1,0 +1,184 @@
+//! The SQS [`Source`]: receives on demand, holds what it received until acknowledged or
+//! released, and runs the queue's background work (delete flushing, visibility
+//! extension, lag).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use longshore::source::{PartitionBy, Redelivery};
+use longshore::{BoxError, Message, Source};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::acknowledge::{self, Deletes, SqsAcknowledger};
+use crate::config::{Ordering, SqsConfig};
+use crate::error::SqsSourceError;
+use crate::held::Held;
+use crate::message::SqsMessage;
+use crate::queue::{Entry, Queue};
+use crate::receiver::{Polling, Receiver};
+use crate::{lag, visibility};
+
+/// Extra time a shutdown gives the polls in flight beyond their wait time.
+const POLL_GRACE: Duration = Duration::from_secs(5);
+
+/// Consumes an SQS queue on demand.
+///
+/// ```text
+///  SQS ◀─ long polls (≤ 10 each, only for demand) ─ receiver ─▶ pipeline
+///   ▲                                                              │ ack
+///   ├── DeleteMessageBatch (successes, 10 at a time) ◀─────────────┤
+///   ├── ChangeMessageVisibilityBatch (failures: after their backoff; last attempt: 0)
+///   └── ChangeMessageVisibilityBatch (extension of messages still held)
+/// ```
+///
+/// - Demand: polls ask for no more messages than the pipeline demanded, at most
+///   `receive_concurrency` of them at once.
+/// - Retries: a standard queue's failed message is made visible again after the
+///   policy's backoff, and comes back with its receive count as its attempt. A FIFO
+///   queue retries in process instead, so that its group's later messages wait behind
+///   it (their group is locked in SQS meanwhile).
+/// - After the last attempt: see [`FinalFailure`](crate::FinalFailure).
+/// - Shutdown: messages received and not handed to the pipeline are made visible at
+///   once, for another consumer; the rest are finished within the pipeline's deadline.
+pub struct SqsSource {
+    receiver: Arc<Receiver>,
+    acknowledger: SqsAcknowledger,
+    queue: Arc<Queue>,
+    held: Arc<Held>,
+    ordering: Ordering,
+    wait_time: Duration,
+    /// Stops the background tasks when the source goes, if no pipeline flushed first.
+    _stop: DropGuard,
+}
+
+impl SqsSource {
+    /// Finds the queue, reads its attributes and starts the source's background tasks.
+    ///
+    /// # Errors
+    ///
+    /// An invalid setting (naming it), or a queue that cannot be found or read.
+    pub async fn connect(config: SqsConfig) -> Result<Self, SqsSourceError> {
+        config.validate()?;
+        let queue = Arc::new(Queue::connect(&config).await?);
+        let held = Arc::new(Held::default());
+        let stop = CancellationToken::new();
+        let mut attribute_names = vec![
+            MessageSystemAttributeName::ApproximateReceiveCount,
+            MessageSystemAttributeName::MessageGroupId,
+            MessageSystemAttributeName::SentTimestamp,
+        ];
+        attribute_names.extend(config.attribute_names.iter().map(|name| name.as_str().into()));
+        let polling = Polling {
+            concurrency: config.receive_concurrency,
+            wait_time: config.wait_time,
+            attribute_names,
+            message_attribute_names: config.message_attribute_names.clone(),
+        };
+        let receiver = Receiver::new(queue.clone(), held.clone(), polling);
+        let deletes = Arc::new(Deletes::default());
+        tokio::spawn(acknowledge::flush_every(
+            queue.clone(),
+            deletes.clone(),
+            config.delete_interval,
+            stop.clone(),
+        ));
+        if config.extend_visibility {
+            tokio::spawn(visibility::run(queue.clone(), held.clone(), stop.clone()));
+        }
+        tokio::spawn(lag::run(queue.clone(), config.lag_interval, stop.clone()));
+        tracing::info!(queue = %queue.name, fifo = queue.fifo, visibility = ?queue.visibility, "sqs source connected");
+        Ok(SqsSource {
+            acknowledger: SqsAcknowledger {
+                queue: queue.clone(),
+                held: held.clone(),
+                deletes,
+                final_failure: config.on_final_failure,
+                stop: stop.clone(),
+            },
+            receiver,
+            queue,
+            held,
+            ordering: config.ordering,
+            wait_time: config.wait_time,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// The queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.queue.url
+    }
+
+    /// Whether the queue is a FIFO queue.
+    pub fn is_fifo(&self) -> bool {
+        self.queue.fifo
+    }
+
+    /// Messages received and not yet acknowledged or released.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+impl std::fmt::Debug for SqsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsSource")
+            .field("queue", &self.queue.url)
+            .field("ordering", &self.ordering)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source for SqsSource {
+    type Item = SqsMessage;
+    type Acknowledger = SqsAcknowledger;
+
+    fn acknowledger(&self) -> SqsAcknowledger {
+        self.acknowledger.clone()
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<SqsMessage>>>, BoxError> {
+        self.receiver.receive(demand.get()).await.map(Some)
+    }
+
+    fn partition_by(&self) -> Option<PartitionBy<SqsMessage>> {
+        match self.ordering {
+            Ordering::Group => Some(Arc::new(|message: &Message<SqsMessage>| {
+                let mut hasher = DefaultHasher::new();
+                // Without a group, each message is its own: no order between them.
+                match message.data().group_id() {
+                    Some(group) => group.hash(&mut hasher),
+                    None => message.ack_ref().hash(&mut hasher),
+                }
+                hasher.finish()
+            })),
+            Ordering::Unordered => None,
+        }
+    }
+
+    fn redelivery(&self) -> Redelivery {
+        if self.queue.fifo {
+            Redelivery::InProcess
+        } else {
+            Redelivery::Broker
+        }
+    }
+
+    async fn shutdown(&self) {
+        // Received but never handed out: visible again now, not after the timeout.
+        let unstarted = self.receiver.stop(self.wait_time + POLL_GRACE).await;
+        if unstarted.is_empty() {
+            return;
+        }
+        tracing::info!(queue = %self.queue.name, messages = unstarted.len(), "releasing messages not started");
+        self.held.release(unstarted.iter().map(Message::ack_ref));
+        let entries = unstarted
+            .into_iter()
+            .map(|m| Entry::change(m.into_data().receipt_handle, Duration::ZERO))
+            .collect();
+        self.queue.send_all(entries).await;
+    }
+}
