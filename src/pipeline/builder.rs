@@ -260,7 +260,7 @@ where
                 source: source.clone(),
                 meter: meter.clone(),
                 dispatch: dispatch.clone(),
-                min_fetch: max_demand - config.processors.min_demand,
+                min_fetch: max_demand - config.processors.effective_min_demand(),
                 max_fetch,
                 max_chunk: max_demand,
                 stop: stop.clone(),

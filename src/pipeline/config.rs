@@ -22,11 +22,12 @@ use crate::failure::retry::RetryPolicy;
 pub struct Processors {
     pub(crate) concurrency: usize,
     pub(crate) max_demand: usize,
-    pub(crate) min_demand: usize,
+    /// Unset: half of `max_demand`.
+    pub(crate) min_demand: Option<usize>,
 }
 
 impl Default for Processors {
-    /// As many processors as cores, `max_demand` 64, `min_demand` 32.
+    /// As many processors as cores, `max_demand` 64, `min_demand` half of it.
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Processors::new(cores)
@@ -34,12 +35,12 @@ impl Default for Processors {
 }
 
 impl Processors {
-    /// `concurrency` processors, with `max_demand` 64 and `min_demand` 32.
+    /// `concurrency` processors, with `max_demand` 64 and `min_demand` half of it.
     pub fn new(concurrency: usize) -> Self {
         Processors {
             concurrency,
             max_demand: 64,
-            min_demand: 32,
+            min_demand: None,
         }
     }
 
@@ -55,11 +56,17 @@ impl Processors {
         self
     }
 
-    /// A processor asks for more once it holds fewer than this (default 32): the gap
-    /// `max_demand - min_demand` is the smallest fetch, so sources fetch in chunks.
+    /// A processor asks for more once it holds fewer than this (default: half of
+    /// `max_demand`): the gap `max_demand - min_demand` is the smallest fetch, so
+    /// sources fetch in chunks.
     pub fn min_demand(mut self, min_demand: usize) -> Self {
-        self.min_demand = min_demand;
+        self.min_demand = Some(min_demand);
         self
+    }
+
+    /// The `min_demand` in effect: as set, or half of `max_demand`.
+    pub fn effective_min_demand(&self) -> usize {
+        self.min_demand.unwrap_or(self.max_demand / 2)
     }
 
     /// Checks the settings, naming the field at fault.
@@ -70,12 +77,13 @@ impl Processors {
         if self.max_demand == 0 {
             return Err(BuildError::at_least("processors.max_demand", 1, 0));
         }
-        if self.min_demand >= self.max_demand {
+        let min_demand = self.effective_min_demand();
+        if min_demand >= self.max_demand {
             return Err(BuildError::new(
                 "processors.min_demand",
                 format!(
-                    "must be below processors.max_demand ({}), got {}",
-                    self.max_demand, self.min_demand
+                    "must be below processors.max_demand ({}), got {min_demand}",
+                    self.max_demand
                 ),
             ));
         }

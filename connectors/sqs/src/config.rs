@@ -229,7 +229,10 @@ impl SqsConfig {
         if let Some(visibility) = self.visibility_timeout {
             whole_seconds("visibility_timeout", visibility, MAX_VISIBILITY)?;
             if visibility < Duration::from_secs(2) {
-                return Err(BuildError::new(field("visibility_timeout"), "must be at least 2s"));
+                return Err(BuildError::new(
+                    field("visibility_timeout"),
+                    "must be at least 2s",
+                ));
             }
         }
         for (name, value) in [
@@ -263,8 +266,14 @@ mod tests {
     fn each_bad_setting_is_named() {
         let cases = [
             (SqsConfig::new(" "), "sqs.queue"),
-            (SqsConfig::new("q").receive_concurrency(0), "sqs.receive_concurrency"),
-            (SqsConfig::new("q").wait_time(Duration::from_millis(1500)), "sqs.wait_time"),
+            (
+                SqsConfig::new("q").receive_concurrency(0),
+                "sqs.receive_concurrency",
+            ),
+            (
+                SqsConfig::new("q").wait_time(Duration::from_millis(1500)),
+                "sqs.wait_time",
+            ),
             (
                 SqsConfig::new("q").visibility_timeout(Duration::from_secs(13 * 3600)),
                 "sqs.visibility_timeout",
@@ -273,8 +282,14 @@ mod tests {
                 SqsConfig::new("q").visibility_timeout(Duration::from_secs(1)),
                 "sqs.visibility_timeout",
             ),
-            (SqsConfig::new("q").delete_interval(Duration::ZERO), "sqs.delete_interval"),
-            (SqsConfig::new("q").lag_interval(Duration::ZERO), "sqs.lag_interval"),
+            (
+                SqsConfig::new("q").delete_interval(Duration::ZERO),
+                "sqs.delete_interval",
+            ),
+            (
+                SqsConfig::new("q").lag_interval(Duration::ZERO),
+                "sqs.lag_interval",
+            ),
         ];
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field, "{config:?}");

@@ -61,9 +61,18 @@ impl SqsDeadLetter {
                 .expect("data type is set")
         };
         let mut attributes = vec![
-            ("longshore.reason".to_owned(), string(message.status().to_string())),
-            ("longshore.attempts".to_owned(), string(message.attempt().to_string())),
-            ("longshore.source_queue".to_owned(), string(data.queue.to_string())),
+            (
+                "longshore.reason".to_owned(),
+                string(message.status().to_string()),
+            ),
+            (
+                "longshore.attempts".to_owned(),
+                string(message.attempt().to_string()),
+            ),
+            (
+                "longshore.source_queue".to_owned(),
+                string(data.queue.to_string()),
+            ),
             ("longshore.message_id".to_owned(), string(data.message_id.clone())),
         ];
         let mut own: Vec<_> = data.message_attributes.iter().collect();
@@ -84,7 +93,6 @@ impl SqsDeadLetter {
         }
         entry.build().expect("id and body are set")
     }
-
 }
 
 impl DeadLetter<SqsMessage> for SqsDeadLetter {

@@ -59,7 +59,12 @@ impl Held {
 
     /// The messages that become visible within `margin` of `now`, marked as extended by
     /// `visibility`: the visibility changes to send.
-    pub(crate) fn due_for_extension(&self, now: Instant, margin: Duration, visibility: Duration) -> Vec<Entry> {
+    pub(crate) fn due_for_extension(
+        &self,
+        now: Instant,
+        margin: Duration,
+        visibility: Duration,
+    ) -> Vec<Entry> {
         let mut inner = self.lock();
         inner
             .messages

@@ -51,7 +51,9 @@ pub(crate) async fn run(queue: Arc<Queue>, interval: Duration, stop: Cancellatio
         let metrics = &queue.metrics;
         metrics.visible.set(visible);
         metrics.not_visible.set(not_visible);
-        metrics.delayed.set(count(QueueAttributeName::ApproximateNumberOfMessagesDelayed));
+        metrics
+            .delayed
+            .set(count(QueueAttributeName::ApproximateNumberOfMessagesDelayed));
         age = match metrics.take_oldest_sent() {
             Some(sent) => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

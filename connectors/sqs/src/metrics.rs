@@ -83,7 +83,11 @@ impl QueueMetrics {
 
     /// Notes the send times of received messages.
     pub(crate) fn observe_age(&self, received: &[crate::SqsMessage]) {
-        if let Some(oldest) = received.iter().filter_map(crate::SqsMessage::sent_timestamp).min() {
+        if let Some(oldest) = received
+            .iter()
+            .filter_map(crate::SqsMessage::sent_timestamp)
+            .min()
+        {
             self.oldest_sent.fetch_min(oldest, Ordering::Relaxed);
         }
     }

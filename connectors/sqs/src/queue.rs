@@ -144,7 +144,11 @@ impl Queue {
     /// One batch call; per entry, whether to try it again.
     async fn batch_call(&self, entries: &[Entry]) -> Result<Vec<bool>, aws_sdk_sqs::Error> {
         let deleting = entries[0].visibility.is_none();
-        self.metrics.call(if deleting { "DeleteMessageBatch" } else { "ChangeMessageVisibilityBatch" });
+        self.metrics.call(if deleting {
+            "DeleteMessageBatch"
+        } else {
+            "ChangeMessageVisibilityBatch"
+        });
         // Ids are positions: unique in the call even if a message was received twice.
         let failures = if deleting {
             let batch = entries.iter().enumerate().map(|(id, entry)| {

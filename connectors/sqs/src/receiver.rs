@@ -61,7 +61,10 @@ impl Receiver {
     }
 
     /// Waits for messages, at most `demand` of them.
-    pub(crate) async fn receive(self: &Arc<Self>, demand: usize) -> Result<Vec<Message<SqsMessage>>, BoxError> {
+    pub(crate) async fn receive(
+        self: &Arc<Self>,
+        demand: usize,
+    ) -> Result<Vec<Message<SqsMessage>>, BoxError> {
         loop {
             let polled = self.polled.notified();
             tokio::pin!(polled);
@@ -121,7 +124,11 @@ impl Receiver {
         // The visibility timeout runs from the request: count it from there.
         let sent_at = Instant::now();
         let answer = call.send().await.map_err(|error| {
-            format!("receiving from {}: {:#}", queue.name, aws_sdk_sqs::Error::from(error))
+            format!(
+                "receiving from {}: {:#}",
+                queue.name,
+                aws_sdk_sqs::Error::from(error)
+            )
         })?;
         let received: Vec<SqsMessage> = answer
             .messages

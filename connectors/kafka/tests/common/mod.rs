@@ -4,6 +4,11 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
 pub mod tansu;
+#[path = "../../../../test-support/wait.rs"]
+mod wait;
+
+#[allow(unused_imports)] // each test binary uses its own part
+pub use wait::{eventually, eventually_eq, Watchdog};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -154,39 +159,6 @@ impl Handler for Recorder {
     }
 }
 
-/// Waits until `done` holds, checking every 10 ms, for at most `timeout`.
-pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until `value()` equals `expected`, for at most `timeout`; on failure, says what
-/// it was last.
-pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(
-    timeout: Duration,
-    mut value: impl FnMut() -> T,
-    expected: T,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let now = value();
-        if now == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still {now:?}, not {expected:?}, after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The longest a broker test may run once it holds [`serial`]'s lock.
 pub const TEST_LIMIT: Duration = Duration::from_secs(180);
 
@@ -212,24 +184,5 @@ pub async fn serial() -> Serial {
     Serial {
         _lock: lock,
         _watchdog: Watchdog::arm(TEST_LIMIT),
-    }
-}
-
-/// Ends the whole test process if dropped later than `limit` after arming: a hang (a
-/// blocked runtime worker cannot be timed out from inside) fails the run at once, naming
-/// the test, instead of holding CI until its own limit.
-pub struct Watchdog(std::sync::mpsc::Sender<()>);
-
-impl Watchdog {
-    pub fn arm(limit: Duration) -> Self {
-        let (disarm, armed) = std::sync::mpsc::channel::<()>();
-        let test = std::thread::current().name().unwrap_or("a test").to_owned();
-        std::thread::spawn(move || {
-            if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                eprintln!("{test} still running after {limit:?}: hung; ending the test run");
-                std::process::exit(101);
-            }
-        });
-        Watchdog(disarm)
     }
 }

@@ -1,0 +1,542 @@
+//! The SQS source against a real SQS-compatible server (LocalStack over HTTP on
+//! loopback): delivery and deletes, demand, retries through visibility, redrive,
+//! the explicit dead-letter queue, duplicate receipts, FIFO order, release at shutdown,
+//! visibility extension, lag metrics and a missing queue.
+
+mod common;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use common::{
+    attribute, client, config, create_queue, create_with_dlq, depth, drain, eventually, metric, send, unique,
+    Watchdog, TEST_LIMIT,
+};
+use longshore::{Acknowledger, BoxError, Handler, Message, Pipeline, Processors, RetryPolicy, Source};
+use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsSource};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+type Decide = dyn Fn(&str, u32) -> Result<(), BoxError> + Send + Sync;
+
+/// Records every handling (body, attempt, when) and answers as `decide` says.
+struct Recorder {
+    seen: Arc<Mutex<Vec<(String, u32, Instant)>>>,
+    decide: Box<Decide>,
+    delay: Duration,
+}
+
+impl Recorder {
+    fn new(decide: impl Fn(&str, u32) -> Result<(), BoxError> + Send + Sync + 'static) -> Self {
+        Recorder {
+            seen: Arc::default(),
+            decide: Box::new(decide),
+            delay: Duration::ZERO,
+        }
+    }
+
+    fn ok() -> Self {
+        Recorder::new(|_, _| Ok(()))
+    }
+
+    fn seen(&self) -> Arc<Mutex<Vec<(String, u32, Instant)>>> {
+        self.seen.clone()
+    }
+}
+
+impl Handler for Recorder {
+    type Item = SqsMessage;
+
+    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+        let body = message.data().body().to_owned();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((body.clone(), message.attempt(), Instant::now()));
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        (self.decide)(&body, message.attempt())
+    }
+}
+
+fn bodies(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
+}
+
+fn handled(seen: &Mutex<Vec<(String, u32, Instant)>>) -> usize {
+    seen.lock().unwrap().len()
+}
+
+fn start() -> Watchdog {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "longshore=info,longshore_sqs=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    Watchdog::arm(TEST_LIMIT)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_handled_once_and_deleted_in_batches() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("all");
+    let url = create_queue(&client, &name, &[]).await;
+    send(&client, &url, bodies(2_000), None).await;
+
+    let recorder = Recorder::ok();
+    let seen = recorder.seen();
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let pipeline = Pipeline::builder(source, recorder)
+        .processors(Processors::new(8).max_demand(20))
+        .start()
+        .unwrap();
+    eventually(WAIT, || handled(&seen) >= 2_000).await;
+    pipeline.shutdown().await.unwrap();
+
+    let counts = common::counts(seen.lock().unwrap().iter().map(|(b, _, _)| b.clone()));
+    assert_eq!(counts.len(), 2_000, "every message handled");
+    assert!(counts.values().all(|&n| n == 1), "none handled twice");
+    assert_eq!(depth(&client, &url).await, (0, 0), "every message deleted");
+    let deletes = metric(
+        "longshore_sqs_api_calls_total",
+        &[("queue", &name), ("call", "DeleteMessageBatch")],
+    );
+    assert!(
+        deletes.unwrap() <= 2_000.0 / 10.0 * 1.2,
+        "deletes in full batches: {deletes:?} calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_received_beyond_demand() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("demand");
+    let url = create_queue(&client, &name, &[]).await;
+    send(&client, &url, bodies(300), None).await;
+
+    // Handlers wait until released: the pipeline holds what it received.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    struct Gated(Arc<tokio::sync::Semaphore>, Arc<Mutex<usize>>);
+    impl Handler for Gated {
+        type Item = SqsMessage;
+        async fn handle_message(&self, _: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+            self.0.acquire().await?.forget();
+            *self.1.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+    let done = Arc::new(Mutex::new(0));
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let pipeline = Pipeline::builder(source, Gated(gate.clone(), done.clone()))
+        .processors(Processors::new(2).max_demand(10).min_demand(5))
+        .start()
+        .unwrap();
+    let limit = pipeline.stats().get().max_in_flight as u64;
+    let stats = pipeline.stats();
+    eventually(WAIT, || stats.get().in_flight as u64 == limit).await;
+    // Polls asked for no more than the demand: what is invisible is what the pipeline holds.
+    let (visible, invisible) = depth(&client, &url).await;
+    assert_eq!(invisible, limit, "received {invisible}, demand bound {limit}");
+    assert_eq!(visible, 300 - limit);
+
+    gate.add_permits(300);
+    eventually(WAIT, || *done.lock().unwrap() == 300).await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(depth(&client, &url).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_raises_the_receive_count_after_the_backoff() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("retry");
+    let url = create_queue(&client, &name, &[]).await;
+    send(&client, &url, bodies(5), None).await;
+
+    // Each message fails its first two attempts.
+    let recorder = Recorder::new(|_, attempt| {
+        if attempt < 3 {
+            Err("not yet".into())
+        } else {
+            Ok(())
+        }
+    });
+    let seen = recorder.seen();
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let backoff = Duration::from_secs(1);
+    let pipeline = Pipeline::builder(source, recorder)
+        .retry(
+            RetryPolicy::new(3)
+                .initial_backoff(backoff)
+                .multiplier(2.0)
+                .jitter(0.0),
+        )
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    eventually(WAIT, || stats.get().successful == 5).await;
+    pipeline.shutdown().await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    for body in bodies(5) {
+        let tries: Vec<(u32, Instant)> = seen
+            .iter()
+            .filter(|(b, ..)| *b == body)
+            .map(|(_, a, t)| (*a, *t))
+            .collect();
+        let attempts: Vec<u32> = tries.iter().map(|(a, _)| *a).collect();
+        assert_eq!(
+            attempts,
+            [1, 2, 3],
+            "message {body}: attempts from ApproximateReceiveCount"
+        );
+        // The visibility is whole seconds: 1 s, then 2 s.
+        assert!(tries[1].1 - tries[0].1 >= backoff, "first backoff honoured");
+        assert!(tries[2].1 - tries[1].1 >= backoff * 2, "second backoff honoured");
+    }
+    assert_eq!(depth(&client, &url).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_redrives_to_its_dlq_after_the_maximum_receives() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("redrive");
+    let (url, dlq) = create_with_dlq(&client, &name, 2, false).await;
+    send(&client, &url, ["poison".to_owned(), "fine".to_owned()], None).await;
+
+    let recorder = Recorder::new(|body, _| {
+        if body == "poison" {
+            Err("always".into())
+        } else {
+            Ok(())
+        }
+    });
+    let seen = recorder.seen();
+    let source = SqsSource::connect(config(&url)).await.unwrap();
+    let pipeline = Pipeline::builder(source, recorder)
+        .retry(RetryPolicy::new(2).initial_backoff(Duration::from_secs(1)))
+        .start()
+        .unwrap();
+    let dead = drain(&client, &dlq, 1, WAIT).await;
+    let stats = pipeline.stats().get();
+    pipeline.shutdown().await.unwrap();
+
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some("poison"));
+    let poison_attempts: Vec<u32> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(b, ..)| b == "poison")
+        .map(|(_, a, _)| *a)
+        .collect();
+    assert_eq!(
+        poison_attempts,
+        [1, 2],
+        "handled once per receive, up to maxReceiveCount"
+    );
+    // Each failed receive is acknowledged as failed: made visible again, or left to redrive.
+    assert_eq!((stats.successful, stats.failed), (1, 2));
+    assert_eq!(depth(&client, &url).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_dead_letter_queue_gets_the_reason_and_the_message_is_deleted() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("explicit");
+    let url = create_queue(&client, &name, &[]).await;
+    let dlq_name = format!("{name}-dlq");
+    let dlq = create_queue(&client, &dlq_name, &[]).await;
+    let attribute_value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("eu")
+        .build()
+        .unwrap();
+    client
+        .send_message()
+        .queue_url(&url)
+        .message_body("poison")
+        .message_attributes("region", attribute_value)
+        .send()
+        .await
+        .unwrap();
+
+    let recorder = Recorder::new(|_, _| Err("cannot parse".into()));
+    let source = SqsSource::connect(config(&name).on_final_failure(FinalFailure::Delete))
+        .await
+        .unwrap();
+    let dead_letter = SqsDeadLetter::connect(&dlq_name, Some(&common::localstack().endpoint))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::builder(source, recorder)
+        .retry(RetryPolicy::new(2).initial_backoff(Duration::from_secs(1)))
+        .dead_letter(dead_letter)
+        .start()
+        .unwrap();
+    let dead = drain(&client, &dlq, 1, WAIT).await;
+    pipeline.shutdown().await.unwrap();
+
+    assert_eq!(dead.len(), 1);
+    let attributes = dead[0].message_attributes().unwrap();
+    let value = |key: &str| {
+        attributes
+            .get(key)
+            .and_then(|v| v.string_value())
+            .unwrap_or_default()
+    };
+    assert_eq!(dead[0].body(), Some("poison"));
+    assert_eq!(value("longshore.reason"), "failed (error): cannot parse");
+    assert_eq!(value("longshore.attempts"), "2");
+    assert_eq!(value("longshore.source_queue"), name);
+    assert!(!value("longshore.message_id").is_empty());
+    assert_eq!(value("region"), "eu", "the message's own attributes kept");
+    assert_eq!(
+        depth(&client, &url).await,
+        (0, 0),
+        "deleted from the source queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_received_twice_in_one_delete_batch_does_not_fail_the_others() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("twice");
+    let url = create_queue(&client, &name, &[]).await;
+    send(&client, &url, bodies(4), None).await;
+
+    let source = SqsSource::connect(
+        config(&name)
+            .visibility_timeout(Duration::from_secs(2))
+            .extend_visibility(false),
+    )
+    .await
+    .unwrap();
+    let acknowledger = source.acknowledger();
+    let mut first = Vec::new();
+    while first.len() < 4 {
+        first.extend(
+            source
+                .receive(NonZeroUsize::new(4 - first.len()).unwrap())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Message "0" becomes visible again and is received a second time, with a new receipt.
+    let zero = first.iter().position(|m| m.data().body() == "0").unwrap();
+    let again = loop {
+        let got = source
+            .receive(NonZeroUsize::new(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        if got[0].data().body() == "0" {
+            break got.into_iter().next().unwrap();
+        }
+    };
+    assert_eq!(again.data().message_id(), first[zero].data().message_id());
+    // Both receipts of "0", one of them twice, and the others: one batch.
+    let duplicate = Message::new(again.data().clone());
+    let mut successful = first;
+    successful.push(again);
+    successful.push(duplicate);
+    acknowledger.ack(successful, Vec::new()).await;
+    acknowledger.flush().await;
+
+    // Nothing comes back within more than the visibility timeout.
+    let left = drain(&client, &url, 0, Duration::from_secs(3)).await;
+    let left: Vec<_> = left.iter().filter_map(|m| m.body()).collect();
+    assert!(left.is_empty(), "all deleted, none redelivered: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_keep_their_order_under_concurrency_and_failures() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("order");
+    let url = create_queue(
+        &client,
+        &format!("{name}.fifo"),
+        &[(QueueAttributeName::FifoQueue, "true")],
+    )
+    .await;
+    let groups = 6;
+    let per_group = 40;
+    let all: Vec<String> = (0..per_group)
+        .flat_map(|i| (0..groups).map(move |g| format!("{g}-{i}")))
+        .collect();
+    send(
+        &client,
+        &url,
+        all,
+        Some(&|body: &str| body.split('-').next().unwrap().to_owned()),
+    )
+    .await;
+
+    // A fifth of the messages fail their first attempt.
+    let recorder = Recorder::new(|body, attempt| {
+        let i: u32 = body.split('-').nth(1).unwrap().parse().unwrap();
+        if attempt == 1 && i % 5 == 2 {
+            Err("first try fails".into())
+        } else {
+            Ok(())
+        }
+    });
+    let seen = recorder.seen();
+    let source = SqsSource::connect(config(&format!("{name}.fifo"))).await.unwrap();
+    assert!(source.is_fifo());
+    let pipeline = Pipeline::builder(source, recorder)
+        .processors(Processors::new(6).max_demand(5))
+        .retry(RetryPolicy::new(3).initial_backoff(Duration::from_millis(200)))
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    eventually(WAIT, || stats.get().successful == (groups * per_group) as u64).await;
+    pipeline.shutdown().await.unwrap();
+
+    // Per group, the sequence of handlings: each failure is followed by its retry,
+    // before any later message of the group.
+    let seen = seen.lock().unwrap().clone();
+    let mut by_group: HashMap<String, Vec<u32>> = HashMap::new();
+    for (body, _, _) in &seen {
+        let (group, i) = body.split_once('-').unwrap();
+        by_group
+            .entry(group.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    assert_eq!(by_group.len(), groups);
+    for (group, order) in by_group {
+        let expected: Vec<u32> = (0..per_group as u32)
+            .flat_map(|i| if i % 5 == 2 { vec![i, i] } else { vec![i] })
+            .collect();
+        assert_eq!(order, expected, "group {group}");
+    }
+    assert_eq!(depth(&client, &url).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_releases_what_was_received_and_not_started() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("release");
+    // A long timeout: a message not released stays invisible for the rest of the test.
+    let url = create_queue(&client, &name, &[(QueueAttributeName::VisibilityTimeout, "300")]).await;
+    send(&client, &url, bodies(200), None).await;
+
+    let mut recorder = Recorder::ok();
+    recorder.delay = Duration::from_millis(200);
+    let seen = recorder.seen();
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    // One slow processor and a large demand: most of what polls bring waits in the source.
+    let pipeline = Pipeline::builder(source, recorder)
+        .processors(Processors::new(1).max_demand(100).min_demand(1))
+        .start()
+        .unwrap();
+    eventually(WAIT, || handled(&seen) >= 1).await;
+    let summary = pipeline.shutdown().await.unwrap();
+    let handled_count = handled(&seen);
+    assert_eq!(summary.successful as usize, handled_count);
+
+    // Right after the stop, long before the 300 s timeout: the rest is receivable.
+    let left = drain(&client, &url, 200 - handled_count, Duration::from_secs(2)).await;
+    assert_eq!(
+        left.len() + handled_count,
+        200,
+        "handled {handled_count}, receivable again {}",
+        left.len()
+    );
+    assert!(left.len() > 0, "something was waiting in the source");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_lasting_three_visibility_timeouts_is_not_redelivered() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("long");
+    let url = create_queue(&client, &name, &[]).await;
+    send(&client, &url, ["long".to_owned()], None).await;
+
+    let mut recorder = Recorder::ok();
+    let visibility = Duration::from_secs(2);
+    recorder.delay = visibility * 3 + Duration::from_millis(500);
+    let seen = recorder.seen();
+    let source = SqsSource::connect(config(&name).visibility_timeout(visibility))
+        .await
+        .unwrap();
+    // Idle processors polling all the while: a redelivery would reach one of them.
+    let pipeline = Pipeline::builder(source, recorder)
+        .processors(Processors::new(4).max_demand(1))
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    eventually(WAIT, || stats.get().successful == 1).await;
+    pipeline.shutdown().await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "handled once: {seen:?}");
+    assert_eq!(seen[0].1, 1);
+    assert_eq!(depth(&client, &url).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_depth_is_exported() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("depth");
+    let url = create_queue(&client, &name, &[]).await;
+    send(&client, &url, bodies(30), None).await;
+
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let visible = || metric("longshore_sqs_messages_visible", &[("queue", &name)]);
+    eventually(WAIT, || visible() == Some(30.0)).await;
+    // Received and held: in flight, and the oldest message's age from its send time.
+    let got = source
+        .receive(NonZeroUsize::new(10).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let in_flight = || metric("longshore_sqs_messages_in_flight", &[("queue", &name)]);
+    eventually(WAIT, || in_flight() == Some(got.len() as f64)).await;
+    assert!(metric("longshore_sqs_oldest_message_age_seconds", &[("queue", &name)]).is_some());
+    assert_eq!(
+        attribute(
+            &client,
+            &url,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible
+        )
+        .await,
+        got.len().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_queue_is_a_clear_error() {
+    let _watchdog = start();
+    let error = SqsSource::connect(config("no-such-queue")).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.starts_with("sqs queue no-such-queue: "), "{text}");
+    assert!(
+        text.contains("NonExistentQueue") || text.contains("does not exist"),
+        "{text}"
+    );
+
+    let error = SqsSource::connect(SqsConfig::new("q").receive_concurrency(0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid sqs.receive_concurrency: must be at least 1, got 0"
+    );
+}
