@@ -1,37 +1,21 @@
 //! kill -9 of the consumer process mid-stream, then restart, against a real broker
 //! process (tansu over TCP): nothing lost, duplicates within the in-flight bound.
 
+#[path = "../../../test-support/chaos.rs"]
+mod chaos;
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chaos::{handled, setting, wait_for, Consumer};
 
 use common::tansu::{create_topic, Tansu};
 use common::{committed, produce_with, Watchdog, TEST_LIMIT};
 
 const TOPIC: &str = "chaos";
 const PARTITIONS: i32 = 4;
-/// The test command's shortened run; `scripts/chaos` sets the full one through
-/// `LONGSHORE_CHAOS_RECORDS` and `LONGSHORE_CHAOS_KILLS`.
-fn setting(variable: &str, default: usize) -> usize {
-    std::env::var(variable)
-        .ok()
-        .and_then(|n| n.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-/// A consumer process, killed if the test ends first.
-struct Consumer(Child);
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_consumer(bootstrap: &str, output: &Path) -> Consumer {
     let child = Command::new(env!("CARGO_BIN_EXE_count-consumer"))
         .args([bootstrap, TOPIC, "chaos-group", output.to_str().unwrap()])
@@ -46,26 +30,6 @@ fn start_consumer(bootstrap: &str, output: &Path) -> Consumer {
         .spawn()
         .expect("the consumer process starts");
     Consumer(child)
-}
-
-/// Payloads handled so far, with how many times each.
-fn handled(output: &Path) -> BTreeMap<usize, usize> {
-    let text = std::fs::read_to_string(output).unwrap_or_default();
-    let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        *counts
-            .entry(line.parse::<usize>().expect("whole lines only"))
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
-fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::{
-    attribute, client, config, create_queue, create_with_dlq, depth, drain, eventually, metric, send, unique,
-    Watchdog, TEST_LIMIT,
+    assert_depth, attribute, client, config, create_queue, create_with_dlq, depth, drain, eventually, metric,
+    send, unique, Watchdog, TEST_LIMIT,
 };
 use longshore::{Acknowledger, BoxError, Handler, Message, Pipeline, Processors, RetryPolicy, Source};
 use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsSource};
@@ -103,7 +103,7 @@ async fn every_message_is_handled_once_and_deleted_in_batches() {
     let counts = common::counts(seen.lock().unwrap().iter().map(|(b, _, _)| b.clone()));
     assert_eq!(counts.len(), 2_000, "every message handled");
     assert!(counts.values().all(|&n| n == 1), "none handled twice");
-    assert_eq!(depth(&client, &url).await, (0, 0), "every message deleted");
+    assert_depth(&client, &url, (0, 0)).await;
     let deletes = metric(
         "longshore_sqs_api_calls_total",
         &[("queue", &name), ("call", "DeleteMessageBatch")],
@@ -151,12 +151,16 @@ async fn nothing_is_received_beyond_demand() {
         if (visible, invisible) == (300 - limit, limit) {
             break;
         }
-        assert!(Instant::now() < deadline, "depth stays at {visible} visible, {invisible} received");
+        assert!(
+            Instant::now() < deadline,
+            "depth stays at {visible} visible, {invisible} received"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gate.add_permits(300);
     eventually(WAIT, || *done.lock().unwrap() == 300).await;
     pipeline.shutdown().await.unwrap();
-    assert_eq!(depth(&client, &url).await, (0, 0));
+    assert_depth(&client, &url, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +212,7 @@ async fn a_retry_raises_the_receive_count_after_the_backoff() {
         assert!(tries[1].1 - tries[0].1 >= backoff, "first backoff honoured");
         assert!(tries[2].1 - tries[1].1 >= backoff * 2, "second backoff honoured");
     }
-    assert_eq!(depth(&client, &url).await, (0, 0));
+    assert_depth(&client, &url, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +256,7 @@ async fn the_queue_redrives_to_its_dlq_after_the_maximum_receives() {
     );
     // Each failed receive is acknowledged as failed: made visible again, or left to redrive.
     assert_eq!((stats.successful, stats.failed), (1, 2));
-    assert_eq!(depth(&client, &url).await, (0, 0));
+    assert_depth(&client, &url, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,11 +310,8 @@ async fn an_explicit_dead_letter_queue_gets_the_reason_and_the_message_is_delete
     assert_eq!(value("longshore.source_queue"), name);
     assert!(!value("longshore.message_id").is_empty());
     assert_eq!(value("region"), "eu", "the message's own attributes kept");
-    assert_eq!(
-        depth(&client, &url).await,
-        (0, 0),
-        "deleted from the source queue"
-    );
+    // Deleted from the source queue.
+    assert_depth(&client, &url, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +430,7 @@ async fn fifo_groups_keep_their_order_under_concurrency_and_failures() {
             .collect();
         assert_eq!(order, expected, "group {group}");
     }
-    assert_eq!(depth(&client, &url).await, (0, 0));
+    assert_depth(&client, &url, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +464,7 @@ async fn a_shutdown_releases_what_was_received_and_not_started() {
         "handled {handled_count}, receivable again {}",
         left.len()
     );
-    assert!(left.len() > 0, "something was waiting in the source");
+    assert!(!left.is_empty(), "something was waiting in the source");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,10 +491,10 @@ async fn a_job_lasting_three_visibility_timeouts_is_not_redelivered() {
     eventually(WAIT, || stats.get().successful == 1).await;
     pipeline.shutdown().await.unwrap();
 
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "handled once: {seen:?}");
     assert_eq!(seen[0].1, 1);
-    assert_eq!(depth(&client, &url).await, (0, 0));
+    assert_depth(&client, &url, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

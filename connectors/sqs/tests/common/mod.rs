@@ -108,10 +108,9 @@ pub fn localstack() -> &'static LocalStack {
         // Leaked on purpose: dropping it would close LocalStack's stdin, and stop it.
         std::mem::forget(child.stdin.take());
         let endpoint = format!("http://{listen}");
-        let health = format!("{listen}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if sqs_running(&health) {
+            if sqs_running(&listen) {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -234,6 +233,23 @@ pub async fn depth(client: &Client, url: &str) -> (u64, u64) {
         count(QueueAttributeName::ApproximateNumberOfMessages),
         count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
     )
+}
+
+/// Waits (10 s at most) for the server's approximate counts to reach `expected`
+/// (visible, in flight): they settle a moment after the calls that change them.
+pub async fn assert_depth(client: &Client, url: &str, expected: (u64, u64)) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = depth(client, url).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue depth {now:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Sends `bodies` in batches of 10, 8 batches at a time; with `group` (a FIFO queue),

@@ -1,0 +1,102 @@
+//! kill -9 of the consumer process mid-stream, then restart, against a real
+//! SQS-compatible server (LocalStack over HTTP): nothing lost, duplicates within the
+//! in-flight bound. With `LONGSHORE_CHAOS_PANIC_PERCENT`, handlers also panic on that
+//! share of first attempts.
+
+#[path = "../../../test-support/chaos.rs"]
+mod chaos;
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chaos::{handled, setting, wait_for, Consumer};
+use common::{assert_depth, client, create_queue, send, unique, Watchdog, TEST_LIMIT};
+
+fn start_consumer(queue: &str, output: &Path, panic_percent: usize) -> Consumer {
+    let child = Command::new(env!("CARGO_BIN_EXE_sqs-count-consumer"))
+        .args([queue, output.to_str().unwrap(), &panic_percent.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(output.with_extension("log"))
+                .unwrap(),
+        )
+        .spawn()
+        .expect("the consumer process starts");
+    Consumer(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let (produced, kills, panic_percent) = (
+        setting("LONGSHORE_CHAOS_SQS_MESSAGES", 3_000),
+        setting("LONGSHORE_CHAOS_SQS_KILLS", 3),
+        setting("LONGSHORE_CHAOS_PANIC_PERCENT", 10),
+    );
+    let _watchdog = Watchdog::arm(TEST_LIMIT + Duration::from_secs(60 * (produced / 10_000) as u64));
+    let client = client().await;
+    let queue = unique("chaos");
+    let url = create_queue(&client, &queue, &[]).await;
+    send(&client, &url, (0..produced).map(|i| i.to_string()), None).await;
+    let dir = std::env::temp_dir().join(format!("longshore-sqs-kill9-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("handled.txt");
+    let _ = std::fs::remove_file(&output);
+
+    // Kill each consumer at a random moment within its slice of the stream.
+    let wait = Duration::from_secs(600);
+    for kill in 1..=kills {
+        let mut consumer = start_consumer(&queue, &output, panic_percent);
+        let slice = produced / (kills + 2);
+        let target = (kill - 1) * slice + slice / 2 + fastrand::usize(0..=slice / 2);
+        wait_for(wait, "consumer progress", || handled(&output).len() >= target);
+        consumer.0.kill().expect("SIGKILL");
+        consumer.0.wait().unwrap();
+    }
+
+    // The last one runs to the end and stops on SIGTERM.
+    let mut consumer = start_consumer(&queue, &output, panic_percent);
+    wait_for(wait, "every message handled", || {
+        handled(&output).len() >= produced
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &consumer.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = consumer.0.wait().unwrap();
+    assert!(exit.success(), "graceful stop: {exit:?}");
+    let mut first_line = String::new();
+    std::io::Read::read_to_string(consumer.0.stdout.as_mut().unwrap(), &mut first_line).unwrap();
+    let max_in_flight: usize = first_line
+        .lines()
+        .find_map(|l| l.strip_prefix("max_in_flight="))
+        .and_then(|n| n.parse().ok())
+        .expect("the consumer reports its bound");
+    // Handled and not yet deleted at a kill: what the pipeline held, plus the deletes
+    // waiting for a batch and those being sent.
+    let in_flight_bound = max_in_flight + 20;
+
+    let counts = handled(&output);
+    let unique = counts.len();
+    let total: usize = counts.values().sum();
+    let lost = (0..produced).filter(|p| !counts.contains_key(p)).count();
+    let duplicates = total - unique;
+    println!(
+        "CHAOS case=sqs-kill9-localstack produced={produced} handled_unique={unique} lost={lost} \
+         duplicates={duplicates} inflight_bound={in_flight_bound} kills={kills} panic_percent={panic_percent}"
+    );
+    assert_eq!(lost, 0, "messages lost");
+    assert_eq!(unique, produced);
+    assert!(
+        duplicates <= kills * in_flight_bound,
+        "duplicates {duplicates} over the bound {kills} × {in_flight_bound}"
+    );
+    // After the graceful stop everything is deleted.
+    assert_depth(&client, &url, (0, 0)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
