@@ -1,0 +1,163 @@
+//! Receive -> handle -> delete through longshore, against a raw aws-sdk loop (receive
+//! 10, batch delete) on the same server (LocalStack) in the same run. Each consumer runs
+//! in a process of its own, on a queue of its own holding the same messages, so that
+//! its peak RSS is its own; throughput is timed from its first receive to its last
+//! delete.
+//!
+//! Run with `scripts/bench sqs`. `LONGSHORE_BENCH_MESSAGES` sets the message count
+//! (default 20,000).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
+use longshore::{BoxError, Handler, Message, Pipeline, Processors};
+use longshore_sqs::{SqsConfig, SqsMessage, SqsSource};
+
+#[path = "../../../benches/support/mod.rs"]
+mod support;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// Polls in flight at once, for both consumers.
+const CONCURRENCY: usize = 10;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let (imp, url) = (&args[i + 1], &args[i + 2]);
+        let count: usize = args[i + 3].parse().unwrap();
+        let runtime = support::runtime();
+        let (rate, calls) = match imp.as_str() {
+            "raw" => runtime.block_on(raw(url, count)),
+            _ => runtime.block_on(ours(url, count)),
+        };
+        support::report(&[rate, calls as f64 / count as f64, support::peak_rss_mb()]);
+        return;
+    }
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let count: usize = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(if smoke { 500 } else { 20_000 });
+    let endpoint = common::localstack().endpoint.clone();
+    let runtime = support::runtime();
+    let client = runtime.block_on(common::client());
+    let queue = |imp: &str| {
+        runtime.block_on(async {
+            let url = common::create_queue(&client, &common::unique(imp), &[]).await;
+            let bodies = (0..count).map(|i| format!("{i:0>100}"));
+            common::send(&client, &url, bodies, None).await;
+            url
+        })
+    };
+    let envs = [("AWS_ENDPOINT_URL_SQS", endpoint)];
+    let run = |imp: &str| support::run_child(&["--case", imp, &queue(imp), &count.to_string()], &envs);
+    // Alternated, best of two each: the server's own speed drifts over a run.
+    let best = |a: Vec<f64>, b: Vec<f64>| if a[0] >= b[0] { a } else { b };
+    let (raw1, ours1) = (run("raw"), run("longshore"));
+    let (ours2, raw2) = (run("longshore"), run("raw"));
+    let (baseline, longshore) = (best(raw1, raw2), best(ours1, ours2));
+    println!(
+        "BENCH case=sqs msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} api_calls_per_msg={:.3} \
+         baseline_api_calls_per_msg={:.3} peak_rss_mb={:.1} baseline_peak_rss_mb={:.1} messages={count}",
+        longshore[0],
+        baseline[0],
+        longshore[0] / baseline[0],
+        longshore[1],
+        baseline[1],
+        longshore[2],
+        baseline[2],
+    );
+}
+
+/// `CONCURRENCY` tasks, each: receive up to 10, then delete them in one batch call.
+async fn raw(url: &str, count: usize) -> (f64, usize) {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let done = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (client, url, done, calls) = (client.clone(), url.to_owned(), done.clone(), calls.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < count {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let answer = client
+                        .receive_message()
+                        .queue_url(&url)
+                        .max_number_of_messages(10)
+                        .wait_time_seconds(1)
+                        .send()
+                        .await
+                        .expect("receive");
+                    let messages = answer.messages.unwrap_or_default();
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    let entries = messages.iter().enumerate().map(|(id, m)| {
+                        std::hint::black_box(m.body());
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(id.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap())
+                            .build()
+                            .unwrap()
+                    });
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    client
+                        .delete_message_batch()
+                        .queue_url(&url)
+                        .set_entries(Some(entries.collect()))
+                        .send()
+                        .await
+                        .expect("delete");
+                    done.fetch_add(messages.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    (rate, calls.load(Ordering::Relaxed))
+}
+
+struct Touch;
+
+impl Handler for Touch {
+    type Item = SqsMessage;
+    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+        std::hint::black_box(message.data().body());
+        Ok(())
+    }
+}
+
+/// The same work through a pipeline; timed until the last delete is sent.
+async fn ours(url: &str, count: usize) -> (f64, usize) {
+    let config = SqsConfig::new(url)
+        .receive_concurrency(CONCURRENCY)
+        .wait_time(Duration::from_secs(1))
+        // The bench counts its own calls: no depth reads.
+        .lag_interval(Duration::from_secs(3600));
+    let source = SqsSource::connect(config).await.expect("source");
+    let start = Instant::now();
+    let pipeline = Pipeline::builder(source, Touch)
+        .processors(Processors::new(4).max_demand(50))
+        .start()
+        .expect("pipeline");
+    let stats = pipeline.stats();
+    while stats.get().successful < count as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    pipeline.shutdown().await.expect("drained");
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    let queue = url.rsplit('/').next().unwrap();
+    let calls: f64 = ["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"]
+        .iter()
+        .filter_map(|call| common::metric("longshore_sqs_api_calls_total", &[("queue", queue), ("call", call)]))
+        .sum();
+    (rate, calls as usize)
+}
