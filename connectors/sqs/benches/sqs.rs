@@ -15,10 +15,10 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use longshore::{BoxError, Handler, Message, Pipeline, Processors};
 use longshore_sqs::{SqsConfig, SqsMessage, SqsSource};
 
-#[path = "../../../benches/support/mod.rs"]
-mod support;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../../benches/support/mod.rs"]
+mod support;
 
 /// Polls in flight at once, for both consumers.
 const CONCURRENCY: usize = 10;
@@ -33,7 +33,15 @@ fn main() {
             "raw" => runtime.block_on(raw(url, count)),
             _ => runtime.block_on(ours(url, count)),
         };
-        support::report(&[rate, calls as f64 / count as f64, support::peak_rss_mb()]);
+        let per_msg = |calls: usize| calls as f64 / count as f64;
+        let [receives, deletes, changes] = calls;
+        support::report(&[
+            rate,
+            per_msg(receives + deletes + changes),
+            support::peak_rss_mb(),
+            per_msg(receives),
+            per_msg(deletes),
+        ]);
         return;
     }
     let smoke = !args.iter().any(|a| a == "--bench");
@@ -61,7 +69,8 @@ fn main() {
     let (baseline, longshore) = (best(raw1, raw2), best(ours1, ours2));
     println!(
         "BENCH case=sqs msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} api_calls_per_msg={:.3} \
-         baseline_api_calls_per_msg={:.3} peak_rss_mb={:.1} baseline_peak_rss_mb={:.1} messages={count}",
+         baseline_api_calls_per_msg={:.3} peak_rss_mb={:.1} baseline_peak_rss_mb={:.1} messages={count} \
+         receives_per_msg={:.3} deletes_per_msg={:.3}",
         longshore[0],
         baseline[0],
         longshore[0] / baseline[0],
@@ -69,22 +78,28 @@ fn main() {
         baseline[1],
         longshore[2],
         baseline[2],
+        longshore[3],
+        longshore[4],
     );
 }
 
 /// `CONCURRENCY` tasks, each: receive up to 10, then delete them in one batch call.
-async fn raw(url: &str, count: usize) -> (f64, usize) {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+async fn raw(url: &str, count: usize) -> (f64, [usize; 3]) {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
     let client = aws_sdk_sqs::Client::new(&config);
     let done = Arc::new(AtomicUsize::new(0));
-    let calls = Arc::new(AtomicUsize::new(0));
+    let receives = Arc::new(AtomicUsize::new(0));
+    let deletes = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (client, url, done, calls) = (client.clone(), url.to_owned(), done.clone(), calls.clone());
+            let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
+            let (receives, deletes) = (receives.clone(), deletes.clone());
             tokio::spawn(async move {
                 while done.load(Ordering::Relaxed) < count {
-                    calls.fetch_add(1, Ordering::Relaxed);
+                    receives.fetch_add(1, Ordering::Relaxed);
                     let answer = client
                         .receive_message()
                         .queue_url(&url)
@@ -105,7 +120,7 @@ async fn raw(url: &str, count: usize) -> (f64, usize) {
                             .build()
                             .unwrap()
                     });
-                    calls.fetch_add(1, Ordering::Relaxed);
+                    deletes.fetch_add(1, Ordering::Relaxed);
                     client
                         .delete_message_batch()
                         .queue_url(&url)
@@ -122,7 +137,14 @@ async fn raw(url: &str, count: usize) -> (f64, usize) {
         task.await.unwrap();
     }
     let rate = count as f64 / start.elapsed().as_secs_f64();
-    (rate, calls.load(Ordering::Relaxed))
+    (
+        rate,
+        [
+            receives.load(Ordering::Relaxed),
+            deletes.load(Ordering::Relaxed),
+            0,
+        ],
+    )
 }
 
 struct Touch;
@@ -136,7 +158,7 @@ impl Handler for Touch {
 }
 
 /// The same work through a pipeline; timed until the last delete is sent.
-async fn ours(url: &str, count: usize) -> (f64, usize) {
+async fn ours(url: &str, count: usize) -> (f64, [usize; 3]) {
     let config = SqsConfig::new(url)
         .receive_concurrency(CONCURRENCY)
         .wait_time(Duration::from_secs(1))
@@ -155,9 +177,14 @@ async fn ours(url: &str, count: usize) -> (f64, usize) {
     pipeline.shutdown().await.expect("drained");
     let rate = count as f64 / start.elapsed().as_secs_f64();
     let queue = url.rsplit('/').next().unwrap();
-    let calls: f64 = ["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"]
-        .iter()
-        .filter_map(|call| common::metric("longshore_sqs_api_calls_total", &[("queue", queue), ("call", call)]))
-        .sum();
-    (rate, calls as usize)
+    let calls = [
+        "ReceiveMessage",
+        "DeleteMessageBatch",
+        "ChangeMessageVisibilityBatch",
+    ]
+    .map(|call| {
+        let labels = [("queue", queue), ("call", call)];
+        common::metric("longshore_sqs_api_calls_total", &labels).unwrap_or(0.0) as usize
+    });
+    (rate, calls)
 }

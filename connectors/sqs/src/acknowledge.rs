@@ -3,7 +3,7 @@
 //! last attempt, redriven or deleted.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use longshore::{Acknowledger, Message};
 use tokio_util::sync::CancellationToken;
@@ -31,35 +31,57 @@ pub struct SqsAcknowledger {
 /// Deletes waiting for a full batch; fewer than [`MAX_BATCH`] between calls.
 #[derive(Debug, Default)]
 pub(crate) struct Deletes {
-    waiting: Mutex<Vec<Entry>>,
+    waiting: Mutex<Waiting>,
     /// Held while the waiting deletes are sent, so that the last flush waits for the
     /// periodic one.
     sending: tokio::sync::Mutex<()>,
 }
 
+#[derive(Debug, Default)]
+struct Waiting {
+    entries: Vec<Entry>,
+    /// When the oldest of `entries` started waiting (at the latest).
+    since: Option<Instant>,
+}
+
 impl Deletes {
     /// Adds `entries`; returns the full batches to send now.
     fn add(&self, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
-        let mut pending = self.lock();
-        pending.extend(entries);
-        let full = pending.len() / MAX_BATCH * MAX_BATCH;
-        pending.drain(..full).collect()
+        let mut waiting = self.lock();
+        waiting.entries.extend(entries);
+        let full = waiting.entries.len() / MAX_BATCH * MAX_BATCH;
+        let batches: Vec<Entry> = waiting.entries.drain(..full).collect();
+        if waiting.entries.is_empty() {
+            waiting.since = None;
+        } else if waiting.since.is_none() || !batches.is_empty() {
+            // What is left came last: it has waited no longer than from now.
+            waiting.since = Some(Instant::now());
+        }
+        batches
     }
 
-    fn take(&self) -> Vec<Entry> {
-        std::mem::take(&mut *self.lock())
+    /// The waiting deletes, if the oldest has waited `at_least`.
+    fn take_older(&self, at_least: Duration) -> Vec<Entry> {
+        let mut waiting = self.lock();
+        match waiting.since {
+            Some(since) if since.elapsed() >= at_least => {
+                waiting.since = None;
+                std::mem::take(&mut waiting.entries)
+            }
+            _ => Vec::new(),
+        }
     }
 
-    /// Sends the deletes waiting for a batch.
-    async fn send_waiting(&self, queue: &Queue) {
+    /// Sends the deletes that have waited `at_least` for a full batch.
+    async fn send_waiting(&self, queue: &Queue, at_least: Duration) {
         let _sending = self.sending.lock().await;
-        let waiting = self.take();
+        let waiting = self.take_older(at_least);
         if !waiting.is_empty() {
             queue.send_all(waiting).await;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -92,25 +114,26 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
 
     async fn flush(&self) {
         self.stop.cancel();
-        self.deletes.send_waiting(&self.queue).await;
+        self.deletes.send_waiting(&self.queue, Duration::ZERO).await;
     }
 }
 
-/// Sends the waiting deletes every `interval`, so that none waits longer for a batch.
+/// Sends the deletes that waited `interval` for a full batch; a delete waits at most
+/// one and a half intervals.
 pub(crate) async fn flush_every(
     queue: Arc<Queue>,
     deletes: Arc<Deletes>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
+    let mut ticks = tokio::time::interval(interval / 2);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        deletes.send_waiting(&queue).await;
+        deletes.send_waiting(&queue, interval).await;
     }
 }
 
@@ -124,7 +147,11 @@ mod tests {
         let entries = |range: std::ops::Range<u32>| range.map(|i| Entry::delete(i.to_string()));
         assert!(deletes.add(entries(0..7)).is_empty());
         assert_eq!(deletes.add(entries(7..25)).len(), 20);
-        assert_eq!(deletes.take().len(), 5);
-        assert!(deletes.take().is_empty());
+        assert!(
+            deletes.take_older(Duration::from_secs(60)).is_empty(),
+            "not old enough"
+        );
+        assert_eq!(deletes.take_older(Duration::ZERO).len(), 5);
+        assert!(deletes.take_older(Duration::ZERO).is_empty());
     }
 }

@@ -84,10 +84,15 @@ impl Receiver {
         }
     }
 
-    /// Starts the polls that `demand` needs beyond those in flight.
+    /// Starts the polls that `demand` needs beyond those in flight: full ones of 10,
+    /// and a smaller one only when no other poll is in flight (the rest of the demand
+    /// waits for a full poll's worth, so each call brings as much as it can).
     fn start_polls(self: &Arc<Self>, state: &mut State, demand: usize) {
         let mut missing = demand.saturating_sub(state.asked);
         while missing > 0 && state.polls < self.polling.concurrency {
+            if missing < MAX_BATCH && state.polls > 0 {
+                break;
+            }
             let n = missing.min(MAX_BATCH);
             missing -= n;
             state.polls += 1;

@@ -133,4 +133,3 @@ fn sqs_running(listen: &str) -> bool {
     let _ = stream.read_to_string(&mut answer);
     answer.contains("\"sqs\": \"running\"") || answer.contains("\"sqs\": \"available\"")
 }
-

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
-use longshore_sqs::SqsConfig;
 pub use localstack::localstack;
+use longshore_sqs::SqsConfig;
 #[allow(unused_imports)]
 pub use wait::{eventually, eventually_eq, Watchdog};
 
