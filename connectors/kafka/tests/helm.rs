@@ -2,66 +2,27 @@
 //! lint, every optional part rendered and validated, and the ConfigMap it renders read by
 //! the service's own loader (chart and binary agree).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+#[path = "../../../test-support/helm.rs"]
+mod helm;
+
+use helm::{chart, helm, of_kind, render, rendered_config, tool};
+
+/// A Kafka service's source section: the chart has none by default.
+const KAFKA_SOURCE: &str = r#"config.source={"bootstrap_servers": "kafka:9092", "group_id": "orders-service", "topics": ["orders"]}"#;
+
+/// The Kafka source section, then `sets`.
+fn kafka<'a>(sets: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![("--set-json", KAFKA_SOURCE)];
+    all.extend_from_slice(sets);
+    all
+}
+
+use std::process::Command;
 use std::time::Duration;
 
-use longshore::service::{LogFormat, ServiceConfig};
+use longshore::service::LogFormat;
 use longshore::{Batcher, Processors, RetryPolicy};
 use longshore_kafka::{KafkaConfig, Ordering};
-use serde::Deserialize;
-use serde_yaml::Value;
-
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/longshore")
-}
-
-/// A tool installed by `scripts/test`; the test fails, saying how to get it, when missing.
-fn tool(variable: &str, cached: &str) -> PathBuf {
-    let path = std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap())
-            .join(".cache")
-            .join(cached)
-    });
-    assert!(
-        path.is_file(),
-        "{} not found ({variable}): scripts/test installs it",
-        path.display()
-    );
-    path
-}
-
-fn helm(args: &[&str]) -> Output {
-    Command::new(tool("LONGSHORE_HELM", "longshore-helm-v33/helm-layer/helm/helm"))
-        .args(args)
-        .output()
-        .expect("helm runs")
-}
-
-/// `helm template` of the chart with `sets` (`--set` or `--set-json` pairs); the manifests.
-fn render(sets: &[(&str, &str)]) -> (String, Vec<Value>) {
-    let chart = chart();
-    let mut args = vec!["template", "orders", chart.to_str().unwrap()];
-    for (flag, value) in sets {
-        args.extend([*flag, *value]);
-    }
-    let output = helm(&args);
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "helm template {sets:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let docs = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|doc| !doc.is_null())
-        .collect();
-    (text, docs)
-}
-
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
-    docs.iter().find(|doc| doc["kind"] == kind)
-}
 
 /// Validates the built-in kinds against the Kubernetes schemas, strictly.
 fn validate(text: &str, label: &str) {
@@ -163,7 +124,7 @@ fn every_optional_part_renders_manifests_that_validate() {
         ("hpa", &[("--set", "autoscaling.enabled=true")]),
     ];
     for (label, sets) in variants {
-        let (text, docs) = render(sets);
+        let (text, docs) = render(&kafka(sets));
         validate(&text, label);
         let deployment = of_kind(&docs, "Deployment").unwrap();
         let pod = &deployment["spec"]["template"]["spec"];
@@ -232,6 +193,8 @@ fn every_optional_part_renders_manifests_that_validate() {
         "template",
         "orders",
         chart().to_str().unwrap(),
+        "--set-json",
+        KAFKA_SOURCE,
         "--set",
         "keda.enabled=true,autoscaling.enabled=true",
     ]);
@@ -239,22 +202,9 @@ fn every_optional_part_renders_manifests_that_validate() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("choose one"));
 }
 
-/// The settings file the chart renders, read by the service's loader.
-fn rendered_config(sets: &[(&str, &str)]) -> (ServiceConfig<KafkaConfig>, Vec<Value>) {
-    let (_, docs) = render(sets);
-    let configmap = of_kind(&docs, "ConfigMap").unwrap();
-    let json = configmap["data"]["config.json"].as_str().unwrap();
-    let dir = std::env::temp_dir().join(format!("longshore-helm-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.json");
-    std::fs::write(&path, json).unwrap();
-    let config = ServiceConfig::load(&path).unwrap_or_else(|error| panic!("{error}\n{json}"));
-    (config, docs)
-}
-
 #[test]
 fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
-    let (config, _) = rendered_config(&[]);
+    let (config, _) = rendered_config::<KafkaConfig>(&kafka(&[]));
     assert_eq!(config.pipeline.name, "orders");
     assert_eq!(config.pipeline.processors, Processors::new(4));
     assert_eq!(config.pipeline.retry, RetryPolicy::new(3));
@@ -266,7 +216,7 @@ fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
     assert_eq!(config.metrics.addr, "0.0.0.0:9464".parse().unwrap());
     assert_eq!(config.log.format, LogFormat::Json);
 
-    let (config, _) = rendered_config(&[
+    let (config, _) = rendered_config::<KafkaConfig>(&kafka(&[
         ("--set", "metricsPort=9100"),
         ("--set", "config.pipeline.processors.max_demand=200"),
         ("--set", "config.pipeline.processors.min_demand=100"),
@@ -280,7 +230,7 @@ fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
             "--set-json",
             r#"config.source.properties={"security.protocol":"sasl_ssl"}"#,
         ),
-    ]);
+    ]));
     assert_eq!(
         config.pipeline.processors,
         Processors::new(4).max_demand(200).min_demand(100)
@@ -305,7 +255,10 @@ fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
 #[test]
 fn the_grace_period_exceeds_the_drain_deadline() {
     for deadline in ["25", "5", "300"] {
-        let (config, docs) = rendered_config(&[("--set", &format!("shutdownDeadlineSeconds={deadline}"))]);
+        let (config, docs) = rendered_config::<KafkaConfig>(&kafka(&[(
+            "--set",
+            &format!("shutdownDeadlineSeconds={deadline}"),
+        )]));
         let deployment = of_kind(&docs, "Deployment").unwrap();
         let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             .as_u64()

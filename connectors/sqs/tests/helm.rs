@@ -1,0 +1,43 @@
+//! The Helm chart with an SQS service's values, rendered by the real `helm`: the settings
+//! file it renders is read by the service's own loader into the SQS source's settings,
+//! and KEDA's `aws-sqs-queue` trigger names the same queue and region.
+
+#[path = "../../../test-support/helm.rs"]
+mod helm;
+
+use std::time::Duration;
+
+use helm::{of_kind, rendered_config};
+use longshore_sqs::{FinalFailure, SqsConfig};
+
+#[test]
+fn the_chart_renders_the_sqs_source_and_its_queue_length_trigger() {
+    let queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/orders";
+    let source = format!(
+        r#"{{"queue": "{queue}", "region": "eu-west-1", "receive_concurrency": 20,
+            "visibility_timeout": "60s", "on_final_failure": "delete"}}"#
+    );
+    let (config, docs) = rendered_config::<SqsConfig>(&[
+        ("--set-json", &format!("config.source={source}")),
+        ("--set", "keda.enabled=true"),
+        ("--set", "keda.trigger=sqs"),
+    ]);
+    let expected = SqsConfig::new(queue)
+        .region("eu-west-1")
+        .receive_concurrency(20)
+        .visibility_timeout(Duration::from_secs(60))
+        .on_final_failure(FinalFailure::Delete);
+    assert_eq!(config.source, expected);
+    assert!(config.source.validate().is_ok());
+
+    let trigger = &of_kind(&docs, "ScaledObject").expect("a ScaledObject")["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "aws-sqs-queue");
+    assert_eq!(
+        trigger["metadata"]["queueURL"], queue,
+        "defaults to the source's queue"
+    );
+    assert_eq!(
+        trigger["metadata"]["awsRegion"], "eu-west-1",
+        "defaults to the source's region"
+    );
+}
