@@ -517,6 +517,32 @@ async fn the_queue_depth_is_exported() {
     let in_flight = || metric("longshore_sqs_messages_in_flight", &[("queue", &name)]);
     eventually(WAIT, || in_flight() == Some(got.len() as f64)).await;
     assert!(metric("longshore_sqs_oldest_message_age_seconds", &[("queue", &name)]).is_some());
+    // Every SQS metric of docs/metrics.md, and no other, with its documented type.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
+    let documented: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            name.starts_with("longshore_sqs_")
+                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
+        })
+        .collect();
+    let exposed: Vec<(String, String)> = longshore::metrics::registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name().starts_with("longshore_sqs_"))
+        .map(|family| {
+            (
+                family.name().to_owned(),
+                format!("{:?}", family.get_field_type()).to_lowercase(),
+            )
+        })
+        .collect();
+    let mut documented_sorted = documented.clone();
+    documented_sorted.sort();
+    assert_eq!(exposed, documented_sorted);
+    assert_eq!(documented.len(), 5);
     assert_eq!(
         attribute(
             &client,

@@ -1,0 +1,120 @@
+//! A real Prometheus (Debian's package) for the dashboard tests: started on a loopback
+//! port, scraping given targets, queried through its HTTP API. Included by each
+//! connector's dashboard test (`#[path]`), next to the core's tests/common as `http`.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::http;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A tool from `scripts/test`'s install (or the PATH); the test fails, saying how to get
+/// it, when it is missing: never a silent skip.
+pub fn tool(name: &str) -> PathBuf {
+    let path = PathBuf::from(format!("/usr/bin/{name}"));
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .chain([path])
+        .find(|candidate| candidate.is_file());
+    found.unwrap_or_else(|| {
+        panic!("{name} not found: scripts/test installs it (apt-get install -y prometheus)")
+    })
+}
+
+/// Kills the child when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Percent-encodes a query parameter.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Evaluates `expr` now through Prometheus's HTTP API: its result series.
+pub async fn query(prometheus: SocketAddr, expr: &str) -> Vec<serde_json::Value> {
+    let (status, body) = http::get(prometheus, &format!("/api/v1/query?query={}", encode(expr))).await;
+    assert_eq!(status, 200, "{expr}: {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["status"], "success", "{expr}: {body}");
+    answer["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every PromQL expression of the dashboard, its variables set as Grafana would for "All".
+pub fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("dashboards/longshore.json")).unwrap())
+            .unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "15s")
+                .replace("$pipeline", ".*")
+                .replace("$consumergroup", ".*")
+                .replace("$queue", ".*");
+            queries.push((panel["title"].as_str().unwrap().to_owned(), expr));
+        }
+    }
+    queries
+}
+
+/// Starts Prometheus scraping `targets` every second, with the alert rules loaded; its
+/// address, and the folder of its data and log.
+pub fn start_prometheus(targets: &[SocketAddr]) -> (Process, SocketAddr, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("longshore-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prometheus_addr = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules:?}]\nscrape_configs:\n  - job_name: longshore\n    static_configs:\n      - targets: [{targets}]\n",
+            rules = repo().join("dashboards/alerts.yml"),
+            targets = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", "),
+        ),
+    )
+    .unwrap();
+    let prometheus = Process(
+        Command::new(tool("prometheus"))
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={prometheus_addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+
+    (prometheus, prometheus_addr, dir)
+}
+
+/// Whether Prometheus's HTTP API answers yet.
+pub async fn http_ok(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok() && http::get(addr, "/-/ready").await.0 == 200
+}
