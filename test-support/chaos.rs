@@ -47,3 +47,60 @@ pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What a kill-and-restart run counted.
+#[derive(Debug)]
+pub struct Counted {
+    /// The bound the last consumer reported (`max_in_flight=` on its stdout).
+    pub max_in_flight: usize,
+    pub unique: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+}
+
+/// Starts consumers with `start`, each appending what it handled to `output`; kills
+/// `kills` of them with SIGKILL, each at a random moment within its slice of the
+/// stream; then runs one to the end (`produced` distinct lines) and stops it with
+/// SIGTERM, which it must survive cleanly. Counts `output` against `0..produced`.
+pub fn kill_restart_and_count(
+    produced: usize,
+    kills: usize,
+    output: &Path,
+    mut start: impl FnMut() -> Consumer,
+) -> Counted {
+    let wait = Duration::from_secs(600);
+    for kill in 1..=kills {
+        let mut consumer = start();
+        let slice = produced / (kills + 2);
+        let target = (kill - 1) * slice + slice / 2 + fastrand::usize(0..=slice / 2);
+        wait_for(wait, "consumer progress", || handled(output).len() >= target);
+        consumer.0.kill().expect("SIGKILL");
+        consumer.0.wait().unwrap();
+    }
+    let mut consumer = start();
+    wait_for(wait, "every message handled", || {
+        handled(output).len() >= produced
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &consumer.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = consumer.0.wait().unwrap();
+    assert!(exit.success(), "graceful stop: {exit:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(consumer.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let max_in_flight = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("max_in_flight="))
+        .and_then(|n| n.parse().ok())
+        .expect("the consumer reports its bound");
+    let counts = handled(output);
+    let total: usize = counts.values().sum();
+    Counted {
+        max_in_flight,
+        unique: counts.len(),
+        lost: (0..produced).filter(|p| !counts.contains_key(p)).count(),
+        duplicates: total - counts.len(),
+    }
+}

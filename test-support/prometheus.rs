@@ -118,3 +118,31 @@ pub fn start_prometheus(targets: &[SocketAddr]) -> (Process, SocketAddr, PathBuf
 pub async fn http_ok(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok() && http::get(addr, "/-/ready").await.0 == 200
 }
+
+/// Waits (a minute at most) until Prometheus answers and `ready` (a PromQL condition)
+/// returns a series: the targets were scraped enough for the dashboard's windows.
+pub async fn wait_until_scraped(prometheus: SocketAddr, ready: &str, dir: &Path) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus did not scrape enough ({ready}); see {}",
+            dir.join("prometheus.log").display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if http_ok(prometheus).await && query(prometheus, ready).await.len() == 1 {
+            return;
+        }
+    }
+}
+
+/// Asserts that every `(panel, expr)` returns data now, naming those that do not.
+pub async fn assert_all_return_data(prometheus: SocketAddr, queries: &[(String, String)]) {
+    let mut empty = Vec::new();
+    for (panel, expr) in queries {
+        if query(prometheus, expr).await.is_empty() {
+            empty.push(format!("{panel}: {expr}"));
+        }
+    }
+    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
+}

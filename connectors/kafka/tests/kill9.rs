@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chaos::{handled, setting, wait_for, Consumer};
+use chaos::{kill_restart_and_count, setting, Consumer};
 
 use common::tansu::{create_topic, Tansu};
 use common::{committed, produce_with, Watchdog, TEST_LIMIT};
@@ -50,43 +50,12 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
     let output = dir.join("handled.txt");
     let _ = std::fs::remove_file(&output);
 
-    // Kill each consumer at a random moment within its slice of the stream.
-    for kill in 1..=kills {
-        let mut consumer = start_consumer(&broker.bootstrap, &output);
-        let slice = produced / (kills + 2);
-        let target = (kill - 1) * slice + slice / 2 + fastrand::usize(0..=slice / 2);
-        wait_for(Duration::from_secs(600), "consumer progress", || {
-            handled(&output).len() >= target
-        });
-        consumer.0.kill().expect("SIGKILL");
-        consumer.0.wait().unwrap();
-    }
-
-    // The last one runs to the end and stops on SIGTERM.
-    let mut consumer = start_consumer(&broker.bootstrap, &output);
-    wait_for(Duration::from_secs(600), "every record handled", || {
-        handled(&output).len() >= produced
+    let counted = kill_restart_and_count(produced, kills, &output, || {
+        start_consumer(&broker.bootstrap, &output)
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &consumer.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = consumer.0.wait().unwrap();
-    assert!(exit.success(), "graceful stop: {exit:?}");
-    let mut first_line = String::new();
-    std::io::Read::read_to_string(consumer.0.stdout.as_mut().unwrap(), &mut first_line).unwrap();
-    let in_flight_bound: usize = first_line
-        .lines()
-        .find_map(|l| l.strip_prefix("max_in_flight="))
-        .and_then(|n| n.parse().ok())
-        .expect("the consumer reports its bound");
+    let in_flight_bound = counted.max_in_flight;
 
-    let counts = handled(&output);
-    let unique = counts.len();
-    let total: usize = counts.values().sum();
-    let lost = (0..produced).filter(|p| !counts.contains_key(p)).count();
-    let duplicates = total - unique;
+    let (unique, lost, duplicates) = (counted.unique, counted.lost, counted.duplicates);
     println!(
         "CHAOS case=kafka-kill9-tansu produced={produced} handled_unique={unique} lost={lost} \
          duplicates={duplicates} inflight_bound={in_flight_bound} kills={kills}"

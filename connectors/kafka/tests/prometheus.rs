@@ -17,9 +17,10 @@ use common::{cluster, config, produce, Recorder};
 use longshore::metrics::MetricsServer;
 use longshore::{Pipeline, Processors};
 use longshore_kafka::KafkaSource;
-use prometheus::{dashboard_queries, free_port, http_ok, query, repo, start_prometheus, tool, Process};
-
-const WAIT: Duration = Duration::from_secs(60);
+use prometheus::{
+    assert_all_return_data, dashboard_queries, free_port, repo, start_prometheus, tool, wait_until_scraped,
+    Process,
+};
 
 /// The quickstart binary, built as a user would build it.
 fn quickstart() -> PathBuf {
@@ -79,30 +80,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let (_prometheus, prometheus_addr, dir) =
         start_prometheus(&[quickstart_addr, kafka_metrics.local_addr()]);
     // Both targets up, and enough scrapes for rates over the dashboard's window.
-    let mut ready = false;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !ready {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "prometheus did not scrape both targets; see {}",
-            dir.join("prometheus.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let api_up = http_ok(prometheus_addr).await;
-        ready = api_up
-            && query(prometheus_addr, "sum(up) == 2 and count(count_over_time(longshore_kafka_consumergroup_lag[15s]) >= 5) > 0 and count(count_over_time(longshore_received_messages_total[15s]) >= 5) == 2")
-                .await
-                .len()
-                == 1;
-    }
+    let ready = "sum(up) == 2 and count(count_over_time(longshore_kafka_consumergroup_lag[15s]) >= 5) > 0 and count(count_over_time(longshore_received_messages_total[15s]) >= 5) == 2";
+    wait_until_scraped(prometheus_addr, ready, &dir).await;
 
-    let mut empty = Vec::new();
-    for (panel, expr) in &queries {
-        if query(prometheus_addr, expr).await.is_empty() {
-            empty.push(format!("{panel}: {expr}"));
-        }
-    }
-    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
+    assert_all_return_data(prometheus_addr, &queries).await;
     // Prometheus loaded the alert rules.
     let (status, rules) = http::get(prometheus_addr, "/api/v1/rules").await;
     assert_eq!(status, 200);

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chaos::{handled, setting, wait_for, Consumer};
+use chaos::{kill_restart_and_count, setting, Consumer};
 use common::{assert_depth, client, create_queue, send, unique, Watchdog, TEST_LIMIT};
 
 fn start_consumer(queue: &str, output: &Path, panic_percent: usize) -> Consumer {
@@ -47,45 +47,15 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let output = dir.join("handled.txt");
     let _ = std::fs::remove_file(&output);
 
-    // Kill each consumer at a random moment within its slice of the stream.
-    let wait = Duration::from_secs(600);
-    for kill in 1..=kills {
-        let mut consumer = start_consumer(&queue, &output, panic_percent);
-        let slice = produced / (kills + 2);
-        let target = (kill - 1) * slice + slice / 2 + fastrand::usize(0..=slice / 2);
-        wait_for(wait, "consumer progress", || handled(&output).len() >= target);
-        consumer.0.kill().expect("SIGKILL");
-        consumer.0.wait().unwrap();
-    }
-
-    // The last one runs to the end and stops on SIGTERM.
-    let mut consumer = start_consumer(&queue, &output, panic_percent);
-    wait_for(wait, "every message handled", || {
-        handled(&output).len() >= produced
+    let counted = kill_restart_and_count(produced, kills, &output, || {
+        start_consumer(&queue, &output, panic_percent)
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &consumer.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = consumer.0.wait().unwrap();
-    assert!(exit.success(), "graceful stop: {exit:?}");
-    let mut first_line = String::new();
-    std::io::Read::read_to_string(consumer.0.stdout.as_mut().unwrap(), &mut first_line).unwrap();
-    let max_in_flight: usize = first_line
-        .lines()
-        .find_map(|l| l.strip_prefix("max_in_flight="))
-        .and_then(|n| n.parse().ok())
-        .expect("the consumer reports its bound");
+    let max_in_flight = counted.max_in_flight;
     // Handled and not yet deleted at a kill: what the pipeline held, plus the deletes
     // waiting for a batch and those being sent.
     let in_flight_bound = max_in_flight + 20;
 
-    let counts = handled(&output);
-    let unique = counts.len();
-    let total: usize = counts.values().sum();
-    let lost = (0..produced).filter(|p| !counts.contains_key(p)).count();
-    let duplicates = total - unique;
+    let (unique, lost, duplicates) = (counted.unique, counted.lost, counted.duplicates);
     println!(
         "CHAOS case=sqs-kill9-localstack produced={produced} handled_unique={unique} lost={lost} \
          duplicates={duplicates} inflight_bound={in_flight_bound} kills={kills} panic_percent={panic_percent}"

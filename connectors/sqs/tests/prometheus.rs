@@ -13,7 +13,7 @@ use common::{client, config, create_queue, send, unique, Watchdog, TEST_LIMIT};
 use longshore::metrics::MetricsServer;
 use longshore::{BoxError, Handler, Message, Pipeline, Processors};
 use longshore_sqs::{SqsMessage, SqsSource};
-use prometheus::{dashboard_queries, http_ok, query, start_prometheus};
+use prometheus::{assert_all_return_data, dashboard_queries, start_prometheus, wait_until_scraped};
 
 /// Slow enough to keep a backlog for the whole test.
 struct Slow;
@@ -55,26 +55,9 @@ async fn every_sqs_panel_query_returns_data_from_a_real_prometheus() {
     // Enough scrapes for rates over the dashboard's window.
     let ready = "count(count_over_time(longshore_sqs_messages_visible[15s]) >= 5) > 0 \
                  and count(count_over_time(longshore_sqs_api_calls_total[15s]) >= 5) > 0";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "prometheus did not scrape the SQS gauges; see {}",
-            dir.join("prometheus.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if http_ok(prometheus_addr).await && query(prometheus_addr, ready).await.len() == 1 {
-            break;
-        }
-    }
+    wait_until_scraped(prometheus_addr, ready, &dir).await;
 
-    let mut empty = Vec::new();
-    for (panel, expr) in &queries {
-        if query(prometheus_addr, expr).await.is_empty() {
-            empty.push(format!("{panel}: {expr}"));
-        }
-    }
-    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
+    assert_all_return_data(prometheus_addr, &queries).await;
     let (status, rules) = http::get(prometheus_addr, "/api/v1/rules").await;
     assert_eq!(status, 200);
     assert!(rules.contains("LongshoreSqsOldestMessageAgeHigh"), "{rules}");
