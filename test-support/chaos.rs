@@ -104,3 +104,20 @@ pub fn kill_restart_and_count(
         duplicates: total - counts.len(),
     }
 }
+
+/// Starts a consumer process: `program` with `args`, its stdout kept for its bound, its
+/// log appended beside `output`.
+pub fn start_consumer(program: &str, args: &[&str], output: &Path) -> Consumer {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output.with_extension("log"))
+        .unwrap();
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("the consumer process starts");
+    Consumer(child)
+}

@@ -5,32 +5,15 @@
 mod chaos;
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chaos::{kill_restart_and_count, setting, Consumer};
+use chaos::{kill_restart_and_count, setting, start_consumer};
 
 use common::tansu::{create_topic, Tansu};
 use common::{committed, produce_with, Watchdog, TEST_LIMIT};
 
 const TOPIC: &str = "chaos";
 const PARTITIONS: i32 = 4;
-fn start_consumer(bootstrap: &str, output: &Path) -> Consumer {
-    let child = Command::new(env!("CARGO_BIN_EXE_count-consumer"))
-        .args([bootstrap, TOPIC, "chaos-group", output.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(output.with_extension("log"))
-                .unwrap(),
-        )
-        .spawn()
-        .expect("the consumer process starts");
-    Consumer(child)
-}
 
 #[test]
 fn kill_9_mid_stream_then_restart_loses_nothing() {
@@ -51,7 +34,13 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
     let _ = std::fs::remove_file(&output);
 
     let counted = kill_restart_and_count(produced, kills, &output, || {
-        start_consumer(&broker.bootstrap, &output)
+        let args = [
+            broker.bootstrap.as_str(),
+            TOPIC,
+            "chaos-group",
+            output.to_str().unwrap(),
+        ];
+        start_consumer(env!("CARGO_BIN_EXE_count-consumer"), &args, &output)
     });
     let in_flight_bound = counted.max_in_flight;
 

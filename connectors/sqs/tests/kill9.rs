@@ -7,28 +7,10 @@
 mod chaos;
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chaos::{kill_restart_and_count, setting, Consumer};
+use chaos::{kill_restart_and_count, setting, start_consumer};
 use common::{assert_depth, client, create_queue, send, unique, Watchdog, TEST_LIMIT};
-
-fn start_consumer(queue: &str, output: &Path, panic_percent: usize) -> Consumer {
-    let child = Command::new(env!("CARGO_BIN_EXE_sqs-count-consumer"))
-        .args([queue, output.to_str().unwrap(), &panic_percent.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(output.with_extension("log"))
-                .unwrap(),
-        )
-        .spawn()
-        .expect("the consumer process starts");
-    Consumer(child)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
@@ -48,7 +30,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let _ = std::fs::remove_file(&output);
 
     let counted = kill_restart_and_count(produced, kills, &output, || {
-        start_consumer(&queue, &output, panic_percent)
+        let percent = panic_percent.to_string();
+        let args = [queue.as_str(), output.to_str().unwrap(), percent.as_str()];
+        start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &output)
     });
     let max_in_flight = counted.max_in_flight;
     // Handled and not yet deleted at a kill: what the pipeline held, plus the deletes
