@@ -573,3 +573,76 @@ async fn a_missing_queue_is_a_clear_error() {
         "invalid sqs.receive_concurrency: must be at least 1, got 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_poison_messages_lose_nothing_and_poison_ends_in_the_dlq() {
+    let _watchdog = start();
+    let produced: usize = std::env::var("LONGSHORE_CHAOS_SQS_POISON_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(2_000);
+    let client = client().await;
+    let name = unique("poison");
+    let attempts = 3;
+    let (url, dlq) = create_with_dlq(&client, &name, attempts, false).await;
+    send(&client, &url, bodies(produced), None).await;
+
+    // Every 100th message is poison; a tenth of first attempts panic (quietly: the
+    // default hook would print each with its backtrace).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("handler panics on") {
+            default_hook(info);
+        }
+    }));
+    let poison = |n: usize| n % 100 == 42;
+    struct Chaos(Arc<Mutex<Vec<(String, u32, Instant)>>>);
+    impl Handler for Chaos {
+        type Item = SqsMessage;
+        async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+            let n: usize = message.data().body().parse()?;
+            if n % 100 == 42 {
+                return Err("poison".into());
+            }
+            if message.attempt() == 1 && n % 10 == 3 {
+                panic!("handler panics on {n}");
+            }
+            let seen = (
+                message.data().body().to_owned(),
+                message.attempt(),
+                Instant::now(),
+            );
+            self.0.lock().unwrap().push(seen);
+            Ok(())
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let pipeline = Pipeline::builder(source, Chaos(seen.clone()))
+        .processors(Processors::new(8).max_demand(10))
+        .retry(RetryPolicy::new(attempts).initial_backoff(Duration::from_secs(1)))
+        .start()
+        .unwrap();
+    let poisoned = (0..produced).filter(|&n| poison(n)).count();
+    let dead = drain(&client, &dlq, poisoned, WAIT).await;
+    eventually(WAIT, || handled(&seen) >= produced - poisoned).await;
+    pipeline.shutdown().await.unwrap();
+
+    let counts = common::counts(seen.lock().unwrap().iter().map(|(b, ..)| b.clone()));
+    let mut dead: Vec<usize> = dead.iter().map(|m| m.body().unwrap().parse().unwrap()).collect();
+    dead.sort_unstable();
+    let lost = (0..produced)
+        .filter(|n| !poison(*n) && !counts.contains_key(&n.to_string()))
+        .count();
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    println!(
+        "CHAOS case=sqs-panics-and-poison produced={produced} handled_unique={} lost={lost} \
+         duplicates={duplicates} inflight_bound=0 dead_lettered={} poison={poisoned} panic_percent=10",
+        counts.len(),
+        dead.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(duplicates, 0, "a failed attempt is not a handling");
+    assert_eq!(dead, (0..produced).filter(|&n| poison(n)).collect::<Vec<_>>());
+    assert_depth(&client, &url, (0, 0)).await;
+}
