@@ -105,9 +105,9 @@ pub fn kill_restart_and_count(
     }
 }
 
-/// Starts a consumer process: `program` with `args`, its stdout kept for its bound, its
-/// log appended beside `output`.
-pub fn start_consumer(program: &str, args: &[&str], output: &Path) -> Consumer {
+/// Starts a consumer process: `program` with `args` and `envs`, its stdout kept for its
+/// bound, its log appended beside `output`.
+pub fn start_consumer(program: &str, args: &[&str], envs: &[(&str, &str)], output: &Path) -> Consumer {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -115,9 +115,45 @@ pub fn start_consumer(program: &str, args: &[&str], output: &Path) -> Consumer {
         .unwrap();
     let child = std::process::Command::new(program)
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(log)
         .spawn()
         .expect("the consumer process starts");
     Consumer(child)
+}
+
+/// Sends SIGTERM and waits for the process, which must exit cleanly; how long it took.
+pub fn terminate(consumer: &mut Consumer) -> Duration {
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &consumer.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = consumer.0.wait().unwrap();
+    assert!(exit.success(), "graceful stop: {exit:?}");
+    sent.elapsed()
+}
+
+/// SIGTERM under load: starts a consumer, stops it with SIGTERM once it handled `at`
+/// lines, and asserts it exited cleanly within `deadline`; then runs another to the end
+/// and counts. What the first did not finish must come back to the second.
+pub fn sigterm_then_finish(
+    produced: usize,
+    at: usize,
+    deadline: Duration,
+    output: &Path,
+    mut start: impl FnMut() -> Consumer,
+) -> (Duration, Counted) {
+    let mut consumer = start();
+    wait_for(Duration::from_secs(600), "consumer progress", || {
+        handled(output).len() >= at
+    });
+    let took = terminate(&mut consumer);
+    assert!(
+        took <= deadline,
+        "SIGTERM: exited after {took:?}, deadline {deadline:?}"
+    );
+    (took, kill_restart_and_count(produced, 0, output, start))
 }

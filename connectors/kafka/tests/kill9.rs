@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use chaos::{kill_restart_and_count, setting, start_consumer};
+use chaos::{kill_restart_and_count, setting, sigterm_then_finish, start_consumer};
 
 use common::tansu::{create_topic, Tansu};
 use common::{committed, produce_with, Watchdog, TEST_LIMIT};
@@ -40,7 +40,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
             "chaos-group",
             output.to_str().unwrap(),
         ];
-        start_consumer(env!("CARGO_BIN_EXE_count-consumer"), &args, &output)
+        start_consumer(env!("CARGO_BIN_EXE_count-consumer"), &args, &[], &output)
     });
     let in_flight_bound = counted.max_in_flight;
 
@@ -63,5 +63,45 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
         .iter()
         .sum();
     assert_eq!(ends as usize, produced);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
+    let produced = setting("LONGSHORE_CHAOS_RECORDS", 20_000) / 4;
+    let _watchdog = Watchdog::arm(TEST_LIMIT + Duration::from_secs(60 * (produced / 100_000) as u64));
+    let broker = Tansu::start();
+    create_topic(&broker.bootstrap, TOPIC, PARTITIONS);
+    produce_with(&broker.bootstrap, TOPIC, PARTITIONS, produced, 100, 1);
+    let dir = std::env::temp_dir().join(format!("longshore-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("handled.txt");
+    let _ = std::fs::remove_file(&output);
+
+    // A slow sink: the pipeline is full when SIGTERM comes. The consumer's deadline is
+    // 10 s, its close a moment more.
+    let deadline = Duration::from_secs(15);
+    let (took, counted) = sigterm_then_finish(produced, produced / 3, deadline, &output, || {
+        let args = [
+            broker.bootstrap.as_str(),
+            TOPIC,
+            "sigterm-group",
+            output.to_str().unwrap(),
+        ];
+        let envs = [("LONGSHORE_CHAOS_SINK_MS", "100")];
+        start_consumer(env!("CARGO_BIN_EXE_count-consumer"), &args, &envs, &output)
+    });
+    println!(
+        "CHAOS case=kafka-sigterm-under-load produced={produced} handled_unique={} lost={} duplicates={} \
+         inflight_bound={} exit_s={:.2}",
+        counted.unique,
+        counted.lost,
+        counted.duplicates,
+        counted.max_in_flight,
+        took.as_secs_f64()
+    );
+    assert_eq!(counted.lost, 0, "records lost");
+    // Everything handled before the SIGTERM was committed at shutdown.
+    assert!(counted.duplicates <= counted.max_in_flight);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use chaos::{kill_restart_and_count, setting, start_consumer};
+use chaos::{kill_restart_and_count, setting, sigterm_then_finish, start_consumer};
 use common::{assert_depth, client, create_queue, send, unique, Watchdog, TEST_LIMIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +32,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let counted = kill_restart_and_count(produced, kills, &output, || {
         let percent = panic_percent.to_string();
         let args = [queue.as_str(), output.to_str().unwrap(), percent.as_str()];
-        start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &output)
+        start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &[], &output)
     });
     let max_in_flight = counted.max_in_flight;
     // Handled and not yet deleted at a kill: what the pipeline held, plus the deletes
@@ -51,6 +51,42 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         "duplicates {duplicates} over the bound {kills} × {in_flight_bound}"
     );
     // After the graceful stop everything is deleted.
+    assert_depth(&client, &url, (0, 0)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
+    let produced = setting("LONGSHORE_CHAOS_SQS_MESSAGES", 3_000);
+    let _watchdog = Watchdog::arm(TEST_LIMIT + Duration::from_secs(60 * (produced / 10_000) as u64));
+    let client = client().await;
+    let queue = unique("sigterm");
+    let url = create_queue(&client, &queue, &[]).await;
+    send(&client, &url, (0..produced).map(|i| i.to_string()), None).await;
+    let dir = std::env::temp_dir().join(format!("longshore-sqs-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("handled.txt");
+    let _ = std::fs::remove_file(&output);
+
+    // A slow sink: the pipeline is full when SIGTERM comes. The consumer's deadline is
+    // 10 s; its exit may take a moment more than the drain.
+    let deadline = Duration::from_secs(12);
+    let (took, counted) = sigterm_then_finish(produced, produced / 3, deadline, &output, || {
+        let args = [queue.as_str(), output.to_str().unwrap(), "0"];
+        let envs = [("LONGSHORE_CHAOS_SINK_MS", "200")];
+        start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &envs, &output)
+    });
+    let in_flight_bound = counted.max_in_flight + 20;
+    println!(
+        "CHAOS case=sqs-sigterm-under-load produced={produced} handled_unique={} lost={} duplicates={} \
+         inflight_bound={in_flight_bound} exit_s={:.2}",
+        counted.unique,
+        counted.lost,
+        counted.duplicates,
+        took.as_secs_f64()
+    );
+    assert_eq!(counted.lost, 0, "messages lost");
+    assert!(counted.duplicates <= in_flight_bound);
     assert_depth(&client, &url, (0, 0)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,11 @@ use std::time::Duration;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
 use longshore_kafka::{KafkaConfig, KafkaRecord, KafkaSource};
 
-struct AppendToFile(std::sync::Mutex<std::fs::File>);
+struct AppendToFile {
+    file: std::sync::Mutex<std::fs::File>,
+    /// A slow sink: each batch waits this long (`LONGSHORE_CHAOS_SINK_MS`).
+    sink_latency: Duration,
+}
 
 impl Handler for AppendToFile {
     type Item = KafkaRecord;
@@ -27,7 +31,8 @@ impl Handler for AppendToFile {
             lines.push_str(message.data().payload_str().unwrap_or_default());
             lines.push('\n');
         }
-        self.0.lock().unwrap().write_all(lines.as_bytes())?;
+        tokio::time::sleep(self.sink_latency).await;
+        self.file.lock().unwrap().write_all(lines.as_bytes())?;
         Ok(())
     }
 }
@@ -45,7 +50,10 @@ async fn main() -> Result<(), BoxError> {
         .commit_interval(Duration::from_millis(20));
     let pipeline = Pipeline::builder(
         KafkaSource::new(config)?,
-        AppendToFile(std::sync::Mutex::new(file)),
+        AppendToFile {
+            file: std::sync::Mutex::new(file),
+            sink_latency: sink_latency(),
+        },
     )
     .processors(Processors::new(4).max_demand(50).min_demand(25))
     .batcher(
@@ -66,4 +74,11 @@ async fn main() -> Result<(), BoxError> {
     });
     pipeline.run_until_signal().await?;
     Ok(())
+}
+
+fn sink_latency() -> Duration {
+    let millis = std::env::var("LONGSHORE_CHAOS_SINK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok());
+    Duration::from_millis(millis.unwrap_or(0))
 }

@@ -16,6 +16,8 @@ struct AppendToFile {
     file: std::sync::Mutex<std::fs::File>,
     /// Percent of first attempts that panic.
     panic_percent: u32,
+    /// A slow sink: each batch waits this long (`LONGSHORE_CHAOS_SINK_MS`).
+    sink_latency: Duration,
 }
 
 impl Handler for AppendToFile {
@@ -35,6 +37,7 @@ impl Handler for AppendToFile {
             lines.push_str(message.data().body());
             lines.push('\n');
         }
+        tokio::time::sleep(self.sink_latency).await;
         self.file.lock().unwrap().write_all(lines.as_bytes())?;
         Ok(())
     }
@@ -57,6 +60,7 @@ async fn main() -> Result<(), BoxError> {
     let handler = AppendToFile {
         file: std::sync::Mutex::new(file),
         panic_percent,
+        sink_latency: sink_latency(),
     };
     let pipeline = Pipeline::builder(source, handler)
         .processors(Processors::new(4).max_demand(20))
@@ -78,4 +82,11 @@ async fn main() -> Result<(), BoxError> {
     });
     pipeline.run_until_signal().await?;
     Ok(())
+}
+
+fn sink_latency() -> Duration {
+    let millis = std::env::var("LONGSHORE_CHAOS_SINK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok());
+    Duration::from_millis(millis.unwrap_or(0))
 }
