@@ -390,3 +390,79 @@ async fn a_stalled_consumer_that_loses_and_regains_its_partitions_consumes_again
     eventually(WAIT, || unique() == 1_000).await;
     pipeline.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_loses_nothing() {
+    let _serial = common::serial().await;
+    let cycles: usize = std::env::var("LONGSHORE_CHAOS_STORM_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4);
+    let records = 2_000 * (cycles + 1);
+    let cluster = cluster("storm", 6);
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, "storm", 6, records, 30);
+
+    let start = |recorder: Arc<Recorder>| {
+        let source = KafkaSource::new(config(&bootstrap, "storm-group", "storm")).unwrap();
+        Pipeline::builder(source, recorder)
+            .processors(Processors::new(6).max_demand(10).min_demand(5))
+            .start()
+            .unwrap()
+    };
+    let slow = || {
+        Arc::new(Recorder {
+            delay: Some(Duration::from_millis(1)),
+            ..Recorder::default()
+        })
+    };
+    let all: Arc<std::sync::Mutex<Vec<Arc<Recorder>>>> = Arc::default();
+    let unique = || {
+        let recorders = all.lock().unwrap();
+        recorders
+            .iter()
+            .flat_map(|r| r.payloads())
+            .collect::<BTreeSet<usize>>()
+            .len()
+    };
+    // Two consumers at a time; each cycle one joins, makes progress, and the oldest leaves:
+    // two rebalances per cycle, with messages in flight on both sides.
+    let mut running = std::collections::VecDeque::new();
+    for _ in 0..2 {
+        let recorder = slow();
+        all.lock().unwrap().push(recorder.clone());
+        running.push_back(start(recorder));
+    }
+    for cycle in 1..=cycles {
+        let recorder = slow();
+        all.lock().unwrap().push(recorder.clone());
+        running.push_back(start(recorder.clone()));
+        let target = (records * cycle / (cycles + 1)).min(records);
+        eventually(WAIT, || recorder.payloads().len() >= 100 && unique() >= target).await;
+        running.pop_front().unwrap().shutdown().await.unwrap();
+    }
+    eventually(WAIT, || unique() == records).await;
+    for pipeline in running {
+        pipeline.shutdown().await.unwrap();
+    }
+    // Every partition committed to its end.
+    let committed_total = || {
+        committed(&bootstrap, "storm-group", "storm", 6)
+            .iter()
+            .sum::<i64>()
+    };
+    eventually_eq(WAIT, committed_total, records as i64).await;
+
+    let total: usize = all.lock().unwrap().iter().map(|r| r.payloads().len()).sum();
+    let duplicates = total - records;
+    let rebalances = 2 * cycles + 3;
+    // Each rebalance can replay at most what a consumer held: in flight plus its queues.
+    let bound = rebalances * 6 * 1_000;
+    println!(
+        "CHAOS case=kafka-rebalance-storm produced={records} handled_unique={} lost={} duplicates={duplicates} \
+         inflight_bound={bound} rebalances={rebalances}",
+        unique(),
+        records - unique()
+    );
+    assert!(duplicates <= bound, "duplicates {duplicates}");
+}
