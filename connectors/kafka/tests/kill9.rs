@@ -68,7 +68,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
 
 #[test]
 fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
-    let produced = setting("LONGSHORE_CHAOS_RECORDS", 20_000) / 4;
+    let produced = (setting("LONGSHORE_CHAOS_RECORDS", 20_000) / 20).max(5_000);
     let _watchdog = Watchdog::arm(TEST_LIMIT + Duration::from_secs(60 * (produced / 100_000) as u64));
     let broker = Tansu::start();
     create_topic(&broker.bootstrap, TOPIC, PARTITIONS);
@@ -88,7 +88,7 @@ fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
             "sigterm-group",
             output.to_str().unwrap(),
         ];
-        let envs = [("LONGSHORE_CHAOS_SINK_MS", "100")];
+        let envs = [("LONGSHORE_CHAOS_SINK_MS", "20")];
         start_consumer(env!("CARGO_BIN_EXE_count-consumer"), &args, &envs, &output)
     });
     println!(

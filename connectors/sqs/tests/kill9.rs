@@ -57,7 +57,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
-    let produced = setting("LONGSHORE_CHAOS_SQS_MESSAGES", 3_000);
+    let produced = (setting("LONGSHORE_CHAOS_SQS_MESSAGES", 3_000) / 5).max(3_000);
     let _watchdog = Watchdog::arm(TEST_LIMIT + Duration::from_secs(60 * (produced / 10_000) as u64));
     let client = client().await;
     let queue = unique("sigterm");
@@ -73,7 +73,7 @@ async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     let deadline = Duration::from_secs(12);
     let (took, counted) = sigterm_then_finish(produced, produced / 3, deadline, &output, || {
         let args = [queue.as_str(), output.to_str().unwrap(), "0"];
-        let envs = [("LONGSHORE_CHAOS_SINK_MS", "200")];
+        let envs = [("LONGSHORE_CHAOS_SINK_MS", "100")];
         start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &envs, &output)
     });
     let in_flight_bound = counted.max_in_flight + 20;
