@@ -466,3 +466,85 @@ async fn a_rebalance_storm_loses_nothing() {
     );
     assert!(duplicates <= bound, "duplicates {duplicates}");
 }
+
+/// Keeps every record it is given, whole.
+#[derive(Default)]
+struct Keep(std::sync::Mutex<Vec<KafkaRecord>>);
+
+impl Handler for Keep {
+    type Item = KafkaRecord;
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        // What a handler would read; none of it may panic on any bytes.
+        let record = message.data();
+        let _ = (record.payload_str(), record.key(), record.timestamp_ms());
+        self.0.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_arbitrary_bytes_arrive_exactly_as_written() {
+    let _serial = common::serial().await;
+    let cluster = cluster("bytes", 3);
+    let bootstrap = cluster.bootstrap_servers();
+    // Random keys, payloads (absent, empty, invalid UTF-8, up to 64 KiB) and headers.
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut bytes = |max: usize| (0..rng.usize(0..=max)).map(|_| rng.u8(..)).collect::<Vec<u8>>();
+    type Written = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+    let mut written: Vec<Written> = Vec::new();
+    for i in 0..300 {
+        let key = (i % 5 != 0).then(|| bytes(64));
+        let payload = (i % 7 != 0).then(|| bytes(if i % 50 == 0 { 65_536 } else { 512 }));
+        // Header names are C strings to librdkafka's producer: no NUL in them.
+        let headers = (0..i % 4)
+            .map(|h| {
+                (
+                    format!("h{h}-{}", String::from_utf8_lossy(&bytes(8))).replace('\0', ""),
+                    bytes(32),
+                )
+            })
+            .collect();
+        written.push((key, payload, headers));
+    }
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for (i, (key, payload, headers)) in written.iter().enumerate() {
+        let mut record_headers = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            record_headers = record_headers.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record = rdkafka::producer::BaseRecord::<Vec<u8>, Vec<u8>>::to("bytes")
+            .partition((i % 3) as i32)
+            .headers(record_headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
+
+    let keep = Arc::new(Keep::default());
+    let source = KafkaSource::new(config(&bootstrap, "bytes-group", "bytes")).unwrap();
+    let pipeline = Pipeline::builder(source, keep.clone()).start().unwrap();
+    eventually(WAIT, || keep.0.lock().unwrap().len() == written.len()).await;
+    pipeline.shutdown().await.unwrap();
+
+    let mut read = keep.0.lock().unwrap().clone();
+    read.sort_by_key(|r| (r.offset(), r.partition()));
+    for record in read {
+        let i = record.offset() as usize * 3 + record.partition() as usize;
+        let (key, payload, headers) = &written[i];
+        assert_eq!(record.key(), key.as_deref(), "record {i}, seed {seed}");
+        assert_eq!(record.payload(), payload.as_deref(), "record {i}, seed {seed}");
+        assert_eq!(record.headers(), headers.as_slice(), "record {i}, seed {seed}");
+    }
+}

@@ -82,3 +82,39 @@ impl SqsMessage {
         self.message_attribute(name)?.string_value()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a server sends as attributes, reading them never panics, and a
+        /// receive count that is not a number counts as a first delivery.
+        #[test]
+        fn any_attributes_are_read_without_panic(
+            count in ".{0,12}",
+            sent in ".{0,24}",
+            group in proptest::option::of(".{0,16}"),
+            body in proptest::option::of(".{0,64}"),
+            receipt in proptest::option::of(".{0,16}"),
+        ) {
+            let mut message = aws_sdk_sqs::types::Message::builder()
+                .message_id("id")
+                .set_receipt_handle(receipt.clone())
+                .set_body(body)
+                .attributes(MessageSystemAttributeName::ApproximateReceiveCount, count.clone())
+                .attributes(MessageSystemAttributeName::SentTimestamp, sent);
+            if let Some(group) = group {
+                message = message.attributes(MessageSystemAttributeName::MessageGroupId, group);
+            }
+            let converted = SqsMessage::from_sdk(message.build(), &Arc::from("q"));
+            prop_assert_eq!(converted.is_some(), receipt.is_some());
+            if let Some(converted) = converted {
+                let expected = count.parse::<u32>().unwrap_or(1);
+                prop_assert_eq!(converted.receive_count(), expected);
+                let _ = (converted.sent_timestamp(), converted.group_id(), converted.body());
+            }
+        }
+    }
+}

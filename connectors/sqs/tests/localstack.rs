@@ -646,3 +646,65 @@ async fn panics_and_poison_messages_lose_nothing_and_poison_ends_in_the_dlq() {
     assert_eq!(dead, (0..produced).filter(|&n| poison(n)).collect::<Vec<_>>());
     assert_depth(&client, &url, (0, 0)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_attributes_of_any_allowed_characters_arrive_exactly_as_sent() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("unicode");
+    let url = create_queue(&client, &name, &[]).await;
+    // Random text of every character SQS allows (tab, newlines, BMP, astral planes).
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut text = |max: usize| -> String {
+        (0..rng.usize(1..=max))
+            .map(|_| match rng.u8(0..4) {
+                0 => rng.choice(['\t', '\n', '\r', ' ', '<', '&', '"', '\\']).unwrap(),
+                1 => rng.char('\u{20}'..='\u{7e}'),
+                2 => rng.char('\u{a0}'..='\u{d7ff}'),
+                _ => rng.char('\u{10000}'..='\u{10ffff}'),
+            })
+            .collect()
+    };
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let body = text(if i % 25 == 0 { 20_000 } else { 300 });
+        let attribute = text(50);
+        let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(&attribute)
+            .build()
+            .unwrap();
+        let call = client
+            .send_message()
+            .queue_url(&url)
+            .message_body(&body)
+            .message_attributes("text", value);
+        call.send()
+            .await
+            .unwrap_or_else(|e| panic!("send (seed {seed}): {e:?}"));
+        sent.push((body, attribute));
+    }
+
+    #[derive(Default)]
+    struct Keep(Mutex<Vec<(String, String)>>);
+    impl Handler for Keep {
+        type Item = SqsMessage;
+        async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+            let data = message.data();
+            let attribute = data.message_attribute_str("text").unwrap_or_default().to_owned();
+            self.0.lock().unwrap().push((data.body().to_owned(), attribute));
+            Ok(())
+        }
+    }
+    let keep = Arc::new(Keep::default());
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let pipeline = Pipeline::builder(source, keep.clone()).start().unwrap();
+    eventually(WAIT, || keep.0.lock().unwrap().len() >= sent.len()).await;
+    pipeline.shutdown().await.unwrap();
+
+    let mut received = keep.0.lock().unwrap().clone();
+    received.sort();
+    sent.sort();
+    assert!(received == sent, "bodies or attributes changed (seed {seed})");
+}
