@@ -186,3 +186,38 @@ pub async fn serial() -> Serial {
         _watchdog: Watchdog::arm(TEST_LIMIT),
     }
 }
+
+/// librdkafka's mock cluster in a process of its own (`mock-broker`), stopped when
+/// dropped (or when this process exits: it serves until its stdin closes).
+pub struct MockBroker {
+    child: std::process::Child,
+    pub bootstrap: String,
+}
+
+impl MockBroker {
+    pub fn start(topic: &str, partitions: i32) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mock-broker"))
+            .args([topic, &partitions.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the mock broker process starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let bootstrap = line
+            .trim()
+            .strip_prefix("bootstrap=")
+            .unwrap_or_else(|| panic!("mock broker said {line:?}"))
+            .to_owned();
+        MockBroker { child, bootstrap }
+    }
+}
+
+impl Drop for MockBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
