@@ -84,16 +84,11 @@ pub fn kill_restart_and_count(
         consumer.0.wait().unwrap();
     }
     let mut consumer = start();
+    // Counting lines is cheap; the distinct ones only once there are enough lines.
     wait_for(wait, "every message handled", || {
-        handled(output).len() >= produced
+        lines(output) >= produced && handled(output).len() >= produced
     });
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &consumer.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = consumer.0.wait().unwrap();
-    assert!(exit.success(), "graceful stop: {exit:?}");
+    terminate(&mut consumer);
     let mut stdout = String::new();
     std::io::Read::read_to_string(consumer.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let max_in_flight = stdout
@@ -154,7 +149,7 @@ pub fn sigterm_then_finish(
 ) -> (Duration, Counted) {
     let mut consumer = start();
     wait_for(Duration::from_secs(600), "consumer progress", || {
-        handled(output).len() >= at
+        lines(output) >= at
     });
     let took = terminate(&mut consumer);
     assert!(

@@ -4,6 +4,9 @@
 //!
 //! Usage: count-consumer BOOTSTRAP TOPIC GROUP OUTPUT
 
+#[path = "../../../../test-support/consumer.rs"]
+mod consumer;
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
@@ -52,7 +55,7 @@ async fn main() -> Result<(), BoxError> {
         KafkaSource::new(config)?,
         AppendToFile {
             file: std::sync::Mutex::new(file),
-            sink_latency: sink_latency(),
+            sink_latency: consumer::sink_latency(),
         },
     )
     .processors(Processors::new(4).max_demand(50).min_demand(25))
@@ -63,22 +66,7 @@ async fn main() -> Result<(), BoxError> {
     )
     .shutdown_deadline(Duration::from_secs(10))
     .start()?;
-    println!("max_in_flight={}", pipeline.stats().get().max_in_flight);
-    // Progress on stderr, which the test keeps in a file beside the output.
-    let stats = pipeline.stats();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            eprintln!("{:?}", stats.get());
-        }
-    });
+    consumer::report(&pipeline);
     pipeline.run_until_signal().await?;
     Ok(())
-}
-
-fn sink_latency() -> Duration {
-    let millis = std::env::var("LONGSHORE_CHAOS_SINK_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok());
-    Duration::from_millis(millis.unwrap_or(0))
 }

@@ -5,6 +5,9 @@
 //!
 //! Usage: sqs-count-consumer QUEUE OUTPUT [PANIC_PERCENT]
 
+#[path = "../../../../test-support/consumer.rs"]
+mod consumer;
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
@@ -60,7 +63,7 @@ async fn main() -> Result<(), BoxError> {
     let handler = AppendToFile {
         file: std::sync::Mutex::new(file),
         panic_percent,
-        sink_latency: sink_latency(),
+        sink_latency: consumer::sink_latency(),
     };
     let pipeline = Pipeline::builder(source, handler)
         .processors(Processors::new(4).max_demand(20))
@@ -72,21 +75,7 @@ async fn main() -> Result<(), BoxError> {
         .retry(RetryPolicy::new(3).initial_backoff(Duration::from_secs(1)))
         .shutdown_deadline(Duration::from_secs(10))
         .start()?;
-    println!("max_in_flight={}", pipeline.stats().get().max_in_flight);
-    let stats = pipeline.stats();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            eprintln!("{:?}", stats.get());
-        }
-    });
+    consumer::report(&pipeline);
     pipeline.run_until_signal().await?;
     Ok(())
-}
-
-fn sink_latency() -> Duration {
-    let millis = std::env::var("LONGSHORE_CHAOS_SINK_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok());
-    Duration::from_millis(millis.unwrap_or(0))
 }
