@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 struct Families {
     visible: IntGaugeVec,
@@ -99,11 +99,9 @@ impl QueueMetrics {
 
     /// Counts one call of the API action `call`.
     pub(crate) fn call(&self, call: &str) {
-        self.counter(call).inc();
-    }
-
-    /// The counter of `call`s to the queue.
-    pub(crate) fn counter(&self, call: &str) -> IntCounter {
-        families().calls.with_label_values(&[self.queue.as_str(), call])
+        families()
+            .calls
+            .with_label_values(&[self.queue.as_str(), call])
+            .inc();
     }
 }
