@@ -36,10 +36,13 @@ pub enum Ordering {
 /// let error = KafkaConfig::new("", "g", ["t"]).validate().unwrap_err();
 /// assert_eq!(error.to_string(), "invalid kafka.bootstrap_servers: must not be empty");
 ///
+/// // Incremental rebalances: only the moved partitions stop.
 /// let cooperative = KafkaConfig::new("127.0.0.1:9092", "g", ["t"])
 ///     .property("partition.assignment.strategy", "cooperative-sticky");
-/// let error = cooperative.validate().unwrap_err();
-/// assert_eq!(error.field, "kafka.properties.partition.assignment.strategy");
+/// assert!(cooperative.validate().is_ok());
+///
+/// let owned = KafkaConfig::new("127.0.0.1:9092", "g", ["t"]).property("enable.auto.commit", "true");
+/// assert_eq!(owned.validate().unwrap_err().field, "kafka.properties.enable.auto.commit");
 /// ```
 ///
 /// In a service's settings file (see `longshore::service`), the `[source]` section:
@@ -122,9 +125,9 @@ impl KafkaConfig {
 
     /// Any librdkafka property (TLS, SASL, timeouts, `auto.offset.reset`, ...), passed
     /// through as given, except those the source owns (`enable.auto.commit`,
-    /// `enable.auto.offset.store`, `bootstrap.servers`, `group.id`). The eager assignment
-    /// strategies (`range`, `roundrobin`) are supported; `cooperative-sticky` is refused
-    /// for now.
+    /// `enable.auto.offset.store`, `bootstrap.servers`, `group.id`). Eager and incremental
+    /// rebalancing are both supported (`partition.assignment.strategy`: `range`,
+    /// `roundrobin` or `cooperative-sticky`; not eager and incremental mixed).
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());
         self
@@ -194,17 +197,15 @@ impl KafkaConfig {
         if self.commit_interval.is_zero() {
             return Err(BuildError::new("kafka.commit_interval", "must be above zero"));
         }
-        if self
-            .properties
-            .get("partition.assignment.strategy")
-            .is_some_and(|strategy| strategy.contains("cooperative"))
-        {
-            // Incremental rebalances stall consumption of moved partitions in our tests;
-            // refused until they pass, rather than stalling in production.
-            return Err(BuildError::new(
-                "kafka.properties.partition.assignment.strategy",
-                "cooperative-sticky is not supported yet; use range or roundrobin",
-            ));
+        if let Some(strategies) = self.properties.get("partition.assignment.strategy") {
+            let cooperative = strategies.split(',').filter(|s| s.trim() == "cooperative-sticky").count();
+            if cooperative > 0 && cooperative < strategies.split(',').count() {
+                // librdkafka refuses the mix too, but without naming the setting.
+                return Err(BuildError::new(
+                    "kafka.properties.partition.assignment.strategy",
+                    format!("cannot mix cooperative-sticky with eager strategies, got {strategies:?}"),
+                ));
+            }
         }
         if let Some(owned) = OWNED_PROPERTIES
             .iter()
@@ -240,5 +241,25 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_strategy(strategy: &str) -> Result<(), BuildError> {
+        KafkaConfig::new("127.0.0.1:9092", "g", ["t"])
+            .property("partition.assignment.strategy", strategy)
+            .validate()
+    }
+
+    #[test]
+    fn eager_or_incremental_strategies_are_accepted_but_not_mixed() {
+        assert!(with_strategy("range,roundrobin").is_ok());
+        assert!(with_strategy("cooperative-sticky").is_ok());
+        let error = with_strategy("range, cooperative-sticky").unwrap_err();
+        assert_eq!(error.field, "kafka.properties.partition.assignment.strategy");
+        assert!(error.to_string().contains("cannot mix"), "{error}");
     }
 }

@@ -7,7 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cluster, committed, config, eventually, eventually_eq, produce, Recorder};
+use common::{
+    cluster, committed, config, config_with, eventually, eventually_eq, per_partition, produce, Recorder,
+    Stream,
+};
 use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy, Source};
 use longshore_kafka::{KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -178,20 +181,39 @@ async fn key_order_holds_under_concurrency_and_retries_and_poison_goes_to_the_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumers_joining_and_leaving_lose_nothing_and_drain_before_releasing() {
+async fn consumers_joining_and_leaving_lose_nothing_eager() {
+    joining_and_leaving("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_joining_and_leaving_lose_nothing_cooperative() {
+    joining_and_leaving("cooperative-sticky").await;
+}
+
+/// A slow consumer (1 ms a record), as the rebalance tests run them.
+fn slow() -> Arc<Recorder> {
+    Arc::new(Recorder {
+        delay: Some(Duration::from_millis(1)),
+        ..Recorder::default()
+    })
+}
+
+/// The distinct payloads `recorders` handled.
+fn unique(recorders: &[Arc<Recorder>]) -> BTreeSet<usize> {
+    recorders.iter().flat_map(|r| r.payloads()).collect()
+}
+
+/// While records stream in, B joins A, C joins, A leaves: each newcomer consumes, the
+/// records keep flowing after A left, nothing is lost, and the group ends committed to
+/// the end of every partition.
+async fn joining_and_leaving(strategy: &str) {
     let _serial = common::serial().await;
     let cluster = cluster("clicks", 6);
     let bootstrap = cluster.bootstrap_servers();
-    produce(&bootstrap, "clicks", 6, 3_000, 30);
-
-    let slow = || {
-        Arc::new(Recorder {
-            delay: Some(Duration::from_millis(1)),
-            ..Recorder::default()
-        })
-    };
+    let stream = Stream::start(&bootstrap, "clicks", 6, 2_000);
+    let group = format!("joining-{strategy}");
     let start = |recorder: Arc<Recorder>| {
-        let source = KafkaSource::new(config(&bootstrap, "g4", "clicks")).unwrap();
+        let source = KafkaSource::new(config_with(&bootstrap, &group, "clicks", strategy)).unwrap();
         Pipeline::builder(source, recorder)
             .processors(Processors::new(6).max_demand(10).min_demand(5))
             .start()
@@ -199,37 +221,38 @@ async fn consumers_joining_and_leaving_lose_nothing_and_drain_before_releasing()
     };
     let (a, b, c) = (slow(), slow(), slow());
     let pipeline_a = start(a.clone());
-    let handled = |rs: &[&Arc<Recorder>]| rs.iter().map(|r| r.payloads().len()).sum::<usize>();
-    eventually(WAIT, || handled(&[&a]) >= 300).await;
-
+    eventually(WAIT, || a.payloads().len() >= 300).await;
     // B joins: a rebalance moves partitions while A has messages in flight.
     let pipeline_b = start(b.clone());
     eventually(WAIT, || b.payloads().len() >= 200).await;
-    // C joins, then A leaves.
     let pipeline_c = start(c.clone());
     eventually(WAIT, || c.payloads().len() >= 200).await;
+    // A leaves: its partitions go on with B and C.
     pipeline_a.shutdown().await.unwrap();
+    let after = b.payloads().len() + c.payloads().len();
+    eventually(WAIT, || b.payloads().len() + c.payloads().len() >= after + 1_000).await;
 
-    let unique = |rs: &[&Arc<Recorder>]| {
-        rs.iter()
-            .flat_map(|r| r.payloads())
-            .collect::<BTreeSet<usize>>()
-            .len()
-    };
-    eventually(WAIT, || unique(&[&a, &b, &c]) == 3_000).await;
+    let produced = stream.stop();
+    let all = [a.clone(), b.clone(), c.clone()];
+    eventually_eq(WAIT, || unique(&all).len(), produced).await;
     pipeline_b.shutdown().await.unwrap();
-    // The group settles on C alone: it commits every partition to its end. (Mid-storm a
-    // broker may refuse a revoke's commit; the next owner then reads those records again:
-    // duplicates, never losses.)
-    eventually_eq(WAIT, || committed(&bootstrap, "g4", "clicks", 6), vec![500; 6]).await;
+    // The group settles on C alone: it commits every partition to its end. (Mid-rebalance
+    // a broker may refuse a revoke's commit; the next owner then reads those records
+    // again: duplicates, never losses.)
+    eventually_eq(
+        WAIT,
+        || committed(&bootstrap, &group, "clicks", 6),
+        per_partition(produced, 6),
+    )
+    .await;
     pipeline_c.shutdown().await.unwrap();
 
-    let total = handled(&[&a, &b, &c]);
-    let duplicates = total - 3_000;
-    // Each of the 4 rebalances can replay at most what the consumers held: their
+    let total: usize = all.iter().map(|r| r.payloads().len()).sum();
+    let duplicates = total - produced;
+    // Each of the (at most) 4 rebalances can replay at most what the consumers held: their
     // in-flight (6 × 10 each) plus their fetched-ahead queues (≤ 1,000 per partition).
     assert!(duplicates <= 4 * 6 * 1_000, "duplicates {duplicates}");
-    eprintln!("rebalance run: handled {total}, duplicates {duplicates}");
+    eprintln!("{strategy}: handled {total} of {produced}, duplicates {duplicates}");
 }
 
 /// Handles payloads below a threshold; the rest wait an hour for their retry, holding
@@ -392,65 +415,60 @@ async fn a_stalled_consumer_that_loses_and_regains_its_partitions_consumes_again
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebalance_storm_loses_nothing() {
+async fn a_rebalance_storm_loses_nothing_eager() {
+    rebalance_storm("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_loses_nothing_cooperative() {
+    rebalance_storm("cooperative-sticky").await;
+}
+
+/// Consumers join and leave cycle after cycle while records stream in.
+async fn rebalance_storm(strategy: &str) {
     let _serial = common::serial().await;
     let cycles: usize = std::env::var("LONGSHORE_CHAOS_STORM_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(4);
-    let records = 2_000 * (cycles + 1);
     let cluster = cluster("storm", 6);
     let bootstrap = cluster.bootstrap_servers();
-    produce(&bootstrap, "storm", 6, records, 30);
-
+    let stream = Stream::start(&bootstrap, "storm", 6, 2_000);
+    let group = format!("storm-{strategy}");
     let start = |recorder: Arc<Recorder>| {
-        let source = KafkaSource::new(config(&bootstrap, "storm-group", "storm")).unwrap();
+        let source = KafkaSource::new(config_with(&bootstrap, &group, "storm", strategy)).unwrap();
         Pipeline::builder(source, recorder)
             .processors(Processors::new(6).max_demand(10).min_demand(5))
             .start()
             .unwrap()
     };
-    let slow = || {
-        Arc::new(Recorder {
-            delay: Some(Duration::from_millis(1)),
-            ..Recorder::default()
-        })
-    };
-    let all: Arc<std::sync::Mutex<Vec<Arc<Recorder>>>> = Arc::default();
-    let unique = || {
-        let recorders = all.lock().unwrap();
-        recorders
-            .iter()
-            .flat_map(|r| r.payloads())
-            .collect::<BTreeSet<usize>>()
-            .len()
-    };
-    // Two consumers at a time; each cycle one joins, makes progress, and the oldest leaves:
-    // two rebalances per cycle, with messages in flight on both sides.
+    let mut all = Vec::new();
+    // Two consumers at a time; each cycle one joins, consumes, and the oldest leaves: two
+    // rebalances per cycle, with messages in flight on both sides.
     let mut running = std::collections::VecDeque::new();
     for _ in 0..2 {
         let recorder = slow();
-        all.lock().unwrap().push(recorder.clone());
+        all.push(recorder.clone());
         running.push_back(start(recorder));
     }
-    for cycle in 1..=cycles {
+    for _ in 1..=cycles {
         let recorder = slow();
-        all.lock().unwrap().push(recorder.clone());
+        all.push(recorder.clone());
         running.push_back(start(recorder.clone()));
-        let target = (records * cycle / (cycles + 1)).min(records);
-        eventually(WAIT, || recorder.payloads().len() >= 100 && unique() >= target).await;
+        eventually(WAIT, || recorder.payloads().len() >= 100).await;
         running.pop_front().unwrap().shutdown().await.unwrap();
     }
+    let produced = stream.stop();
     // On failure, say which records never came, where they are and what was committed.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while unique() < records {
+    while unique(&all).len() < produced {
         if tokio::time::Instant::now() > deadline {
-            let seen: BTreeSet<usize> = all.lock().unwrap().iter().flat_map(|r| r.payloads()).collect();
-            let missing: Vec<(usize, usize)> = (0..records)
+            let seen = unique(&all);
+            let missing: Vec<(usize, usize)> = (0..produced)
                 .filter(|i| !seen.contains(i))
                 .map(|i| (i % 6, i / 6))
                 .collect();
-            let committed = committed(&bootstrap, "storm-group", "storm", 6);
+            let committed = committed(&bootstrap, &group, "storm", 6);
             panic!("never handled (partition, offset): {missing:?}; committed {committed:?}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -462,24 +480,24 @@ async fn a_rebalance_storm_loses_nothing() {
     for pipeline in running {
         pipeline.shutdown().await.unwrap();
     }
-    let committed_total = || {
-        committed(&bootstrap, "storm-group", "storm", 6)
-            .iter()
-            .sum::<i64>()
-    };
-    eventually_eq(WAIT, committed_total, records as i64).await;
+    eventually_eq(
+        WAIT,
+        || committed(&bootstrap, &group, "storm", 6),
+        per_partition(produced, 6),
+    )
+    .await;
     last.shutdown().await.unwrap();
 
-    let total: usize = all.lock().unwrap().iter().map(|r| r.payloads().len()).sum();
-    let duplicates = total - records;
+    let total: usize = all.iter().map(|r| r.payloads().len()).sum();
+    let duplicates = total - produced;
     let rebalances = 2 * cycles + 3;
     // Each rebalance can replay at most what a consumer held: in flight plus its queues.
     let bound = rebalances * 6 * 1_000;
     println!(
-        "CHAOS case=kafka-rebalance-storm produced={records} handled_unique={} lost={} duplicates={duplicates} \
-         inflight_bound={bound} rebalances={rebalances}",
-        unique(),
-        records - unique()
+        "CHAOS case=kafka-rebalance-storm-{strategy} produced={produced} handled_unique={} lost={} \
+         duplicates={duplicates} inflight_bound={bound} rebalances={rebalances}",
+        unique(&all).len(),
+        produced - unique(&all).len()
     );
     assert!(duplicates <= bound, "duplicates {duplicates}");
 }

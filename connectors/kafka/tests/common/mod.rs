@@ -11,7 +11,8 @@ mod wait;
 pub use wait::{eventually, eventually_eq, Watchdog};
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use longshore::{BoxError, Handler, Message};
@@ -82,6 +83,69 @@ pub fn config(bootstrap: &str, group: &str, topic: &str) -> KafkaConfig {
         .property("session.timeout.ms", "3000")
         .property("heartbeat.interval.ms", "500")
         .commit_interval(Duration::from_millis(200))
+}
+
+/// [`config`] with a partition assignment strategy: `range` (eager) or
+/// `cooperative-sticky` (incremental).
+pub fn config_with(bootstrap: &str, group: &str, topic: &str, strategy: &str) -> KafkaConfig {
+    config(bootstrap, group, topic).property("partition.assignment.strategy", strategy)
+}
+
+/// Records produced in the background, as a live topic gets them, until [`Stream::stop`]:
+/// payload `i`, key `k{i % 30}`, round-robin over partitions. A consumer joining a group
+/// mid-run then always finds records to read, however fast the others are.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Stream {
+    /// Starts producing to `topic` about `per_second` records a second.
+    pub fn start(bootstrap: &str, topic: &str, partitions: i32, per_second: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let (topic, flag) = (topic.to_owned(), stop.clone());
+        let pace = Duration::from_secs(1) / per_second;
+        let thread = std::thread::spawn(move || {
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let (key, payload) = (format!("k{}", i % 30), i.to_string());
+                let record = BaseRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition((i % partitions as usize) as i32);
+                if producer.send(record).is_ok() {
+                    i += 1;
+                }
+                producer.poll(Duration::ZERO);
+                // Pacing, not synchronisation: the stream's rate.
+                std::thread::sleep(pace);
+            }
+            producer
+                .flush(Duration::from_secs(60))
+                .expect("all records written");
+            i
+        });
+        Stream { stop, thread }
+    }
+
+    /// Stops producing; returns how many records were written (payloads `0..n`).
+    pub fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the producer thread")
+    }
+}
+
+/// How many of `count` records written round-robin over `partitions` land in each.
+pub fn per_partition(count: usize, partitions: i32) -> Vec<i64> {
+    let partitions = partitions as usize;
+    (0..partitions)
+        .map(|p| (count / partitions + usize::from(p < count % partitions)) as i64)
+        .collect()
 }
 
 /// The offsets committed by `group` for each partition of `topic`.
