@@ -12,34 +12,17 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
 use crate::offsets::PartitionOffsets;
+use crate::partitions::{Partition, Partitions, TopicPartition};
 use crate::record::KafkaRecord;
-
-pub(crate) type TopicPartition = (Arc<str>, i32);
 
 /// The key of one element of a partition list.
 fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
     (Arc::from(element.topic()), element.partition())
 }
 
-/// One assigned partition.
-#[derive(Debug)]
-pub(crate) struct Partition {
-    pub(crate) generation: u64,
-    pub(crate) offsets: PartitionOffsets,
-    /// Of the received, how many still wait in the queue (not handed to the pipeline).
-    pub(crate) queued: usize,
-    pub(crate) paused: bool,
-    /// The offset last committed, as the broker confirmed.
-    pub(crate) committed: Option<i64>,
-    /// Records below this offset were acknowledged in an earlier assignment of the
-    /// partition to this consumer, whose commit the broker refused mid-rebalance: they
-    /// are skipped, not handled twice.
-    pub(crate) done_below: Option<i64>,
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) partitions: HashMap<TopicPartition, Partition>,
+    pub(crate) partitions: Partitions,
     /// Fetched, not yet asked for. Bounded: each partition holds at most
     /// `max_buffered_per_partition` between fetch and acknowledgement.
     pub(crate) queue: VecDeque<Message<KafkaRecord>>,
@@ -175,10 +158,8 @@ impl Shared {
             let Some(message) = state.queue.pop_front() else {
                 break;
             };
-            let record = message.data();
-            let key = (record.topic_arc().clone(), record.partition());
-            match state.partitions.get_mut(&key) {
-                Some(partition) if partition.offsets.in_flight() - partition.queued >= limit => {
+            match state.partitions.at(message.data().slot) {
+                Some(partition) if partition.handed_out() >= limit => {
                     kept.push_back(message);
                 }
                 Some(partition) => {
@@ -222,7 +203,7 @@ impl Shared {
         let blocked: usize = state
             .partitions
             .values()
-            .filter(|p| p.offsets.in_flight() - p.queued >= limit)
+            .filter(|p| p.handed_out() >= limit)
             .map(|p| p.queued)
             .sum();
         state.queue.len() - blocked
@@ -258,20 +239,16 @@ impl Shared {
         let revoked: Vec<TopicPartition> = tpl.elements().iter().map(key_of).collect();
         let mut state = self.lock();
         // Never handed out, never acknowledged: the next owner reads them again.
-        state.queue.retain(|m| {
-            let record = m.data();
-            !revoked
-                .iter()
-                .any(|(t, p)| **t == *record.topic() && *p == record.partition())
-        });
+        let slots: Vec<_> = revoked
+            .iter()
+            .filter_map(|tp| state.partitions.slot(tp))
+            .collect();
+        state.queue.retain(|m| !slots.contains(&m.data().slot));
         let deadline = Instant::now() + timeout;
         let busy = |state: &State| {
-            revoked.iter().any(|tp| {
-                state
-                    .partitions
-                    .get(tp)
-                    .is_some_and(|p| p.offsets.in_flight() > p.queued)
-            })
+            revoked
+                .iter()
+                .any(|tp| state.partitions.get(tp).is_some_and(|p| p.handed_out() > 0))
         };
         while busy(&state) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -316,17 +293,13 @@ impl Shared {
         let limit = self.max_buffered_per_partition;
         let mut resume = Vec::new();
         for record in records {
-            let key = (record.topic_arc().clone(), record.partition());
-            let Some(partition) = state.partitions.get_mut(&key) else {
+            let Some(partition) = state.partitions.at(record.slot) else {
                 continue;
             };
-            if partition.generation != record.generation {
-                continue;
-            }
             partition.offsets.acknowledged(record.offset());
             if partition.paused && partition.offsets.in_flight() <= limit / 2 {
                 partition.paused = false;
-                resume.push(key);
+                resume.push((record.topic_arc().clone(), record.partition()));
             }
         }
         state.to_resume.extend(resume);

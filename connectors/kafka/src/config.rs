@@ -198,7 +198,10 @@ impl KafkaConfig {
             return Err(BuildError::new("kafka.commit_interval", "must be above zero"));
         }
         if let Some(strategies) = self.properties.get("partition.assignment.strategy") {
-            let cooperative = strategies.split(',').filter(|s| s.trim() == "cooperative-sticky").count();
+            let cooperative = strategies
+                .split(',')
+                .filter(|s| s.trim() == "cooperative-sticky")
+                .count();
             if cooperative > 0 && cooperative < strategies.split(',').count() {
                 // librdkafka refuses the mix too, but without naming the setting.
                 return Err(BuildError::new(

@@ -34,6 +34,7 @@ mod dead_letter;
 mod error;
 mod lag;
 mod offsets;
+mod partitions;
 mod poller;
 mod record;
 mod source;

@@ -18,7 +18,8 @@ use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::assignment::Shared;
 use crate::lag::KafkaLag;
-use crate::record::KafkaRecord;
+use crate::partitions::{Slot, TopicPartition};
+use crate::record::{Blocks, KafkaRecord};
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -183,17 +184,21 @@ impl PollThread {
 struct Poller {
     consumer: BaseConsumer<Context>,
     shared: Arc<Shared>,
+    intake: Intake,
 }
 
 impl Poller {
     fn new(consumer: BaseConsumer<Context>, shared: Arc<Shared>) -> Self {
-        Poller { consumer, shared }
+        Poller {
+            consumer,
+            shared,
+            intake: Intake::default(),
+        }
     }
 
     fn run(mut self, intervals: Intervals, (lag, group): (KafkaLag, String)) {
         let mut last_commit = Instant::now();
         let mut last_lag = Instant::now();
-        let mut topics = HashMap::new();
         let mut full_since: Option<Instant> = None;
         loop {
             let (stopped, finished, queued, paused_all) = {
@@ -250,7 +255,10 @@ impl Poller {
             }
             // Once stopped, what arrives is not handed out, so it is read again later.
             if !stopped && !ready.is_empty() {
-                self.enqueue(&mut topics, &ready);
+                let full = self.intake.enqueue(&self.shared, &ready);
+                if !full.is_empty() {
+                    self.set_paused(&full, true);
+                }
             }
             drop(ready);
             self.resume_drained();
@@ -278,47 +286,6 @@ impl Poller {
         }
         tracing::info!("kafka consumer closing after its final commit");
         // Dropping the consumer leaves the group.
-    }
-
-    /// Queues `messages` for the pipeline; `topics` keeps one shared name per topic.
-    fn enqueue(&self, topics: &mut HashMap<String, Arc<str>>, messages: &[BorrowedMessage<'_>]) {
-        let mut full = Vec::new();
-        let mut state = self.shared.lock();
-        let state = &mut *state;
-        for message in messages {
-            let topic = match topics.get(message.topic()) {
-                Some(topic) => topic.clone(),
-                None => {
-                    let topic: Arc<str> = Arc::from(message.topic());
-                    topics.insert(message.topic().to_owned(), topic.clone());
-                    topic
-                }
-            };
-            let key = (topic.clone(), message.partition());
-            let Some(partition) = state.partitions.get_mut(&key) else {
-                // Fetched just before its revoke: not ours any more.
-                continue;
-            };
-            if partition.done_below.is_some_and(|done| message.offset() < done) {
-                // Acknowledged under an earlier assignment (its commit is made at assign).
-                continue;
-            }
-            partition.offsets.received(message.offset());
-            partition.queued += 1;
-            let record = KafkaRecord::from_borrowed(message, topic, partition.generation);
-            // Paused only when stalled: its limit handed out and unacknowledged. (The queue's
-            // own limit already bounds what waits; pausing drops librdkafka's prefetch.)
-            let handed_out = partition.offsets.in_flight() - partition.queued;
-            if !partition.paused && handed_out >= self.shared.max_buffered_per_partition {
-                partition.paused = true;
-                full.push(key);
-            }
-            state.queue.push_back(Message::new(record));
-        }
-        self.shared.ready.notify_one();
-        if !full.is_empty() {
-            self.set_paused(&full, true);
-        }
     }
 
     fn resume_drained(&mut self) {
@@ -362,5 +329,70 @@ impl Poller {
         if let Err(error) = result {
             tracing::warn!(%error, paused, "cannot pause or resume partitions");
         }
+    }
+}
+
+/// Turns librdkafka's messages into queued records.
+#[derive(Default)]
+struct Intake {
+    /// One shared name per topic: records hold a reference, not a copy.
+    topics: HashMap<String, Arc<str>>,
+    /// The partition of the last record queued, and its slot.
+    last: Option<(TopicPartition, Slot)>,
+    blocks: Blocks,
+}
+
+impl Intake {
+    /// Queues `messages` for the pipeline; returns the partitions to pause.
+    fn enqueue(&mut self, shared: &Shared, messages: &[BorrowedMessage<'_>]) -> Vec<TopicPartition> {
+        let mut full = Vec::new();
+        let mut state = shared.lock();
+        let state = &mut *state;
+        for message in messages {
+            // librdkafka hands out runs of one partition: the last one's slot mostly serves.
+            let cached = self
+                .last
+                .as_ref()
+                .filter(|(tp, _)| tp.1 == message.partition() && *tp.0 == *message.topic());
+            let (key, slot) = match cached {
+                Some(&(ref key, slot)) if state.partitions.at(slot).is_some() => (key.clone(), slot),
+                _ => {
+                    let key = (self.topic(message.topic()), message.partition());
+                    // Fetched just before its revoke: not ours any more.
+                    let Some(slot) = state.partitions.slot(&key) else {
+                        continue;
+                    };
+                    self.last = Some((key.clone(), slot));
+                    (key, slot)
+                }
+            };
+            let partition = state.partitions.at(slot).expect("the slot was just checked");
+            if partition.done_below.is_some_and(|done| message.offset() < done) {
+                // Acknowledged under an earlier assignment (its commit is made at assign).
+                continue;
+            }
+            partition.offsets.received(message.offset());
+            partition.queued += 1;
+            let record = KafkaRecord::from_borrowed(message, key.0.clone(), slot, &mut self.blocks);
+            // Paused only when stalled: its limit handed out and unacknowledged. (The queue's
+            // own limit already bounds what waits; pausing drops librdkafka's prefetch.)
+            if !partition.paused && partition.handed_out() >= shared.max_buffered_per_partition {
+                partition.paused = true;
+                full.push(key);
+            }
+            state.queue.push_back(Message::new(record));
+        }
+        shared.ready.notify_one();
+        full
+    }
+
+    /// The one shared name of `topic`.
+    fn topic(&mut self, topic: &str) -> Arc<str> {
+        if let Some(interned) = self.topics.get(topic) {
+            return interned.clone();
+        }
+        let interned: Arc<str> = Arc::from(topic);
+        self.topics.insert(topic.to_owned(), interned.clone());
+        interned
     }
 }

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+
+use crate::partitions::Slot;
 
 /// One Kafka record: payload, key, headers, and where it came from.
 ///
@@ -13,13 +16,16 @@ pub struct KafkaRecord {
     topic: Arc<str>,
     partition: i32,
     offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    /// The key, then the payload: one buffer, most often a slice of a block shared with
+    /// the records copied just before and after it (see [`Blocks`]).
+    bytes: Bytes,
+    key_len: Option<u32>,
+    has_payload: bool,
     headers: Vec<(String, Vec<u8>)>,
     timestamp_ms: Option<i64>,
-    /// Which assignment of the partition delivered it: a record from an earlier
-    /// assignment (revoked since) commits nothing.
-    pub(crate) generation: u64,
+    /// The partition's slot, and which assignment of it delivered the record: a record
+    /// from an earlier assignment (revoked since) commits nothing.
+    pub(crate) slot: Slot,
 }
 
 impl KafkaRecord {
@@ -37,23 +43,31 @@ impl KafkaRecord {
             topic: Arc::from(topic),
             partition,
             offset,
-            key: None,
-            payload: None,
+            bytes: Bytes::new(),
+            key_len: None,
+            has_payload: false,
             headers: Vec::new(),
             timestamp_ms: None,
-            generation: 0,
+            slot: Slot::NONE,
         }
     }
 
     /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
-        self
+    pub fn with_key(self, key: impl Into<Vec<u8>>) -> Self {
+        let payload = self.payload().map(<[u8]>::to_vec);
+        self.with_bytes(Some(&key.into()), payload.as_deref(), &mut Blocks::default())
     }
 
     /// Sets the payload.
-    pub fn with_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
-        self.payload = Some(payload.into());
+    pub fn with_payload(self, payload: impl Into<Vec<u8>>) -> Self {
+        let key = self.key().map(<[u8]>::to_vec);
+        self.with_bytes(key.as_deref(), Some(&payload.into()), &mut Blocks::default())
+    }
+
+    fn with_bytes(mut self, key: Option<&[u8]>, payload: Option<&[u8]>, blocks: &mut Blocks) -> Self {
+        self.bytes = blocks.copy(key, payload);
+        self.key_len = key.map(|key| u32::try_from(key.len()).expect("a key below 4 GiB"));
+        self.has_payload = payload.is_some();
         self
     }
 
@@ -63,7 +77,12 @@ impl KafkaRecord {
         self
     }
 
-    pub(crate) fn from_borrowed(message: &BorrowedMessage<'_>, topic: Arc<str>, generation: u64) -> Self {
+    pub(crate) fn from_borrowed(
+        message: &BorrowedMessage<'_>,
+        topic: Arc<str>,
+        slot: Slot,
+        blocks: &mut Blocks,
+    ) -> Self {
         let headers = message
             .headers()
             .map(|headers| {
@@ -73,16 +92,18 @@ impl KafkaRecord {
                     .collect()
             })
             .unwrap_or_default();
-        KafkaRecord {
+        let record = KafkaRecord {
             topic,
             partition: message.partition(),
             offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
+            bytes: Bytes::new(),
+            key_len: None,
+            has_payload: false,
             headers,
             timestamp_ms: message.timestamp().to_millis(),
-            generation,
-        }
+            slot,
+        };
+        record.with_bytes(message.key(), message.payload(), blocks)
     }
 
     /// The topic.
@@ -102,12 +123,13 @@ impl KafkaRecord {
 
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.key_len.map(|len| &self.bytes[..len as usize])
     }
 
     /// The payload, if any (`None` for a tombstone).
     pub fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        let start = self.key_len.unwrap_or(0) as usize;
+        self.has_payload.then(|| &self.bytes[start..])
     }
 
     /// The payload as UTF-8 text, if it is.
@@ -127,5 +149,82 @@ impl KafkaRecord {
 
     pub(crate) fn topic_arc(&self) -> &Arc<str> {
         &self.topic
+    }
+}
+
+/// Copies records' keys and payloads into shared blocks: one allocation for many records
+/// rather than two for each (allocated on the poll thread, freed on the pipeline's: the
+/// slow path of the allocator). A block is small, so that a record held long (behind a
+/// retry) keeps little else alive; a large record gets a buffer of its own.
+#[derive(Debug, Default)]
+pub(crate) struct Blocks {
+    current: BytesMut,
+}
+
+impl Blocks {
+    const BLOCK: usize = 64 * 1024;
+
+    fn copy(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Bytes {
+        let (key, payload) = (key.unwrap_or_default(), payload.unwrap_or_default());
+        let len = key.len() + payload.len();
+        if len == 0 {
+            return Bytes::new();
+        }
+        if len > Self::BLOCK / 8 {
+            let mut own = BytesMut::with_capacity(len);
+            own.extend_from_slice(key);
+            own.extend_from_slice(payload);
+            return own.freeze();
+        }
+        if self.current.capacity() < len {
+            self.current = BytesMut::with_capacity(Self::BLOCK);
+        }
+        self.current.extend_from_slice(key);
+        self.current.extend_from_slice(payload);
+        self.current.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_payloads_keep_their_presence_and_bytes() {
+        let record = KafkaRecord::new("t", 0, 0);
+        assert_eq!((record.key(), record.payload()), (None, None));
+        let record = record.with_payload("").with_key("k");
+        assert_eq!(
+            (record.key(), record.payload()),
+            (Some(&b"k"[..]), Some(&b""[..]))
+        );
+        let record = KafkaRecord::new("t", 0, 0).with_key("").with_payload("p");
+        assert_eq!(
+            (record.key(), record.payload()),
+            (Some(&b""[..]), Some(&b"p"[..]))
+        );
+    }
+
+    #[test]
+    fn records_share_blocks_and_large_ones_get_their_own() {
+        let mut blocks = Blocks::default();
+        let small: Vec<Bytes> = (0..1_000u32)
+            .map(|i| blocks.copy(Some(&i.to_be_bytes()), Some(&[7; 100])))
+            .collect();
+        for (i, bytes) in small.iter().enumerate() {
+            assert_eq!(&bytes[..4], &(i as u32).to_be_bytes());
+            assert_eq!(&bytes[4..], &[7; 100]);
+        }
+        // 104 bytes each: a block of 64 KiB holds 630 of them.
+        let start = |b: &Bytes| b.as_ptr() as usize;
+        assert_eq!(start(&small[1]) - start(&small[0]), 104);
+        let large = blocks.copy(None, Some(&[1; Blocks::BLOCK]));
+        assert_eq!(large.len(), Blocks::BLOCK);
+        let next = blocks.copy(Some(b"k"), None);
+        assert_eq!(
+            start(&next),
+            start(&small[999]) + 104,
+            "the large record did not take a block"
+        );
     }
 }
