@@ -1,5 +1,7 @@
 //! Consume -> handle -> commit through longshore, against a raw rdkafka consumer loop
-//! reading the same topic in the same run, on librdkafka's mock cluster (40 partitions)
+//! reading the same topic in the same run (the baseline reads, borrowed, what a longshore
+//! handler is given: key, payload, headers and timestamp; a loop reading only payloads is
+//! reported beside it), on librdkafka's mock cluster (40 partitions)
 //! and on a tansu broker process. Each consumer runs in a process of its own, so that
 //! its peak RSS is its own; throughput is timed from its first record to its last.
 //!
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use longshore::{BoxError, Handler, Message, Pipeline, Processors};
 use longshore_kafka::{KafkaConfig, KafkaRecord, KafkaSource};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -32,7 +34,8 @@ fn main() {
         let (imp, bootstrap, group) = (&args[i + 1], &args[i + 2], &args[i + 3]);
         let count: usize = args[i + 4].parse().unwrap();
         let rate = match imp.as_str() {
-            "raw" => raw(bootstrap, group, count),
+            "raw" => raw(bootstrap, group, count, Read::Record),
+            "raw-payload" => raw(bootstrap, group, count, Read::Payload),
             _ => ours(bootstrap, group, count),
         };
         support::report(&[rate, support::peak_rss_mb()]);
@@ -68,17 +71,19 @@ fn compare(case: &str, bootstrap: &str, count: usize) {
     };
     // Alternated, best of two each: the brokers' own speed drifts over a run.
     let best = |a: Vec<f64>, b: Vec<f64>| if a[0] >= b[0] { a } else { b };
-    let (raw1, ours1) = (run("raw"), run("longshore"));
-    let (ours2, raw2) = (run("longshore"), run("raw"));
-    let (baseline, longshore) = (best(raw1, raw2), best(ours1, ours2));
+    let (raw1, ours1, payload1) = (run("raw"), run("longshore"), run("raw-payload"));
+    let (payload2, ours2, raw2) = (run("raw-payload"), run("longshore"), run("raw"));
+    let (baseline, longshore, payload) = (best(raw1, raw2), best(ours1, ours2), best(payload1, payload2));
     println!(
         "BENCH case={case} msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} peak_rss_mb={:.1} \
-         baseline_peak_rss_mb={:.1} messages={count}",
+         baseline_peak_rss_mb={:.1} payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} messages={count}",
         longshore[0],
         baseline[0],
         longshore[0] / baseline[0],
         longshore[1],
         baseline[1],
+        payload[0],
+        longshore[0] / payload[0],
     );
 }
 
@@ -108,9 +113,19 @@ fn produce(bootstrap: &str, partitions: i32, count: usize, per_batch: usize) {
         .expect("all records written");
 }
 
+/// What the raw loop reads of each record.
+#[derive(Clone, Copy, PartialEq)]
+enum Read {
+    /// Everything a longshore handler is given (key, payload, headers, timestamp),
+    /// borrowed: the baseline.
+    Record,
+    /// The payload alone.
+    Payload,
+}
+
 /// The baseline: a plain rdkafka consumer loop, committing every 5 s (librdkafka's auto
 /// commit).
-fn raw(bootstrap: &str, group: &str, count: usize) -> f64 {
+fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -127,6 +142,10 @@ fn raw(bootstrap: &str, group: &str, count: usize) -> f64 {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
             started.get_or_insert_with(Instant::now);
             black_box(message.payload());
+            if read == Read::Record {
+                black_box((message.key(), message.timestamp()));
+                black_box(message.headers().map(|headers| headers.iter().count()));
+            }
             seen += 1;
         }
     }

@@ -31,8 +31,13 @@ impl PartitionOffsets {
 
     /// Records that `offset` was acknowledged; `false` if it was not pending.
     pub(crate) fn acknowledged(&mut self, offset: i64) -> bool {
-        let Ok(index) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {
-            return false;
+        // In partition order the oldest is acknowledged first: no search.
+        let index = match self.pending.front() {
+            Some(&(first, _)) if first == offset => 0,
+            _ => match self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+                Ok(index) => index,
+                Err(_) => return false,
+            },
         };
         if self.pending[index].1 {
             return false;

@@ -337,7 +337,7 @@ impl Poller {
 struct Intake {
     /// One shared name per topic: records hold a reference, not a copy.
     topics: HashMap<String, Arc<str>>,
-    /// The partition of the last record queued, and its slot.
+    /// The partition of the last record queued, and its slot (a hint).
     last: Option<(TopicPartition, Slot)>,
     blocks: Blocks,
 }
@@ -345,40 +345,56 @@ struct Intake {
 impl Intake {
     /// Queues `messages` for the pipeline; returns the partitions to pause.
     fn enqueue(&mut self, shared: &Shared, messages: &[BorrowedMessage<'_>]) -> Vec<TopicPartition> {
+        // Copied before taking the lock, which the pipeline's takes and acknowledgements
+        // need meanwhile. librdkafka hands out runs of one partition: the last record's
+        // slot is mostly this one's, a hint checked under the lock.
+        let records: Vec<KafkaRecord> = messages
+            .iter()
+            .map(|message| {
+                let (topic, partition) = (message.topic(), message.partition());
+                let (topic, hint) = match &self.last {
+                    Some((tp, slot)) if tp.1 == partition && *tp.0 == *topic => (tp.0.clone(), *slot),
+                    _ => {
+                        let topic = self.topic(topic);
+                        self.last = Some(((topic.clone(), partition), Slot::NONE));
+                        (topic, Slot::NONE)
+                    }
+                };
+                KafkaRecord::from_borrowed(message, topic, hint, &mut self.blocks)
+            })
+            .collect();
         let mut full = Vec::new();
         let mut state = shared.lock();
         let state = &mut *state;
-        for message in messages {
-            // librdkafka hands out runs of one partition: the last one's slot mostly serves.
-            let cached = self
-                .last
-                .as_ref()
-                .filter(|(tp, _)| tp.1 == message.partition() && *tp.0 == *message.topic());
-            let (key, slot) = match cached {
-                Some(&(ref key, slot)) if state.partitions.at(slot).is_some() => (key.clone(), slot),
-                _ => {
-                    let key = (self.topic(message.topic()), message.partition());
-                    // Fetched just before its revoke: not ours any more.
-                    let Some(slot) = state.partitions.slot(&key) else {
-                        continue;
-                    };
-                    self.last = Some((key.clone(), slot));
-                    (key, slot)
-                }
-            };
-            let partition = state.partitions.at(slot).expect("the slot was just checked");
-            if partition.done_below.is_some_and(|done| message.offset() < done) {
+        for mut record in records {
+            if state.partitions.at(record.slot).is_none() {
+                let key = (record.topic_arc().clone(), record.partition());
+                let resolved = match &self.last {
+                    Some((tp, slot)) if *tp == key && state.partitions.at(*slot).is_some() => Some(*slot),
+                    _ => state.partitions.slot(&key),
+                };
+                // None: fetched just before its revoke, not ours any more.
+                let Some(slot) = resolved else {
+                    continue;
+                };
+                record.slot = slot;
+                self.last = Some((key, slot));
+            }
+            let partition = state
+                .partitions
+                .at(record.slot)
+                .expect("the slot was just checked");
+            if partition.done_below.is_some_and(|done| record.offset() < done) {
                 // Acknowledged under an earlier assignment (its commit is made at assign).
                 continue;
             }
-            partition.offsets.received(message.offset());
+            partition.offsets.received(record.offset());
             partition.queued += 1;
-            let record = KafkaRecord::from_borrowed(message, key.0.clone(), slot, &mut self.blocks);
             // Paused only when stalled: its limit handed out and unacknowledged. (The queue's
             // own limit already bounds what waits; pausing drops librdkafka's prefetch.)
             if !partition.paused && partition.handed_out() >= shared.max_buffered_per_partition {
                 partition.paused = true;
-                full.push(key);
+                full.push((record.topic_arc().clone(), record.partition()));
             }
             state.queue.push_back(Message::new(record));
         }
