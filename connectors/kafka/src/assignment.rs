@@ -325,3 +325,186 @@ fn add_commit(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TOPIC: &str = "t";
+
+    fn list(partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        partitions.iter().for_each(|&p| {
+            tpl.add_partition(TOPIC, p);
+        });
+        tpl
+    }
+
+    /// (partition, offset) of each commit in `commits`.
+    fn offsets(commits: &TopicPartitionList) -> BTreeMap<i32, i64> {
+        let offset = |e: &TopicPartitionListElem<'_>| match e.offset() {
+            Offset::Offset(o) => o,
+            other => panic!("not an offset: {other:?}"),
+        };
+        commits
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), offset(e)))
+            .collect()
+    }
+
+    /// What the poll thread does with a fetched record of an assigned partition.
+    fn receive(shared: &Shared, partition: i32, offset: i64) {
+        let mut state = shared.lock();
+        let slot = state
+            .partitions
+            .slot(&(Arc::from(TOPIC), partition))
+            .expect("assigned");
+        let assigned = state.partitions.at(slot).unwrap();
+        assigned.offsets.received(offset);
+        assigned.queued += 1;
+        let mut record = KafkaRecord::new(TOPIC, partition, offset);
+        record.slot = slot;
+        state.queue.push_back(Message::new(record));
+    }
+
+    #[test]
+    fn an_acknowledgement_after_the_revoke_commits_nothing() {
+        let shared = Shared::new(100);
+        shared.assign(&list(&[0]), None);
+        (0..3).for_each(|offset| receive(&shared, 0, offset));
+        let taken = shared.take(3);
+        shared.acknowledge(taken[..1].iter().map(Message::data));
+        // 1 and 2 are still in flight: the revoke commits 1 and forgets the partition.
+        assert_eq!(
+            offsets(&shared.revoke(&list(&[0]), Duration::ZERO)),
+            BTreeMap::from([(0, 1)])
+        );
+        // It comes back: the earlier assignment's late acknowledgements count for nothing.
+        shared.assign(&list(&[0]), None);
+        shared.acknowledge(taken[1..].iter().map(Message::data));
+        assert!(offsets(&shared.commits(true)).is_empty());
+        // Read again from the committed offset, and acknowledged under this assignment.
+        receive(&shared, 0, 1);
+        let again = shared.take(1);
+        shared.acknowledge(again.iter().map(Message::data));
+        assert_eq!(offsets(&shared.commits(false)), BTreeMap::from([(0, 2)]));
+    }
+
+    /// Records `commits` as the group's, checking that none passes a record received and
+    /// not acknowledged under the current assignment, and that none moves backwards.
+    fn check(
+        group: &mut BTreeMap<i32, i64>,
+        commits: &TopicPartitionList,
+        received: &BTreeMap<i32, BTreeSet<i64>>,
+        acked: &BTreeMap<i32, BTreeSet<i64>>,
+    ) {
+        for (partition, offset) in offsets(commits) {
+            let open = received[&partition]
+                .difference(&acked[&partition])
+                .next()
+                .copied();
+            assert!(open.is_none_or(|o| offset <= o), "{offset} passes {open:?}");
+            let before = group.insert(partition, offset).unwrap_or(0);
+            assert!(offset >= before, "commit moved back from {before} to {offset}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The next record of a partition arrives (if assigned).
+        Receive(i32),
+        /// The pipeline takes up to n records.
+        Take(usize),
+        /// The pipeline acknowledges the i-th (modulo) record it holds.
+        Ack(usize),
+        Revoke(i32),
+        Assign(i32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3i32).prop_map(Op::Receive),
+            2 => (1..5usize).prop_map(Op::Take),
+            4 => any::<usize>().prop_map(Op::Ack),
+            1 => (0..3i32).prop_map(Op::Revoke),
+            1 => (0..3i32).prop_map(Op::Assign),
+        ]
+    }
+
+    proptest! {
+        /// Random receipts, takes, acknowledgements in any order and rebalances: no commit
+        /// passes a record not acknowledged under the partition's current assignment, and
+        /// none moves backwards; once everything is acknowledged, each partition commits up
+        /// to its last record.
+        #[test]
+        fn commits_never_pass_an_unfinished_record(ops in proptest::collection::vec(op(), 1..200)) {
+            let shared = Shared::new(1_000);
+            // What the group has: the committed offset per partition, and where the next
+            // read of each starts (the last fetched offset plus one, reset to the committed
+            // offset when the partition is assigned again).
+            let mut group: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut assigned: BTreeSet<i32> = BTreeSet::new();
+            // Per partition, records received under the current assignment, and those acknowledged.
+            let mut received: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+            let mut acked: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+            let mut held: Vec<Message<KafkaRecord>> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Receive(p) if assigned.contains(&p) => {
+                        let offset = next[&p];
+                        receive(&shared, p, offset);
+                        received.get_mut(&p).unwrap().insert(offset);
+                        next.insert(p, offset + 1);
+                    }
+                    Op::Receive(_) => {}
+                    Op::Take(n) => held.extend(shared.take(n)),
+                    Op::Ack(i) if !held.is_empty() => {
+                        let message = held.swap_remove(i % held.len());
+                        let record = message.data();
+                        // Counts only if taken under the current assignment.
+                        if shared.lock().partitions.at(record.slot).is_some() {
+                            acked.get_mut(&record.partition()).unwrap().insert(record.offset());
+                        }
+                        shared.acknowledge(std::iter::once(record));
+                    }
+                    Op::Ack(_) => {}
+                    Op::Revoke(p) if assigned.remove(&p) => {
+                        let commits = shared.revoke(&list(&[p]), Duration::ZERO);
+                        check(&mut group, &commits, &received, &acked);
+                    }
+                    Op::Revoke(_) => {}
+                    Op::Assign(p) if assigned.insert(p) => {
+                        shared.assign(&list(&[p]), None);
+                        next.insert(p, group.get(&p).copied().unwrap_or(0));
+                        received.insert(p, BTreeSet::new());
+                        acked.insert(p, BTreeSet::new());
+                    }
+                    Op::Assign(_) => {}
+                }
+                check(&mut group, &shared.commits(false), &received, &acked);
+            }
+            // Everything still held is finished: each assigned partition reaches its end.
+            held.extend(shared.take(usize::MAX));
+            for message in &held {
+                if shared.lock().partitions.at(message.data().slot).is_some() {
+                    let record = message.data();
+                    acked.get_mut(&record.partition()).unwrap().insert(record.offset());
+                }
+            }
+            shared.acknowledge(held.iter().map(Message::data));
+            let last = shared.commits(true);
+            check(&mut group, &last, &received, &acked);
+            for p in &assigned {
+                if let Some(&end) = received[p].last() {
+                    prop_assert_eq!(offsets(&last).get(p).copied(), Some(end + 1));
+                }
+            }
+        }
+    }
+}

@@ -158,8 +158,9 @@ impl KafkaConfig {
     }
 
     /// On revoke, how long the in-flight messages of the revoked partitions may take to
-    /// finish before the commit and the release (default 10 s). Keep it well below the
-    /// group's `max.poll.interval.ms`.
+    /// finish before the commit and the release (default 10 s). It must be below the
+    /// group's rebalance timeout, librdkafka's `max.poll.interval.ms` (300 s by default):
+    /// the revoke holds the rebalance meanwhile.
     pub fn revoke_drain_timeout(mut self, timeout: Duration) -> Self {
         self.revoke_drain_timeout = timeout;
         self
@@ -196,6 +197,26 @@ impl KafkaConfig {
         }
         if self.commit_interval.is_zero() {
             return Err(BuildError::new("kafka.commit_interval", "must be above zero"));
+        }
+        // A revoke holds the group's rebalance until its drain ends; past librdkafka's
+        // `max.poll.interval.ms` (the rebalance timeout) the consumer would be expelled.
+        let rebalance_timeout = match self.properties.get("max.poll.interval.ms") {
+            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| {
+                BuildError::new(
+                    "kafka.properties.max.poll.interval.ms",
+                    format!("must be a number of milliseconds, got {ms:?}"),
+                )
+            })?),
+            None => Duration::from_secs(300),
+        };
+        if self.revoke_drain_timeout >= rebalance_timeout {
+            return Err(BuildError::new(
+                "kafka.revoke_drain_timeout",
+                format!(
+                    "must be below max.poll.interval.ms ({rebalance_timeout:?}), got {:?}",
+                    self.revoke_drain_timeout
+                ),
+            ));
         }
         if let Some(strategies) = self.properties.get("partition.assignment.strategy") {
             let cooperative = strategies
@@ -264,5 +285,36 @@ mod tests {
         let error = with_strategy("range, cooperative-sticky").unwrap_err();
         assert_eq!(error.field, "kafka.properties.partition.assignment.strategy");
         assert!(error.to_string().contains("cannot mix"), "{error}");
+    }
+
+    #[test]
+    fn the_revoke_drain_must_end_within_the_rebalance_timeout() {
+        let config = KafkaConfig::new("127.0.0.1:9092", "g", ["t"]);
+        assert!(config
+            .clone()
+            .revoke_drain_timeout(Duration::from_secs(299))
+            .validate()
+            .is_ok());
+        let error = config
+            .clone()
+            .revoke_drain_timeout(Duration::from_secs(300))
+            .validate()
+            .unwrap_err();
+        assert_eq!(error.field, "kafka.revoke_drain_timeout");
+        let shorter = config.property("max.poll.interval.ms", "20000");
+        let error = shorter
+            .clone()
+            .revoke_drain_timeout(Duration::from_secs(20))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid kafka.revoke_drain_timeout: must be below max.poll.interval.ms (20s), got 20s"
+        );
+        let error = shorter
+            .property("max.poll.interval.ms", "soon")
+            .validate()
+            .unwrap_err();
+        assert_eq!(error.field, "kafka.properties.max.poll.interval.ms");
     }
 }
