@@ -165,11 +165,20 @@ impl Drop for KafkaSource {
     }
 }
 
-/// Acknowledges Kafka records into their partitions' offset trackers. When the pipeline
-/// drops it (it has stopped), it commits a last time and closes the consumer.
+/// Acknowledges Kafka records into their partitions' offset trackers. Flushed when the
+/// pipeline has stopped: it commits a last time and closes the consumer.
 pub struct KafkaAcknowledger {
     shared: Arc<Shared>,
     poller: Arc<Mutex<Option<PollThread>>>,
+}
+
+impl KafkaAcknowledger {
+    /// Tells the poll thread to make its final commit and close; returns it, unless
+    /// already told.
+    fn finish(&self) -> Option<PollThread> {
+        self.shared.lock().finished = true;
+        self.poller.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl std::fmt::Debug for KafkaAcknowledger {
@@ -185,14 +194,23 @@ impl Acknowledger<KafkaRecord> for KafkaAcknowledger {
         self.shared
             .acknowledge(successful.iter().chain(&failed).map(Message::data));
     }
+
+    async fn flush(&self) {
+        if let Some(poller) = self.finish() {
+            // The final commit and the close happen on the poll thread: waited for off the
+            // runtime's workers.
+            if tokio::task::spawn_blocking(move || poller.join()).await.is_err() {
+                tracing::error!("waiting for the kafka consumer to close failed");
+            }
+        }
+    }
 }
 
 impl Drop for KafkaAcknowledger {
     fn drop(&mut self) {
-        self.shared.lock().finished = true;
-        let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(poller) = poller {
-            // The final commit happens there; wait for it so that the process may exit.
+        // Only when the pipeline was aborted at its deadline before the flush: the final
+        // commit still happens, so that a restart reads less again.
+        if let Some(poller) = self.finish() {
             poller.join();
         }
     }
