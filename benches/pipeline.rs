@@ -15,7 +15,7 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longshore::source::memory::MemorySource;
@@ -23,6 +23,8 @@ use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Proces
 use tokio::sync::mpsc;
 
 mod support;
+
+use support::Samples;
 
 const PROCESSORS: usize = 2;
 const BATCH_SIZE: usize = 100;
@@ -51,26 +53,6 @@ struct Measured {
     p50_us: f64,
     p99_us: f64,
     peak_rss_mb: f64,
-}
-
-/// Latency samples, in microseconds.
-#[derive(Debug, Default)]
-struct Samples(Mutex<Vec<u32>>);
-
-impl Samples {
-    fn record(&self, since: Instant) {
-        let micros = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        self.0.lock().unwrap().push(micros);
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        let mut samples = self.0.lock().unwrap().clone();
-        if samples.is_empty() {
-            return 0.0;
-        }
-        samples.sort_unstable();
-        samples[((samples.len() - 1) as f64 * p) as usize] as f64
-    }
 }
 
 fn main() {

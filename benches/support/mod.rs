@@ -2,6 +2,8 @@
 //! its peak RSS is its own), which reports one `RESULT` line of numbers.
 
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// Runs this same binary with `args` (and `envs`) and returns the numbers of the
 /// `RESULT` line it prints.
@@ -43,4 +45,26 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+/// Latency samples, in microseconds.
+#[derive(Debug, Default)]
+#[allow(dead_code)] // not every benchmark measures latency
+pub(crate) struct Samples(Mutex<Vec<u32>>);
+
+#[allow(dead_code)]
+impl Samples {
+    pub(crate) fn record(&self, since: Instant) {
+        let micros = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.0.lock().unwrap().push(micros);
+    }
+
+    pub(crate) fn percentile(&self, p: f64) -> f64 {
+        let mut samples = self.0.lock().unwrap().clone();
+        if samples.is_empty() {
+            return 0.0;
+        }
+        samples.sort_unstable();
+        samples[((samples.len() - 1) as f64 * p) as usize] as f64
+    }
 }

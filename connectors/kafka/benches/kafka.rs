@@ -9,6 +9,7 @@
 //! (default 1,000,000 on the mock cluster; a fifth of it on tansu).
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longshore::{BoxError, Handler, Message, Pipeline, Processors};
@@ -24,6 +25,7 @@ mod support;
 #[path = "../tests/common/tansu.rs"]
 mod tansu;
 
+use support::Samples;
 use tansu::{create_topic, Tansu};
 
 const TOPIC: &str = "bench";
@@ -33,12 +35,12 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let (imp, bootstrap, group) = (&args[i + 1], &args[i + 2], &args[i + 3]);
         let count: usize = args[i + 4].parse().unwrap();
-        let rate = match imp.as_str() {
-            "raw" => raw(bootstrap, group, count, Read::Record),
-            "raw-payload" => raw(bootstrap, group, count, Read::Payload),
+        let [rate, p50, p99] = match imp.as_str() {
+            "raw" => [raw(bootstrap, group, count, Read::Record), 0.0, 0.0],
+            "raw-payload" => [raw(bootstrap, group, count, Read::Payload), 0.0, 0.0],
             _ => ours(bootstrap, group, count),
         };
-        support::report(&[rate, support::peak_rss_mb()]);
+        support::report(&[rate, support::peak_rss_mb(), p50, p99]);
         return;
     }
     let smoke = !args.iter().any(|a| a == "--bench");
@@ -76,12 +78,15 @@ fn compare(case: &str, bootstrap: &str, count: usize) {
     let (baseline, longshore, payload) = (best(raw1, raw2), best(ours1, ours2), best(payload1, payload2));
     println!(
         "BENCH case={case} msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} peak_rss_mb={:.1} \
-         baseline_peak_rss_mb={:.1} payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} messages={count}",
+         baseline_peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} payload_only_baseline_msgs_per_s={:.0} \
+         payload_only_ratio={:.2} messages={count}",
         longshore[0],
         baseline[0],
         longshore[0] / baseline[0],
         longshore[1],
         baseline[1],
+        longshore[2],
+        longshore[3],
         payload[0],
         longshore[0] / payload[0],
     );
@@ -152,22 +157,30 @@ fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
     count as f64 / started.expect("records").elapsed().as_secs_f64()
 }
 
-struct Touch;
+/// Reads the payload; on one record in 64, samples the latency the pipeline adds: from
+/// its receipt from the source to its handler.
+struct Touch(Arc<Samples>);
 
 impl Handler for Touch {
     type Item = KafkaRecord;
     async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
         black_box(message.data().payload());
+        if message.data().offset() % 64 == 0 {
+            if let Some(at) = message.received_at() {
+                self.0.record(at);
+            }
+        }
         Ok(())
     }
 }
 
 /// longshore: the Kafka source, 2 processors in partition order, commits every 5 s.
-fn ours(bootstrap: &str, group: &str, count: usize) -> f64 {
+fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
+    let samples = Arc::new(Samples::default());
     let runtime = support::runtime();
     runtime.block_on(async {
         let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [TOPIC])).expect("source");
-        let pipeline = Pipeline::builder(source, Touch)
+        let pipeline = Pipeline::builder(source, Touch(samples.clone()))
             .processors(Processors::new(2))
             .start()
             .unwrap();
@@ -181,6 +194,6 @@ fn ours(bootstrap: &str, group: &str, count: usize) -> f64 {
         }
         let rate = count as f64 / started.elapsed().as_secs_f64();
         pipeline.shutdown().await.expect("drains");
-        rate
+        [rate, samples.percentile(0.50), samples.percentile(0.99)]
     })
 }

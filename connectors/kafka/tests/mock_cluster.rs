@@ -181,6 +181,32 @@ async fn key_order_holds_under_concurrency_and_retries_and_poison_goes_to_the_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regular_expression_subscribes_to_every_matching_topic_and_no_other() {
+    let _serial = common::serial().await;
+    let cluster = cluster("orders.eu", 2);
+    for topic in ["orders.us", "payments"] {
+        cluster.create_topic(topic, 2, 1).expect("topic created");
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    for topic in ["orders.eu", "orders.us", "payments"] {
+        produce(&bootstrap, topic, 2, 100, 10);
+    }
+    let recorder = Arc::new(Recorder::default());
+    let source = KafkaSource::new(config(&bootstrap, "regex", r"^orders\..*")).unwrap();
+    let pipeline = Pipeline::builder(source, recorder.clone()).start().unwrap();
+    let both = || {
+        [
+            committed(&bootstrap, "regex", "orders.eu", 2),
+            committed(&bootstrap, "regex", "orders.us", 2),
+        ]
+    };
+    eventually_eq(WAIT, both, [vec![50, 50], vec![50, 50]]).await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(recorder.payloads().len(), 200, "only the two matching topics");
+    assert_eq!(committed(&bootstrap, "regex", "payments", 2), vec![-1, -1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_joining_and_leaving_lose_nothing_eager() {
     joining_and_leaving("range").await;
 }
