@@ -71,24 +71,49 @@ fn compare(case: &str, bootstrap: &str, count: usize) {
         let group = format!("{imp}-{}-{}", std::process::id(), runs.get());
         support::run_child(&["--case", imp, bootstrap, &group, &count.to_string()], &[])
     };
-    // Alternated, best of two each: the brokers' own speed drifts over a run.
-    let best = |a: Vec<f64>, b: Vec<f64>| if a[0] >= b[0] { a } else { b };
-    let (raw1, ours1, payload1) = (run("raw"), run("longshore"), run("raw-payload"));
-    let (payload2, ours2, raw2) = (run("raw-payload"), run("longshore"), run("raw"));
-    let (baseline, longshore, payload) = (best(raw1, raw2), best(ours1, ours2), best(payload1, payload2));
+    // Rounds of three adjacent runs, their order alternated: the machine's and the brokers'
+    // speed drift over a run, so each round's ratios compare neighbours, and the median
+    // round is reported, with the lowest and highest beside it.
+    let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let mut measured: Vec<[Vec<f64>; 3]> = Vec::new();
+    for round in 0..rounds {
+        let [raw, ours, payload] = if round % 2 == 0 {
+            [run("raw"), run("longshore"), run("raw-payload")]
+        } else {
+            let (payload, ours) = (run("raw-payload"), run("longshore"));
+            [run("raw"), ours, payload]
+        };
+        measured.push([raw, ours, payload]);
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let of = |imp: usize, field: usize| median(measured.iter().map(|m| m[imp][field]).collect());
+    let ratios = |baseline: usize| -> Vec<f64> {
+        let mut ratios: Vec<f64> = measured.iter().map(|m| m[1][0] / m[baseline][0]).collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
+    };
+    let (full, payload) = (ratios(0), ratios(2));
     println!(
         "BENCH case={case} msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} peak_rss_mb={:.1} \
-         baseline_peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} payload_only_baseline_msgs_per_s={:.0} \
-         payload_only_ratio={:.2} messages={count}",
-        longshore[0],
-        baseline[0],
-        longshore[0] / baseline[0],
-        longshore[1],
-        baseline[1],
-        longshore[2],
-        longshore[3],
-        payload[0],
-        longshore[0] / payload[0],
+         baseline_peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} ratio_min={:.2} ratio_max={:.2} \
+         payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} rounds={rounds} messages={count}",
+        of(1, 0),
+        of(0, 0),
+        median(full.clone()),
+        of(1, 1),
+        of(0, 1),
+        of(1, 2),
+        of(1, 3),
+        full[0],
+        full[full.len() - 1],
+        of(2, 0),
+        median(payload),
     );
 }
 
