@@ -6,7 +6,8 @@
 //! its peak RSS is its own; throughput is timed from its first record to its last.
 //!
 //! Run with `scripts/bench kafka`. `LONGSHORE_BENCH_MESSAGES` sets the record count
-//! (default 1,000,000 on the mock cluster; a fifth of it on tansu).
+//! (default 1,000,000 on the mock cluster; a fifth of it on tansu), and
+//! `LONGSHORE_BENCH_ROUNDS` the rounds of adjacent runs (default 5; the median is reported).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -77,7 +78,7 @@ fn compare(case: &str, bootstrap: &str, count: usize) {
     let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let mut measured: Vec<[Vec<f64>; 3]> = Vec::new();
     for round in 0..rounds {
         let [raw, ours, payload] = if round % 2 == 0 {
