@@ -55,19 +55,26 @@ impl KafkaRecord {
     /// Sets the key.
     pub fn with_key(self, key: impl Into<Vec<u8>>) -> Self {
         let payload = self.payload().map(<[u8]>::to_vec);
-        self.with_bytes(Some(&key.into()), payload.as_deref(), &mut Blocks::default())
+        self.with_parts(Some(&key.into()), payload.as_deref())
     }
 
     /// Sets the payload.
     pub fn with_payload(self, payload: impl Into<Vec<u8>>) -> Self {
         let key = self.key().map(<[u8]>::to_vec);
-        self.with_bytes(key.as_deref(), Some(&payload.into()), &mut Blocks::default())
+        self.with_parts(key.as_deref(), Some(&payload.into()))
     }
 
-    fn with_bytes(mut self, key: Option<&[u8]>, payload: Option<&[u8]>, blocks: &mut Blocks) -> Self {
-        self.bytes = blocks.copy(key, payload);
+    /// A record built by hand owns a buffer of its own size (no shared block).
+    fn with_parts(self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Self {
+        let bytes = [key.unwrap_or_default(), payload.unwrap_or_default()].concat();
+        self.with_bytes(key, payload.is_some(), Bytes::from(bytes))
+    }
+
+    /// `bytes` holds the key (if any), then the payload (if any).
+    fn with_bytes(mut self, key: Option<&[u8]>, has_payload: bool, bytes: Bytes) -> Self {
+        self.bytes = bytes;
         self.key_len = key.map(|key| u32::try_from(key.len()).expect("a key below 4 GiB"));
-        self.has_payload = payload.is_some();
+        self.has_payload = has_payload;
         self
     }
 
@@ -103,7 +110,8 @@ impl KafkaRecord {
             timestamp_ms: message.timestamp().to_millis(),
             slot,
         };
-        record.with_bytes(message.key(), message.payload(), blocks)
+        let bytes = blocks.copy(message.key(), message.payload());
+        record.with_bytes(message.key(), message.payload().is_some(), bytes)
     }
 
     /// The topic.
