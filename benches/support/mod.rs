@@ -38,6 +38,21 @@ pub(crate) fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// This process's CPU time so far, user and system, in seconds.
+#[allow(dead_code)] // not every benchmark reports it
+pub(crate) fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command (in parentheses, which may hold spaces), the fields from the
+    // state on: utime and stime are the 12th and 13th, in clock ticks (USER_HZ, 100).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 /// The runtime every measured case runs on: two workers, as many as the machine's cores.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

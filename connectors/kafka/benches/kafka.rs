@@ -8,6 +8,8 @@
 //! Run with `scripts/bench kafka`. `LONGSHORE_BENCH_MESSAGES` sets the record count
 //! (default 1,000,000 on the mock cluster; a fifth of it on tansu), and
 //! `LONGSHORE_BENCH_ROUNDS` the rounds of adjacent runs (default 5; the median is reported).
+//! `cpu_ratio` is the consumer process's CPU time (user and system) against the raw
+//! loop's, for the same records.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -41,7 +43,7 @@ fn main() {
             "raw-payload" => [raw(bootstrap, group, count, Read::Payload), 0.0, 0.0],
             _ => ours(bootstrap, group, count),
         };
-        support::report(&[rate, support::peak_rss_mb(), p50, p99]);
+        support::report(&[rate, support::peak_rss_mb(), p50, p99, support::cpu_seconds()]);
         return;
     }
     let smoke = !args.iter().any(|a| a == "--bench");
@@ -53,18 +55,18 @@ fn main() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 40, 1).expect("topic");
     produce(&cluster.bootstrap_servers(), 40, count, 10_000);
-    compare("kafka-mock", &cluster.bootstrap_servers(), count);
+    compare("kafka-mock", &cluster.bootstrap_servers(), count, smoke);
 
     let tansu = Tansu::start();
     let count = count / 5;
     create_topic(&tansu.bootstrap, TOPIC, 4);
     // One record per batch: tansu 0.6 does not serve fetches starting inside a batch.
     produce(&tansu.bootstrap, 4, count, 1);
-    compare("kafka-tansu", &tansu.bootstrap, count);
+    compare("kafka-tansu", &tansu.bootstrap, count, smoke);
 }
 
 /// Runs both consumers over the topic at `bootstrap` and prints the BENCH line.
-fn compare(case: &str, bootstrap: &str, count: usize) {
+fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) {
     // A fresh group per run: each reads the topic from its start.
     let runs = std::cell::Cell::new(0);
     let run = |imp: &str| {
@@ -78,7 +80,7 @@ fn compare(case: &str, bootstrap: &str, count: usize) {
     let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(if smoke { 1 } else { 5 });
     let mut measured: Vec<[Vec<f64>; 3]> = Vec::new();
     for round in 0..rounds {
         let [raw, ours, payload] = if round % 2 == 0 {
@@ -100,10 +102,13 @@ fn compare(case: &str, bootstrap: &str, count: usize) {
         ratios
     };
     let (full, payload) = (ratios(0), ratios(2));
+    // CPU time per record against the whole-record loop: steadier than throughput on a
+    // machine whose cores the broker shares.
+    let cpu = median(measured.iter().map(|m| m[1][4] / m[0][4]).collect());
     println!(
         "BENCH case={case} msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} peak_rss_mb={:.1} \
          baseline_peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} ratio_min={:.2} ratio_max={:.2} \
-         payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} rounds={rounds} messages={count}",
+         payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} cpu_ratio={cpu:.2} rounds={rounds} messages={count}",
         of(1, 0),
         of(0, 0),
         median(full.clone()),
