@@ -42,6 +42,31 @@ pub(crate) struct State {
     pub(crate) finished: bool,
 }
 
+impl State {
+    /// Queues a fetched record of the assigned partition at its slot, unless it was
+    /// acknowledged under an earlier assignment. Returns its partition if that must now be
+    /// paused: `limit` of its records handed out and unacknowledged.
+    pub(crate) fn queue_record(&mut self, record: KafkaRecord, limit: usize) -> Option<TopicPartition> {
+        let partition = self
+            .partitions
+            .at(record.slot)
+            .expect("an assigned partition's record");
+        if partition.done_below.is_some_and(|done| record.offset() < done) {
+            // Acknowledged under an earlier assignment (its commit is made at assign).
+            return None;
+        }
+        partition.offsets.received(record.offset());
+        partition.queued += 1;
+        // Paused only when stalled. (The queue's own limit already bounds what waits;
+        // pausing drops librdkafka's prefetch.)
+        let pause = !partition.paused && partition.handed_out() >= limit;
+        partition.paused |= pause;
+        let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
+        self.queue.push_back(Message::new(record));
+        full
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -360,16 +385,12 @@ mod tests {
     /// What the poll thread does with a fetched record of an assigned partition.
     fn receive(shared: &Shared, partition: i32, offset: i64) {
         let mut state = shared.lock();
-        let slot = state
+        let mut record = KafkaRecord::new(TOPIC, partition, offset);
+        record.slot = state
             .partitions
             .slot(&(Arc::from(TOPIC), partition))
             .expect("assigned");
-        let assigned = state.partitions.at(slot).unwrap();
-        assigned.offsets.received(offset);
-        assigned.queued += 1;
-        let mut record = KafkaRecord::new(TOPIC, partition, offset);
-        record.slot = slot;
-        state.queue.push_back(Message::new(record));
+        state.queue_record(record, shared.max_buffered_per_partition);
     }
 
     #[test]

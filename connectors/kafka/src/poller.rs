@@ -10,7 +10,6 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use longshore::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -380,23 +379,7 @@ impl Intake {
                 record.slot = slot;
                 self.last = Some((key, slot));
             }
-            let partition = state
-                .partitions
-                .at(record.slot)
-                .expect("the slot was just checked");
-            if partition.done_below.is_some_and(|done| record.offset() < done) {
-                // Acknowledged under an earlier assignment (its commit is made at assign).
-                continue;
-            }
-            partition.offsets.received(record.offset());
-            partition.queued += 1;
-            // Paused only when stalled: its limit handed out and unacknowledged. (The queue's
-            // own limit already bounds what waits; pausing drops librdkafka's prefetch.)
-            if !partition.paused && partition.handed_out() >= shared.max_buffered_per_partition {
-                partition.paused = true;
-                full.push((record.topic_arc().clone(), record.partition()));
-            }
-            state.queue.push_back(Message::new(record));
+            full.extend(state.queue_record(record, shared.max_buffered_per_partition));
         }
         shared.ready.notify_one();
         full
