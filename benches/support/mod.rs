@@ -6,10 +6,20 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Runs this same binary with `args` (and `envs`) and returns the numbers of the
-/// `RESULT` line it prints.
+/// `RESULT` line it prints. `LONGSHORE_BENCH_WRAP` runs each child under a command, to
+/// profile it: `LONGSHORE_BENCH_WRAP="perf stat -e context-switches"`.
 pub(crate) fn run_child(args: &[&str], envs: &[(&str, String)]) -> Vec<f64> {
     let exe = std::env::current_exe().expect("own path");
-    let out = Command::new(exe)
+    let wrap = std::env::var("LONGSHORE_BENCH_WRAP").unwrap_or_default();
+    let mut command = match wrap.split_whitespace().collect::<Vec<_>>().split_first() {
+        Some((program, wrap_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrap_args).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let out = command
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
@@ -19,6 +29,9 @@ pub(crate) fn run_child(args: &[&str], envs: &[(&str, String)]) -> Vec<f64> {
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .unwrap_or_else(|| panic!("case {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    if !wrap.is_empty() {
+        eprintln!("{args:?}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
     line.split(' ').map(|x| x.parse().expect("a number")).collect()
 }
 
