@@ -130,20 +130,16 @@ impl<S: Source> Producer<S> {
             .for_each(|message| message.set_received_at(now));
         match &self.dispatch {
             Dispatch::Shared(queue) => {
-                for chunk in chunks(messages, self.max_chunk) {
+                for (_, chunk) in chunks(messages, 1, self.max_chunk, |_| 0) {
                     queue.send(chunk).await.map_err(drop)?;
                 }
             }
             Dispatch::Partitioned { queues, partition_by } => {
-                let mut parts: Vec<Vec<Message<S::Item>>> = queues.iter().map(|_| Vec::new()).collect();
-                for message in messages {
-                    let partition = (partition_by(&message) % queues.len() as u64) as usize;
-                    parts[partition].push(message);
-                }
-                for (queue, part) in queues.iter().zip(parts) {
-                    for chunk in chunks(part, self.max_chunk) {
-                        queue.send(chunk).await.map_err(drop)?;
-                    }
+                let n = queues.len() as u64;
+                for (queue, chunk) in chunks(messages, queues.len(), self.max_chunk, |m| {
+                    (partition_by(m) % n) as usize
+                }) {
+                    queues[queue].send(chunk).await.map_err(drop)?;
                 }
             }
         }
@@ -151,25 +147,36 @@ impl<S: Source> Producer<S> {
     }
 }
 
-/// Splits `messages` into vectors of at most `max` messages, without copying the common
-/// case of a vector that already fits.
-fn chunks<T>(messages: Vec<T>, max: usize) -> Vec<Vec<T>> {
-    if messages.len() <= max {
-        return if messages.is_empty() {
-            Vec::new()
-        } else {
-            vec![messages]
-        };
+/// Splits `messages` into chunks of at most `max` messages, each for one of `parts`
+/// queues (`part_of` says which), in order within each queue. Each message is moved
+/// once, into a chunk allocated at its final size; a vector that fits one queue's chunk
+/// whole is passed on as it is.
+fn chunks<T>(
+    messages: Vec<T>,
+    parts: usize,
+    max: usize,
+    part_of: impl Fn(&T) -> usize,
+) -> Vec<(usize, Vec<T>)> {
+    let Some(first) = messages.first().map(&part_of) else {
+        return Vec::new();
+    };
+    if messages.len() <= max && messages.iter().all(|m| part_of(m) == first) {
+        return vec![(first, messages)];
     }
-    let mut rest = messages.into_iter();
+    let mut left = vec![0usize; parts];
+    messages.iter().for_each(|m| left[part_of(m)] += 1);
+    let mut open: Vec<Vec<T>> = left.iter().map(|&n| Vec::with_capacity(n.min(max))).collect();
     let mut out = Vec::new();
-    loop {
-        let chunk: Vec<T> = rest.by_ref().take(max).collect();
-        if chunk.is_empty() {
-            return out;
+    for message in messages {
+        let part = part_of(&message);
+        open[part].push(message);
+        left[part] -= 1;
+        if open[part].len() == max || left[part] == 0 {
+            let next = Vec::with_capacity(left[part].min(max));
+            out.push((part, std::mem::replace(&mut open[part], next)));
         }
-        out.push(chunk);
     }
+    out
 }
 
 #[cfg(test)]
@@ -178,11 +185,45 @@ mod tests {
 
     #[test]
     fn chunks_keep_order_and_size() {
-        assert!(chunks(Vec::<u8>::new(), 3).is_empty());
-        assert_eq!(chunks(vec![1, 2], 3), vec![vec![1, 2]]);
+        let whole = |_: &u8| 0;
+        assert!(chunks(Vec::<u8>::new(), 1, 3, whole).is_empty());
+        assert_eq!(chunks(vec![1, 2], 1, 3, whole), vec![(0, vec![1, 2])]);
         assert_eq!(
-            chunks(vec![1, 2, 3, 4, 5, 6, 7], 3),
-            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+            chunks(vec![1, 2, 3, 4, 5, 6, 7], 1, 3, whole),
+            vec![(0, vec![1, 2, 3]), (0, vec![4, 5, 6]), (0, vec![7])]
         );
+    }
+
+    #[test]
+    fn chunks_keep_each_queues_order_and_fill_no_chunk_past_max() {
+        let odd = |m: &u8| usize::from(m % 2 == 1);
+        assert_eq!(
+            chunks(vec![1, 2, 3, 4, 5, 6, 7, 8, 9], 2, 2, odd),
+            vec![
+                (1, vec![1, 3]),
+                (0, vec![2, 4]),
+                (1, vec![5, 7]),
+                (0, vec![6, 8]),
+                (1, vec![9])
+            ]
+        );
+        assert_eq!(chunks(vec![1, 3, 5], 2, 4, odd), vec![(1, vec![1, 3, 5])]);
+        let every = chunks((0..100).collect(), 3, 7, |m: &u8| usize::from(*m % 3));
+        for part in 0..3 {
+            let got: Vec<u8> = every
+                .iter()
+                .filter(|(p, _)| *p == part)
+                .flat_map(|(_, c)| c.clone())
+                .collect();
+            assert_eq!(
+                got,
+                (0..100)
+                    .filter(|m| usize::from(m % 3) == part)
+                    .collect::<Vec<u8>>()
+            );
+        }
+        assert!(every
+            .iter()
+            .all(|(_, chunk)| !chunk.is_empty() && chunk.len() <= 7));
     }
 }
