@@ -4,7 +4,8 @@
 # The chart starts it as `<binary> --config /etc/longshore/config.json`.
 
 FROM rust:1.95-bookworm AS build
-# librdkafka is built from source by rdkafka-sys: it needs cmake and a C++ compiler.
+# librdkafka is built from source by rdkafka-sys: it needs cmake and a C++ compiler, and
+# OpenSSL's headers with pkg-config (in this image already) for TLS and SASL.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake g++ \
     && rm -rf /var/lib/apt/lists/*

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
 pub mod tansu;
+pub mod tls;
 #[path = "../../../../test-support/wait.rs"]
 mod wait;
 
@@ -47,12 +48,16 @@ pub fn produce_with(
     keys: usize,
     per_batch: usize,
 ) {
-    let producer: BaseProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("batch.num.messages", per_batch.to_string())
-        .create()
-        .expect("producer");
+        .set("batch.num.messages", per_batch.to_string());
+    produce_by(&config, topic, partitions, count, keys);
+}
+
+/// As [`produce`], with a producer made from `config` (TLS, SASL, compression, ...).
+pub fn produce_by(config: &ClientConfig, topic: &str, partitions: i32, count: usize, keys: usize) {
+    let producer: BaseProducer = config.clone().set("linger.ms", "5").create().expect("producer");
     for i in 0..count {
         let key = format!("k{}", i % keys);
         let payload = i.to_string();
@@ -150,11 +155,14 @@ pub fn per_partition(count: usize, partitions: i32) -> Vec<i64> {
 
 /// The offsets committed by `group` for each partition of `topic`.
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    committed_by(&config, group, topic, partitions)
+}
+
+/// As [`committed`], read by a client made from `config` (TLS, SASL, ...).
+pub fn committed_by(config: &ClientConfig, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = config.clone().set("group.id", group).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

@@ -16,6 +16,9 @@ pub struct Tansu {
     storage: String,
     /// Where it runs: the folder of its SQLite file.
     dir: PathBuf,
+    /// The port it tells clients to connect to: its own, or a proxy's in front of it.
+    advertised: u16,
+    authentication: bool,
     pub bootstrap: String,
 }
 
@@ -44,17 +47,32 @@ impl Tansu {
     }
 
     fn start_with(storage: &str, dir: &std::path::Path) -> Tansu {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = spawn(port, storage, dir);
+        let port = free_port();
+        Tansu::start_on(port, port, storage, dir, false)
+    }
+
+    /// Starts a broker on `port` that tells clients to connect to `advertised` (a TLS
+    /// proxy in front of it), keeping its data in a SQLite file in `dir`. With
+    /// `authentication`, clients must log in with SASL/SCRAM as a user made by
+    /// [`create_user`] in the same `dir`.
+    pub fn start_behind(port: u16, advertised: u16, dir: &std::path::Path, authentication: bool) -> Tansu {
+        Tansu::start_on(port, advertised, "sqlite://tansu.db", dir, authentication)
+    }
+
+    fn start_on(
+        port: u16,
+        advertised: u16,
+        storage: &str,
+        dir: &std::path::Path,
+        authentication: bool,
+    ) -> Tansu {
         Tansu {
-            child,
+            child: spawn(port, advertised, storage, dir, authentication),
             port,
             storage: storage.to_owned(),
             dir: dir.to_owned(),
+            advertised,
+            authentication,
             bootstrap: format!("127.0.0.1:{port}"),
         }
     }
@@ -65,12 +83,45 @@ impl Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = spawn(self.port, &self.storage, &self.dir);
+        self.child = spawn(
+            self.port,
+            self.advertised,
+            &self.storage,
+            &self.dir,
+            self.authentication,
+        );
     }
 }
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Adds the SASL/SCRAM-SHA-512 user `name` to the broker data in `dir`, through a broker
+/// that needs no login (tansu adds users only for a client already logged in).
+pub fn create_user(dir: &std::path::Path, name: &str, password: &str) {
+    let port = free_port();
+    let broker = Tansu::start_on(port, port, "sqlite://tansu.db", dir, false);
+    let out = Command::new(binary())
+        .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}")])
+        .args(["--mechanism", "scram512", name, password])
+        .output()
+        .expect("tansu user create runs");
+    assert!(
+        out.status.success(),
+        "tansu user create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(broker);
+}
+
 /// Starts tansu on `port` with `storage` and waits until it listens.
-fn spawn(port: u16, storage: &str, dir: &std::path::Path) -> Child {
+fn spawn(port: u16, advertised: u16, storage: &str, dir: &std::path::Path, authentication: bool) -> Child {
     let binary = binary();
     assert!(
         binary.exists(),
@@ -79,14 +130,16 @@ fn spawn(port: u16, storage: &str, dir: &std::path::Path) -> Child {
         binary.display()
     );
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
     let mut child = Command::new(&binary)
         .args([
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
+        .args(authentication.then_some("--authentication"))
         .args(["--storage-engine", storage, "--silent"])
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -117,14 +170,17 @@ impl Drop for Tansu {
 
 /// Creates `topic` with `partitions` partitions through the admin API.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    create_topic_with(&config, topic, partitions);
+}
+
+/// As [`create_topic`], with a client made from `config` (TLS, SASL, ...).
+pub fn create_topic_with(config: &rdkafka::ClientConfig, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::ClientConfig;
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,192 @@
+//! What crosses the wire, against real brokers over TCP on loopback: TLS with the
+//! broker's certificate verified against a certificate authority, SASL/SCRAM login over
+//! TLS (a tansu broker process behind a TLS proxy), and record batches in every
+//! compression codec a producer may choose (librdkafka's mock cluster).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::tansu::{create_topic_with, create_user, free_port, Tansu};
+use common::tls::{proxy, Certificates};
+use common::{cluster, committed_by, config, eventually, per_partition, produce_by, Recorder};
+use longshore::{Pipeline, Processors};
+use longshore_kafka::{KafkaConfig, KafkaSource};
+use rdkafka::ClientConfig;
+
+const WAIT: Duration = Duration::from_secs(60);
+const RECORDS: usize = 300;
+
+/// A folder of this test's own, empty.
+fn folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("longshore-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A client of `bootstrap` with `properties`, for the test's own producer and reads.
+fn client(bootstrap: &str, properties: &[(&str, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in properties {
+        config.set(*key, value);
+    }
+    config
+}
+
+/// The source's settings for group `group` of `topic`, with `properties`.
+fn source_config(bootstrap: &str, group: &str, topic: &str, properties: &[(&str, String)]) -> KafkaConfig {
+    properties
+        .iter()
+        .fold(config(bootstrap, group, topic), |config, (key, value)| {
+            config.property(*key, value)
+        })
+}
+
+/// TLS, verifying the broker's certificate against the authority `ca`.
+fn tls(ca: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("security.protocol", "ssl".to_owned()),
+        ("ssl.ca.location", ca.to_str().unwrap().to_owned()),
+    ]
+}
+
+/// SASL/SCRAM-SHA-512 login over TLS.
+fn sasl_over_tls(ca: &Path, user: &str, password: &str) -> Vec<(&'static str, String)> {
+    let mut properties = tls(ca);
+    properties[0].1 = "sasl_ssl".to_owned();
+    properties.extend([
+        ("sasl.mechanism", "SCRAM-SHA-512".to_owned()),
+        ("sasl.username", user.to_owned()),
+        ("sasl.password", password.to_owned()),
+    ]);
+    properties
+}
+
+/// Produces [`RECORDS`] records over 2 partitions of a new topic, one per batch (tansu
+/// 0.6 does not serve fetches starting inside a batch).
+fn produce_to_tansu(client: &ClientConfig, topic: &str) {
+    // On a thread of its own: the admin client runs a runtime of its own.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            create_topic_with(client, topic, 2);
+            produce_by(
+                client.clone().set("batch.num.messages", "1"),
+                topic,
+                2,
+                RECORDS,
+                10,
+            );
+        });
+    });
+}
+
+/// Consumes `topic` with `config` until every record is handled; checks each was handled
+/// once and `group` committed each partition to its end, read with `client`.
+async fn consume_all(config: KafkaConfig, client: &ClientConfig, group: &str, topic: &str) {
+    let recorder = Arc::new(Recorder::default());
+    let pipeline = Pipeline::builder(KafkaSource::new(config).unwrap(), recorder.clone())
+        .processors(Processors::new(2))
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    eventually(WAIT, || stats.get().successful == RECORDS as u64).await;
+    pipeline.shutdown().await.unwrap();
+    let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
+    assert_eq!(payloads, (0..RECORDS).collect(), "every record handled once");
+    assert_eq!(committed_by(client, group, topic, 2), per_partition(RECORDS, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verifies_the_brokers_certificate_and_carries_every_record() {
+    let _serial = common::serial().await;
+    let dir = folder("tls");
+    let certificates = Certificates::generate(&dir);
+    let port = free_port();
+    let tls_port = proxy(&certificates, port);
+    let _broker = Tansu::start_behind(port, tls_port, &dir, false);
+    let bootstrap = format!("127.0.0.1:{tls_port}");
+    let properties = tls(&certificates.ca);
+    let client = client(&bootstrap, &properties);
+    produce_to_tansu(&client, "orders");
+
+    consume_all(
+        source_config(&bootstrap, "g-tls", "orders", &properties),
+        &client,
+        "g-tls",
+        "orders",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_over_tls_logs_in_and_a_wrong_password_reads_nothing() {
+    let _serial = common::serial().await;
+    let dir = folder("sasl");
+    let certificates = Certificates::generate(&dir);
+    create_user(&dir, "alice", "wonderland");
+    let port = free_port();
+    let tls_port = proxy(&certificates, port);
+    let _broker = Tansu::start_behind(port, tls_port, &dir, true);
+    let bootstrap = format!("127.0.0.1:{tls_port}");
+    let properties = sasl_over_tls(&certificates.ca, "alice", "wonderland");
+    let client = client(&bootstrap, &properties);
+    produce_to_tansu(&client, "payments");
+
+    // Started first, it has at least as long as the good consumer to read anything.
+    let refused = sasl_over_tls(&certificates.ca, "alice", "looking-glass");
+    let intruder = Pipeline::builder(
+        KafkaSource::new(source_config(&bootstrap, "g-intruder", "payments", &refused)).unwrap(),
+        Arc::new(Recorder::default()),
+    )
+    .start()
+    .unwrap();
+    consume_all(
+        source_config(&bootstrap, "g-sasl", "payments", &properties),
+        &client,
+        "g-sasl",
+        "payments",
+    )
+    .await;
+    assert_eq!(
+        intruder.stats().get().received,
+        0,
+        "a wrong password reads nothing"
+    );
+    intruder.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_certificate_authority_fails_at_start_naming_the_property() {
+    let missing = Path::new("/nonexistent/longshore/ca.pem");
+    let error = KafkaSource::new(source_config("127.0.0.1:9", "g", "orders", &tls(missing))).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("ssl.ca.location"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_every_compression_codec_are_read() {
+    let _serial = common::serial().await;
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("compressed.{codec}");
+        let cluster = cluster(&topic, 2);
+        let bootstrap = cluster.bootstrap_servers();
+        let properties = [("compression.type", codec.to_owned())];
+        let producer = client(&bootstrap, &properties);
+        produce_by(&producer, &topic, 2, RECORDS, 10);
+        let group = format!("g-{codec}");
+        consume_all(
+            config(&bootstrap, &group, &topic),
+            &client(&bootstrap, &[]),
+            &group,
+            &topic,
+        )
+        .await;
+    }
+}
