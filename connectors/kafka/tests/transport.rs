@@ -85,11 +85,12 @@ fn produce_to_tansu(client: &ClientConfig, topic: &str) {
     });
 }
 
-/// Consumes `topic` with `config` until every record is handled; checks each was handled
-/// once and `group` committed each partition to its end, read with `client`.
-async fn consume_all(config: KafkaConfig, client: &ClientConfig, group: &str, topic: &str) {
+/// Consumes `topic` at `bootstrap` as `group`, with `properties`, until every record is
+/// handled; checks each was handled once and the group committed each partition to its end.
+async fn consume_all(bootstrap: &str, group: &str, topic: &str, properties: &[(&str, String)]) {
     let recorder = Arc::new(Recorder::default());
-    let pipeline = Pipeline::builder(KafkaSource::new(config).unwrap(), recorder.clone())
+    let source = KafkaSource::new(source_config(bootstrap, group, topic, properties)).unwrap();
+    let pipeline = Pipeline::builder(source, recorder.clone())
         .processors(Processors::new(2))
         .start()
         .unwrap();
@@ -98,68 +99,77 @@ async fn consume_all(config: KafkaConfig, client: &ClientConfig, group: &str, to
     pipeline.shutdown().await.unwrap();
     let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
     assert_eq!(payloads, (0..RECORDS).collect(), "every record handled once");
-    assert_eq!(committed_by(client, group, topic, 2), per_partition(RECORDS, 2));
+    let committed = committed_by(&client(bootstrap, properties), group, topic, 2);
+    assert_eq!(committed, per_partition(RECORDS, 2));
+}
+
+/// A tansu broker process behind a TLS proxy, its data and certificates in a folder of
+/// its own (removed when dropped).
+struct Secured {
+    dir: PathBuf,
+    certificates: Certificates,
+    bootstrap: String,
+    _broker: Tansu,
+}
+
+impl Secured {
+    /// With `user` (name, password), clients must log in, and that user exists.
+    fn start(name: &str, user: Option<(&str, &str)>) -> Secured {
+        let dir = folder(name);
+        let certificates = Certificates::generate(&dir);
+        if let Some((name, password)) = user {
+            create_user(&dir, name, password);
+        }
+        let port = free_port();
+        let tls_port = proxy(&certificates, port);
+        Secured {
+            _broker: Tansu::start_behind(port, tls_port, &dir, user.is_some()),
+            dir,
+            certificates,
+            bootstrap: format!("127.0.0.1:{tls_port}"),
+        }
+    }
+}
+
+impl Drop for Secured {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verifies_the_brokers_certificate_and_carries_every_record() {
     let _serial = common::serial().await;
-    let dir = folder("tls");
-    let certificates = Certificates::generate(&dir);
-    let port = free_port();
-    let tls_port = proxy(&certificates, port);
-    let _broker = Tansu::start_behind(port, tls_port, &dir, false);
-    let bootstrap = format!("127.0.0.1:{tls_port}");
-    let properties = tls(&certificates.ca);
-    let client = client(&bootstrap, &properties);
-    produce_to_tansu(&client, "orders");
+    let broker = Secured::start("tls", None);
+    let properties = tls(&broker.certificates.ca);
+    produce_to_tansu(&client(&broker.bootstrap, &properties), "orders");
 
-    consume_all(
-        source_config(&bootstrap, "g-tls", "orders", &properties),
-        &client,
-        "g-tls",
-        "orders",
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(dir);
+    consume_all(&broker.bootstrap, "g-tls", "orders", &properties).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_scram_over_tls_logs_in_and_a_wrong_password_reads_nothing() {
     let _serial = common::serial().await;
-    let dir = folder("sasl");
-    let certificates = Certificates::generate(&dir);
-    create_user(&dir, "alice", "wonderland");
-    let port = free_port();
-    let tls_port = proxy(&certificates, port);
-    let _broker = Tansu::start_behind(port, tls_port, &dir, true);
-    let bootstrap = format!("127.0.0.1:{tls_port}");
-    let properties = sasl_over_tls(&certificates.ca, "alice", "wonderland");
-    let client = client(&bootstrap, &properties);
-    produce_to_tansu(&client, "payments");
+    let broker = Secured::start("sasl", Some(("alice", "wonderland")));
+    let properties = sasl_over_tls(&broker.certificates.ca, "alice", "wonderland");
+    produce_to_tansu(&client(&broker.bootstrap, &properties), "payments");
 
     // Started first, it has at least as long as the good consumer to read anything.
-    let refused = sasl_over_tls(&certificates.ca, "alice", "looking-glass");
-    let intruder = Pipeline::builder(
-        KafkaSource::new(source_config(&bootstrap, "g-intruder", "payments", &refused)).unwrap(),
-        Arc::new(Recorder::default()),
-    )
-    .start()
-    .unwrap();
-    consume_all(
-        source_config(&bootstrap, "g-sasl", "payments", &properties),
-        &client,
-        "g-sasl",
+    let refused = sasl_over_tls(&broker.certificates.ca, "alice", "looking-glass");
+    let source = KafkaSource::new(source_config(
+        &broker.bootstrap,
+        "g-intruder",
         "payments",
-    )
-    .await;
-    assert_eq!(
-        intruder.stats().get().received,
-        0,
-        "a wrong password reads nothing"
-    );
+        &refused,
+    ))
+    .unwrap();
+    let intruder = Pipeline::builder(source, Arc::new(Recorder::default()))
+        .start()
+        .unwrap();
+    consume_all(&broker.bootstrap, "g-sasl", "payments", &properties).await;
+    let received = intruder.stats().get().received;
+    assert_eq!(received, 0, "a wrong password reads nothing");
     intruder.shutdown().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,15 +188,7 @@ async fn batches_in_every_compression_codec_are_read() {
         let cluster = cluster(&topic, 2);
         let bootstrap = cluster.bootstrap_servers();
         let properties = [("compression.type", codec.to_owned())];
-        let producer = client(&bootstrap, &properties);
-        produce_by(&producer, &topic, 2, RECORDS, 10);
-        let group = format!("g-{codec}");
-        consume_all(
-            config(&bootstrap, &group, &topic),
-            &client(&bootstrap, &[]),
-            &group,
-            &topic,
-        )
-        .await;
+        produce_by(&client(&bootstrap, &properties), &topic, 2, RECORDS, 10);
+        consume_all(&bootstrap, &format!("g-{codec}"), &topic, &[]).await;
     }
 }
