@@ -29,6 +29,7 @@
 //! ```
 
 mod assignment;
+mod client_errors;
 mod config;
 mod dead_letter;
 mod error;

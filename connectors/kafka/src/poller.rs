@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::assignment::Shared;
+use crate::client_errors::ClientErrors;
 use crate::lag::KafkaLag;
 use crate::partitions::{Slot, TopicPartition};
 use crate::record::{Blocks, KafkaRecord};
@@ -199,6 +200,7 @@ impl Poller {
         let mut last_commit = Instant::now();
         let mut last_lag = Instant::now();
         let mut full_since: Option<Instant> = None;
+        let errors = ClientErrors::new(&group);
         loop {
             let (stopped, finished, queued, paused_all) = {
                 let state = self.shared.lock();
@@ -247,7 +249,10 @@ impl Poller {
             while ready.len() < HANDOFF {
                 match self.consumer.poll(timeout) {
                     Some(Ok(message)) => ready.push(message),
-                    Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+                    Some(Err(error)) => {
+                        errors.count(&error);
+                        tracing::warn!(%error, "kafka consumer error");
+                    }
                     None => break,
                 }
                 timeout = Duration::ZERO;

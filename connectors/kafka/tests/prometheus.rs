@@ -75,12 +75,23 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .processors(Processors::new(2).max_demand(10).min_demand(5))
         .start()
         .unwrap();
+    // A consumer of a broker that is not there, for the client errors panel.
+    let nowhere = free_port().to_string();
+    let unreachable = Pipeline::builder(
+        KafkaSource::new(config(&nowhere, "unreachable", "lagging")).unwrap(),
+        Arc::new(Recorder::default()),
+    )
+    .name("unreachable")
+    .start()
+    .unwrap();
     let kafka_metrics = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
 
     let (_prometheus, prometheus_addr, dir) =
         start_prometheus(&[quickstart_addr, kafka_metrics.local_addr()]);
     // Both targets up, and enough scrapes for rates over the dashboard's window.
-    let ready = "sum(up) == 2 and count(count_over_time(longshore_kafka_consumergroup_lag[15s]) >= 5) > 0 and count(count_over_time(longshore_received_messages_total[15s]) >= 5) == 2";
+    let ready = "sum(up) == 2 and count(count_over_time(longshore_kafka_consumergroup_lag[15s]) >= 5) > 0 \
+        and count(count_over_time(longshore_kafka_client_errors_total[15s]) >= 5) > 0 \
+        and count(count_over_time(longshore_received_messages_total[15s]) >= 5) == 3";
     wait_until_scraped(prometheus_addr, ready, &dir).await;
 
     assert_all_return_data(prometheus_addr, &queries).await;
@@ -88,8 +99,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let (status, rules) = http::get(prometheus_addr, "/api/v1/rules").await;
     assert_eq!(status, 200);
     assert!(rules.contains("LongshoreKafkaLagGrowing"), "{rules}");
+    assert!(rules.contains("LongshoreKafkaClientErrors"), "{rules}");
 
     pipeline.shutdown().await.unwrap();
+    unreachable.shutdown().await.unwrap();
     kafka_metrics.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::tansu::{create_topic_with, create_user, free_port, Tansu};
 use common::tls::{proxy, Certificates};
-use common::{cluster, committed_by, config, eventually, per_partition, produce_by, Recorder};
+use common::{cluster, committed_by, config, eventually, metric, per_partition, produce_by, Recorder};
 use longshore::{Pipeline, Processors};
 use longshore_kafka::{KafkaConfig, KafkaSource};
 use rdkafka::ClientConfig;
@@ -148,7 +148,7 @@ async fn tls_verifies_the_brokers_certificate_and_carries_every_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_scram_over_tls_logs_in_and_a_wrong_password_reads_nothing() {
+async fn sasl_scram_over_tls_logs_in_and_a_wrong_password_reads_nothing_and_is_counted() {
     let _serial = common::serial().await;
     let broker = Secured::start("sasl", Some(("alice", "wonderland")));
     let properties = sasl_over_tls(&broker.certificates.ca, "alice", "wonderland");
@@ -169,6 +169,14 @@ async fn sasl_scram_over_tls_logs_in_and_a_wrong_password_reads_nothing() {
     consume_all(&broker.bootstrap, "g-sasl", "payments", &properties).await;
     let received = intruder.stats().get().received;
     assert_eq!(received, 0, "a wrong password reads nothing");
+    // ... and shows on the metrics, for the dashboard and the alert.
+    let refusals = || {
+        let labels = [("consumergroup", "g-intruder"), ("error", "Authentication")];
+        metric("longshore_kafka_client_errors_total", &labels).unwrap_or(0.0)
+    };
+    eventually(WAIT, || refusals() > 0.0).await;
+    let labels = [("consumergroup", "g-sasl"), ("error", "Authentication")];
+    assert_eq!(metric("longshore_kafka_client_errors_total", &labels), None);
     intruder.shutdown().await.unwrap();
 }
 

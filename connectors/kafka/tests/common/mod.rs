@@ -3,12 +3,16 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
+#[path = "../../../../test-support/registry.rs"]
+mod registry;
 pub mod tansu;
 pub mod tls;
 #[path = "../../../../test-support/wait.rs"]
 mod wait;
 
 #[allow(unused_imports)] // each test binary uses its own part
+pub use registry::metric;
+#[allow(unused_imports)]
 pub use wait::{eventually, eventually_eq, Watchdog};
 
 use std::collections::HashMap;

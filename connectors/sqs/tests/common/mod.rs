@@ -6,6 +6,8 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
 pub mod localstack;
+#[path = "../../../../test-support/registry.rs"]
+mod registry;
 #[path = "../../../../test-support/wait.rs"]
 mod wait;
 
@@ -16,6 +18,8 @@ use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 pub use localstack::localstack;
 use longshore_sqs::SqsConfig;
+#[allow(unused_imports)] // each test binary uses its own part
+pub use registry::metric;
 #[allow(unused_imports)]
 pub use wait::{eventually, eventually_eq, Watchdog};
 
@@ -201,18 +205,6 @@ pub async fn drain(
         }
         all.extend(messages);
     }
-}
-
-/// The value of `name`'s sample whose labels include each of `labels`, in longshore's
-/// registry.
-pub fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let families = longshore::metrics::registry().gather();
-    let text = prometheus::TextEncoder::new().encode_to_string(&families).ok()?;
-    let prefix = format!("{name}{{");
-    text.lines()
-        .filter(|line| line.starts_with(&prefix))
-        .find(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 /// Counts of each body handled.
