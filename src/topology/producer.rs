@@ -157,18 +157,19 @@ fn chunks<T>(
     max: usize,
     part_of: impl Fn(&T) -> usize,
 ) -> Vec<(usize, Vec<T>)> {
-    let Some(first) = messages.first().map(&part_of) else {
+    // One call of `part_of` per message: with key order, it hashes the key.
+    let of: Vec<usize> = messages.iter().map(part_of).collect();
+    let Some(&first) = of.first() else {
         return Vec::new();
     };
-    if messages.len() <= max && messages.iter().all(|m| part_of(m) == first) {
+    if messages.len() <= max && of.iter().all(|&part| part == first) {
         return vec![(first, messages)];
     }
     let mut left = vec![0usize; parts];
-    messages.iter().for_each(|m| left[part_of(m)] += 1);
+    of.iter().for_each(|&part| left[part] += 1);
     let mut open: Vec<Vec<T>> = left.iter().map(|&n| Vec::with_capacity(n.min(max))).collect();
     let mut out = Vec::new();
-    for message in messages {
-        let part = part_of(&message);
+    for (message, part) in messages.into_iter().zip(of) {
         open[part].push(message);
         left[part] -= 1;
         if open[part].len() == max || left[part] == 0 {
@@ -192,6 +193,17 @@ mod tests {
             chunks(vec![1, 2, 3, 4, 5, 6, 7], 1, 3, whole),
             vec![(0, vec![1, 2, 3]), (0, vec![4, 5, 6]), (0, vec![7])]
         );
+    }
+
+    #[test]
+    fn chunks_ask_each_messages_queue_once() {
+        let calls = std::cell::Cell::new(0);
+        let counted = |m: &u8| {
+            calls.set(calls.get() + 1);
+            usize::from(*m % 2)
+        };
+        chunks((0..50).collect(), 2, 8, counted);
+        assert_eq!(calls.get(), 50);
     }
 
     #[test]
