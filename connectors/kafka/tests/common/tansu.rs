@@ -22,6 +22,10 @@ pub struct Tansu {
     pub bootstrap: String,
 }
 
+/// Storage in a SQLite file in the broker's working folder (tansu reads the path of a
+/// sqlite:// URL relative to it).
+const SQLITE: &str = "sqlite://tansu.db";
+
 /// Where scripts/test installs tansu (with its SQLite storage); `LONGSHORE_TANSU`
 /// overrides it.
 fn binary() -> PathBuf {
@@ -42,8 +46,7 @@ impl Tansu {
     /// Starts a broker keeping its data in a SQLite file in `dir`: it survives
     /// [`Tansu::restart`].
     pub fn start_persistent(dir: &std::path::Path) -> Tansu {
-        // tansu reads the path of a sqlite:// URL relative to its working folder.
-        Tansu::start_with("sqlite://tansu.db", dir)
+        Tansu::start_with(SQLITE, dir)
     }
 
     fn start_with(storage: &str, dir: &std::path::Path) -> Tansu {
@@ -56,7 +59,7 @@ impl Tansu {
     /// `authentication`, clients must log in with SASL/SCRAM as a user made by
     /// [`create_user`] in the same `dir`.
     pub fn start_behind(port: u16, advertised: u16, dir: &std::path::Path, authentication: bool) -> Tansu {
-        Tansu::start_on(port, advertised, "sqlite://tansu.db", dir, authentication)
+        Tansu::start_on(port, advertised, SQLITE, dir, authentication)
     }
 
     fn start_on(
@@ -106,7 +109,7 @@ pub fn free_port() -> u16 {
 /// that needs no login (tansu adds users only for a client already logged in).
 pub fn create_user(dir: &std::path::Path, name: &str, password: &str) {
     let port = free_port();
-    let broker = Tansu::start_on(port, port, "sqlite://tansu.db", dir, false);
+    let broker = Tansu::start_on(port, port, SQLITE, dir, false);
     let out = Command::new(binary())
         .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}")])
         .args(["--mechanism", "scram512", name, password])
