@@ -96,3 +96,36 @@ impl Samples {
         samples[((samples.len() - 1) as f64 * p) as usize] as f64
     }
 }
+
+/// Says when the `count`th message was handled: an event, not a poll of the pipeline's
+/// stats, whose timer would wake the process a thousand times a second.
+#[derive(Debug)]
+#[allow(dead_code)] // not every benchmark waits for a count
+pub(crate) struct Countdown {
+    count: usize,
+    handled: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+#[allow(dead_code)]
+impl Countdown {
+    pub(crate) fn new(count: usize) -> Self {
+        Countdown {
+            count,
+            handled: std::sync::atomic::AtomicUsize::new(0),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// One more message handled.
+    pub(crate) fn handled(&self) {
+        if self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.count {
+            self.done.notify_one();
+        }
+    }
+
+    /// Returns once `count` messages were handled.
+    pub(crate) async fn finished(&self) {
+        self.done.notified().await;
+    }
+}

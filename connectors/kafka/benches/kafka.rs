@@ -13,7 +13,6 @@
 //! loop's, for the same records.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ mod support;
 #[path = "../tests/common/tansu.rs"]
 mod tansu;
 
-use support::Samples;
+use support::{Countdown, Samples};
 use tansu::{create_topic, Tansu};
 
 const TOPIC: &str = "bench";
@@ -199,15 +198,11 @@ fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
 
 /// Reads the payload; on one record in 64, samples the latency the pipeline adds: from
 /// its receipt from the source to its handler. Times the run from the first record
-/// handled to the `count`th, and says when that one is reached (an event, not a poll
-/// of the pipeline's stats, whose timer would wake the process a thousand times a
-/// second).
+/// handled to the last.
 struct Touch {
     samples: Samples,
-    count: usize,
-    handled: AtomicUsize,
     first: OnceLock<Instant>,
-    done: tokio::sync::Notify,
+    countdown: Countdown,
 }
 
 impl Handler for Touch {
@@ -220,9 +215,7 @@ impl Handler for Touch {
                 self.samples.record(at);
             }
         }
-        if self.handled.fetch_add(1, Relaxed) + 1 == self.count {
-            self.done.notify_one();
-        }
+        self.countdown.handled();
         Ok(())
     }
 }
@@ -231,10 +224,8 @@ impl Handler for Touch {
 fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
     let touch = Arc::new(Touch {
         samples: Samples::default(),
-        count,
-        handled: AtomicUsize::new(0),
         first: OnceLock::new(),
-        done: tokio::sync::Notify::new(),
+        countdown: Countdown::new(count),
     });
     let runtime = support::runtime();
     runtime.block_on(async {
@@ -243,7 +234,7 @@ fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
             .processors(Processors::new(2))
             .start()
             .unwrap();
-        touch.done.notified().await;
+        touch.countdown.finished().await;
         let rate = count as f64 / touch.first.get().expect("records").elapsed().as_secs_f64();
         pipeline.shutdown().await.expect("drains");
         [

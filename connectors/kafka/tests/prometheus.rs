@@ -88,7 +88,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 
     let (_prometheus, prometheus_addr, dir) =
         start_prometheus(&[quickstart_addr, kafka_metrics.local_addr()]);
-    // Both targets up, and enough scrapes for rates over the dashboard's window.
+    // Both targets up, and enough scrapes for rates over the dashboard's window (of three
+    // pipelines: the quickstart, the lagging one and the unreachable one).
     let ready = "sum(up) == 2 and count(count_over_time(longshore_kafka_consumergroup_lag[15s]) >= 5) > 0 \
         and count(count_over_time(longshore_kafka_client_errors_total[15s]) >= 5) > 0 \
         and count(count_over_time(longshore_received_messages_total[15s]) >= 5) == 3";

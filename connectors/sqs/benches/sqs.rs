@@ -147,21 +147,14 @@ async fn raw(url: &str, count: usize) -> (f64, [usize; 3]) {
     )
 }
 
-/// Reads the body; says when the `count`th message is handled (an event, not a poll of
-/// the pipeline's stats, whose timer would wake the process a thousand times a second).
-struct Touch {
-    count: usize,
-    handled: AtomicUsize,
-    done: tokio::sync::Notify,
-}
+/// Reads the body; says when the last message is handled.
+struct Touch(support::Countdown);
 
 impl Handler for Touch {
     type Item = SqsMessage;
     async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
         std::hint::black_box(message.data().body());
-        if self.handled.fetch_add(1, Ordering::Relaxed) + 1 == self.count {
-            self.done.notify_one();
-        }
+        self.0.handled();
         Ok(())
     }
 }
@@ -175,16 +168,12 @@ async fn ours(url: &str, count: usize) -> (f64, [usize; 3]) {
         .lag_interval(Duration::from_secs(3600));
     let source = SqsSource::connect(config).await.expect("source");
     let start = Instant::now();
-    let touch = Arc::new(Touch {
-        count,
-        handled: AtomicUsize::new(0),
-        done: tokio::sync::Notify::new(),
-    });
+    let touch = Arc::new(Touch(support::Countdown::new(count)));
     let pipeline = Pipeline::builder(source, touch.clone())
         .processors(Processors::new(4).max_demand(50))
         .start()
         .expect("pipeline");
-    touch.done.notified().await;
+    touch.0.finished().await;
     // Shutting down drains the pipeline and sends the last deletes: timed too.
     pipeline.shutdown().await.expect("drained");
     let rate = count as f64 / start.elapsed().as_secs_f64();
