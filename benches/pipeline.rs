@@ -206,7 +206,11 @@ async fn longshore_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) 
             .processors(processors)
             .start(),
     };
-    pipeline.expect("valid").wait().await;
+    pipeline
+        .expect("valid")
+        .wait()
+        .await
+        .expect("the pipeline ends cleanly");
     counts.successful()
 }
 

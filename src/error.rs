@@ -51,3 +51,32 @@ pub struct DeadlineExceeded {
     /// Messages received from the source and not acknowledged when the deadline passed.
     pub in_flight: usize,
 }
+
+/// Why a pipeline did not end cleanly: what [`Pipeline::wait`](crate::Pipeline::wait),
+/// [`Pipeline::shutdown`](crate::Pipeline::shutdown) and
+/// [`Pipeline::run_until_signal`](crate::Pipeline::run_until_signal) return instead of a
+/// summary. Either way nothing unfinished was acknowledged: the source redelivers it.
+///
+/// ```
+/// use longshore::{DeadlineExceeded, PipelineError};
+///
+/// let error = PipelineError::from(DeadlineExceeded { in_flight: 3 });
+/// assert_eq!(error.to_string(), "pipeline did not drain within its deadline; 3 messages left unacknowledged");
+/// let failed = PipelineError::Failed { cause: "the source's poll thread panicked".into() };
+/// assert_eq!(failed.to_string(), "pipeline failed: the source's poll thread panicked");
+/// ```
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The drain did not finish within the shutdown deadline.
+    #[error(transparent)]
+    DeadlineExceeded(#[from] DeadlineExceeded),
+    /// The pipeline's own machinery failed (a stage or the acknowledger panicked) or its
+    /// source reported that it can no longer deliver: the pipeline stopped itself, within
+    /// its shutdown deadline, and `/healthz` fails so that the process is restarted.
+    #[error("pipeline failed: {cause}")]
+    Failed {
+        /// What failed, first: later failures are logged, not kept.
+        cause: String,
+    },
+}

@@ -70,7 +70,7 @@
 //!     .processors(Processors::new(4))
 //!     .batcher(Batcher::new("sum").batch_size(100).batch_timeout(Duration::from_millis(50)))
 //!     .start()?;
-//! let summary = pipeline.wait().await;
+//! let summary = pipeline.wait().await?;
 //! assert_eq!((summary.successful, summary.failed), (9_990, 10));
 //! # Ok(())
 //! # }
@@ -93,7 +93,7 @@ pub mod source;
 pub mod testing;
 mod topology;
 
-pub use error::{BoxError, BuildError, DeadlineExceeded};
+pub use error::{BoxError, BuildError, DeadlineExceeded, PipelineError};
 pub use failure::dead_letter::DeadLetter;
 pub use failure::rate_limit::{RateLimit, RateLimits};
 pub use failure::retry::{Permanent, RetryAfter, RetryPolicy};

@@ -35,6 +35,8 @@ pub struct Message<T> {
     status: Status,
     batcher: Option<Cow<'static, str>>,
     batch_key: BatchKey,
+    /// The `partition_by` key, computed once when the message is dispatched.
+    order_key: Option<u64>,
 }
 
 impl<T> Message<T> {
@@ -49,6 +51,7 @@ impl<T> Message<T> {
             status: Status::Ok,
             batcher: None,
             batch_key: BatchKey::None,
+            order_key: None,
         }
     }
 
@@ -166,6 +169,16 @@ impl<T> Message<T> {
 
     pub(crate) fn set_received_at(&mut self, at: Instant) {
         self.received_at = Some(at);
+    }
+
+    /// The ordering key: messages with the same one are handled in order. `None` in an
+    /// unordered pipeline.
+    pub(crate) fn order_key(&self) -> Option<u64> {
+        self.order_key
+    }
+
+    pub(crate) fn set_order_key(&mut self, key: u64) {
+        self.order_key = Some(key);
     }
 }
 

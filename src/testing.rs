@@ -34,7 +34,7 @@
 //! assert_eq!(outcomes[1].message.status().to_string(), "failed (error): invalid digit found in string");
 //!
 //! drop(sender); // the source is exhausted: the pipeline drains and stops
-//! pipeline.wait().await;
+//! pipeline.wait().await.expect("the pipeline ends cleanly");
 //! # }
 //! ```
 
@@ -54,6 +54,7 @@ use crate::source::{Acknowledger, Source};
 pub struct TestSource<T> {
     input: tokio::sync::Mutex<mpsc::Receiver<Message<T>>>,
     waiting: Waiting<T>,
+    acknowledged: Arc<AtomicU64>,
 }
 
 type Waiting<T> = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome<T>>>>>;
@@ -74,6 +75,9 @@ pub struct Outcome<T> {
     pub message: Message<T>,
     /// `true` when acknowledged as successful, `false` when as failed.
     pub successful: bool,
+    /// The order of its acknowledgement: 0 for the first message the source
+    /// acknowledged, 1 for the next, and so on. Tests of order compare these.
+    pub acknowledged: u64,
 }
 
 impl<T: Send + 'static> TestSource<T> {
@@ -85,6 +89,7 @@ impl<T: Send + 'static> TestSource<T> {
         let source = TestSource {
             input: tokio::sync::Mutex::new(rx),
             waiting: waiting.clone(),
+            acknowledged: Arc::default(),
         };
         let sender = TestSender {
             tx,
@@ -157,6 +162,7 @@ impl<T: Send + 'static> Source for TestSource<T> {
     fn acknowledger(&self) -> TestAcknowledger<T> {
         TestAcknowledger {
             waiting: self.waiting.clone(),
+            acknowledged: self.acknowledged.clone(),
         }
     }
 
@@ -171,6 +177,7 @@ impl<T: Send + 'static> Source for TestSource<T> {
 /// The acknowledger of a [`TestSource`]: hands each outcome to the waiting sender.
 pub struct TestAcknowledger<T> {
     waiting: Waiting<T>,
+    acknowledged: Arc<AtomicU64>,
 }
 
 impl<T: Send + 'static> Acknowledger<T> for TestAcknowledger<T> {
@@ -184,8 +191,14 @@ impl<T: Send + 'static> Acknowledger<T> for TestAcknowledger<T> {
             let tx = waiting
                 .remove(&message.ack_ref())
                 .unwrap_or_else(|| panic!("test message {} acknowledged twice", message.ack_ref()));
+            // Counted under the lock, so the order is the order of acknowledgement.
+            let acknowledged = self.acknowledged.fetch_add(1, Ordering::Relaxed);
             // The test may have stopped waiting; that is its business.
-            let _ = tx.send(Outcome { message, successful });
+            let _ = tx.send(Outcome {
+                message,
+                successful,
+                acknowledged,
+            });
         }
     }
 }

@@ -132,7 +132,7 @@ async fn run_jobs(
     *recorder.started.lock().unwrap() = Some(Instant::now());
     let outcomes = sender.test_batch(jobs).await;
     drop(sender);
-    pipeline.wait().await;
+    pipeline.wait().await.expect("the pipeline ends cleanly");
     (recorder, outcomes)
 }
 
@@ -302,7 +302,7 @@ async fn a_failed_batch_is_retried_as_a_batch_after_its_backoff() {
     let outcomes = sender.test_batch(vec![1, 2, 3]).await;
     assert!(outcomes.iter().all(|o| o.successful && o.message.attempt() == 2));
     drop(sender);
-    pipeline.wait().await;
+    pipeline.wait().await.expect("the pipeline ends cleanly");
 
     let batches = sink.batches.lock().unwrap();
     assert_eq!(batches.len(), 2);
@@ -399,7 +399,7 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
         ])
         .await;
     drop(sender);
-    pipeline.wait().await;
+    pipeline.wait().await.expect("the pipeline ends cleanly");
 
     assert!(outcomes.iter().all(|o| !o.successful));
     let mut acks = acks.lock().unwrap().clone();
@@ -492,6 +492,6 @@ async fn a_batcher_rate_limit_paces_batches_without_fetching_more() {
 
     assert!(limits.set_batcher("nope", None).is_err());
     limits.set_batcher("db", None).unwrap();
-    let summary = pipeline.wait().await;
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
     assert_eq!(summary.successful, 1_000);
 }

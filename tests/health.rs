@@ -65,7 +65,7 @@ async fn readyz_is_ready_only_while_the_source_is_connected_and_the_pipeline_run
     assert_eq!(common::get(addr, "/readyz").await.0, 503, "shutting down");
     assert_eq!(common::get(addr, "/healthz").await.0, 200, "alive while draining");
     drop(sender);
-    pipeline.wait().await;
+    pipeline.wait().await.expect("the pipeline ends cleanly");
     assert_eq!(common::get(addr, "/readyz").await.0, 503, "stopped");
     server.shutdown().await;
 }

@@ -58,7 +58,7 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
         .dead_letter(Discard)
         .start()
         .unwrap();
-    let summary = pipeline.wait().await;
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
     assert_eq!(summary.received, 1_000);
 
     let (status, body) = common::get(server.local_addr(), "/metrics").await;

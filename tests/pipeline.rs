@@ -115,7 +115,7 @@ async fn the_source_is_never_asked_for_more_than_outstanding_demand() {
             tokio::task::yield_now().await;
         }
     });
-    let summary = pipeline.wait().await;
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
     let max_seen = watcher.await.unwrap();
 
     assert_eq!(summary.successful, 50_000);
@@ -258,7 +258,14 @@ async fn a_batch_timeout_flushes_a_partial_batch_and_keys_group_batches() {
     );
 
     drop(sender);
-    assert_eq!(pipeline.wait().await.successful, 6);
+    assert_eq!(
+        pipeline
+            .wait()
+            .await
+            .expect("the pipeline ends cleanly")
+            .successful,
+        6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +343,9 @@ async fn a_missed_deadline_leaves_unfinished_messages_unacknowledged() {
     }
 
     let started = Instant::now();
-    let error = pipeline.shutdown().await.unwrap_err();
+    let Err(longshore::PipelineError::DeadlineExceeded(error)) = pipeline.shutdown().await else {
+        panic!("the deadline passes");
+    };
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     assert_eq!(error.in_flight, 1);
     assert_eq!(counts.successful(), 5);
@@ -417,7 +426,7 @@ async fn errors_and_panics_fail_messages_never_the_stage() {
     assert_eq!(handler.failed.load(Ordering::SeqCst), 4);
 
     drop(sender);
-    let summary = pipeline.wait().await;
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
     assert_eq!((summary.successful, summary.failed), (7, 4));
 }
 
@@ -451,7 +460,7 @@ async fn unhandled_batches_and_unknown_batchers_fail_instead_of_passing_silently
         "failed (routing): no batcher named `elsewhere`"
     );
     drop(sender);
-    pipeline.wait().await;
+    pipeline.wait().await.expect("the pipeline ends cleanly");
 }
 
 fn build_error(build: impl FnOnce() -> Result<Pipeline, BuildError>) -> String {

@@ -32,6 +32,8 @@ struct Families {
     acknowledged: IntCounterVec,
     retries: IntCounterVec,
     dead_lettered: IntCounterVec,
+    discarded: IntCounterVec,
+    released: IntCounterVec,
     rate_limited: prometheus::CounterVec,
     in_flight: IntGaugeVec,
     max_in_flight: IntGaugeVec,
@@ -60,6 +62,16 @@ fn families() -> &'static Families {
             dead_lettered: counter(
                 "longshore_dead_lettered_messages_total",
                 "Messages written to the dead-letter destination.",
+                &["pipeline"],
+            ),
+            discarded: counter(
+                "longshore_discarded_messages_total",
+                "Messages that failed for good with no dead-letter destination: acknowledged as failed and not delivered again.",
+                &["pipeline"],
+            ),
+            released: counter(
+                "longshore_released_messages_total",
+                "Messages handed back to the source unacknowledged at shutdown (waiting for a retry), to be delivered again.",
                 &["pipeline"],
             ),
             rate_limited: prometheus::CounterVec::new(
@@ -109,11 +121,13 @@ fn families() -> &'static Families {
                 duration_buckets(),
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(families.received.clone()),
             Box::new(families.acknowledged.clone()),
             Box::new(families.retries.clone()),
             Box::new(families.dead_lettered.clone()),
+            Box::new(families.discarded.clone()),
+            Box::new(families.released.clone()),
             Box::new(families.rate_limited.clone()),
             Box::new(families.in_flight.clone()),
             Box::new(families.max_in_flight.clone()),
@@ -153,6 +167,8 @@ pub(crate) struct PipelineMetrics {
     pub(crate) failed: IntCounter,
     pub(crate) retries: IntCounter,
     pub(crate) dead_lettered: IntCounter,
+    pub(crate) discarded: IntCounter,
+    pub(crate) released: IntCounter,
     pub(crate) rate_limited: prometheus::Counter,
     pub(crate) in_flight: IntGauge,
     max_in_flight: IntGauge,
@@ -176,6 +192,8 @@ impl PipelineMetrics {
             failed: f.acknowledged.with_label_values(&[pipeline, "failed"]),
             retries: f.retries.with_label_values(&[pipeline]),
             dead_lettered: f.dead_lettered.with_label_values(&[pipeline]),
+            discarded: f.discarded.with_label_values(&[pipeline]),
+            released: f.released.with_label_values(&[pipeline]),
             rate_limited: f.rate_limited.with_label_values(&[pipeline, "source"]),
             in_flight: f.in_flight.with_label_values(&[pipeline]),
             max_in_flight,

@@ -10,11 +10,13 @@ pub(crate) struct PipelineHealth {
     /// Cancelled when the shutdown starts, or once the source is exhausted.
     pub(crate) stop: CancellationToken,
     pub(crate) source_ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// `false` once the pipeline failed (a stage, the acknowledger or the source).
+    pub(crate) alive: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl PipelineHealth {
     fn ready(&self) -> bool {
-        !self.stop.is_cancelled() && (self.source_ready)()
+        !self.stop.is_cancelled() && (self.source_ready)() && (self.alive)()
     }
 }
 
@@ -33,10 +35,21 @@ pub(crate) fn register(health: PipelineHealth) -> Arc<PipelineHealth> {
     health
 }
 
+/// The pipelines alive now.
+fn live() -> Vec<Arc<PipelineHealth>> {
+    let pipelines = pipelines().lock().unwrap_or_else(|p| p.into_inner());
+    pipelines.iter().filter_map(Weak::upgrade).collect()
+}
+
 /// Ready: at least one pipeline, and every pipeline running with its source ready.
 pub(crate) fn ready() -> bool {
-    let pipelines = pipelines().lock().unwrap_or_else(|p| p.into_inner());
-    let live: Vec<Arc<PipelineHealth>> = pipelines.iter().filter_map(Weak::upgrade).collect();
-    drop(pipelines);
+    let live = live();
     !live.is_empty() && live.iter().all(|p| p.ready())
+}
+
+/// Alive: no pipeline of the process has failed. A failed pipeline stays registered
+/// until its handle is dropped (its `wait` returned the error), so the process reports
+/// it until it exits.
+pub(crate) fn alive() -> bool {
+    live().iter().all(|p| (p.alive)())
 }

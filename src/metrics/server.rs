@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::{health, registry};
 
 /// Serves `/metrics` (the process registry in Prometheus' text format), `/healthz`
-/// (200 while the process serves) and `/readyz` (200 while every pipeline of the process
+/// (200 while no pipeline of the process has failed: 503 once one has, see
+/// [`PipelineError::Failed`](crate::PipelineError::Failed)) and `/readyz` (200 while every pipeline of the process
 /// runs with its source ready; 503 before the source connects and once a shutdown starts).
 ///
 /// ```no_run
@@ -42,7 +43,7 @@ impl MetricsServer {
         let local_addr = listener.local_addr()?;
         let app = Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz));
         let stop = CancellationToken::new();
         let stopped = stop.clone().cancelled_owned();
@@ -81,6 +82,14 @@ async fn metrics() -> impl IntoResponse {
         )
             .into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    if health::alive() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a pipeline failed")
     }
 }
 

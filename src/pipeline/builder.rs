@@ -21,8 +21,12 @@ use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::Pipeline;
 use crate::source::{Acknowledger as _, Source};
 use crate::topology::{
-    BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Meter, PartitionBy, Processor, Producer,
+    BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Fault, LogLimit, Meter,
+    PartitionBy, Processor, Producer,
 };
+
+/// How often a running pipeline asks its source whether it can still deliver.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Configures a pipeline; made by [`Pipeline::builder`].
 ///
@@ -148,6 +152,18 @@ where
     pub fn start(self) -> Result<Pipeline, BuildError> {
         let limit = self.config.validate()?;
         let config = self.config;
+        let partition_by = self.partition_by.or_else(|| self.source.partition_by());
+        let ordered = partition_by.is_some();
+        if ordered && config.source_concurrency > 1 {
+            return Err(BuildError::new(
+                "source_concurrency",
+                format!(
+                    "must be 1 when messages are ordered (partition_by, or the source's own order such as \
+                     Kafka's partitions or SQS FIFO's groups): concurrent fetches could pass each other; got {}",
+                    config.source_concurrency
+                ),
+            ));
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BuildError::new(
                 "runtime",
@@ -160,6 +176,7 @@ where
             PipelineMetrics::new(&config.name, limit),
         );
         let stop = CancellationToken::new();
+        let fault = Arc::new(Fault::default());
         let mut tasks = JoinSet::new();
         let ctx = Arc::new(Context {
             handler: self.handler,
@@ -168,6 +185,8 @@ where
             redelivery: self.source.redelivery(),
             dead_letter: self.dead_letter,
             meter: meter.clone(),
+            fault: fault.clone(),
+            discard_log: LogLimit::new(Duration::from_secs(1)),
         });
         let processors = config.processors.concurrency;
 
@@ -179,24 +198,37 @@ where
             let rate_limit = Limiter::new(batcher.rate_limit);
             batcher_limits.push((name.clone(), rate_limit.clone()));
             let metrics = BatcherMetrics::new(&config.name, &name);
-            let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
-            for _ in 0..batcher.concurrency {
-                let stage = BatchProcessor {
-                    ctx: ctx.clone(),
-                    input: batch_rx.clone(),
-                    rate_limit: rate_limit.clone(),
-                    metrics: metrics.clone(),
-                    batch_size: batcher.batch_size,
-                };
-                tasks.spawn(stage.run());
-            }
+            let batch_processor = |input| BatchProcessor {
+                ctx: ctx.clone(),
+                input,
+                rate_limit: rate_limit.clone(),
+                metrics: metrics.clone(),
+                batch_size: batcher.batch_size,
+                ordered,
+                stop: stop.clone(),
+            };
+            let output = if ordered {
+                let mut queues = Vec::with_capacity(batcher.concurrency);
+                for _ in 0..batcher.concurrency {
+                    let (batch_tx, batch_rx) = async_channel::bounded(1);
+                    tasks.spawn(batch_processor(batch_rx).run());
+                    queues.push(batch_tx);
+                }
+                BatchDispatch::ByKey(queues)
+            } else {
+                let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
+                for _ in 0..batcher.concurrency {
+                    tasks.spawn(batch_processor(batch_rx.clone()).run());
+                }
+                BatchDispatch::Shared(batch_tx)
+            };
             let (tx, rx) = mpsc::channel(processors * 2);
             let stage = BatcherStage {
                 name: name.clone(),
                 batch_size: batcher.batch_size,
                 batch_timeout: batcher.batch_timeout,
                 input: rx,
-                output: batch_tx,
+                output,
                 metrics,
             };
             tasks.spawn(stage.run());
@@ -206,7 +238,7 @@ where
         let queue_len = 2;
         let metrics = StageMetrics::new(&config.name, Stage::Processor, "");
         let max_demand = config.processors.max_demand;
-        let dispatch = match self.partition_by.or_else(|| self.source.partition_by()) {
+        let dispatch = match partition_by {
             None => {
                 let (tx, rx) = async_channel::bounded(processors * queue_len);
                 for _ in 0..processors {
@@ -215,7 +247,7 @@ where
                             ctx: ctx.clone(),
                             input: rx.clone(),
                             batchers: routes.clone(),
-                            partition_by: None,
+                            stop: stop.clone(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
                             max_demand,
@@ -234,7 +266,7 @@ where
                             ctx: ctx.clone(),
                             input: rx,
                             batchers: routes.clone(),
-                            partition_by: Some(partition_by.clone()),
+                            stop: stop.clone(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
                             max_demand,
@@ -271,21 +303,42 @@ where
         // Not ready once the shutdown starts, or once the source is exhausted.
         let running = stop.child_token();
         let ready_source = source.clone();
+        let alive = fault.clone();
         let health = health::register(PipelineHealth {
             stop: running.clone(),
             source_ready: Box::new(move || ready_source.is_ready()),
+            alive: Box::new(move || alive.cause().is_none()),
+        });
+        // The source's liveness, asked while it delivers: a dead or wedged source stops the
+        // pipeline with an error, instead of leaving it waiting for messages forever.
+        let (watched, watching, watchdog_fault) = (source.clone(), running.clone(), fault.clone());
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(LIVENESS_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = watching.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                if let Err(error) = watched.liveness() {
+                    watchdog_fault.raise(format!("the source can no longer deliver: {error}"));
+                    return;
+                }
+            }
         });
         // The source is shut down once, after its last producer stops.
+        let producer_fault = fault.clone();
         tasks.spawn(async move {
-            while producers.join_next().await.is_some() {}
+            super::all_done(&mut producers, &producer_fault).await;
             running.cancel();
             source.shutdown().await;
         });
         // The acknowledger flushes once, after every stage has acknowledged its last.
         let mut stages = tasks;
         let mut tasks = JoinSet::new();
+        let stage_fault = fault.clone();
         tasks.spawn(async move {
-            super::all_done(&mut stages).await;
+            super::all_done(&mut stages, &stage_fault).await;
             ctx.acknowledger.flush().await;
         });
 
@@ -301,6 +354,7 @@ where
             stop,
             tasks,
             deadline: config.shutdown_deadline,
+            fault,
             _health: health,
         })
     }

@@ -13,12 +13,12 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::DeadlineExceeded;
+use crate::error::{DeadlineExceeded, PipelineError};
 use crate::failure::rate_limit::RateLimits;
 use crate::handler::Handler;
 use crate::metrics::health::PipelineHealth;
 use crate::source::Source;
-use crate::topology::Meter;
+use crate::topology::{Fault, Meter};
 
 pub use builder::PipelineBuilder;
 pub use signal::shutdown_signal;
@@ -56,7 +56,7 @@ pub use signal::shutdown_signal;
 /// let pipeline = Pipeline::builder(source, Double)
 ///     .processors(Processors::new(2))
 ///     .start()?;
-/// let summary = pipeline.wait().await;
+/// let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
 /// assert_eq!(summary.successful, 1_000);
 /// assert_eq!(counts.successful(), 1_000);
 /// # Ok(())
@@ -69,6 +69,7 @@ pub struct Pipeline {
     stop: CancellationToken,
     tasks: JoinSet<()>,
     deadline: Duration,
+    fault: Arc<Fault>,
     /// Counts in `/readyz` while the pipeline lives.
     _health: Arc<PipelineHealth>,
 }
@@ -105,10 +106,19 @@ impl Pipeline {
     }
 
     /// Waits until every stage has stopped: the source was exhausted, or a shutdown
-    /// started with [`Pipeline::stop_token`] has drained. No deadline applies.
-    pub async fn wait(mut self) -> Summary {
-        all_done(&mut self.tasks).await;
-        self.summary()
+    /// started with [`Pipeline::stop_token`] has drained. No deadline applies, unless the
+    /// pipeline fails: then it shuts itself down within its deadline.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::Failed`] when a stage, the acknowledger or the source failed (the
+    /// pipeline stopped itself); [`PipelineError::DeadlineExceeded`] when, after that, the
+    /// drain did not finish in time.
+    pub async fn wait(mut self) -> Result<Summary, PipelineError> {
+        tokio::select! {
+            () = all_done(&mut self.tasks, &self.fault) => self.outcome(),
+            () = self.fault.raised() => self.shutdown().await,
+        }
     }
 
     /// Shuts down gracefully: stops demand, drains, flushes, acknowledges, within the
@@ -116,22 +126,23 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// [`DeadlineExceeded`] when the drain did not finish in time: the remaining stages
-    /// were aborted and their messages left unacknowledged.
-    pub async fn shutdown(mut self) -> Result<Summary, DeadlineExceeded> {
+    /// [`PipelineError::DeadlineExceeded`] when the drain did not finish in time: the
+    /// remaining stages were aborted and their messages left unacknowledged.
+    /// [`PipelineError::Failed`] when the pipeline had failed (see [`Pipeline::wait`]).
+    pub async fn shutdown(mut self) -> Result<Summary, PipelineError> {
         self.stop.cancel();
         let deadline = self.deadline;
-        let drained = tokio::time::timeout(deadline, all_done(&mut self.tasks)).await;
-        match drained {
-            Ok(()) => Ok(self.summary()),
-            Err(_) => {
-                self.tasks.abort_all();
-                while self.tasks.join_next().await.is_some() {}
-                let in_flight = self.meter.credits.in_flight();
-                tracing::error!(pipeline = %self.name, in_flight, ?deadline, "shutdown deadline passed; aborted");
-                Err(DeadlineExceeded { in_flight })
+        let drained = tokio::time::timeout(deadline, all_done(&mut self.tasks, &self.fault)).await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+            let in_flight = self.meter.credits.in_flight();
+            tracing::error!(pipeline = %self.name, in_flight, ?deadline, "shutdown deadline passed; aborted");
+            if self.fault.cause().is_none() {
+                return Err(DeadlineExceeded { in_flight }.into());
             }
         }
+        self.outcome()
     }
 
     /// Runs until the source is exhausted or the process receives SIGTERM or ctrl-c, then
@@ -139,18 +150,29 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// As [`Pipeline::shutdown`].
-    pub async fn run_until_signal(mut self) -> Result<Summary, DeadlineExceeded> {
+    /// As [`Pipeline::shutdown`] and [`Pipeline::wait`].
+    pub async fn run_until_signal(mut self) -> Result<Summary, PipelineError> {
         let stopped_by_itself = tokio::select! {
             () = shutdown_signal() => false,
             () = self.stop.cancelled() => false,
-            () = all_done(&mut self.tasks) => true,
+            () = self.fault.raised() => false,
+            () = all_done(&mut self.tasks, &self.fault) => true,
         };
         if stopped_by_itself {
-            return Ok(self.summary());
+            return self.outcome();
         }
         tracing::info!(pipeline = %self.name, "shutting down");
         self.shutdown().await
+    }
+
+    /// The summary, or the pipeline's failure: a failed pipeline never reports a clean end.
+    fn outcome(&self) -> Result<Summary, PipelineError> {
+        match self.fault.cause() {
+            Some(cause) => Err(PipelineError::Failed {
+                cause: cause.to_owned(),
+            }),
+            None => Ok(self.summary()),
+        }
     }
 
     fn summary(&self) -> Summary {
@@ -164,10 +186,13 @@ impl Pipeline {
 }
 
 /// Waits for every task of the set to end; cancel safe, so the set can be aborted after.
-async fn all_done(tasks: &mut JoinSet<()>) {
+/// A task that panicked is a fault of the pipeline's own machinery (user code runs
+/// guarded): raised, so that the pipeline stops and says so.
+async fn all_done(tasks: &mut JoinSet<()>, fault: &Fault) {
     while let Some(joined) = tasks.join_next().await {
-        if let Err(error) = joined {
-            tracing::error!(%error, "pipeline stage ended abnormally");
+        match joined {
+            Err(error) if error.is_panic() => fault.raise(format!("a pipeline stage panicked: {error}")),
+            Err(_) | Ok(()) => {}
         }
     }
 }
@@ -208,6 +233,8 @@ impl StatsHandle {
             failed: meter.failed.load(Ordering::Relaxed),
             retried: meter.retried.load(Ordering::Relaxed),
             dead_lettered: meter.dead_lettered.load(Ordering::Relaxed),
+            discarded: meter.discarded.load(Ordering::Relaxed),
+            released: meter.released.load(Ordering::Relaxed),
             rate_limited: Duration::from_nanos(meter.rate_limited_nanos.load(Ordering::Relaxed)),
             in_flight: meter.credits.in_flight(),
             demand: meter.credits.demand(),
@@ -230,6 +257,12 @@ pub struct Stats {
     pub retried: u64,
     /// Messages written to the dead-letter destination.
     pub dead_lettered: u64,
+    /// Messages that failed for good with no dead-letter destination: acknowledged as
+    /// failed, logged, and not delivered again.
+    pub discarded: u64,
+    /// Messages handed back to the source unacknowledged at shutdown (they waited for a
+    /// retry, or behind one of their key), to be delivered again.
+    pub released: u64,
     /// Time stages spent waiting for a rate limit, summed over stages.
     pub rate_limited: Duration,
     /// Messages received and not yet acknowledged.

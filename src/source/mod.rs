@@ -95,6 +95,14 @@ pub trait Source: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// `Err` once the source can no longer deliver: an internal thread died or stopped
+    /// making progress. The pipeline asks about once a second; an `Err` stops it with
+    /// [`PipelineError::Failed`](crate::PipelineError::Failed) naming the cause, and
+    /// `/healthz` fails so that the process is restarted. Default: always `Ok`.
+    fn liveness(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 /// A function from a message to its ordering key: messages with equal keys are handled
@@ -131,6 +139,22 @@ pub trait Acknowledger<T>: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// At shutdown, messages that will not be finished (waiting for a retry, or behind
+    /// one of their key): they are **not** acknowledged, and the source should make them
+    /// deliverable again at once (SQS: visibility 0). Default: nothing, which suits a
+    /// source that redelivers whatever was not acknowledged (Kafka: never committed).
+    fn release(&self, messages: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
+        drop(messages);
+        async {}
+    }
+
+    /// Where a message came from, for the log line of a final failure that has no
+    /// dead-letter destination (Kafka: `topic/partition@offset`). Default: `None`.
+    fn origin(&self, message: &Message<T>) -> Option<String> {
+        let _ = message;
+        None
+    }
 }
 
 /// A shared acknowledger: a source may keep one `Arc` and hand the pipeline another.
@@ -141,5 +165,13 @@ impl<T, A: Acknowledger<T>> Acknowledger<T> for std::sync::Arc<A> {
 
     fn flush(&self) -> impl Future<Output = ()> + Send {
         (**self).flush()
+    }
+
+    fn release(&self, messages: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
+        (**self).release(messages)
+    }
+
+    fn origin(&self, message: &Message<T>) -> Option<String> {
+        (**self).origin(message)
     }
 }

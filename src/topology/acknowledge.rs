@@ -37,8 +37,42 @@ where
             self.finish_failed(&mut failed[..finals]).await;
         }
         self.count(&successful, &failed);
-        self.acknowledger.ack(successful, failed).await;
+        let acked = guarded(async {
+            self.acknowledger.ack(successful, failed).await;
+            Ok(())
+        });
+        if let Err(failure) = acked.await {
+            // The messages' fate is unknown to the source: nothing past them may be
+            // trusted, so the pipeline stops (they were not acknowledged: redelivered).
+            self.fault
+                .raise(format!("the acknowledger panicked: {}", failure.error()));
+        }
         self.meter.credits.give_back(settled);
+    }
+
+    /// Hands messages that will not be finished back to the source, unacknowledged (see
+    /// [`Acknowledger::release`]).
+    pub(crate) async fn release(&self, messages: Vec<Message<H::Item>>) {
+        let n = messages.len();
+        if n == 0 {
+            return;
+        }
+        tracing::info!(
+            messages = n,
+            "released unacknowledged at shutdown, for redelivery"
+        );
+        let released = guarded(async {
+            self.acknowledger.release(messages).await;
+            Ok(())
+        });
+        if let Err(failure) = released.await {
+            self.fault.raise(format!(
+                "the acknowledger panicked releasing messages: {}",
+                failure.error()
+            ));
+        }
+        self.meter.add_released(n);
+        self.meter.credits.give_back(n);
     }
 
     fn count(&self, successful: &[Message<H::Item>], failed: &[Message<H::Item>]) {
@@ -79,9 +113,31 @@ where
         if let Err(failure) = handled.await {
             tracing::error!(%failure, messages = finals.len(), "handle_failed failed; going on to dead-letter");
         }
-        if let Some(destination) = &self.dead_letter {
-            write_until_done(&**destination, finals).await;
-            self.meter.add_dead_lettered(finals.len());
+        match &self.dead_letter {
+            Some(destination) => {
+                write_until_done(&**destination, finals).await;
+                self.meter.add_dead_lettered(finals.len());
+            }
+            None => self.discarded(finals),
+        }
+    }
+
+    /// Final failures with nowhere to go: acknowledged as failed, so the source moves past
+    /// them. Never silent: counted, and logged (at most once a second, with how many
+    /// went unlogged since).
+    fn discarded(&self, finals: &[Message<H::Item>]) {
+        self.meter.add_discarded(finals.len());
+        if let Some(unlogged) = self.discard_log.permit(finals.len()) {
+            let first = &finals[0];
+            let origin = self.acknowledger.origin(first);
+            tracing::warn!(
+                origin = origin.as_deref().unwrap_or("-"),
+                status = %first.status(),
+                attempt = first.attempt(),
+                messages = finals.len(),
+                unlogged,
+                "message failed for good and no dead-letter destination is set; it is acknowledged as failed and not delivered again"
+            );
         }
     }
 }

@@ -1,20 +1,30 @@
 //! A batch processor: waits for its batcher's rate limit, runs `handle_batch`, keeps the
 //! failed messages with attempts left for another try as a batch, and acknowledges the
 //! rest.
+//!
+//! In an ordered pipeline each batch key has one batch processor (see
+//! [`BatchDispatch`](crate::topology::batcher::BatchDispatch)), and a key's later batches
+//! wait behind its retry: from the first message to be tried again, the rest of its
+//! batch is tried again with it, the successful ones included (handled again: at least
+//! once), so that no message of the key is finished ahead of an earlier one.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
 use crate::failure::rate_limit::Limiter;
 use crate::handler::{BatchTrigger, Handler};
-use crate::metrics::{BatcherMetrics, HandlingTimes};
+use crate::message::{BatchKey, Message};
+use crate::metrics::{BatcherMetrics, HandlingTimes, Held};
 use crate::source::Acknowledger;
-use crate::topology::acknowledge::split_failed;
 use crate::topology::batcher::Batch;
 use crate::topology::guard::guarded;
+use crate::topology::processor::drain_delayed;
 use crate::topology::Context;
 
 pub(crate) struct BatchProcessor<H: Handler, A> {
@@ -24,6 +34,42 @@ pub(crate) struct BatchProcessor<H: Handler, A> {
     pub(crate) metrics: BatcherMetrics,
     /// The batch it asks for: `batch_size`.
     pub(crate) batch_size: usize,
+    /// Whether a batch key's batches are finished in order, retries included.
+    pub(crate) ordered: bool,
+    /// Cancelled at shutdown: what waits for a retry is released, not waited for.
+    pub(crate) stop: CancellationToken,
+}
+
+/// Batches waiting for another attempt.
+struct Retries<T> {
+    due: DelayQueue<Batch<T>>,
+    /// Ordered: per batch key with a batch in `due`, its later batches, in order.
+    held: HashMap<BatchKey, VecDeque<Batch<T>>>,
+    /// Ordered: keys whose retry was released at shutdown; their later batches follow it.
+    released: HashSet<BatchKey>,
+}
+
+impl<T> Retries<T> {
+    fn is_empty(&self) -> bool {
+        self.due.is_empty() && self.held.is_empty()
+    }
+
+    /// Whether a batch of `key` must wait behind the key's retry (or be released with it).
+    fn waits(&self, key: &BatchKey) -> bool {
+        self.held.contains_key(key) || self.released.contains(key)
+    }
+
+    fn take_all(&mut self) -> Vec<Message<T>> {
+        let mut all: Vec<Message<T>> = drain_delayed(&mut self.due)
+            .into_iter()
+            .flat_map(|(messages, _)| messages)
+            .collect();
+        for (key, batches) in self.held.drain() {
+            self.released.insert(key);
+            all.extend(batches.into_iter().flat_map(|(messages, _)| messages));
+        }
+        all
+    }
 }
 
 impl<H, A> BatchProcessor<H, A>
@@ -32,7 +78,11 @@ where
     A: Acknowledger<H::Item>,
 {
     pub(crate) async fn run(self) {
-        let mut retries: DelayQueue<Batch<H::Item>> = DelayQueue::new();
+        let mut retries = Retries {
+            due: DelayQueue::new(),
+            held: HashMap::new(),
+            released: HashSet::new(),
+        };
         let mut open = true;
         let stage = &self.metrics.batch_processor;
         let mut holding = stage.holding(0);
@@ -40,10 +90,23 @@ where
             let waiting = stage.demanding(self.batch_size);
             let batch = tokio::select! {
                 biased;
-                Some(expired) = retries.next(), if !retries.is_empty() => expired.into_inner(),
+                // At shutdown a retry is not waited for: released unacknowledged, so that
+                // the drain keeps its deadline and the broker redelivers it.
+                () = self.stop.cancelled(), if !retries.is_empty() => {
+                    let released = retries.take_all();
+                    holding.release(released.len());
+                    self.ctx.release(released).await;
+                    continue;
+                }
+                Some(expired) = retries.due.next(), if !retries.due.is_empty() => expired.into_inner(),
                 batch = self.input.recv(), if open => match batch {
                     Ok(batch) => {
                         holding.add(batch.0.len());
+                        if self.ordered && retries.waits(&batch.1.batch_key) {
+                            let key = batch.1.batch_key.clone();
+                            retries.held.entry(key).or_default().push_back(batch);
+                            continue;
+                        }
                         batch
                     }
                     Err(_) => {
@@ -54,20 +117,35 @@ where
                 else => break,
             };
             drop(waiting);
+            self.run_key(batch, &mut retries, &mut holding).await;
+        }
+    }
+
+    /// Handles `batch`, then (ordered) the batches of its key that waited behind it, until
+    /// one is to be tried again.
+    async fn run_key(&self, batch: Batch<H::Item>, retries: &mut Retries<H::Item>, holding: &mut Held) {
+        let key = batch.1.batch_key.clone();
+        let mut next = Some(batch);
+        while let Some(batch) = next.take() {
             let size = batch.0.len();
             let retry = self.handle(batch).await;
             holding.release(size - retry.as_ref().map_or(0, |r| r.0 .0.len()));
             if let Some((batch, delay)) = retry {
-                retries.insert(batch, delay);
+                if self.ordered {
+                    retries.held.entry(key).or_default();
+                }
+                retries.due.insert(batch, delay);
+                return;
+            }
+            if self.ordered {
+                next = retries.held.get_mut(&key).and_then(VecDeque::pop_front);
             }
         }
+        retries.held.remove(&key);
     }
 
     /// Handles one batch; returns the part to try again and when.
-    async fn handle(
-        &self,
-        (mut batch, info): Batch<H::Item>,
-    ) -> Option<(Batch<H::Item>, std::time::Duration)> {
+    async fn handle(&self, (mut batch, info): Batch<H::Item>) -> Option<(Batch<H::Item>, Duration)> {
         let waited = self.rate_limit.acquire(batch.len()).await;
         self.ctx
             .meter
@@ -85,17 +163,31 @@ where
         let failed = batch.iter().filter(|m| m.is_failed()).count();
         timing.handled(batch.len() - failed, failed);
         timing.finish();
-        let (successful, failed) = split_failed(batch);
-        let mut settled = Vec::with_capacity(failed.len());
+        if failed == 0 {
+            self.ctx.acknowledge(batch, Vec::new()).await;
+            return None;
+        }
+        let mut successful = Vec::with_capacity(batch.len() - failed);
+        let mut settled = Vec::with_capacity(failed);
         let mut again = Vec::new();
-        let mut delay = std::time::Duration::ZERO;
-        for mut message in failed {
+        let mut delay = Duration::ZERO;
+        for mut message in batch {
+            if message.is_ok() {
+                // Ordered: behind a message to be tried again, a successful one waits too.
+                if self.ordered && !again.is_empty() {
+                    again.push(message);
+                } else {
+                    successful.push(message);
+                }
+                continue;
+            }
             match self.ctx.retry_delay(&mut message) {
                 Some(wait) => {
                     delay = delay.max(wait);
                     message.retry();
                     again.push(message);
                 }
+                // A message failed for good leaves its key's order: it is finished.
                 None => settled.push(message),
             }
         }

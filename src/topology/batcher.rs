@@ -1,6 +1,7 @@
 //! A batcher: groups a named batcher's messages by batch key and sends a batch when it
 //! is full, when its oldest message has waited the batch timeout, or at shutdown.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,35 @@ use crate::topology::batch_groups::{BatchGroups, Group};
 
 pub(crate) type Batch<T> = (Vec<Message<T>>, BatchInfo);
 
+/// How batches reach the batch processors.
+pub(crate) enum BatchDispatch<T> {
+    /// One queue: whichever batch processor is free handles the next batch.
+    Shared(async_channel::Sender<Batch<T>>),
+    /// Ordered: one queue per batch processor, chosen by the batch key, so that a key's
+    /// batches are handled one after the other by one batch processor.
+    ByKey(Vec<async_channel::Sender<Batch<T>>>),
+}
+
+impl<T> BatchDispatch<T> {
+    async fn send(&self, batch: Batch<T>) -> Result<(), async_channel::SendError<Batch<T>>> {
+        match self {
+            BatchDispatch::Shared(queue) => queue.send(batch).await,
+            BatchDispatch::ByKey(queues) => {
+                let mut hasher = DefaultHasher::new();
+                batch.1.batch_key.hash(&mut hasher);
+                let index = (hasher.finish() % queues.len() as u64) as usize;
+                queues[index].send(batch).await
+            }
+        }
+    }
+}
+
 pub(crate) struct BatcherStage<T> {
     pub(crate) name: Arc<str>,
     pub(crate) batch_size: usize,
     pub(crate) batch_timeout: Duration,
     pub(crate) input: mpsc::Receiver<Vec<Message<T>>>,
-    pub(crate) output: async_channel::Sender<Batch<T>>,
+    pub(crate) output: BatchDispatch<T>,
     pub(crate) metrics: BatcherMetrics,
 }
 

@@ -15,7 +15,9 @@ mod batch_groups;
 mod batch_processor;
 mod batcher;
 pub(crate) mod credits;
+pub(crate) mod fault;
 mod guard;
+mod log_limit;
 mod processor;
 mod producer;
 
@@ -32,13 +34,15 @@ use crate::metrics::PipelineMetrics;
 use crate::source::{Acknowledger, Redelivery};
 
 pub(crate) use batch_processor::BatchProcessor;
-pub(crate) use batcher::BatcherStage;
+pub(crate) use batcher::{BatchDispatch, BatcherStage};
 pub(crate) use processor::{BatcherRoute, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 
 pub(crate) use guard::guarded;
 
 use credits::Credits;
+pub(crate) use fault::Fault;
+pub(crate) use log_limit::LogLimit;
 
 /// What every stage shares: the user's handler, the source's acknowledger, the failure
 /// policy, the meter.
@@ -49,6 +53,9 @@ pub(crate) struct Context<H: Handler, A> {
     pub(crate) redelivery: Redelivery,
     pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Item>>>,
     pub(crate) meter: Arc<Meter>,
+    pub(crate) fault: Arc<Fault>,
+    /// Final failures without a dead-letter destination: logged, at most once a second.
+    pub(crate) discard_log: LogLimit,
 }
 
 impl<H, A> Context<H, A>
@@ -87,6 +94,8 @@ pub(crate) struct Meter {
     pub(crate) failed: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) discarded: AtomicU64,
+    pub(crate) released: AtomicU64,
     pub(crate) rate_limited_nanos: AtomicU64,
     /// The limit on fetching from the source.
     pub(crate) rate_limit: Arc<Limiter>,
@@ -102,6 +111,8 @@ impl Meter {
             failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            released: AtomicU64::new(0),
             rate_limited_nanos: AtomicU64::new(0),
             rate_limit,
             metrics,
@@ -131,6 +142,19 @@ impl Meter {
     pub(crate) fn add_dead_lettered(&self, n: usize) {
         self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
         self.metrics.dead_lettered.inc_by(n as u64);
+    }
+
+    /// Final failures with no dead-letter destination.
+    pub(crate) fn add_discarded(&self, n: usize) {
+        self.discarded.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.discarded.inc_by(n as u64);
+    }
+
+    /// Messages handed back unacknowledged at shutdown: out of flight.
+    pub(crate) fn add_released(&self, n: usize) {
+        self.released.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.released.inc_by(n as u64);
+        self.metrics.in_flight.sub(n as i64);
     }
 
     /// Messages acknowledged: out of flight.

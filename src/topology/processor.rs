@@ -3,13 +3,14 @@
 //! behind them), then hands each message to its batcher or, with no batcher,
 //! acknowledges it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
@@ -19,7 +20,6 @@ use crate::metrics::{HandlingTimes, StageMetrics};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::guarded;
-use crate::topology::producer::PartitionBy;
 use crate::topology::Context;
 
 /// Where a processor sends the messages routed to one batcher.
@@ -41,13 +41,18 @@ pub(crate) struct Processor<H: Handler, A> {
     pub(crate) ctx: Arc<Context<H, A>>,
     pub(crate) input: async_channel::Receiver<Vec<Message<H::Item>>>,
     pub(crate) batchers: Vec<BatcherRoute<H::Item>>,
-    /// With `partition_by`: later messages of a key wait behind its retry.
-    pub(crate) partition_by: Option<PartitionBy<H::Item>>,
+    /// Cancelled at shutdown: what waits for a retry is released, not waited for.
+    pub(crate) stop: CancellationToken,
     pub(crate) metrics: StageMetrics,
     /// Whether handler calls are slow enough to be timed one by one (see [`HandlingTimes`]).
     pub(crate) time_each: AtomicBool,
     /// The chunk it asks for: `max_demand`.
     pub(crate) max_demand: usize,
+}
+
+/// Takes everything out of `queue`, soonest first, without waiting.
+pub(crate) fn drain_delayed<T>(queue: &mut DelayQueue<T>) -> Vec<T> {
+    std::iter::from_fn(|| queue.peek().map(|key| queue.remove(&key).into_inner())).collect()
 }
 
 /// Messages a processor keeps for another attempt.
@@ -56,6 +61,25 @@ struct Retries<T> {
     due: DelayQueue<Message<T>>,
     /// Per partition key with a message in `due`: the later messages of that key, in order.
     held: HashMap<u64, VecDeque<Message<T>>>,
+    /// Keys whose retry was released at shutdown: their later messages are released too,
+    /// so that none is handled ahead of the released one.
+    released: HashSet<u64>,
+}
+
+impl<T> Retries<T> {
+    fn is_empty(&self) -> bool {
+        self.due.is_empty() && self.held.is_empty()
+    }
+
+    /// Everything waiting, in each key's order, to be released.
+    fn take_all(&mut self) -> Vec<Message<T>> {
+        let mut all = drain_delayed(&mut self.due);
+        for (key, queue) in self.held.drain() {
+            self.released.insert(key);
+            all.extend(queue);
+        }
+        all
+    }
 }
 
 impl<H, A> Processor<H, A>
@@ -67,6 +91,7 @@ where
         let mut retries = Retries {
             due: DelayQueue::new(),
             held: HashMap::new(),
+            released: HashSet::new(),
         };
         let mut open = true;
         let mut holding = self.metrics.holding(0);
@@ -75,10 +100,18 @@ where
             // Retries first: they are older than anything still queued.
             let done = tokio::select! {
                 biased;
+                // At shutdown a retry is not waited for: released unacknowledged, so that
+                // the drain keeps its deadline and the broker redelivers it.
+                () = self.stop.cancelled(), if !retries.is_empty() => {
+                    let released = retries.take_all();
+                    holding.release(released.len());
+                    self.ctx.release(released).await;
+                    continue;
+                }
                 Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
                     let message = expired.into_inner();
                     // The key is free for its head; the messages behind it follow it.
-                    let behind = self.key(&message).and_then(|key| retries.held.remove(&key));
+                    let behind = message.order_key().and_then(|key| retries.held.remove(&key));
                     let mut messages = vec![message];
                     messages.extend(behind.into_iter().flatten());
                     self.pass(&mut retries, messages).await
@@ -100,12 +133,6 @@ where
             holding.release(done.len());
             self.route(done).await;
         }
-    }
-
-    fn key(&self, message: &Message<H::Item>) -> Option<u64> {
-        self.partition_by
-            .as_ref()
-            .map(|partition_by| partition_by(message))
     }
 
     /// Handles `messages` in order and returns those done with this stage; failed ones
@@ -131,8 +158,8 @@ where
         let mut timing = HandlingTimes::new(&self.metrics, self.time_each.load(Relaxed));
         for (index, message) in messages.iter_mut().enumerate() {
             let waits = !retries.held.is_empty()
-                && self
-                    .key(message)
+                && message
+                    .order_key()
                     .is_some_and(|key| retries.held.contains_key(&key));
             if waits {
                 staying.push((index, None));
@@ -147,7 +174,7 @@ where
                 }
             }
             if let Some(delay) = self.ctx.retry_delay(message) {
-                if let Some(key) = self.key(message) {
+                if let Some(key) = message.order_key() {
                     retries.held.entry(key).or_default();
                 }
                 staying.push((index, Some(delay)));
@@ -167,7 +194,7 @@ where
                     retries.due.insert(message, delay);
                 }
                 Some((_, None)) => {
-                    let key = self.key(&message).expect("only keyed messages wait");
+                    let key = message.order_key().expect("only keyed messages wait");
                     retries.held.entry(key).or_default().push_back(message);
                 }
             }
@@ -181,14 +208,22 @@ where
         retries: &mut Retries<H::Item>,
         messages: Vec<Message<H::Item>>,
     ) -> Vec<Message<H::Item>> {
-        if retries.held.is_empty() {
+        if retries.held.is_empty() && retries.released.is_empty() {
             return messages;
         }
         let mut free = Vec::with_capacity(messages.len());
         for message in messages {
-            match self.key(&message).and_then(|key| retries.held.get_mut(&key)) {
-                Some(queue) => queue.push_back(message),
-                None => free.push(message),
+            let Some(key) = message.order_key() else {
+                free.push(message);
+                continue;
+            };
+            if retries.released.contains(&key) {
+                // Released with its key's retry at the next turn of the loop.
+                retries.held.entry(key).or_default().push_back(message);
+            } else if let Some(queue) = retries.held.get_mut(&key) {
+                queue.push_back(message);
+            } else {
+                free.push(message);
             }
         }
         free

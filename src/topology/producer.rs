@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::Message;
+use crate::message::{Failure, FailureKind, Message};
 use crate::metrics::Held;
 use crate::source::Source;
+use crate::topology::guard::panic_message;
 use crate::topology::Meter;
 
 pub(crate) use crate::source::PartitionBy;
@@ -135,15 +136,33 @@ impl<S: Source> Producer<S> {
                 }
             }
             Dispatch::Partitioned { queues, partition_by } => {
+                messages
+                    .iter_mut()
+                    .for_each(|message| set_order_key(message, partition_by));
                 let n = queues.len() as u64;
                 for (queue, chunk) in chunks(messages, queues.len(), self.max_chunk, |m| {
-                    (partition_by(m) % n) as usize
+                    (m.order_key().unwrap_or_default() % n) as usize
                 }) {
                     queues[queue].send(chunk).await.map_err(drop)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Computes the message's ordering key, once: the stages read it from the message. A
+/// `partition_by` that panics fails the message (a routing failure, never retried: the
+/// key would panic again) instead of ending the producer.
+fn set_order_key<T>(message: &mut Message<T>, partition_by: &PartitionBy<T>) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| partition_by(message))) {
+        Ok(key) => message.set_order_key(key),
+        Err(payload) => {
+            let error = format!("partition_by panicked: {}", panic_message(payload));
+            tracing::error!(%error, "a message's ordering key could not be computed; failing it");
+            message.set_failure(Failure::new(FailureKind::Routing, error.into()));
+            message.set_order_key(0);
+        }
     }
 }
 

@@ -1,0 +1,54 @@
+//! The first failure of the pipeline's own machinery (not of a message): a stage or the
+//! acknowledger panicked, or the source reported it can no longer deliver. Raising one
+//! starts the shutdown; the pipeline then ends with [`PipelineError::Failed`].
+//!
+//! [`PipelineError::Failed`]: crate::PipelineError::Failed
+
+use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub(crate) struct Fault {
+    cause: OnceLock<String>,
+    raised: CancellationToken,
+}
+
+impl Fault {
+    /// Records `cause` unless a fault was raised before (that one is kept: it came first,
+    /// later ones are mostly its consequences), and wakes whoever waits in [`Fault::raised`].
+    pub(crate) fn raise(&self, cause: impl Into<String>) {
+        let cause = cause.into();
+        tracing::error!(%cause, "pipeline failed; shutting down");
+        let _ = self.cause.set(cause);
+        self.raised.cancel();
+    }
+
+    /// The first cause raised, if any.
+    pub(crate) fn cause(&self) -> Option<&str> {
+        self.cause.get().map(String::as_str)
+    }
+
+    /// Completes once a fault is raised.
+    pub(crate) async fn raised(&self) {
+        self.raised.cancelled().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keeps_the_first_cause_and_wakes_the_waiter() {
+        let fault = Fault::default();
+        assert_eq!(fault.cause(), None);
+        let waiting = fault.raised();
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        fault.raise("the acknowledger panicked");
+        fault.raise("a stage ended");
+        waiting.await;
+        assert_eq!(fault.cause(), Some("the acknowledger panicked"));
+    }
+}
