@@ -55,14 +55,21 @@ impl<T, D: DeadLetter<T>> ErasedDeadLetter<T> for D {
 const WRITE_RETRY_MIN: Duration = Duration::from_millis(100);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Writes `messages` to `destination`, retrying with backoff until it succeeds.
-pub(crate) async fn write_until_done<T>(destination: &dyn ErasedDeadLetter<T>, messages: &mut [Message<T>]) {
+/// Writes `messages` to `destination`, retrying with backoff until it succeeds; each
+/// failed write is counted in `failures`. At shutdown the deadline ends the retries: the
+/// messages are then left unacknowledged, for the broker to redeliver.
+pub(crate) async fn write_until_done<T>(
+    destination: &dyn ErasedDeadLetter<T>,
+    messages: &mut [Message<T>],
+    failures: &prometheus::IntCounter,
+) {
     let mut delay = WRITE_RETRY_MIN;
     loop {
         let written = crate::topology::guarded(destination.write(messages)).await;
         match written {
             Ok(()) => return,
             Err(failure) => {
+                failures.inc();
                 tracing::warn!(%failure, messages = messages.len(), retry_in = ?delay, "dead-letter write failed");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(WRITE_RETRY_MAX);

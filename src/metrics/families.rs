@@ -34,6 +34,7 @@ struct Families {
     dead_lettered: IntCounterVec,
     discarded: IntCounterVec,
     released: IntCounterVec,
+    dead_letter_failures: IntCounterVec,
     rate_limited: prometheus::CounterVec,
     in_flight: IntGaugeVec,
     max_in_flight: IntGaugeVec,
@@ -72,6 +73,11 @@ fn families() -> &'static Families {
             released: counter(
                 "longshore_released_messages_total",
                 "Messages handed back to the source unacknowledged at shutdown (waiting for a retry), to be delivered again.",
+                &["pipeline"],
+            ),
+            dead_letter_failures: counter(
+                "longshore_dead_letter_write_failures_total",
+                "Dead-letter writes that failed and are tried again (the stage waits meanwhile).",
                 &["pipeline"],
             ),
             rate_limited: prometheus::CounterVec::new(
@@ -121,7 +127,8 @@ fn families() -> &'static Families {
                 duration_buckets(),
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+            Box::new(families.dead_letter_failures.clone()),
             Box::new(families.received.clone()),
             Box::new(families.acknowledged.clone()),
             Box::new(families.retries.clone()),
@@ -169,6 +176,7 @@ pub(crate) struct PipelineMetrics {
     pub(crate) dead_lettered: IntCounter,
     pub(crate) discarded: IntCounter,
     pub(crate) released: IntCounter,
+    pub(crate) dead_letter_failures: IntCounter,
     pub(crate) rate_limited: prometheus::Counter,
     pub(crate) in_flight: IntGauge,
     max_in_flight: IntGauge,
@@ -194,6 +202,7 @@ impl PipelineMetrics {
             dead_lettered: f.dead_lettered.with_label_values(&[pipeline]),
             discarded: f.discarded.with_label_values(&[pipeline]),
             released: f.released.with_label_values(&[pipeline]),
+            dead_letter_failures: f.dead_letter_failures.with_label_values(&[pipeline]),
             rate_limited: f.rate_limited.with_label_values(&[pipeline, "source"]),
             in_flight: f.in_flight.with_label_values(&[pipeline]),
             max_in_flight,

@@ -280,6 +280,7 @@ where
         };
         drop(routes);
 
+        self.source.set_max_in_flight(limit);
         let source = Arc::new(self.source);
         let max_fetch = match dispatch {
             // A fetch that fits one processor's chunk is dispatched without copying.

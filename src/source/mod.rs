@@ -96,6 +96,14 @@ pub trait Source: Send + Sync + 'static {
         async {}
     }
 
+    /// Told once, before the first [`receive`](Source::receive), the most messages the
+    /// pipeline holds at once. A source that keeps order per partition uses it to bound
+    /// what one partition may hold, so that a partition stuck behind a retry never takes
+    /// every credit and starves the others (Kafka does). Default: nothing.
+    fn set_max_in_flight(&self, max_in_flight: usize) {
+        let _ = max_in_flight;
+    }
+
     /// `Err` once the source can no longer deliver: an internal thread died or stopped
     /// making progress. The pipeline asks about once a second; an `Err` stops it with
     /// [`PipelineError::Failed`](crate::PipelineError::Failed) naming the cause, and

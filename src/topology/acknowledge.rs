@@ -115,7 +115,7 @@ where
         }
         match &self.dead_letter {
             Some(destination) => {
-                write_until_done(&**destination, finals).await;
+                write_until_done(&**destination, finals, &self.meter.metrics.dead_letter_failures).await;
                 self.meter.add_dead_lettered(finals.len());
             }
             None => self.discarded(finals),

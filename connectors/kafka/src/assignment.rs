@@ -3,6 +3,7 @@
 //! rebalance callbacks and the acknowledger.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,7 @@ use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use crate::offsets::PartitionOffsets;
-use crate::partitions::{Partition, Partitions, TopicPartition};
+use crate::partitions::{Partition, Partitions, Slot, TopicPartition};
 use crate::record::KafkaRecord;
 
 /// The key of one element of a partition list.
@@ -20,7 +20,7 @@ fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
     (Arc::from(element.topic()), element.partition())
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     pub(crate) partitions: Partitions,
     /// Fetched, not yet asked for. Bounded: each partition holds at most
@@ -40,13 +40,38 @@ pub(crate) struct State {
     pub(crate) stopped: bool,
     /// The acknowledger is gone (or was never taken): commit a last time and close.
     pub(crate) finished: bool,
+    /// When the poll thread last went round its loop.
+    pub(crate) polled_at: Instant,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            partitions: Partitions::default(),
+            queue: VecDeque::new(),
+            next_generation: 0,
+            to_resume: Vec::new(),
+            unconfirmed: HashMap::new(),
+            paused_all: false,
+            joined: false,
+            stopped: false,
+            finished: false,
+            polled_at: Instant::now(),
+        }
+    }
 }
 
 impl State {
     /// Queues a fetched record of the assigned partition at its slot, unless it was
     /// acknowledged under an earlier assignment. Returns its partition if that must now be
-    /// paused: `limit` of its records handed out and unacknowledged.
-    pub(crate) fn queue_record(&mut self, record: KafkaRecord, limit: usize) -> Option<TopicPartition> {
+    /// paused: `cap` of its records handed out and unacknowledged.
+    ///
+    /// A record whose offset does not follow the partition's last (an offset reset after
+    /// `OffsetOutOfRange`, a truncated log) starts the partition's tracking again, as a
+    /// new assignment of it would: what it had queued is dropped (read again), and the
+    /// acknowledgements of what it had handed out count for nothing, so no commit passes
+    /// a record read again and not yet finished.
+    pub(crate) fn queue_record(&mut self, mut record: KafkaRecord, cap: usize) -> Option<TopicPartition> {
         let partition = self
             .partitions
             .at(record.slot)
@@ -55,15 +80,53 @@ impl State {
             // Acknowledged under an earlier assignment (its commit is made at assign).
             return None;
         }
-        partition.offsets.received(record.offset());
+        if partition.offsets.in_flight() == 0 {
+            partition.progressed_at = Instant::now();
+        }
+        if !partition.offsets.received(record.offset(), record.timestamp_ms()) {
+            record.slot = self.restart(&record);
+            let partition = self.partitions.at(record.slot).expect("just restarted");
+            assert!(partition.offsets.received(record.offset(), record.timestamp_ms()));
+        }
+        let partition = self.partitions.at(record.slot).expect("assigned");
         partition.queued += 1;
         // Paused only when stalled. (The queue's own limit already bounds what waits;
         // pausing drops librdkafka's prefetch.)
-        let pause = !partition.paused && partition.handed_out() >= limit;
+        let pause = !partition.paused && partition.handed_out() >= cap;
         partition.paused |= pause;
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
         self.queue.push_back(Message::new(record));
         full
+    }
+
+    /// Drops every queued record (they stay unacknowledged: never committed, read again).
+    pub(crate) fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.partitions.values_mut().for_each(|p| p.queued = 0);
+    }
+
+    /// Starts the tracking of `record`'s partition again, under a new generation; returns
+    /// the partition's new slot.
+    fn restart(&mut self, record: &KafkaRecord) -> Slot {
+        let key = (record.topic_arc().clone(), record.partition());
+        let old = self.partitions.remove(&key).expect("assigned");
+        tracing::warn!(
+            topic = %key.0,
+            partition = key.1,
+            offset = record.offset(),
+            committable = ?old.offsets.committable(),
+            "offset went back (an offset reset or a truncated log); tracking the partition from there"
+        );
+        let stale = record.slot;
+        self.queue.retain(|m| m.data().slot != stale);
+        if old.paused {
+            self.to_resume.push(key.clone());
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        // A new epoch: the offset it reset from may no longer exist (that is what an
+        // `OffsetOutOfRange` says), so its commits start from the new position.
+        self.partitions.insert(key, Partition::new(generation, None))
     }
 }
 
@@ -77,6 +140,8 @@ pub(crate) struct Shared {
     /// Signalled when the pipeline takes records from the queue.
     room: Condvar,
     pub(crate) max_buffered_per_partition: usize,
+    /// The pipeline's in-flight limit (unbounded until the pipeline says).
+    max_in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -87,7 +152,23 @@ impl Shared {
             ready: Notify::new(),
             room: Condvar::new(),
             max_buffered_per_partition,
+            max_in_flight: AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// Tells the pipeline's in-flight limit, which bounds each partition's share of it.
+    pub(crate) fn set_max_in_flight(&self, limit: usize) {
+        self.max_in_flight.store(limit, Relaxed);
+    }
+
+    /// The most records one partition may have handed out and unacknowledged: at most
+    /// `max_buffered_per_partition`, and at most a share of the pipeline's in-flight
+    /// limit (all of it with one partition, half with two, a quarter with four or more),
+    /// so that a partition stuck behind a retry never holds every credit and starves the
+    /// others.
+    pub(crate) fn cap(&self, state: &State) -> usize {
+        let share = self.max_in_flight.load(Relaxed) / state.partitions.len().clamp(1, 4);
+        self.max_buffered_per_partition.min(share).max(1)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -157,26 +238,20 @@ impl Shared {
                     .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
                     .expect("a valid offset");
             }
-            let partition = Partition {
-                generation,
-                offsets: PartitionOffsets::default(),
-                queued: 0,
-                paused: false,
-                committed: None,
-                done_below,
-            };
-            state.partitions.insert(key, partition);
+            state
+                .partitions
+                .insert(key, Partition::new(generation, done_below));
         }
         retry
     }
 
     /// Takes up to `demand` queued records, in order, skipping those of a partition that
-    /// already has `max_buffered_per_partition` handed out: a partition stalled behind a
+    /// already has its [`cap`](Shared::cap) handed out: a partition stalled behind a
     /// retry cannot take the whole pipeline's demand.
     pub(crate) fn take(&self, demand: usize) -> Vec<Message<KafkaRecord>> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let limit = self.max_buffered_per_partition;
+        let limit = self.cap(state);
         let mut taken = Vec::with_capacity(demand.min(state.queue.len()));
         let mut kept = VecDeque::new();
         while taken.len() < demand {
@@ -224,7 +299,7 @@ impl Shared {
     /// handed out (paused, so its queued records stay few), which would otherwise fill
     /// the queue and starve every other partition.
     pub(crate) fn takeable(&self, state: &State) -> usize {
-        let limit = self.max_buffered_per_partition;
+        let limit = self.cap(state);
         let blocked: usize = state
             .partitions
             .values()
@@ -300,6 +375,32 @@ impl Shared {
         commits
     }
 
+    /// Lost partitions (the session expired; they may be another consumer's already):
+    /// their queued records are dropped and they are forgotten at once, with no drain and
+    /// no commit. Acknowledgements of their records in flight count for nothing. What was
+    /// acknowledged before the loss is remembered as a refused revoke commit is: should a
+    /// partition come back to this consumer, it is committed then, under the new
+    /// assignment, if still ahead of the group, and those records are not handled twice.
+    pub(crate) fn lose(&self, tpl: &TopicPartitionList) {
+        let lost: Vec<TopicPartition> = tpl.elements().iter().map(key_of).collect();
+        let mut state = self.lock();
+        let slots: Vec<_> = lost.iter().filter_map(|tp| state.partitions.slot(tp)).collect();
+        state.queue.retain(|m| !slots.contains(&m.data().slot));
+        for tp in &lost {
+            let Some(partition) = state.partitions.remove(tp) else {
+                continue;
+            };
+            if let Some(done) = partition.offsets.committable() {
+                if partition.committed.is_none_or(|c| c < done) {
+                    state.unconfirmed.insert(tp.clone(), done);
+                }
+            }
+        }
+        state.to_resume.retain(|tp| !lost.contains(tp));
+        drop(state);
+        self.acknowledged.notify_all();
+    }
+
     /// The offsets to commit: those past the last confirmed commit, or with `all`, every
     /// partition's.
     pub(crate) fn commits(&self, all: bool) -> TopicPartitionList {
@@ -315,20 +416,33 @@ impl Shared {
     /// ignored.
     pub(crate) fn acknowledge<'a>(&self, records: impl Iterator<Item = &'a KafkaRecord>) {
         let mut state = self.lock();
-        let limit = self.max_buffered_per_partition;
+        let limit = self.cap(&state);
         let mut resume = Vec::new();
+        let mut unblocked = false;
+        let now = Instant::now();
         for record in records {
             let Some(partition) = state.partitions.at(record.slot) else {
                 continue;
             };
+            let before = partition.offsets.committable();
+            let was_capped = partition.handed_out() >= limit;
             partition.offsets.acknowledged(record.offset());
-            if partition.paused && partition.offsets.in_flight() <= limit / 2 {
+            if partition.offsets.committable() != before {
+                partition.progressed_at = now;
+            }
+            // Its queued records may be taken again: wake a receive waiting for records,
+            // which nothing else would (they are queued already).
+            unblocked |= was_capped && partition.handed_out() < limit && partition.queued > 0;
+            if partition.paused && partition.handed_out() <= limit / 2 {
                 partition.paused = false;
                 resume.push((record.topic_arc().clone(), record.partition()));
             }
         }
         state.to_resume.extend(resume);
         drop(state);
+        if unblocked {
+            self.ready.notify_one();
+        }
         self.acknowledged.notify_all();
     }
 }
@@ -390,7 +504,8 @@ mod tests {
             .partitions
             .slot(&(Arc::from(TOPIC), partition))
             .expect("assigned");
-        state.queue_record(record, shared.max_buffered_per_partition);
+        let cap = shared.cap(&state);
+        state.queue_record(record, cap);
     }
 
     #[test]
@@ -414,6 +529,61 @@ mod tests {
         let again = shared.take(1);
         shared.acknowledge(again.iter().map(Message::data));
         assert_eq!(offsets(&shared.commits(false)), BTreeMap::from([(0, 2)]));
+    }
+
+    #[test]
+    fn lost_partitions_are_let_go_at_once_and_their_acknowledgements_count_for_nothing() {
+        let shared = Shared::new(100);
+        shared.assign(&list(&[0, 1]), None);
+        (0..4).for_each(|offset| receive(&shared, 0, offset));
+        receive(&shared, 1, 0);
+        let taken = shared.take(2);
+        shared.acknowledge(taken[..1].iter().map(Message::data));
+        // Lost with one record in flight and two queued: no wait, no commit.
+        let started = Instant::now();
+        shared.lose(&list(&[0]));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        shared.acknowledge(taken[1..].iter().map(Message::data));
+        assert_eq!(offsets(&shared.commits(true)), BTreeMap::from([(1, 0)]));
+        // Its queued records are never handed out; the other partition's are.
+        let rest = shared.take(10);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].data().partition(), 1);
+        // What was acknowledged before the loss (offset 0, not the one after it) is kept
+        // for a return of the partition to this consumer.
+        assert_eq!(offsets(&shared.pending(&list(&[0]))), BTreeMap::from([(0, 1)]));
+    }
+
+    #[test]
+    fn one_partition_holds_at_most_its_share_of_the_pipelines_in_flight_limit() {
+        let shared = Shared::new(1_000);
+        shared.set_max_in_flight(128);
+        shared.assign(&list(&[0, 1, 2, 3, 4, 5, 6, 7]), None);
+        (0..200).for_each(|offset| receive(&shared, 0, offset));
+        (0..10).for_each(|offset| receive(&shared, 1, offset));
+        // Partition 0 is stuck: a quarter of 128 handed out, then only partition 1's.
+        let taken = shared.take(128);
+        let of = |p: i32| taken.iter().filter(|m| m.data().partition() == p).count();
+        assert_eq!((of(0), of(1)), (32, 10));
+        assert_eq!(shared.take(128).len(), 0, "partition 0 is at its cap");
+        // An acknowledgement below the cap wakes a receive waiting for records: they are
+        // queued already, so no new record would.
+        let earlier = shared.ready.notified();
+        tokio::pin!(earlier);
+        earlier.as_mut().enable(); // takes the wake-up the takes left
+        let woken = shared.ready.notified();
+        tokio::pin!(woken);
+        assert!(!woken.as_mut().enable());
+        let of_zero: Vec<_> = taken.iter().filter(|m| m.data().partition() == 0).collect();
+        shared.acknowledge(of_zero.iter().take(1).map(|m| m.data()));
+        assert!(woken.as_mut().enable(), "the waiting receive is woken");
+        assert_eq!(shared.take(128).len(), 1);
+        // A single partition may use every credit.
+        let single = Shared::new(1_000);
+        single.set_max_in_flight(128);
+        single.assign(&list(&[0]), None);
+        (0..200).for_each(|offset| receive(&single, 0, offset));
+        assert_eq!(single.take(200).len(), 128);
     }
 
     /// Records `commits` as the group's, checking that none passes a record received and
@@ -445,6 +615,9 @@ mod tests {
         Ack(usize),
         Revoke(i32),
         Assign(i32),
+        /// The partition's offset goes back (an offset reset, a truncated log): the next
+        /// record read is at the offset the group committed, or at 0.
+        Reset(i32, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -454,14 +627,15 @@ mod tests {
             4 => any::<usize>().prop_map(Op::Ack),
             1 => (0..3i32).prop_map(Op::Revoke),
             1 => (0..3i32).prop_map(Op::Assign),
+            1 => (0..3i32, any::<bool>()).prop_map(|(p, earliest)| Op::Reset(p, earliest)),
         ]
     }
 
     proptest! {
-        /// Random receipts, takes, acknowledgements in any order and rebalances: no commit
-        /// passes a record not acknowledged under the partition's current assignment, and
-        /// none moves backwards; once everything is acknowledged, each partition commits up
-        /// to its last record.
+        /// Random receipts, takes, acknowledgements in any order, rebalances and offset
+        /// resets: no commit passes a record not acknowledged under the partition's current
+        /// tracking, and none moves backwards; once everything is acknowledged, each
+        /// partition commits up to its last record (or stays at its earlier commit).
         #[test]
         fn commits_never_pass_an_unfinished_record(ops in proptest::collection::vec(op(), 1..200)) {
             let shared = Shared::new(1_000);
@@ -507,8 +681,27 @@ mod tests {
                         acked.insert(p, BTreeSet::new());
                     }
                     Op::Assign(_) => {}
+                    Op::Reset(p, earliest) if assigned.contains(&p) => {
+                        let back = if earliest { 0 } else { group.get(&p).copied().unwrap_or(0) };
+                        if back < next[&p] {
+                            // The tracking starts again: what was received before counts
+                            // for nothing, and the commits of the new epoch start from
+                            // its position (the old offset may no longer exist).
+                            group.remove(&p);
+                            next.insert(p, back);
+                            received.insert(p, BTreeSet::new());
+                            acked.insert(p, BTreeSet::new());
+                            receive(&shared, p, back);
+                            received.get_mut(&p).unwrap().insert(back);
+                            next.insert(p, back + 1);
+                        }
+                    }
+                    Op::Reset(..) => {}
                 }
-                check(&mut group, &shared.commits(false), &received, &acked);
+                let commits = shared.commits(false);
+                check(&mut group, &commits, &received, &acked);
+                // The broker confirms them, as its commit callback would.
+                shared.confirmed(&commits);
             }
             // Everything still held is finished: each assigned partition reaches its end.
             held.extend(shared.take(usize::MAX));
@@ -523,7 +716,9 @@ mod tests {
             check(&mut group, &last, &received, &acked);
             for p in &assigned {
                 if let Some(&end) = received[p].last() {
-                    prop_assert_eq!(offsets(&last).get(p).copied(), Some(end + 1));
+                    let expected = (end + 1).max(group.get(p).copied().unwrap_or(0));
+                    let committed = offsets(&last).get(p).copied().or(group.get(p).copied());
+                    prop_assert_eq!(committed, Some(expected));
                 }
             }
         }

@@ -85,7 +85,8 @@ impl Default for KafkaConfig {
 }
 
 /// Properties the source sets itself: overriding them would break its guarantees.
-const OWNED_PROPERTIES: [&str; 4] = [
+const OWNED_PROPERTIES: [&str; 5] = [
+    "statistics.interval.ms",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "bootstrap.servers",
@@ -166,7 +167,9 @@ impl KafkaConfig {
         self
     }
 
-    /// How often the consumer's lag is read from the brokers (default 15 s).
+    /// How often the consumer's lag is refreshed (default 15 s): from librdkafka's
+    /// statistics (`statistics.interval.ms`, which this sets), with no request to the
+    /// brokers, so a slow broker never holds consumption back.
     pub fn lag_interval(mut self, interval: Duration) -> Self {
         self.lag_interval = interval;
         self
@@ -200,15 +203,10 @@ impl KafkaConfig {
         }
         // A revoke holds the group's rebalance until its drain ends; past librdkafka's
         // `max.poll.interval.ms` (the rebalance timeout) the consumer would be expelled.
-        let rebalance_timeout = match self.properties.get("max.poll.interval.ms") {
-            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| {
-                BuildError::new(
-                    "kafka.properties.max.poll.interval.ms",
-                    format!("must be a number of milliseconds, got {ms:?}"),
-                )
-            })?),
-            None => Duration::from_secs(300),
-        };
+        let rebalance_timeout = self.rebalance_timeout()?;
+        if self.lag_interval.is_zero() {
+            return Err(BuildError::new("kafka.lag_interval", "must be above zero"));
+        }
         if self.revoke_drain_timeout >= rebalance_timeout {
             return Err(BuildError::new(
                 "kafka.revoke_drain_timeout",
@@ -243,6 +241,34 @@ impl KafkaConfig {
         Ok(())
     }
 
+    /// librdkafka's `max.poll.interval.ms`: the rebalance timeout, and how long the poll
+    /// thread may go without polling before the group expels the consumer.
+    pub(crate) fn rebalance_timeout(&self) -> Result<Duration, BuildError> {
+        match self.properties.get("max.poll.interval.ms") {
+            Some(ms) => Ok(Duration::from_millis(ms.trim().parse().map_err(|_| {
+                BuildError::new(
+                    "kafka.properties.max.poll.interval.ms",
+                    format!("must be a number of milliseconds, got {ms:?}"),
+                )
+            })?)),
+            None => Ok(Duration::from_secs(300)),
+        }
+    }
+
+    /// How to reach and log in to the cluster, for another client of it (the dead-letter
+    /// producer): the bootstrap servers and the connection and security properties.
+    pub(crate) fn connection_config(&self) -> ClientConfig {
+        const CONNECTION: [&str; 6] = ["security.", "ssl.", "sasl.", "enable.ssl.", "socket.", "client."];
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (key, value) in &self.properties {
+            if CONNECTION.iter().any(|prefix| key.starts_with(prefix)) {
+                config.set(key, value);
+            }
+        }
+        config
+    }
+
     /// The librdkafka configuration: the user's properties, then the source's own.
     pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -263,7 +289,13 @@ impl KafkaConfig {
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            // The lag comes from librdkafka's statistics (high watermarks it caches from
+            // fetch responses): no broker round trip on the poll thread.
+            .set(
+                "statistics.interval.ms",
+                self.lag_interval.as_millis().clamp(1, 86_400_000).to_string(),
+            );
         config
     }
 }

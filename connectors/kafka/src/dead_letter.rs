@@ -7,6 +7,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
+use crate::config::KafkaConfig;
 use crate::error::KafkaSourceError;
 use crate::record::KafkaRecord;
 
@@ -36,6 +37,30 @@ impl KafkaDeadLetter {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap_servers);
         KafkaDeadLetter::with_config(config, topic)
+    }
+
+    /// Writes to `topic` on the source's own cluster, with its connection settings: the
+    /// bootstrap servers and every `security.*`, `ssl.*`, `sasl.*`, `socket.*` and
+    /// `client.*` property of its `properties`, so that on a secured cluster the
+    /// dead-letter producer logs in as the consumer does.
+    ///
+    /// ```
+    /// use longshore_kafka::{KafkaConfig, KafkaDeadLetter};
+    ///
+    /// let source = KafkaConfig::new("127.0.0.1:9093", "orders-service", ["orders"])
+    ///     .property("security.protocol", "sasl_plaintext")
+    ///     .property("sasl.mechanism", "SCRAM-SHA-256")
+    ///     .property("sasl.username", "orders")
+    ///     .property("sasl.password", "secret");
+    /// let dead_letter = KafkaDeadLetter::for_source(&source, "orders.dlq").unwrap();
+    /// # drop(dead_letter);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// librdkafka refusing the configuration.
+    pub fn for_source(source: &KafkaConfig, topic: impl Into<String>) -> Result<Self, KafkaSourceError> {
+        KafkaDeadLetter::with_config(source.connection_config(), topic)
     }
 
     /// Writes to `topic` with a producer made from `config` (TLS, SASL, ...).

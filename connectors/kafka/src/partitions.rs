@@ -19,6 +19,12 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Where the partition is kept: assigned partitions have dense indexes, reused after a
+    /// revoke, so the index spreads them evenly over processors.
+    pub(crate) fn index(self) -> u32 {
+        self.index
+    }
+
     /// The slot of no partition, for records built by hand.
     pub(crate) const NONE: Slot = Slot {
         index: u32::MAX,
@@ -40,9 +46,25 @@ pub(crate) struct Partition {
     /// partition to this consumer, whose commit the broker refused mid-rebalance: they
     /// are skipped, not handled twice.
     pub(crate) done_below: Option<i64>,
+    /// When its committable offset last moved, or records arrived with none outstanding:
+    /// a partition with records outstanding and no progress for long is stalled.
+    pub(crate) progressed_at: std::time::Instant,
 }
 
 impl Partition {
+    /// A newly assigned partition, with nothing received yet.
+    pub(crate) fn new(generation: u64, done_below: Option<i64>) -> Self {
+        Partition {
+            generation,
+            offsets: PartitionOffsets::default(),
+            queued: 0,
+            paused: false,
+            committed: None,
+            done_below,
+            progressed_at: std::time::Instant::now(),
+        }
+    }
+
     /// Received records handed to the pipeline and not yet acknowledged.
     pub(crate) fn handed_out(&self) -> usize {
         self.offsets.in_flight() - self.queued
@@ -115,6 +137,15 @@ impl Partitions {
     pub(crate) fn values(&self) -> impl Iterator<Item = &Partition> {
         self.slots.iter().flatten()
     }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Partition> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// How many partitions are assigned.
+    pub(crate) fn len(&self) -> usize {
+        self.by_key.len()
+    }
 }
 
 #[cfg(test)]
@@ -122,14 +153,7 @@ mod tests {
     use super::*;
 
     fn partition(generation: u64) -> Partition {
-        Partition {
-            generation,
-            offsets: PartitionOffsets::default(),
-            queued: 0,
-            paused: false,
-            committed: None,
-            done_below: None,
-        }
+        Partition::new(generation, None)
     }
 
     #[test]

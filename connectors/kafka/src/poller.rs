@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::assignment::Shared;
@@ -36,16 +37,22 @@ const FINAL_COMMIT_ATTEMPTS: u32 = 5;
 /// The bound on reading the group's offsets when partitions come back.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The bound on each broker request of a lag refresh.
-const LAG_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Runs the rebalance protocol's callbacks against the shared assignment.
+/// Runs the rebalance protocol's callbacks against the shared assignment, and publishes
+/// the lag from librdkafka's statistics.
 pub(crate) struct Context {
     pub(crate) shared: Arc<Shared>,
     pub(crate) revoke_drain_timeout: Duration,
+    pub(crate) lag: KafkaLag,
+    pub(crate) group: String,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// Every `lag_interval`, on the poll thread, from what librdkafka already knows: no
+    /// broker round trip.
+    fn stats(&self, statistics: Statistics) {
+        self.lag.refresh(&self.shared.lock(), &statistics, &self.group);
+    }
+}
 
 impl ConsumerContext for Context {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -58,6 +65,17 @@ impl ConsumerContext for Context {
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            if consumer.assignment_lost() {
+                // The session expired: the partitions may be another consumer's already.
+                // Nothing more of them is handed out, acknowledged or committed: a broker
+                // that does not fence would take those commits.
+                self.shared.lose(tpl);
+                tracing::warn!(
+                    partitions = tpl.count(),
+                    "partitions lost (session timed out); let go without draining or committing"
+                );
+                return;
+            }
             // Once finished, nothing in flight will be acknowledged any more.
             let timeout = if self.shared.lock().finished {
                 Duration::ZERO
@@ -124,10 +142,9 @@ fn commit(consumer: &BaseConsumer<Context>, commits: &TopicPartitionList, mode: 
     }
 }
 
-/// How often the poll thread commits and reads the lag, and how long its close may take.
+/// How often the poll thread commits, and how long its close may take.
 pub(crate) struct Intervals {
     pub(crate) commit: Duration,
-    pub(crate) lag: Duration,
     pub(crate) close: Duration,
 }
 
@@ -135,7 +152,7 @@ pub(crate) fn spawn(
     consumer: BaseConsumer<Context>,
     shared: Arc<Shared>,
     intervals: Intervals,
-    lag: (KafkaLag, String),
+    group: String,
 ) -> std::io::Result<PollThread> {
     let close_timeout = intervals.close;
     let (done, finished) = mpsc::channel::<()>();
@@ -144,7 +161,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             // Dropped when the thread ends, even by a panic: that is the signal.
             let _done = done;
-            Poller::new(consumer, shared).run(intervals, lag);
+            Poller::new(consumer, shared).run(intervals, &group);
         })?;
     Ok(PollThread {
         handle,
@@ -154,6 +171,7 @@ pub(crate) fn spawn(
 }
 
 /// The running poll thread.
+#[derive(Debug)]
 pub(crate) struct PollThread {
     handle: JoinHandle<()>,
     finished: mpsc::Receiver<()>,
@@ -161,6 +179,11 @@ pub(crate) struct PollThread {
 }
 
 impl PollThread {
+    /// Whether the thread has ended (told to finish, or by a panic).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     /// Waits at most the close timeout for the thread (told to finish) to make its final commit
     /// and leave the group. librdkafka's close can wait forever on a broker that stopped
     /// answering; then the thread is left behind rather than the service kept from
@@ -196,14 +219,15 @@ impl Poller {
         }
     }
 
-    fn run(mut self, intervals: Intervals, (lag, group): (KafkaLag, String)) {
+    fn run(mut self, intervals: Intervals, group: &str) {
         let mut last_commit = Instant::now();
-        let mut last_lag = Instant::now();
         let mut full_since: Option<Instant> = None;
-        let errors = ClientErrors::new(&group);
+        let errors = ClientErrors::new(group);
         loop {
             let (stopped, finished, queued, paused_all) = {
-                let state = self.shared.lock();
+                let mut state = self.shared.lock();
+                // The liveness check's heartbeat.
+                state.polled_at = Instant::now();
                 (
                     state.stopped,
                     state.finished,
@@ -270,10 +294,6 @@ impl Poller {
                 commit(&self.consumer, &self.shared.commits(false), CommitMode::Async);
                 last_commit = Instant::now();
             }
-            if last_lag.elapsed() >= intervals.lag {
-                lag.refresh(&self.consumer, &group, LAG_TIMEOUT);
-                last_lag = Instant::now();
-            }
         }
         // The final commit is what saves a restart from reading the run's tail again: a
         // refusal (a rebalance, a coordinator moving) is retried a few times, polling in
@@ -302,14 +322,16 @@ impl Poller {
         }
     }
 
-    /// Pauses (or resumes) every assigned partition.
+    /// Pauses every assigned partition, or resumes those not paused for having their cap
+    /// handed out: those stay paused until their records are acknowledged, so that a
+    /// stuck partition's records never pile up.
     fn pause_all(&mut self, paused: bool) {
         match self.consumer.assignment() {
             Ok(assignment) => {
                 let result = if paused {
                     self.consumer.pause(&assignment)
                 } else {
-                    self.consumer.resume(&assignment)
+                    self.consumer.resume(&self.shared.not_paused(&assignment))
                 };
                 if let Err(error) = result {
                     tracing::warn!(%error, paused, "cannot pause or resume partitions");

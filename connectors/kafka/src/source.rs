@@ -39,6 +39,9 @@ pub struct KafkaSource {
     lag: KafkaLag,
     poller: Arc<Mutex<Option<PollThread>>>,
     ordering: Ordering,
+    /// The poll thread is wedged once it has not polled for this long
+    /// (`max.poll.interval.ms`: by then the group has expelled the consumer).
+    wedged_after: std::time::Duration,
     acknowledger_taken: std::sync::atomic::AtomicBool,
 }
 
@@ -51,30 +54,28 @@ impl KafkaSource {
     pub fn new(config: KafkaConfig) -> Result<Self, KafkaSourceError> {
         config.validate()?;
         let shared = Shared::new(config.max_buffered_per_partition);
+        let lag = KafkaLag::exported();
         let context = Context {
             shared: shared.clone(),
             revoke_drain_timeout: config.revoke_drain_timeout,
+            lag: lag.clone(),
+            group: config.group_id.clone(),
         };
         let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let lag = KafkaLag::exported();
         let intervals = Intervals {
             commit: config.commit_interval,
-            lag: config.lag_interval,
             close: config.close_timeout,
         };
-        let poller = poller::spawn(
-            consumer,
-            shared.clone(),
-            intervals,
-            (lag.clone(), config.group_id),
-        )?;
+        let wedged_after = config.rebalance_timeout()?;
+        let poller = poller::spawn(consumer, shared.clone(), intervals, config.group_id)?;
         Ok(KafkaSource {
             shared,
             lag,
             poller: Arc::new(Mutex::new(Some(poller))),
             ordering: config.ordering,
+            wedged_after,
             acknowledger_taken: Default::default(),
         })
     }
@@ -121,7 +122,11 @@ impl Source for KafkaSource {
 
     fn partition_by(&self) -> Option<PartitionBy<KafkaRecord>> {
         match self.ordering {
-            Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| partition_hash(m.data()))),
+            // The partition's slot: dense, so that partitions spread evenly over the
+            // processors (a hash put two of eight on one processor while another idled).
+            Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| {
+                u64::from(m.data().slot.index())
+            })),
             Ordering::Key => Some(Arc::new(|m: &Message<KafkaRecord>| {
                 let mut hasher = DefaultHasher::new();
                 (partition_hash(m.data()), m.data().key()).hash(&mut hasher);
@@ -136,12 +141,47 @@ impl Source for KafkaSource {
         state.joined && !state.stopped
     }
 
+    fn set_max_in_flight(&self, max_in_flight: usize) {
+        self.shared.set_max_in_flight(max_in_flight);
+    }
+
+    fn liveness(&self) -> Result<(), BoxError> {
+        let (finished, polled_at) = {
+            let state = self.shared.lock();
+            (state.finished, state.polled_at)
+        };
+        if finished {
+            return Ok(());
+        }
+        let ended = self
+            .poller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(PollThread::has_ended);
+        if ended {
+            return Err("the kafka poll thread ended unexpectedly (it panicked): nothing more is fetched or committed".into());
+        }
+        polled_recently(polled_at.elapsed(), self.wedged_after)
+    }
+
     async fn shutdown(&self) {
         let mut state = self.shared.lock();
         state.stopped = true;
         // Never handed out: not acknowledged, so not committed, so read again later.
-        state.queue.clear();
+        state.clear_queue();
     }
+}
+
+/// `Err` once the poll thread has been silent past `wedged_after` (`max.poll.interval.ms`).
+fn polled_recently(silent: std::time::Duration, wedged_after: std::time::Duration) -> Result<(), BoxError> {
+    if silent > wedged_after {
+        return Err(format!(
+            "the kafka poll thread has not polled for {silent:?}, past max.poll.interval.ms ({wedged_after:?}): the group has expelled the consumer"
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// A hash of the record's topic and partition, cheap enough for every record: the poll
@@ -195,6 +235,16 @@ impl Acknowledger<KafkaRecord> for KafkaAcknowledger {
             .acknowledge(successful.iter().chain(&failed).map(Message::data));
     }
 
+    fn origin(&self, message: &Message<KafkaRecord>) -> Option<String> {
+        let record = message.data();
+        Some(format!(
+            "{}/{}@{}",
+            record.topic(),
+            record.partition(),
+            record.offset()
+        ))
+    }
+
     async fn flush(&self) {
         if let Some(poller) = self.finish() {
             // The final commit and the close happen on the poll thread: waited for off the
@@ -213,5 +263,36 @@ impl Drop for KafkaAcknowledger {
         if let Some(poller) = self.finish() {
             poller.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    #[test]
+    fn a_running_consumer_is_live_and_a_silent_poll_thread_is_not() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let config = KafkaConfig::new(cluster.bootstrap_servers(), "g", ["t"])
+            .property("session.timeout.ms", "2000")
+            .property("max.poll.interval.ms", "2000")
+            .revoke_drain_timeout(Duration::from_secs(1));
+        let source = KafkaSource::new(config).unwrap();
+        assert!(source.liveness().is_ok());
+        assert_eq!(source.wedged_after, Duration::from_secs(2));
+        // As if the poll thread had hung in a call that never returns.
+        let error = polled_recently(Duration::from_secs(3), source.wedged_after)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "the kafka poll thread has not polled for 3s, past max.poll.interval.ms (2s): the group has expelled the consumer"
+        );
+        assert!(polled_recently(Duration::from_secs(1), source.wedged_after).is_ok());
     }
 }

@@ -14,8 +14,10 @@ use common::tansu::{create_topic_with, create_user, free_port, Tansu};
 use common::tls::{proxy, Certificates};
 use common::{cluster, committed_by, config, eventually, metric, per_partition, produce_by, Recorder};
 use longshore::{Pipeline, Processors};
-use longshore_kafka::{KafkaConfig, KafkaSource};
-use rdkafka::ClientConfig;
+use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const WAIT: Duration = Duration::from_secs(60);
 const RECORDS: usize = 300;
@@ -178,6 +180,47 @@ async fn sasl_scram_over_tls_logs_in_and_a_wrong_password_reads_nothing_and_is_c
     let labels = [("consumergroup", "g-sasl"), ("error", "Authentication")];
     assert_eq!(metric("longshore_kafka_client_errors_total", &labels), None);
     intruder.shutdown().await.unwrap();
+
+    // The dead-letter producer logs in with the source's own settings: the poison
+    // record reaches the dead-letter topic on the secured cluster.
+    let dlq_client = client(&broker.bootstrap, &properties);
+    std::thread::scope(|scope| {
+        scope.spawn(|| create_topic_with(&dlq_client, "payments.dlq", 1));
+    });
+    let config = source_config(&broker.bootstrap, "g-dlq", "payments", &properties);
+    let dead_letter = KafkaDeadLetter::for_source(&config, "payments.dlq").unwrap();
+    let recorder = Arc::new(Recorder {
+        poison: vec![7],
+        ..Recorder::default()
+    });
+    let pipeline = Pipeline::builder(KafkaSource::new(config).unwrap(), recorder)
+        .dead_letter(dead_letter)
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    eventually(WAIT, || {
+        stats.get().successful + stats.get().failed == RECORDS as u64
+    })
+    .await;
+    assert_eq!(stats.get().dead_lettered, 1);
+    pipeline.shutdown().await.unwrap();
+    let dead: BaseConsumer = dlq_client
+        .clone()
+        .set("group.id", "g-dlq-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("payments.dlq", 0, Offset::Beginning)
+        .unwrap();
+    dead.assign(&tpl).unwrap();
+    let record = loop {
+        match dead.poll(WAIT) {
+            Some(Ok(record)) => break record.detach(),
+            Some(Err(error)) => eprintln!("reading the dead-letter topic: {error}"),
+            None => panic!("no dead letter within {WAIT:?}"),
+        }
+    };
+    assert_eq!(record.payload(), Some(&b"7"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,26 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
         self.stop.cancel();
         self.deletes.send_waiting(&self.queue, Duration::ZERO).await;
     }
+
+    /// Messages not to be finished at shutdown (they waited for a retry): visible again
+    /// now, not after their visibility timeout.
+    async fn release(&self, messages: Vec<Message<SqsMessage>>) {
+        release_now(&self.queue, &self.held, messages).await;
+    }
+}
+
+/// Makes `messages` visible again at once (visibility 0) and lets go of them.
+pub(crate) async fn release_now(queue: &Queue, held: &Held, messages: Vec<Message<SqsMessage>>) {
+    if messages.is_empty() {
+        return;
+    }
+    tracing::info!(queue = %queue.name, messages = messages.len(), "releasing messages not finished");
+    held.release(messages.iter().map(Message::ack_ref));
+    let entries = messages
+        .into_iter()
+        .map(|m| Entry::change(m.into_data().receipt_handle, Duration::ZERO))
+        .collect();
+    queue.send_all(entries).await;
 }
 
 /// Sends the deletes that waited `interval` for a full batch; a delete waits at most

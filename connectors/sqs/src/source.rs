@@ -12,12 +12,12 @@ use longshore::source::{PartitionBy, Redelivery};
 use longshore::{BoxError, Message, Source};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::acknowledge::{self, Deletes, SqsAcknowledger};
+use crate::acknowledge::{self, release_now, Deletes, SqsAcknowledger};
 use crate::config::{Ordering, SqsConfig};
 use crate::error::SqsSourceError;
 use crate::held::Held;
 use crate::message::SqsMessage;
-use crate::queue::{Entry, Queue};
+use crate::queue::Queue;
 use crate::receiver::{Polling, Receiver};
 use crate::{lag, visibility};
 
@@ -170,15 +170,6 @@ impl Source for SqsSource {
     async fn shutdown(&self) {
         // Received but never handed out: visible again now, not after the timeout.
         let unstarted = self.receiver.stop(self.wait_time + POLL_GRACE).await;
-        if unstarted.is_empty() {
-            return;
-        }
-        tracing::info!(queue = %self.queue.name, messages = unstarted.len(), "releasing messages not started");
-        self.held.release(unstarted.iter().map(Message::ack_ref));
-        let entries = unstarted
-            .into_iter()
-            .map(|m| Entry::change(m.into_data().receipt_handle, Duration::ZERO))
-            .collect();
-        self.queue.send_all(entries).await;
+        release_now(&self.queue, &self.held, unstarted).await;
     }
 }

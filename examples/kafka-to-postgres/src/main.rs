@@ -136,7 +136,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let metrics = MetricsServer::bind(config.metrics.addr).await?;
-    let dead_letter = KafkaDeadLetter::new(config.source.bootstrap_servers(), &config.app.dead_letter_topic)?;
+    let dead_letter = KafkaDeadLetter::for_source(&config.source, &config.app.dead_letter_topic)?;
     let source = KafkaSource::new(config.source)?;
     let pipeline = Pipeline::builder(source, Arc::new(ToPostgres { db }))
         .config(config.pipeline)
