@@ -61,6 +61,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one batch in a batcher. An error fails every message of the batch;
     /// [`Message::fail`] fails one.
     ///
+    /// In an ordered pipeline (`partition_by`, or the source's own order), when a message
+    /// of the batch is to be tried again, the messages after it in the batch are tried
+    /// again with it, those that succeeded included, so that none is finished ahead of
+    /// it: make the batch's effects idempotent (an upsert), as at-least-once delivery
+    /// asks anyway. Such a retry comes with [`BatchTrigger::Retry`].
+    ///
     /// The default fails the batch: a pipeline with batchers must implement it, and
     /// nothing is acknowledged as done without having been handled.
     fn handle_batch(
@@ -116,7 +122,8 @@ pub enum BatchTrigger {
     Timeout,
     /// The pipeline is shutting down.
     Flush,
-    /// Its messages failed in an earlier attempt of the batch and are tried again.
+    /// Its messages are tried again: those that failed in an earlier attempt of the
+    /// batch and, in an ordered pipeline, those that followed them in it.
     Retry,
 }
 

@@ -18,7 +18,8 @@
 //!   received and unacknowledged at any time, whatever the backlog.
 //! - **Exactly-once acknowledgement.** Every message received is acknowledged once, as
 //!   successful or failed, after its last stage: its processor if it goes to no batcher,
-//!   else its batch processor. Messages are moved, never cloned, so no path can ack twice.
+//!   else its batch processor; or, at shutdown, released unacknowledged if it waited for
+//!   a retry. Messages are moved, never cloned, so no path can ack twice.
 //! - **Failure isolation.** An error or a panic in a handler fails the messages it was
 //!   handling, never the stage. Failed messages skip later stages, pass through
 //!   [`Handler::handle_failed`] once, and are acknowledged as failed.

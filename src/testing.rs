@@ -201,6 +201,19 @@ impl<T: Send + 'static> Acknowledger<T> for TestAcknowledger<T> {
             });
         }
     }
+
+    async fn release(&self, messages: Vec<Message<T>>) {
+        self.forget(&messages);
+    }
+}
+
+impl<T: Send + 'static> TestAcknowledger<T> {
+    /// Test messages released at shutdown are never acknowledged: their senders go, and
+    /// a test awaiting them panics ("stopped without acknowledging") rather than hangs.
+    fn forget(&self, messages: &[Message<T>]) {
+        let mut waiting = lock(&self.waiting);
+        messages.iter().for_each(|m| drop(waiting.remove(&m.ack_ref())));
+    }
 }
 
 impl<T> fmt::Debug for TestSource<T> {

@@ -3,6 +3,8 @@
 //! source that can no longer deliver stops the pipeline with an error, never a clean
 //! summary and never a hang; at shutdown, what waits for a retry is released at once.
 
+mod common;
+
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,6 +163,11 @@ async fn a_panicking_acknowledger_ends_the_pipeline_with_an_error() {
         .shutdown_deadline(Duration::from_secs(5))
         .start()
         .unwrap();
+    // The fault stops the pipeline by itself, awaited or not.
+    let stop = pipeline.stop_token();
+    tokio::time::timeout(Duration::from_secs(30), stop.cancelled())
+        .await
+        .expect("the failed pipeline stops fetching");
     let outcome = tokio::time::timeout(Duration::from_secs(30), pipeline.wait())
         .await
         .expect("the pipeline stops by itself");
@@ -173,6 +180,9 @@ async fn a_panicking_acknowledger_ends_the_pipeline_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_can_no_longer_deliver_ends_the_pipeline_with_its_cause() {
+    let server = longshore::metrics::MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let (source, ledger, dead) = Numbers::new(usize::MAX, Ledger::default());
     let pipeline = Pipeline::builder(source, FailSeven)
         .processors(Processors::new(2))
@@ -193,6 +203,10 @@ async fn a_source_that_can_no_longer_deliver_ends_the_pipeline_with_its_cause() 
         other => panic!("expected a failure, got {other:?}"),
     }
     assert!(!ledger.successful.lock().unwrap().is_empty());
+    // Liveness fails, and stays failed after the pipeline has ended: the process is to
+    // be restarted.
+    assert_eq!(common::get(server.local_addr(), "/healthz").await.0, 503);
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

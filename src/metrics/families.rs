@@ -67,7 +67,7 @@ fn families() -> &'static Families {
             ),
             discarded: counter(
                 "longshore_discarded_messages_total",
-                "Messages that failed for good with no dead-letter destination: acknowledged as failed and not delivered again.",
+                "Messages that failed for good with no dead-letter destination: acknowledged as failed, so the source moves past them (Kafka commits past them; SQS redrives them per the queue's policy).",
                 &["pipeline"],
             ),
             released: counter(

@@ -1,6 +1,7 @@
 //! Readiness: the pipelines of the process, each running or not, each with its source
 //! connected or not.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio_util::sync::CancellationToken;
@@ -47,9 +48,16 @@ pub(crate) fn ready() -> bool {
     !live.is_empty() && live.iter().all(|p| p.ready())
 }
 
-/// Alive: no pipeline of the process has failed. A failed pipeline stays registered
-/// until its handle is dropped (its `wait` returned the error), so the process reports
-/// it until it exits.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// A pipeline of the process failed: `/healthz` fails from now until the process exits
+/// (which is what a failed pipeline's `wait` leads a service's `main` to), so that
+/// Kubernetes restarts it even if it lingers.
+pub(crate) fn failed() {
+    FAILED.store(true, Ordering::Relaxed);
+}
+
+/// Alive: no pipeline of the process has failed.
 pub(crate) fn alive() -> bool {
-    live().iter().all(|p| (p.alive)())
+    !FAILED.load(Ordering::Relaxed) && live().iter().all(|p| (p.alive)())
 }

@@ -176,7 +176,7 @@ where
             PipelineMetrics::new(&config.name, limit),
         );
         let stop = CancellationToken::new();
-        let fault = Arc::new(Fault::default());
+        let fault = Arc::new(Fault::new(stop.clone()));
         let mut tasks = JoinSet::new();
         let ctx = Arc::new(Context {
             handler: self.handler,

@@ -151,6 +151,11 @@ impl Batcher {
     }
 
     /// How many batches are handled at once (default 1).
+    ///
+    /// In an ordered pipeline a batch key's batches all go to one batch processor, one
+    /// after the other: concurrency then works across batch keys only. Give the messages
+    /// of one order key one batch key (the order key, or a coarser one) to keep that
+    /// order through the batcher.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
         self

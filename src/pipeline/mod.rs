@@ -112,8 +112,8 @@ impl Pipeline {
     /// # Errors
     ///
     /// [`PipelineError::Failed`] when a stage, the acknowledger or the source failed (the
-    /// pipeline stopped itself); [`PipelineError::DeadlineExceeded`] when, after that, the
-    /// drain did not finish in time.
+    /// pipeline stopped itself, within its deadline; the failure is reported even if
+    /// that drain missed the deadline).
     pub async fn wait(mut self) -> Result<Summary, PipelineError> {
         tokio::select! {
             () = all_done(&mut self.tasks, &self.fault) => self.outcome(),
@@ -181,6 +181,7 @@ impl Pipeline {
             received: stats.received,
             successful: stats.successful,
             failed: stats.failed,
+            released: stats.released,
         }
     }
 }
@@ -217,6 +218,9 @@ pub struct Summary {
     pub successful: u64,
     /// Messages acknowledged as failed.
     pub failed: u64,
+    /// Messages released unacknowledged at shutdown (they waited for a retry), to be
+    /// delivered again: `received = successful + failed + released` after a clean drain.
+    pub released: u64,
 }
 
 /// A live view of a pipeline's counts; made by [`Pipeline::stats`].

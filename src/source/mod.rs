@@ -23,9 +23,10 @@ use crate::message::Message;
 ///   nothing: messages it already took from the broker stay in the source, and
 ///   [`shutdown`](Source::shutdown) releases them.
 /// - Each message is acknowledged exactly once, through the acknowledger returned by
-///   [`acknowledger`](Source::acknowledger), unless the pipeline missed its shutdown
-///   deadline: messages unfinished then are never acknowledged and the broker
-///   redelivers them.
+///   [`acknowledger`](Source::acknowledger), unless it is released at shutdown
+///   ([`Acknowledger::release`]: it waited for a retry) or the pipeline missed its
+///   shutdown deadline: such messages are never acknowledged and the broker redelivers
+///   them.
 ///
 /// # Examples
 ///

@@ -136,7 +136,7 @@ where
                 attempt = first.attempt(),
                 messages = finals.len(),
                 unlogged,
-                "message failed for good and no dead-letter destination is set; it is acknowledged as failed and not delivered again"
+                "message failed for good and no dead-letter destination is set; acknowledged as failed, the source moves past it"
             );
         }
     }

@@ -12,16 +12,29 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Fault {
     cause: OnceLock<String>,
     raised: CancellationToken,
+    /// The pipeline's stop token: cancelled with the fault, so that the pipeline stops
+    /// fetching at once, whoever (if anyone) awaits it.
+    stop: CancellationToken,
 }
 
 impl Fault {
+    /// A fault that stops the pipeline through `stop` when raised.
+    pub(crate) fn new(stop: CancellationToken) -> Self {
+        Fault {
+            stop,
+            ..Fault::default()
+        }
+    }
+
     /// Records `cause` unless a fault was raised before (that one is kept: it came first,
     /// later ones are mostly its consequences), and wakes whoever waits in [`Fault::raised`].
     pub(crate) fn raise(&self, cause: impl Into<String>) {
         let cause = cause.into();
         tracing::error!(%cause, "pipeline failed; shutting down");
         let _ = self.cause.set(cause);
+        crate::metrics::health::failed();
         self.raised.cancel();
+        self.stop.cancel();
     }
 
     /// The first cause raised, if any.
@@ -41,7 +54,8 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_the_first_cause_and_wakes_the_waiter() {
-        let fault = Fault::default();
+        let stop = CancellationToken::new();
+        let fault = Fault::new(stop.clone());
         assert_eq!(fault.cause(), None);
         let waiting = fault.raised();
         tokio::pin!(waiting);
@@ -50,5 +64,6 @@ mod tests {
         fault.raise("a stage ended");
         waiting.await;
         assert_eq!(fault.cause(), Some("the acknowledger panicked"));
+        assert!(stop.is_cancelled(), "the pipeline stops");
     }
 }

@@ -148,8 +148,10 @@ where
         }
         let handler = &self.ctx.handler;
         if let Err(failure) = guarded(handler.prepare_messages(&mut messages)).await {
+            // A message failed already (a routing failure) keeps its own reason.
             messages
                 .iter_mut()
+                .filter(|message| message.is_ok())
                 .for_each(|message| message.set_failure(failure.clone()));
         }
         // Handled in place; the few that stay (index, retry delay or `None` to wait behind
