@@ -293,7 +293,9 @@ async fn run(topology: Topology) {
     // Ordered: per key and batcher, successful messages are acknowledged in the order
     // sent, through batches and their retries alike.
     if topology.partitioned {
-        let mut finished: HashMap<(u64, Option<String>), Vec<(u64, usize)>> = HashMap::new();
+        // Per (key, batcher): (acknowledgement order, seq) of each successful message.
+        type Finished = HashMap<(u64, Option<String>), Vec<(u64, usize)>>;
+        let mut finished = Finished::new();
         for outcome in outcomes.iter().filter(|o| o.successful) {
             let message = &outcome.message;
             let at = (message.data().key, message.batcher().map(str::to_owned));
