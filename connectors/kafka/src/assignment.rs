@@ -162,12 +162,20 @@ impl Shared {
     }
 
     /// The most records one partition may have handed out and unacknowledged: at most
-    /// `max_buffered_per_partition`, and at most a share of the pipeline's in-flight
-    /// limit (all of it with one partition, half with two, a quarter with four or more),
-    /// so that a partition stuck behind a retry never holds every credit and starves the
-    /// others.
+    /// `max_buffered_per_partition`, and at most an equal share of the pipeline's
+    /// in-flight limit among the partitions with records outstanding, so that a partition
+    /// stuck behind a retry never holds more than its share and starves the others. The
+    /// share is never above a quarter of the limit with four partitions or more assigned
+    /// (half with two, all with one): credits given out cannot be taken back, and the
+    /// first partition read must not take them all before the others' records arrive.
     pub(crate) fn cap(&self, state: &State) -> usize {
-        let share = self.max_in_flight.load(Relaxed) / state.partitions.len().clamp(1, 4);
+        let active = state
+            .partitions
+            .values()
+            .filter(|p| p.offsets.in_flight() > 0)
+            .count();
+        let sharing = active.max(state.partitions.len().min(4)).max(1);
+        let share = self.max_in_flight.load(Relaxed) / sharing;
         self.max_buffered_per_partition.min(share).max(1)
     }
 
@@ -560,11 +568,12 @@ mod tests {
         shared.set_max_in_flight(128);
         shared.assign(&list(&[0, 1, 2, 3, 4, 5, 6, 7]), None);
         (0..200).for_each(|offset| receive(&shared, 0, offset));
-        (0..10).for_each(|offset| receive(&shared, 1, offset));
-        // Partition 0 is stuck: a quarter of 128 handed out, then only partition 1's.
+        (1..8).for_each(|p| (0..10).for_each(|offset| receive(&shared, p, offset)));
+        // Partition 0 is stuck: an eighth of 128 handed out, then the others'.
         let taken = shared.take(128);
         let of = |p: i32| taken.iter().filter(|m| m.data().partition() == p).count();
-        assert_eq!((of(0), of(1)), (32, 10));
+        assert_eq!(of(0), 16);
+        assert!((1..8).all(|p| of(p) == 10));
         assert_eq!(shared.take(128).len(), 0, "partition 0 is at its cap");
         // An acknowledgement below the cap wakes a receive waiting for records: they are
         // queued already, so no new record would.
@@ -578,6 +587,10 @@ mod tests {
         shared.acknowledge(of_zero.iter().take(1).map(|m| m.data()));
         assert!(woken.as_mut().enable(), "the waiting receive is woken");
         assert_eq!(shared.take(128).len(), 1);
+        // The others finished: partition 0 alone may now use a quarter (of 8 assigned).
+        let others: Vec<_> = taken.iter().filter(|m| m.data().partition() != 0).collect();
+        shared.acknowledge(others.iter().map(|m| m.data()));
+        assert_eq!(shared.take(200).len(), 32 - 16);
         // A single partition may use every credit.
         let single = Shared::new(1_000);
         single.set_max_in_flight(128);
