@@ -24,7 +24,8 @@ pub enum FinalFailure {
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     /// One `MessageGroupId`'s messages are handled one after the other, in the order
-    /// received, retries included (FIFO queues; messages without a group are unordered).
+    /// received, retries included (FIFO queues). On a standard queue, which has no
+    /// groups, nothing is ordered: any free processor takes any message.
     #[default]
     Group,
     /// No order: any processor takes any message.

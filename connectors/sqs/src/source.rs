@@ -146,6 +146,9 @@ impl Source for SqsSource {
 
     fn partition_by(&self) -> Option<PartitionBy<SqsMessage>> {
         match self.ordering {
+            // A standard queue has no groups: any free processor takes any message, so
+            // none waits behind a busy processor while another is idle.
+            Ordering::Group if !self.queue.fifo => None,
             Ordering::Group => Some(Arc::new(|message: &Message<SqsMessage>| {
                 let mut hasher = DefaultHasher::new();
                 // Without a group, each message is its own: no order between them.

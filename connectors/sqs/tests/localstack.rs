@@ -93,6 +93,8 @@ async fn every_message_is_handled_once_and_deleted_in_batches() {
     let recorder = Recorder::ok();
     let seen = recorder.seen();
     let source = SqsSource::connect(config(&name)).await.unwrap();
+    // A standard queue has no order to keep: no message waits behind a busy processor.
+    assert!(source.partition_by().is_none());
     let pipeline = Pipeline::builder(source, recorder)
         .processors(Processors::new(8).max_demand(20))
         .start()
@@ -403,6 +405,10 @@ async fn fifo_groups_keep_their_order_under_concurrency_and_failures() {
     let seen = recorder.seen();
     let source = SqsSource::connect(config(&format!("{name}.fifo"))).await.unwrap();
     assert!(source.is_fifo());
+    assert!(
+        source.partition_by().is_some(),
+        "a FIFO queue keeps each group's order"
+    );
     let pipeline = Pipeline::builder(source, recorder)
         .processors(Processors::new(6).max_demand(5))
         .retry(RetryPolicy::new(3).initial_backoff(Duration::from_millis(200)))
