@@ -714,3 +714,102 @@ async fn bodies_and_attributes_of_any_allowed_characters_arrive_exactly_as_sent(
     sent.sort();
     assert!(received == sent, "bodies or attributes changed (seed {seed})");
 }
+
+/// Batches by message group; fails the first attempt of some messages, and now and then
+/// a whole batch; notes, per message, when it last succeeded in a batch (its final
+/// success: a message behind a retry in its batch is handled again).
+#[derive(Default)]
+struct GroupBatches {
+    attempts: Mutex<HashMap<String, u32>>,
+    calls: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
+    last_ok: Mutex<HashMap<String, u64>>,
+}
+
+impl Handler for GroupBatches {
+    type Item = SqsMessage;
+
+    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+        let group = message.data().group_id().ok_or("a FIFO message has a group")?.to_owned();
+        message.put_batch_key(group);
+        Ok(())
+    }
+
+    async fn handle_batch(&self, batch: &mut [Message<SqsMessage>], _: &longshore::BatchInfo) -> Result<(), BoxError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Other groups' batches overtake a waiting one.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if self.calls.fetch_add(1, SeqCst) % 9 == 4 {
+            return Err("the whole batch fails".into());
+        }
+        let mut attempts = self.attempts.lock().unwrap();
+        let mut last_ok = self.last_ok.lock().unwrap();
+        for message in batch.iter_mut() {
+            let body = message.data().body().to_owned();
+            let attempt = attempts.entry(body.clone()).or_default();
+            *attempt += 1;
+            let i: u32 = body.split('-').nth(1).unwrap().parse().unwrap();
+            if *attempt == 1 && i % 7 == 3 {
+                message.fail("first try fails");
+            } else {
+                last_ok.insert(body, self.finished.fetch_add(1, SeqCst));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_keep_their_order_through_a_batcher_with_failing_batches() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = format!("{}.fifo", unique("batched"));
+    let url = create_queue(&client, &name, &[(QueueAttributeName::FifoQueue, "true")]).await;
+    let (groups, per_group) = (8, 30);
+    let half = |range: std::ops::Range<u32>| -> Vec<String> {
+        range
+            .flat_map(|i| (0..groups).map(move |g| format!("{g}-{i}")))
+            .collect()
+    };
+    let group_of = |body: &str| body.split('-').next().unwrap().to_owned();
+    send(&client, &url, half(0..per_group / 2), Some(&group_of)).await;
+
+    let handler = Arc::new(GroupBatches::default());
+    let source = SqsSource::connect(config(&name)).await.unwrap();
+    let pipeline = Pipeline::builder(source, handler.clone())
+        .processors(Processors::new(4).max_demand(10))
+        .batcher(
+            longshore::Batcher::new("db")
+                .batch_size(10)
+                .batch_timeout(Duration::from_millis(50))
+                .concurrency(4),
+        )
+        .retry(RetryPolicy::new(5).initial_backoff(Duration::from_millis(100)))
+        .start()
+        .unwrap();
+    // The rest arrives while the first half is consumed.
+    send(&client, &url, half(per_group / 2..per_group), Some(&group_of)).await;
+    let stats = pipeline.stats();
+    let total = u64::from(groups * per_group);
+    eventually(WAIT, || stats.get().successful == total).await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(stats.get().failed, 0);
+    assert_depth(&client, &url, (0, 0)).await;
+
+    // Per group, messages finished (their last successful handling) in the order sent.
+    let last_ok = handler.last_ok.lock().unwrap();
+    assert_eq!(last_ok.len(), total as usize);
+    let mut by_group: HashMap<String, Vec<(u64, u32)>> = HashMap::new();
+    for (body, &at) in last_ok.iter() {
+        let (group, i) = body.split_once('-').unwrap();
+        by_group
+            .entry(group.to_owned())
+            .or_default()
+            .push((at, i.parse().unwrap()));
+    }
+    for (group, mut finished) in by_group {
+        finished.sort_unstable();
+        let order: Vec<u32> = finished.into_iter().map(|(_, i)| i).collect();
+        assert_eq!(order, (0..per_group).collect::<Vec<_>>(), "group {group}");
+    }
+}
