@@ -730,12 +730,20 @@ impl Handler for GroupBatches {
     type Item = SqsMessage;
 
     async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-        let group = message.data().group_id().ok_or("a FIFO message has a group")?.to_owned();
+        let group = message
+            .data()
+            .group_id()
+            .ok_or("a FIFO message has a group")?
+            .to_owned();
         message.put_batch_key(group);
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<SqsMessage>], _: &longshore::BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<SqsMessage>],
+        _: &longshore::BatchInfo,
+    ) -> Result<(), BoxError> {
         use std::sync::atomic::Ordering::SeqCst;
         // Other groups' batches overtake a waiting one.
         tokio::time::sleep(Duration::from_millis(5)).await;
