@@ -44,12 +44,18 @@ impl BuildError {
 
 /// The pipeline did not drain within its shutdown deadline.
 ///
-/// The messages it still held were **not** acknowledged, so the source redelivers them.
+/// Handler calls still running were cut short, and every message not finished was handed
+/// back to the source **unacknowledged** ([`Acknowledger::release`](crate::Acknowledger::release)),
+/// to be delivered again at once; messages finished before were acknowledged. Those
+/// `stranded` (still held after [`HAND_BACK_TIME`](crate::HAND_BACK_TIME)) are
+/// redelivered after the broker's own timeout.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("pipeline did not drain within its deadline; {in_flight} messages left unacknowledged")]
+#[error("pipeline did not drain within its deadline; {in_flight} messages were not finished and go back to the source ({stranded} of them only after the broker's timeout)")]
 pub struct DeadlineExceeded {
     /// Messages received from the source and not acknowledged when the deadline passed.
     pub in_flight: usize,
+    /// Of those, messages neither acknowledged nor handed back when the pipeline gave up.
+    pub stranded: usize,
 }
 
 /// Why a pipeline did not end cleanly: what [`Pipeline::wait`](crate::Pipeline::wait),
@@ -60,8 +66,11 @@ pub struct DeadlineExceeded {
 /// ```
 /// use longshore::{DeadlineExceeded, PipelineError};
 ///
-/// let error = PipelineError::from(DeadlineExceeded { in_flight: 3 });
-/// assert_eq!(error.to_string(), "pipeline did not drain within its deadline; 3 messages left unacknowledged");
+/// let error = PipelineError::from(DeadlineExceeded { in_flight: 3, stranded: 0 });
+/// assert_eq!(
+///     error.to_string(),
+///     "pipeline did not drain within its deadline; 3 messages were not finished and go back to the source (0 of them only after the broker's timeout)"
+/// );
 /// let failed = PipelineError::Failed { cause: "the source's poll thread panicked".into() };
 /// assert_eq!(failed.to_string(), "pipeline failed: the source's poll thread panicked");
 /// ```

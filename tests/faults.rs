@@ -1,7 +1,8 @@
 //! Failures of user callbacks and of the pipeline's own machinery: a panicking
 //! `partition_by` fails its message, never the producer; a panicking acknowledger or a
 //! source that can no longer deliver stops the pipeline with an error, never a clean
-//! summary and never a hang; at shutdown, what waits for a retry is released at once.
+//! summary and never a hang; at shutdown, what waits for a retry is released at once, and
+//! at a missed deadline every message is either acknowledged (finished) or handed back.
 
 mod common;
 
@@ -247,4 +248,167 @@ async fn at_shutdown_a_message_waiting_for_its_retry_is_released_at_once() {
         "none of its key passed it"
     );
     assert!(ledger.failed.lock().unwrap().is_empty());
+}
+
+/// Takes `handling` per message and `batching` per batch, recording what it finished;
+/// fails every message when `fail` is set.
+struct Slow {
+    handling: Duration,
+    batching: Duration,
+    fail: bool,
+    handled: Mutex<Vec<usize>>,
+    batched: Mutex<Vec<usize>>,
+}
+
+impl Slow {
+    fn new(handling: Duration, batching: Duration) -> Arc<Self> {
+        Arc::new(Slow {
+            handling,
+            batching,
+            fail: false,
+            handled: Mutex::default(),
+            batched: Mutex::default(),
+        })
+    }
+}
+
+impl Handler for Slow {
+    type Item = usize;
+    async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
+        tokio::time::sleep(self.handling).await;
+        self.handled.lock().unwrap().push(*message.data());
+        if self.fail {
+            return Err("always fails".into());
+        }
+        Ok(())
+    }
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<usize>],
+        _: &longshore::BatchInfo,
+    ) -> Result<(), BoxError> {
+        tokio::time::sleep(self.batching).await;
+        self.batched
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|m| *m.data()));
+        Ok(())
+    }
+}
+
+fn sorted(numbers: &Mutex<Vec<usize>>) -> Vec<usize> {
+    let mut numbers = numbers.lock().unwrap().clone();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// Shuts `pipeline` down after `after`; returns the error, and every message received
+/// (they are numbered from 0).
+async fn miss_the_deadline(pipeline: Pipeline, after: Duration) -> (longshore::DeadlineExceeded, Vec<usize>) {
+    let stats = pipeline.stats();
+    tokio::time::sleep(after).await;
+    let outcome = pipeline.shutdown().await;
+    let Err(longshore::PipelineError::DeadlineExceeded(error)) = outcome else {
+        panic!("the deadline passes: {outcome:?}");
+    };
+    let received = stats.get().received as usize;
+    (error, (0..received).collect())
+}
+
+/// Every message received is either acknowledged or handed back, never both, never
+/// neither.
+fn assert_nothing_stranded(ledger: &Ledger, received: &[usize]) {
+    let mut settled = sorted(&ledger.successful);
+    settled.extend(sorted(&ledger.failed));
+    settled.extend(sorted(&ledger.released));
+    settled.sort_unstable();
+    assert_eq!(settled, received, "acknowledged or released, each once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_a_missed_deadline_what_is_finished_is_acknowledged_and_the_rest_handed_back() {
+    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
+    let handler = Slow::new(Duration::from_secs(2), Duration::ZERO);
+    // Two processors each on a chunk of four, and two more chunks each queued for them.
+    let pipeline = Pipeline::builder(source, handler.clone())
+        .processors(Processors::new(2).max_demand(4))
+        .max_in_flight(16)
+        .shutdown_deadline(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    // The deadline passes at 6.5 s.
+    let (error, received) = miss_the_deadline(pipeline, Duration::from_millis(1_500)).await;
+
+    assert_eq!(received.len(), 16);
+    assert_eq!(error.stranded, 0, "{error}");
+    assert_eq!(error.in_flight, 16 - sorted(&handler.handled).len());
+    // Each processor finished three messages of its first chunk (at 2, 4 and 6 s), and
+    // each was acknowledged though its chunk was not done.
+    assert_eq!(sorted(&handler.handled).len(), 6);
+    assert_eq!(sorted(&ledger.successful), sorted(&handler.handled));
+    // The rest, the two cut short and the queued chunks among them, went back at once.
+    assert_eq!(ledger.released.lock().unwrap().len(), 10);
+    assert_nothing_stranded(&ledger, &received);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_a_missed_deadline_batches_waiting_and_filling_are_handed_back() {
+    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
+    let handler = Slow::new(Duration::ZERO, Duration::from_secs(3));
+    let pipeline = Pipeline::builder(source, handler.clone())
+        .processors(Processors::new(2).max_demand(4))
+        .batcher(
+            longshore::Batcher::new("slow")
+                .batch_size(4)
+                .batch_timeout(Duration::from_millis(100)),
+        )
+        .max_in_flight(32)
+        .shutdown_deadline(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    let (error, received) = miss_the_deadline(pipeline, Duration::from_secs(1)).await;
+
+    assert_eq!(received.len(), 32);
+    assert_eq!(error.stranded, 0, "{error}");
+    // One batch processor, three seconds a batch: two batches done by the deadline.
+    assert_eq!(sorted(&handler.batched).len(), 8);
+    assert_eq!(sorted(&ledger.successful), sorted(&handler.batched));
+    assert_eq!(ledger.released.lock().unwrap().len(), 24);
+    assert_nothing_stranded(&ledger, &received);
+}
+
+/// A dead-letter destination that never takes a message.
+struct Unreachable;
+
+impl longshore::DeadLetter<usize> for Unreachable {
+    async fn dead_letter(&self, _: &mut [Message<usize>]) -> Result<(), BoxError> {
+        Err("connection refused".into())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_write_that_keeps_failing_does_not_hold_the_shutdown() {
+    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
+    let handler = Arc::new(Slow {
+        fail: true,
+        ..Arc::into_inner(Slow::new(Duration::ZERO, Duration::ZERO)).unwrap()
+    });
+    let pipeline = Pipeline::builder(source, handler)
+        .processors(Processors::new(2).max_demand(4))
+        .dead_letter(Unreachable)
+        .shutdown_deadline(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    let started = Instant::now();
+    let (error, received) = miss_the_deadline(pipeline, Duration::from_secs(1)).await;
+
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(error.stranded, 0, "{error}");
+    // Not dead-lettered, so not acknowledged as failed: delivered again.
+    assert!(ledger.failed.lock().unwrap().is_empty());
+    assert_eq!(sorted(&ledger.released), received);
 }

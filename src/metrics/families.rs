@@ -328,6 +328,19 @@ impl<'a> HandlingTimes<'a> {
         self.failed += failed as u64;
     }
 
+    /// Time since the pass started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The next call starts now, not at the end of the last one: the stage did other
+    /// work in between (acknowledging what was done so far).
+    pub(crate) fn resume(&mut self) {
+        if self.each {
+            self.since = Instant::now();
+        }
+    }
+
     /// Publishes; returns whether the next pass should time each call: this one was
     /// slow enough for calls to fall beyond the first bucket.
     pub(crate) fn finish(self) -> bool {

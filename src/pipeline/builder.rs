@@ -103,8 +103,13 @@ where
         self
     }
 
-    /// How long a shutdown may take to drain before the rest is abandoned, unacknowledged
-    /// (default 30 s). Keep it below Kubernetes' `terminationGracePeriodSeconds`.
+    /// How long a shutdown may take to drain (default 30 s). When it passes, handler calls
+    /// still running are cut short and every message not finished is handed back to the
+    /// source at once, unacknowledged ([`Acknowledger::release`](crate::Acknowledger::release):
+    /// SQS makes it visible again, Kafka does not commit it), taking at most
+    /// [`HAND_BACK_TIME`](crate::HAND_BACK_TIME) more; messages finished before then are
+    /// acknowledged. Keep the deadline plus that below Kubernetes'
+    /// `terminationGracePeriodSeconds` (the Helm chart does).
     pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
         self.config.shutdown_deadline = deadline;
         self
@@ -176,6 +181,7 @@ where
             PipelineMetrics::new(&config.name, limit),
         );
         let stop = CancellationToken::new();
+        let abandon = CancellationToken::new();
         let fault = Arc::new(Fault::new(stop.clone()));
         let mut tasks = JoinSet::new();
         let ctx = Arc::new(Context {
@@ -186,6 +192,7 @@ where
             dead_letter: self.dead_letter,
             meter: meter.clone(),
             fault: fault.clone(),
+            abandon: abandon.clone(),
             discard_log: LogLimit::new(Duration::from_secs(1)),
         });
         let processors = config.processors.concurrency;
@@ -250,6 +257,7 @@ where
                             stop: stop.clone(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
+                            settle_each: AtomicBool::new(true),
                             max_demand,
                         }
                         .run(),
@@ -269,6 +277,7 @@ where
                             stop: stop.clone(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
+                            settle_each: AtomicBool::new(true),
                             max_demand,
                         }
                         .run(),
@@ -353,6 +362,7 @@ where
             meter,
             rate_limits,
             stop,
+            abandon,
             tasks,
             deadline: config.shutdown_deadline,
             fault,

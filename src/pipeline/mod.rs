@@ -67,6 +67,8 @@ pub struct Pipeline {
     meter: Arc<Meter>,
     rate_limits: RateLimits,
     stop: CancellationToken,
+    /// Cancelled at the deadline: the stages hand back what they hold.
+    abandon: CancellationToken,
     tasks: JoinSet<()>,
     deadline: Duration,
     fault: Arc<Fault>,
@@ -122,24 +124,34 @@ impl Pipeline {
     }
 
     /// Shuts down gracefully: stops demand, drains, flushes, acknowledges, within the
-    /// shutdown deadline.
+    /// shutdown deadline. If the deadline passes, handler calls still running are cut
+    /// short and what is not finished is handed back to the source unacknowledged, within
+    /// [`HAND_BACK_TIME`] more (see [`PipelineBuilder::shutdown_deadline`]).
     ///
     /// # Errors
     ///
-    /// [`PipelineError::DeadlineExceeded`] when the drain did not finish in time: the
-    /// remaining stages were aborted and their messages left unacknowledged.
+    /// [`PipelineError::DeadlineExceeded`] when the drain did not finish in time.
     /// [`PipelineError::Failed`] when the pipeline had failed (see [`Pipeline::wait`]).
     pub async fn shutdown(mut self) -> Result<Summary, PipelineError> {
         self.stop.cancel();
         let deadline = self.deadline;
         let drained = tokio::time::timeout(deadline, all_done(&mut self.tasks, &self.fault)).await;
         if drained.is_err() {
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
             let in_flight = self.meter.credits.in_flight();
-            tracing::error!(pipeline = %self.name, in_flight, ?deadline, "shutdown deadline passed; aborted");
+            tracing::error!(pipeline = %self.name, in_flight, ?deadline, "shutdown deadline passed; handing back what is not finished");
+            self.abandon.cancel();
+            let handed_back =
+                tokio::time::timeout(HAND_BACK_TIME, all_done(&mut self.tasks, &self.fault)).await;
+            if handed_back.is_err() {
+                self.tasks.abort_all();
+                while self.tasks.join_next().await.is_some() {}
+            }
+            let stranded = self.meter.credits.in_flight();
+            if stranded > 0 {
+                tracing::error!(pipeline = %self.name, stranded, "messages neither acknowledged nor handed back; the broker redelivers them after its own timeout");
+            }
             if self.fault.cause().is_none() {
-                return Err(DeadlineExceeded { in_flight }.into());
+                return Err(DeadlineExceeded { in_flight, stranded }.into());
             }
         }
         self.outcome()
@@ -185,6 +197,11 @@ impl Pipeline {
         }
     }
 }
+
+/// The most a shutdown takes past its deadline: stages cut short, hand back what they
+/// hold (SQS: one visibility change per ten messages), and the acknowledger flushes what
+/// was finished. Whatever is still held then is left for the broker to redeliver.
+pub const HAND_BACK_TIME: Duration = Duration::from_secs(5);
 
 /// Waits for every task of the set to end; cancel safe, so the set can be aborted after.
 /// A task that panicked is a fault of the pipeline's own machinery (user code runs

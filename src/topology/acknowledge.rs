@@ -23,10 +23,6 @@ where
         successful: Vec<Message<H::Item>>,
         mut failed: Vec<Message<H::Item>>,
     ) {
-        let settled = successful.len() + failed.len();
-        if settled == 0 {
-            return;
-        }
         if !failed.is_empty() {
             // Final failures first, so that they form one slice to hand over.
             failed.sort_by_key(|message| message.redeliver_after().is_some());
@@ -34,7 +30,21 @@ where
                 .iter()
                 .take_while(|m| m.redeliver_after().is_none())
                 .count();
-            self.finish_failed(&mut failed[..finals]).await;
+            let finished = tokio::select! {
+                biased;
+                () = self.finish_failed(&mut failed[..finals]) => true,
+                () = self.abandon.cancelled() => false,
+            };
+            if !finished {
+                // Cut short at the deadline (a dead-letter write that kept failing): not
+                // dead-lettered, so not acknowledged either; delivered again.
+                let rest = failed.split_off(finals);
+                self.release(std::mem::replace(&mut failed, rest)).await;
+            }
+        }
+        let settled = successful.len() + failed.len();
+        if settled == 0 {
+            return;
         }
         self.count(&successful, &failed);
         let acked = guarded(async {

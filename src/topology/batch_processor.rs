@@ -90,6 +90,7 @@ where
             let waiting = stage.demanding(self.batch_size);
             let batch = tokio::select! {
                 biased;
+                () = self.ctx.abandon.cancelled(), if open || !retries.is_empty() => break,
                 // At shutdown a retry is not waited for: released unacknowledged, so that
                 // the drain keeps its deadline and the broker redelivers it.
                 () = self.stop.cancelled(), if !retries.is_empty() => {
@@ -114,47 +115,90 @@ where
                         continue;
                     }
                 },
-                else => break,
+                else => return,
             };
             drop(waiting);
-            self.run_key(batch, &mut retries, &mut holding).await;
+            if let Err(unfinished) = self.run_key(batch, &mut retries, &mut holding).await {
+                holding.release(unfinished.len());
+                self.ctx.release(unfinished).await;
+                break;
+            }
+        }
+        self.hand_back(retries, holding).await;
+    }
+
+    /// At the deadline: what waits for a retry, and every batch still to come until the
+    /// input closes, goes back to the source unfinished, at once.
+    async fn hand_back(&self, mut retries: Retries<H::Item>, mut holding: Held) {
+        let mut unfinished = retries.take_all();
+        loop {
+            holding.release(unfinished.len());
+            self.ctx.release(unfinished).await;
+            match self.input.recv().await {
+                Ok((batch, _)) => {
+                    holding.add(batch.len());
+                    unfinished = batch;
+                }
+                Err(_) => return,
+            }
         }
     }
 
     /// Handles `batch`, then (ordered) the batches of its key that waited behind it, until
-    /// one is to be tried again.
-    async fn run_key(&self, batch: Batch<H::Item>, retries: &mut Retries<H::Item>, holding: &mut Held) {
+    /// one is to be tried again. `Err` with the batch's messages when the pipeline was
+    /// abandoned at its deadline while handling it.
+    async fn run_key(
+        &self,
+        batch: Batch<H::Item>,
+        retries: &mut Retries<H::Item>,
+        holding: &mut Held,
+    ) -> Result<(), Vec<Message<H::Item>>> {
         let key = batch.1.batch_key.clone();
         let mut next = Some(batch);
         while let Some(batch) = next.take() {
             let size = batch.0.len();
-            let retry = self.handle(batch).await;
+            let retry = self.handle(batch).await?;
             holding.release(size - retry.as_ref().map_or(0, |r| r.0 .0.len()));
             if let Some((batch, delay)) = retry {
                 if self.ordered {
                     retries.held.entry(key).or_default();
                 }
                 retries.due.insert(batch, delay);
-                return;
+                return Ok(());
             }
             if self.ordered {
                 next = retries.held.get_mut(&key).and_then(VecDeque::pop_front);
             }
         }
         retries.held.remove(&key);
+        Ok(())
     }
 
-    /// Handles one batch; returns the part to try again and when.
-    async fn handle(&self, (mut batch, info): Batch<H::Item>) -> Option<(Batch<H::Item>, Duration)> {
-        let waited = self.rate_limit.acquire(batch.len()).await;
+    /// Handles one batch; returns the part to try again and when, or `Err` with the batch
+    /// when the pipeline was abandoned at its deadline before it was handled.
+    async fn handle(
+        &self,
+        (mut batch, info): Batch<H::Item>,
+    ) -> Result<Option<(Batch<H::Item>, Duration)>, Vec<Message<H::Item>>> {
+        let abandon = &self.ctx.abandon;
+        let waited = tokio::select! {
+            biased;
+            () = abandon.cancelled() => return Err(batch),
+            waited = self.rate_limit.acquire(batch.len()) => waited,
+        };
         self.ctx
             .meter
             .add_rate_limited(waited, &self.metrics.rate_limited);
         let mut timing = HandlingTimes::new(&self.metrics.batch_processor, true);
         let span = tracing::debug_span!("batch", batcher = %info.batcher, size = batch.len(), trigger = info.trigger.as_str());
-        let handled = guarded(self.ctx.handler.handle_batch(&mut batch, &info))
-            .instrument(span)
-            .await;
+        let handled = tokio::select! {
+            biased;
+            handled = guarded(self.ctx.handler.handle_batch(&mut batch, &info)).instrument(span) => Some(handled),
+            () = abandon.cancelled() => None,
+        };
+        let Some(handled) = handled else {
+            return Err(batch);
+        };
         if let Err(failure) = handled {
             batch
                 .iter_mut()
@@ -165,7 +209,7 @@ where
         timing.finish();
         if failed == 0 {
             self.ctx.acknowledge(batch, Vec::new()).await;
-            return None;
+            return Ok(None);
         }
         let mut successful = Vec::with_capacity(batch.len() - failed);
         let mut settled = Vec::with_capacity(failed);
@@ -193,10 +237,10 @@ where
         }
         self.ctx.acknowledge(successful, settled).await;
         if again.is_empty() {
-            return None;
+            return Ok(None);
         }
         let mut info = info;
         info.trigger = BatchTrigger::Retry;
-        Some(((again, info), delay))
+        Ok(Some(((again, info), delay)))
     }
 }

@@ -32,6 +32,7 @@ use crate::handler::Handler;
 use crate::message::{Message, Status};
 use crate::metrics::PipelineMetrics;
 use crate::source::{Acknowledger, Redelivery};
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use batch_processor::BatchProcessor;
 pub(crate) use batcher::{BatchDispatch, BatcherStage};
@@ -54,6 +55,9 @@ pub(crate) struct Context<H: Handler, A> {
     pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Item>>>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) fault: Arc<Fault>,
+    /// Cancelled when the shutdown deadline passes: every stage cuts short what it
+    /// handles and hands back (releases) whatever it holds or still receives.
+    pub(crate) abandon: CancellationToken,
     /// Final failures without a dead-letter destination: logged, at most once a second.
     pub(crate) discard_log: LogLimit,
 }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::handler::Handler;
 use crate::message::{Failure, FailureKind, Message};
-use crate::metrics::{HandlingTimes, StageMetrics};
+use crate::metrics::{HandlingTimes, Held, StageMetrics};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::guarded;
@@ -46,6 +46,9 @@ pub(crate) struct Processor<H: Handler, A> {
     pub(crate) metrics: StageMetrics,
     /// Whether handler calls are slow enough to be timed one by one (see [`HandlingTimes`]).
     pub(crate) time_each: AtomicBool,
+    /// Whether passes are slow enough to settle each message as it is done (see
+    /// [`SETTLE_EACH_AFTER`]). Starts `true`: until handlers are known to be quick.
+    pub(crate) settle_each: AtomicBool,
     /// The chunk it asks for: `max_demand`.
     pub(crate) max_demand: usize,
 }
@@ -82,6 +85,21 @@ impl<T> Retries<T> {
     }
 }
 
+/// A pass that takes this long or longer acknowledges (or routes) each message as soon
+/// as it is done, not with its chunk: a slow handler's finished messages are never held
+/// back behind the rest of their chunk (a Kafka commit, an SQS delete, a kill that would
+/// redeliver them). Quicker passes keep one acknowledgement call per chunk.
+const SETTLE_EACH_AFTER: Duration = Duration::from_millis(10);
+
+/// How a pass ended.
+enum Passed<T> {
+    /// Every message was handled.
+    Done,
+    /// The pipeline was abandoned at its deadline during the pass: these messages were
+    /// not finished (the first one's handler call was cut short).
+    Abandoned(Vec<Message<T>>),
+}
+
 impl<H, A> Processor<H, A>
 where
     H: Handler,
@@ -98,8 +116,9 @@ where
         loop {
             let waiting = self.metrics.demanding(self.max_demand);
             // Retries first: they are older than anything still queued.
-            let done = tokio::select! {
+            let passed = tokio::select! {
                 biased;
+                () = self.ctx.abandon.cancelled(), if open || !retries.is_empty() => Passed::Abandoned(Vec::new()),
                 // At shutdown a retry is not waited for: released unacknowledged, so that
                 // the drain keeps its deadline and the broker redelivers it.
                 () = self.stop.cancelled(), if !retries.is_empty() => {
@@ -114,12 +133,12 @@ where
                     let behind = message.order_key().and_then(|key| retries.held.remove(&key));
                     let mut messages = vec![message];
                     messages.extend(behind.into_iter().flatten());
-                    self.pass(&mut retries, messages).await
+                    self.pass(&mut retries, &mut holding, messages).await
                 }
                 chunk = self.input.recv(), if open => match chunk {
                     Ok(chunk) => {
                         holding.add(chunk.len());
-                        self.pass(&mut retries, chunk).await
+                        self.pass(&mut retries, &mut holding, chunk).await
                     }
                     Err(_) => {
                         open = false;
@@ -130,78 +149,192 @@ where
                 else => break,
             };
             drop(waiting);
-            holding.release(done.len());
-            self.route(done).await;
+            if let Passed::Abandoned(unfinished) = passed {
+                return self.hand_back(retries, holding, unfinished).await;
+            }
         }
     }
 
-    /// Handles `messages` in order and returns those done with this stage; failed ones
-    /// with attempts left, and those whose key waits behind them, stay in `retries`.
+    /// At the deadline: everything this processor holds or will still receive goes back
+    /// to the source unfinished, at once, until its input closes (the producers have
+    /// stopped), so that no message is left invisible until a broker timeout.
+    async fn hand_back(
+        &self,
+        mut retries: Retries<H::Item>,
+        mut holding: Held,
+        mut unfinished: Vec<Message<H::Item>>,
+    ) {
+        unfinished.extend(retries.take_all());
+        loop {
+            holding.release(unfinished.len());
+            self.ctx.release(unfinished).await;
+            match self.input.recv().await {
+                Ok(chunk) => {
+                    holding.add(chunk.len());
+                    unfinished = chunk;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Handles `messages` in order and routes those done with this stage (to their
+    /// batcher or the acknowledger): each as it is done when handlers are slow, else all
+    /// at the end. Failed ones with attempts left, and those whose key waits behind them,
+    /// stay in `retries`.
     async fn pass(
         &self,
         retries: &mut Retries<H::Item>,
+        holding: &mut Held,
         messages: Vec<Message<H::Item>>,
-    ) -> Vec<Message<H::Item>> {
+    ) -> Passed<H::Item> {
         let mut messages = self.hold_back(retries, messages);
         if messages.is_empty() {
-            return messages;
+            return Passed::Done;
         }
         let handler = &self.ctx.handler;
-        if let Err(failure) = guarded(handler.prepare_messages(&mut messages)).await {
+        let prepared = tokio::select! {
+            biased;
+            prepared = guarded(handler.prepare_messages(&mut messages)) => prepared,
+            () = self.ctx.abandon.cancelled() => return Passed::Abandoned(messages),
+        };
+        if let Err(failure) = prepared {
             // A message failed already (a routing failure) keeps its own reason.
             messages
                 .iter_mut()
                 .filter(|message| message.is_ok())
                 .for_each(|message| message.set_failure(failure.clone()));
         }
-        // Handled in place; the few that stay (index, retry delay or `None` to wait behind
-        // their key) are taken out afterwards, so the common case copies nothing.
-        let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
+        let each = self.settle_each.load(Relaxed);
         let mut timing = HandlingTimes::new(&self.metrics, self.time_each.load(Relaxed));
-        for (index, message) in messages.iter_mut().enumerate() {
+        // Handled in place; the few that stay (index, retry delay or `None` to wait behind
+        // their key) are taken out when the handled part is settled, so the common case
+        // copies nothing.
+        let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
+        let mut next = 0;
+        let passed = loop {
+            // One message at a time when settling each, else the rest of the chunk; cut
+            // short at the deadline.
+            let end = if each { next + 1 } else { messages.len() };
+            let mut reached = next;
+            let handled = self.handle(
+                &mut messages[..end],
+                next,
+                retries,
+                &mut staying,
+                &mut timing,
+                &mut reached,
+            );
+            let abandoned = tokio::select! {
+                biased;
+                () = handled => false,
+                () = self.ctx.abandon.cancelled() => true,
+            };
+            next = reached;
+            let unfinished = if abandoned {
+                messages.split_off(next)
+            } else {
+                Vec::new()
+            };
+            if abandoned || next == messages.len() {
+                self.settle(retries, holding, messages, staying).await;
+                break if abandoned {
+                    Passed::Abandoned(unfinished)
+                } else {
+                    Passed::Done
+                };
+            }
+            // Settling each: what is handled goes on now, the rest is handled after.
+            let rest = messages.split_off(next);
+            self.settle(
+                retries,
+                holding,
+                std::mem::replace(&mut messages, rest),
+                std::mem::take(&mut staying),
+            )
+            .await;
+            next = 0;
+            timing.resume();
+        };
+        let took = timing.elapsed();
+        self.time_each.store(timing.finish(), Relaxed);
+        self.settle_each.store(took >= SETTLE_EACH_AFTER, Relaxed);
+        passed
+    }
+
+    /// Handles `messages[from..]`, recording in `staying` those that stay and in `reached`
+    /// how far it got (so that a cut-short call knows which messages were handled).
+    async fn handle(
+        &self,
+        messages: &mut [Message<H::Item>],
+        from: usize,
+        retries: &mut Retries<H::Item>,
+        staying: &mut Vec<(usize, Option<Duration>)>,
+        timing: &mut HandlingTimes<'_>,
+        reached: &mut usize,
+    ) {
+        let handler = &self.ctx.handler;
+        for (index, message) in messages.iter_mut().enumerate().skip(from) {
             let waits = !retries.held.is_empty()
                 && message
                     .order_key()
                     .is_some_and(|key| retries.held.contains_key(&key));
             if waits {
                 staying.push((index, None));
-                continue;
-            }
-            if message.is_ok() {
-                let span = tracing::debug_span!("message", attempt = message.attempt());
-                let handled = guarded(handler.handle_message(message)).instrument(span).await;
-                timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
-                if let Err(failure) = handled {
-                    message.set_failure(failure);
+            } else {
+                if message.is_ok() {
+                    let span = tracing::debug_span!("message", attempt = message.attempt());
+                    let handled = guarded(handler.handle_message(message)).instrument(span).await;
+                    timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
+                    if let Err(failure) = handled {
+                        message.set_failure(failure);
+                    }
+                }
+                if let Some(delay) = self.ctx.retry_delay(message) {
+                    if let Some(key) = message.order_key() {
+                        retries.held.entry(key).or_default();
+                    }
+                    staying.push((index, Some(delay)));
                 }
             }
-            if let Some(delay) = self.ctx.retry_delay(message) {
-                if let Some(key) = message.order_key() {
-                    retries.held.entry(key).or_default();
-                }
-                staying.push((index, Some(delay)));
-            }
+            *reached = index + 1;
         }
-        self.time_each.store(timing.finish(), Relaxed);
-        if staying.is_empty() {
-            return messages;
+    }
+
+    /// Takes the messages that stay out of handled `messages` (into `retries`) and routes
+    /// the rest on.
+    async fn settle(
+        &self,
+        retries: &mut Retries<H::Item>,
+        holding: &mut Held,
+        messages: Vec<Message<H::Item>>,
+        staying: Vec<(usize, Option<Duration>)>,
+    ) {
+        if messages.is_empty() {
+            return;
         }
-        let mut staying = staying.into_iter().peekable();
-        let mut done = Vec::with_capacity(messages.len());
-        for (index, mut message) in messages.into_iter().enumerate() {
-            match staying.next_if(|&(at, _)| at == index) {
-                None => done.push(message),
-                Some((_, Some(delay))) => {
-                    message.retry();
-                    retries.due.insert(message, delay);
-                }
-                Some((_, None)) => {
-                    let key = message.order_key().expect("only keyed messages wait");
-                    retries.held.entry(key).or_default().push_back(message);
+        let done = if staying.is_empty() {
+            messages
+        } else {
+            let mut staying = staying.into_iter().peekable();
+            let mut done = Vec::with_capacity(messages.len());
+            for (index, mut message) in messages.into_iter().enumerate() {
+                match staying.next_if(|&(at, _)| at == index) {
+                    None => done.push(message),
+                    Some((_, Some(delay))) => {
+                        message.retry();
+                        retries.due.insert(message, delay);
+                    }
+                    Some((_, None)) => {
+                        let key = message.order_key().expect("only keyed messages wait");
+                        retries.held.entry(key).or_default().push_back(message);
+                    }
                 }
             }
-        }
-        done
+            done
+        };
+        holding.release(done.len());
+        self.route(done).await;
     }
 
     /// Moves the messages whose key waits behind a retry to the back of its queue.
