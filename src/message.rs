@@ -32,6 +32,7 @@ pub struct Message<T> {
     attempt: u32,
     received_at: Option<Instant>,
     redeliver_after: Option<Duration>,
+    dead_lettered: bool,
     status: Status,
     batcher: Option<Cow<'static, str>>,
     batch_key: BatchKey,
@@ -48,6 +49,7 @@ impl<T> Message<T> {
             attempt: 1,
             received_at: None,
             redeliver_after: None,
+            dead_lettered: false,
             status: Status::Ok,
             batcher: None,
             batch_key: BatchKey::None,
@@ -155,6 +157,17 @@ impl<T> Message<T> {
 
     pub(crate) fn set_redeliver_after(&mut self, delay: Duration) {
         self.redeliver_after = Some(delay);
+    }
+
+    /// On a message acknowledged as failed: whether the pipeline's dead-letter
+    /// destination took it. The source should then not keep it (SQS deletes it instead
+    /// of redriving it, so that a poison message has one dead letter, not two).
+    pub fn is_dead_lettered(&self) -> bool {
+        self.dead_lettered
+    }
+
+    pub(crate) fn set_dead_lettered(&mut self) {
+        self.dead_lettered = true;
     }
 
     /// Readies a failed message for its next attempt.

@@ -19,7 +19,7 @@ use crate::metrics::health::{self, PipelineHealth};
 use crate::metrics::{BatcherMetrics, PipelineMetrics, Stage, StageMetrics};
 use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::Pipeline;
-use crate::source::{Acknowledger as _, Source};
+use crate::source::{Acknowledger as _, Plan, Source};
 use crate::topology::{
     BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Fault, LogLimit, Meter,
     PartitionBy, Processor, Producer,
@@ -175,6 +175,11 @@ where
                 "start must be called within a tokio runtime",
             ));
         }
+        // Before any task starts: a source may refuse the pipeline's setup.
+        self.source.prepare(&Plan {
+            max_in_flight: limit,
+            dead_letter: self.dead_letter.is_some(),
+        })?;
         let meter = Meter::new(
             limit,
             Limiter::new(config.rate_limit),
@@ -289,7 +294,6 @@ where
         };
         drop(routes);
 
-        self.source.set_max_in_flight(limit);
         let source = Arc::new(self.source);
         let max_fetch = match dispatch {
             // A fetch that fits one processor's chunk is dispatched without copying.

@@ -9,7 +9,7 @@ pub mod memory;
 use std::future::Future;
 use std::num::NonZeroUsize;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, BuildError};
 use crate::message::Message;
 
 /// A connector that produces messages **only on demand**.
@@ -97,12 +97,14 @@ pub trait Source: Send + Sync + 'static {
         async {}
     }
 
-    /// Told once, before the first [`receive`](Source::receive), the most messages the
-    /// pipeline holds at once. A source that keeps order per partition uses it to bound
-    /// what one partition may hold, so that a partition stuck behind a retry never takes
-    /// every credit and starves the others (Kafka does). Default: nothing.
-    fn set_max_in_flight(&self, max_in_flight: usize) {
-        let _ = max_in_flight;
+    /// Told once, before the first [`receive`](Source::receive), how the pipeline is
+    /// set up; an `Err` (naming the source's setting that conflicts) refuses the start.
+    /// A source that keeps order per partition uses [`Plan::max_in_flight`] to bound what
+    /// one partition may hold, so that a partition stuck behind a retry never takes every
+    /// credit and starves the others (Kafka does). Default: accepts anything.
+    fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        let _ = plan;
+        Ok(())
     }
 
     /// `Err` once the source can no longer deliver: an internal thread died or stopped
@@ -112,6 +114,24 @@ pub trait Source: Send + Sync + 'static {
     fn liveness(&self) -> Result<(), BoxError> {
         Ok(())
     }
+}
+
+/// How a pipeline is set up, as its source is told before the first receive (see
+/// [`Source::prepare`]).
+///
+/// ```
+/// use longshore::source::Plan;
+///
+/// let plan = Plan::default();
+/// assert_eq!((plan.max_in_flight, plan.dead_letter), (0, false));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Plan {
+    /// The most messages the pipeline holds at once.
+    pub max_in_flight: usize,
+    /// Whether the pipeline has a dead-letter destination for final failures.
+    pub dead_letter: bool,
 }
 
 /// A function from a message to its ordering key: messages with equal keys are handled

@@ -126,6 +126,7 @@ where
         match &self.dead_letter {
             Some(destination) => {
                 write_until_done(&**destination, finals, &self.meter.metrics.dead_letter_failures).await;
+                finals.iter_mut().for_each(Message::set_dead_lettered);
                 self.meter.add_dead_lettered(finals.len());
             }
             None => self.discarded(finals),

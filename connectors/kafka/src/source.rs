@@ -5,8 +5,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-use longshore::source::PartitionBy;
-use longshore::{Acknowledger, BoxError, Message, Source};
+use longshore::source::{PartitionBy, Plan};
+use longshore::{Acknowledger, BoxError, BuildError, Message, Source};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::assignment::Shared;
@@ -141,8 +141,9 @@ impl Source for KafkaSource {
         state.joined && !state.stopped
     }
 
-    fn set_max_in_flight(&self, max_in_flight: usize) {
-        self.shared.set_max_in_flight(max_in_flight);
+    fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        self.shared.set_max_in_flight(plan.max_in_flight);
+        Ok(())
     }
 
     fn liveness(&self) -> Result<(), BoxError> {

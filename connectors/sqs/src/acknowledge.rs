@@ -1,11 +1,19 @@
 //! Acknowledgement: successes deleted in batches of 10 (a partial batch waits at most
 //! `delete_interval`), failures made visible again after their backoff, or, after the
 //! last attempt, redriven or deleted.
+//!
+//! The stages only hand their outcomes over, through a bounded queue, to the source's
+//! own sender task, which makes the calls (with their retries) concurrently: SQS latency
+//! or throttling never becomes processing time. A full queue holds the stages back, so
+//! the outcomes waiting for their calls stay bounded.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use longshore::{Acknowledger, Message};
+use longshore::source::Plan;
+use longshore::{Acknowledger, BuildError, Message};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FinalFailure;
@@ -13,108 +21,107 @@ use crate::held::Held;
 use crate::message::SqsMessage;
 use crate::queue::{Entry, Queue, MAX_BATCH};
 
+/// Hand-overs waiting for the sender task; each holds one chunk's or batch's outcomes.
+pub(crate) const OUTBOX: usize = 256;
+/// Batch calls in flight at once, beyond which the sender stops taking hand-overs.
+const CALLS: usize = 16;
+
 /// Acknowledges SQS messages: deletes the successful ones, and changes the visibility
 /// of the failed ones so that SQS delivers them again after their backoff.
 ///
 /// The pipeline calls [`flush`](Acknowledger::flush) after its last acknowledgement:
-/// the deletes still waiting for a full batch are sent then.
+/// it returns once every delete and change handed over has been sent.
 #[derive(Debug, Clone)]
 pub struct SqsAcknowledger {
     pub(crate) queue: Arc<Queue>,
     pub(crate) held: Arc<Held>,
-    pub(crate) deletes: Arc<Deletes>,
-    pub(crate) final_failure: FinalFailure,
+    pub(crate) outbox: mpsc::Sender<Command>,
+    pub(crate) final_failure: Option<FinalFailure>,
     /// Stops the source's background tasks once the last deletes are sent.
     pub(crate) stop: CancellationToken,
 }
 
-/// Deletes waiting for a full batch; fewer than [`MAX_BATCH`] between calls.
-#[derive(Debug, Default)]
-pub(crate) struct Deletes {
-    waiting: Mutex<Waiting>,
-    /// Held while the waiting deletes are sent, so that the last flush waits for the
-    /// periodic one.
-    sending: tokio::sync::Mutex<()>,
+/// What the stages hand the sender task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Deletes of held messages (their `ack_ref`s): let go of once sent, so that their
+    /// visibility is still extended while they wait.
+    Delete(Vec<(u64, Entry)>),
+    /// Visibility changes of messages already let go of.
+    Change(Vec<Entry>),
+    /// Send everything waiting, then answer.
+    Flush(oneshot::Sender<()>),
 }
 
-#[derive(Debug, Default)]
-struct Waiting {
-    entries: Vec<Entry>,
-    /// When the oldest of `entries` started waiting (at the latest).
-    since: Option<Instant>,
-}
-
-impl Deletes {
-    /// Adds `entries`; returns the full batches to send now.
-    fn add(&self, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
-        let mut waiting = self.lock();
-        waiting.entries.extend(entries);
-        let full = waiting.entries.len() / MAX_BATCH * MAX_BATCH;
-        let batches: Vec<Entry> = waiting.entries.drain(..full).collect();
-        if waiting.entries.is_empty() {
-            waiting.since = None;
-        } else if waiting.since.is_none() || !batches.is_empty() {
-            // What is left came last: it has waited no longer than from now.
-            waiting.since = Some(Instant::now());
+impl SqsAcknowledger {
+    /// What the source's `prepare` checks: an explicit `redrive` with a pipeline
+    /// dead-letter destination would dead-letter each poison message twice.
+    pub(crate) fn check(&self, plan: &Plan) -> Result<(), BuildError> {
+        if plan.dead_letter && self.final_failure == Some(FinalFailure::Redrive) {
+            return Err(BuildError::new(
+                "source.on_final_failure",
+                "is `redrive`, but the pipeline has a dead-letter destination: each poison message would \
+                 be dead-lettered by both; leave it unset (deleted once dead-lettered) or set `delete`",
+            ));
         }
-        batches
+        if !plan.dead_letter && self.final_failure != Some(FinalFailure::Delete) && !self.queue.redrive {
+            tracing::warn!(
+                queue = %self.queue.name,
+                "final failures are redriven but the queue has no redrive policy and the pipeline no \
+                 dead-letter destination: a message that always fails will be received again forever"
+            );
+        }
+        Ok(())
     }
 
-    /// The waiting deletes, if the oldest has waited `at_least`.
-    fn take_older(&self, at_least: Duration) -> Vec<Entry> {
-        let mut waiting = self.lock();
-        match waiting.since {
-            Some(since) if since.elapsed() >= at_least => {
-                waiting.since = None;
-                std::mem::take(&mut waiting.entries)
-            }
-            _ => Vec::new(),
+    async fn hand_over(&self, command: Command) {
+        if self.outbox.send(command).await.is_err() {
+            tracing::warn!(queue = %self.queue.name, "acknowledgement sender gone; those messages will be delivered again");
         }
-    }
-
-    /// Sends the deletes that have waited `at_least` for a full batch.
-    async fn send_waiting(&self, queue: &Queue, at_least: Duration) {
-        let _sending = self.sending.lock().await;
-        let waiting = self.take_older(at_least);
-        if !waiting.is_empty() {
-            queue.send_all(waiting).await;
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Acknowledger<SqsMessage> for SqsAcknowledger {
     async fn ack(&self, successful: Vec<Message<SqsMessage>>, failed: Vec<Message<SqsMessage>>) {
-        self.held
-            .release(successful.iter().chain(&failed).map(Message::ack_ref));
-        let mut deletes: Vec<Entry> = successful
+        let mut deletes: Vec<(u64, Entry)> = successful
             .into_iter()
-            .map(|m| Entry::delete(m.into_data().receipt_handle))
+            .map(|m| (m.ack_ref(), Entry::delete(m.into_data().receipt_handle)))
             .collect();
         let mut changes = Vec::new();
+        let mut let_go = Vec::new();
         for message in failed {
-            let redeliver_after = message.redeliver_after();
+            let (ack_ref, redeliver_after, dead_lettered) = (
+                message.ack_ref(),
+                message.redeliver_after(),
+                message.is_dead_lettered(),
+            );
             let receipt = message.into_data().receipt_handle;
-            match (redeliver_after, self.final_failure) {
-                (Some(delay), _) => changes.push(Entry::change(receipt, delay)),
-                (None, FinalFailure::Redrive) => changes.push(Entry::change(receipt, Duration::ZERO)),
-                (None, FinalFailure::Delete) => deletes.push(Entry::delete(receipt)),
-            }
+            let delay = match (redeliver_after, dead_lettered, self.final_failure) {
+                (Some(delay), _, _) => delay,
+                // Dead-lettered by the pipeline: deleted, never redriven as well.
+                (None, true, _) | (None, false, Some(FinalFailure::Delete)) => {
+                    deletes.push((ack_ref, Entry::delete(receipt)));
+                    continue;
+                }
+                (None, false, _) => Duration::ZERO,
+            };
+            let_go.push(ack_ref);
+            changes.push(Entry::change(receipt, delay));
         }
-        changes.extend(self.deletes.add(deletes));
+        self.held.release(let_go);
+        if !deletes.is_empty() {
+            self.hand_over(Command::Delete(deletes)).await;
+        }
         if !changes.is_empty() {
-            self.queue.send_all(changes).await;
+            self.hand_over(Command::Change(changes)).await;
         }
     }
 
     async fn flush(&self) {
+        let (done, sent) = oneshot::channel();
+        self.hand_over(Command::Flush(done)).await;
+        let _ = sent.await;
         self.stop.cancel();
-        self.deletes.send_waiting(&self.queue, Duration::ZERO).await;
     }
 
     /// Messages not to be finished at shutdown (they waited for a retry): visible again
@@ -138,23 +145,94 @@ pub(crate) async fn release_now(queue: &Queue, held: &Held, messages: Vec<Messag
     queue.send_all(entries).await;
 }
 
-/// Sends the deletes that waited `interval` for a full batch; a delete waits at most
-/// one and a half intervals.
-pub(crate) async fn flush_every(
+/// Deletes waiting for a full batch; fewer than [`MAX_BATCH`] between hand-overs.
+#[derive(Debug, Default)]
+struct Waiting {
+    deletes: Vec<(u64, Entry)>,
+    /// When the oldest of `deletes` started waiting (at the latest).
+    since: Option<Instant>,
+}
+
+impl Waiting {
+    /// Adds `deletes`; returns the full batches to send now.
+    fn add(&mut self, deletes: Vec<(u64, Entry)>) -> Vec<Vec<(u64, Entry)>> {
+        self.deletes.extend(deletes);
+        let mut full = Vec::new();
+        while self.deletes.len() >= MAX_BATCH {
+            let rest = self.deletes.split_off(MAX_BATCH);
+            full.push(std::mem::replace(&mut self.deletes, rest));
+        }
+        if self.deletes.is_empty() {
+            self.since = None;
+        } else if self.since.is_none() || !full.is_empty() {
+            // What is left came last: it has waited no longer than from now.
+            self.since = Some(Instant::now());
+        }
+        full
+    }
+
+    /// The waiting deletes, if the oldest has waited `at_least`.
+    fn take_older(&mut self, at_least: Duration) -> Vec<(u64, Entry)> {
+        match self.since {
+            Some(since) if since.elapsed() >= at_least => {
+                self.since = None;
+                std::mem::take(&mut self.deletes)
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The sender task: takes the stages' hand-overs, sends full delete batches at once and
+/// partial ones after `interval`, and visibility changes at once, each call on its own.
+/// Ends when every acknowledger is gone, after sending what waits.
+pub(crate) async fn send_handed_over(
     queue: Arc<Queue>,
-    deletes: Arc<Deletes>,
+    held: Arc<Held>,
+    mut outbox: mpsc::Receiver<Command>,
     interval: Duration,
-    stop: CancellationToken,
 ) {
+    let mut waiting = Waiting::default();
+    let mut calls = JoinSet::new();
     let mut ticks = tokio::time::interval(interval / 2);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let delete = |calls: &mut JoinSet<()>, batch: Vec<(u64, Entry)>| {
+        if batch.is_empty() {
+            return;
+        }
+        let (queue, held) = (queue.clone(), held.clone());
+        calls.spawn(async move {
+            let (refs, entries): (Vec<u64>, Vec<Entry>) = batch.into_iter().unzip();
+            queue.send_all(entries).await;
+            held.release(refs);
+        });
+    };
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
+            biased;
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            command = outbox.recv(), if calls.len() < CALLS => match command {
+                Some(Command::Delete(deletes)) => {
+                    for batch in waiting.add(deletes) {
+                        delete(&mut calls, batch);
+                    }
+                }
+                Some(Command::Change(changes)) => {
+                    let queue = queue.clone();
+                    calls.spawn(async move { queue.send_all(changes).await });
+                }
+                Some(Command::Flush(done)) => {
+                    delete(&mut calls, waiting.take_older(Duration::ZERO));
+                    while calls.join_next().await.is_some() {}
+                    let _ = done.send(());
+                }
+                None => break,
+            },
+            _ = ticks.tick() => delete(&mut calls, waiting.take_older(interval)),
         }
-        deletes.send_waiting(&queue, interval).await;
     }
+    delete(&mut calls, waiting.take_older(Duration::ZERO));
+    while calls.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
@@ -163,15 +241,18 @@ mod tests {
 
     #[test]
     fn full_batches_leave_at_once_and_the_rest_waits() {
-        let deletes = Deletes::default();
-        let entries = |range: std::ops::Range<u32>| range.map(|i| Entry::delete(i.to_string()));
-        assert!(deletes.add(entries(0..7)).is_empty());
-        assert_eq!(deletes.add(entries(7..25)).len(), 20);
+        let mut waiting = Waiting::default();
+        let deletes =
+            |range: std::ops::Range<u64>| range.map(|i| (i, Entry::delete(i.to_string()))).collect();
+        assert!(waiting.add(deletes(0..7)).is_empty());
+        let full = waiting.add(deletes(7..25));
+        assert_eq!(full.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10]);
+        assert_eq!(full[0][0].0, 0, "oldest first");
         assert!(
-            deletes.take_older(Duration::from_secs(60)).is_empty(),
+            waiting.take_older(Duration::from_secs(60)).is_empty(),
             "not old enough"
         );
-        assert_eq!(deletes.take_older(Duration::ZERO).len(), 5);
-        assert!(deletes.take_older(Duration::ZERO).is_empty());
+        assert_eq!(waiting.take_older(Duration::ZERO).len(), 5);
+        assert!(waiting.take_older(Duration::ZERO).is_empty());
     }
 }

@@ -4,18 +4,22 @@ use std::time::Duration;
 
 use longshore::BuildError;
 
-/// What happens to a message after its last attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+/// What happens to a message after its last attempt failed. Unset (the default), the
+/// source chooses so that each poison message ends in exactly one dead-letter queue:
+/// deleted once the pipeline's dead-letter destination took it, redriven when the
+/// pipeline has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinalFailure {
     /// Made visible again at once, so that the queue's redrive policy moves it to the
     /// queue's dead-letter queue on its next receive. Set the queue's `maxReceiveCount`
     /// to the pipeline's `max_attempts`; without a redrive policy the message comes
-    /// back forever (the source warns at start).
-    #[default]
+    /// back forever (the source warns at start). Refused with a pipeline dead-letter
+    /// destination: the message would be dead-lettered twice.
     Redrive,
-    /// Deleted, once the pipeline's dead-letter destination (an
-    /// [`SqsDeadLetter`](crate::SqsDeadLetter), say) has taken it.
+    /// Deleted: after the pipeline's dead-letter destination (an
+    /// [`SqsDeadLetter`](crate::SqsDeadLetter), say) has taken it, or, with none, dropped
+    /// (counted and logged by the pipeline as discarded).
     Delete,
 }
 
@@ -47,7 +51,7 @@ pub enum Ordering {
 /// assert!(config.validate().is_ok());
 ///
 /// let error = SqsConfig::new("orders").wait_time(Duration::from_secs(30)).validate().unwrap_err();
-/// assert_eq!(error.to_string(), "invalid sqs.wait_time: must be at most 20s, got 30s");
+/// assert_eq!(error.to_string(), "invalid source.wait_time: must be at most 20s, got 30s");
 /// ```
 ///
 /// In a service's settings file (see `longshore::service`), the `[source]` section:
@@ -78,7 +82,7 @@ pub struct SqsConfig {
     pub(crate) message_attribute_names: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub(crate) delete_interval: Duration,
-    pub(crate) on_final_failure: FinalFailure,
+    pub(crate) on_final_failure: Option<FinalFailure>,
     pub(crate) ordering: Ordering,
     #[serde(with = "humantime_serde")]
     pub(crate) lag_interval: Duration,
@@ -109,7 +113,7 @@ impl SqsConfig {
             attribute_names: Vec::new(),
             message_attribute_names: vec!["All".to_owned()],
             delete_interval: Duration::from_millis(100),
-            on_final_failure: FinalFailure::Redrive,
+            on_final_failure: None,
             ordering: Ordering::Group,
             lag_interval: Duration::from_secs(15),
         }
@@ -178,9 +182,10 @@ impl SqsConfig {
         self
     }
 
-    /// What happens after a message's last attempt. Default [`FinalFailure::Redrive`].
+    /// What happens after a message's last attempt. Default: unset, which deletes a
+    /// message the pipeline dead-lettered and redrives the others (see [`FinalFailure`]).
     pub fn on_final_failure(mut self, then: FinalFailure) -> Self {
-        self.on_final_failure = then;
+        self.on_final_failure = Some(then);
         self
     }
 
@@ -205,9 +210,9 @@ impl SqsConfig {
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] naming the field (`sqs.<field>`) and what is wrong with it.
+    /// A [`BuildError`] naming the field (`source.<field>`, as in the settings file) and what is wrong with it.
     pub fn validate(&self) -> Result<(), BuildError> {
-        let field = |name: &str| format!("sqs.{name}");
+        let field = |name: &str| format!("source.{name}");
         if self.queue.trim().is_empty() {
             return Err(BuildError::new(field("queue"), "must not be empty"));
         }
@@ -266,30 +271,30 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         let cases = [
-            (SqsConfig::new(" "), "sqs.queue"),
+            (SqsConfig::new(" "), "source.queue"),
             (
                 SqsConfig::new("q").receive_concurrency(0),
-                "sqs.receive_concurrency",
+                "source.receive_concurrency",
             ),
             (
                 SqsConfig::new("q").wait_time(Duration::from_millis(1500)),
-                "sqs.wait_time",
+                "source.wait_time",
             ),
             (
                 SqsConfig::new("q").visibility_timeout(Duration::from_secs(13 * 3600)),
-                "sqs.visibility_timeout",
+                "source.visibility_timeout",
             ),
             (
                 SqsConfig::new("q").visibility_timeout(Duration::from_secs(1)),
-                "sqs.visibility_timeout",
+                "source.visibility_timeout",
             ),
             (
                 SqsConfig::new("q").delete_interval(Duration::ZERO),
-                "sqs.delete_interval",
+                "source.delete_interval",
             ),
             (
                 SqsConfig::new("q").lag_interval(Duration::ZERO),
-                "sqs.lag_interval",
+                "source.lag_interval",
             ),
         ];
         for (config, field) in cases {

@@ -14,15 +14,14 @@ const MAX_ATTRIBUTES: usize = 10;
 /// Writes messages that failed their last attempt to another SQS queue, with the
 /// message attributes `longshore.reason`, `longshore.attempts`,
 /// `longshore.source_queue` and `longshore.message_id` (and as many of the message's
-/// own as SQS's limit of 10 leaves room for). Pair it with
-/// [`FinalFailure::Delete`](crate::FinalFailure::Delete), so that the source deletes
-/// what it wrote.
+/// own as SQS's limit of 10 leaves room for). The source deletes what it wrote (see
+/// [`FinalFailure`](crate::FinalFailure)): one dead letter per poison message.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), longshore::BoxError> {
-/// use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsSource};
+/// use longshore_sqs::{SqsConfig, SqsDeadLetter, SqsSource};
 ///
-/// let source = SqsSource::connect(SqsConfig::new("orders").on_final_failure(FinalFailure::Delete)).await?;
+/// let source = SqsSource::connect(SqsConfig::new("orders")).await?;
 /// let dead_letter = SqsDeadLetter::connect("orders-dlq", None).await?;
 /// # Ok(()) }
 /// ```

@@ -42,6 +42,13 @@ impl SqsMessage {
         &self.body
     }
 
+    /// The receipt handle of this delivery, which SQS wants for deleting the message or
+    /// changing its visibility. The source deletes with it after the last stage; a
+    /// handler needs it only to call SQS itself.
+    pub fn receipt_handle(&self) -> &str {
+        &self.receipt_handle
+    }
+
     /// The id SQS gave the message when it was sent.
     pub fn message_id(&self) -> &str {
         &self.message_id

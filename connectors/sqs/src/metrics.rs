@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 struct Families {
     visible: IntGaugeVec,
@@ -12,6 +12,7 @@ struct Families {
     delayed: IntGaugeVec,
     oldest_age: IntGaugeVec,
     calls: IntCounterVec,
+    extension_failures: IntCounterVec,
 }
 
 fn families() -> &'static Families {
@@ -28,6 +29,15 @@ fn families() -> &'static Families {
         )
         .expect("valid metric");
         register(Box::new(calls.clone()));
+        let extension_failures = IntCounterVec::new(
+            Opts::new(
+                "longshore_sqs_visibility_extension_failures_total",
+                "Visibility extensions of held messages that SQS did not take (tried again in the next round).",
+            ),
+            &["queue"],
+        )
+        .expect("valid metric");
+        register(Box::new(extension_failures.clone()));
         Families {
             visible: gauge(
                 "longshore_sqs_messages_visible",
@@ -46,6 +56,7 @@ fn families() -> &'static Families {
                 "Age of the oldest message this source received in the last lag interval; 0 when the queue is empty.",
             ),
             calls,
+            extension_failures,
         }
     })
 }
@@ -64,6 +75,7 @@ pub(crate) struct QueueMetrics {
     pub(crate) not_visible: IntGauge,
     pub(crate) delayed: IntGauge,
     pub(crate) oldest_age: IntGauge,
+    pub(crate) extension_failures: IntCounter,
     /// The earliest `SentTimestamp` (ms) received since the last lag reading.
     oldest_sent: Arc<AtomicU64>,
 }
@@ -77,6 +89,7 @@ impl QueueMetrics {
             not_visible: f.not_visible.with_label_values(&[queue]),
             delayed: f.delayed.with_label_values(&[queue]),
             oldest_age: f.oldest_age.with_label_values(&[queue]),
+            extension_failures: f.extension_failures.with_label_values(&[queue]),
             oldest_sent: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }

@@ -28,6 +28,8 @@ pub(crate) struct Queue {
     /// The queue's name, the `queue` label of its metrics.
     pub(crate) name: Arc<str>,
     pub(crate) fifo: bool,
+    /// Whether the queue has a redrive policy (a dead-letter queue of its own).
+    pub(crate) redrive: bool,
     /// The visibility timeout each received message gets.
     pub(crate) visibility: Duration,
     pub(crate) metrics: QueueMetrics,
@@ -52,6 +54,26 @@ impl Entry {
         Entry {
             receipt,
             visibility: Some(sqs_seconds(visibility)),
+        }
+    }
+}
+
+/// Why one entry of a batch call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntryFailure {
+    pub(crate) code: String,
+    pub(crate) message: String,
+    /// The request's fault (a receipt expired or already used): trying again is futile.
+    pub(crate) sender_fault: bool,
+}
+
+impl EntryFailure {
+    /// The whole call failed (network, throttling): worth trying again.
+    fn call() -> Self {
+        EntryFailure {
+            code: "CallFailed".into(),
+            message: String::new(),
+            sender_fault: false,
         }
     }
 }
@@ -98,17 +120,10 @@ impl Queue {
             .and_then(|seconds| seconds.parse().ok())
             .map(Duration::from_secs)
             .unwrap_or(Duration::from_secs(30));
-        let redrive = attributes.get(&QueueAttributeName::RedrivePolicy);
-        if config.on_final_failure == crate::FinalFailure::Redrive && redrive.is_none() {
-            tracing::warn!(
-                queue = %name,
-                "on_final_failure is redrive but the queue has no redrive policy: \
-                 a message that always fails will be received again forever"
-            );
-        }
         Ok(Queue {
             client,
             fifo: name.ends_with(".fifo"),
+            redrive: attributes.contains_key(&QueueAttributeName::RedrivePolicy),
             visibility: config.visibility_timeout.unwrap_or(queue_visibility),
             metrics: QueueMetrics::new(&name),
             name,
@@ -123,15 +138,24 @@ impl Queue {
         debug_assert!(entries.len() <= MAX_BATCH);
         let mut delay = RETRY_MIN;
         for attempt in 1..=TRIES {
-            let failed = match self.batch_call(&entries).await {
-                Ok(failed) => failed,
+            let outcomes = match self.batch_call(&entries).await {
+                Ok(outcomes) => outcomes,
                 Err(error) => {
                     tracing::warn!(queue = %self.name, %error, entries = entries.len(), attempt, "batch call failed");
-                    entries.iter().map(|_| true).collect()
+                    entries.iter().map(|_| Err(EntryFailure::call())).collect()
                 }
             };
-            let mut retry = failed.into_iter();
-            entries.retain(|_| retry.next().unwrap_or(false));
+            let mut outcomes = outcomes.into_iter();
+            entries.retain(|_| match outcomes.next() {
+                Some(Err(failure)) if failure.sender_fault => {
+                    // A receipt that expired or was already used: the message is (or
+                    // will be) delivered again, and is then handled again.
+                    tracing::warn!(queue = %self.name, code = %failure.code, message = %failure.message, "batch entry refused");
+                    false
+                }
+                Some(Err(_)) => true,
+                Some(Ok(())) | None => false,
+            });
             if entries.is_empty() {
                 return;
             }
@@ -141,8 +165,11 @@ impl Queue {
         tracing::error!(queue = %self.name, entries = entries.len(), "batch entries given up; those messages will be delivered again");
     }
 
-    /// One batch call; per entry, whether to try it again.
-    async fn batch_call(&self, entries: &[Entry]) -> Result<Vec<bool>, aws_sdk_sqs::Error> {
+    /// One batch call; each entry's outcome, in order.
+    pub(crate) async fn batch_call(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<(), EntryFailure>>, aws_sdk_sqs::Error> {
         let deleting = entries[0].visibility.is_none();
         self.metrics.call(if deleting {
             "DeleteMessageBatch"
@@ -172,20 +199,18 @@ impl Queue {
             let call = self.client.change_message_visibility_batch().queue_url(&self.url);
             call.set_entries(Some(batch.collect())).send().await?.failed
         };
-        let mut retry = vec![false; entries.len()];
+        let mut outcomes: Vec<Result<(), EntryFailure>> = entries.iter().map(|_| Ok(())).collect();
         for failure in failures {
             let Some(index) = failure.id.parse::<usize>().ok().filter(|&i| i < entries.len()) else {
                 continue;
             };
-            if failure.sender_fault {
-                // A receipt that expired or was already used: the message is (or will
-                // be) delivered again, and is then handled again.
-                tracing::warn!(queue = %self.name, code = %failure.code, message = ?failure.message, "batch entry refused");
-            } else {
-                retry[index] = true;
-            }
+            outcomes[index] = Err(EntryFailure {
+                code: failure.code,
+                message: failure.message.unwrap_or_default(),
+                sender_fault: failure.sender_fault,
+            });
         }
-        Ok(retry)
+        Ok(outcomes)
     }
 
     /// Sends `entries` in calls of at most [`MAX_BATCH`], all at once; one receipt is

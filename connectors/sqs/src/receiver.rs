@@ -149,7 +149,9 @@ impl Receiver {
             .collect();
         queue.metrics.observe_age(&received);
         let refs = self.held.hold(
-            received.iter().map(|m| m.receipt_handle.as_str()),
+            received
+                .iter()
+                .map(|m| (m.receipt_handle.as_str(), m.message_id.as_str())),
             sent_at,
             queue.visibility,
         );

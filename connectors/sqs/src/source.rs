@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use longshore::source::{PartitionBy, Redelivery};
-use longshore::{BoxError, Message, Source};
+use longshore::source::{PartitionBy, Plan, Redelivery};
+use longshore::{BoxError, BuildError, Message, Source};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::acknowledge::{self, release_now, Deletes, SqsAcknowledger};
+use crate::acknowledge::{self, release_now, SqsAcknowledger};
 use crate::config::{Ordering, SqsConfig};
 use crate::error::SqsSourceError;
 use crate::held::Held;
@@ -78,12 +78,12 @@ impl SqsSource {
             message_attribute_names: config.message_attribute_names.clone(),
         };
         let receiver = Receiver::new(queue.clone(), held.clone(), polling);
-        let deletes = Arc::new(Deletes::default());
-        tokio::spawn(acknowledge::flush_every(
+        let (outbox, handed_over) = tokio::sync::mpsc::channel(acknowledge::OUTBOX);
+        tokio::spawn(acknowledge::send_handed_over(
             queue.clone(),
-            deletes.clone(),
+            held.clone(),
+            handed_over,
             config.delete_interval,
-            stop.clone(),
         ));
         if config.extend_visibility {
             tokio::spawn(visibility::run(queue.clone(), held.clone(), stop.clone()));
@@ -94,7 +94,7 @@ impl SqsSource {
             acknowledger: SqsAcknowledger {
                 queue: queue.clone(),
                 held: held.clone(),
-                deletes,
+                outbox,
                 final_failure: config.on_final_failure,
                 stop: stop.clone(),
             },
@@ -168,6 +168,10 @@ impl Source for SqsSource {
         } else {
             Redelivery::Broker
         }
+    }
+
+    fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        self.acknowledger.check(plan)
     }
 
     async fn shutdown(&self) {

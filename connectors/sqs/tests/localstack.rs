@@ -576,7 +576,7 @@ async fn a_missing_queue_is_a_clear_error() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "invalid sqs.receive_concurrency: must be at least 1, got 0"
+        "invalid source.receive_concurrency: must be at least 1, got 0"
     );
 }
 
