@@ -237,10 +237,10 @@ async fn overhead_per_message(n: usize, delay: Duration) -> Duration {
         .await
         .unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    // Receives run ahead (up to 200 messages): only acknowledgement could hold the
-    // processor back.
+    // Receives run ahead (demands of 50: five polls at once, up to 200 messages): only
+    // acknowledgement could hold the processor back.
     let pipeline = Pipeline::builder(source, Timed(calls.clone()))
-        .processors(Processors::new(1).max_demand(10))
+        .processors(Processors::new(1).max_demand(50))
         .max_in_flight(200)
         .start()
         .unwrap();
