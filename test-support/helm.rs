@@ -64,7 +64,7 @@ pub fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
 }
 
 /// The settings file the chart renders, read by the service's loader.
-pub fn rendered_config<S: DeserializeOwned + Default>(
+pub fn rendered_config<S: DeserializeOwned + Default + longshore::service::SourceSettings>(
     sets: &[(&str, &str)],
 ) -> (ServiceConfig<S>, Vec<Value>) {
     let (_, docs) = render(sets);

@@ -13,6 +13,8 @@ struct Source {
     wait_time_seconds: u32,
 }
 
+impl longshore::source::SourceSettings for Source {}
+
 const GOOD: &str = r#"
 [pipeline]
 name = "orders"

@@ -14,7 +14,7 @@ mod server;
 use std::sync::OnceLock;
 
 pub(crate) use families::{BatcherMetrics, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics};
-pub use server::MetricsServer;
+pub use server::{BindError, MetricsServer};
 
 /// The process's metrics registry: longshore's metrics, and whatever a service or a
 /// connector registers next to them.

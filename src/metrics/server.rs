@@ -32,15 +32,38 @@ pub struct MetricsServer {
     task: JoinHandle<()>,
 }
 
+/// The metrics server could not listen on its address, named as in the settings file.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use longshore::metrics::MetricsServer;
+///
+/// let taken = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+/// let error = MetricsServer::bind(taken.local_addr()).await.unwrap_err();
+/// assert!(error.to_string().starts_with(&format!("cannot listen on metrics.addr {}: ", taken.local_addr())));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on metrics.addr {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why it failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
 impl MetricsServer {
     /// Binds `addr` (port 0 picks a free port) and serves on the current tokio runtime.
     ///
     /// # Errors
     ///
-    /// The address cannot be bound.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
+    /// [`BindError`] when the address cannot be bound (a port already taken, say).
+    pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+        let failed = |source| BindError { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+        let local_addr = listener.local_addr().map_err(failed)?;
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::ServiceConfig;
+use crate::source::SourceSettings;
 use crate::BuildError;
 
 /// The standard flags of a longshore service; flatten them into the binary's own.
@@ -43,7 +44,7 @@ impl ServiceArgs {
     /// As [`ServiceConfig::load`].
     pub fn load<S, A>(&self) -> Result<ServiceConfig<S, A>, BuildError>
     where
-        S: DeserializeOwned + Default,
+        S: DeserializeOwned + Default + SourceSettings,
         A: DeserializeOwned + Default,
     {
         let mut config = match &self.config {

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::LogFormat;
+use crate::source::SourceSettings;
 use crate::{BuildError, PipelineConfig};
 
 /// Environment variables starting with this override the file: `__` separates the
@@ -25,6 +26,7 @@ pub const ENV_PREFIX: &str = "LONGSHORE_";
 ///
 /// #[derive(Debug, Default, serde::Deserialize)]
 /// struct Source { queue: String }
+/// impl longshore::source::SourceSettings for Source {}
 ///
 /// let config: ServiceConfig<Source> = ServiceConfig::from_toml(
 ///     r#"
@@ -103,7 +105,7 @@ impl Default for LogConfig {
 
 impl<S, A> ServiceConfig<S, A>
 where
-    S: DeserializeOwned + Default,
+    S: DeserializeOwned + Default + SourceSettings,
     A: DeserializeOwned + Default,
 {
     /// Reads `path` (TOML; JSON if it ends in `.json`, as the Helm chart renders it),
@@ -170,6 +172,7 @@ where
             .pipeline
             .validate()
             .map_err(|error| error.within("pipeline"))?;
+        config.source.validate()?;
         Ok(config)
     }
 }

@@ -116,6 +116,39 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
+/// A `[source]` section: checked when the settings file is loaded, before anything
+/// starts, so that a bad setting is reported first and in the file's terms
+/// (`source.wait_time`). The connectors' configs (`SqsConfig`, `KafkaConfig`) check
+/// every field; a section of a service's own can keep the default, which accepts all.
+///
+/// ```
+/// use longshore::source::SourceSettings;
+/// use longshore::BuildError;
+///
+/// #[derive(Debug, Default, serde::Deserialize)]
+/// struct Source { queue: String }
+///
+/// impl SourceSettings for Source {
+///     fn validate(&self) -> Result<(), BuildError> {
+///         if self.queue.is_empty() {
+///             return Err(BuildError::new("source.queue", "must not be empty"));
+///         }
+///         Ok(())
+///     }
+/// }
+/// assert_eq!(Source::default().validate().unwrap_err().to_string(), "invalid source.queue: must not be empty");
+/// ```
+pub trait SourceSettings {
+    /// Checks every setting; the error names the field as in the file (`source.<field>`).
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the first invalid field.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
+}
+
 /// How a pipeline is set up, as its source is told before the first receive (see
 /// [`Source::prepare`]).
 ///

@@ -34,7 +34,7 @@ pub enum Ordering {
 /// assert!(config.validate().is_ok());
 ///
 /// let error = KafkaConfig::new("", "g", ["t"]).validate().unwrap_err();
-/// assert_eq!(error.to_string(), "invalid kafka.bootstrap_servers: must not be empty");
+/// assert_eq!(error.to_string(), "invalid source.bootstrap_servers: must not be empty");
 ///
 /// // Incremental rebalances: only the moved partitions stop.
 /// let cooperative = KafkaConfig::new("127.0.0.1:9092", "g", ["t"])
@@ -42,7 +42,7 @@ pub enum Ordering {
 /// assert!(cooperative.validate().is_ok());
 ///
 /// let owned = KafkaConfig::new("127.0.0.1:9092", "g", ["t"]).property("enable.auto.commit", "true");
-/// assert_eq!(owned.validate().unwrap_err().field, "kafka.properties.enable.auto.commit");
+/// assert_eq!(owned.validate().unwrap_err().field, "source.properties.enable.auto.commit");
 /// ```
 ///
 /// In a service's settings file (see `longshore::service`), the `[source]` section:
@@ -185,7 +185,7 @@ impl KafkaConfig {
 
     /// Checks the settings, naming the field at fault.
     pub fn validate(&self) -> Result<(), BuildError> {
-        let empty = |field: &str| BuildError::new(format!("kafka.{field}"), "must not be empty");
+        let empty = |field: &str| BuildError::new(format!("source.{field}"), "must not be empty");
         if self.bootstrap_servers.trim().is_empty() {
             return Err(empty("bootstrap_servers"));
         }
@@ -196,20 +196,20 @@ impl KafkaConfig {
             return Err(empty("topics"));
         }
         if self.max_buffered_per_partition == 0 {
-            return Err(BuildError::at_least("kafka.max_buffered_per_partition", 1, 0));
+            return Err(BuildError::at_least("source.max_buffered_per_partition", 1, 0));
         }
         if self.commit_interval.is_zero() {
-            return Err(BuildError::new("kafka.commit_interval", "must be above zero"));
+            return Err(BuildError::new("source.commit_interval", "must be above zero"));
         }
         // A revoke holds the group's rebalance until its drain ends; past librdkafka's
         // `max.poll.interval.ms` (the rebalance timeout) the consumer would be expelled.
         let rebalance_timeout = self.rebalance_timeout()?;
         if self.lag_interval.is_zero() {
-            return Err(BuildError::new("kafka.lag_interval", "must be above zero"));
+            return Err(BuildError::new("source.lag_interval", "must be above zero"));
         }
         if self.revoke_drain_timeout >= rebalance_timeout {
             return Err(BuildError::new(
-                "kafka.revoke_drain_timeout",
+                "source.revoke_drain_timeout",
                 format!(
                     "must be below max.poll.interval.ms ({rebalance_timeout:?}), got {:?}",
                     self.revoke_drain_timeout
@@ -224,7 +224,7 @@ impl KafkaConfig {
             if cooperative > 0 && cooperative < strategies.split(',').count() {
                 // librdkafka refuses the mix too, but without naming the setting.
                 return Err(BuildError::new(
-                    "kafka.properties.partition.assignment.strategy",
+                    "source.properties.partition.assignment.strategy",
                     format!("cannot mix cooperative-sticky with eager strategies, got {strategies:?}"),
                 ));
             }
@@ -234,7 +234,7 @@ impl KafkaConfig {
             .find(|p| self.properties.contains_key(**p))
         {
             return Err(BuildError::new(
-                format!("kafka.properties.{owned}"),
+                format!("source.properties.{owned}"),
                 "is set by the source itself and cannot be overridden",
             ));
         }
@@ -247,7 +247,7 @@ impl KafkaConfig {
         match self.properties.get("max.poll.interval.ms") {
             Some(ms) => Ok(Duration::from_millis(ms.trim().parse().map_err(|_| {
                 BuildError::new(
-                    "kafka.properties.max.poll.interval.ms",
+                    "source.properties.max.poll.interval.ms",
                     format!("must be a number of milliseconds, got {ms:?}"),
                 )
             })?)),
@@ -315,7 +315,7 @@ mod tests {
         assert!(with_strategy("range,roundrobin").is_ok());
         assert!(with_strategy("cooperative-sticky").is_ok());
         let error = with_strategy("range, cooperative-sticky").unwrap_err();
-        assert_eq!(error.field, "kafka.properties.partition.assignment.strategy");
+        assert_eq!(error.field, "source.properties.partition.assignment.strategy");
         assert!(error.to_string().contains("cannot mix"), "{error}");
     }
 
@@ -332,7 +332,7 @@ mod tests {
             .revoke_drain_timeout(Duration::from_secs(300))
             .validate()
             .unwrap_err();
-        assert_eq!(error.field, "kafka.revoke_drain_timeout");
+        assert_eq!(error.field, "source.revoke_drain_timeout");
         let shorter = config.property("max.poll.interval.ms", "20000");
         let error = shorter
             .clone()
@@ -341,12 +341,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             error.to_string(),
-            "invalid kafka.revoke_drain_timeout: must be below max.poll.interval.ms (20s), got 20s"
+            "invalid source.revoke_drain_timeout: must be below max.poll.interval.ms (20s), got 20s"
         );
         let error = shorter
             .property("max.poll.interval.ms", "soon")
             .validate()
             .unwrap_err();
-        assert_eq!(error.field, "kafka.properties.max.poll.interval.ms");
+        assert_eq!(error.field, "source.properties.max.poll.interval.ms");
+    }
+}
+
+/// Checked when a service's settings file is loaded: every field, named `source.<field>`.
+impl longshore::source::SourceSettings for KafkaConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        KafkaConfig::validate(self)
     }
 }

@@ -269,6 +269,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_settings_file_with_a_bad_source_setting_fails_to_load_naming_it_as_in_the_file() {
+        let no_env: [(&str, &str); 0] = [];
+        let error = longshore::service::ServiceConfig::<SqsConfig>::from_toml(
+            "[source]\nqueue = \"orders\"\nwait_time = \"30s\"",
+            no_env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid source.wait_time: must be at most 20s, got 30s"
+        );
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let cases = [
             (SqsConfig::new(" "), "source.queue"),
@@ -308,5 +322,12 @@ mod tests {
         assert_eq!(sqs_seconds(Duration::from_millis(1)), 1);
         assert_eq!(sqs_seconds(Duration::from_secs(3)), 3);
         assert_eq!(sqs_seconds(Duration::from_secs(100_000)), 43_200);
+    }
+}
+
+/// Checked when a service's settings file is loaded: every field, named `source.<field>`.
+impl longshore::source::SourceSettings for SqsConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        SqsConfig::validate(self)
     }
 }

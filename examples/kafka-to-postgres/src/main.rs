@@ -114,7 +114,11 @@ impl Handler for ToPostgres {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> std::process::ExitCode {
+    longshore::service::exit(run().await)
+}
+
+async fn run() -> Result<(), BoxError> {
     let args = Args::parse();
     let config: ServiceConfig<KafkaConfig, App> = args.service.load()?;
     args.service.init_logging(&config);

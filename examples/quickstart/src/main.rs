@@ -45,6 +45,8 @@ struct Args {
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+impl longshore::source::SourceSettings for Empty {}
+
 /// One order, as a producer would have put it on a queue.
 #[derive(Debug)]
 struct Order {
@@ -79,7 +81,11 @@ impl Handler for Orders {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> std::process::ExitCode {
+    longshore::service::exit(run().await)
+}
+
+async fn run() -> Result<(), BoxError> {
     let args = Args::parse();
     // The in-memory source has no settings: its section stays empty.
     let config: ServiceConfig<Empty> = args.service.load()?;

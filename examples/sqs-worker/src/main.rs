@@ -121,7 +121,11 @@ impl Handler for CallEndpoint {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> std::process::ExitCode {
+    longshore::service::exit(run().await)
+}
+
+async fn run() -> Result<(), BoxError> {
     let args = Args::parse();
     let config: ServiceConfig<SqsConfig, App> = args.service.load()?;
     args.service.init_logging(&config);
