@@ -412,3 +412,52 @@ async fn a_dead_letter_write_that_keeps_failing_does_not_hold_the_shutdown() {
     assert!(ledger.failed.lock().unwrap().is_empty());
     assert_eq!(sorted(&ledger.released), received);
 }
+
+/// Fails one number; every other succeeds at once.
+struct FailOne(usize);
+
+impl Handler for FailOne {
+    type Item = usize;
+    async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
+        if *message.data() == self.0 {
+            return Err("poison".into());
+        }
+        Ok(())
+    }
+}
+
+/// `poison` fails for good and its dead-letter write never succeeds; the deadline passes
+/// during that write. Returns what was acknowledged as successful and what was released.
+async fn deadline_in_a_dead_letter_write(poison: usize) -> (Vec<usize>, Vec<usize>) {
+    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
+    let pipeline = Pipeline::builder(source, FailOne(poison))
+        .processors(Processors::new(1).max_demand(8))
+        .partition_by(|m: &Message<usize>| (*m.data() % 2) as u64)
+        .dead_letter(Unreachable)
+        .shutdown_deadline(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    let (error, received) = miss_the_deadline(pipeline, Duration::from_secs(1)).await;
+    assert_eq!(error.stranded, 0, "{error}");
+    assert_nothing_stranded(&ledger, &received);
+    (sorted(&ledger.successful), sorted(&ledger.released))
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_a_missed_deadline_no_message_is_finished_ahead_of_an_earlier_one_of_its_key() {
+    // 3 in the first pass (each message settled on its own), 11 in the second (the chunk
+    // settled at once).
+    for poison in [3, 11] {
+        let (successful, released) = deadline_in_a_dead_letter_write(poison).await;
+        assert!(released.contains(&poison), "{poison}: {released:?}");
+        let passed: Vec<usize> = successful
+            .iter()
+            .copied()
+            .filter(|&n| n % 2 == poison % 2 && n > poison)
+            .collect();
+        assert!(
+            passed.is_empty(),
+            "acknowledged after the released {poison} of their key: {passed:?}"
+        );
+    }
+}

@@ -340,16 +340,18 @@ where
                 }
             }
         });
-        // The source is shut down once, after its last producer stops.
+        // The acknowledger flushes once, after every stage has acknowledged its last.
+        let mut stages = tasks;
+        let mut tasks = JoinSet::new();
+        // The source is shut down once, after its last producer stops; the flush does not
+        // wait for it (an SQS shutdown awaits its long polls), so that a drain cut short
+        // at the deadline still sends what was acknowledged.
         let producer_fault = fault.clone();
         tasks.spawn(async move {
             super::all_done(&mut producers, &producer_fault).await;
             running.cancel();
             source.shutdown().await;
         });
-        // The acknowledger flushes once, after every stage has acknowledged its last.
-        let mut stages = tasks;
-        let mut tasks = JoinSet::new();
         let stage_fault = fault.clone();
         tasks.spawn(async move {
             super::all_done(&mut stages, &stage_fault).await;

@@ -1,6 +1,8 @@
 //! The end of every message's path: final failures through `handle_failed` and the
 //! dead-letter destination, then one acknowledgement call, then the credits back.
 
+use std::collections::HashSet;
+
 use crate::failure::dead_letter::write_until_done;
 use crate::handler::Handler;
 use crate::message::Message;
@@ -20,7 +22,7 @@ where
     /// failures the broker will redeliver go straight to the acknowledger.
     pub(crate) async fn acknowledge(
         &self,
-        successful: Vec<Message<H::Item>>,
+        mut successful: Vec<Message<H::Item>>,
         mut failed: Vec<Message<H::Item>>,
     ) {
         if !failed.is_empty() {
@@ -37,9 +39,22 @@ where
             };
             if !finished {
                 // Cut short at the deadline (a dead-letter write that kept failing): not
-                // dead-lettered, so not acknowledged either; delivered again.
+                // dead-lettered, so not acknowledged either; delivered again. The other
+                // messages of their keys in this call go back with them, so that none is
+                // finished ahead of an earlier one of its key.
                 let rest = failed.split_off(finals);
-                self.release(std::mem::replace(&mut failed, rest)).await;
+                let mut released = std::mem::replace(&mut failed, rest);
+                let keys: HashSet<u64> = released.iter().filter_map(Message::order_key).collect();
+                if !keys.is_empty() {
+                    let of_key = |m: &Message<H::Item>| m.order_key().is_some_and(|k| keys.contains(&k));
+                    let (same, others): (Vec<_>, Vec<_>) = successful.into_iter().partition(of_key);
+                    successful = others;
+                    released.extend(same);
+                    let (same, others): (Vec<_>, Vec<_>) = failed.into_iter().partition(of_key);
+                    failed = others;
+                    released.extend(same);
+                }
+                self.release(released).await;
             }
         }
         let settled = successful.len() + failed.len();

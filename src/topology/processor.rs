@@ -85,11 +85,11 @@ impl<T> Retries<T> {
     }
 }
 
-/// A pass that takes this long or longer acknowledges (or routes) each message as soon
+/// A pass whose handler calls take this long or longer acknowledges (or routes) each message as soon
 /// as it is done, not with its chunk: a slow handler's finished messages are never held
 /// back behind the rest of their chunk (a Kafka commit, an SQS delete, a kill that would
 /// redeliver them). Quicker passes keep one acknowledgement call per chunk.
-const SETTLE_EACH_AFTER: Duration = Duration::from_millis(10);
+const SETTLE_EACH_AFTER: Duration = Duration::from_millis(50);
 
 /// How a pass ended.
 enum Passed<T> {
@@ -212,24 +212,33 @@ where
         // copies nothing.
         let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
         let mut next = 0;
+        // Time in handler calls only: waiting to settle (a full batcher, say) is no
+        // reason to settle each message.
+        let mut handling = Duration::ZERO;
         let passed = loop {
             // One message at a time when settling each, else the rest of the chunk; cut
             // short at the deadline.
             let end = if each { next + 1 } else { messages.len() };
             let mut reached = next;
-            let handled = self.handle(
-                &mut messages[..end],
-                next,
-                retries,
-                &mut staying,
-                &mut timing,
-                &mut reached,
-            );
-            let abandoned = tokio::select! {
-                biased;
-                () = handled => false,
-                () = self.ctx.abandon.cancelled() => true,
+            let started = timing.elapsed();
+            // Checked before each part too: a part settled before may have been released
+            // at the deadline, and its key's later messages must not be finished after it.
+            let abandoned = self.ctx.abandon.is_cancelled() || {
+                let handled = self.handle(
+                    &mut messages[..end],
+                    next,
+                    retries,
+                    &mut staying,
+                    &mut timing,
+                    &mut reached,
+                );
+                tokio::select! {
+                    biased;
+                    () = handled => false,
+                    () = self.ctx.abandon.cancelled() => true,
+                }
             };
+            handling += timing.elapsed().saturating_sub(started);
             next = reached;
             let unfinished = if abandoned {
                 messages.split_off(next)
@@ -256,7 +265,7 @@ where
             next = 0;
             timing.resume();
         };
-        let took = timing.elapsed();
+        let took = handling;
         self.time_each.store(timing.finish(), Relaxed);
         self.settle_each.store(took >= SETTLE_EACH_AFTER, Relaxed);
         passed

@@ -245,8 +245,11 @@ impl SqsConfig {
             ("delete_interval", self.delete_interval),
             ("lag_interval", self.lag_interval),
         ] {
-            if value.is_zero() {
-                return Err(BuildError::new(field(name), "must be more than 0"));
+            if value < Duration::from_millis(1) {
+                return Err(BuildError::new(
+                    field(name),
+                    format!("must be at least 1ms, got {value:?}"),
+                ));
             }
         }
         Ok(())

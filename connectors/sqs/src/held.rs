@@ -37,6 +37,8 @@ struct Receipt {
 pub(crate) struct Extension {
     pub(crate) ack_ref: u64,
     pub(crate) entry: Entry,
+    /// When the message becomes visible if this extension does not land.
+    pub(crate) visible_at: Instant,
 }
 
 impl Held {
@@ -91,6 +93,7 @@ impl Held {
                 Extension {
                     ack_ref,
                     entry: Entry::change(receipt.handle.clone(), visibility),
+                    visible_at: receipt.visible_at,
                 }
             })
             .collect()

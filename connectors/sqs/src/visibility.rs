@@ -38,7 +38,8 @@ pub(crate) async fn run(queue: Arc<Queue>, held: Arc<Held>, stop: CancellationTo
             _ = ticks.tick() => {}
         }
         latency = latency.mul_f64(0.9);
-        let margin = visibility / 2 + step + latency * 2;
+        // Never the whole timeout: a just-extended message is not due again at once.
+        let margin = (visibility / 2 + step + latency * 2).min(visibility.saturating_sub(step));
         let due = held.due_for_extension(Instant::now(), margin, visibility);
         if due.is_empty() {
             continue;
@@ -47,20 +48,29 @@ pub(crate) async fn run(queue: Arc<Queue>, held: Arc<Held>, stop: CancellationTo
         let mut due = due.into_iter().peekable();
         while due.peek().is_some() {
             let batch: Vec<Extension> = due.by_ref().take(MAX_BATCH).collect();
-            calls.spawn(extend(queue.clone(), held.clone(), batch));
+            calls.spawn(extend(queue.clone(), held.clone(), batch, step));
         }
     }
 }
 
 /// One batch call extending `batch`; records each entry's outcome in `held`. Returns how
-/// long the call took.
-async fn extend(queue: Arc<Queue>, held: Arc<Held>, batch: Vec<Extension>) -> Duration {
+/// long the call took. It gets until the first of its messages would become visible,
+/// and at least `step` (a message past its expiry may still be extended if no one else
+/// received it).
+async fn extend(queue: Arc<Queue>, held: Arc<Held>, batch: Vec<Extension>, step: Duration) -> Duration {
     let sent_at = Instant::now();
     let entries: Vec<_> = batch.iter().map(|e| e.entry.clone()).collect();
-    // A call that outlasts the timeout is of no use any more: failed, to send again.
-    let outcomes = match tokio::time::timeout(queue.visibility, queue.batch_call(&entries)).await {
+    // A call still unanswered when the first of its messages would become visible is of
+    // no use any more (a stalled connection, say): failed, and sent again at once.
+    let expiry = batch
+        .iter()
+        .map(|e| e.visible_at)
+        .min()
+        .unwrap_or(sent_at)
+        .max(sent_at + step);
+    let outcomes = match tokio::time::timeout_at(expiry, queue.batch_call(&entries)).await {
         Ok(outcomes) => outcomes.map_err(|error| error.to_string()),
-        Err(_) => Err(format!("no answer within {:?}", queue.visibility)),
+        Err(_) => Err("no answer before the message's visibility ran out".to_owned()),
     };
     let took = sent_at.elapsed();
     for (index, extension) in batch.iter().enumerate() {
