@@ -548,7 +548,7 @@ async fn the_queue_depth_is_exported() {
     let mut documented_sorted = documented.clone();
     documented_sorted.sort();
     assert_eq!(exposed, documented_sorted);
-    assert_eq!(documented.len(), 5);
+    assert_eq!(documented.len(), 6);
     assert_eq!(
         attribute(
             &client,
