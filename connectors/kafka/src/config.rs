@@ -300,6 +300,13 @@ impl KafkaConfig {
     }
 }
 
+/// Checked when a service's settings file is loaded: every field, named `source.<field>`.
+impl longshore::source::SourceSettings for KafkaConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        KafkaConfig::validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,12 +355,5 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(error.field, "source.properties.max.poll.interval.ms");
-    }
-}
-
-/// Checked when a service's settings file is loaded: every field, named `source.<field>`.
-impl longshore::source::SourceSettings for KafkaConfig {
-    fn validate(&self) -> Result<(), BuildError> {
-        KafkaConfig::validate(self)
     }
 }

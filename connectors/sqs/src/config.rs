@@ -267,6 +267,13 @@ pub(crate) fn sqs_seconds(duration: Duration) -> i32 {
     i32::try_from(rounded).unwrap_or(i32::MAX)
 }
 
+/// Checked when a service's settings file is loaded: every field, named `source.<field>`.
+impl longshore::source::SourceSettings for SqsConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        SqsConfig::validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,12 +332,5 @@ mod tests {
         assert_eq!(sqs_seconds(Duration::from_millis(1)), 1);
         assert_eq!(sqs_seconds(Duration::from_secs(3)), 3);
         assert_eq!(sqs_seconds(Duration::from_secs(100_000)), 43_200);
-    }
-}
-
-/// Checked when a service's settings file is loaded: every field, named `source.<field>`.
-impl longshore::source::SourceSettings for SqsConfig {
-    fn validate(&self) -> Result<(), BuildError> {
-        SqsConfig::validate(self)
     }
 }

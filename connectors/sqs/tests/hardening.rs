@@ -53,7 +53,7 @@ impl Handler for LongJob {
     async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
         let started = Instant::now();
         let n: u64 = message.data().body().parse()?;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             self.client
                 .delete_message()
                 .queue_url(&self.url)
