@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use longshore::source::Plan;
 use longshore::{Acknowledger, BuildError, Message};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,10 @@ use crate::queue::{Entry, Queue, MAX_BATCH};
 pub(crate) const OUTBOX: usize = 256;
 /// Batch calls in flight at once, beyond which the sender stops taking hand-overs.
 const CALLS: usize = 16;
+/// Deletes handed over and not yet sent, at most: their messages are still held (and
+/// extended) by the source though the pipeline counts them done, so the source holds at
+/// most the pipeline's `max_in_flight` plus this many. Beyond, the stages wait.
+pub(crate) const PENDING_DELETES: usize = 4096;
 
 /// Acknowledges SQS messages: deletes the successful ones, and changes the visibility
 /// of the failed ones so that SQS delivers them again after their backoff.
@@ -36,6 +40,8 @@ pub struct SqsAcknowledger {
     pub(crate) queue: Arc<Queue>,
     pub(crate) held: Arc<Held>,
     pub(crate) outbox: mpsc::Sender<Command>,
+    /// Permits for [`PENDING_DELETES`]; the sender task gives them back once sent.
+    pub(crate) pending: Arc<Semaphore>,
     pub(crate) final_failure: Option<FinalFailure>,
     /// Stops the source's background tasks once the last deletes are sent.
     pub(crate) stop: CancellationToken,
@@ -88,7 +94,6 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
             .map(|m| (m.ack_ref(), Entry::delete(m.into_data().receipt_handle)))
             .collect();
         let mut changes = Vec::new();
-        let mut let_go = Vec::new();
         for message in failed {
             let (ack_ref, redeliver_after, dead_lettered) = (
                 message.ack_ref(),
@@ -105,12 +110,18 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
                 }
                 (None, false, _) => Duration::ZERO,
             };
-            let_go.push(ack_ref);
-            changes.push(Entry::change(receipt, delay));
+            changes.push((ack_ref, Entry::change(receipt, delay)));
         }
-        self.held.release(let_go);
-        if !deletes.is_empty() {
-            self.hand_over(Command::Delete(deletes)).await;
+        self.held.release_changing(changes.iter().cloned());
+        let changes: Vec<Entry> = changes.into_iter().map(|(_, entry)| entry).collect();
+        while !deletes.is_empty() {
+            let rest = deletes.split_off(deletes.len().min(PENDING_DELETES));
+            let n = u32::try_from(deletes.len()).expect("at most PENDING_DELETES");
+            if let Ok(permits) = self.pending.acquire_many(n).await {
+                permits.forget();
+            }
+            self.hand_over(Command::Delete(std::mem::replace(&mut deletes, rest)))
+                .await;
         }
         if !changes.is_empty() {
             self.hand_over(Command::Change(changes)).await;
@@ -137,12 +148,19 @@ pub(crate) async fn release_now(queue: &Queue, held: &Held, messages: Vec<Messag
         return;
     }
     tracing::info!(queue = %queue.name, messages = messages.len(), "releasing messages not finished");
-    held.release(messages.iter().map(Message::ack_ref));
-    let entries = messages
+    let changes: Vec<(u64, Entry)> = messages
         .into_iter()
-        .map(|m| Entry::change(m.into_data().receipt_handle, Duration::ZERO))
+        .map(|m| {
+            (
+                m.ack_ref(),
+                Entry::change(m.into_data().receipt_handle, Duration::ZERO),
+            )
+        })
         .collect();
-    queue.send_all(entries).await;
+    held.release_changing(changes.iter().cloned());
+    queue
+        .send_all(changes.into_iter().map(|(_, entry)| entry).collect())
+        .await;
 }
 
 /// Deletes waiting for a full batch; fewer than [`MAX_BATCH`] between hand-overs.
@@ -190,6 +208,7 @@ pub(crate) async fn send_handed_over(
     queue: Arc<Queue>,
     held: Arc<Held>,
     mut outbox: mpsc::Receiver<Command>,
+    pending: Arc<Semaphore>,
     interval: Duration,
 ) {
     let mut waiting = Waiting::default();
@@ -200,10 +219,11 @@ pub(crate) async fn send_handed_over(
         if batch.is_empty() {
             return;
         }
-        let (queue, held) = (queue.clone(), held.clone());
+        let (queue, held, pending) = (queue.clone(), held.clone(), pending.clone());
         calls.spawn(async move {
             let (refs, entries): (Vec<u64>, Vec<Entry>) = batch.into_iter().unzip();
             queue.send_all(entries).await;
+            pending.add_permits(refs.len());
             held.release(refs);
         });
     };

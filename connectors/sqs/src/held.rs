@@ -19,6 +19,10 @@ pub(crate) struct Held {
 struct Inner {
     next_ref: u64,
     messages: HashMap<u64, Receipt>,
+    /// Messages let go of with a visibility change while an extension of theirs was on
+    /// its way: should the extension land after the change, the change is sent again,
+    /// so that the last word is the release's (visible now, or after a retry's backoff).
+    overridden: HashMap<u64, Entry>,
 }
 
 #[derive(Debug)]
@@ -66,12 +70,33 @@ impl Held {
         first..inner.next_ref
     }
 
-    /// Lets go of acknowledged or released messages.
+    /// Lets go of deleted messages.
     pub(crate) fn release(&self, refs: impl IntoIterator<Item = u64>) {
         let mut inner = self.lock();
         for ack_ref in refs {
             inner.messages.remove(&ack_ref);
         }
+    }
+
+    /// Lets go of messages whose visibility is changed (`entry`): released, or to be
+    /// delivered again after a backoff.
+    pub(crate) fn release_changing(&self, changes: impl IntoIterator<Item = (u64, Entry)>) {
+        let mut inner = self.lock();
+        for (ack_ref, entry) in changes {
+            if inner
+                .messages
+                .remove(&ack_ref)
+                .is_some_and(|receipt| receipt.extending)
+            {
+                inner.overridden.insert(ack_ref, entry);
+            }
+        }
+    }
+
+    /// After an extension of `ack_ref` was answered (or given up): the change to send
+    /// again if the message was let go of with one meanwhile.
+    pub(crate) fn take_overridden(&self, ack_ref: u64) -> Option<Entry> {
+        self.lock().overridden.remove(&ack_ref)
     }
 
     /// The messages that become visible within `margin` of `now` and have no extension
@@ -166,5 +191,26 @@ mod tests {
         held.release(early);
         assert_eq!(held.extension_failed(1), None);
         assert_eq!(held.len(), 1);
+    }
+
+    #[test]
+    fn a_change_made_while_an_extension_is_on_its_way_is_sent_again_after_it() {
+        let held = Held::default();
+        let start = Instant::now();
+        let visibility = Duration::from_secs(30);
+        held.hold([("a", "id-a"), ("b", "id-b")].into_iter(), start, visibility);
+        let due = held.due_for_extension(start + visibility, Duration::ZERO, visibility);
+        assert_eq!(due.len(), 2);
+        // `a` is released while its extension is out; `b` after its extension came back.
+        held.release_changing([(0, Entry::change("a".into(), Duration::ZERO))]);
+        held.extended(1, start, visibility);
+        held.release_changing([(1, Entry::change("b".into(), Duration::ZERO))]);
+        assert_eq!(
+            held.take_overridden(0),
+            Some(Entry::change("a".into(), Duration::ZERO))
+        );
+        assert_eq!(held.take_overridden(0), None, "once");
+        assert_eq!(held.take_overridden(1), None, "nothing was on its way");
+        assert_eq!(held.len(), 0);
     }
 }

@@ -79,10 +79,12 @@ impl SqsSource {
         };
         let receiver = Receiver::new(queue.clone(), held.clone(), polling);
         let (outbox, handed_over) = tokio::sync::mpsc::channel(acknowledge::OUTBOX);
+        let pending = Arc::new(tokio::sync::Semaphore::new(acknowledge::PENDING_DELETES));
         tokio::spawn(acknowledge::send_handed_over(
             queue.clone(),
             held.clone(),
             handed_over,
+            pending.clone(),
             config.delete_interval,
         ));
         if config.extend_visibility {
@@ -95,6 +97,7 @@ impl SqsSource {
                 queue: queue.clone(),
                 held: held.clone(),
                 outbox,
+                pending,
                 final_failure: config.on_final_failure,
                 stop: stop.clone(),
             },

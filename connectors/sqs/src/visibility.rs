@@ -73,6 +73,15 @@ async fn extend(queue: Arc<Queue>, held: Arc<Held>, batch: Vec<Extension>, step:
         Err(_) => Err("no answer before the message's visibility ran out".to_owned()),
     };
     let took = sent_at.elapsed();
+    // Messages let go of with a visibility change while this call was out: the change
+    // again, so that an extension landing late does not hide them for a timeout.
+    let overridden: Vec<_> = batch
+        .iter()
+        .filter_map(|extension| held.take_overridden(extension.ack_ref))
+        .collect();
+    if !overridden.is_empty() {
+        queue.send_all(overridden).await;
+    }
     for (index, extension) in batch.iter().enumerate() {
         let failure = match &outcomes {
             Ok(outcomes) => match &outcomes[index] {
