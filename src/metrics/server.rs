@@ -18,7 +18,7 @@ use super::{health, registry};
 /// runs with its source ready; 503 before the source connects and once a shutdown starts).
 ///
 /// ```no_run
-/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// # #[tokio::main] async fn main() -> Result<(), longshore::metrics::BindError> {
 /// let server = longshore::metrics::MetricsServer::bind("0.0.0.0:9090".parse().unwrap()).await?;
 /// println!("metrics on http://{}/metrics", server.local_addr());
 /// // ... start and run pipelines ...

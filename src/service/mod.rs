@@ -42,10 +42,10 @@ pub use config::{LogConfig, MetricsConfig, ServiceConfig, ENV_PREFIX};
 ///     Err(longshore::BuildError::new("source.wait_time", "must be at most 20s, got 30s").into())
 /// }
 ///
-/// fn main() -> ExitCode {
-///     longshore::service::exit(run())
-/// }
-/// # assert_eq!(longshore::service::exit(run()), ExitCode::FAILURE);
+/// // A service's `fn main() -> ExitCode` ends with this: here it prints
+/// // "error: invalid source.wait_time: must be at most 20s, got 30s".
+/// let code = longshore::service::exit(run());
+/// assert_eq!(code, ExitCode::FAILURE);
 /// ```
 pub fn exit(outcome: Result<(), crate::BoxError>) -> std::process::ExitCode {
     let Err(error) = outcome else {
