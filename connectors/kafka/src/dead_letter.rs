@@ -96,7 +96,7 @@ impl DeadLetter<KafkaRecord> for KafkaDeadLetter {
             for (name, value) in record.headers() {
                 headers = headers.insert(Header {
                     key: name,
-                    value: Some(value),
+                    value: value.as_ref(),
                 });
             }
             for (key, value) in [

@@ -44,5 +44,5 @@ pub use config::{KafkaConfig, Ordering};
 pub use dead_letter::KafkaDeadLetter;
 pub use error::KafkaSourceError;
 pub use lag::{KafkaLag, PartitionLag};
-pub use record::KafkaRecord;
+pub use record::{KafkaHeader, KafkaRecord};
 pub use source::{KafkaAcknowledger, KafkaSource};

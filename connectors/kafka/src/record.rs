@@ -3,9 +3,13 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message as _};
 
 use crate::partitions::Slot;
+
+/// A record header: its name, and its value (`None` when null, which Kafka tells apart
+/// from empty).
+pub type KafkaHeader = (String, Option<Vec<u8>>);
 
 /// One Kafka record: payload, key, headers, and where it came from.
 ///
@@ -21,7 +25,9 @@ pub struct KafkaRecord {
     bytes: Bytes,
     key_len: Option<u32>,
     has_payload: bool,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<KafkaHeader>,
+    /// Headers whose name could not be read (not UTF-8): left out of `headers`.
+    unreadable_headers: usize,
     timestamp_ms: Option<i64>,
     /// The partition's slot, and which assignment of it delivered the record: a record
     /// from an earlier assignment (revoked since) commits nothing.
@@ -47,6 +53,7 @@ impl KafkaRecord {
             key_len: None,
             has_payload: false,
             headers: Vec::new(),
+            unreadable_headers: 0,
             timestamp_ms: None,
             slot: Slot::NONE,
         }
@@ -80,7 +87,13 @@ impl KafkaRecord {
 
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.headers.push((name.into(), Some(value.into())));
+        self
+    }
+
+    /// Adds a header whose value is null (not empty).
+    pub fn with_null_header(mut self, name: impl Into<String>) -> Self {
+        self.headers.push((name.into(), None));
         self
     }
 
@@ -90,15 +103,7 @@ impl KafkaRecord {
         slot: Slot,
         blocks: &mut Blocks,
     ) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (headers, unreadable_headers) = message.headers().map(read_headers).unwrap_or_default();
         let record = KafkaRecord {
             topic,
             partition: message.partition(),
@@ -107,6 +112,7 @@ impl KafkaRecord {
             key_len: None,
             has_payload: false,
             headers,
+            unreadable_headers,
             timestamp_ms: message.timestamp().to_millis(),
             slot,
         };
@@ -145,9 +151,17 @@ impl KafkaRecord {
         self.payload().and_then(|p| std::str::from_utf8(p).ok())
     }
 
-    /// The headers, in order.
-    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+    /// The headers, in order: name and value, `None` for a null value (which Kafka tells
+    /// apart from an empty one). A header whose name is not UTF-8 is left out and counted
+    /// in [`KafkaRecord::unreadable_headers`]; the record is delivered all the same.
+    pub fn headers(&self) -> &[KafkaHeader] {
         &self.headers
+    }
+
+    /// How many headers were left out of [`KafkaRecord::headers`] because their name is
+    /// not UTF-8.
+    pub fn unreadable_headers(&self) -> usize {
+        self.unreadable_headers
     }
 
     /// The record's timestamp in milliseconds since the epoch, if it has one.
@@ -193,6 +207,26 @@ impl Blocks {
         self.current.extend_from_slice(payload);
         self.current.split().freeze()
     }
+}
+
+/// A record's headers, and how many could not be read. rust-rdkafka panics on a header
+/// name that is not UTF-8 (`to_str().unwrap()` in `try_get`); caught per header, so that
+/// one bad name costs that header, never the poll thread (the panic hook still prints
+/// the panic once per such header).
+fn read_headers(headers: &BorrowedHeaders) -> (Vec<KafkaHeader>, usize) {
+    let mut read = Vec::with_capacity(headers.count());
+    let mut unreadable = 0;
+    for index in 0..headers.count() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| headers.try_get(index))) {
+            Ok(Some(header)) => read.push((header.key.to_owned(), header.value.map(<[u8]>::to_vec))),
+            Ok(None) => {}
+            Err(_) => unreadable += 1,
+        }
+    }
+    if unreadable > 0 {
+        tracing::warn!(unreadable, "record headers whose name is not UTF-8 left out");
+    }
+    (read, unreadable)
 }
 
 #[cfg(test)]
