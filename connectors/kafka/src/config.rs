@@ -111,7 +111,7 @@ impl KafkaConfig {
             ordering: Ordering::Partition,
             revoke_drain_timeout: Duration::from_secs(10),
             lag_interval: Duration::from_secs(15),
-            close_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(10),
         }
     }
 
@@ -176,8 +176,11 @@ impl KafkaConfig {
     }
 
     /// At shutdown, how long the final commit and leaving the group may take (default
-    /// 30 s). A consumer that has not closed by then is left behind so that the service
-    /// can exit; whatever it had not committed is consumed again, never lost.
+    /// 10 s). A consumer that has not closed by then is left behind so that the service
+    /// can exit; whatever it had not committed is consumed again, never lost. The close
+    /// is the acknowledger's flush, so it also ends with the pipeline's shutdown deadline
+    /// plus [`HAND_BACK_TIME`](longshore::HAND_BACK_TIME): the Helm chart's grace period
+    /// (the deadline plus `terminationGraceExtraSeconds`, 15 s) covers both.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
         self
@@ -310,6 +313,21 @@ impl longshore::source::SourceSettings for KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_charts_grace_beyond_the_deadline_covers_the_hand_back_and_the_close() {
+        let values = include_str!("../../../helm/longshore/values.yaml");
+        let extra: u64 = values
+            .lines()
+            .find_map(|line| line.strip_prefix("terminationGraceExtraSeconds:"))
+            .and_then(|seconds| seconds.trim().parse().ok())
+            .expect("values.yaml sets terminationGraceExtraSeconds");
+        let needed = longshore::HAND_BACK_TIME + KafkaConfig::new("b", "g", ["t"]).close_timeout;
+        assert!(
+            Duration::from_secs(extra) >= needed,
+            "terminationGraceExtraSeconds {extra} s < hand-back and close, {needed:?}"
+        );
+    }
 
     fn with_strategy(strategy: &str) -> Result<(), BuildError> {
         KafkaConfig::new("127.0.0.1:9092", "g", ["t"])
