@@ -55,7 +55,13 @@ fn kill_9_run(case: &str, bootstrap: &str, partitions: i32, produced: usize) {
     let output = dir.join("handled.txt");
     let _ = std::fs::remove_file(&output);
 
-    let counted = kill_restart_and_count(produced, kills, &output, || {
+    let done = || {
+        committed(bootstrap, "chaos-group", TOPIC, partitions)
+            .iter()
+            .sum::<i64>() as usize
+            == produced
+    };
+    let counted = kill_restart_and_count(produced, kills, &output, done, || {
         let args = [bootstrap, TOPIC, "chaos-group", output.to_str().unwrap()];
         start_consumer(env!("CARGO_BIN_EXE_count-consumer"), &args, &[], &output)
     });
@@ -96,7 +102,13 @@ fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     // A slow sink: the pipeline is full when SIGTERM comes. The consumer's deadline is
     // 10 s, its close a moment more.
     let deadline = Duration::from_secs(15);
-    let (took, counted) = sigterm_then_finish(produced, produced / 3, deadline, &output, || {
+    let done = || {
+        committed(&broker.bootstrap, "sigterm-group", TOPIC, PARTITIONS)
+            .iter()
+            .sum::<i64>() as usize
+            == produced
+    };
+    let (took, counted) = sigterm_then_finish(produced, produced / 3, deadline, &output, done, || {
         let args = [
             broker.bootstrap.as_str(),
             TOPIC,

@@ -25,10 +25,12 @@ use crate::queue::{Entry, Queue, MAX_BATCH};
 pub(crate) const OUTBOX: usize = 256;
 /// Batch calls in flight at once, beyond which the sender stops taking hand-overs.
 const CALLS: usize = 16;
-/// Deletes handed over and not yet sent, at most: their messages are still held (and
-/// extended) by the source though the pipeline counts them done, so the source holds at
-/// most the pipeline's `max_in_flight` plus this many. Beyond, the stages wait.
-pub(crate) const PENDING_DELETES: usize = 4096;
+/// Deletes handed over and not yet sent, at most: as many as the calls in flight carry,
+/// plus a partial batch. Their messages are still held (and extended) by the source
+/// though the pipeline counts them done, so the source holds at most the pipeline's
+/// `max_in_flight` plus this many, and a kill -9 replays at most that many more. Beyond,
+/// the stages wait.
+pub(crate) const PENDING_DELETES: usize = CALLS * MAX_BATCH + MAX_BATCH;
 
 /// Acknowledges SQS messages: deletes the successful ones, and changes the visibility
 /// of the failed ones so that SQS delivers them again after their backoff.

@@ -12,6 +12,18 @@ use std::time::Duration;
 use chaos::{kill_restart_and_count, setting, sigterm_then_finish, start_consumer};
 use common::{assert_depth, client, create_queue, send, unique, Watchdog, TEST_LIMIT};
 
+/// The source's bound on deletes handed over and not yet sent (`acknowledge.rs`).
+const PENDING_DELETES: usize = 170;
+
+/// Whether the queue is empty with nothing in flight, asked from the blocking wait of
+/// the chaos support (a multi-thread runtime's worker may block in place).
+fn empty<'a>(client: &'a aws_sdk_sqs::Client, url: &'a str) -> impl FnMut() -> bool + 'a {
+    move || {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(common::depth(client, url)))
+            == (0, 0)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let (produced, kills, panic_percent) = (
@@ -29,15 +41,15 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let output = dir.join("handled.txt");
     let _ = std::fs::remove_file(&output);
 
-    let counted = kill_restart_and_count(produced, kills, &output, || {
+    let counted = kill_restart_and_count(produced, kills, &output, empty(&client, &url), || {
         let percent = panic_percent.to_string();
         let args = [queue.as_str(), output.to_str().unwrap(), percent.as_str()];
         start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &[], &output)
     });
     let max_in_flight = counted.max_in_flight;
     // Handled and not yet deleted at a kill: what the pipeline held, plus the deletes
-    // waiting for a batch and those being sent.
-    let in_flight_bound = max_in_flight + 20;
+    // handed over and not yet sent (at most the source's PENDING_DELETES).
+    let in_flight_bound = max_in_flight + PENDING_DELETES;
 
     let (unique, lost, duplicates) = (counted.unique, counted.lost, counted.duplicates);
     println!(
@@ -71,12 +83,19 @@ async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     // A slow sink: the pipeline is full when SIGTERM comes. The consumer's deadline is
     // 10 s; its exit may take a moment more than the drain.
     let deadline = Duration::from_secs(12);
-    let (took, counted) = sigterm_then_finish(produced, produced / 3, deadline, &output, || {
-        let args = [queue.as_str(), output.to_str().unwrap(), "0"];
-        let envs = [("LONGSHORE_CHAOS_SINK_MS", "100")];
-        start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &envs, &output)
-    });
-    let in_flight_bound = counted.max_in_flight + 20;
+    let (took, counted) = sigterm_then_finish(
+        produced,
+        produced / 3,
+        deadline,
+        &output,
+        empty(&client, &url),
+        || {
+            let args = [queue.as_str(), output.to_str().unwrap(), "0"];
+            let envs = [("LONGSHORE_CHAOS_SINK_MS", "100")];
+            start_consumer(env!("CARGO_BIN_EXE_sqs-count-consumer"), &args, &envs, &output)
+        },
+    );
+    let in_flight_bound = counted.max_in_flight + PENDING_DELETES;
     println!(
         "CHAOS case=sqs-sigterm-under-load produced={produced} handled_unique={} lost={} duplicates={} \
          inflight_bound={in_flight_bound} exit_s={:.2}",
