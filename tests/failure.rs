@@ -445,7 +445,6 @@ async fn a_rate_limit_bounds_fetches_and_can_be_changed_at_runtime() {
     let first = stats.get();
     assert!(first.received <= 510, "fetched {}", first.received);
     assert!(first.received >= 490, "fetched only {}", first.received);
-    assert!(first.in_flight <= first.max_in_flight);
     assert!(
         first.rate_limited > Duration::from_secs(4),
         "waited {:?}",
@@ -487,7 +486,6 @@ async fn a_batcher_rate_limit_paces_batches_without_fetching_more() {
     // 50 messages/s into batches (first attempts and retries alike): about 200 in 4 s.
     let batched: usize = handler.batches.lock().unwrap().iter().map(|b| b.1.len()).sum();
     assert!((190..=210).contains(&batched), "batched {batched}");
-    assert!(now.in_flight <= now.max_in_flight);
     assert!(now.received <= batched as u64 + now.max_in_flight as u64);
 
     assert!(limits.set_batcher("nope", None).is_err());
