@@ -17,6 +17,10 @@ use crate::handler::BatchTrigger;
 /// The upper bound of the first duration bucket.
 const FIRST_DURATION_BUCKET: Duration = Duration::from_micros(100);
 
+/// A pass of handler calls this long or longer times its next pass call by call (see
+/// [`HandlingTimes`]).
+pub(crate) const TIME_EACH_AFTER: Duration = FIRST_DURATION_BUCKET;
+
 /// Seconds, from 100 µs to about 30 s.
 fn duration_buckets() -> Vec<f64> {
     exponential_buckets(FIRST_DURATION_BUCKET.as_secs_f64(), 2.5, 15).expect("valid buckets")

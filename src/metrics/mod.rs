@@ -13,7 +13,9 @@ mod server;
 
 use std::sync::OnceLock;
 
-pub(crate) use families::{BatcherMetrics, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics};
+pub(crate) use families::{
+    BatcherMetrics, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics, TIME_EACH_AFTER,
+};
 pub use server::{BindError, MetricsServer};
 
 /// The process's metrics registry: longshore's metrics, and whatever a service or a

@@ -218,6 +218,7 @@ where
                 batch_size: batcher.batch_size,
                 ordered,
                 stop: stop.clone(),
+                abandon: abandon.child_token(),
             };
             let output = if ordered {
                 let mut queues = Vec::with_capacity(batcher.concurrency);
@@ -260,6 +261,7 @@ where
                             input: rx.clone(),
                             batchers: routes.clone(),
                             stop: stop.clone(),
+                            abandon: abandon.child_token(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
                             settle_each: AtomicBool::new(true),
@@ -280,6 +282,7 @@ where
                             input: rx,
                             batchers: routes.clone(),
                             stop: stop.clone(),
+                            abandon: abandon.child_token(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
                             settle_each: AtomicBool::new(true),

@@ -38,6 +38,8 @@ pub(crate) struct BatchProcessor<H: Handler, A> {
     pub(crate) ordered: bool,
     /// Cancelled at shutdown: what waits for a retry is released, not waited for.
     pub(crate) stop: CancellationToken,
+    /// The pipeline's `abandon`, as a child of its own (see the processor's).
+    pub(crate) abandon: CancellationToken,
 }
 
 /// Batches waiting for another attempt.
@@ -90,7 +92,6 @@ where
             let waiting = stage.demanding(self.batch_size);
             let batch = tokio::select! {
                 biased;
-                () = self.ctx.abandon.cancelled(), if open || !retries.is_empty() => break,
                 // At shutdown a retry is not waited for: released unacknowledged, so that
                 // the drain keeps its deadline and the broker redelivers it.
                 () = self.stop.cancelled(), if !retries.is_empty() => {
@@ -115,6 +116,9 @@ where
                         continue;
                     }
                 },
+                // Last, so that it costs nothing while batches are ready; a batch checks
+                // for it before it is handled.
+                () = self.abandon.cancelled(), if open || !retries.is_empty() => break,
                 else => return,
             };
             drop(waiting);
@@ -180,11 +184,14 @@ where
         &self,
         (mut batch, info): Batch<H::Item>,
     ) -> Result<Option<(Batch<H::Item>, Duration)>, Vec<Message<H::Item>>> {
-        let abandon = &self.ctx.abandon;
+        let abandon = &self.abandon;
+        if abandon.is_cancelled() {
+            return Err(batch);
+        }
         let waited = tokio::select! {
             biased;
-            () = abandon.cancelled() => return Err(batch),
             waited = self.rate_limit.acquire(batch.len()) => waited,
+            () = abandon.cancelled() => return Err(batch),
         };
         self.ctx
             .meter
