@@ -264,7 +264,7 @@ where
                             abandon: abandon.child_token(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
-                            settle_each: AtomicBool::new(true),
+                            settle_each: AtomicBool::new(ctx.acknowledger.acknowledges_each()),
                             max_demand,
                         }
                         .run(),
@@ -285,7 +285,7 @@ where
                             abandon: abandon.child_token(),
                             metrics: metrics.clone(),
                             time_each: AtomicBool::new(false),
-                            settle_each: AtomicBool::new(true),
+                            settle_each: AtomicBool::new(ctx.acknowledger.acknowledges_each()),
                             max_demand,
                         }
                         .run(),

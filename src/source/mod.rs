@@ -217,6 +217,15 @@ pub trait Acknowledger<T>: Send + Sync + 'static {
         let _ = message;
         None
     }
+
+    /// Whether the source gains from hearing of each message as soon as it is done, when
+    /// handlers are slow (50 ms or more a chunk), rather than once per chunk: SQS does
+    /// (a finished message is deleted, not extended and redelivered by a kill); Kafka
+    /// does not (it commits on an interval, and a commit never passes an unfinished
+    /// record of the chunk anyway). Default: `false`.
+    fn acknowledges_each(&self) -> bool {
+        false
+    }
 }
 
 /// A shared acknowledger: a source may keep one `Arc` and hand the pipeline another.
@@ -235,5 +244,9 @@ impl<T, A: Acknowledger<T>> Acknowledger<T> for std::sync::Arc<A> {
 
     fn origin(&self, message: &Message<T>) -> Option<String> {
         (**self).origin(message)
+    }
+
+    fn acknowledges_each(&self) -> bool {
+        (**self).acknowledges_each()
     }
 }

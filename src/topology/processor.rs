@@ -50,7 +50,8 @@ pub(crate) struct Processor<H: Handler, A> {
     /// Whether handler calls are slow enough to be timed one by one (see [`HandlingTimes`]).
     pub(crate) time_each: AtomicBool,
     /// Whether passes are slow enough to settle each message as it is done (see
-    /// [`SETTLE_EACH_AFTER`]). Starts `true`: until handlers are known to be quick.
+    /// [`SETTLE_EACH_AFTER`]). Starts `true` with a source that gains from it: until
+    /// handlers are known to be quick.
     pub(crate) settle_each: AtomicBool,
     /// The chunk it asks for: `max_demand`.
     pub(crate) max_demand: usize,
@@ -88,7 +89,8 @@ impl<T> Retries<T> {
     }
 }
 
-/// A pass whose handler calls take this long or longer acknowledges (or routes) each message as soon
+/// With a source that gains from it ([`Acknowledger::acknowledges_each`]), a pass whose
+/// handler calls take this long or longer acknowledges (or routes) each message as soon
 /// as it is done, not with its chunk: a slow handler's finished messages are never held
 /// back behind the rest of their chunk (a Kafka commit, an SQS delete, a kill that would
 /// redeliver them). Quicker passes keep one acknowledgement call per chunk.
@@ -280,7 +282,9 @@ where
         // to read the clock around every call.
         drop(timing);
         self.time_each.store(handling >= TIME_EACH_AFTER, Relaxed);
-        self.settle_each.store(handling >= SETTLE_EACH_AFTER, Relaxed);
+        let gains = self.ctx.acknowledger.acknowledges_each();
+        self.settle_each
+            .store(gains && handling >= SETTLE_EACH_AFTER, Relaxed);
         passed
     }
 

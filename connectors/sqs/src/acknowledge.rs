@@ -137,6 +137,12 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
         self.stop.cancel();
     }
 
+    /// A finished message deleted at once is neither extended any longer nor handled
+    /// again after a kill.
+    fn acknowledges_each(&self) -> bool {
+        true
+    }
+
     /// Messages not to be finished at shutdown (they waited for a retry): visible again
     /// now, not after their visibility timeout.
     async fn release(&self, messages: Vec<Message<SqsMessage>>) {
