@@ -30,6 +30,8 @@ struct Ledger {
     released: Mutex<Vec<usize>>,
     /// The acknowledger panics on this message.
     panic_on: Option<usize>,
+    /// Whether it asks to hear of each message as soon as it is done.
+    each: bool,
 }
 
 impl Acknowledger<usize> for Ledger {
@@ -48,6 +50,10 @@ impl Acknowledger<usize> for Ledger {
             .lock()
             .unwrap()
             .extend(failed.iter().map(|m| *m.data()));
+    }
+
+    fn acknowledges_each(&self) -> bool {
+        self.each
     }
 
     async fn release(&self, messages: Vec<Message<usize>>) {
@@ -327,28 +333,40 @@ fn assert_nothing_stranded(ledger: &Ledger, received: &[usize]) {
 
 #[tokio::test(start_paused = true)]
 async fn at_a_missed_deadline_what_is_finished_is_acknowledged_and_the_rest_handed_back() {
-    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
-    let handler = Slow::new(Duration::from_secs(2), Duration::ZERO);
-    // Two processors each on a chunk of four, and two more chunks each queued for them.
-    let pipeline = Pipeline::builder(source, handler.clone())
-        .processors(Processors::new(2).max_demand(4))
-        .max_in_flight(16)
-        .shutdown_deadline(Duration::from_secs(5))
-        .start()
-        .unwrap();
-    // The deadline passes at 6.5 s.
-    let (error, received) = miss_the_deadline(pipeline, Duration::from_millis(1_500)).await;
+    // Acknowledged each as it is done (SQS), or with what its chunk finished at the
+    // deadline (Kafka): the same messages either way.
+    for each in [true, false] {
+        let ledger = Ledger {
+            each,
+            ..Ledger::default()
+        };
+        let (source, ledger, _) = Numbers::new(usize::MAX, ledger);
+        let handler = Slow::new(Duration::from_secs(2), Duration::ZERO);
+        // Two processors each on a chunk of four, and two more chunks each queued for them.
+        let pipeline = Pipeline::builder(source, handler.clone())
+            .processors(Processors::new(2).max_demand(4))
+            .max_in_flight(16)
+            .shutdown_deadline(Duration::from_secs(5))
+            .start()
+            .unwrap();
+        // The deadline passes at 6.5 s.
+        let (error, received) = miss_the_deadline(pipeline, Duration::from_millis(1_500)).await;
 
-    assert_eq!(received.len(), 16);
-    assert_eq!(error.stranded, 0, "{error}");
-    assert_eq!(error.in_flight, 16 - sorted(&handler.handled).len());
-    // Each processor finished three messages of its first chunk (at 2, 4 and 6 s), and
-    // each was acknowledged though its chunk was not done.
-    assert_eq!(sorted(&handler.handled).len(), 6);
-    assert_eq!(sorted(&ledger.successful), sorted(&handler.handled));
-    // The rest, the two cut short and the queued chunks among them, went back at once.
-    assert_eq!(ledger.released.lock().unwrap().len(), 10);
-    assert_nothing_stranded(&ledger, &received);
+        assert_eq!(received.len(), 16);
+        assert_eq!(error.stranded, 0, "{error}");
+        // Each processor finished three messages of its first chunk (at 2, 4 and 6 s).
+        assert_eq!(sorted(&handler.handled).len(), 6);
+        let acknowledged_before = if each { 6 } else { 0 };
+        assert_eq!(error.in_flight, 16 - acknowledged_before, "each: {each}");
+        assert_eq!(
+            sorted(&ledger.successful),
+            sorted(&handler.handled),
+            "each: {each}"
+        );
+        // The rest, the two cut short and the queued chunks among them, went back at once.
+        assert_eq!(ledger.released.lock().unwrap().len(), 10);
+        assert_nothing_stranded(&ledger, &received);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -428,8 +446,12 @@ impl Handler for FailOne {
 
 /// `poison` fails for good and its dead-letter write never succeeds; the deadline passes
 /// during that write. Returns what was acknowledged as successful and what was released.
-async fn deadline_in_a_dead_letter_write(poison: usize) -> (Vec<usize>, Vec<usize>) {
-    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
+async fn deadline_in_a_dead_letter_write(poison: usize, each: bool) -> (Vec<usize>, Vec<usize>) {
+    let ledger = Ledger {
+        each,
+        ..Ledger::default()
+    };
+    let (source, ledger, _) = Numbers::new(usize::MAX, ledger);
     let pipeline = Pipeline::builder(source, FailOne(poison))
         .processors(Processors::new(1).max_demand(8))
         .partition_by(|m: &Message<usize>| (*m.data() % 2) as u64)
@@ -445,10 +467,10 @@ async fn deadline_in_a_dead_letter_write(poison: usize) -> (Vec<usize>, Vec<usiz
 
 #[tokio::test(start_paused = true)]
 async fn at_a_missed_deadline_no_message_is_finished_ahead_of_an_earlier_one_of_its_key() {
-    // 3 in the first pass (each message settled on its own), 11 in the second (the chunk
-    // settled at once).
-    for poison in [3, 11] {
-        let (successful, released) = deadline_in_a_dead_letter_write(poison).await;
+    // 3 in the first pass, settled on its own (a source acknowledging each) or with its
+    // chunk; 11 in the second pass, settled with its chunk.
+    for (poison, each) in [(3, true), (3, false), (11, false)] {
+        let (successful, released) = deadline_in_a_dead_letter_write(poison, each).await;
         assert!(released.contains(&poison), "{poison}: {released:?}");
         let passed: Vec<usize> = successful
             .iter()
