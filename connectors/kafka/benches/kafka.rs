@@ -234,7 +234,14 @@ fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
             .processors(Processors::new(2))
             .start()
             .unwrap();
-        touch.countdown.finished().await;
+        // A stall fails the run, saying where the pipeline stands, instead of hanging it.
+        let stats = pipeline.stats();
+        if tokio::time::timeout(std::time::Duration::from_secs(300), touch.countdown.finished())
+            .await
+            .is_err()
+        {
+            panic!("longshore consumed nothing more for 5 minutes: {:?}", stats.get());
+        }
         let rate = count as f64 / touch.first.get().expect("records").elapsed().as_secs_f64();
         pipeline.shutdown().await.expect("drains");
         [
