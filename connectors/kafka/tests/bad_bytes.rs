@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cluster, committed, config, eventually, produce};
-use longshore::{BoxError, Handler, Message, Pipeline};
-use longshore_kafka::{KafkaRecord, KafkaSource};
+use common::{cluster, committed, config, eventually, produce, Keep};
+use longshore::Pipeline;
+use longshore_kafka::KafkaSource;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -127,18 +127,6 @@ fn produce_raw(bootstrap: &str, topic: &str, partition: i32, records: &[(&[u8], 
     let at = 4 + 4 + 2 + topic.len() + 4 + 4;
     let error = i16::from_be_bytes([answer[at], answer[at + 1]]);
     assert_eq!(error, 0, "the broker refused the hand-written batch");
-}
-
-/// Keeps every record it handles.
-#[derive(Default)]
-struct Keep(Mutex<Vec<KafkaRecord>>);
-
-impl Handler for Keep {
-    type Item = KafkaRecord;
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        self.0.lock().unwrap().push(message.data().clone());
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

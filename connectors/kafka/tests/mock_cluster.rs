@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    cluster, committed, config, config_with, eventually, eventually_eq, per_partition, produce, Recorder,
-    Stream,
+    cluster, committed, config, config_with, eventually, eventually_eq, per_partition, produce, Keep,
+    Recorder, Stream,
 };
 use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy, Source};
 use longshore_kafka::{KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
@@ -531,21 +531,6 @@ async fn rebalance_storm(strategy: &str) {
         produced - unique(&all).len()
     );
     assert!(duplicates <= bound, "duplicates {duplicates}");
-}
-
-/// Keeps every record it is given, whole.
-#[derive(Default)]
-struct Keep(std::sync::Mutex<Vec<KafkaRecord>>);
-
-impl Handler for Keep {
-    type Item = KafkaRecord;
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        // What a handler would read; none of it may panic on any bytes.
-        let record = message.data();
-        let _ = (record.payload_str(), record.key(), record.timestamp_ms());
-        self.0.lock().unwrap().push(record.clone());
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

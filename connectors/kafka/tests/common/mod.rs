@@ -297,3 +297,18 @@ impl Drop for MockBroker {
         let _ = self.child.wait();
     }
 }
+
+/// Keeps every record it is given, whole.
+#[derive(Default)]
+pub struct Keep(pub Mutex<Vec<KafkaRecord>>);
+
+impl Handler for Keep {
+    type Item = KafkaRecord;
+    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+        // What a handler would read; none of it may panic on any bytes.
+        let record = message.data();
+        let _ = (record.payload_str(), record.key(), record.timestamp_ms());
+        self.0.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+}
