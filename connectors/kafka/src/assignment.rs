@@ -380,6 +380,7 @@ impl Shared {
             }
         }
         state.to_resume.retain(|tp| !revoked.contains(tp));
+        self.wake_if_takeable(&state);
         commits
     }
 
@@ -405,6 +406,7 @@ impl Shared {
             }
         }
         state.to_resume.retain(|tp| !lost.contains(tp));
+        self.wake_if_takeable(&state);
         drop(state);
         self.acknowledged.notify_all();
     }
@@ -426,32 +428,35 @@ impl Shared {
         let mut state = self.lock();
         let limit = self.cap(&state);
         let mut resume = Vec::new();
-        let mut unblocked = false;
         let now = Instant::now();
         for record in records {
             let Some(partition) = state.partitions.at(record.slot) else {
                 continue;
             };
             let before = partition.offsets.committable();
-            let was_capped = partition.handed_out() >= limit;
             partition.offsets.acknowledged(record.offset());
             if partition.offsets.committable() != before {
                 partition.progressed_at = now;
             }
-            // Its queued records may be taken again: wake a receive waiting for records,
-            // which nothing else would (they are queued already).
-            unblocked |= was_capped && partition.handed_out() < limit && partition.queued > 0;
             if partition.paused && partition.handed_out() <= limit / 2 {
                 partition.paused = false;
                 resume.push((record.topic_arc().clone(), record.partition()));
             }
         }
         state.to_resume.extend(resume);
+        self.wake_if_takeable(&state);
         drop(state);
-        if unblocked {
+        self.acknowledged.notify_all();
+    }
+
+    /// Wakes a receive waiting for records if some queued ones may now be taken. Queued
+    /// already, they bring no new wake-up of their own: a partition's records become
+    /// takeable when its own records are acknowledged, and also when its cap grows
+    /// because other partitions finished or went away.
+    fn wake_if_takeable(&self, state: &State) {
+        if !state.queue.is_empty() && self.takeable(state) > 0 {
             self.ready.notify_one();
         }
-        self.acknowledged.notify_all();
     }
 }
 
@@ -476,8 +481,10 @@ fn add_commit(
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
+    use std::pin::Pin;
 
     use proptest::prelude::*;
+    use tokio::sync::futures::Notified;
 
     use super::*;
 
@@ -633,24 +640,112 @@ mod tests {
         Reset(i32, bool),
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    /// Operations on partitions `0..partitions`.
+    fn op(partitions: i32) -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0..3i32).prop_map(Op::Receive),
+            4 => (0..partitions).prop_map(Op::Receive),
             2 => (1..5usize).prop_map(Op::Take),
             4 => any::<usize>().prop_map(Op::Ack),
-            1 => (0..3i32).prop_map(Op::Revoke),
-            1 => (0..3i32).prop_map(Op::Assign),
-            1 => (0..3i32, any::<bool>()).prop_map(|(p, earliest)| Op::Reset(p, earliest)),
+            1 => (0..partitions).prop_map(Op::Revoke),
+            1 => (0..partitions).prop_map(Op::Assign),
+            1 => (0..partitions, any::<bool>()).prop_map(|(p, earliest)| Op::Reset(p, earliest)),
         ]
     }
 
+    /// What the pipeline's receive does: takes what it may, and when that is nothing,
+    /// waits on `ready` (registered before the take, as `receive` does). Returns the
+    /// records taken, or the wait.
+    fn receive_or_wait(
+        shared: &Shared,
+        demand: usize,
+    ) -> Result<Vec<Message<KafkaRecord>>, Pin<Box<Notified<'_>>>> {
+        let mut ready = Box::pin(shared.ready.notified());
+        ready.as_mut().enable();
+        let taken = shared.take(demand);
+        if taken.is_empty() {
+            Err(ready)
+        } else {
+            Ok(taken)
+        }
+    }
+
     proptest! {
+        /// Random receipts, takes, acknowledgements and rebalances over a few partitions
+        /// sharing a small in-flight limit: a receive waiting for records is always woken
+        /// while some can be taken (a partition's cap grows when others finish, with no
+        /// new record arriving to wake it), and once the pipeline acknowledges what it
+        /// holds, every queued record is handed out.
+        #[test]
+        fn a_waiting_receive_is_woken_whenever_records_can_be_taken(
+            limit in 1..12usize,
+            ops in proptest::collection::vec(op(8), 1..300),
+        ) {
+            let shared = Shared::new(1_000);
+            shared.set_max_in_flight(limit);
+            let mut assigned: BTreeSet<i32> = BTreeSet::new();
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut held: Vec<Message<KafkaRecord>> = Vec::new();
+            let mut waiting = None;
+            for op in ops {
+                match op {
+                    Op::Receive(p) | Op::Reset(p, _) if assigned.contains(&p) => {
+                        let offset = next[&p];
+                        receive(&shared, p, offset);
+                        next.insert(p, offset + 1);
+                        // As the poll thread's intake does after queueing.
+                        shared.ready.notify_one();
+                    }
+                    Op::Take(n) if waiting.is_none() => match receive_or_wait(&shared, n) {
+                        Ok(taken) => held.extend(taken),
+                        Err(wait) => waiting = Some(wait),
+                    },
+                    Op::Ack(i) if !held.is_empty() => {
+                        let message = held.swap_remove(i % held.len());
+                        shared.acknowledge(std::iter::once(message.data()));
+                    }
+                    Op::Revoke(p) if assigned.remove(&p) => {
+                        shared.revoke(&list(&[p]), Duration::ZERO);
+                    }
+                    Op::Assign(p) if assigned.insert(p) => {
+                        shared.assign(&list(&[p]), None);
+                        next.insert(p, 0);
+                    }
+                    _ => {}
+                }
+                // A woken receive takes again (and may wait again).
+                while let Some(wait) = waiting.as_mut() {
+                    let woken = wait.as_mut().enable();
+                    let takeable = shared.takeable(&shared.lock());
+                    prop_assert!(woken || takeable == 0, "{takeable} takeable, the receive asleep");
+                    if !woken {
+                        break;
+                    }
+                    waiting = None;
+                    match receive_or_wait(&shared, usize::MAX) {
+                        Ok(taken) => held.extend(taken),
+                        Err(wait) => waiting = Some(wait),
+                    }
+                }
+            }
+            // The pipeline finishes what it holds, and takes on until nothing is left.
+            waiting = None;
+            loop {
+                shared.acknowledge(held.drain(..).collect::<Vec<_>>().iter().map(Message::data));
+                match receive_or_wait(&shared, usize::MAX) {
+                    Ok(taken) => held.extend(taken),
+                    Err(_) => break,
+                }
+            }
+            prop_assert_eq!(shared.lock().queue.len(), 0);
+            drop(waiting);
+        }
+
         /// Random receipts, takes, acknowledgements in any order, rebalances and offset
         /// resets: no commit passes a record not acknowledged under the partition's current
         /// tracking, and none moves backwards; once everything is acknowledged, each
         /// partition commits up to its last record (or stays at its earlier commit).
         #[test]
-        fn commits_never_pass_an_unfinished_record(ops in proptest::collection::vec(op(), 1..200)) {
+        fn commits_never_pass_an_unfinished_record(ops in proptest::collection::vec(op(3), 1..200)) {
             let shared = Shared::new(1_000);
             // What the group has: the committed offset per partition, and where the next
             // read of each starts (the last fetched offset plus one, reset to the committed
