@@ -102,7 +102,22 @@ impl State {
     /// Drops every queued record (they stay unacknowledged: never committed, read again).
     pub(crate) fn clear_queue(&mut self) {
         self.queue.clear();
-        self.partitions.values_mut().for_each(|p| p.queued = 0);
+        self.partitions.values_mut().for_each(Partition::drop_queued);
+    }
+
+    /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
+    /// owns them next). Counted as dropped, not queued: a revoke waiting for its
+    /// partitions' records in flight leaves the partitions in place meanwhile, and what
+    /// may be taken is counted from the queue.
+    fn drop_queued(&mut self, partitions: &[TopicPartition]) {
+        let mut slots = Vec::new();
+        for tp in partitions {
+            if let Some(slot) = self.partitions.slot(tp) {
+                slots.push(slot);
+                self.partitions.at(slot).expect("just found").drop_queued();
+            }
+        }
+        self.queue.retain(|m| !slots.contains(&m.data().slot));
     }
 
     /// Starts the tracking of `record`'s partition again, under a new generation; returns
@@ -347,11 +362,7 @@ impl Shared {
         let revoked: Vec<TopicPartition> = tpl.elements().iter().map(key_of).collect();
         let mut state = self.lock();
         // Never handed out, never acknowledged: the next owner reads them again.
-        let slots: Vec<_> = revoked
-            .iter()
-            .filter_map(|tp| state.partitions.slot(tp))
-            .collect();
-        state.queue.retain(|m| !slots.contains(&m.data().slot));
+        state.drop_queued(&revoked);
         let deadline = Instant::now() + timeout;
         let busy = |state: &State| {
             revoked
@@ -393,8 +404,7 @@ impl Shared {
     pub(crate) fn lose(&self, tpl: &TopicPartitionList) {
         let lost: Vec<TopicPartition> = tpl.elements().iter().map(key_of).collect();
         let mut state = self.lock();
-        let slots: Vec<_> = lost.iter().filter_map(|tp| state.partitions.slot(tp)).collect();
-        state.queue.retain(|m| !slots.contains(&m.data().slot));
+        state.drop_queued(&lost);
         for tp in &lost {
             let Some(partition) = state.partitions.remove(tp) else {
                 continue;
@@ -544,6 +554,45 @@ mod tests {
         let again = shared.take(1);
         shared.acknowledge(again.iter().map(Message::data));
         assert_eq!(offsets(&shared.commits(false)), BTreeMap::from([(0, 2)]));
+    }
+
+    #[test]
+    fn acknowledgements_during_a_revokes_drain_see_its_queued_records_gone() {
+        let shared = Arc::new(Shared::new(100));
+        // One record of each partition handed out at a time.
+        shared.set_max_in_flight(2);
+        shared.assign(&list(&[0, 1]), None);
+        (0..2).for_each(|offset| receive(&shared, 1, offset));
+        (0..3).for_each(|offset| receive(&shared, 0, offset));
+        let taken = shared.take(10);
+        let (of_zero, of_one): (Vec<_>, Vec<_>) = taken.iter().partition(|m| m.data().partition() == 0);
+        assert_eq!((of_zero.len(), of_one.len()), (1, 1));
+        // Partition 0 is revoked with one record in flight and two queued: the revoke
+        // drops those two and waits for the one in flight.
+        let timeout = Duration::from_secs(30);
+        let revoke = std::thread::spawn({
+            let shared = shared.clone();
+            move || {
+                let started = Instant::now();
+                let commits = offsets(&shared.revoke(&list(&[0]), timeout));
+                (commits, started.elapsed())
+            }
+        });
+        while shared.lock().queue.len() == 3 {
+            std::thread::yield_now();
+        }
+        // Meanwhile partition 1 is acknowledged: what may be taken is counted without the
+        // dropped records (this overflowed, the partition still counting two queued).
+        shared.acknowledge(of_one.iter().map(|m| m.data()));
+        shared.acknowledge(of_zero.iter().map(|m| m.data()));
+        // The revoke ends once the record in flight is acknowledged, not at its timeout.
+        let (commits, took) = revoke.join().expect("the revoke");
+        assert_eq!(commits, BTreeMap::from([(0, 1)]));
+        assert!(
+            took < timeout / 2,
+            "the revoke waited {took:?}, for its dropped records"
+        );
+        assert_eq!(shared.take(10).len(), 1, "partition 1's second record");
     }
 
     #[test]

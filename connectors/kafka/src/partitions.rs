@@ -39,6 +39,9 @@ pub(crate) struct Partition {
     pub(crate) offsets: PartitionOffsets,
     /// Of the received, how many still wait in the queue (not handed to the pipeline).
     pub(crate) queued: usize,
+    /// Of the received, how many were dropped from the queue unhanded (a revoke, a
+    /// shutdown): never acknowledged, read again by whoever owns the partition next.
+    pub(crate) dropped: usize,
     pub(crate) paused: bool,
     /// The offset last committed, as the broker confirmed.
     pub(crate) committed: Option<i64>,
@@ -58,6 +61,7 @@ impl Partition {
             generation,
             offsets: PartitionOffsets::default(),
             queued: 0,
+            dropped: 0,
             paused: false,
             committed: None,
             done_below,
@@ -67,7 +71,12 @@ impl Partition {
 
     /// Received records handed to the pipeline and not yet acknowledged.
     pub(crate) fn handed_out(&self) -> usize {
-        self.offsets.in_flight() - self.queued
+        self.offsets.in_flight() - self.queued - self.dropped
+    }
+
+    /// Its queued records were dropped from the queue, unhanded.
+    pub(crate) fn drop_queued(&mut self) {
+        self.dropped += std::mem::take(&mut self.queued);
     }
 }
 
