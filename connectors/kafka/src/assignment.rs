@@ -779,7 +779,7 @@ mod tests {
             // The pipeline finishes what it holds, and takes on until nothing is left.
             waiting = None;
             loop {
-                shared.acknowledge(held.drain(..).collect::<Vec<_>>().iter().map(Message::data));
+                shared.acknowledge(std::mem::take(&mut held).iter().map(Message::data));
                 match receive_or_wait(&shared, usize::MAX) {
                     Ok(taken) => held.extend(taken),
                     Err(_) => break,
