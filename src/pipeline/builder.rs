@@ -21,8 +21,8 @@ use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::Pipeline;
 use crate::source::{Acknowledger as _, Plan, Source};
 use crate::topology::{
-    BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Fault, LogLimit, Meter,
-    PartitionBy, Processor, Producer,
+    BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Fault, Input, KeyQueue,
+    LogLimit, Meter, PartitionBy, Processor, Producer,
 };
 
 /// How often a running pipeline asks its source whether it can still deliver.
@@ -251,48 +251,35 @@ where
         let queue_len = 2;
         let metrics = StageMetrics::new(&config.name, Stage::Processor, "");
         let max_demand = config.processors.max_demand;
+        let processor = |input| Processor {
+            ctx: ctx.clone(),
+            input,
+            batchers: routes.clone(),
+            stop: stop.clone(),
+            abandon: abandon.child_token(),
+            metrics: metrics.clone(),
+            time_each: AtomicBool::new(false),
+            slow: AtomicBool::new(true),
+            settle_each: AtomicBool::new(ctx.acknowledger.acknowledges_each()),
+            max_demand,
+        };
         let dispatch = match partition_by {
             None => {
                 let (tx, rx) = async_channel::bounded(processors * queue_len);
                 for _ in 0..processors {
-                    tasks.spawn(
-                        Processor {
-                            ctx: ctx.clone(),
-                            input: rx.clone(),
-                            batchers: routes.clone(),
-                            stop: stop.clone(),
-                            abandon: abandon.child_token(),
-                            metrics: metrics.clone(),
-                            time_each: AtomicBool::new(false),
-                            settle_each: AtomicBool::new(ctx.acknowledger.acknowledges_each()),
-                            max_demand,
-                        }
-                        .run(),
-                    );
+                    tasks.spawn(processor(Input::Shared(rx.clone())).run());
                 }
                 Dispatch::Shared(tx)
             }
             Some(partition_by) => {
-                let mut queues = Vec::with_capacity(processors);
+                let (sender, queue) = KeyQueue::new(max_demand);
                 for _ in 0..processors {
-                    let (tx, rx) = async_channel::bounded(queue_len);
-                    tasks.spawn(
-                        Processor {
-                            ctx: ctx.clone(),
-                            input: rx,
-                            batchers: routes.clone(),
-                            stop: stop.clone(),
-                            abandon: abandon.child_token(),
-                            metrics: metrics.clone(),
-                            time_each: AtomicBool::new(false),
-                            settle_each: AtomicBool::new(ctx.acknowledger.acknowledges_each()),
-                            max_demand,
-                        }
-                        .run(),
-                    );
-                    queues.push(tx);
+                    tasks.spawn(processor(Input::Keyed(queue.clone())).run());
                 }
-                Dispatch::Partitioned { queues, partition_by }
+                Dispatch::Partitioned {
+                    queue: sender,
+                    partition_by,
+                }
             }
         };
         drop(routes);

@@ -17,6 +17,7 @@ mod batcher;
 pub(crate) mod credits;
 pub(crate) mod fault;
 mod guard;
+mod key_queue;
 mod log_limit;
 mod processor;
 mod producer;
@@ -36,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use batch_processor::BatchProcessor;
 pub(crate) use batcher::{BatchDispatch, BatcherStage};
-pub(crate) use processor::{BatcherRoute, Processor};
+pub(crate) use key_queue::KeyQueue;
+pub(crate) use processor::{BatcherRoute, Input, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 
 pub(crate) use guard::guarded;

@@ -3,7 +3,7 @@
 //! behind them), then hands each message to its batcher or, with no batcher,
 //! acknowledges it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::metrics::{HandlingTimes, Held, StageMetrics, TIME_EACH_AFTER};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::guarded;
+use crate::topology::key_queue::{KeyQueue, Work};
 use crate::topology::Context;
 
 /// Where a processor sends the messages routed to one batcher.
@@ -37,9 +38,34 @@ impl<T> Clone for BatcherRoute<T> {
     }
 }
 
+/// Where a processor takes its messages from.
+pub(crate) enum Input<T> {
+    /// One queue all processors take chunks from.
+    Shared(async_channel::Receiver<Vec<Message<T>>>),
+    /// With `partition_by`: the messages of keys no other processor holds.
+    Keyed(Arc<KeyQueue<T>>),
+}
+
+impl<T> Input<T> {
+    /// The next work; `None` once the producers are gone and nothing is left.
+    async fn next(&self, one_key: bool) -> Option<Work<T>> {
+        match self {
+            Input::Shared(queue) => queue.recv().await.ok().map(Work::Handle),
+            Input::Keyed(queue) => queue.next(one_key).await,
+        }
+    }
+
+    /// This processor is done with `keys`: other processors may take their messages.
+    fn finish(&self, keys: impl IntoIterator<Item = u64>) {
+        if let Input::Keyed(queue) = self {
+            queue.finish(keys);
+        }
+    }
+}
+
 pub(crate) struct Processor<H: Handler, A> {
     pub(crate) ctx: Arc<Context<H, A>>,
-    pub(crate) input: async_channel::Receiver<Vec<Message<H::Item>>>,
+    pub(crate) input: Input<H::Item>,
     pub(crate) batchers: Vec<BatcherRoute<H::Item>>,
     /// Cancelled at shutdown: what waits for a retry is released, not waited for.
     pub(crate) stop: CancellationToken,
@@ -49,6 +75,10 @@ pub(crate) struct Processor<H: Handler, A> {
     pub(crate) metrics: StageMetrics,
     /// Whether handler calls are slow enough to be timed one by one (see [`HandlingTimes`]).
     pub(crate) time_each: AtomicBool,
+    /// Whether handler calls are slow (a pass took [`SETTLE_EACH_AFTER`] or more): then
+    /// each chunk taken holds one key only, so that a slow message holds back no other
+    /// key. Starts `true`: until handlers are known to be quick.
+    pub(crate) slow: AtomicBool,
     /// Whether passes are slow enough to settle each message as it is done (see
     /// [`SETTLE_EACH_AFTER`]). Starts `true` with a source that gains from it: until
     /// handlers are known to be quick.
@@ -66,11 +96,10 @@ pub(crate) fn drain_delayed<T>(queue: &mut DelayQueue<T>) -> Vec<T> {
 struct Retries<T> {
     /// Failed messages, each until its backoff has passed.
     due: DelayQueue<Message<T>>,
-    /// Per partition key with a message in `due`: the later messages of that key, in order.
+    /// Per partition key with a message in `due`: the later messages of that key taken
+    /// with it, in order. (Its messages not yet taken wait in the [`KeyQueue`], the key
+    /// held by this processor.)
     held: HashMap<u64, VecDeque<Message<T>>>,
-    /// Keys whose retry was released at shutdown: their later messages are released too,
-    /// so that none is handled ahead of the released one.
-    released: HashSet<u64>,
 }
 
 impl<T> Retries<T> {
@@ -78,15 +107,30 @@ impl<T> Retries<T> {
         self.due.is_empty() && self.held.is_empty()
     }
 
-    /// Everything waiting, in each key's order, to be released.
-    fn take_all(&mut self) -> Vec<Message<T>> {
+    /// Everything waiting, in each key's order, to be released, and the keys it holds.
+    fn take_all(&mut self) -> (Vec<Message<T>>, Vec<u64>) {
         let mut all = drain_delayed(&mut self.due);
+        let mut keys = Vec::with_capacity(self.held.len());
         for (key, queue) in self.held.drain() {
-            self.released.insert(key);
+            keys.push(key);
             all.extend(queue);
         }
-        all
+        (all, keys)
     }
+
+    /// Of `keys`, those with no message waiting for a retry here: done with.
+    fn done_with(&self, mut keys: Vec<u64>) -> impl Iterator<Item = u64> + '_ {
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter().filter(|key| !self.held.contains_key(key))
+    }
+}
+
+/// The distinct order keys of `messages` (none without `partition_by`).
+fn keys_of<T>(messages: &[Message<T>]) -> Vec<u64> {
+    let mut keys: Vec<u64> = messages.iter().filter_map(Message::order_key).collect();
+    keys.dedup();
+    keys
 }
 
 /// With a source that gains from it ([`Acknowledger::acknowledges_each`]), a pass whose
@@ -114,7 +158,6 @@ where
         let mut retries = Retries {
             due: DelayQueue::new(),
             held: HashMap::new(),
-            released: HashSet::new(),
         };
         let mut open = true;
         let mut holding = self.metrics.holding(0);
@@ -126,7 +169,12 @@ where
                 // At shutdown a retry is not waited for: released unacknowledged, so that
                 // the drain keeps its deadline and the broker redelivers it.
                 () = self.stop.cancelled(), if !retries.is_empty() => {
-                    let released = retries.take_all();
+                    let (released, keys) = retries.take_all();
+                    // The keys stay held: their later messages are released too, so that
+                    // none is finished ahead of the released one.
+                    if let Input::Keyed(queue) = &self.input {
+                        queue.release_keys(keys);
+                    }
                     holding.release(released.len());
                     self.ctx.release(released).await;
                     continue;
@@ -134,17 +182,27 @@ where
                 Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
                     let message = expired.into_inner();
                     // The key is free for its head; the messages behind it follow it.
-                    let behind = message.order_key().and_then(|key| retries.held.remove(&key));
+                    let key = message.order_key();
+                    let behind = key.and_then(|key| retries.held.remove(&key));
                     let mut messages = vec![message];
                     messages.extend(behind.into_iter().flatten());
-                    self.pass(&mut retries, &mut holding, messages).await
+                    let passed = self.pass(&mut retries, &mut holding, messages).await;
+                    self.input.finish(retries.done_with(key.into_iter().collect()));
+                    passed
                 }
-                chunk = self.input.recv(), if open => match chunk {
-                    Ok(chunk) => {
+                work = self.input.next(self.slow.load(Relaxed)), if open => match work {
+                    Some(Work::Handle(chunk)) => {
                         holding.add(chunk.len());
-                        self.pass(&mut retries, &mut holding, chunk).await
+                        let keys = keys_of(&chunk);
+                        let passed = self.pass(&mut retries, &mut holding, chunk).await;
+                        self.input.finish(retries.done_with(keys));
+                        passed
                     }
-                    Err(_) => {
+                    Some(Work::Release(messages)) => {
+                        self.ctx.release(messages).await;
+                        continue;
+                    }
+                    None => {
                         open = false;
                         continue;
                     }
@@ -171,16 +229,19 @@ where
         mut holding: Held,
         mut unfinished: Vec<Message<H::Item>>,
     ) {
-        unfinished.extend(retries.take_all());
+        unfinished.extend(retries.take_all().0);
+        if let Input::Keyed(queue) = &self.input {
+            queue.abandon();
+        }
         loop {
             holding.release(unfinished.len());
             self.ctx.release(unfinished).await;
-            match self.input.recv().await {
-                Ok(chunk) => {
+            match self.input.next(false).await {
+                Some(Work::Handle(chunk) | Work::Release(chunk)) => {
                     holding.add(chunk.len());
                     unfinished = chunk;
                 }
-                Err(_) => return,
+                None => return,
             }
         }
     }
@@ -193,12 +254,8 @@ where
         &self,
         retries: &mut Retries<H::Item>,
         holding: &mut Held,
-        messages: Vec<Message<H::Item>>,
+        mut messages: Vec<Message<H::Item>>,
     ) -> Passed<H::Item> {
-        let mut messages = self.hold_back(retries, messages);
-        if messages.is_empty() {
-            return Passed::Done;
-        }
         if self.abandon.is_cancelled() {
             return Passed::Abandoned(messages);
         }
@@ -282,9 +339,10 @@ where
         // to read the clock around every call.
         drop(timing);
         self.time_each.store(handling >= TIME_EACH_AFTER, Relaxed);
+        let slow = handling >= SETTLE_EACH_AFTER;
+        self.slow.store(slow, Relaxed);
         let gains = self.ctx.acknowledger.acknowledges_each();
-        self.settle_each
-            .store(gains && handling >= SETTLE_EACH_AFTER, Relaxed);
+        self.settle_each.store(gains && slow, Relaxed);
         passed
     }
 
@@ -361,33 +419,6 @@ where
         };
         holding.release(done.len());
         self.route(done).await;
-    }
-
-    /// Moves the messages whose key waits behind a retry to the back of its queue.
-    fn hold_back(
-        &self,
-        retries: &mut Retries<H::Item>,
-        messages: Vec<Message<H::Item>>,
-    ) -> Vec<Message<H::Item>> {
-        if retries.held.is_empty() && retries.released.is_empty() {
-            return messages;
-        }
-        let mut free = Vec::with_capacity(messages.len());
-        for message in messages {
-            let Some(key) = message.order_key() else {
-                free.push(message);
-                continue;
-            };
-            if retries.released.contains(&key) {
-                // Released with its key's retry at the next turn of the loop.
-                retries.held.entry(key).or_default().push_back(message);
-            } else if let Some(queue) = retries.held.get_mut(&key) {
-                queue.push_back(message);
-            } else {
-                free.push(message);
-            }
-        }
-        free
     }
 
     /// The index of the batcher a successful message goes to: the one it names, else the first.

@@ -12,6 +12,7 @@ use crate::message::{Failure, FailureKind, Message};
 use crate::metrics::Held;
 use crate::source::Source;
 use crate::topology::guard::panic_message;
+use crate::topology::key_queue::KeySender;
 use crate::topology::Meter;
 
 pub(crate) use crate::source::PartitionBy;
@@ -20,10 +21,10 @@ pub(crate) use crate::source::PartitionBy;
 pub(crate) enum Dispatch<T> {
     /// One queue all processors take from: whichever is free handles the next chunk.
     Shared(async_channel::Sender<Vec<Message<T>>>),
-    /// One queue per processor, chosen by the message's partition key, so that messages
-    /// of one key are handled in order by one processor.
+    /// Queued per key (the message's partition key), each key's messages handled in
+    /// order by whichever processor takes it.
     Partitioned {
-        queues: Vec<async_channel::Sender<Vec<Message<T>>>>,
+        queue: KeySender<T>,
         partition_by: PartitionBy<T>,
     },
 }
@@ -32,8 +33,8 @@ impl<T> Clone for Dispatch<T> {
     fn clone(&self) -> Self {
         match self {
             Dispatch::Shared(queue) => Dispatch::Shared(queue.clone()),
-            Dispatch::Partitioned { queues, partition_by } => Dispatch::Partitioned {
-                queues: queues.clone(),
+            Dispatch::Partitioned { queue, partition_by } => Dispatch::Partitioned {
+                queue: queue.clone(),
                 partition_by: partition_by.clone(),
             },
         }
@@ -131,20 +132,15 @@ impl<S: Source> Producer<S> {
             .for_each(|message| message.set_received_at(now));
         match &self.dispatch {
             Dispatch::Shared(queue) => {
-                for (_, chunk) in chunks(messages, 1, self.max_chunk, |_| 0) {
+                for chunk in chunks(messages, self.max_chunk) {
                     queue.send(chunk).await.map_err(drop)?;
                 }
             }
-            Dispatch::Partitioned { queues, partition_by } => {
+            Dispatch::Partitioned { queue, partition_by } => {
                 messages
                     .iter_mut()
                     .for_each(|message| set_order_key(message, partition_by));
-                let n = queues.len() as u64;
-                for (queue, chunk) in chunks(messages, queues.len(), self.max_chunk, |m| {
-                    (m.order_key().unwrap_or_default() % n) as usize
-                }) {
-                    queues[queue].send(chunk).await.map_err(drop)?;
-                }
+                queue.push(messages);
             }
         }
         Ok(())
@@ -166,37 +162,25 @@ fn set_order_key<T>(message: &mut Message<T>, partition_by: &PartitionBy<T>) {
     }
 }
 
-/// Splits `messages` into chunks of at most `max` messages, each for one of `parts`
-/// queues (`part_of` says which), in order within each queue. Each message is moved
-/// once, into a chunk allocated at its final size; a vector that fits one queue's chunk
-/// whole is passed on as it is.
-fn chunks<T>(
-    messages: Vec<T>,
-    parts: usize,
-    max: usize,
-    part_of: impl Fn(&T) -> usize,
-) -> Vec<(usize, Vec<T>)> {
-    // One call of `part_of` per message: with key order, it hashes the key.
-    let of: Vec<usize> = messages.iter().map(part_of).collect();
-    let Some(&first) = of.first() else {
-        return Vec::new();
-    };
-    if messages.len() <= max && of.iter().all(|&part| part == first) {
-        return vec![(first, messages)];
+/// Splits `messages` into chunks of at most `max` messages, in order. A vector that
+/// fits one chunk whole is passed on as it is.
+fn chunks<T>(messages: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    if messages.len() <= max {
+        return if messages.is_empty() {
+            Vec::new()
+        } else {
+            vec![messages]
+        };
     }
-    let mut left = vec![0usize; parts];
-    of.iter().for_each(|&part| left[part] += 1);
-    let mut open: Vec<Vec<T>> = left.iter().map(|&n| Vec::with_capacity(n.min(max))).collect();
-    let mut out = Vec::new();
-    for (message, part) in messages.into_iter().zip(of) {
-        open[part].push(message);
-        left[part] -= 1;
-        if open[part].len() == max || left[part] == 0 {
-            let next = Vec::with_capacity(left[part].min(max));
-            out.push((part, std::mem::replace(&mut open[part], next)));
+    let mut out = Vec::with_capacity(messages.len().div_ceil(max));
+    let mut messages = messages.into_iter();
+    loop {
+        let chunk: Vec<T> = messages.by_ref().take(max).collect();
+        if chunk.is_empty() {
+            return out;
         }
+        out.push(chunk);
     }
-    out
 }
 
 #[cfg(test)]
@@ -205,56 +189,11 @@ mod tests {
 
     #[test]
     fn chunks_keep_order_and_size() {
-        let whole = |_: &u8| 0;
-        assert!(chunks(Vec::<u8>::new(), 1, 3, whole).is_empty());
-        assert_eq!(chunks(vec![1, 2], 1, 3, whole), vec![(0, vec![1, 2])]);
+        assert!(chunks(Vec::<u8>::new(), 3).is_empty());
+        assert_eq!(chunks(vec![1, 2], 3), vec![vec![1, 2]]);
         assert_eq!(
-            chunks(vec![1, 2, 3, 4, 5, 6, 7], 1, 3, whole),
-            vec![(0, vec![1, 2, 3]), (0, vec![4, 5, 6]), (0, vec![7])]
+            chunks(vec![1, 2, 3, 4, 5, 6, 7], 3),
+            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
         );
-    }
-
-    #[test]
-    fn chunks_ask_each_messages_queue_once() {
-        let calls = std::cell::Cell::new(0);
-        let counted = |m: &u8| {
-            calls.set(calls.get() + 1);
-            usize::from(*m % 2)
-        };
-        chunks((0..50).collect(), 2, 8, counted);
-        assert_eq!(calls.get(), 50);
-    }
-
-    #[test]
-    fn chunks_keep_each_queues_order_and_fill_no_chunk_past_max() {
-        let odd = |m: &u8| usize::from(m % 2 == 1);
-        assert_eq!(
-            chunks(vec![1, 2, 3, 4, 5, 6, 7, 8, 9], 2, 2, odd),
-            vec![
-                (1, vec![1, 3]),
-                (0, vec![2, 4]),
-                (1, vec![5, 7]),
-                (0, vec![6, 8]),
-                (1, vec![9])
-            ]
-        );
-        assert_eq!(chunks(vec![1, 3, 5], 2, 4, odd), vec![(1, vec![1, 3, 5])]);
-        let every = chunks((0..100).collect(), 3, 7, |m: &u8| usize::from(*m % 3));
-        for part in 0..3 {
-            let got: Vec<u8> = every
-                .iter()
-                .filter(|(p, _)| *p == part)
-                .flat_map(|(_, c)| c.clone())
-                .collect();
-            assert_eq!(
-                got,
-                (0..100)
-                    .filter(|m| usize::from(m % 3) == part)
-                    .collect::<Vec<u8>>()
-            );
-        }
-        assert!(every
-            .iter()
-            .all(|(_, chunk)| !chunk.is_empty() && chunk.len() <= 7));
     }
 }

@@ -1,0 +1,292 @@
+//! The processors' input with `partition_by`: messages wait per key, and whichever
+//! processor is free takes the next keys that no processor holds.
+//!
+//! A key is held by one processor from the moment it takes the key's messages until it
+//! is done with them (their retries included), so a key's messages are handled one after
+//! the other, in order; but no key is tied to a processor. A fixed placement (the key's
+//! hash modulo the processors) put two busy partitions on one processor while another
+//! idled, and made every key sharing a processor wait behind one slow message.
+//!
+//! Bounded by the pipeline's credits: nothing is pushed that was not asked for.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::message::Message;
+
+/// What a processor takes from the queue.
+#[derive(Debug)]
+pub(crate) enum Work<T> {
+    /// Messages to handle, of keys now held by the taker, each key's in order.
+    Handle(Vec<Message<T>>),
+    /// Messages to hand back to the source unfinished: of a key released at shutdown
+    /// (none may be finished after it), or anything once the pipeline is abandoned.
+    Release(Vec<Message<T>>),
+}
+
+pub(crate) struct KeyQueue<T> {
+    state: Mutex<State<T>>,
+    /// Signalled when a key becomes free with messages waiting, or the queue ends.
+    ready: Notify,
+    /// The most messages one [`Work::Handle`] holds (`max_demand`).
+    max_chunk: usize,
+}
+
+struct State<T> {
+    /// Messages not yet taken, per key, in order.
+    waiting: HashMap<u64, VecDeque<Message<T>>>,
+    /// Keys with messages waiting that no processor holds, in the order they became free.
+    free: VecDeque<u64>,
+    /// Keys a processor holds.
+    held: HashSet<u64>,
+    /// Keys whose messages go back unfinished from now on (see [`KeyQueue::release_keys`]).
+    released: HashSet<u64>,
+    to_release: Vec<Message<T>>,
+    /// Everything is handed back: set at the shutdown deadline.
+    abandoned: bool,
+    /// Producers still pushing.
+    senders: usize,
+}
+
+impl<T> KeyQueue<T> {
+    /// A queue and its first sender. Made together: a processor that looked before a
+    /// sender existed would take the queue for ended.
+    pub(crate) fn new(max_chunk: usize) -> (KeySender<T>, Arc<Self>) {
+        let queue = Arc::new(KeyQueue {
+            state: Mutex::new(State {
+                waiting: HashMap::new(),
+                free: VecDeque::new(),
+                held: HashSet::new(),
+                released: HashSet::new(),
+                to_release: Vec::new(),
+                abandoned: false,
+                senders: 1,
+            }),
+            ready: Notify::new(),
+            max_chunk: max_chunk.max(1),
+        });
+        (KeySender(queue.clone()), queue)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing user-written runs under this lock: a poisoned one holds a whole state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues messages whose order key is set, each behind its key's earlier ones.
+    pub(crate) fn push(&self, messages: Vec<Message<T>>) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut wake = false;
+        for message in messages {
+            let key = message.order_key().unwrap_or_default();
+            if state.abandoned || state.released.contains(&key) {
+                state.to_release.push(message);
+                wake = true;
+                continue;
+            }
+            let queue = state.waiting.entry(key).or_default();
+            if queue.is_empty() && !state.held.contains(&key) {
+                state.free.push_back(key);
+                wake = true;
+            }
+            queue.push_back(message);
+        }
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next work: messages of free keys (of one key only with `one_key`), held by
+    /// the caller until it calls [`finish`](KeyQueue::finish); `None` once every producer
+    /// is gone and nothing waits. Cancel safe.
+    pub(crate) async fn next(&self, one_key: bool) -> Option<Work<T>> {
+        loop {
+            let ready = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if let Some(work) = self.take(&mut state, one_key) {
+                    // Another processor may take what is left.
+                    if !state.free.is_empty() || !state.to_release.is_empty() {
+                        self.ready.notify_one();
+                    }
+                    return Some(work);
+                }
+                if state.senders == 0 && state.waiting.is_empty() {
+                    return None;
+                }
+            }
+            ready.await;
+        }
+    }
+
+    fn take(&self, state: &mut State<T>, one_key: bool) -> Option<Work<T>> {
+        if !state.to_release.is_empty() {
+            return Some(Work::Release(std::mem::take(&mut state.to_release)));
+        }
+        if state.abandoned {
+            let all: Vec<_> = state.waiting.drain().flat_map(|(_, queue)| queue).collect();
+            state.free.clear();
+            return (!all.is_empty()).then_some(Work::Release(all));
+        }
+        let mut chunk = Vec::new();
+        while chunk.len() < self.max_chunk {
+            let Some(&key) = state.free.front() else {
+                break;
+            };
+            let queue = state
+                .waiting
+                .get_mut(&key)
+                .expect("a free key has messages waiting");
+            let n = queue.len().min(self.max_chunk - chunk.len());
+            chunk.extend(queue.drain(..n));
+            if queue.is_empty() {
+                state.waiting.remove(&key);
+            }
+            state.free.pop_front();
+            state.held.insert(key);
+            if one_key {
+                break;
+            }
+        }
+        (!chunk.is_empty()).then_some(Work::Handle(chunk))
+    }
+
+    /// The caller is done with `keys`: their messages waiting go to the next free
+    /// processor.
+    pub(crate) fn finish(&self, keys: impl IntoIterator<Item = u64>) {
+        let mut state = self.lock();
+        let mut wake = false;
+        for key in keys {
+            if state.held.remove(&key) && state.waiting.contains_key(&key) {
+                state.free.push_back(key);
+                wake = true;
+            }
+        }
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// At shutdown, `keys` had a message handed back unfinished: their later messages,
+    /// waiting or still to come, go back unfinished too, so that none is finished ahead
+    /// of it. The keys stay held.
+    pub(crate) fn release_keys(&self, keys: impl IntoIterator<Item = u64>) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        for key in keys {
+            state.released.insert(key);
+            if let Some(queue) = state.waiting.remove(&key) {
+                state.to_release.extend(queue);
+            }
+        }
+        state.free.retain(|key| !state.released.contains(key));
+        if !state.to_release.is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
+    /// At the shutdown deadline: everything waiting, or still to come, goes back
+    /// unfinished, whichever key holds it.
+    pub(crate) fn abandon(&self) {
+        self.lock().abandoned = true;
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+    }
+}
+
+/// A producer's handle on a [`KeyQueue`]: the queue ends once every sender is dropped
+/// and nothing waits in it.
+pub(crate) struct KeySender<T>(Arc<KeyQueue<T>>);
+
+impl<T> KeySender<T> {
+    pub(crate) fn push(&self, messages: Vec<Message<T>>) {
+        self.0.push(messages);
+    }
+}
+
+impl<T> Clone for KeySender<T> {
+    fn clone(&self) -> Self {
+        self.0.lock().senders += 1;
+        KeySender(self.0.clone())
+    }
+}
+
+impl<T> Drop for KeySender<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            drop(state);
+            // Every waiting processor must see the end, not one.
+            self.0.ready.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed(key: u64, n: u64) -> Message<(u64, u64)> {
+        let mut message = Message::new((key, n));
+        message.set_order_key(key);
+        message
+    }
+
+    fn handle(work: Option<Work<(u64, u64)>>) -> Vec<(u64, u64)> {
+        match work {
+            Some(Work::Handle(chunk)) => chunk.into_iter().map(Message::into_data).collect(),
+            other => panic!("expected messages to handle, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_key_waits_and_the_others_go_to_any_processor() {
+        let (sender, queue) = KeyQueue::new(10);
+        sender.push(vec![keyed(1, 0), keyed(2, 0), keyed(1, 1)]);
+        // One processor takes key 1 (both of its messages), another key 2.
+        assert_eq!(handle(queue.next(true).await), vec![(1, 0), (1, 1)]);
+        sender.push(vec![keyed(1, 2), keyed(3, 0)]);
+        // Key 1 is held: its later message waits; key 2 and 3 are free.
+        assert_eq!(handle(queue.next(false).await), vec![(2, 0), (3, 0)]);
+        let next = queue.next(false);
+        tokio::pin!(next);
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        queue.finish([1]);
+        assert_eq!(handle(next.await), vec![(1, 2)]);
+        drop(sender);
+        queue.finish([1, 2, 3]);
+        assert!(queue.next(false).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_released_keys_later_messages_go_back_unfinished() {
+        let (sender, queue) = KeyQueue::new(10);
+        sender.push(vec![keyed(1, 0), keyed(2, 0)]);
+        assert_eq!(handle(queue.next(true).await), vec![(1, 0)]);
+        sender.push(vec![keyed(1, 1)]);
+        queue.release_keys([1]);
+        sender.push(vec![keyed(1, 2)]);
+        let Some(Work::Release(released)) = queue.next(false).await else {
+            panic!("expected released messages");
+        };
+        let released: Vec<_> = released.into_iter().map(Message::into_data).collect();
+        assert_eq!(released, vec![(1, 1), (1, 2)]);
+        assert_eq!(handle(queue.next(false).await), vec![(2, 0)]);
+    }
+
+    #[tokio::test]
+    async fn once_abandoned_everything_goes_back_whichever_key_holds_it() {
+        let (sender, queue) = KeyQueue::new(10);
+        sender.push(vec![keyed(1, 0), keyed(1, 1)]);
+        assert_eq!(handle(queue.next(true).await).len(), 2);
+        sender.push(vec![keyed(1, 2)]);
+        queue.abandon();
+        assert!(matches!(queue.next(false).await, Some(Work::Release(m)) if m.len() == 1));
+        drop(sender);
+        assert!(queue.next(false).await.is_none());
+    }
+}
