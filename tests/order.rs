@@ -265,3 +265,43 @@ async fn keys_spread_over_every_processor() {
     let summary = pipeline.wait().await.unwrap();
     assert_eq!(summary.successful, 40);
 }
+
+/// Counts handled messages, each after a millisecond; says when `after` were handled.
+struct Counting {
+    handled: std::sync::atomic::AtomicUsize,
+    after: usize,
+    reached: tokio::sync::Notify,
+}
+
+impl Handler for Counting {
+    type Item = u64;
+    async fn handle_message(&self, _: &mut Message<u64>) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.after {
+            self.reached.notify_one();
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_pipeline_shut_down_mid_stream_drains_within_its_deadline() {
+    // Processors waiting for held keys once the producers were gone were never told the
+    // queue had ended: the drain ran to its deadline. Racy, so tried a few times.
+    for _ in 0..5 {
+        let handler = Arc::new(Counting {
+            handled: Default::default(),
+            after: 200,
+            reached: tokio::sync::Notify::new(),
+        });
+        let pipeline = Pipeline::builder(MemorySource::from_iter(0..u64::MAX), handler.clone())
+            .processors(Processors::new(6).max_demand(10).min_demand(5))
+            .partition_by(|m: &Message<u64>| *m.data() % 6)
+            .shutdown_deadline(Duration::from_secs(10))
+            .start()
+            .unwrap();
+        handler.reached.notified().await;
+        let summary = pipeline.shutdown().await.expect("drained within the deadline");
+        assert_eq!(summary.received, summary.successful);
+    }
+}

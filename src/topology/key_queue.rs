@@ -108,8 +108,11 @@ impl<T> KeyQueue<T> {
             {
                 let mut state = self.lock();
                 if let Some(work) = self.take(&mut state, one_key) {
-                    // Another processor may take what is left.
-                    if !state.free.is_empty() || !state.to_release.is_empty() {
+                    if state.senders == 0 && state.waiting.is_empty() {
+                        // The last of it: every other processor waiting must see the end.
+                        self.ready.notify_waiters();
+                    } else if !state.free.is_empty() || !state.to_release.is_empty() {
+                        // Another processor may take what is left.
                         self.ready.notify_one();
                     }
                     return Some(work);
@@ -260,6 +263,31 @@ mod tests {
         drop(sender);
         queue.finish([1, 2, 3]);
         assert!(queue.next(false).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn every_waiting_processor_sees_the_end_once_the_last_messages_are_taken() {
+        let (sender, queue) = KeyQueue::new(10);
+        sender.push(vec![keyed(1, 0)]);
+        assert_eq!(handle(queue.next(false).await), vec![(1, 0)]);
+        sender.push(vec![keyed(1, 1)]);
+        // Two other processors wait: key 1 is held. The producers go, with it waiting.
+        let (first, second) = (queue.next(false), queue.next(false));
+        tokio::pin!(first, second);
+        assert!(futures_util::poll!(first.as_mut()).is_pending());
+        assert!(futures_util::poll!(second.as_mut()).is_pending());
+        drop(sender);
+        assert!(futures_util::poll!(first.as_mut()).is_pending());
+        assert!(futures_util::poll!(second.as_mut()).is_pending());
+        // The holder is done with key 1 and takes its last message again: neither of the
+        // others may wait for ever.
+        queue.finish([1]);
+        assert_eq!(handle(queue.next(false).await), vec![(1, 1)]);
+        let ended = |polled: std::task::Poll<Option<Work<(u64, u64)>>>| {
+            matches!(polled, std::task::Poll::Ready(None))
+        };
+        assert!(ended(futures_util::poll!(first.as_mut())));
+        assert!(ended(futures_util::poll!(second.as_mut())));
     }
 
     #[tokio::test]
