@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use longshore::BuildError;
+use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
 /// How the Kafka source orders the handling of messages.
@@ -241,7 +242,20 @@ impl KafkaConfig {
                 "is set by the source itself and cannot be overridden",
             ));
         }
-        Ok(())
+        // librdkafka's own check of each property, as the consumer would make it at
+        // start, but naming the setting: its error alone reads `Client config error`.
+        match self.client_config().create_native_config() {
+            Err(KafkaError::ClientConfig(_, description, key, value)) => Err(BuildError::new(
+                if self.properties.contains_key(&key) {
+                    format!("source.properties.{key}")
+                } else {
+                    format!("source ({key})")
+                },
+                format!("{description} (got {value:?})"),
+            )),
+            Err(other) => Err(BuildError::new("source.properties", other.to_string())),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// librdkafka's `max.poll.interval.ms`: the rebalance timeout, and how long the poll
@@ -333,6 +347,29 @@ mod tests {
         KafkaConfig::new("127.0.0.1:9092", "g", ["t"])
             .property("partition.assignment.strategy", strategy)
             .validate()
+    }
+
+    #[test]
+    fn a_property_librdkafka_refuses_is_named_in_the_settings_terms() {
+        let with = |key: &str, value: &str| {
+            KafkaConfig::new("localhost:9092", "g", ["t"])
+                .property(key, value)
+                .validate()
+                .unwrap_err()
+        };
+        let unknown = with("no.such.property", "1");
+        assert_eq!(unknown.field, "source.properties.no.such.property");
+        assert!(
+            unknown.reason.contains("No such configuration property"),
+            "{unknown}"
+        );
+        let invalid = with("session.timeout.ms", "soon");
+        assert_eq!(invalid.field, "source.properties.session.timeout.ms");
+        assert!(invalid.reason.contains("\"soon\""), "{invalid}");
+        assert!(KafkaConfig::new("localhost:9092", "g", ["t"])
+            .property("session.timeout.ms", "45000")
+            .validate()
+            .is_ok());
     }
 
     #[test]
