@@ -64,14 +64,21 @@ impl Default for State {
 impl State {
     /// Queues a fetched record of the assigned partition at its slot, unless it was
     /// acknowledged under an earlier assignment. Returns its partition if that must now be
-    /// paused: `cap` of its records handed out and unacknowledged.
+    /// paused: blocked (`cap`, its share of the in-flight budget, handed out and
+    /// unacknowledged, so its queued records cannot be taken) and holding `max_buffered`
+    /// records, queued and out.
     ///
     /// A record whose offset does not follow the partition's last (an offset reset after
     /// `OffsetOutOfRange`, a truncated log) starts the partition's tracking again, as a
     /// new assignment of it would: what it had queued is dropped (read again), and the
     /// acknowledgements of what it had handed out count for nothing, so no commit passes
     /// a record read again and not yet finished.
-    pub(crate) fn queue_record(&mut self, mut record: KafkaRecord, cap: usize) -> Option<TopicPartition> {
+    pub(crate) fn queue_record(
+        &mut self,
+        mut record: KafkaRecord,
+        cap: usize,
+        max_buffered: usize,
+    ) -> Option<TopicPartition> {
         let partition = self
             .partitions
             .at(record.slot)
@@ -90,9 +97,12 @@ impl State {
         }
         let partition = self.partitions.at(record.slot).expect("assigned");
         partition.queued += 1;
-        // Paused only when stalled. (The queue's own limit already bounds what waits;
-        // pausing drops librdkafka's prefetch.)
-        let pause = !partition.paused && partition.handed_out() >= cap;
+        // Paused only when stalled: pausing drops librdkafka's prefetch, too dear for the
+        // ordinary ebb and flow of demand. Records that can be taken are bounded by the
+        // queue's own limit; a blocked partition's are not counted there, and would pile
+        // up without bound behind a record that never finishes.
+        let out = partition.handed_out();
+        let pause = !partition.paused && out >= cap && out + partition.queued >= max_buffered;
         partition.paused |= pause;
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
         self.queue.push_back(Message::new(record));
@@ -319,8 +329,8 @@ impl Shared {
     }
 
     /// Queued records that the pipeline may take: not those of a partition with its limit
-    /// handed out (paused, so its queued records stay few), which would otherwise fill
-    /// the queue and starve every other partition.
+    /// handed out (paused once it holds `max_buffered_per_partition`), which would
+    /// otherwise fill the queue and starve every other partition.
     pub(crate) fn takeable(&self, state: &State) -> usize {
         let limit = self.cap(state);
         let blocked: usize = state
@@ -530,7 +540,7 @@ mod tests {
             .slot(&(Arc::from(TOPIC), partition))
             .expect("assigned");
         let cap = shared.cap(&state);
-        state.queue_record(record, cap);
+        state.queue_record(record, cap, shared.max_buffered_per_partition);
     }
 
     #[test]

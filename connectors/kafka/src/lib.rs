@@ -39,6 +39,7 @@ mod partitions;
 mod poller;
 mod record;
 mod source;
+mod status;
 
 pub use config::{KafkaConfig, Ordering};
 pub use dead_letter::KafkaDeadLetter;
@@ -46,3 +47,4 @@ pub use error::KafkaSourceError;
 pub use lag::{KafkaLag, PartitionLag};
 pub use record::{KafkaHeader, KafkaRecord};
 pub use source::{KafkaAcknowledger, KafkaSource};
+pub use status::{KafkaStatus, PartitionStatus};

@@ -392,6 +392,7 @@ impl Intake {
         let mut full = Vec::new();
         let mut state = shared.lock();
         let state = &mut *state;
+        let cap = shared.cap(state);
         for mut record in records {
             if state.partitions.at(record.slot).is_none() {
                 let key = (record.topic_arc().clone(), record.partition());
@@ -406,7 +407,7 @@ impl Intake {
                 record.slot = slot;
                 self.last = Some((key, slot));
             }
-            full.extend(state.queue_record(record, shared.max_buffered_per_partition));
+            full.extend(state.queue_record(record, cap, shared.max_buffered_per_partition));
         }
         shared.ready.notify_one();
         full

@@ -15,6 +15,7 @@ use crate::error::KafkaSourceError;
 use crate::lag::KafkaLag;
 use crate::poller::{self, Context, Intervals, PollThread};
 use crate::record::KafkaRecord;
+use crate::status::KafkaStatus;
 
 /// Consumes Kafka topics in a consumer group, on demand.
 ///
@@ -85,6 +86,12 @@ impl KafkaSource {
     /// The consumer's lag per partition, refreshed every `lag_interval`.
     pub fn lag(&self) -> KafkaLag {
         self.lag.clone()
+    }
+
+    /// A live view of the assignment: per partition, paused or not, records queued and
+    /// in flight.
+    pub fn status(&self) -> KafkaStatus {
+        KafkaStatus(self.shared.clone())
     }
 }
 

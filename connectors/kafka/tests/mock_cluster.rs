@@ -18,6 +18,8 @@ use rdkafka::message::{Headers, Message as _};
 use rdkafka::ClientConfig;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The most records the poll thread queues at once (`HANDOFF` in poller.rs).
+const HANDOFF: usize = 512;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_every_record_in_partition_order_and_commits_each_partition_to_its_end() {
@@ -360,7 +362,8 @@ async fn a_broker_outage_mid_run_loses_nothing() {
     .unwrap();
     eventually(WAIT, || recorder.payloads().len() >= 500).await;
 
-    // The broker goes away for two seconds, mid-stream, and comes back.
+    // The broker goes away for two seconds, mid-stream, and comes back. (The outage's
+    // length is the fault injected, shorter than the session timeout: no rebalance.)
     cluster.broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.broker_up(1).unwrap();
@@ -389,16 +392,15 @@ async fn ready_once_in_the_group_and_not_after_the_shutdown_starts() {
 
 /// Blocks every call until the gate opens.
 struct Gated {
-    open: Arc<std::sync::atomic::AtomicBool>,
+    open: tokio::sync::watch::Receiver<bool>,
     recorder: Recorder,
 }
 
 impl Handler for Gated {
     type Item = KafkaRecord;
     async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut open = self.open.clone();
+        open.wait_for(|&open| open).await?;
         self.recorder.handle_message(message).await
     }
 }
@@ -408,30 +410,43 @@ async fn a_stalled_consumer_that_loses_and_regains_its_partitions_consumes_again
     let _serial = common::serial().await;
     let cluster = cluster("regained", 2);
     let bootstrap = cluster.bootstrap_servers();
-    produce(&bootstrap, "regained", 2, 1_000, 10);
+    produce(&bootstrap, "regained", 2, 10_000, 10);
 
-    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (open, gate) = tokio::sync::watch::channel(false);
     let handler = Arc::new(Gated {
-        open: open.clone(),
+        open: gate,
         recorder: Recorder::default(),
     });
     let config = config(&bootstrap, "g8", "regained")
         .max_buffered_per_partition(50)
         .revoke_drain_timeout(Duration::from_millis(500));
-    let pipeline = Pipeline::builder(KafkaSource::new(config).unwrap(), handler.clone())
+    let source = KafkaSource::new(config).unwrap();
+    let status = source.status();
+    let pipeline = Pipeline::builder(source, handler.clone())
         .processors(Processors::new(2).max_demand(10).min_demand(5))
         .start()
         .unwrap();
-    let stats = pipeline.stats();
-    // The handler blocks: the queue fills, and after a while every partition is paused.
-    eventually(WAIT, || stats.get().received > 0).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // The session expires while the broker is away: a revoke, then the same partitions
-    // assigned again.
+    // The handler blocks: each partition hands out its share of the in-flight budget and
+    // is paused.
+    let all_paused = || {
+        let partitions = status.partitions();
+        partitions.len() == 2 && partitions.iter().all(|p| p.paused)
+    };
+    eventually(WAIT, all_paused).await;
+    // Paused once each holds its buffer, queued and out. Past it, at most a handoff
+    // queued while its records could still be taken (beyond the queue's own limit), and
+    // the rest of the handoff that filled it: the backlog (5,000 each) piled up here.
+    for partition in status.partitions() {
+        let held = partition.queued + partition.in_flight;
+        assert!(held <= 50 + 2 * HANDOFF, "{partition:?} holds {held}");
+    }
+    // The session expires while the broker is away: the partitions are taken away, then
+    // the same ones assigned again once it is back.
     cluster.broker_down(1).unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually(WAIT, || status.partitions().is_empty()).await;
     cluster.broker_up(1).unwrap();
-    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(WAIT, || status.partitions().len() == 2).await;
+    open.send_replace(true);
 
     let unique = || {
         handler
@@ -441,7 +456,7 @@ async fn a_stalled_consumer_that_loses_and_regains_its_partitions_consumes_again
             .collect::<BTreeSet<usize>>()
             .len()
     };
-    eventually(WAIT, || unique() == 1_000).await;
+    eventually(WAIT, || unique() == 10_000).await;
     pipeline.shutdown().await.unwrap();
 }
 
