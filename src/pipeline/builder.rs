@@ -81,12 +81,14 @@ where
         self
     }
 
-    /// Routes each message to a processor by key, so that messages with the same key are
-    /// handled one after the other, in the order received, by the same processor.
+    /// Orders messages by key: messages with the same key are handled one after the
+    /// other, in the order received. A key is held by one processor at a time, until its
+    /// messages (and their retries) are done with; any free processor takes the keys no
+    /// other holds, so one slow key holds back no other.
     ///
     /// Without it, any free processor takes the next chunk, unless the source keeps an
     /// order of its own ([`Source::partition_by`]: Kafka's partitions, SQS FIFO's message
-    /// groups). With it, a hot key's processor may hold more than `max_demand`, up to the
+    /// groups). With it, a hot key's messages may wait beyond `max_demand`, up to the
     /// in-flight limit.
     pub fn partition_by<F>(mut self, key: F) -> Self
     where

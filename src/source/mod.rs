@@ -73,7 +73,7 @@ pub trait Source: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Vec<Message<Self::Item>>>, BoxError>> + Send;
 
     /// The order this source keeps by default: messages with the same key are handled
-    /// in order by one processor (Kafka: the partition; SQS FIFO: the message group).
+    /// in order, one at a time (Kafka: the partition; SQS FIFO: the message group).
     /// Used when the pipeline's builder sets no `partition_by`. Default: none.
     fn partition_by(&self) -> Option<PartitionBy<Self::Item>> {
         None

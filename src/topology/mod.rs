@@ -7,8 +7,9 @@
 //!     └──────────── credits come back when a message is acknowledged ◀─┘
 //! ```
 //!
-//! Every channel is bounded, and a producer only asks its source for as many messages
-//! as it holds credits for, so the in-flight total never exceeds the credit limit.
+//! A producer only asks its source for as many messages as it holds credits for, and
+//! every queue between stages is bounded (a channel's capacity, or the credits: the key
+//! queue of `partition_by`), so the in-flight total never exceeds the credit limit.
 
 mod acknowledge;
 mod batch_groups;

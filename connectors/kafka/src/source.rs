@@ -129,8 +129,7 @@ impl Source for KafkaSource {
 
     fn partition_by(&self) -> Option<PartitionBy<KafkaRecord>> {
         match self.ordering {
-            // The partition's slot: dense, so that partitions spread evenly over the
-            // processors (a hash put two of eight on one processor while another idled).
+            // The partition's slot: one key per assigned partition, cheap to read.
             Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| {
                 u64::from(m.data().slot.index())
             })),
