@@ -112,9 +112,14 @@ async fn a_keys_messages_finish_in_order_through_concurrent_batches_and_their_re
         .unwrap();
     let _ = pipeline.wait().await;
 
+    assert_each_key_in_order(&acks, 400);
+}
+
+/// Every message finished once, successfully, and each key's in order.
+fn assert_each_key_in_order(acks: &Acks, total: usize) {
     assert!(acks.failed.lock().unwrap().is_empty());
     let done = acks.successful.lock().unwrap();
-    assert_eq!(done.len(), 400, "every message finished once");
+    assert_eq!(done.len(), total, "every message finished once");
     let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
     for &(key, seq) in done.iter() {
         by_key.entry(key).or_default().push(seq);
@@ -221,7 +226,9 @@ async fn a_slow_message_holds_back_its_own_key_only() {
     // key 0's later messages: what bounds a stuck key's share is the source's business,
     // Kafka's per-partition cap for one.)
     let handler = gated(0, Vec::new(), 7 * 50);
-    let pipeline = Pipeline::builder(interleaved(8, 50), handler.clone())
+    let source = interleaved(8, 50);
+    let acks = source.acks.clone();
+    let pipeline = Pipeline::builder(source, handler.clone())
         .processors(Processors::new(2).max_demand(8))
         .max_in_flight(128)
         .partition_by(|m: &Message<(u64, u64)>| m.data().0)
@@ -238,6 +245,7 @@ async fn a_slow_message_holds_back_its_own_key_only() {
     handler.release.add_permits(1);
     let summary = pipeline.wait().await.unwrap();
     assert_eq!(summary.successful, 400);
+    assert_each_key_in_order(&acks, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
