@@ -4,12 +4,14 @@
 //! Run with `scripts/bench` (or `cargo bench --bench pipeline`). Each case runs in a
 //! process of its own so that its peak RSS is its own. Topology (Broadway's benchmark):
 //! one producer over an in-memory source, 2 processors, then either no batcher or one
-//! batcher (batch size 100, timeout 1 s, concurrency 2), acknowledging to a counter.
+//! batcher (batch size 100, timeout 1 s, concurrency 2), acknowledging to a counter. The
+//! `keyed` case has no batcher and orders 64 keys (`partition_by`).
 //!
 //! Baselines, no framework:
 //! - `naive`: one message per channel send, round-robin to per-processor bounded channels;
 //! - `chunked`: the same moving vectors of 64 messages, the practical limit of moving
-//!   messages between tasks.
+//!   messages between tasks. Keyed, each chunk is split by key over the processors (a
+//!   key's processor fixed by its hash: order per key, as cheap as it gets).
 //!
 //! `LONGSHORE_BENCH_MESSAGES` sets the message count (default 5,000,000).
 
@@ -30,6 +32,8 @@ const PROCESSORS: usize = 2;
 const BATCH_SIZE: usize = 100;
 const BATCH_CONCURRENCY: usize = 2;
 const CHUNK: usize = 64;
+/// Keys of the `keyed` case.
+const KEYS: u64 = 64;
 /// One message in this many is timed from its receipt to its last stage.
 const SAMPLE_EVERY: u64 = 64;
 
@@ -37,6 +41,7 @@ const SAMPLE_EVERY: u64 = 64;
 enum Shape {
     Batcher,
     NoBatcher,
+    Keyed,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +75,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let shape = match args[i + 1].as_str() {
             "batcher" => Shape::Batcher,
+            "keyed" => Shape::Keyed,
             _ => Shape::NoBatcher,
         };
         let imp = match args[i + 2].as_str() {
@@ -83,7 +89,7 @@ fn main() {
     }
     // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
-    for name in ["batcher", "no-batcher"] {
+    for name in ["batcher", "no-batcher", "keyed"] {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
@@ -205,6 +211,10 @@ async fn longshore_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) 
         Shape::NoBatcher => Pipeline::builder(source, BenchNoBatcher { samples })
             .processors(processors)
             .start(),
+        Shape::Keyed => Pipeline::builder(source, BenchNoBatcher { samples })
+            .processors(processors)
+            .partition_by(|m: &Message<u64>| *m.data() % KEYS)
+            .start(),
     };
     pipeline
         .expect("valid")
@@ -300,7 +310,9 @@ async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u
     drop(batcher_tx);
     tasks.push(tokio::spawn(async move {
         for i in 0..messages {
-            processor_txs[i as usize % PROCESSORS]
+            // Keyed, a key's processor is fixed: (i % KEYS) % PROCESSORS.
+            let to = if shape == Shape::Keyed { i % KEYS } else { i };
+            processor_txs[to as usize % PROCESSORS]
                 .send(produce(i))
                 .await
                 .unwrap();
@@ -364,9 +376,21 @@ async fn chunked_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) ->
         let mut i = 0;
         while i < messages {
             let end = (i + CHUNK as u64).min(messages);
-            let chunk: Vec<Msg> = (i..end).map(produce).collect();
-            processor_txs[next % PROCESSORS].send(chunk).await.unwrap();
-            next += 1;
+            if shape == Shape::Keyed {
+                let mut parts: Vec<Vec<Msg>> = (0..PROCESSORS)
+                    .map(|_| Vec::with_capacity(CHUNK / PROCESSORS + 1))
+                    .collect();
+                for j in i..end {
+                    parts[((j % KEYS) as usize) % PROCESSORS].push(produce(j));
+                }
+                for (to, part) in parts.into_iter().enumerate() {
+                    processor_txs[to].send(part).await.unwrap();
+                }
+            } else {
+                let chunk: Vec<Msg> = (i..end).map(produce).collect();
+                processor_txs[next % PROCESSORS].send(chunk).await.unwrap();
+                next += 1;
+            }
             i = end;
         }
     }));

@@ -23,8 +23,8 @@ fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) partitions: Partitions,
-    /// Fetched, not yet asked for. Bounded: each partition holds at most
-    /// `max_buffered_per_partition` between fetch and acknowledgement.
+    /// Fetched, not yet asked for. Bounded: what may be taken by the poll thread's limit,
+    /// a blocked partition's by its pause (see [`State::queue_record`]).
     pub(crate) queue: VecDeque<Message<KafkaRecord>>,
     pub(crate) next_generation: u64,
     /// Paused partitions that drained below half their limit.
@@ -446,7 +446,6 @@ impl Shared {
     /// ignored.
     pub(crate) fn acknowledge<'a>(&self, records: impl Iterator<Item = &'a KafkaRecord>) {
         let mut state = self.lock();
-        let limit = self.cap(&state);
         let mut resume = Vec::new();
         let now = Instant::now();
         for record in records {
@@ -458,7 +457,11 @@ impl Shared {
             if partition.offsets.committable() != before {
                 partition.progressed_at = now;
             }
-            if partition.paused && partition.handed_out() <= limit / 2 {
+            // Resumed on what paused it, the records it holds (which only an
+            // acknowledgement lowers): once down to half, so that neither a full queue nor
+            // one chunk's acknowledgement makes it flap, refetching librdkafka's prefetch.
+            let held = partition.handed_out() + partition.queued;
+            if partition.paused && held <= self.max_buffered_per_partition / 2 {
                 partition.paused = false;
                 resume.push((record.topic_arc().clone(), record.partition()));
             }
@@ -603,6 +606,39 @@ mod tests {
             "the revoke waited {took:?}, for its dropped records"
         );
         assert_eq!(shared.take(10).len(), 1, "partition 1's second record");
+    }
+
+    #[test]
+    fn a_blocked_partition_is_paused_once_it_holds_its_buffer_and_resumed_at_half() {
+        let shared = Shared::new(8);
+        // Two assigned: each may have 2 handed out.
+        shared.set_max_in_flight(4);
+        shared.assign(&list(&[0, 1]), None);
+        let paused = |shared: &Shared| {
+            shared
+                .lock()
+                .partitions
+                .get(&(Arc::from(TOPIC), 0))
+                .unwrap()
+                .paused
+        };
+        (0..2).for_each(|offset| receive(&shared, 0, offset));
+        let first = shared.take(10);
+        assert_eq!(first.len(), 2);
+        // Blocked: what it queues now cannot be taken. Paused once it holds 8.
+        (2..7).for_each(|offset| receive(&shared, 0, offset));
+        assert!(!paused(&shared), "holds 7");
+        receive(&shared, 0, 7);
+        assert!(paused(&shared), "holds 8");
+        // One chunk acknowledged, its queue still full: no resume (it would refetch and be
+        // paused again at once).
+        shared.acknowledge(first.iter().map(Message::data));
+        assert!(paused(&shared), "holds 6");
+        let second = shared.take(10);
+        assert_eq!(second.len(), 2);
+        shared.acknowledge(second.iter().map(Message::data));
+        assert!(!paused(&shared), "holds 4, half its buffer");
+        assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
     }
 
     #[test]
