@@ -61,6 +61,20 @@ impl<T> Input<T> {
             queue.finish(keys);
         }
     }
+
+    /// At shutdown, `keys` had a message released: their later messages go back too.
+    fn release_keys(&self, keys: Vec<u64>) {
+        if let Input::Keyed(queue) = self {
+            queue.release_keys(keys);
+        }
+    }
+
+    /// At the deadline: everything still to come goes back unfinished.
+    fn abandon(&self) {
+        if let Input::Keyed(queue) = self {
+            queue.abandon();
+        }
+    }
 }
 
 pub(crate) struct Processor<H: Handler, A> {
@@ -172,9 +186,7 @@ where
                     let (released, keys) = retries.take_all();
                     // The keys stay held: their later messages are released too, so that
                     // none is finished ahead of the released one.
-                    if let Input::Keyed(queue) = &self.input {
-                        queue.release_keys(keys);
-                    }
+                    self.input.release_keys(keys);
                     holding.release(released.len());
                     self.ctx.release(released).await;
                     continue;
@@ -230,9 +242,7 @@ where
         mut unfinished: Vec<Message<H::Item>>,
     ) {
         unfinished.extend(retries.take_all().0);
-        if let Input::Keyed(queue) = &self.input {
-            queue.abandon();
-        }
+        self.input.abandon();
         loop {
             holding.release(unfinished.len());
             self.ctx.release(unfinished).await;
