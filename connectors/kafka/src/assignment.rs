@@ -2,7 +2,7 @@
 //! records fetched but not yet handed to the pipeline. Shared by the poll thread, the
 //! rebalance callbacks and the acknowledger.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,8 +12,9 @@ use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use crate::partitions::{Partition, Partitions, Slot, TopicPartition};
+use crate::partitions::{Partition, Partitions, TopicPartition};
 use crate::record::KafkaRecord;
+use crate::slot::Slot;
 
 /// The key of one element of a partition list.
 fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
@@ -22,10 +23,10 @@ fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
 
 #[derive(Debug)]
 pub(crate) struct State {
+    /// With the records fetched and not yet asked for, queued in each partition. Bounded:
+    /// what may be taken by the poll thread's limit, a blocked partition's by its pause
+    /// (see [`State::queue_record`]).
     pub(crate) partitions: Partitions,
-    /// Fetched, not yet asked for. Bounded: what may be taken by the poll thread's limit,
-    /// a blocked partition's by its pause (see [`State::queue_record`]).
-    pub(crate) queue: VecDeque<Message<KafkaRecord>>,
     pub(crate) next_generation: u64,
     /// Paused partitions that drained below half their limit.
     pub(crate) to_resume: Vec<TopicPartition>,
@@ -48,7 +49,6 @@ impl Default for State {
     fn default() -> Self {
         State {
             partitions: Partitions::default(),
-            queue: VecDeque::new(),
             next_generation: 0,
             to_resume: Vec::new(),
             unconfirmed: HashMap::new(),
@@ -95,24 +95,21 @@ impl State {
             let partition = self.partitions.at(record.slot).expect("just restarted");
             assert!(partition.offsets.received(record.offset(), record.timestamp_ms()));
         }
-        let partition = self.partitions.at(record.slot).expect("assigned");
-        partition.queued += 1;
+        let full = (record.topic_arc().clone(), record.partition());
+        let partition = self.partitions.enqueue(Message::new(record));
         // Paused only when stalled: pausing drops librdkafka's prefetch, too dear for the
         // ordinary ebb and flow of demand. Records that can be taken are bounded by the
         // queue's own limit; a blocked partition's are not counted there, and would pile
         // up without bound behind a record that never finishes.
         let out = partition.handed_out();
-        let pause = !partition.paused && out >= cap && out + partition.queued >= max_buffered;
+        let pause = !partition.paused && out >= cap && out + partition.queued() >= max_buffered;
         partition.paused |= pause;
-        let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
-        self.queue.push_back(Message::new(record));
-        full
+        pause.then_some(full)
     }
 
     /// Drops every queued record (they stay unacknowledged: never committed, read again).
     pub(crate) fn clear_queue(&mut self) {
-        self.queue.clear();
-        self.partitions.values_mut().for_each(Partition::drop_queued);
+        self.partitions.drop_all_queued();
     }
 
     /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
@@ -120,14 +117,7 @@ impl State {
     /// partitions' records in flight leaves the partitions in place meanwhile, and what
     /// may be taken is counted from the queue.
     fn drop_queued(&mut self, partitions: &[TopicPartition]) {
-        let mut slots = Vec::new();
-        for tp in partitions {
-            if let Some(slot) = self.partitions.slot(tp) {
-                slots.push(slot);
-                self.partitions.at(slot).expect("just found").drop_queued();
-            }
-        }
-        self.queue.retain(|m| !slots.contains(&m.data().slot));
+        partitions.iter().for_each(|tp| self.partitions.drop_queued(tp));
     }
 
     /// Starts the tracking of `record`'s partition again, under a new generation; returns
@@ -142,8 +132,6 @@ impl State {
             committable = ?old.offsets.committable(),
             "offset went back (an offset reset or a truncated log); tracking the partition from there"
         );
-        let stale = record.slot;
-        self.queue.retain(|m| m.data().slot != stale);
         if old.paused {
             self.to_resume.push(key.clone());
         }
@@ -282,33 +270,12 @@ impl Shared {
     /// already has its [`cap`](Shared::cap) handed out: a partition stalled behind a
     /// retry cannot take the whole pipeline's demand.
     pub(crate) fn take(&self, demand: usize) -> Vec<Message<KafkaRecord>> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let limit = self.cap(state);
-        let mut taken = Vec::with_capacity(demand.min(state.queue.len()));
-        let mut kept = VecDeque::new();
-        while taken.len() < demand {
-            let Some(message) = state.queue.pop_front() else {
-                break;
-            };
-            match state.partitions.at(message.data().slot) {
-                Some(partition) if partition.handed_out() >= limit => {
-                    kept.push_back(message);
-                }
-                Some(partition) => {
-                    partition.queued -= 1;
-                    taken.push(message);
-                }
-                None => {}
-            }
-        }
-        // Skipped records go back in front, in their order.
-        while let Some(message) = kept.pop_back() {
-            state.queue.push_front(message);
-        }
+        let mut state = self.lock();
+        let limit = self.cap(&state);
+        let taken = state.partitions.take(demand, limit);
         if !taken.is_empty() {
             self.room.notify_one();
-            if !state.queue.is_empty() {
+            if state.partitions.any_queued() {
                 self.ready.notify_one();
             }
         }
@@ -333,13 +300,12 @@ impl Shared {
     /// otherwise fill the queue and starve every other partition.
     pub(crate) fn takeable(&self, state: &State) -> usize {
         let limit = self.cap(state);
-        let blocked: usize = state
+        state
             .partitions
             .values()
-            .filter(|p| p.handed_out() >= limit)
-            .map(|p| p.queued)
-            .sum();
-        state.queue.len() - blocked
+            .filter(|p| p.handed_out() < limit)
+            .map(Partition::queued)
+            .sum()
     }
 
     /// Remembers revoke commits the broker refused.
@@ -460,7 +426,7 @@ impl Shared {
             // Resumed on what paused it, the records it holds (which only an
             // acknowledgement lowers): once down to half, so that neither a full queue nor
             // one chunk's acknowledgement makes it flap, refetching librdkafka's prefetch.
-            let held = partition.handed_out() + partition.queued;
+            let held = partition.handed_out() + partition.queued();
             if partition.paused && held <= self.max_buffered_per_partition / 2 {
                 partition.paused = false;
                 resume.push((record.topic_arc().clone(), record.partition()));
@@ -477,7 +443,7 @@ impl Shared {
     /// takeable when its own records are acknowledged, and also when its cap grows
     /// because other partitions finished or went away.
     fn wake_if_takeable(&self, state: &State) {
-        if !state.queue.is_empty() && self.takeable(state) > 0 {
+        if state.partitions.any_queued() && self.takeable(state) > 0 {
             self.ready.notify_one();
         }
     }
@@ -591,7 +557,7 @@ mod tests {
                 (commits, started.elapsed())
             }
         });
-        while shared.lock().queue.len() == 3 {
+        while shared.lock().partitions.values().map(Partition::queued).sum::<usize>() == 3 {
             std::thread::yield_now();
         }
         // Meanwhile partition 1 is acknowledged: what may be taken is counted without the
@@ -807,6 +773,7 @@ mod tests {
                     }
                     _ => {}
                 }
+                shared.lock().partitions.check_ready();
                 // A woken receive takes again (and may wait again).
                 while let Some(wait) = waiting.as_mut() {
                     let woken = wait.as_mut().enable();
@@ -831,7 +798,7 @@ mod tests {
                     Err(_) => break,
                 }
             }
-            prop_assert_eq!(shared.lock().queue.len(), 0);
+            prop_assert!(!shared.lock().partitions.any_queued());
             drop(waiting);
         }
 
@@ -901,6 +868,7 @@ mod tests {
                     }
                     Op::Reset(..) => {}
                 }
+                shared.lock().partitions.check_ready();
                 let commits = shared.commits(false);
                 check(&mut group, &commits, &received, &acked);
                 // The broker confirms them, as its commit callback would.

@@ -38,6 +38,7 @@ mod offsets;
 mod partitions;
 mod poller;
 mod record;
+mod slot;
 mod source;
 mod status;
 

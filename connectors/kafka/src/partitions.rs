@@ -1,44 +1,27 @@
 //! The assigned partitions, found by name (the rebalance callbacks, rarely) or by the
 //! slot a record carries (every record, three times: queued, taken, acknowledged), so that
-//! the per-record path indexes a vector instead of hashing a topic name.
+//! the per-record path indexes a vector instead of hashing a topic name. Each keeps its
+//! own queue of fetched records, and the partitions with records queued take turns, so a
+//! take never moves the records of a partition that may not hand out more.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use longshore::Message;
+
 use crate::offsets::PartitionOffsets;
+use crate::record::KafkaRecord;
+use crate::slot::Slot;
 
 pub(crate) type TopicPartition = (Arc<str>, i32);
-
-/// Where a record's partition is kept, and which assignment of it delivered the record.
-/// A slot is reused after a revoke, but a generation never is: a record of a revoked
-/// assignment finds nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Slot {
-    index: u32,
-    generation: u64,
-}
-
-impl Slot {
-    /// Where the partition is kept: assigned partitions have dense indexes, reused after a
-    /// revoke, so the index spreads them evenly over processors.
-    pub(crate) fn index(self) -> u32 {
-        self.index
-    }
-
-    /// The slot of no partition, for records built by hand.
-    pub(crate) const NONE: Slot = Slot {
-        index: u32::MAX,
-        generation: u64::MAX,
-    };
-}
 
 /// One assigned partition.
 #[derive(Debug)]
 pub(crate) struct Partition {
     pub(crate) generation: u64,
     pub(crate) offsets: PartitionOffsets,
-    /// Of the received, how many still wait in the queue (not handed to the pipeline).
-    pub(crate) queued: usize,
+    /// Of the received, those not yet handed to the pipeline, in offset order.
+    queue: VecDeque<Message<KafkaRecord>>,
     /// Of the received, how many were dropped from the queue unhanded (a revoke, a
     /// shutdown): never acknowledged, read again by whoever owns the partition next.
     pub(crate) dropped: usize,
@@ -60,7 +43,7 @@ impl Partition {
         Partition {
             generation,
             offsets: PartitionOffsets::default(),
-            queued: 0,
+            queue: VecDeque::new(),
             dropped: 0,
             paused: false,
             committed: None,
@@ -71,12 +54,18 @@ impl Partition {
 
     /// Received records handed to the pipeline and not yet acknowledged.
     pub(crate) fn handed_out(&self) -> usize {
-        self.offsets.in_flight() - self.queued - self.dropped
+        self.offsets.in_flight() - self.queue.len() - self.dropped
     }
 
-    /// Its queued records were dropped from the queue, unhanded.
-    pub(crate) fn drop_queued(&mut self) {
-        self.dropped += std::mem::take(&mut self.queued);
+    /// Received records not yet handed to the pipeline.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Drops its queued records, unhanded.
+    fn drop_queued(&mut self) {
+        self.dropped += self.queue.len();
+        self.queue.clear();
     }
 }
 
@@ -85,6 +74,8 @@ pub(crate) struct Partitions {
     slots: Vec<Option<Partition>>,
     by_key: HashMap<TopicPartition, u32>,
     free: Vec<u32>,
+    /// The slots whose partition has records queued, each once, in turn.
+    ready: VecDeque<u32>,
 }
 
 impl Partitions {
@@ -102,14 +93,81 @@ impl Partitions {
                 index
             }
         };
-        self.slots[index as usize] = Some(partition);
+        if self.slots[index as usize].replace(partition).is_some() {
+            self.ready.retain(|&ready| ready != index);
+        }
         Slot { index, generation }
     }
 
     pub(crate) fn remove(&mut self, key: &TopicPartition) -> Option<Partition> {
         let index = self.by_key.remove(key)?;
         self.free.push(index);
+        self.ready.retain(|&ready| ready != index);
         self.slots[index as usize].take()
+    }
+
+    /// Queues `message` behind the records of its partition, which must be assigned;
+    /// returns the partition.
+    pub(crate) fn enqueue(&mut self, message: Message<KafkaRecord>) -> &mut Partition {
+        let index = message.data().slot.index;
+        let partition = self.slots[index as usize]
+            .as_mut()
+            .filter(|p| p.generation == message.data().slot.generation)
+            .expect("an assigned partition's record");
+        if partition.queue.is_empty() {
+            self.ready.push_back(index);
+        }
+        partition.queue.push_back(message);
+        partition
+    }
+
+    /// Takes up to `demand` queued records, each partition's in order, from partitions in
+    /// turn, none beyond `limit` handed out. A partition at its limit keeps its records
+    /// where they are, and its turn.
+    pub(crate) fn take(&mut self, demand: usize, limit: usize) -> Vec<Message<KafkaRecord>> {
+        let mut taken = Vec::new();
+        for _ in 0..self.ready.len() {
+            let wanted = demand - taken.len();
+            if wanted == 0 {
+                break;
+            }
+            let index = self.ready.pop_front().expect("counted");
+            let partition = self.slots[index as usize]
+                .as_mut()
+                .expect("a partition with records queued is assigned");
+            let n = limit
+                .saturating_sub(partition.handed_out())
+                .min(wanted)
+                .min(partition.queue.len());
+            taken.extend(partition.queue.drain(..n));
+            if !partition.queue.is_empty() {
+                self.ready.push_back(index);
+            }
+        }
+        taken
+    }
+
+    /// Whether some partition has records queued.
+    pub(crate) fn any_queued(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Drops the queued records of `key` (never handed out, so never acknowledged:
+    /// read again), counting them as dropped.
+    pub(crate) fn drop_queued(&mut self, key: &TopicPartition) {
+        let Some(&index) = self.by_key.get(key) else {
+            return;
+        };
+        if let Some(partition) = self.slots[index as usize].as_mut() {
+            partition.drop_queued();
+            self.ready.retain(|&ready| ready != index);
+        }
+    }
+
+    /// Drops every partition's queued records (see [`Partitions::drop_queued`]).
+    pub(crate) fn drop_all_queued(&mut self) {
+        self.slots.iter_mut().flatten().for_each(Partition::drop_queued);
+        self.ready.clear();
     }
 
     pub(crate) fn get(&self, key: &TopicPartition) -> Option<&Partition> {
@@ -147,13 +205,20 @@ impl Partitions {
         self.slots.iter().flatten()
     }
 
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Partition> {
-        self.slots.iter_mut().flatten()
-    }
-
     /// How many partitions are assigned.
     pub(crate) fn len(&self) -> usize {
         self.by_key.len()
+    }
+
+    /// Checks that the partitions in turn are those with records queued, each once.
+    #[cfg(test)]
+    pub(crate) fn check_ready(&self) {
+        let mut ready: Vec<u32> = self.ready.iter().copied().collect();
+        ready.sort_unstable();
+        let queued: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&i| self.slots[i as usize].as_ref().is_some_and(|p| !p.queue.is_empty()))
+            .collect();
+        assert_eq!(ready, queued);
     }
 }
 

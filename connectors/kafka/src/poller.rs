@@ -19,7 +19,8 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use crate::assignment::Shared;
 use crate::client_errors::ClientErrors;
 use crate::lag::KafkaLag;
-use crate::partitions::{Slot, TopicPartition};
+use crate::partitions::TopicPartition;
+use crate::slot::Slot;
 use crate::record::{Blocks, KafkaRecord};
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message as _};
 
-use crate::partitions::Slot;
+use crate::slot::Slot;
 
 /// A record header: its name, and its value (`None` when null, which Kafka tells apart
 /// from empty).

@@ -52,7 +52,7 @@ impl KafkaStatus {
                 topic: topic.to_string(),
                 partition: *partition,
                 paused: p.paused || state.paused_all,
-                queued: p.queued,
+                queued: p.queued(),
                 in_flight: p.handed_out(),
             })
             .collect();
