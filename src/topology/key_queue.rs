@@ -34,20 +34,48 @@ pub(crate) struct KeyQueue<T> {
     max_chunk: usize,
 }
 
+/// The queue's maps are keyed by order keys, already hashes: a fast hasher is enough.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct State<T> {
-    /// Messages not yet taken, per key, in order.
-    waiting: HashMap<u64, VecDeque<Message<T>>>,
+    /// Keys with messages waiting or held by a processor.
+    keys: Map<u64, Key<T>>,
+    /// Messages waiting, of every key.
+    waiting: usize,
     /// Keys with messages waiting that no processor holds, in the order they became free.
     free: VecDeque<u64>,
-    /// Keys a processor holds.
-    held: HashSet<u64>,
     /// Keys whose messages go back unfinished from now on (see [`KeyQueue::release_keys`]).
-    released: HashSet<u64>,
+    released: HashSet<u64, foldhash::fast::RandomState>,
     to_release: Vec<Message<T>>,
+    /// Emptied queues of keys gone, reused: keys come and go with every chunk.
+    spare: Vec<VecDeque<Message<T>>>,
     /// Everything is handed back: set at the shutdown deadline.
     abandoned: bool,
     /// Producers still pushing.
     senders: usize,
+}
+
+struct Key<T> {
+    /// Not yet taken, in order.
+    waiting: VecDeque<Message<T>>,
+    /// A processor holds the key.
+    held: bool,
+}
+
+/// Spare queues kept at most, and the largest capacity one may keep: enough for the keys
+/// of a few chunks, never the memory of a burst.
+const SPARE: usize = 256;
+const SPARE_CAPACITY: usize = 64;
+
+impl<T> State<T> {
+    /// Forgets a key that is neither held nor waiting, keeping its queue for another.
+    fn forget(&mut self, key: u64) {
+        if let Some(Key { waiting, .. }) = self.keys.remove(&key) {
+            if self.spare.len() < SPARE && waiting.capacity() <= SPARE_CAPACITY {
+                self.spare.push(waiting);
+            }
+        }
+    }
 }
 
 impl<T> KeyQueue<T> {
@@ -56,11 +84,12 @@ impl<T> KeyQueue<T> {
     pub(crate) fn new(max_chunk: usize) -> (KeySender<T>, Arc<Self>) {
         let queue = Arc::new(KeyQueue {
             state: Mutex::new(State {
-                waiting: HashMap::new(),
+                keys: Map::default(),
+                waiting: 0,
                 free: VecDeque::new(),
-                held: HashSet::new(),
-                released: HashSet::new(),
+                released: HashSet::default(),
                 to_release: Vec::new(),
+                spare: Vec::new(),
                 abandoned: false,
                 senders: 1,
             }),
@@ -87,12 +116,17 @@ impl<T> KeyQueue<T> {
                 wake = true;
                 continue;
             }
-            let queue = state.waiting.entry(key).or_default();
-            if queue.is_empty() && !state.held.contains(&key) {
+            let spare = &mut state.spare;
+            let entry = state.keys.entry(key).or_insert_with(|| Key {
+                waiting: spare.pop().unwrap_or_default(),
+                held: false,
+            });
+            if entry.waiting.is_empty() && !entry.held {
                 state.free.push_back(key);
                 wake = true;
             }
-            queue.push_back(message);
+            entry.waiting.push_back(message);
+            state.waiting += 1;
         }
         if wake {
             self.ready.notify_one();
@@ -108,7 +142,7 @@ impl<T> KeyQueue<T> {
             {
                 let mut state = self.lock();
                 if let Some(work) = self.take(&mut state, one_key) {
-                    if state.senders == 0 && state.waiting.is_empty() {
+                    if state.senders == 0 && state.waiting == 0 {
                         // The last of it: every other processor waiting must see the end.
                         self.ready.notify_waiters();
                     } else if !state.free.is_empty() || !state.to_release.is_empty() {
@@ -117,7 +151,7 @@ impl<T> KeyQueue<T> {
                     }
                     return Some(work);
                 }
-                if state.senders == 0 && state.waiting.is_empty() {
+                if state.senders == 0 && state.waiting == 0 {
                     return None;
                 }
             }
@@ -130,7 +164,12 @@ impl<T> KeyQueue<T> {
             return Some(Work::Release(std::mem::take(&mut state.to_release)));
         }
         if state.abandoned {
-            let all: Vec<_> = state.waiting.drain().flat_map(|(_, queue)| queue).collect();
+            let all: Vec<_> = state
+                .keys
+                .values_mut()
+                .flat_map(|key| key.waiting.drain(..))
+                .collect();
+            state.waiting = 0;
             state.free.clear();
             return (!all.is_empty()).then_some(Work::Release(all));
         }
@@ -139,17 +178,12 @@ impl<T> KeyQueue<T> {
             let Some(&key) = state.free.front() else {
                 break;
             };
-            let queue = state
-                .waiting
-                .get_mut(&key)
-                .expect("a free key has messages waiting");
-            let n = queue.len().min(self.max_chunk - chunk.len());
-            chunk.extend(queue.drain(..n));
-            if queue.is_empty() {
-                state.waiting.remove(&key);
-            }
+            let entry = state.keys.get_mut(&key).expect("a free key has messages waiting");
+            let n = entry.waiting.len().min(self.max_chunk - chunk.len());
+            chunk.extend(entry.waiting.drain(..n));
+            entry.held = true;
+            state.waiting -= n;
             state.free.pop_front();
-            state.held.insert(key);
             if one_key {
                 break;
             }
@@ -163,7 +197,13 @@ impl<T> KeyQueue<T> {
         let mut state = self.lock();
         let mut wake = false;
         for key in keys {
-            if state.held.remove(&key) && state.waiting.contains_key(&key) {
+            let Some(entry) = state.keys.get_mut(&key).filter(|entry| entry.held) else {
+                continue;
+            };
+            entry.held = false;
+            if entry.waiting.is_empty() {
+                state.forget(key);
+            } else {
                 state.free.push_back(key);
                 wake = true;
             }
@@ -181,8 +221,12 @@ impl<T> KeyQueue<T> {
         let state = &mut *state;
         for key in keys {
             state.released.insert(key);
-            if let Some(queue) = state.waiting.remove(&key) {
-                state.to_release.extend(queue);
+            if let Some(entry) = state.keys.get_mut(&key) {
+                state.waiting -= entry.waiting.len();
+                state.to_release.extend(entry.waiting.drain(..));
+                if !entry.held {
+                    state.forget(key);
+                }
             }
         }
         state.free.retain(|key| !state.released.contains(key));
@@ -231,6 +275,11 @@ impl<T> Drop for KeySender<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use futures_util::FutureExt;
+    use proptest::prelude::*;
+
     use super::*;
 
     fn keyed(key: u64, n: u64) -> Message<(u64, u64)> {
@@ -316,5 +365,97 @@ mod tests {
         assert!(matches!(queue.next(false).await, Some(Work::Release(m)) if m.len() == 1));
         drop(sender);
         assert!(queue.next(false).await.is_none());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A producer pushes one message of each of these keys.
+        Push(Vec<u64>),
+        /// An idle processor asks for work (of one key only, or not).
+        Take(usize, bool),
+        /// A processor is done with the keys it holds.
+        Finish(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            proptest::collection::vec(0..6u64, 1..8).prop_map(Op::Push),
+            (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::Take(p, one)),
+            (0..3usize).prop_map(Op::Finish),
+        ]
+    }
+
+    proptest! {
+        /// Random pushes, takes and finishes by three processors: a key is held by one
+        /// processor at a time, its messages come out in the order pushed, each once; a
+        /// processor asking for work gets it whenever a key with messages waiting is free;
+        /// and once the producer is gone, everything is taken and the queue ends.
+        #[test]
+        fn keys_are_held_by_one_processor_at_a_time_and_keep_their_order(
+            max_chunk in 1..6usize,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let (sender, queue) = KeyQueue::new(max_chunk);
+            let mut pushed: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut holding: Vec<Vec<u64>> = vec![Vec::new(); 3];
+            let check = |chunk: Vec<Message<(u64, u64)>>, holder: usize, holding: &mut Vec<Vec<u64>>, taken: &mut BTreeMap<u64, u64>| {
+                assert!(chunk.len() <= max_chunk);
+                for (key, n) in chunk.into_iter().map(Message::into_data) {
+                    let next = taken.entry(key).or_default();
+                    assert_eq!(n, *next, "key {key} out of order");
+                    *next += 1;
+                    assert!(holding.iter().enumerate().all(|(p, keys)| p == holder || !keys.contains(&key)), "key {key} held twice");
+                    if !holding[holder].contains(&key) {
+                        holding[holder].push(key);
+                    }
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Push(keys) => sender.push(keys.into_iter().map(|key| {
+                        let n = pushed.entry(key).or_default();
+                        *n += 1;
+                        keyed(key, *n - 1)
+                    }).collect()),
+                    Op::Take(p, one_key) if holding[p].is_empty() => {
+                        match queue.next(one_key).now_or_never() {
+                            Some(Some(Work::Handle(chunk))) => {
+                                if one_key {
+                                    let first = chunk[0].data().0;
+                                    assert!(chunk.iter().all(|m| m.data().0 == first));
+                                }
+                                check(chunk, p, &mut holding, &mut taken);
+                            }
+                            Some(other) => panic!("unexpected {other:?}"),
+                            None => {
+                                let free = pushed.iter().any(|(key, n)| {
+                                    taken.get(key).copied().unwrap_or(0) < *n
+                                        && holding.iter().all(|keys| !keys.contains(key))
+                                });
+                                prop_assert!(!free, "a free key waits, the processor got nothing");
+                            }
+                        }
+                    }
+                    Op::Finish(p) => queue.finish(std::mem::take(&mut holding[p])),
+                    Op::Take(..) => {}
+                }
+            }
+            drop(sender);
+            for keys in &mut holding {
+                queue.finish(std::mem::take(keys));
+            }
+            loop {
+                match queue.next(false).now_or_never() {
+                    Some(Some(Work::Handle(chunk))) => {
+                        check(chunk, 0, &mut holding, &mut taken);
+                        queue.finish(std::mem::take(&mut holding[0]));
+                    }
+                    Some(None) => break,
+                    other => panic!("the queue must end, got {other:?}"),
+                }
+            }
+            prop_assert_eq!(taken, pushed);
+        }
     }
 }

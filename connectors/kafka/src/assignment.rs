@@ -557,7 +557,14 @@ mod tests {
                 (commits, started.elapsed())
             }
         });
-        while shared.lock().partitions.values().map(Partition::queued).sum::<usize>() == 3 {
+        while shared
+            .lock()
+            .partitions
+            .values()
+            .map(Partition::queued)
+            .sum::<usize>()
+            == 3
+        {
             std::thread::yield_now();
         }
         // Meanwhile partition 1 is acknowledged: what may be taken is counted without the

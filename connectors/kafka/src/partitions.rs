@@ -216,7 +216,11 @@ impl Partitions {
         let mut ready: Vec<u32> = self.ready.iter().copied().collect();
         ready.sort_unstable();
         let queued: Vec<u32> = (0..self.slots.len() as u32)
-            .filter(|&i| self.slots[i as usize].as_ref().is_some_and(|p| !p.queue.is_empty()))
+            .filter(|&i| {
+                self.slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|p| !p.queue.is_empty())
+            })
             .collect();
         assert_eq!(ready, queued);
     }

@@ -20,8 +20,8 @@ use crate::assignment::Shared;
 use crate::client_errors::ClientErrors;
 use crate::lag::KafkaLag;
 use crate::partitions::TopicPartition;
-use crate::slot::Slot;
 use crate::record::{Blocks, KafkaRecord};
+use crate::slot::Slot;
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
