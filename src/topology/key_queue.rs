@@ -173,7 +173,7 @@ impl<T> KeyQueue<T> {
             state.free.clear();
             return (!all.is_empty()).then_some(Work::Release(all));
         }
-        let mut chunk = Vec::new();
+        let mut chunk = Vec::with_capacity(self.max_chunk.min(state.waiting));
         while chunk.len() < self.max_chunk {
             let Some(&key) = state.free.front() else {
                 break;
