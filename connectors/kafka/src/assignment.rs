@@ -107,10 +107,6 @@ impl State {
         pause.then_some(full)
     }
 
-    /// Drops every queued record (they stay unacknowledged: never committed, read again).
-    pub(crate) fn clear_queue(&mut self) {
-        self.partitions.drop_all_queued();
-    }
 
     /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
     /// owns them next). Counted as dropped, not queued: a revoke waiting for its
@@ -308,6 +304,15 @@ impl Shared {
             .sum()
     }
 
+    /// The source stops fetching: every queued record is dropped (unacknowledged: never
+    /// committed, read again), and a poll thread waiting for room sees the stop at once.
+    pub(crate) fn stop(&self) {
+        let mut state = self.lock();
+        state.stopped = true;
+        state.partitions.drop_all_queued();
+        self.room.notify_all();
+    }
+
     /// Remembers revoke commits the broker refused.
     pub(crate) fn unconfirmed(&self, commits: &TopicPartitionList) {
         let mut state = self.lock();
@@ -323,10 +328,15 @@ impl Shared {
         let mut state = self.lock();
         for element in commits.elements() {
             let key = key_of(&element);
+            // Only up to what this tracking can commit: a commit made before an offset
+            // reset, confirmed after it, says nothing of the new tracking's records, and
+            // taken for its own it would hold back the new tracking's commits.
             if let (Some(partition), Offset::Offset(offset)) =
                 (state.partitions.get_mut(&key), element.offset())
             {
-                partition.committed = partition.committed.max(Some(offset));
+                if partition.offsets.committable().is_some_and(|done| offset <= done) {
+                    partition.committed = partition.committed.max(Some(offset));
+                }
             }
         }
     }
@@ -612,6 +622,24 @@ mod tests {
         shared.acknowledge(second.iter().map(Message::data));
         assert!(!paused(&shared), "holds 4, half its buffer");
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
+    }
+
+    #[test]
+    fn a_commit_confirmed_after_an_offset_reset_never_holds_back_the_new_tracking() {
+        let shared = Shared::new(100);
+        shared.assign(&list(&[0]), None);
+        (0..5).for_each(|offset| receive(&shared, 0, offset));
+        let taken = shared.take(5);
+        shared.acknowledge(taken.iter().map(Message::data));
+        let in_flight = shared.commits(false);
+        assert_eq!(offsets(&in_flight), BTreeMap::from([(0, 5)]));
+        // The offset goes back to 0 while that commit is in flight; then it is confirmed.
+        receive(&shared, 0, 0);
+        shared.confirmed(&in_flight);
+        (1..3).for_each(|offset| receive(&shared, 0, offset));
+        let again = shared.take(3);
+        shared.acknowledge(again.iter().map(Message::data));
+        assert_eq!(offsets(&shared.commits(false)), BTreeMap::from([(0, 3)]));
     }
 
     #[test]

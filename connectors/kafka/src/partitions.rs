@@ -123,7 +123,7 @@ impl Partitions {
 
     /// Takes up to `demand` queued records, each partition's in order, from partitions in
     /// turn, none beyond `limit` handed out. A partition at its limit keeps its records
-    /// where they are, and its turn.
+    /// where they are, and goes to the back of the turns like any other.
     pub(crate) fn take(&mut self, demand: usize, limit: usize) -> Vec<Message<KafkaRecord>> {
         let mut taken = Vec::new();
         for _ in 0..self.ready.len() {

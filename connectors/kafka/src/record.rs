@@ -169,6 +169,12 @@ impl KafkaRecord {
         self.timestamp_ms
     }
 
+    /// This record as if read from `partition` of the same topic, sharing its name.
+    #[cfg(test)]
+    pub(crate) fn with_partition(self, partition: i32) -> Self {
+        KafkaRecord { partition, ..self }
+    }
+
     pub(crate) fn topic_arc(&self) -> &Arc<str> {
         &self.topic
     }

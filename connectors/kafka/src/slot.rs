@@ -10,12 +10,6 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Where the partition is kept: assigned partitions have dense indexes, reused after a
-    /// revoke, so the index spreads them evenly over processors.
-    pub(crate) fn index(self) -> u32 {
-        self.index
-    }
-
     /// The slot of no partition, for records built by hand.
     pub(crate) const NONE: Slot = Slot {
         index: u32::MAX,

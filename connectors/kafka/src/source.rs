@@ -128,18 +128,7 @@ impl Source for KafkaSource {
     }
 
     fn partition_by(&self) -> Option<PartitionBy<KafkaRecord>> {
-        match self.ordering {
-            // The partition's slot: one key per assigned partition, cheap to read.
-            Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| {
-                u64::from(m.data().slot.index())
-            })),
-            Ordering::Key => Some(Arc::new(|m: &Message<KafkaRecord>| {
-                let mut hasher = DefaultHasher::new();
-                (partition_hash(m.data()), m.data().key()).hash(&mut hasher);
-                hasher.finish()
-            })),
-            Ordering::Unordered => None,
-        }
+        order_key(self.ordering)
     }
 
     fn is_ready(&self) -> bool {
@@ -173,10 +162,8 @@ impl Source for KafkaSource {
     }
 
     async fn shutdown(&self) {
-        let mut state = self.shared.lock();
-        state.stopped = true;
         // Never handed out: not acknowledged, so not committed, so read again later.
-        state.clear_queue();
+        self.shared.stop();
     }
 }
 
@@ -189,6 +176,22 @@ fn polled_recently(silent: std::time::Duration, wedged_after: std::time::Duratio
         .into());
     }
     Ok(())
+}
+
+/// The order key of `ordering`. Of the partition itself, never of its slot: a slot goes to
+/// another partition after a revoke, and a partition lost with records in flight comes
+/// back in another slot, so keying by slot would let its records read again run beside
+/// the old ones still in flight.
+fn order_key(ordering: Ordering) -> Option<PartitionBy<KafkaRecord>> {
+    match ordering {
+        Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| partition_hash(m.data()))),
+        Ordering::Key => Some(Arc::new(|m: &Message<KafkaRecord>| {
+            let mut hasher = DefaultHasher::new();
+            (partition_hash(m.data()), m.data().key()).hash(&mut hasher);
+            hasher.finish()
+        })),
+        Ordering::Unordered => None,
+    }
 }
 
 /// A hash of the record's topic and partition, cheap enough for every record: the poll
@@ -278,6 +281,7 @@ mod tests {
     use std::time::Duration;
 
     use rdkafka::mocking::MockCluster;
+    use rdkafka::TopicPartitionList;
 
     use super::*;
 
@@ -301,5 +305,35 @@ mod tests {
             "the kafka poll thread has not polled for 3s, past max.poll.interval.ms (2s): the group has expelled the consumer"
         );
         assert!(polled_recently(Duration::from_secs(1), source.wedged_after).is_ok());
+    }
+
+    #[test]
+    fn a_partition_keeps_its_order_key_when_it_comes_back_in_another_slot() {
+        let shared = Shared::new(100);
+        let list = |partitions: &[i32]| {
+            let mut tpl = TopicPartitionList::new();
+            partitions.iter().for_each(|&p| {
+                tpl.add_partition("t", p);
+            });
+            tpl
+        };
+        let topic = KafkaRecord::new("t", 0, 0);
+        let record = |partition: i32| {
+            // One shared topic name, as the poll thread gives every record of a topic.
+            let mut record = topic.clone().with_partition(partition);
+            record.slot = shared.lock().partitions.slot(&(topic.topic_arc().clone(), partition)).unwrap();
+            Message::new(record)
+        };
+        let key = order_key(Ordering::Partition).unwrap();
+        shared.assign(&list(&[0, 1]), None);
+        let (before, other) = (record(0), record(1));
+        // Lost with records in flight, and back: partition 0 now sits in partition 1's
+        // old slot, while its earlier records may still be held.
+        shared.lose(&list(&[0, 1]));
+        shared.assign(&list(&[0, 1]), None);
+        let after = record(0);
+        assert_ne!(after.data().slot.index, before.data().slot.index);
+        assert_eq!(key(&after), key(&before));
+        assert_ne!(key(&after), key(&other));
     }
 }
