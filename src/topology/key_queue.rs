@@ -276,6 +276,10 @@ impl<T> Drop for KeySender<T> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::task::Poll;
 
     use futures_util::FutureExt;
     use proptest::prelude::*;
@@ -367,6 +371,15 @@ mod tests {
         assert!(queue.next(false).await.is_none());
     }
 
+    /// A waker that notes it was woken.
+    struct Woken(AtomicBool);
+
+    impl futures_util::task::ArcWake for Woken {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.store(true, Relaxed);
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         /// A producer pushes one message of each of these keys.
@@ -387,9 +400,10 @@ mod tests {
 
     proptest! {
         /// Random pushes, takes and finishes by three processors: a key is held by one
-        /// processor at a time, its messages come out in the order pushed, each once; a
-        /// processor asking for work gets it whenever a key with messages waiting is free;
-        /// and once the producer is gone, everything is taken and the queue ends.
+        /// processor at a time, its messages come out in the order pushed, each once; no
+        /// processor waiting for work stays asleep while a key with messages waiting is
+        /// free (each wait is polled only when woken); and once the producer is gone,
+        /// everything is taken and the queue ends.
         #[test]
         fn keys_are_held_by_one_processor_at_a_time_and_keep_their_order(
             max_chunk in 1..6usize,
@@ -399,6 +413,9 @@ mod tests {
             let mut pushed: BTreeMap<u64, u64> = BTreeMap::new();
             let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
             let mut holding: Vec<Vec<u64>> = vec![Vec::new(); 3];
+            #[allow(clippy::type_complexity)]
+            let mut waiting: Vec<Option<(Pin<Box<dyn Future<Output = Option<Work<(u64, u64)>>> + '_>>, Arc<Woken>, bool)>> =
+                (0..3).map(|_| None).collect();
             let check = |chunk: Vec<Message<(u64, u64)>>, holder: usize, holding: &mut Vec<Vec<u64>>, taken: &mut BTreeMap<u64, u64>| {
                 assert!(chunk.len() <= max_chunk);
                 for (key, n) in chunk.into_iter().map(Message::into_data) {
@@ -418,29 +435,51 @@ mod tests {
                         *n += 1;
                         keyed(key, *n - 1)
                     }).collect()),
-                    Op::Take(p, one_key) if holding[p].is_empty() => {
-                        match queue.next(one_key).now_or_never() {
-                            Some(Some(Work::Handle(chunk))) => {
-                                if one_key {
-                                    let first = chunk[0].data().0;
-                                    assert!(chunk.iter().all(|m| m.data().0 == first));
-                                }
-                                check(chunk, p, &mut holding, &mut taken);
-                            }
-                            Some(other) => panic!("unexpected {other:?}"),
-                            None => {
-                                let free = pushed.iter().any(|(key, n)| {
-                                    taken.get(key).copied().unwrap_or(0) < *n
-                                        && holding.iter().all(|keys| !keys.contains(key))
-                                });
-                                prop_assert!(!free, "a free key waits, the processor got nothing");
-                            }
-                        }
+                    Op::Take(p, one_key) if holding[p].is_empty() && waiting[p].is_none() => {
+                        let flag = Arc::new(Woken(AtomicBool::new(true)));
+                        waiting[p] = Some((Box::pin(queue.next(one_key)), flag, one_key));
                     }
                     Op::Finish(p) => queue.finish(std::mem::take(&mut holding[p])),
                     Op::Take(..) => {}
                 }
+                // Each woken processor polls its wait again, until none is woken.
+                loop {
+                    let mut polled = false;
+                    for (p, slot) in waiting.iter_mut().enumerate() {
+                        let Some((next, flag, one_key)) = slot.as_mut() else {
+                            continue;
+                        };
+                        if !flag.0.swap(false, Relaxed) {
+                            continue;
+                        }
+                        polled = true;
+                        let waker = futures_util::task::waker(flag.clone());
+                        match next.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+                            Poll::Ready(Some(Work::Handle(chunk))) => {
+                                if *one_key {
+                                    let first = chunk[0].data().0;
+                                    assert!(chunk.iter().all(|m| m.data().0 == first));
+                                }
+                                *slot = None;
+                                check(chunk, p, &mut holding, &mut taken);
+                            }
+                            Poll::Ready(other) => panic!("unexpected {other:?}"),
+                            Poll::Pending => {}
+                        }
+                    }
+                    if !polled {
+                        break;
+                    }
+                }
+                // No processor sleeps while a key is free.
+                let free = pushed.iter().any(|(key, n)| {
+                    taken.get(key).copied().unwrap_or(0) < *n
+                        && holding.iter().all(|keys| !keys.contains(key))
+                });
+                prop_assert!(!(free && waiting.iter().any(Option::is_some)), "a free key waits, every processor asleep");
             }
+            // Waiting processors stop waiting (a wait is cancel safe).
+            waiting.iter_mut().for_each(|w| *w = None);
             drop(sender);
             for keys in &mut holding {
                 queue.finish(std::mem::take(keys));

@@ -107,7 +107,6 @@ impl State {
         pause.then_some(full)
     }
 
-
     /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
     /// owns them next). Counted as dropped, not queued: a revoke waiting for its
     /// partitions' records in flight leaves the partitions in place meanwhile, and what

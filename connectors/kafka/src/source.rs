@@ -321,7 +321,11 @@ mod tests {
         let record = |partition: i32| {
             // One shared topic name, as the poll thread gives every record of a topic.
             let mut record = topic.clone().with_partition(partition);
-            record.slot = shared.lock().partitions.slot(&(topic.topic_arc().clone(), partition)).unwrap();
+            record.slot = shared
+                .lock()
+                .partitions
+                .slot(&(topic.topic_arc().clone(), partition))
+                .unwrap();
             Message::new(record)
         };
         let key = order_key(Ordering::Partition).unwrap();
