@@ -95,16 +95,18 @@ impl State {
             let partition = self.partitions.at(record.slot).expect("just restarted");
             assert!(partition.offsets.received(record.offset(), record.timestamp_ms()));
         }
-        let full = (record.topic_arc().clone(), record.partition());
-        let partition = self.partitions.enqueue(Message::new(record));
+        let partition = self.partitions.at(record.slot).expect("assigned");
         // Paused only when stalled: pausing drops librdkafka's prefetch, too dear for the
         // ordinary ebb and flow of demand. Records that can be taken are bounded by the
         // queue's own limit; a blocked partition's are not counted there, and would pile
         // up without bound behind a record that never finishes.
-        let out = partition.handed_out();
-        let pause = !partition.paused && out >= cap && out + partition.queued() >= max_buffered;
+        // Not queued yet, so still counted as handed out.
+        let out = partition.handed_out() - 1;
+        let pause = !partition.paused && out >= cap && out + partition.queued() + 1 >= max_buffered;
         partition.paused |= pause;
-        pause.then_some(full)
+        let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
+        self.partitions.enqueue(Message::new(record));
+        full
     }
 
     /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
