@@ -27,6 +27,7 @@ use crate::message::{BatchKey, Message};
 ///
 /// impl Handler for Orders {
 ///     type Item = String;
+///     type Metadata = ();
 ///
 ///     async fn handle_message(&self, message: &mut Message<String>) -> Result<(), BoxError> {
 ///         if message.data().is_empty() {
@@ -47,15 +48,20 @@ use crate::message::{BatchKey, Message};
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
-    /// The payload type, the same as the source's [`Source::Item`](crate::Source::Item).
+    /// The data every stage gets: the source's own [`Source::Data`](crate::Source::Data),
+    /// or what the pipeline's [decode step](crate::PipelineBuilder::decode) makes of it
+    /// (an order parsed from JSON, say).
     type Item: Send + 'static;
+    /// The source's [`Source::Metadata`](crate::Source::Metadata): `()` for the in-memory
+    /// source, `KafkaMetadata` or `SqsMetadata` for those connectors.
+    type Metadata: Send + 'static;
 
     /// Handles one message in a processor. Return an error (or call
     /// [`Message::fail`]) to fail it; call [`Message::put_batcher`] or
     /// [`Message::put_batch_key`] to route it.
     fn handle_message(
         &self,
-        message: &mut Message<Self::Item>,
+        message: &mut Message<Self::Item, Self::Metadata>,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Handles one batch in a batcher. An error fails every message of the batch;
@@ -71,7 +77,7 @@ pub trait Handler: Send + Sync + 'static {
     /// nothing is acknowledged as done without having been handled.
     fn handle_batch(
         &self,
-        batch: &mut [Message<Self::Item>],
+        batch: &mut [Message<Self::Item, Self::Metadata>],
         info: &BatchInfo,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = batch;
@@ -86,7 +92,7 @@ pub trait Handler: Send + Sync + 'static {
     /// messages need in one round trip. An error fails the whole chunk. Default: nothing.
     fn prepare_messages(
         &self,
-        messages: &mut [Message<Self::Item>],
+        messages: &mut [Message<Self::Item, Self::Metadata>],
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = messages;
         async { Ok(()) }
@@ -94,7 +100,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called once with messages that failed, just before they are acknowledged as
     /// failed: the place to log, count or dead-letter them. Default: nothing.
-    fn handle_failed(&self, messages: &mut [Message<Self::Item>]) -> impl Future<Output = ()> + Send {
+    fn handle_failed(&self, messages: &mut [Message<Self::Item, Self::Metadata>]) -> impl Future<Output = ()> + Send {
         let _ = messages;
         async {}
     }
@@ -146,17 +152,18 @@ impl BatchTrigger {
 /// A shared handler: keep an `Arc` to read its state while the pipeline runs it.
 impl<H: Handler> Handler for std::sync::Arc<H> {
     type Item = H::Item;
+    type Metadata = H::Metadata;
 
     fn handle_message(
         &self,
-        message: &mut Message<Self::Item>,
+        message: &mut Message<Self::Item, Self::Metadata>,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).handle_message(message)
     }
 
     fn handle_batch(
         &self,
-        batch: &mut [Message<Self::Item>],
+        batch: &mut [Message<Self::Item, Self::Metadata>],
         info: &BatchInfo,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).handle_batch(batch, info)
@@ -164,12 +171,12 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
 
     fn prepare_messages(
         &self,
-        messages: &mut [Message<Self::Item>],
+        messages: &mut [Message<Self::Item, Self::Metadata>],
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).prepare_messages(messages)
     }
 
-    fn handle_failed(&self, messages: &mut [Message<Self::Item>]) -> impl Future<Output = ()> + Send {
+    fn handle_failed(&self, messages: &mut [Message<Self::Item, Self::Metadata>]) -> impl Future<Output = ()> + Send {
         (**self).handle_failed(messages)
     }
 }

@@ -82,6 +82,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub mod decode;
 mod error;
 mod failure;
 mod handler;

@@ -9,6 +9,18 @@ use crate::error::BoxError;
 
 /// One message from a source, as seen by every stage and finally by the acknowledger.
 ///
+/// A message has three parts, kept apart so that each stage may change only its own:
+///
+/// - its **data** (`T`): what the source delivered (Kafka's payload, SQS's body), or what a
+///   stage made of it: a [decode step](crate::PipelineBuilder::decode) or
+///   [`Message::map_data`] replaces it with a value of another type, so a payload is
+///   parsed once and every later stage gets the parsed value;
+/// - its **metadata** (`M`): where it came from, as the source tells it (Kafka: topic,
+///   partition, offset, key, headers; SQS: message id, attributes, group), read-only, and
+///   with the original bytes for a dead-letter destination;
+/// - the pipeline's **bookkeeping**: status, attempt, batcher and batch key, and the
+///   source's acknowledgement reference.
+///
 /// A message is moved through the pipeline, never cloned, so the type system already
 /// guarantees it is acknowledged at most once; the topology makes sure it is
 /// acknowledged at least once (see the crate docs, "Acknowledgements and failures").
@@ -25,9 +37,14 @@ use crate::error::BoxError;
 /// message.fail("the payload is not JSON");
 /// assert!(message.is_failed());
 /// assert_eq!(message.status().to_string(), "failed (error): the payload is not JSON");
+///
+/// // A stage replaces the data; the rest of the message stays as it was.
+/// let message = Message::with_metadata("42", "orders@7").map_data(|text| text.len());
+/// assert_eq!((*message.data(), *message.metadata()), (2, "orders@7"));
 /// ```
-pub struct Message<T> {
+pub struct Message<T, M = ()> {
     data: T,
+    metadata: M,
     ack_ref: u64,
     attempt: u32,
     received_at: Option<Instant>,
@@ -41,10 +58,20 @@ pub struct Message<T> {
 }
 
 impl<T> Message<T> {
-    /// A new, successful message holding `data`, on its first attempt.
+    /// A new, successful message holding `data` and no metadata, on its first attempt.
     pub fn new(data: T) -> Self {
+        Message::with_metadata(data, ())
+    }
+}
+
+impl<T, M> Message<T, M> {
+    /// A new, successful message holding `data`, from a source that describes it with
+    /// `metadata`, on its first attempt. Sources build their messages with it, and so do
+    /// tests of handlers (each connector's docs show how to make its metadata).
+    pub fn with_metadata(data: T, metadata: M) -> Self {
         Message {
             data,
+            metadata,
             ack_ref: 0,
             attempt: 1,
             received_at: None,
@@ -85,6 +112,55 @@ impl<T> Message<T> {
     /// Takes the payload out of the message.
     pub fn into_data(self) -> T {
         self.data
+    }
+
+    /// Where the message came from, as its source describes it.
+    pub fn metadata(&self) -> &M {
+        &self.metadata
+    }
+
+    /// Takes the metadata out of the message: an acknowledger's way to its own
+    /// bookkeeping (a receipt handle) without copying it.
+    pub fn into_metadata(self) -> M {
+        self.metadata
+    }
+
+    /// Replaces the data with what `f` makes of it, keeping the metadata and the
+    /// pipeline's bookkeeping (status, attempt, batcher, batch key) as they were.
+    pub fn map_data<U>(self, f: impl FnOnce(T) -> U) -> Message<U, M> {
+        let (data, message) = self.take_data();
+        message.with_data(f(data))
+    }
+
+    /// The data, and the rest of the message waiting for new data.
+    pub(crate) fn take_data(self) -> (T, Message<(), M>) {
+        let Message {
+            data,
+            metadata,
+            ack_ref,
+            attempt,
+            received_at,
+            redeliver_after,
+            dead_lettered,
+            status,
+            batcher,
+            batch_key,
+            order_key,
+        } = self;
+        let rest = Message {
+            data: (),
+            metadata,
+            ack_ref,
+            attempt,
+            received_at,
+            redeliver_after,
+            dead_lettered,
+            status,
+            batcher,
+            batch_key,
+            order_key,
+        };
+        (data, rest)
     }
 
     /// The reference set by the source with [`Message::with_ack_ref`].
@@ -195,10 +271,43 @@ impl<T> Message<T> {
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for Message<T> {
+impl<M> Message<(), M> {
+    /// Gives a message taken apart by [`Message::take_data`] its new data.
+    pub(crate) fn with_data<U>(self, data: U) -> Message<U, M> {
+        let Message {
+            data: (),
+            metadata,
+            ack_ref,
+            attempt,
+            received_at,
+            redeliver_after,
+            dead_lettered,
+            status,
+            batcher,
+            batch_key,
+            order_key,
+        } = self;
+        Message {
+            data,
+            metadata,
+            ack_ref,
+            attempt,
+            received_at,
+            redeliver_after,
+            dead_lettered,
+            status,
+            batcher,
+            batch_key,
+            order_key,
+        }
+    }
+}
+
+impl<T: fmt::Debug, M: fmt::Debug> fmt::Debug for Message<T, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("data", &self.data)
+            .field("metadata", &self.metadata)
             .field("status", &self.status)
             .field("attempt", &self.attempt)
             .field("batcher", &self.batcher)
@@ -268,6 +377,10 @@ pub enum FailureKind {
     Panic,
     /// The pipeline could not route the message (an unknown batcher name).
     Routing,
+    /// The message's data could not be decoded (see
+    /// [`PipelineBuilder::decode`](crate::PipelineBuilder::decode)): never retried, since
+    /// the same bytes would fail again.
+    Decode,
 }
 
 impl fmt::Display for FailureKind {
@@ -276,6 +389,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Error => "error",
             FailureKind::Panic => "panic",
             FailureKind::Routing => "routing",
+            FailureKind::Decode => "decode",
         })
     }
 }

@@ -11,6 +11,7 @@
 //! struct Parse;
 //! impl Handler for Parse {
 //!     type Item = String;
+//!     type Metadata = ();
 //!     async fn handle_message(&self, message: &mut Message<String>) -> Result<(), BoxError> {
 //!         message.data().parse::<u32>()?;
 //!         Ok(())
@@ -38,6 +39,7 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -51,28 +53,34 @@ use crate::message::Message;
 use crate::source::{Acknowledger, Source};
 
 /// A source fed by a [`TestSender`], reporting every acknowledgement back to it.
-pub struct TestSource<T> {
-    input: tokio::sync::Mutex<mpsc::Receiver<Message<T>>>,
-    waiting: Waiting<T>,
+///
+/// Its messages hold data `D` and metadata `M`: `()` by default, or a connector's own
+/// (`KafkaMetadata`, `SqsMetadata`), so that a handler written for that connector is
+/// tested as it runs, with no broker. Each connector's docs show how to build its
+/// metadata.
+pub struct TestSource<D, M = ()> {
+    input: tokio::sync::Mutex<mpsc::Receiver<Message<D, M>>>,
+    waiting: Waiting<M>,
     acknowledged: Arc<AtomicU64>,
 }
 
-type Waiting<T> = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome<T>>>>>;
+type Waiting<M> = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome<M>>>>>;
 
 /// Sends test messages into a [`TestSource`] and awaits their outcomes. Dropping every
 /// sender exhausts the source, so the pipeline drains and stops.
-pub struct TestSender<T> {
-    tx: mpsc::Sender<Message<T>>,
+pub struct TestSender<D, M = ()> {
+    tx: mpsc::Sender<Message<D, M>>,
     next_ref: Arc<AtomicU64>,
-    waiting: Waiting<T>,
+    waiting: Waiting<M>,
 }
 
 /// How the pipeline acknowledged one test message.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct Outcome<T> {
-    /// The message as acknowledged: its data, status, batcher and batch key.
-    pub message: Message<T>,
+pub struct Outcome<M = ()> {
+    /// The message as acknowledged: its status, batcher, batch key and metadata, and its
+    /// data as the last stage left it (read it with [`Outcome::data`]).
+    pub message: Message<Box<dyn Any + Send>, M>,
     /// `true` when acknowledged as successful, `false` when as failed.
     pub successful: bool,
     /// The order of its acknowledgement: 0 for the first message the source
@@ -80,10 +88,18 @@ pub struct Outcome<T> {
     pub acknowledged: u64,
 }
 
-impl<T: Send + 'static> TestSource<T> {
+impl<M> Outcome<M> {
+    /// The message's data as the last stage left it, if it is a `T`: the handler's
+    /// [`Item`](crate::Handler::Item) (`None` for a message that did not decode).
+    pub fn data<T: 'static>(&self) -> Option<&T> {
+        self.message.data().downcast_ref()
+    }
+}
+
+impl<D: Send + 'static, M: Send + 'static> TestSource<D, M> {
     /// A test source and the sender that feeds it.
     #[allow(clippy::new_ret_no_self)] // a pair, as with channels
-    pub fn new() -> (TestSource<T>, TestSender<T>) {
+    pub fn new() -> (TestSource<D, M>, TestSender<D, M>) {
         let (tx, rx) = mpsc::channel(1024);
         let waiting = Waiting::default();
         let source = TestSource {
@@ -100,31 +116,50 @@ impl<T: Send + 'static> TestSource<T> {
     }
 }
 
-impl<T: Send + 'static> TestSender<T> {
-    /// Sends `data` as one message and waits until the pipeline acknowledges it.
+impl<D: Send + 'static, M: Send + 'static> TestSender<D, M> {
+    /// Sends `data` as one message (with default metadata) and waits until the pipeline
+    /// acknowledges it.
     ///
     /// # Panics
     ///
     /// When the pipeline has stopped before acknowledging it.
-    pub async fn test_message(&self, data: T) -> Outcome<T> {
+    pub async fn test_message(&self, data: D) -> Outcome<M>
+    where
+        M: Default,
+    {
         let mut outcomes = self.test_batch(vec![data]).await;
         outcomes.pop().expect("one outcome per message")
     }
 
-    /// Sends each item as a message and waits until all are acknowledged; the outcomes
-    /// come in the order of `data`.
+    /// Sends each item as a message (with default metadata) and waits until all are
+    /// acknowledged; the outcomes come in the order of `data`.
     ///
     /// # Panics
     ///
     /// When the pipeline has stopped before acknowledging them.
-    pub async fn test_batch(&self, data: Vec<T>) -> Vec<Outcome<T>> {
-        let mut receivers = Vec::with_capacity(data.len());
-        for item in data {
+    pub async fn test_batch(&self, data: Vec<D>) -> Vec<Outcome<M>>
+    where
+        M: Default,
+    {
+        let messages = data.into_iter().map(|data| Message::with_metadata(data, M::default()));
+        self.test_messages(messages.collect()).await
+    }
+
+    /// Sends messages built by the test, with their metadata (a Kafka record's topic and
+    /// key, an SQS message's group), and waits until all are acknowledged; the outcomes
+    /// come in the order of `messages`.
+    ///
+    /// # Panics
+    ///
+    /// When the pipeline has stopped before acknowledging them.
+    pub async fn test_messages(&self, messages: Vec<Message<D, M>>) -> Vec<Outcome<M>> {
+        let mut receivers = Vec::with_capacity(messages.len());
+        for message in messages {
             let ack_ref = self.next_ref.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&self.waiting).insert(ack_ref, tx);
             receivers.push(rx);
-            let sent = self.tx.send(Message::new(item).with_ack_ref(ack_ref)).await;
+            let sent = self.tx.send(message.with_ack_ref(ack_ref)).await;
             assert!(
                 sent.is_ok(),
                 "the pipeline has stopped; it received no test message"
@@ -141,7 +176,7 @@ impl<T: Send + 'static> TestSender<T> {
     }
 }
 
-impl<T> Clone for TestSender<T> {
+impl<D, M> Clone for TestSender<D, M> {
     fn clone(&self) -> Self {
         TestSender {
             tx: self.tx.clone(),
@@ -155,18 +190,19 @@ fn lock<T>(waiting: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<T: Send + 'static> Source for TestSource<T> {
-    type Item = T;
-    type Acknowledger = TestAcknowledger<T>;
+impl<D: Send + 'static, M: Send + 'static> Source for TestSource<D, M> {
+    type Data = D;
+    type Metadata = M;
+    type Acknowledger = TestAcknowledger<M>;
 
-    fn acknowledger(&self) -> TestAcknowledger<T> {
+    fn acknowledger(&self) -> TestAcknowledger<M> {
         TestAcknowledger {
             waiting: self.waiting.clone(),
             acknowledged: self.acknowledged.clone(),
         }
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<T>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<D, M>>>, BoxError> {
         let mut input = self.input.lock().await;
         let mut messages = Vec::new();
         input.recv_many(&mut messages, demand.get()).await;
@@ -175,13 +211,13 @@ impl<T: Send + 'static> Source for TestSource<T> {
 }
 
 /// The acknowledger of a [`TestSource`]: hands each outcome to the waiting sender.
-pub struct TestAcknowledger<T> {
-    waiting: Waiting<T>,
+pub struct TestAcknowledger<M> {
+    waiting: Waiting<M>,
     acknowledged: Arc<AtomicU64>,
 }
 
-impl<T: Send + 'static> Acknowledger<T> for TestAcknowledger<T> {
-    async fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) {
+impl<M: Send + 'static> Acknowledger<M> for TestAcknowledger<M> {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, M>>, failed: Vec<Message<T, M>>) {
         let outcomes = successful
             .into_iter()
             .map(|m| (m, true))
@@ -193,6 +229,7 @@ impl<T: Send + 'static> Acknowledger<T> for TestAcknowledger<T> {
                 .unwrap_or_else(|| panic!("test message {} acknowledged twice", message.ack_ref()));
             // Counted under the lock, so the order is the order of acknowledgement.
             let acknowledged = self.acknowledged.fetch_add(1, Ordering::Relaxed);
+            let message = message.map_data(|data| Box::new(data) as Box<dyn Any + Send>);
             // The test may have stopped waiting; that is its business.
             let _ = tx.send(Outcome {
                 message,
@@ -202,33 +239,28 @@ impl<T: Send + 'static> Acknowledger<T> for TestAcknowledger<T> {
         }
     }
 
-    async fn release(&self, messages: Vec<Message<T>>) {
-        self.forget(&messages);
-    }
-}
-
-impl<T: Send + 'static> TestAcknowledger<T> {
-    /// Test messages released at shutdown are never acknowledged: their senders go, and
-    /// a test awaiting them panics ("stopped without acknowledging") rather than hangs.
-    fn forget(&self, messages: &[Message<T>]) {
+    async fn release<T: Send + 'static>(&self, messages: Vec<Message<T, M>>) {
+        // Test messages released at shutdown are never acknowledged: their senders go,
+        // and a test awaiting them panics ("stopped without acknowledging") rather than
+        // hangs.
         let mut waiting = lock(&self.waiting);
         messages.iter().for_each(|m| drop(waiting.remove(&m.ack_ref())));
     }
 }
 
-impl<T> fmt::Debug for TestSource<T> {
+impl<D, M> fmt::Debug for TestSource<D, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestSource").finish_non_exhaustive()
     }
 }
 
-impl<T> fmt::Debug for TestSender<T> {
+impl<D, M> fmt::Debug for TestSender<D, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestSender").finish_non_exhaustive()
     }
 }
 
-impl<T> fmt::Debug for TestAcknowledger<T> {
+impl<M> fmt::Debug for TestAcknowledger<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestAcknowledger").finish_non_exhaustive()
     }

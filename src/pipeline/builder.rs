@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::decode::{Decode, Identity};
 use crate::error::BuildError;
 use crate::failure::dead_letter::{DeadLetter, ErasedDeadLetter};
 use crate::failure::rate_limit::{Limiter, RateLimit, RateLimits};
@@ -33,26 +34,83 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Every setting has a default: one producer, as many processors as cores with
 /// `max_demand` 64, no batcher, a 30 s shutdown deadline.
 #[must_use = "a builder does nothing until `start` is called"]
-pub struct PipelineBuilder<S: Source, H> {
+pub struct PipelineBuilder<S: Source, H, C = Identity> {
     config: PipelineConfig,
     source: S,
     handler: H,
-    partition_by: Option<PartitionBy<S::Item>>,
-    dead_letter: Option<Box<dyn ErasedDeadLetter<S::Item>>>,
+    codec: C,
+    partition_by: Option<PartitionBy<S::Data, S::Metadata>>,
+    dead_letter: Option<Box<dyn ErasedDeadLetter<S::Metadata>>>,
 }
 
 impl<S, H> PipelineBuilder<S, H>
 where
     S: Source,
-    H: Handler<Item = S::Item>,
+    H: Handler<Metadata = S::Metadata>,
 {
     pub(crate) fn new(source: S, handler: H) -> Self {
         PipelineBuilder {
             config: PipelineConfig::default(),
             source,
             handler,
+            codec: Identity,
             partition_by: None,
             dead_letter: None,
+        }
+    }
+}
+
+impl<S, H, C> PipelineBuilder<S, H, C>
+where
+    S: Source,
+    H: Handler<Metadata = S::Metadata>,
+{
+    /// Decodes each message's data with `codec` before the handler sees it: the
+    /// handler's [`Item`](Handler::Item) is then what the codec makes (an order parsed
+    /// from JSON), in every stage. Decoding runs in the processors, in parallel, once per
+    /// message (a retry reuses the decoded value). A message that does not decode fails
+    /// for good without reaching the handler (see [`decode`](crate::decode)).
+    ///
+    /// ```
+    /// use longshore::decode::Json;
+    /// use longshore::source::memory::MemorySource;
+    /// use longshore::{BoxError, Handler, Message, Pipeline};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { cents: u64 }
+    ///
+    /// struct Orders;
+    /// impl Handler for Orders {
+    ///     type Item = Order;
+    ///     type Metadata = ();
+    ///     async fn handle_message(&self, message: &mut Message<Order>) -> Result<(), BoxError> {
+    ///         if message.data().cents == 0 {
+    ///             return Err("a free order".into());
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let payloads = [r#"{"cents": 250}"#, r#"{"cents": 0}"#, "not json"];
+    /// let source = MemorySource::from_iter(payloads.map(String::from));
+    /// let pipeline = Pipeline::builder(source, Orders).decode(Json::new()).start().unwrap();
+    /// let summary = pipeline.wait().await.unwrap();
+    /// assert_eq!((summary.successful, summary.failed), (1, 2));
+    /// # }
+    /// ```
+    pub fn decode<C2>(self, codec: C2) -> PipelineBuilder<S, H, C2>
+    where
+        C2: Decode<S::Data, S::Metadata, Output = H::Item>,
+    {
+        PipelineBuilder {
+            config: self.config,
+            source: self.source,
+            handler: self.handler,
+            codec,
+            partition_by: self.partition_by,
+            dead_letter: self.dead_letter,
         }
     }
 
@@ -90,9 +148,12 @@ where
     /// order of its own ([`Source::partition_by`]: Kafka's partitions, SQS FIFO's message
     /// groups). With it, a hot key's messages may wait beyond `max_demand`, up to the
     /// in-flight limit.
+    ///
+    /// The key is computed from the message as received, before any decode step: from
+    /// its metadata (a Kafka key, an SQS group) or its raw data.
     pub fn partition_by<F>(mut self, key: F) -> Self
     where
-        F: Fn(&Message<S::Item>) -> u64 + Send + Sync + 'static,
+        F: Fn(&Message<S::Data, S::Metadata>) -> u64 + Send + Sync + 'static,
     {
         self.partition_by = Some(Arc::new(key));
         self
@@ -136,7 +197,7 @@ where
 
     /// Where messages go after their last attempt, before they are acknowledged as failed
     /// (default: nowhere, after [`Handler::handle_failed`]).
-    pub fn dead_letter<D: DeadLetter<S::Item>>(mut self, destination: D) -> Self {
+    pub fn dead_letter<D: DeadLetter<S::Metadata>>(mut self, destination: D) -> Self {
         self.dead_letter = Some(Box::new(destination));
         self
     }
@@ -156,7 +217,11 @@ where
     ///
     /// A [`BuildError`] naming the first invalid field, or `runtime` when called outside
     /// a tokio runtime.
-    pub fn start(self) -> Result<Pipeline, BuildError> {
+    pub fn start(self) -> Result<Pipeline, BuildError>
+    where
+        S::Metadata: Sync,
+        C: Decode<S::Data, S::Metadata, Output = H::Item>,
+    {
         let limit = self.config.validate()?;
         let config = self.config;
         let partition_by = self.partition_by.or_else(|| self.source.partition_by());
@@ -253,9 +318,11 @@ where
         let queue_len = 2;
         let metrics = StageMetrics::new(&config.name, Stage::Processor, "");
         let max_demand = config.processors.max_demand;
+        let codec = Arc::new(self.codec);
         let processor = |input| Processor {
             ctx: ctx.clone(),
             input,
+            codec: codec.clone(),
             batchers: routes.clone(),
             stop: stop.clone(),
             abandon: abandon.child_token(),
@@ -369,7 +436,7 @@ where
     }
 }
 
-impl<S: Source, H> fmt::Debug for PipelineBuilder<S, H> {
+impl<S: Source, H, C> fmt::Debug for PipelineBuilder<S, H, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
             .field("config", &self.config)

@@ -78,10 +78,12 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts configuring a pipeline reading from `source` and handling with `handler`.
+    /// The handler gets the source's data as it is, unless a decode step is set with
+    /// [`PipelineBuilder::decode`].
     pub fn builder<S, H>(source: S, handler: H) -> PipelineBuilder<S, H>
     where
         S: Source,
-        H: Handler<Item = S::Item>,
+        H: Handler<Metadata = S::Metadata>,
     {
         PipelineBuilder::new(source, handler)
     }

@@ -86,7 +86,8 @@ impl<T> fmt::Debug for MemorySource<T> {
 }
 
 impl<T: Send + 'static> Source for MemorySource<T> {
-    type Item = T;
+    type Data = T;
+    type Metadata = ();
     type Acknowledger = AckCounts;
 
     fn acknowledger(&self) -> AckCounts {
@@ -139,8 +140,8 @@ impl AckCounts {
     }
 }
 
-impl<T: Send + 'static> Acknowledger<T> for AckCounts {
-    async fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) {
+impl Acknowledger<()> for AckCounts {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) {
         if !successful.is_empty() {
             self.0
                 .successful

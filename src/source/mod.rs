@@ -40,12 +40,13 @@ use crate::message::Message;
 /// struct Numbers { next: AtomicU64, end: u64 }
 ///
 /// struct Ignore;
-/// impl Acknowledger<u64> for Ignore {
-///     async fn ack(&self, _ok: Vec<Message<u64>>, _failed: Vec<Message<u64>>) {}
+/// impl Acknowledger<()> for Ignore {
+///     async fn ack<T: Send + 'static>(&self, _ok: Vec<Message<T>>, _failed: Vec<Message<T>>) {}
 /// }
 ///
 /// impl Source for Numbers {
-///     type Item = u64;
+///     type Data = u64;
+///     type Metadata = ();
 ///     type Acknowledger = Ignore;
 ///
 ///     fn acknowledger(&self) -> Ignore { Ignore }
@@ -58,10 +59,16 @@ use crate::message::Message;
 /// }
 /// ```
 pub trait Source: Send + Sync + 'static {
-    /// The payload type of the messages produced.
-    type Item: Send + 'static;
+    /// The data of the messages produced, as the broker gave it (Kafka's payload, SQS's
+    /// body): what a [decode step](crate::PipelineBuilder::decode) starts from.
+    type Data: Send + 'static;
+    /// What the source tells of each message beside its data: where it came from, and the
+    /// bookkeeping its acknowledger needs (a receipt handle, an offset). Handlers read it
+    /// with [`Message::metadata`]; it also keeps what a dead-letter destination writes
+    /// (the original bytes), so that decoding the data loses nothing.
+    type Metadata: Send + 'static;
     /// Who is told the outcome of each message.
-    type Acknowledger: Acknowledger<Self::Item>;
+    type Acknowledger: Acknowledger<Self::Metadata>;
 
     /// The acknowledger, taken once when the pipeline starts.
     fn acknowledger(&self) -> Self::Acknowledger;
@@ -70,12 +77,12 @@ pub trait Source: Send + Sync + 'static {
     fn receive(
         &self,
         demand: NonZeroUsize,
-    ) -> impl Future<Output = Result<Option<Vec<Message<Self::Item>>>, BoxError>> + Send;
+    ) -> impl Future<Output = Result<Option<Vec<Message<Self::Data, Self::Metadata>>>, BoxError>> + Send;
 
     /// The order this source keeps by default: messages with the same key are handled
     /// in order, one at a time (Kafka: the partition; SQS FIFO: the message group).
     /// Used when the pipeline's builder sets no `partition_by`. Default: none.
-    fn partition_by(&self) -> Option<PartitionBy<Self::Item>> {
+    fn partition_by(&self) -> Option<PartitionBy<Self::Data, Self::Metadata>> {
         None
     }
 
@@ -167,9 +174,9 @@ pub struct Plan {
     pub dead_letter: bool,
 }
 
-/// A function from a message to its ordering key: messages with equal keys are handled
-/// one after the other, in the order received.
-pub type PartitionBy<T> = std::sync::Arc<dyn Fn(&Message<T>) -> u64 + Send + Sync>;
+/// A function from a message, as received (before any decode step), to its ordering key:
+/// messages with equal keys are handled one after the other, in the order received.
+pub type PartitionBy<D, M> = std::sync::Arc<dyn Fn(&Message<D, M>) -> u64 + Send + Sync>;
 
 /// Who retries a failed message that has attempts left. Either way the handler sees the
 /// same thing: the message again, with its [`attempt`](Message::attempt) one higher.
@@ -191,9 +198,18 @@ pub enum Redelivery {
 /// each message comes exactly once. Calls may run concurrently from several stages.
 /// The call should be quick: hand slow work (network deletes, commits) to a task of the
 /// connector's own, holding no more than the pipeline's bounded in-flight messages.
-pub trait Acknowledger<T>: Send + Sync + 'static {
+///
+/// An acknowledger works from each message's metadata (`M`, the source's
+/// [`Source::Metadata`]) and the pipeline's bookkeeping (status, attempt,
+/// [`Message::ack_ref`]), never from its data: the data may have been decoded into any
+/// type `T` on the way, so every method is generic over it.
+pub trait Acknowledger<M>: Send + Sync + 'static {
     /// Acknowledges `successful` messages as done and `failed` ones as failed.
-    fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send;
+    fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, M>>,
+        failed: Vec<Message<T, M>>,
+    ) -> impl Future<Output = ()> + Send;
 
     /// Called once, after the last `ack`, when every stage has stopped: finish what the
     /// connector still holds (deletes not yet sent, a last commit). The pipeline is done,
@@ -206,14 +222,14 @@ pub trait Acknowledger<T>: Send + Sync + 'static {
     /// one of their key): they are **not** acknowledged, and the source should make them
     /// deliverable again at once (SQS: visibility 0). Default: nothing, which suits a
     /// source that redelivers whatever was not acknowledged (Kafka: never committed).
-    fn release(&self, messages: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
+    fn release<T: Send + 'static>(&self, messages: Vec<Message<T, M>>) -> impl Future<Output = ()> + Send {
         drop(messages);
         async {}
     }
 
     /// Where a message came from, for the log line of a final failure that has no
     /// dead-letter destination (Kafka: `topic/partition@offset`). Default: `None`.
-    fn origin(&self, message: &Message<T>) -> Option<String> {
+    fn origin<T>(&self, message: &Message<T, M>) -> Option<String> {
         let _ = message;
         None
     }
@@ -229,8 +245,12 @@ pub trait Acknowledger<T>: Send + Sync + 'static {
 }
 
 /// A shared acknowledger: a source may keep one `Arc` and hand the pipeline another.
-impl<T, A: Acknowledger<T>> Acknowledger<T> for std::sync::Arc<A> {
-    fn ack(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
+impl<M, A: Acknowledger<M>> Acknowledger<M> for std::sync::Arc<A> {
+    fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, M>>,
+        failed: Vec<Message<T, M>>,
+    ) -> impl Future<Output = ()> + Send {
         (**self).ack(successful, failed)
     }
 
@@ -238,11 +258,11 @@ impl<T, A: Acknowledger<T>> Acknowledger<T> for std::sync::Arc<A> {
         (**self).flush()
     }
 
-    fn release(&self, messages: Vec<Message<T>>) -> impl Future<Output = ()> + Send {
+    fn release<T: Send + 'static>(&self, messages: Vec<Message<T, M>>) -> impl Future<Output = ()> + Send {
         (**self).release(messages)
     }
 
-    fn origin(&self, message: &Message<T>) -> Option<String> {
+    fn origin<T>(&self, message: &Message<T, M>) -> Option<String> {
         (**self).origin(message)
     }
 

@@ -13,7 +13,7 @@ use crate::topology::Context;
 impl<H, A> Context<H, A>
 where
     H: Handler,
-    A: Acknowledger<H::Item>,
+    A: Acknowledger<H::Metadata>,
 {
     /// Acknowledges messages that finished their last stage. Each message reaches this
     /// exactly once: it is moved here, and stages never drop one on another path.
@@ -22,31 +22,70 @@ where
     /// failures the broker will redeliver go straight to the acknowledger.
     pub(crate) async fn acknowledge(
         &self,
-        mut successful: Vec<Message<H::Item>>,
-        mut failed: Vec<Message<H::Item>>,
+        successful: Vec<Message<H::Item, H::Metadata>>,
+        mut failed: Vec<Message<H::Item, H::Metadata>>,
     ) {
-        if !failed.is_empty() {
-            // Final failures first, so that they form one slice to hand over.
-            failed.sort_by_key(|message| message.redeliver_after().is_some());
-            let finals = failed
-                .iter()
-                .take_while(|m| m.redeliver_after().is_none())
-                .count();
-            let finished = tokio::select! {
+        // Final failures first, so that they form one slice to hand over.
+        failed.sort_by_key(|message| message.redeliver_after().is_some());
+        let finals = failed
+            .iter()
+            .take_while(|m| m.redeliver_after().is_none())
+            .count();
+        let handled = finals == 0 || {
+            let handled = guarded(async {
+                self.handler.handle_failed(&mut failed[..finals]).await;
+                Ok(())
+            });
+            tokio::select! {
                 biased;
-                () = self.finish_failed(&mut failed[..finals]) => true,
+                handled = handled => {
+                    if let Err(failure) = handled {
+                        tracing::error!(%failure, messages = finals, "handle_failed failed; going on to dead-letter");
+                    }
+                    true
+                }
                 () = self.abandon.cancelled() => false,
+            }
+        };
+        self.settle(successful, failed, finals, handled).await;
+    }
+
+    /// Acknowledges messages whose data did not decode: final failures that never reach
+    /// the handler (it has no value to give them), dead-lettered from their metadata.
+    pub(crate) async fn acknowledge_undecoded<D: Send + 'static>(&self, failed: Vec<Message<D, H::Metadata>>) {
+        let finals = failed.len();
+        self.settle(Vec::new(), failed, finals, true).await;
+    }
+
+    /// The common end: the first `finals` of `failed` to the dead-letter destination (when
+    /// `handled`: not cut short at the deadline), then one acknowledgement call, then the
+    /// credits back.
+    async fn settle<T: Send + 'static>(
+        &self,
+        mut successful: Vec<Message<T, H::Metadata>>,
+        mut failed: Vec<Message<T, H::Metadata>>,
+        finals: usize,
+        handled: bool,
+    ) {
+        if finals > 0 {
+            let rest = failed.split_off(finals);
+            let (written, mut finished) = match handled {
+                true => self.dead_letter(failed).await,
+                false => (false, failed),
             };
-            if !finished {
+            if written {
+                finished.extend(rest);
+                failed = finished;
+            } else {
                 // Cut short at the deadline (a dead-letter write that kept failing): not
                 // dead-lettered, so not acknowledged either; delivered again. The other
                 // messages of their keys in this call go back with them, so that none is
                 // finished ahead of an earlier one of its key.
-                let rest = failed.split_off(finals);
-                let mut released = std::mem::replace(&mut failed, rest);
+                let mut released = finished;
+                failed = rest;
                 let keys: HashSet<u64> = released.iter().filter_map(Message::order_key).collect();
                 if !keys.is_empty() {
-                    let of_key = |m: &Message<H::Item>| m.order_key().is_some_and(|k| keys.contains(&k));
+                    let of_key = |m: &Message<T, H::Metadata>| m.order_key().is_some_and(|k| keys.contains(&k));
                     let (same, others): (Vec<_>, Vec<_>) = successful.into_iter().partition(of_key);
                     successful = others;
                     released.extend(same);
@@ -75,9 +114,39 @@ where
         self.meter.credits.give_back(settled);
     }
 
+    /// Final failures to the dead-letter destination, or, with none, discarded. `false`
+    /// with the messages when the pipeline was abandoned at its deadline first.
+    ///
+    /// A destination gets each message without its data (see [`DeadLetter`]): the data is
+    /// set aside here, outside the write, so that a write cut short loses none of it.
+    ///
+    /// [`DeadLetter`]: crate::DeadLetter
+    async fn dead_letter<T: Send + 'static>(
+        &self,
+        finals: Vec<Message<T, H::Metadata>>,
+    ) -> (bool, Vec<Message<T, H::Metadata>>) {
+        let Some(destination) = &self.dead_letter else {
+            self.discarded(&finals);
+            return (true, finals);
+        };
+        let (data, mut bare): (Vec<T>, Vec<Message<(), H::Metadata>>) =
+            finals.into_iter().map(Message::take_data).unzip();
+        let written = tokio::select! {
+            biased;
+            () = write_until_done(&**destination, &mut bare, &self.meter.metrics.dead_letter_failures) => true,
+            () = self.abandon.cancelled() => false,
+        };
+        if written {
+            bare.iter_mut().for_each(Message::set_dead_lettered);
+            self.meter.add_dead_lettered(bare.len());
+        }
+        let finals = data.into_iter().zip(bare).map(|(data, message)| message.with_data(data));
+        (written, finals.collect())
+    }
+
     /// Hands messages that will not be finished back to the source, unacknowledged (see
     /// [`Acknowledger::release`]).
-    pub(crate) async fn release(&self, messages: Vec<Message<H::Item>>) {
+    pub(crate) async fn release<T: Send + 'static>(&self, messages: Vec<Message<T, H::Metadata>>) {
         let n = messages.len();
         if n == 0 {
             return;
@@ -100,7 +169,7 @@ where
         self.meter.credits.give_back(n);
     }
 
-    fn count(&self, successful: &[Message<H::Item>], failed: &[Message<H::Item>]) {
+    fn count<T>(&self, successful: &[Message<T, H::Metadata>], failed: &[Message<T, H::Metadata>]) {
         self.meter.add_settled(successful.len(), failed.len());
         let metrics = &self.meter.metrics;
         let now = std::time::Instant::now();
@@ -126,32 +195,10 @@ where
         }
     }
 
-    /// The end of the failure path: `handle_failed` once, then the dead letter.
-    async fn finish_failed(&self, finals: &mut [Message<H::Item>]) {
-        if finals.is_empty() {
-            return;
-        }
-        let handled = guarded(async {
-            self.handler.handle_failed(finals).await;
-            Ok(())
-        });
-        if let Err(failure) = handled.await {
-            tracing::error!(%failure, messages = finals.len(), "handle_failed failed; going on to dead-letter");
-        }
-        match &self.dead_letter {
-            Some(destination) => {
-                write_until_done(&**destination, finals, &self.meter.metrics.dead_letter_failures).await;
-                finals.iter_mut().for_each(Message::set_dead_lettered);
-                self.meter.add_dead_lettered(finals.len());
-            }
-            None => self.discarded(finals),
-        }
-    }
-
     /// Final failures with nowhere to go: acknowledged as failed, so the source moves past
     /// them. Never silent: counted, and logged (at most once a second, with how many
     /// went unlogged since).
-    fn discarded(&self, finals: &[Message<H::Item>]) {
+    fn discarded<T>(&self, finals: &[Message<T, H::Metadata>]) {
         self.meter.add_discarded(finals.len());
         if let Some(unlogged) = self.discard_log.permit(finals.len()) {
             let first = &finals[0];
@@ -169,7 +216,7 @@ where
 }
 
 /// Splits messages into successful and failed ones, keeping the vector when none failed.
-pub(crate) fn split_failed<T>(messages: Vec<Message<T>>) -> (Vec<Message<T>>, Vec<Message<T>>) {
+pub(crate) fn split_failed<T, M>(messages: Vec<Message<T, M>>) -> (Vec<Message<T, M>>, Vec<Message<T, M>>) {
     if messages.iter().all(Message::is_ok) {
         return (messages, Vec::new());
     }

@@ -9,20 +9,20 @@ use tokio::time::Instant;
 
 use crate::message::{BatchKey, Message};
 
-pub(crate) struct Group<T> {
+pub(crate) struct Group<T, M> {
     pub(crate) key: BatchKey,
-    pub(crate) messages: Vec<Message<T>>,
+    pub(crate) messages: Vec<Message<T, M>>,
     pub(crate) deadline: Instant,
 }
 
-pub(crate) struct BatchGroups<T> {
-    groups: Vec<Group<T>>,
+pub(crate) struct BatchGroups<T, M> {
+    groups: Vec<Group<T, M>>,
     index: HashMap<BatchKey, usize>,
     last: usize,
     capacity: usize,
 }
 
-impl<T> BatchGroups<T> {
+impl<T, M> BatchGroups<T, M> {
     /// Groups whose vectors start with room for `capacity` messages.
     pub(crate) fn new(capacity: usize) -> Self {
         BatchGroups {
@@ -35,7 +35,7 @@ impl<T> BatchGroups<T> {
 
     /// Adds `message` to the group of its key, opening the group with `deadline` if it
     /// is new; returns the group's position and its size.
-    pub(crate) fn push(&mut self, message: Message<T>, deadline: impl FnOnce() -> Instant) -> (usize, usize) {
+    pub(crate) fn push(&mut self, message: Message<T, M>, deadline: impl FnOnce() -> Instant) -> (usize, usize) {
         let position = match self.groups.get(self.last) {
             Some(group) if group.key == *message.batch_key() => self.last,
             _ => match self.index.get(message.batch_key()) {
@@ -59,7 +59,7 @@ impl<T> BatchGroups<T> {
     }
 
     /// Takes the group at `position` out.
-    pub(crate) fn remove(&mut self, position: usize) -> Group<T> {
+    pub(crate) fn remove(&mut self, position: usize) -> Group<T, M> {
         let group = self.groups.swap_remove(position);
         self.index.remove(&group.key);
         if let Some(moved) = self.groups.get(position) {
@@ -74,7 +74,7 @@ impl<T> BatchGroups<T> {
     }
 
     /// Takes out every group whose deadline is at or before `now`.
-    pub(crate) fn remove_expired(&mut self, now: Instant) -> Vec<Group<T>> {
+    pub(crate) fn remove_expired(&mut self, now: Instant) -> Vec<Group<T, M>> {
         let mut expired = Vec::new();
         let mut position = 0;
         while position < self.groups.len() {
@@ -88,7 +88,7 @@ impl<T> BatchGroups<T> {
     }
 
     /// Takes out every group.
-    pub(crate) fn drain(&mut self) -> Vec<Group<T>> {
+    pub(crate) fn drain(&mut self) -> Vec<Group<T, M>> {
         self.index.clear();
         std::mem::take(&mut self.groups)
     }

@@ -29,7 +29,7 @@ use crate::topology::Context;
 
 pub(crate) struct BatchProcessor<H: Handler, A> {
     pub(crate) ctx: Arc<Context<H, A>>,
-    pub(crate) input: async_channel::Receiver<Batch<H::Item>>,
+    pub(crate) input: async_channel::Receiver<Batch<H::Item, H::Metadata>>,
     pub(crate) rate_limit: Arc<Limiter>,
     pub(crate) metrics: BatcherMetrics,
     /// The batch it asks for: `batch_size`.
@@ -43,15 +43,15 @@ pub(crate) struct BatchProcessor<H: Handler, A> {
 }
 
 /// Batches waiting for another attempt.
-struct Retries<T> {
-    due: DelayQueue<Batch<T>>,
+struct Retries<T, M> {
+    due: DelayQueue<Batch<T, M>>,
     /// Ordered: per batch key with a batch in `due`, its later batches, in order.
-    held: HashMap<BatchKey, VecDeque<Batch<T>>>,
+    held: HashMap<BatchKey, VecDeque<Batch<T, M>>>,
     /// Ordered: keys whose retry was released at shutdown; their later batches follow it.
     released: HashSet<BatchKey>,
 }
 
-impl<T> Retries<T> {
+impl<T, M> Retries<T, M> {
     fn is_empty(&self) -> bool {
         self.due.is_empty() && self.held.is_empty()
     }
@@ -61,8 +61,8 @@ impl<T> Retries<T> {
         self.held.contains_key(key) || self.released.contains(key)
     }
 
-    fn take_all(&mut self) -> Vec<Message<T>> {
-        let mut all: Vec<Message<T>> = drain_delayed(&mut self.due)
+    fn take_all(&mut self) -> Vec<Message<T, M>> {
+        let mut all: Vec<Message<T, M>> = drain_delayed(&mut self.due)
             .into_iter()
             .flat_map(|(messages, _)| messages)
             .collect();
@@ -77,7 +77,7 @@ impl<T> Retries<T> {
 impl<H, A> BatchProcessor<H, A>
 where
     H: Handler,
-    A: Acknowledger<H::Item>,
+    A: Acknowledger<H::Metadata>,
 {
     pub(crate) async fn run(self) {
         let mut retries = Retries {
@@ -133,7 +133,7 @@ where
 
     /// At the deadline: what waits for a retry, and every batch still to come until the
     /// input closes, goes back to the source unfinished, at once.
-    async fn hand_back(&self, mut retries: Retries<H::Item>, mut holding: Held) {
+    async fn hand_back(&self, mut retries: Retries<H::Item, H::Metadata>, mut holding: Held) {
         let mut unfinished = retries.take_all();
         loop {
             holding.release(unfinished.len());
@@ -153,10 +153,10 @@ where
     /// abandoned at its deadline while handling it.
     async fn run_key(
         &self,
-        batch: Batch<H::Item>,
-        retries: &mut Retries<H::Item>,
+        batch: Batch<H::Item, H::Metadata>,
+        retries: &mut Retries<H::Item, H::Metadata>,
         holding: &mut Held,
-    ) -> Result<(), Vec<Message<H::Item>>> {
+    ) -> Result<(), Vec<Message<H::Item, H::Metadata>>> {
         let key = batch.1.batch_key.clone();
         let mut next = Some(batch);
         while let Some(batch) = next.take() {
@@ -182,8 +182,8 @@ where
     /// when the pipeline was abandoned at its deadline before it was handled.
     async fn handle(
         &self,
-        (mut batch, info): Batch<H::Item>,
-    ) -> Result<Option<(Batch<H::Item>, Duration)>, Vec<Message<H::Item>>> {
+        (mut batch, info): Batch<H::Item, H::Metadata>,
+    ) -> Result<Option<(Batch<H::Item, H::Metadata>, Duration)>, Vec<Message<H::Item, H::Metadata>>> {
         let abandon = &self.abandon;
         if abandon.is_cancelled() {
             return Err(batch);

@@ -13,19 +13,19 @@ use crate::message::Message;
 use crate::metrics::{BatcherMetrics, Held};
 use crate::topology::batch_groups::{BatchGroups, Group};
 
-pub(crate) type Batch<T> = (Vec<Message<T>>, BatchInfo);
+pub(crate) type Batch<T, M> = (Vec<Message<T, M>>, BatchInfo);
 
 /// How batches reach the batch processors.
-pub(crate) enum BatchDispatch<T> {
+pub(crate) enum BatchDispatch<T, M> {
     /// One queue: whichever batch processor is free handles the next batch.
-    Shared(async_channel::Sender<Batch<T>>),
+    Shared(async_channel::Sender<Batch<T, M>>),
     /// Ordered: one queue per batch processor, chosen by the batch key, so that a key's
     /// batches are handled one after the other by one batch processor.
-    ByKey(Vec<async_channel::Sender<Batch<T>>>),
+    ByKey(Vec<async_channel::Sender<Batch<T, M>>>),
 }
 
-impl<T> BatchDispatch<T> {
-    async fn send(&self, batch: Batch<T>) -> Result<(), async_channel::SendError<Batch<T>>> {
+impl<T, M> BatchDispatch<T, M> {
+    async fn send(&self, batch: Batch<T, M>) -> Result<(), async_channel::SendError<Batch<T, M>>> {
         match self {
             BatchDispatch::Shared(queue) => queue.send(batch).await,
             BatchDispatch::ByKey(queues) => {
@@ -38,16 +38,16 @@ impl<T> BatchDispatch<T> {
     }
 }
 
-pub(crate) struct BatcherStage<T> {
+pub(crate) struct BatcherStage<T, M> {
     pub(crate) name: Arc<str>,
     pub(crate) batch_size: usize,
     pub(crate) batch_timeout: Duration,
-    pub(crate) input: mpsc::Receiver<Vec<Message<T>>>,
-    pub(crate) output: BatchDispatch<T>,
+    pub(crate) input: mpsc::Receiver<Vec<Message<T, M>>>,
+    pub(crate) output: BatchDispatch<T, M>,
     pub(crate) metrics: BatcherMetrics,
 }
 
-impl<T: Send + 'static> BatcherStage<T> {
+impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
     pub(crate) async fn run(mut self) {
         // Room for a whole batch up front, within reason: many keys may each hold a few.
         let mut groups = BatchGroups::new(self.batch_size.min(1024));
@@ -86,7 +86,7 @@ impl<T: Send + 'static> BatcherStage<T> {
         }
     }
 
-    async fn add(&self, holding: &mut Held, groups: &mut BatchGroups<T>, chunk: Vec<Message<T>>) {
+    async fn add(&self, holding: &mut Held, groups: &mut BatchGroups<T, M>, chunk: Vec<Message<T, M>>) {
         let timeout = self.batch_timeout;
         for message in chunk {
             let (position, len) = groups.push(message, || Instant::now() + timeout);
@@ -97,7 +97,7 @@ impl<T: Send + 'static> BatcherStage<T> {
         }
     }
 
-    async fn send(&self, holding: &mut Held, group: Group<T>, trigger: BatchTrigger) {
+    async fn send(&self, holding: &mut Held, group: Group<T, M>, trigger: BatchTrigger) {
         let metrics = &self.metrics;
         let opened = group.deadline - self.batch_timeout;
         metrics

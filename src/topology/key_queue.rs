@@ -18,16 +18,16 @@ use crate::message::Message;
 
 /// What a processor takes from the queue.
 #[derive(Debug)]
-pub(crate) enum Work<T> {
+pub(crate) enum Work<T, M> {
     /// Messages to handle, of keys now held by the taker, each key's in order.
-    Handle(Vec<Message<T>>),
+    Handle(Vec<Message<T, M>>),
     /// Messages to hand back to the source unfinished: of a key released at shutdown
     /// (none may be finished after it), or anything once the pipeline is abandoned.
-    Release(Vec<Message<T>>),
+    Release(Vec<Message<T, M>>),
 }
 
-pub(crate) struct KeyQueue<T> {
-    state: Mutex<State<T>>,
+pub(crate) struct KeyQueue<T, M> {
+    state: Mutex<State<T, M>>,
     /// Signalled when a key becomes free with messages waiting, or the queue ends.
     ready: Notify,
     /// The most messages one [`Work::Handle`] holds (`max_demand`).
@@ -37,27 +37,27 @@ pub(crate) struct KeyQueue<T> {
 /// The queue's maps are keyed by order keys, already hashes: a fast hasher is enough.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-struct State<T> {
+struct State<T, M> {
     /// Keys with messages waiting or held by a processor.
-    keys: Map<u64, Key<T>>,
+    keys: Map<u64, Key<T, M>>,
     /// Messages waiting, of every key.
     waiting: usize,
     /// Keys with messages waiting that no processor holds, in the order they became free.
     free: VecDeque<u64>,
     /// Keys whose messages go back unfinished from now on (see [`KeyQueue::release_keys`]).
     released: HashSet<u64, foldhash::fast::RandomState>,
-    to_release: Vec<Message<T>>,
+    to_release: Vec<Message<T, M>>,
     /// Emptied queues of keys gone, reused: keys come and go with every chunk.
-    spare: Vec<VecDeque<Message<T>>>,
+    spare: Vec<VecDeque<Message<T, M>>>,
     /// Everything is handed back: set at the shutdown deadline.
     abandoned: bool,
     /// Producers still pushing.
     senders: usize,
 }
 
-struct Key<T> {
+struct Key<T, M> {
     /// Not yet taken, in order.
-    waiting: VecDeque<Message<T>>,
+    waiting: VecDeque<Message<T, M>>,
     /// A processor holds the key.
     held: bool,
 }
@@ -67,7 +67,7 @@ struct Key<T> {
 const SPARE: usize = 256;
 const SPARE_CAPACITY: usize = 64;
 
-impl<T> State<T> {
+impl<T, M> State<T, M> {
     /// Forgets a key that is neither held nor waiting, keeping its queue for another.
     fn forget(&mut self, key: u64) {
         if let Some(Key { waiting, .. }) = self.keys.remove(&key) {
@@ -78,10 +78,10 @@ impl<T> State<T> {
     }
 }
 
-impl<T> KeyQueue<T> {
+impl<T, M> KeyQueue<T, M> {
     /// A queue and its first sender. Made together: a processor that looked before a
     /// sender existed would take the queue for ended.
-    pub(crate) fn new(max_chunk: usize) -> (KeySender<T>, Arc<Self>) {
+    pub(crate) fn new(max_chunk: usize) -> (KeySender<T, M>, Arc<Self>) {
         let queue = Arc::new(KeyQueue {
             state: Mutex::new(State {
                 keys: Map::default(),
@@ -99,13 +99,13 @@ impl<T> KeyQueue<T> {
         (KeySender(queue.clone()), queue)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    fn lock(&self) -> MutexGuard<'_, State<T, M>> {
         // Nothing user-written runs under this lock: a poisoned one holds a whole state.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues messages whose order key is set, each behind its key's earlier ones.
-    pub(crate) fn push(&self, messages: Vec<Message<T>>) {
+    pub(crate) fn push(&self, messages: Vec<Message<T, M>>) {
         let mut state = self.lock();
         let state = &mut *state;
         let mut wake = false;
@@ -136,7 +136,7 @@ impl<T> KeyQueue<T> {
     /// The next work: messages of free keys (of one key only with `one_key`), held by
     /// the caller until it calls [`finish`](KeyQueue::finish); `None` once every producer
     /// is gone and nothing waits. Cancel safe.
-    pub(crate) async fn next(&self, one_key: bool) -> Option<Work<T>> {
+    pub(crate) async fn next(&self, one_key: bool) -> Option<Work<T, M>> {
         loop {
             let ready = self.ready.notified();
             {
@@ -159,7 +159,7 @@ impl<T> KeyQueue<T> {
         }
     }
 
-    fn take(&self, state: &mut State<T>, one_key: bool) -> Option<Work<T>> {
+    fn take(&self, state: &mut State<T, M>, one_key: bool) -> Option<Work<T, M>> {
         if !state.to_release.is_empty() {
             return Some(Work::Release(std::mem::take(&mut state.to_release)));
         }
@@ -246,22 +246,22 @@ impl<T> KeyQueue<T> {
 
 /// A producer's handle on a [`KeyQueue`]: the queue ends once every sender is dropped
 /// and nothing waits in it.
-pub(crate) struct KeySender<T>(Arc<KeyQueue<T>>);
+pub(crate) struct KeySender<T, M>(Arc<KeyQueue<T, M>>);
 
-impl<T> KeySender<T> {
-    pub(crate) fn push(&self, messages: Vec<Message<T>>) {
+impl<T, M> KeySender<T, M> {
+    pub(crate) fn push(&self, messages: Vec<Message<T, M>>) {
         self.0.push(messages);
     }
 }
 
-impl<T> Clone for KeySender<T> {
+impl<T, M> Clone for KeySender<T, M> {
     fn clone(&self) -> Self {
         self.0.lock().senders += 1;
         KeySender(self.0.clone())
     }
 }
 
-impl<T> Drop for KeySender<T> {
+impl<T, M> Drop for KeySender<T, M> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.senders -= 1;

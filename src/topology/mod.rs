@@ -55,7 +55,7 @@ pub(crate) struct Context<H: Handler, A> {
     pub(crate) acknowledger: A,
     pub(crate) retry: RetryPolicy,
     pub(crate) redelivery: Redelivery,
-    pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Item>>>,
+    pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Metadata>>>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) fault: Arc<Fault>,
     /// Cancelled when the shutdown deadline passes: every stage cuts short what it
@@ -68,12 +68,12 @@ pub(crate) struct Context<H: Handler, A> {
 impl<H, A> Context<H, A>
 where
     H: Handler,
-    A: Acknowledger<H::Item>,
+    A: Acknowledger<H::Metadata>,
 {
     /// After a stage failed `message`: the delay after which the stage should try it
     /// again itself, or `None` when it goes on to be acknowledged (a final failure, or
     /// one the broker redelivers).
-    pub(crate) fn retry_delay(&self, message: &mut Message<H::Item>) -> Option<Duration> {
+    pub(crate) fn retry_delay(&self, message: &mut Message<H::Item, H::Metadata>) -> Option<Duration> {
         let Status::Failed(failure) = message.status() else {
             return None;
         };

@@ -3,33 +3,37 @@
 //! behind them), then hands each message to its batcher or, with no batcher,
 //! acknowledges it.
 
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
+use crate::decode::{Decode, Identity};
+use crate::error::BoxError;
 use crate::handler::Handler;
 use crate::message::{Failure, FailureKind, Message};
 use crate::metrics::{HandlingTimes, Held, StageMetrics, TIME_EACH_AFTER};
 use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
-use crate::topology::guard::guarded;
+use crate::topology::guard::{guarded, panic_message};
 use crate::topology::key_queue::{KeyQueue, Work};
 use crate::topology::Context;
 
 /// Where a processor sends the messages routed to one batcher.
-pub(crate) struct BatcherRoute<T> {
+pub(crate) struct BatcherRoute<T, M> {
     pub(crate) name: Arc<str>,
-    pub(crate) tx: mpsc::Sender<Vec<Message<T>>>,
+    pub(crate) tx: mpsc::Sender<Vec<Message<T, M>>>,
 }
 
-impl<T> Clone for BatcherRoute<T> {
+impl<T, M> Clone for BatcherRoute<T, M> {
     fn clone(&self) -> Self {
         BatcherRoute {
             name: self.name.clone(),
@@ -39,16 +43,16 @@ impl<T> Clone for BatcherRoute<T> {
 }
 
 /// Where a processor takes its messages from.
-pub(crate) enum Input<T> {
+pub(crate) enum Input<T, M> {
     /// One queue all processors take chunks from.
-    Shared(async_channel::Receiver<Vec<Message<T>>>),
+    Shared(async_channel::Receiver<Vec<Message<T, M>>>),
     /// With `partition_by`: the messages of keys no other processor holds.
-    Keyed(Arc<KeyQueue<T>>),
+    Keyed(Arc<KeyQueue<T, M>>),
 }
 
-impl<T> Input<T> {
+impl<T, M> Input<T, M> {
     /// The next work; `None` once the producers are gone and nothing is left.
-    async fn next(&self, one_key: bool) -> Option<Work<T>> {
+    async fn next(&self, one_key: bool) -> Option<Work<T, M>> {
         match self {
             Input::Shared(queue) => queue.recv().await.ok().map(Work::Handle),
             Input::Keyed(queue) => queue.next(one_key).await,
@@ -77,10 +81,12 @@ impl<T> Input<T> {
     }
 }
 
-pub(crate) struct Processor<H: Handler, A> {
+pub(crate) struct Processor<H: Handler, A, D, C> {
     pub(crate) ctx: Arc<Context<H, A>>,
-    pub(crate) input: Input<H::Item>,
-    pub(crate) batchers: Vec<BatcherRoute<H::Item>>,
+    /// Messages as received: their data is decoded here, before they are handled.
+    pub(crate) input: Input<D, H::Metadata>,
+    pub(crate) codec: Arc<C>,
+    pub(crate) batchers: Vec<BatcherRoute<H::Item, H::Metadata>>,
     /// Cancelled at shutdown: what waits for a retry is released, not waited for.
     pub(crate) stop: CancellationToken,
     /// The pipeline's `abandon`, as a child of its own: watched on every pass, it would
@@ -102,27 +108,27 @@ pub(crate) struct Processor<H: Handler, A> {
 }
 
 /// Takes everything out of `queue`, soonest first, without waiting.
-pub(crate) fn drain_delayed<T>(queue: &mut DelayQueue<T>) -> Vec<T> {
+pub(crate) fn drain_delayed<X>(queue: &mut DelayQueue<X>) -> Vec<X> {
     std::iter::from_fn(|| queue.peek().map(|key| queue.remove(&key).into_inner())).collect()
 }
 
 /// Messages a processor keeps for another attempt.
-struct Retries<T> {
+struct Retries<T, M> {
     /// Failed messages, each until its backoff has passed.
-    due: DelayQueue<Message<T>>,
+    due: DelayQueue<Message<T, M>>,
     /// Per partition key with a message in `due`: the later messages of that key taken
     /// with it, in order. (Its messages not yet taken wait in the [`KeyQueue`], the key
     /// held by this processor.)
-    held: HashMap<u64, VecDeque<Message<T>>>,
+    held: HashMap<u64, VecDeque<Message<T, M>>>,
 }
 
-impl<T> Retries<T> {
+impl<T, M> Retries<T, M> {
     fn is_empty(&self) -> bool {
         self.due.is_empty() && self.held.is_empty()
     }
 
     /// Everything waiting, in each key's order, to be released, and the keys it holds.
-    fn take_all(&mut self) -> (Vec<Message<T>>, Vec<u64>) {
+    fn take_all(&mut self) -> (Vec<Message<T, M>>, Vec<u64>) {
         let mut all = drain_delayed(&mut self.due);
         let mut keys = Vec::with_capacity(self.held.len());
         for (key, queue) in self.held.drain() {
@@ -141,7 +147,7 @@ impl<T> Retries<T> {
 }
 
 /// The distinct order keys of `messages` (none without `partition_by`).
-fn keys_of<T>(messages: &[Message<T>]) -> Vec<u64> {
+fn keys_of<T, M>(messages: &[Message<T, M>]) -> Vec<u64> {
     let mut keys: Vec<u64> = messages.iter().filter_map(Message::order_key).collect();
     keys.dedup();
     keys
@@ -155,18 +161,21 @@ fn keys_of<T>(messages: &[Message<T>]) -> Vec<u64> {
 const SETTLE_EACH_AFTER: Duration = Duration::from_millis(50);
 
 /// How a pass ended.
-enum Passed<T> {
+enum Passed<T, M> {
     /// Every message was handled.
     Done,
     /// The pipeline was abandoned at its deadline during the pass: these messages were
     /// not finished (the first one's handler call was cut short).
-    Abandoned(Vec<Message<T>>),
+    Abandoned(Vec<Message<T, M>>),
 }
 
-impl<H, A> Processor<H, A>
+impl<H, A, D, C> Processor<H, A, D, C>
 where
     H: Handler,
-    A: Acknowledger<H::Item>,
+    H::Metadata: Sync,
+    A: Acknowledger<H::Metadata>,
+    D: Send + 'static,
+    C: Decode<D, H::Metadata, Output = H::Item>,
 {
     pub(crate) async fn run(self) {
         let mut retries = Retries {
@@ -206,6 +215,7 @@ where
                     Some(Work::Handle(chunk)) => {
                         holding.add(chunk.len());
                         let keys = keys_of(&chunk);
+                        let chunk = self.decode(chunk, &mut holding).await;
                         let passed = self.pass(&mut retries, &mut holding, chunk).await;
                         self.input.finish(retries.done_with(keys));
                         passed
@@ -237,23 +247,61 @@ where
     /// stopped), so that no message is left invisible until a broker timeout.
     async fn hand_back(
         &self,
-        mut retries: Retries<H::Item>,
+        mut retries: Retries<H::Item, H::Metadata>,
         mut holding: Held,
-        mut unfinished: Vec<Message<H::Item>>,
+        mut unfinished: Vec<Message<H::Item, H::Metadata>>,
     ) {
         unfinished.extend(retries.take_all().0);
         self.input.abandon();
-        loop {
-            holding.release(unfinished.len());
-            self.ctx.release(unfinished).await;
-            match self.input.next(false).await {
-                Some(Work::Handle(chunk) | Work::Release(chunk)) => {
-                    holding.add(chunk.len());
-                    unfinished = chunk;
-                }
-                None => return,
-            }
+        holding.release(unfinished.len());
+        self.ctx.release(unfinished).await;
+        while let Some(Work::Handle(chunk) | Work::Release(chunk)) = self.input.next(false).await {
+            self.ctx.release(chunk).await;
         }
+    }
+
+    /// Decodes the data of a chunk just taken. Messages that do not decode are
+    /// acknowledged as failed at once, ahead of the later messages of their keys (a
+    /// final failure is done with); the rest keep their order.
+    async fn decode(
+        &self,
+        chunk: Vec<Message<D, H::Metadata>>,
+        holding: &mut Held,
+    ) -> Vec<Message<H::Item, H::Metadata>> {
+        // No decode step: the chunk is passed on as it is, not rebuilt message by message.
+        if TypeId::of::<C>() == TypeId::of::<Identity>() {
+            let chunk: Box<dyn Any> = Box::new(chunk);
+            if let Ok(same) = chunk.downcast::<Vec<Message<H::Item, H::Metadata>>>() {
+                return *same;
+            }
+            unreachable!("the identity decode step keeps the data's type");
+        }
+        let mut decoded = Vec::with_capacity(chunk.len());
+        let mut undecoded = Vec::new();
+        for message in chunk {
+            let (data, mut message) = message.take_data();
+            let result = AssertUnwindSafe(self.codec.decode(data, message.metadata()))
+                .catch_unwind()
+                .await;
+            let error: BoxError = match result {
+                Ok(Ok(item)) => {
+                    decoded.push(message.with_data(item));
+                    continue;
+                }
+                Ok(Err(error)) => error,
+                Err(panic) => format!("the decode step panicked: {}", panic_message(panic)).into(),
+            };
+            // A message failed already (a routing failure) keeps its own reason.
+            if message.is_ok() {
+                message.set_failure(Failure::new(FailureKind::Decode, error));
+            }
+            undecoded.push(message);
+        }
+        if !undecoded.is_empty() {
+            holding.release(undecoded.len());
+            self.ctx.acknowledge_undecoded(undecoded).await;
+        }
+        decoded
     }
 
     /// Handles `messages` in order and routes those done with this stage (to their
@@ -262,10 +310,10 @@ where
     /// stay in `retries`.
     async fn pass(
         &self,
-        retries: &mut Retries<H::Item>,
+        retries: &mut Retries<H::Item, H::Metadata>,
         holding: &mut Held,
-        mut messages: Vec<Message<H::Item>>,
-    ) -> Passed<H::Item> {
+        mut messages: Vec<Message<H::Item, H::Metadata>>,
+    ) -> Passed<H::Item, H::Metadata> {
         if self.abandon.is_cancelled() {
             return Passed::Abandoned(messages);
         }
@@ -360,9 +408,9 @@ where
     /// how far it got (so that a cut-short call knows which messages were handled).
     async fn handle(
         &self,
-        messages: &mut [Message<H::Item>],
+        messages: &mut [Message<H::Item, H::Metadata>],
         from: usize,
-        retries: &mut Retries<H::Item>,
+        retries: &mut Retries<H::Item, H::Metadata>,
         staying: &mut Vec<(usize, Option<Duration>)>,
         timing: &mut HandlingTimes<'_>,
         reached: &mut usize,
@@ -399,9 +447,9 @@ where
     /// the rest on.
     async fn settle(
         &self,
-        retries: &mut Retries<H::Item>,
+        retries: &mut Retries<H::Item, H::Metadata>,
         holding: &mut Held,
-        messages: Vec<Message<H::Item>>,
+        messages: Vec<Message<H::Item, H::Metadata>>,
         staying: Vec<(usize, Option<Duration>)>,
     ) {
         if messages.is_empty() {
@@ -432,14 +480,14 @@ where
     }
 
     /// The index of the batcher a successful message goes to: the one it names, else the first.
-    fn batcher_of(&self, message: &Message<H::Item>) -> Option<usize> {
+    fn batcher_of(&self, message: &Message<H::Item, H::Metadata>) -> Option<usize> {
         match message.batcher() {
             None => Some(0),
             Some(name) => self.batchers.iter().position(|route| &*route.name == name),
         }
     }
 
-    async fn route(&self, chunk: Vec<Message<H::Item>>) {
+    async fn route(&self, chunk: Vec<Message<H::Item, H::Metadata>>) {
         if self.batchers.is_empty() {
             let (successful, failed) = split_failed(chunk);
             return self.ctx.acknowledge(successful, failed).await;
@@ -454,7 +502,7 @@ where
                 return self.forward(only, chunk).await;
             }
         }
-        let mut routed: Vec<Vec<Message<H::Item>>> = self.batchers.iter().map(|_| Vec::new()).collect();
+        let mut routed: Vec<Vec<Message<H::Item, H::Metadata>>> = self.batchers.iter().map(|_| Vec::new()).collect();
         let mut failed = Vec::new();
         for mut message in chunk {
             if message.is_failed() {
@@ -475,7 +523,7 @@ where
         }
     }
 
-    async fn forward(&self, index: usize, messages: Vec<Message<H::Item>>) {
+    async fn forward(&self, index: usize, messages: Vec<Message<H::Item, H::Metadata>>) {
         let route = &self.batchers[index];
         if let Err(lost) = route.tx.send(messages).await {
             // Only after an abort at the shutdown deadline: left unacknowledged, redelivered.

@@ -18,18 +18,18 @@ use crate::topology::Meter;
 pub(crate) use crate::source::PartitionBy;
 
 /// How received messages reach the processors.
-pub(crate) enum Dispatch<T> {
+pub(crate) enum Dispatch<T, M> {
     /// One queue all processors take from: whichever is free handles the next chunk.
-    Shared(async_channel::Sender<Vec<Message<T>>>),
+    Shared(async_channel::Sender<Vec<Message<T, M>>>),
     /// Queued per key (the message's partition key), each key's messages handled in
     /// order by whichever processor takes it.
     Partitioned {
-        queue: KeySender<T>,
-        partition_by: PartitionBy<T>,
+        queue: KeySender<T, M>,
+        partition_by: PartitionBy<T, M>,
     },
 }
 
-impl<T> Clone for Dispatch<T> {
+impl<T, M> Clone for Dispatch<T, M> {
     fn clone(&self) -> Self {
         match self {
             Dispatch::Shared(queue) => Dispatch::Shared(queue.clone()),
@@ -44,7 +44,7 @@ impl<T> Clone for Dispatch<T> {
 pub(crate) struct Producer<S: Source> {
     pub(crate) source: Arc<S>,
     pub(crate) meter: Arc<Meter>,
-    pub(crate) dispatch: Dispatch<S::Item>,
+    pub(crate) dispatch: Dispatch<S::Data, S::Metadata>,
     /// Fetch once at least this many credits are free (`max_demand - min_demand`).
     pub(crate) min_fetch: usize,
     /// Ask for at most this many at once.
@@ -125,7 +125,7 @@ impl<S: Source> Producer<S> {
     }
 
     /// Sends messages to the processors; `Err` only when they are gone (aborted).
-    async fn dispatch(&self, mut messages: Vec<Message<S::Item>>) -> Result<(), ()> {
+    async fn dispatch(&self, mut messages: Vec<Message<S::Data, S::Metadata>>) -> Result<(), ()> {
         let now = Instant::now().into_std();
         messages
             .iter_mut()
@@ -150,7 +150,7 @@ impl<S: Source> Producer<S> {
 /// Computes the message's ordering key, once: the stages read it from the message. A
 /// `partition_by` that panics fails the message (a routing failure, never retried: the
 /// key would panic again) instead of ending the producer.
-fn set_order_key<T>(message: &mut Message<T>, partition_by: &PartitionBy<T>) {
+fn set_order_key<T, M>(message: &mut Message<T, M>, partition_by: &PartitionBy<T, M>) {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| partition_by(message))) {
         Ok(key) => message.set_order_key(key),
         Err(payload) => {
@@ -164,7 +164,7 @@ fn set_order_key<T>(message: &mut Message<T>, partition_by: &PartitionBy<T>) {
 
 /// Splits `messages` into chunks of at most `max` messages, in order. A vector that
 /// fits one chunk whole is passed on as it is.
-fn chunks<T>(messages: Vec<T>, max: usize) -> Vec<Vec<T>> {
+fn chunks<X>(messages: Vec<X>, max: usize) -> Vec<Vec<X>> {
     if messages.len() <= max {
         return if messages.is_empty() {
             Vec::new()
@@ -175,7 +175,7 @@ fn chunks<T>(messages: Vec<T>, max: usize) -> Vec<Vec<T>> {
     let mut out = Vec::with_capacity(messages.len().div_ceil(max));
     let mut messages = messages.into_iter();
     loop {
-        let chunk: Vec<T> = messages.by_ref().take(max).collect();
+        let chunk: Vec<X> = messages.by_ref().take(max).collect();
         if chunk.is_empty() {
             return out;
         }
