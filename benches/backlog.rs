@@ -19,6 +19,7 @@ struct SlowSink;
 
 impl Handler for SlowSink {
     type Item = Vec<u8>;
+    type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<Vec<u8>>) -> Result<(), BoxError> {
         message.data_mut()[0] ^= 1;

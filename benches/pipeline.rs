@@ -160,6 +160,7 @@ struct Bench {
 
 impl Handler for Bench {
     type Item = u64;
+    type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
         black_box(message.data());
@@ -184,6 +185,7 @@ struct BenchNoBatcher {
 
 impl Handler for BenchNoBatcher {
     type Item = u64;
+    type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
         if black_box(*message.data()).is_multiple_of(SAMPLE_EVERY) {

@@ -49,6 +49,7 @@
 //!
 //! impl Handler for Sum {
 //!     type Item = u64;
+//!     type Metadata = ();
 //!
 //!     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
 //!         if *message.data() % 1000 == 999 {

@@ -50,8 +50,9 @@ struct Recorder {
 
 impl Handler for Recorder {
     type Item = Item;
+    type Metadata = Item;
 
-    async fn handle_message(&self, message: &mut Message<Item>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut Message<Item, Item>) -> Result<(), BoxError> {
         let item = message.data().clone();
         self.handled
             .lock()
@@ -76,7 +77,7 @@ impl Handler for Recorder {
         }
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<Item>], info: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [Message<Item, Item>], info: &BatchInfo) -> Result<(), BoxError> {
         let keys = batch.iter().map(|m| m.data().key).collect();
         let key = match info.batch_key {
             longshore::BatchKey::Int(key) => key,
@@ -94,7 +95,7 @@ impl Handler for Recorder {
         Ok(())
     }
 
-    async fn handle_failed(&self, messages: &mut [Message<Item>]) {
+    async fn handle_failed(&self, messages: &mut [Message<Item, Item>]) {
         let mut seen = self.failed_seen.lock().unwrap();
         seen.extend(messages.iter().map(|m| m.data().seq));
     }
@@ -176,7 +177,7 @@ async fn run(topology: Topology) {
             .min_demand(topology.max_demand / 2),
     );
     if topology.partitioned {
-        builder = builder.partition_by(|m: &Message<Item>| m.data().key);
+        builder = builder.partition_by(|m: &Message<Item, Item>| m.data().key);
     }
     for (name, &(size, timeout_ms, concurrency)) in names.iter().zip(&topology.batchers) {
         builder = builder.batcher(
@@ -208,7 +209,8 @@ async fn run(topology: Topology) {
             batcher,
         })
         .collect();
-    let outcomes = sender.test_batch(items.clone()).await;
+    let messages = items.iter().map(|item| Message::with_metadata(item.clone(), item.clone()));
+    let outcomes = sender.test_messages(messages.collect()).await;
     drop(sender);
     let summary = tokio::time::timeout(Duration::from_secs(10), pipeline.wait())
         .await
@@ -223,7 +225,8 @@ async fn run(topology: Topology) {
     let has_batchers = !names.is_empty();
     let mut expected_failed = Vec::new();
     for (item, outcome) in items.iter().zip(&outcomes) {
-        assert_eq!(outcome.message.data().seq, item.seq);
+        assert_eq!(outcome.message.metadata().seq, item.seq);
+        assert_eq!(outcome.data::<Item>().map(|data| data.seq), Some(item.seq));
         let should_fail = match item.fate {
             Fate::Ok => false,
             Fate::Flaky(n) => n >= topology.max_attempts,
@@ -298,11 +301,11 @@ async fn run(topology: Topology) {
         let mut finished = Finished::new();
         for outcome in outcomes.iter().filter(|o| o.successful) {
             let message = &outcome.message;
-            let at = (message.data().key, message.batcher().map(str::to_owned));
+            let at = (message.metadata().key, message.batcher().map(str::to_owned));
             finished
                 .entry(at)
                 .or_default()
-                .push((outcome.acknowledged, message.data().seq));
+                .push((outcome.acknowledged, message.metadata().seq));
         }
         for ((key, batcher), mut acks) in finished {
             acks.sort_unstable();
@@ -330,11 +333,11 @@ async fn run(topology: Topology) {
 struct DeadLetters(Mutex<Vec<usize>>);
 
 impl DeadLetter<Item> for DeadLetters {
-    async fn dead_letter(&self, messages: &mut [Message<Item>]) -> Result<(), BoxError> {
+    async fn dead_letter(&self, messages: &mut [Message<(), Item>]) -> Result<(), BoxError> {
         self.0
             .lock()
             .unwrap()
-            .extend(messages.iter().map(|m| m.data().seq));
+            .extend(messages.iter().map(|m| m.metadata().seq));
         Ok(())
     }
 }

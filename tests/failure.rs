@@ -65,8 +65,9 @@ impl Recorder {
 
 impl Handler for Recorder {
     type Item = Job;
+    type Metadata = Job;
 
-    async fn handle_message(&self, message: &mut Message<Job>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut Message<Job, Job>) -> Result<(), BoxError> {
         let job = message.data().clone();
         let attempt = message.attempt();
         self.calls.lock().unwrap().push((job.id, attempt, Instant::now()));
@@ -81,7 +82,7 @@ impl Handler for Recorder {
         }
     }
 
-    async fn handle_failed(&self, messages: &mut [Message<Job>]) {
+    async fn handle_failed(&self, messages: &mut [Message<Job, Job>]) {
         self.failed
             .lock()
             .unwrap()
@@ -98,17 +99,23 @@ struct Graveyard {
 }
 
 impl DeadLetter<Job> for Graveyard {
-    async fn dead_letter(&self, messages: &mut [Message<Job>]) -> Result<(), BoxError> {
+    async fn dead_letter(&self, messages: &mut [Message<(), Job>]) -> Result<(), BoxError> {
         let write = self.writes.fetch_add(1, Ordering::SeqCst);
         if write < self.fail_first.load(Ordering::SeqCst) {
             return Err("dead-letter queue unavailable".into());
         }
         let mut graves = self.graves.lock().unwrap();
         for m in messages.iter() {
-            graves.push((m.data().id, m.attempt(), m.status().to_string()));
+            graves.push((m.metadata().id, m.attempt(), m.status().to_string()));
         }
         Ok(())
     }
+}
+
+/// Each job as a message whose metadata is the job too, as a source's would tell it: what
+/// the acknowledger and the dead-letter destination read.
+fn with_metadata(jobs: Vec<Job>) -> Vec<Message<Job, Job>> {
+    jobs.into_iter().map(|job| Message::with_metadata(job.clone(), job)).collect()
 }
 
 fn policy(max_attempts: u32) -> RetryPolicy {
@@ -121,8 +128,8 @@ fn policy(max_attempts: u32) -> RetryPolicy {
 async fn run_jobs(
     jobs: Vec<Job>,
     configure: impl FnOnce(
-        longshore::PipelineBuilder<TestSource<Job>, Arc<Recorder>>,
-    ) -> longshore::PipelineBuilder<TestSource<Job>, Arc<Recorder>>,
+        longshore::PipelineBuilder<TestSource<Job, Job>, Arc<Recorder>>,
+    ) -> longshore::PipelineBuilder<TestSource<Job, Job>, Arc<Recorder>>,
 ) -> (Arc<Recorder>, Vec<longshore::testing::Outcome<Job>>) {
     let recorder = Arc::new(Recorder::default());
     let (source, sender) = TestSource::new();
@@ -130,7 +137,7 @@ async fn run_jobs(
         .start()
         .unwrap();
     *recorder.started.lock().unwrap() = Some(Instant::now());
-    let outcomes = sender.test_batch(jobs).await;
+    let outcomes = sender.test_messages(with_metadata(jobs)).await;
     drop(sender);
     pipeline.wait().await.expect("the pipeline ends cleanly");
     (recorder, outcomes)
@@ -229,7 +236,7 @@ async fn a_retry_holds_back_later_messages_of_its_key_and_no_other_key() {
     ];
     let (recorder, outcomes) = run_jobs(jobs, |b| {
         b.processors(Processors::new(1).max_demand(8).min_demand(4))
-            .partition_by(|m: &Message<Job>| m.data().key)
+            .partition_by(|m: &Message<Job, Job>| m.data().key)
             .retry(policy(3))
     })
     .await;
@@ -273,6 +280,7 @@ struct FlakySink {
 
 impl Handler for FlakySink {
     type Item = u32;
+    type Metadata = ();
     async fn handle_message(&self, _: &mut Message<u32>) -> Result<(), BoxError> {
         Ok(())
     }
@@ -322,7 +330,7 @@ type AckLog = Arc<Mutex<Vec<(u32, bool, Option<Duration>)>>>;
 
 /// A source whose broker redelivers failed messages, recording what it is told.
 struct Redelivering {
-    inner: TestSource<Job>,
+    inner: TestSource<Job, Job>,
     acks: AckLog,
 }
 
@@ -332,22 +340,23 @@ struct RedeliveringAcks {
 }
 
 impl Acknowledger<Job> for RedeliveringAcks {
-    async fn ack(&self, successful: Vec<Message<Job>>, failed: Vec<Message<Job>>) {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, Job>>, failed: Vec<Message<T, Job>>) {
         {
             let mut acks = self.acks.lock().unwrap();
             acks.extend(
                 successful
                     .iter()
-                    .map(|m| (m.data().id, true, m.redeliver_after())),
+                    .map(|m| (m.metadata().id, true, m.redeliver_after())),
             );
-            acks.extend(failed.iter().map(|m| (m.data().id, false, m.redeliver_after())));
+            acks.extend(failed.iter().map(|m| (m.metadata().id, false, m.redeliver_after())));
         }
         self.inner.ack(successful, failed).await;
     }
 }
 
 impl Source for Redelivering {
-    type Item = Job;
+    type Data = Job;
+    type Metadata = Job;
     type Acknowledger = RedeliveringAcks;
 
     fn acknowledger(&self) -> RedeliveringAcks {
@@ -361,7 +370,7 @@ impl Source for Redelivering {
         Redelivery::Broker
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<Job>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<Job, Job>>>, BoxError> {
         // A broker counts deliveries; here, the job's id stands for its receive count.
         let messages = self.inner.receive(demand).await?;
         Ok(messages.map(|ms| {
@@ -392,11 +401,11 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
         .unwrap();
     // Deliveries 1 and 2 of a failing message, then its third and last.
     let outcomes = sender
-        .test_batch(vec![
+        .test_messages(with_metadata(vec![
             job(1, 0, Fate::AlwaysFails),
             job(2, 0, Fate::AlwaysFails),
             job(3, 0, Fate::AlwaysFails),
-        ])
+        ]))
         .await;
     drop(sender);
     pipeline.wait().await.expect("the pipeline ends cleanly");
@@ -421,6 +430,7 @@ struct Nothing;
 
 impl Handler for Nothing {
     type Item = u64;
+    type Metadata = ();
     async fn handle_message(&self, _: &mut Message<u64>) -> Result<(), BoxError> {
         Ok(())
     }

@@ -35,32 +35,32 @@ struct Ledger {
 }
 
 impl Acknowledger<usize> for Ledger {
-    async fn ack(&self, successful: Vec<Message<usize>>, failed: Vec<Message<usize>>) {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, usize>>, failed: Vec<Message<T, usize>>) {
         if let Some(bad) = self.panic_on {
             assert!(
-                successful.iter().all(|m| *m.data() != bad),
+                successful.iter().all(|m| *m.metadata() != bad),
                 "injected acknowledger panic"
             );
         }
         self.successful
             .lock()
             .unwrap()
-            .extend(successful.iter().map(|m| *m.data()));
+            .extend(successful.iter().map(|m| *m.metadata()));
         self.failed
             .lock()
             .unwrap()
-            .extend(failed.iter().map(|m| *m.data()));
+            .extend(failed.iter().map(|m| *m.metadata()));
     }
 
     fn acknowledges_each(&self) -> bool {
         self.each
     }
 
-    async fn release(&self, messages: Vec<Message<usize>>) {
+    async fn release<T: Send + 'static>(&self, messages: Vec<Message<T, usize>>) {
         self.released
             .lock()
             .unwrap()
-            .extend(messages.iter().map(|m| *m.data()));
+            .extend(messages.iter().map(|m| *m.metadata()));
     }
 }
 
@@ -79,20 +79,21 @@ impl Numbers {
 }
 
 impl Source for Numbers {
-    type Item = usize;
+    type Data = usize;
+    type Metadata = usize;
     type Acknowledger = Arc<Ledger>;
 
     fn acknowledger(&self) -> Arc<Ledger> {
         self.ledger.clone()
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<usize>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<usize, usize>>>, BoxError> {
         let start = self.next.fetch_add(demand.get(), Ordering::SeqCst).min(self.end);
         let end = (start + demand.get()).min(self.end);
         if start == end && self.end == usize::MAX {
             std::future::pending::<()>().await;
         }
-        Ok((start < end).then(|| (start..end).map(Message::new).collect()))
+        Ok((start < end).then(|| (start..end).map(|n| Message::with_metadata(n, n)).collect()))
     }
 
     fn liveness(&self) -> Result<(), BoxError> {
@@ -108,7 +109,8 @@ struct FailSeven;
 
 impl Handler for FailSeven {
     type Item = usize;
-    async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
+    type Metadata = usize;
+    async fn handle_message(&self, message: &mut Message<usize, usize>) -> Result<(), BoxError> {
         if *message.data() == 7 {
             return Err("seven never works".into());
         }
@@ -142,7 +144,7 @@ async fn a_panicking_partition_by_fails_its_message_and_the_pipeline_goes_on() {
     let (source, ledger, _) = Numbers::new(100, Ledger::default());
     let pipeline = Pipeline::builder(source, FailSeven)
         .processors(Processors::new(2))
-        .partition_by(|m: &Message<usize>| {
+        .partition_by(|m: &Message<usize, usize>| {
             assert!(*m.data() != 42, "injected partition_by panic");
             *m.data() as u64
         })
@@ -221,7 +223,7 @@ async fn at_shutdown_a_message_waiting_for_its_retry_is_released_at_once() {
     let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
     let pipeline = Pipeline::builder(source, FailSeven)
         .processors(Processors::new(2))
-        .partition_by(|m: &Message<usize>| (*m.data() % 3) as u64)
+        .partition_by(|m: &Message<usize, usize>| (*m.data() % 3) as u64)
         .retry(
             RetryPolicy::new(5)
                 .initial_backoff(Duration::from_secs(3600))
@@ -280,7 +282,8 @@ impl Slow {
 
 impl Handler for Slow {
     type Item = usize;
-    async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
+    type Metadata = usize;
+    async fn handle_message(&self, message: &mut Message<usize, usize>) -> Result<(), BoxError> {
         tokio::time::sleep(self.handling).await;
         self.handled.lock().unwrap().push(*message.data());
         if self.fail {
@@ -290,7 +293,7 @@ impl Handler for Slow {
     }
     async fn handle_batch(
         &self,
-        batch: &mut [Message<usize>],
+        batch: &mut [Message<usize, usize>],
         _: &longshore::BatchInfo,
     ) -> Result<(), BoxError> {
         tokio::time::sleep(self.batching).await;
@@ -399,7 +402,7 @@ async fn at_a_missed_deadline_batches_waiting_and_filling_are_handed_back() {
 struct Unreachable;
 
 impl longshore::DeadLetter<usize> for Unreachable {
-    async fn dead_letter(&self, _: &mut [Message<usize>]) -> Result<(), BoxError> {
+    async fn dead_letter(&self, _: &mut [Message<(), usize>]) -> Result<(), BoxError> {
         Err("connection refused".into())
     }
 }
@@ -436,7 +439,8 @@ struct FailOne(usize);
 
 impl Handler for FailOne {
     type Item = usize;
-    async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
+    type Metadata = usize;
+    async fn handle_message(&self, message: &mut Message<usize, usize>) -> Result<(), BoxError> {
         if *message.data() == self.0 {
             return Err("poison".into());
         }
@@ -454,7 +458,7 @@ async fn deadline_in_a_dead_letter_write(poison: usize, each: bool) -> (Vec<usiz
     let (source, ledger, _) = Numbers::new(usize::MAX, ledger);
     let pipeline = Pipeline::builder(source, FailOne(poison))
         .processors(Processors::new(1).max_demand(8))
-        .partition_by(|m: &Message<usize>| (*m.data() % 2) as u64)
+        .partition_by(|m: &Message<usize, usize>| (*m.data() % 2) as u64)
         .dead_letter(Unreachable)
         .shutdown_deadline(Duration::from_secs(2))
         .start()

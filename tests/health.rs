@@ -18,7 +18,8 @@ struct Connecting {
 }
 
 impl Source for Connecting {
-    type Item = u64;
+    type Data = u64;
+    type Metadata = ();
     type Acknowledger = AckCounts;
 
     fn acknowledger(&self) -> Self::Acknowledger {
@@ -38,6 +39,7 @@ struct Ok;
 
 impl Handler for Ok {
     type Item = u64;
+    type Metadata = ();
     async fn handle_message(&self, _message: &mut Message<u64>) -> Result<(), BoxError> {
         Result::Ok(())
     }

@@ -16,6 +16,7 @@ struct Flaky;
 
 impl Handler for Flaky {
     type Item = u64;
+    type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
         let n = *message.data();
@@ -35,8 +36,8 @@ impl Handler for Flaky {
 
 struct Discard;
 
-impl DeadLetter<u64> for Discard {
-    async fn dead_letter(&self, _messages: &mut [Message<u64>]) -> Result<(), BoxError> {
+impl DeadLetter<()> for Discard {
+    async fn dead_letter(&self, _messages: &mut [Message<()>]) -> Result<(), BoxError> {
         Ok(())
     }
 }

@@ -25,28 +25,29 @@ struct Acks {
 }
 
 impl Acknowledger<(u64, u64)> for Acks {
-    async fn ack(&self, successful: Vec<Message<(u64, u64)>>, failed: Vec<Message<(u64, u64)>>) {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, (u64, u64)>>, failed: Vec<Message<T, (u64, u64)>>) {
         let mut done = self.successful.lock().unwrap();
-        done.extend(successful.iter().map(|m| *m.data()));
+        done.extend(successful.iter().map(|m| *m.metadata()));
         self.failed
             .lock()
             .unwrap()
-            .extend(failed.iter().map(|m| *m.data()));
+            .extend(failed.iter().map(|m| *m.metadata()));
     }
 }
 
 impl Source for Recorded {
-    type Item = (u64, u64);
+    type Data = (u64, u64);
+    type Metadata = (u64, u64);
     type Acknowledger = Arc<Acks>;
 
     fn acknowledger(&self) -> Arc<Acks> {
         self.acks.clone()
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<(u64, u64)>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<(u64, u64), (u64, u64)>>>, BoxError> {
         tokio::task::yield_now().await;
         let mut items = self.items.lock().unwrap();
-        let taken: Vec<_> = items.by_ref().take(demand.get()).map(Message::new).collect();
+        let taken: Vec<_> = items.by_ref().take(demand.get()).map(|item| Message::with_metadata(item, item)).collect();
         Ok((!taken.is_empty()).then_some(taken))
     }
 }
@@ -59,14 +60,15 @@ struct Flaky {
 
 impl Handler for Flaky {
     type Item = (u64, u64);
+    type Metadata = (u64, u64);
 
-    async fn handle_message(&self, message: &mut Message<(u64, u64)>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut Message<(u64, u64), (u64, u64)>) -> Result<(), BoxError> {
         let key = message.data().0;
         message.put_batch_key(key);
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<(u64, u64)>], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [Message<(u64, u64), (u64, u64)>], _: &BatchInfo) -> Result<(), BoxError> {
         // Batches of other keys overtake a waiting one.
         tokio::time::sleep(Duration::from_millis(1)).await;
         let mut attempts = self.attempts.lock().unwrap();
@@ -100,7 +102,7 @@ async fn a_keys_messages_finish_in_order_through_concurrent_batches_and_their_re
     };
     let pipeline = Pipeline::builder(source, handler)
         .processors(Processors::new(3).max_demand(8))
-        .partition_by(|m: &Message<(u64, u64)>| m.data().0)
+        .partition_by(|m: &Message<(u64, u64), (u64, u64)>| m.data().0)
         .batcher(
             Batcher::new("db")
                 .batch_size(5)
@@ -136,6 +138,7 @@ struct Pass;
 
 impl Handler for Pass {
     type Item = u64;
+    type Metadata = ();
     async fn handle_message(&self, _: &mut Message<u64>) -> Result<(), BoxError> {
         Ok(())
     }
@@ -173,8 +176,9 @@ struct Gated {
 
 impl Handler for Gated {
     type Item = (u64, u64);
+    type Metadata = (u64, u64);
 
-    async fn handle_message(&self, message: &mut Message<(u64, u64)>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut Message<(u64, u64), (u64, u64)>) -> Result<(), BoxError> {
         let (key, seq) = *message.data();
         if seq == 0 && key == self.stuck {
             drop(self.release.acquire().await.unwrap());
@@ -231,7 +235,7 @@ async fn a_slow_message_holds_back_its_own_key_only() {
     let pipeline = Pipeline::builder(source, handler.clone())
         .processors(Processors::new(2).max_demand(8))
         .max_in_flight(128)
-        .partition_by(|m: &Message<(u64, u64)>| m.data().0)
+        .partition_by(|m: &Message<(u64, u64), (u64, u64)>| m.data().0)
         .start()
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), handler.others_done.notified())
@@ -264,7 +268,7 @@ async fn keys_spread_over_every_processor() {
     };
     let pipeline = Pipeline::builder(source, handler.clone())
         .processors(Processors::new(2).max_demand(8))
-        .partition_by(|m: &Message<(u64, u64)>| m.data().0)
+        .partition_by(|m: &Message<(u64, u64), (u64, u64)>| m.data().0)
         .start()
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), handler.others_done.notified())
@@ -283,6 +287,7 @@ struct Counting {
 
 impl Handler for Counting {
     type Item = u64;
+    type Metadata = ();
     async fn handle_message(&self, _: &mut Message<u64>) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(1)).await;
         if self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.after {

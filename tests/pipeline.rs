@@ -33,21 +33,22 @@ struct Ledger {
 }
 
 impl Acknowledger<usize> for Ledger {
-    async fn ack(&self, successful: Vec<Message<usize>>, failed: Vec<Message<usize>>) {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, usize>>, failed: Vec<Message<T, usize>>) {
         self.outstanding
             .fetch_sub(successful.len() + failed.len(), Ordering::SeqCst);
     }
 }
 
 impl Source for CheckedSource {
-    type Item = usize;
+    type Data = usize;
+    type Metadata = usize;
     type Acknowledger = Arc<Ledger>;
 
     fn acknowledger(&self) -> Arc<Ledger> {
         self.ledger.clone()
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<usize>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<usize, usize>>>, BoxError> {
         let ledger = &self.ledger;
         ledger.receives.fetch_add(1, Ordering::SeqCst);
         let outstanding = ledger.outstanding.load(Ordering::SeqCst);
@@ -61,7 +62,7 @@ impl Source for CheckedSource {
         let end = (start + demand.get()).min(self.backlog);
         let now = ledger.outstanding.fetch_add(end - start, Ordering::SeqCst) + (end - start);
         ledger.max_outstanding.fetch_max(now, Ordering::SeqCst);
-        Ok((start < end).then(|| (start..end).map(Message::new).collect()))
+        Ok((start < end).then(|| (start..end).map(|n| Message::with_metadata(n, n)).collect()))
     }
 }
 
@@ -70,11 +71,12 @@ struct Slow;
 
 impl Handler for Slow {
     type Item = usize;
-    async fn handle_message(&self, _: &mut Message<usize>) -> Result<(), BoxError> {
+    type Metadata = usize;
+    async fn handle_message(&self, _: &mut Message<usize, usize>) -> Result<(), BoxError> {
         tokio::task::yield_now().await;
         Ok(())
     }
-    async fn handle_batch(&self, _: &mut [Message<usize>], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, _: &mut [Message<usize, usize>], _: &BatchInfo) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_micros(200)).await;
         Ok(())
     }
@@ -138,7 +140,8 @@ struct Gated(Arc<Semaphore>);
 
 impl Handler for Gated {
     type Item = usize;
-    async fn handle_message(&self, _: &mut Message<usize>) -> Result<(), BoxError> {
+    type Metadata = usize;
+    async fn handle_message(&self, _: &mut Message<usize, usize>) -> Result<(), BoxError> {
         self.0.acquire().await?.forget();
         Ok(())
     }
@@ -196,6 +199,7 @@ struct Batches {
 
 impl Handler for Batches {
     type Item = usize;
+    type Metadata = ();
     async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
         let key = if message.data().is_multiple_of(2) {
             "even"
@@ -320,6 +324,7 @@ struct Stuck;
 
 impl Handler for Stuck {
     type Item = usize;
+    type Metadata = ();
     async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
         if *message.data() == 5 {
             std::future::pending::<()>().await;
@@ -359,6 +364,7 @@ struct Faulty {
 
 impl Handler for Faulty {
     type Item = usize;
+    type Metadata = ();
     async fn prepare_messages(&self, messages: &mut [Message<usize>]) -> Result<(), BoxError> {
         if messages.iter().any(|m| *m.data() == 100) {
             return Err("cannot prepare".into());
@@ -435,6 +441,7 @@ struct NoBatch;
 
 impl Handler for NoBatch {
     type Item = usize;
+    type Metadata = ();
     async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
         if *message.data() == 1 {
             message.put_batcher("elsewhere");

@@ -43,6 +43,7 @@ pub use signal::shutdown_signal;
 /// struct Double;
 /// impl Handler for Double {
 ///     type Item = u64;
+///     type Metadata = ();
 ///     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
 ///         *message.data_mut() *= 2;
 ///         Ok(())

@@ -140,8 +140,8 @@ impl AckCounts {
     }
 }
 
-impl Acknowledger<()> for AckCounts {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) {
+impl<M: Send + 'static> Acknowledger<M> for AckCounts {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, M>>, failed: Vec<Message<T, M>>) {
         if !successful.is_empty() {
             self.0
                 .successful

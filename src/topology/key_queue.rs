@@ -292,7 +292,7 @@ mod tests {
         message
     }
 
-    fn handle(work: Option<Work<(u64, u64)>>) -> Vec<(u64, u64)> {
+    fn handle(work: Option<Work<(u64, u64), ()>>) -> Vec<(u64, u64)> {
         match work {
             Some(Work::Handle(chunk)) => chunk.into_iter().map(Message::into_data).collect(),
             other => panic!("expected messages to handle, got {other:?}"),
@@ -336,7 +336,7 @@ mod tests {
         // others may wait for ever.
         queue.finish([1]);
         assert_eq!(handle(queue.next(false).await), vec![(1, 1)]);
-        let ended = |polled: std::task::Poll<Option<Work<(u64, u64)>>>| {
+        let ended = |polled: std::task::Poll<Option<Work<(u64, u64), ()>>>| {
             matches!(polled, std::task::Poll::Ready(None))
         };
         assert!(ended(futures_util::poll!(first.as_mut())));
@@ -414,7 +414,7 @@ mod tests {
             let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
             let mut holding: Vec<Vec<u64>> = vec![Vec::new(); 3];
             #[allow(clippy::type_complexity)]
-            let mut waiting: Vec<Option<(Pin<Box<dyn Future<Output = Option<Work<(u64, u64)>>> + '_>>, Arc<Woken>, bool)>> =
+            let mut waiting: Vec<Option<(Pin<Box<dyn Future<Output = Option<Work<(u64, u64), ()>>> + '_>>, Arc<Woken>, bool)>> =
                 (0..3).map(|_| None).collect();
             let check = |chunk: Vec<Message<(u64, u64)>>, holder: usize, holding: &mut Vec<Vec<u64>>, taken: &mut BTreeMap<u64, u64>| {
                 assert!(chunk.len() <= max_chunk);

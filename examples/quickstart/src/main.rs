@@ -62,6 +62,7 @@ struct Orders {
 
 impl Handler for Orders {
     type Item = Order;
+    type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<Order>) -> Result<(), BoxError> {
         let order = message.data();
