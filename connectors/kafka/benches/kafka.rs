@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use longshore::{BoxError, Handler, Message, Pipeline, Processors};
-use longshore_kafka::{KafkaConfig, KafkaRecord, KafkaSource};
+use longshore::{BoxError, Handler, Pipeline, Processors};
+use longshore_kafka::{KafkaConfig, KafkaMessage, KafkaMetadata, KafkaSource};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::mocking::MockCluster;
@@ -206,11 +206,12 @@ struct Touch {
 }
 
 impl Handler for Touch {
-    type Item = KafkaRecord;
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
         self.first.get_or_init(Instant::now);
-        black_box(message.data().payload());
-        if message.data().offset() % 64 == 0 {
+        black_box(message.metadata().payload());
+        if message.metadata().offset() % 64 == 0 {
             if let Some(at) = message.received_at() {
                 self.samples.record(at);
             }

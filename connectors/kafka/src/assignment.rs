@@ -7,13 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use longshore::Message;
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
 use crate::partitions::{Partition, Partitions, TopicPartition};
-use crate::record::KafkaRecord;
+use crate::metadata::{KafkaMessage, KafkaMetadata};
 use crate::slot::Slot;
 
 /// The key of one element of a partition list.
@@ -75,7 +74,7 @@ impl State {
     /// a record read again and not yet finished.
     pub(crate) fn queue_record(
         &mut self,
-        mut record: KafkaRecord,
+        mut record: KafkaMetadata,
         cap: usize,
         max_buffered: usize,
     ) -> Option<TopicPartition> {
@@ -105,7 +104,7 @@ impl State {
         let pause = !partition.paused && out >= cap && out + partition.queued() + 1 >= max_buffered;
         partition.paused |= pause;
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
-        self.partitions.enqueue(Message::new(record));
+        self.partitions.enqueue(record.into_message());
         full
     }
 
@@ -119,7 +118,7 @@ impl State {
 
     /// Starts the tracking of `record`'s partition again, under a new generation; returns
     /// the partition's new slot.
-    fn restart(&mut self, record: &KafkaRecord) -> Slot {
+    fn restart(&mut self, record: &KafkaMetadata) -> Slot {
         let key = (record.topic_arc().clone(), record.partition());
         let old = self.partitions.remove(&key).expect("assigned");
         tracing::warn!(
@@ -266,7 +265,7 @@ impl Shared {
     /// Takes up to `demand` queued records, in order, skipping those of a partition that
     /// already has its [`cap`](Shared::cap) handed out: a partition stalled behind a
     /// retry cannot take the whole pipeline's demand.
-    pub(crate) fn take(&self, demand: usize) -> Vec<Message<KafkaRecord>> {
+    pub(crate) fn take(&self, demand: usize) -> Vec<KafkaMessage> {
         let mut state = self.lock();
         let limit = self.cap(&state);
         let taken = state.partitions.take(demand, limit);
@@ -421,7 +420,7 @@ impl Shared {
 
     /// Records the acknowledgement of `records`: those of a partition revoked since are
     /// ignored.
-    pub(crate) fn acknowledge<'a>(&self, records: impl Iterator<Item = &'a KafkaRecord>) {
+    pub(crate) fn acknowledge<'a>(&self, records: impl Iterator<Item = &'a KafkaMetadata>) {
         let mut state = self.lock();
         let mut resume = Vec::new();
         let now = Instant::now();
@@ -483,6 +482,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::pin::Pin;
 
+    use longshore::Message;
     use proptest::prelude::*;
     use tokio::sync::futures::Notified;
 
@@ -514,7 +514,7 @@ mod tests {
     /// What the poll thread does with a fetched record of an assigned partition.
     fn receive(shared: &Shared, partition: i32, offset: i64) {
         let mut state = shared.lock();
-        let mut record = KafkaRecord::new(TOPIC, partition, offset);
+        let mut record = KafkaMetadata::new(TOPIC, partition, offset);
         record.slot = state
             .partitions
             .slot(&(Arc::from(TOPIC), partition))
@@ -529,7 +529,7 @@ mod tests {
         shared.assign(&list(&[0]), None);
         (0..3).for_each(|offset| receive(&shared, 0, offset));
         let taken = shared.take(3);
-        shared.acknowledge(taken[..1].iter().map(Message::data));
+        shared.acknowledge(taken[..1].iter().map(Message::metadata));
         // 1 and 2 are still in flight: the revoke commits 1 and forgets the partition.
         assert_eq!(
             offsets(&shared.revoke(&list(&[0]), Duration::ZERO)),
@@ -537,12 +537,12 @@ mod tests {
         );
         // It comes back: the earlier assignment's late acknowledgements count for nothing.
         shared.assign(&list(&[0]), None);
-        shared.acknowledge(taken[1..].iter().map(Message::data));
+        shared.acknowledge(taken[1..].iter().map(Message::metadata));
         assert!(offsets(&shared.commits(true)).is_empty());
         // Read again from the committed offset, and acknowledged under this assignment.
         receive(&shared, 0, 1);
         let again = shared.take(1);
-        shared.acknowledge(again.iter().map(Message::data));
+        shared.acknowledge(again.iter().map(Message::metadata));
         assert_eq!(offsets(&shared.commits(false)), BTreeMap::from([(0, 2)]));
     }
 
@@ -555,7 +555,7 @@ mod tests {
         (0..2).for_each(|offset| receive(&shared, 1, offset));
         (0..3).for_each(|offset| receive(&shared, 0, offset));
         let taken = shared.take(10);
-        let (of_zero, of_one): (Vec<_>, Vec<_>) = taken.iter().partition(|m| m.data().partition() == 0);
+        let (of_zero, of_one): (Vec<_>, Vec<_>) = taken.iter().partition(|m| m.metadata().partition() == 0);
         assert_eq!((of_zero.len(), of_one.len()), (1, 1));
         // Partition 0 is revoked with one record in flight and two queued: the revoke
         // drops those two and waits for the one in flight.
@@ -580,8 +580,8 @@ mod tests {
         }
         // Meanwhile partition 1 is acknowledged: what may be taken is counted without the
         // dropped records (this overflowed, the partition still counting two queued).
-        shared.acknowledge(of_one.iter().map(|m| m.data()));
-        shared.acknowledge(of_zero.iter().map(|m| m.data()));
+        shared.acknowledge(of_one.iter().map(|m| m.metadata()));
+        shared.acknowledge(of_zero.iter().map(|m| m.metadata()));
         // The revoke ends once the record in flight is acknowledged, not at its timeout.
         let (commits, took) = revoke.join().expect("the revoke");
         assert_eq!(commits, BTreeMap::from([(0, 1)]));
@@ -616,11 +616,11 @@ mod tests {
         assert!(paused(&shared), "holds 8");
         // One chunk acknowledged, its queue still full: no resume (it would refetch and be
         // paused again at once).
-        shared.acknowledge(first.iter().map(Message::data));
+        shared.acknowledge(first.iter().map(Message::metadata));
         assert!(paused(&shared), "holds 6");
         let second = shared.take(10);
         assert_eq!(second.len(), 2);
-        shared.acknowledge(second.iter().map(Message::data));
+        shared.acknowledge(second.iter().map(Message::metadata));
         assert!(!paused(&shared), "holds 4, half its buffer");
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
     }
@@ -631,7 +631,7 @@ mod tests {
         shared.assign(&list(&[0]), None);
         (0..5).for_each(|offset| receive(&shared, 0, offset));
         let taken = shared.take(5);
-        shared.acknowledge(taken.iter().map(Message::data));
+        shared.acknowledge(taken.iter().map(Message::metadata));
         let in_flight = shared.commits(false);
         assert_eq!(offsets(&in_flight), BTreeMap::from([(0, 5)]));
         // The offset goes back to 0 while that commit is in flight; then it is confirmed.
@@ -639,7 +639,7 @@ mod tests {
         shared.confirmed(&in_flight);
         (1..3).for_each(|offset| receive(&shared, 0, offset));
         let again = shared.take(3);
-        shared.acknowledge(again.iter().map(Message::data));
+        shared.acknowledge(again.iter().map(Message::metadata));
         assert_eq!(offsets(&shared.commits(false)), BTreeMap::from([(0, 3)]));
     }
 
@@ -650,17 +650,17 @@ mod tests {
         (0..4).for_each(|offset| receive(&shared, 0, offset));
         receive(&shared, 1, 0);
         let taken = shared.take(2);
-        shared.acknowledge(taken[..1].iter().map(Message::data));
+        shared.acknowledge(taken[..1].iter().map(Message::metadata));
         // Lost with one record in flight and two queued: no wait, no commit.
         let started = Instant::now();
         shared.lose(&list(&[0]));
         assert!(started.elapsed() < Duration::from_millis(100));
-        shared.acknowledge(taken[1..].iter().map(Message::data));
+        shared.acknowledge(taken[1..].iter().map(Message::metadata));
         assert_eq!(offsets(&shared.commits(true)), BTreeMap::from([(1, 0)]));
         // Its queued records are never handed out; the other partition's are.
         let rest = shared.take(10);
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].data().partition(), 1);
+        assert_eq!(rest[0].metadata().partition(), 1);
         // What was acknowledged before the loss (offset 0, not the one after it) is kept
         // for a return of the partition to this consumer.
         assert_eq!(offsets(&shared.pending(&list(&[0]))), BTreeMap::from([(0, 1)]));
@@ -675,7 +675,7 @@ mod tests {
         (1..8).for_each(|p| (0..10).for_each(|offset| receive(&shared, p, offset)));
         // Partition 0 is stuck: an eighth of 128 handed out, then the others'.
         let taken = shared.take(128);
-        let of = |p: i32| taken.iter().filter(|m| m.data().partition() == p).count();
+        let of = |p: i32| taken.iter().filter(|m| m.metadata().partition() == p).count();
         assert_eq!(of(0), 16);
         assert!((1..8).all(|p| of(p) == 10));
         assert_eq!(shared.take(128).len(), 0, "partition 0 is at its cap");
@@ -687,13 +687,13 @@ mod tests {
         let woken = shared.ready.notified();
         tokio::pin!(woken);
         assert!(!woken.as_mut().enable());
-        let of_zero: Vec<_> = taken.iter().filter(|m| m.data().partition() == 0).collect();
-        shared.acknowledge(of_zero.iter().take(1).map(|m| m.data()));
+        let of_zero: Vec<_> = taken.iter().filter(|m| m.metadata().partition() == 0).collect();
+        shared.acknowledge(of_zero.iter().take(1).map(|m| m.metadata()));
         assert!(woken.as_mut().enable(), "the waiting receive is woken");
         assert_eq!(shared.take(128).len(), 1);
         // The others finished: partition 0 alone may now use a quarter (of 8 assigned).
-        let others: Vec<_> = taken.iter().filter(|m| m.data().partition() != 0).collect();
-        shared.acknowledge(others.iter().map(|m| m.data()));
+        let others: Vec<_> = taken.iter().filter(|m| m.metadata().partition() != 0).collect();
+        shared.acknowledge(others.iter().map(|m| m.metadata()));
         assert_eq!(shared.take(200).len(), 32 - 16);
         // A single partition may use every credit.
         let single = Shared::new(1_000);
@@ -755,7 +755,7 @@ mod tests {
     fn receive_or_wait(
         shared: &Shared,
         demand: usize,
-    ) -> Result<Vec<Message<KafkaRecord>>, Pin<Box<Notified<'_>>>> {
+    ) -> Result<Vec<KafkaMessage>, Pin<Box<Notified<'_>>>> {
         let mut ready = Box::pin(shared.ready.notified());
         ready.as_mut().enable();
         let taken = shared.take(demand);
@@ -781,7 +781,7 @@ mod tests {
             shared.set_max_in_flight(limit);
             let mut assigned: BTreeSet<i32> = BTreeSet::new();
             let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            let mut held: Vec<Message<KafkaRecord>> = Vec::new();
+            let mut held: Vec<KafkaMessage> = Vec::new();
             let mut waiting = None;
             for op in ops {
                 match op {
@@ -798,7 +798,7 @@ mod tests {
                     },
                     Op::Ack(i) if !held.is_empty() => {
                         let message = held.swap_remove(i % held.len());
-                        shared.acknowledge(std::iter::once(message.data()));
+                        shared.acknowledge(std::iter::once(message.metadata()));
                     }
                     Op::Revoke(p) if assigned.remove(&p) => {
                         shared.revoke(&list(&[p]), Duration::ZERO);
@@ -828,7 +828,7 @@ mod tests {
             // The pipeline finishes what it holds, and takes on until nothing is left.
             waiting = None;
             loop {
-                shared.acknowledge(std::mem::take(&mut held).iter().map(Message::data));
+                shared.acknowledge(std::mem::take(&mut held).iter().map(Message::metadata));
                 match receive_or_wait(&shared, usize::MAX) {
                     Ok(taken) => held.extend(taken),
                     Err(_) => break,
@@ -854,7 +854,7 @@ mod tests {
             // Per partition, records received under the current assignment, and those acknowledged.
             let mut received: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
             let mut acked: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
-            let mut held: Vec<Message<KafkaRecord>> = Vec::new();
+            let mut held: Vec<KafkaMessage> = Vec::new();
             for op in ops {
                 match op {
                     Op::Receive(p) if assigned.contains(&p) => {
@@ -867,7 +867,7 @@ mod tests {
                     Op::Take(n) => held.extend(shared.take(n)),
                     Op::Ack(i) if !held.is_empty() => {
                         let message = held.swap_remove(i % held.len());
-                        let record = message.data();
+                        let record = message.metadata();
                         // Counts only if taken under the current assignment.
                         if shared.lock().partitions.at(record.slot).is_some() {
                             acked.get_mut(&record.partition()).unwrap().insert(record.offset());
@@ -913,12 +913,12 @@ mod tests {
             // Everything still held is finished: each assigned partition reaches its end.
             held.extend(shared.take(usize::MAX));
             for message in &held {
-                if shared.lock().partitions.at(message.data().slot).is_some() {
-                    let record = message.data();
+                if shared.lock().partitions.at(message.metadata().slot).is_some() {
+                    let record = message.metadata();
                     acked.get_mut(&record.partition()).unwrap().insert(record.offset());
                 }
             }
-            shared.acknowledge(held.iter().map(Message::data));
+            shared.acknowledge(held.iter().map(Message::metadata));
             let last = shared.commits(true);
             check(&mut group, &last, &received, &acked);
             for p in &assigned {

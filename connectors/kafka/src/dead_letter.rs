@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaSourceError;
-use crate::record::KafkaRecord;
+use crate::metadata::KafkaMetadata;
 
 /// Writes finally failed records to a dead-letter topic, with the original key, payload
 /// and headers, plus headers saying why and where from:
@@ -85,11 +85,11 @@ impl std::fmt::Debug for KafkaDeadLetter {
     }
 }
 
-impl DeadLetter<KafkaRecord> for KafkaDeadLetter {
-    async fn dead_letter(&self, messages: &mut [Message<KafkaRecord>]) -> Result<(), BoxError> {
+impl DeadLetter<KafkaMetadata> for KafkaDeadLetter {
+    async fn dead_letter(&self, messages: &mut [Message<(), KafkaMetadata>]) -> Result<(), BoxError> {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages.iter() {
-            let record = message.data();
+            let record = message.metadata();
             let (reason, attempts) = (message.status().to_string(), message.attempt().to_string());
             let (partition, offset) = (record.partition().to_string(), record.offset().to_string());
             let mut headers = OwnedHeaders::new_with_capacity(record.headers().len() + 5);

@@ -4,15 +4,25 @@
 //! committed only over the contiguous acknowledged prefix of each partition, in-flight
 //! messages drained on revoke, per-partition or per-key order, and a dead-letter topic.
 //!
+//! Each message's data is the record's payload ([`Bytes`]), or what the pipeline's decode
+//! step makes of it; its [`KafkaMetadata`] tells the topic, partition, offset, key,
+//! headers and timestamp, and keeps the original bytes for the dead-letter topic.
+//!
 //! ```no_run
-//! use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryPolicy};
-//! use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
+//! use longshore::decode::Json;
+//! use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
+//! use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaMessage, KafkaMetadata, KafkaSource, Ordering};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Event { kind: String }
 //!
 //! struct Print;
 //! impl Handler for Print {
-//!     type Item = KafkaRecord;
-//!     async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-//!         println!("{:?}", message.data().payload_str());
+//!     type Item = Event;
+//!     type Metadata = KafkaMetadata;
+//!     async fn handle_message(&self, message: &mut KafkaMessage<Event>) -> Result<(), BoxError> {
+//!         let record = message.metadata();
+//!         println!("{}/{}@{}: {}", record.topic(), record.partition(), record.offset(), message.data().kind);
 //!         Ok(())
 //!     }
 //! }
@@ -20,6 +30,7 @@
 //! # #[tokio::main] async fn main() -> Result<(), BoxError> {
 //! let config = KafkaConfig::new("127.0.0.1:9092", "printer", ["events"]).ordering(Ordering::Key);
 //! let pipeline = Pipeline::builder(KafkaSource::new(config)?, Print)
+//!     .decode(Json::new())
 //!     .processors(Processors::new(16))
 //!     .retry(RetryPolicy::new(5))
 //!     .dead_letter(KafkaDeadLetter::new("127.0.0.1:9092", "events.dlq")?)
@@ -37,15 +48,16 @@ mod lag;
 mod offsets;
 mod partitions;
 mod poller;
-mod record;
+mod metadata;
 mod slot;
 mod source;
 mod status;
 
+pub use bytes::Bytes;
 pub use config::{KafkaConfig, Ordering};
 pub use dead_letter::KafkaDeadLetter;
 pub use error::KafkaSourceError;
 pub use lag::{KafkaLag, PartitionLag};
-pub use record::{KafkaHeader, KafkaRecord};
+pub use metadata::{KafkaHeader, KafkaMessage, KafkaMetadata};
 pub use source::{KafkaAcknowledger, KafkaSource};
 pub use status::{KafkaStatus, PartitionStatus};

@@ -7,10 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use longshore::Message;
 
 use crate::offsets::PartitionOffsets;
-use crate::record::KafkaRecord;
+use crate::metadata::KafkaMessage;
 use crate::slot::Slot;
 
 pub(crate) type TopicPartition = (Arc<str>, i32);
@@ -21,7 +20,7 @@ pub(crate) struct Partition {
     pub(crate) generation: u64,
     pub(crate) offsets: PartitionOffsets,
     /// Of the received, those not yet handed to the pipeline, in offset order.
-    queue: VecDeque<Message<KafkaRecord>>,
+    queue: VecDeque<KafkaMessage>,
     /// Of the received, how many were dropped from the queue unhanded (a revoke, a
     /// shutdown): never acknowledged, read again by whoever owns the partition next.
     pub(crate) dropped: usize,
@@ -108,11 +107,11 @@ impl Partitions {
 
     /// Queues `message` behind the records of its partition, which must be assigned;
     /// returns the partition.
-    pub(crate) fn enqueue(&mut self, message: Message<KafkaRecord>) -> &mut Partition {
-        let index = message.data().slot.index;
+    pub(crate) fn enqueue(&mut self, message: KafkaMessage) -> &mut Partition {
+        let index = message.metadata().slot.index;
         let partition = self.slots[index as usize]
             .as_mut()
-            .filter(|p| p.generation == message.data().slot.generation)
+            .filter(|p| p.generation == message.metadata().slot.generation)
             .expect("an assigned partition's record");
         if partition.queue.is_empty() {
             self.ready.push_back(index);
@@ -124,7 +123,7 @@ impl Partitions {
     /// Takes up to `demand` queued records, each partition's in order, from partitions in
     /// turn, none beyond `limit` handed out. A partition at its limit keeps its records
     /// where they are, and goes to the back of the turns like any other.
-    pub(crate) fn take(&mut self, demand: usize, limit: usize) -> Vec<Message<KafkaRecord>> {
+    pub(crate) fn take(&mut self, demand: usize, limit: usize) -> Vec<KafkaMessage> {
         let mut taken = Vec::new();
         for _ in 0..self.ready.len() {
             let wanted = demand - taken.len();

@@ -20,7 +20,7 @@ use crate::assignment::Shared;
 use crate::client_errors::ClientErrors;
 use crate::lag::KafkaLag;
 use crate::partitions::TopicPartition;
-use crate::record::{Blocks, KafkaRecord};
+use crate::metadata::{Blocks, KafkaMetadata};
 use crate::slot::Slot;
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
@@ -375,7 +375,7 @@ impl Intake {
         // Copied before taking the lock, which the pipeline's takes and acknowledgements
         // need meanwhile. librdkafka hands out runs of one partition: the last record's
         // slot is mostly this one's, a hint checked under the lock.
-        let records: Vec<KafkaRecord> = messages
+        let records: Vec<KafkaMetadata> = messages
             .iter()
             .map(|message| {
                 let (topic, partition) = (message.topic(), message.partition());
@@ -387,7 +387,7 @@ impl Intake {
                         (topic, Slot::NONE)
                     }
                 };
-                KafkaRecord::from_borrowed(message, topic, hint, &mut self.blocks)
+                KafkaMetadata::from_borrowed(message, topic, hint, &mut self.blocks)
             })
             .collect();
         let mut full = Vec::new();

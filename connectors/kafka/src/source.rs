@@ -14,7 +14,7 @@ use crate::config::{KafkaConfig, Ordering};
 use crate::error::KafkaSourceError;
 use crate::lag::KafkaLag;
 use crate::poller::{self, Context, Intervals, PollThread};
-use crate::record::KafkaRecord;
+use crate::metadata::{KafkaMessage, KafkaMetadata};
 use crate::status::KafkaStatus;
 
 /// Consumes Kafka topics in a consumer group, on demand.
@@ -104,7 +104,8 @@ impl std::fmt::Debug for KafkaSource {
 }
 
 impl Source for KafkaSource {
-    type Item = KafkaRecord;
+    type Data = bytes::Bytes;
+    type Metadata = KafkaMetadata;
     type Acknowledger = KafkaAcknowledger;
 
     fn acknowledger(&self) -> KafkaAcknowledger {
@@ -116,7 +117,7 @@ impl Source for KafkaSource {
         }
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<KafkaRecord>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<KafkaMessage>>, BoxError> {
         loop {
             let ready = self.shared.ready.notified();
             let messages = self.shared.take(demand.get());
@@ -127,7 +128,7 @@ impl Source for KafkaSource {
         }
     }
 
-    fn partition_by(&self) -> Option<PartitionBy<KafkaRecord>> {
+    fn partition_by(&self) -> Option<PartitionBy<bytes::Bytes, KafkaMetadata>> {
         order_key(self.ordering)
     }
 
@@ -182,12 +183,12 @@ fn polled_recently(silent: std::time::Duration, wedged_after: std::time::Duratio
 /// another partition after a revoke, and a partition lost with records in flight comes
 /// back in another slot, so keying by slot would let its records read again run beside
 /// the old ones still in flight.
-fn order_key(ordering: Ordering) -> Option<PartitionBy<KafkaRecord>> {
+fn order_key(ordering: Ordering) -> Option<PartitionBy<bytes::Bytes, KafkaMetadata>> {
     match ordering {
-        Ordering::Partition => Some(Arc::new(|m: &Message<KafkaRecord>| partition_hash(m.data()))),
-        Ordering::Key => Some(Arc::new(|m: &Message<KafkaRecord>| {
+        Ordering::Partition => Some(Arc::new(|m: &KafkaMessage| partition_hash(m.metadata()))),
+        Ordering::Key => Some(Arc::new(|m: &KafkaMessage| {
             let mut hasher = DefaultHasher::new();
-            (partition_hash(m.data()), m.data().key()).hash(&mut hasher);
+            (partition_hash(m.metadata()), m.metadata().key()).hash(&mut hasher);
             hasher.finish()
         })),
         Ordering::Unordered => None,
@@ -196,7 +197,7 @@ fn order_key(ordering: Ordering) -> Option<PartitionBy<KafkaRecord>> {
 
 /// A hash of the record's topic and partition, cheap enough for every record: the poll
 /// thread gives all records of a topic one shared name, so its address stands for it.
-fn partition_hash(record: &KafkaRecord) -> u64 {
+fn partition_hash(record: &KafkaMetadata) -> u64 {
     let topic = Arc::as_ptr(record.topic_arc()).cast::<u8>() as u64;
     // splitmix64's finaliser: every input bit reaches the low bits the processors are
     // chosen by.
@@ -237,16 +238,16 @@ impl std::fmt::Debug for KafkaAcknowledger {
     }
 }
 
-impl Acknowledger<KafkaRecord> for KafkaAcknowledger {
-    async fn ack(&self, successful: Vec<Message<KafkaRecord>>, failed: Vec<Message<KafkaRecord>>) {
+impl Acknowledger<KafkaMetadata> for KafkaAcknowledger {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, KafkaMetadata>>, failed: Vec<Message<T, KafkaMetadata>>) {
         // A failed message was dead-lettered (or given up) before it got here: either
         // way it is done, and the offset may pass it.
         self.shared
-            .acknowledge(successful.iter().chain(&failed).map(Message::data));
+            .acknowledge(successful.iter().chain(&failed).map(Message::metadata));
     }
 
-    fn origin(&self, message: &Message<KafkaRecord>) -> Option<String> {
-        let record = message.data();
+    fn origin<T>(&self, message: &Message<T, KafkaMetadata>) -> Option<String> {
+        let record = message.metadata();
         Some(format!(
             "{}/{}@{}",
             record.topic(),
@@ -317,7 +318,7 @@ mod tests {
             });
             tpl
         };
-        let topic = KafkaRecord::new("t", 0, 0);
+        let topic = KafkaMetadata::new("t", 0, 0);
         let record = |partition: i32| {
             // One shared topic name, as the poll thread gives every record of a topic.
             let mut record = topic.clone().with_partition(partition);
@@ -326,7 +327,7 @@ mod tests {
                 .partitions
                 .slot(&(topic.topic_arc().clone(), partition))
                 .unwrap();
-            Message::new(record)
+            record.into_message()
         };
         let key = order_key(Ordering::Partition).unwrap();
         shared.assign(&list(&[0, 1]), None);
@@ -336,7 +337,7 @@ mod tests {
         shared.lose(&list(&[0, 1]));
         shared.assign(&list(&[0, 1]), None);
         let after = record(0);
-        assert_ne!(after.data().slot.index, before.data().slot.index);
+        assert_ne!(after.metadata().slot.index, before.metadata().slot.index);
         assert_eq!(key(&after), key(&before));
         assert_ne!(key(&after), key(&other));
     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{cluster, committed, config, eventually, per_partition, produce};
-use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryPolicy};
-use longshore_kafka::{KafkaRecord, KafkaSource};
+use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
+use longshore_kafka::{KafkaMessage, KafkaMetadata, KafkaSource};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -39,10 +39,11 @@ impl Timed {
 }
 
 impl Handler for Timed {
-    type Item = KafkaRecord;
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
 
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        let partition = message.data().partition();
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
+        let partition = message.metadata().partition();
         if Some(partition) == self.failing {
             return Err("this partition always fails".into());
         }

@@ -11,8 +11,8 @@ use common::{
     cluster, committed, config, config_with, eventually, eventually_eq, per_partition, produce, Keep,
     Recorder, Stream,
 };
-use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryAfter, RetryPolicy, Source};
-use longshore_kafka::{KafkaDeadLetter, KafkaRecord, KafkaSource, Ordering};
+use longshore::{BoxError, Handler, Pipeline, Processors, RetryAfter, RetryPolicy, Source};
+use longshore_kafka::{KafkaDeadLetter, KafkaMessage, KafkaMetadata, KafkaSource, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::ClientConfig;
@@ -294,9 +294,10 @@ async fn joining_and_leaving(strategy: &str) {
 struct Stall(usize);
 
 impl Handler for Stall {
-    type Item = KafkaRecord;
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        let payload: usize = message.data().payload_str().ok_or("not text")?.parse()?;
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
+        let payload: usize = message.metadata().payload_str().ok_or("not text")?.parse()?;
         if payload >= self.0 {
             return Err(RetryAfter::new("stalled", Duration::from_secs(3600)).into());
         }
@@ -404,8 +405,9 @@ struct Gated {
 }
 
 impl Handler for Gated {
-    type Item = KafkaRecord;
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
         let mut open = self.open.clone();
         open.wait_for(|&open| open).await?;
         self.recorder.handle_message(message).await

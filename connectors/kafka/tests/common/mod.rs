@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use longshore::{BoxError, Handler, Message};
-use longshore_kafka::{KafkaConfig, KafkaRecord};
+use longshore::{BoxError, Handler};
+use longshore_kafka::{KafkaConfig, KafkaMessage, KafkaMetadata};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -212,13 +212,14 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
-    type Item = KafkaRecord;
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
 
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
         if let Some(delay) = self.delay {
             tokio::time::sleep(delay).await;
         }
-        let record = message.data();
+        let record = message.metadata();
         let payload: usize = record.payload_str().ok_or("not text")?.parse()?;
         if self.poison.contains(&payload) || (self.flaky.contains(&payload) && message.attempt() == 1) {
             return Err(format!("cannot handle {payload}").into());
@@ -300,13 +301,14 @@ impl Drop for MockBroker {
 
 /// Keeps every record it is given, whole.
 #[derive(Default)]
-pub struct Keep(pub Mutex<Vec<KafkaRecord>>);
+pub struct Keep(pub Mutex<Vec<KafkaMetadata>>);
 
 impl Handler for Keep {
-    type Item = KafkaRecord;
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
         // What a handler would read; none of it may panic on any bytes.
-        let record = message.data();
+        let record = message.metadata();
         let _ = (record.payload_str(), record.key(), record.timestamp_ms());
         self.0.lock().unwrap().push(record.clone());
         Ok(())

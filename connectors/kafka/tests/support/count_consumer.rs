@@ -11,8 +11,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
 
-use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
-use longshore_kafka::{KafkaConfig, KafkaRecord, KafkaSource};
+use longshore::{BatchInfo, Batcher, BoxError, Handler, Pipeline, Processors};
+use longshore_kafka::{KafkaConfig, KafkaMessage, KafkaMetadata, KafkaSource};
 
 struct AppendToFile {
     file: std::sync::Mutex<std::fs::File>,
@@ -21,17 +21,18 @@ struct AppendToFile {
 }
 
 impl Handler for AppendToFile {
-    type Item = KafkaRecord;
+    type Item = bytes::Bytes;
+    type Metadata = KafkaMetadata;
 
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        message.data().payload_str().ok_or("not text")?.parse::<u64>()?;
+    async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
+        message.metadata().payload_str().ok_or("not text")?.parse::<u64>()?;
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<KafkaRecord>], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [KafkaMessage], _: &BatchInfo) -> Result<(), BoxError> {
         let mut lines = String::with_capacity(batch.len() * 8);
         for message in batch.iter() {
-            lines.push_str(message.data().payload_str().unwrap_or_default());
+            lines.push_str(message.metadata().payload_str().unwrap_or_default());
             lines.push('\n');
         }
         tokio::time::sleep(self.sink_latency).await;

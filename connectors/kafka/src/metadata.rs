@@ -1,8 +1,9 @@
-//! A Kafka record as a pipeline message's data.
+//! What a Kafka record tells beside its payload: a pipeline message's metadata.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use longshore::Message;
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message as _};
 
 use crate::slot::Slot;
@@ -11,12 +12,59 @@ use crate::slot::Slot;
 /// from empty).
 pub type KafkaHeader = (String, Option<Vec<u8>>);
 
-/// One Kafka record: payload, key, headers, and where it came from.
+/// A message of the Kafka source: its data (the record's payload, as received, or what a
+/// decode step made of it) and the record's [`KafkaMetadata`].
+pub type KafkaMessage<T = Bytes> = Message<T, KafkaMetadata>;
+
+/// One Kafka record as it was read: where it came from (topic, partition, offset), its
+/// key, headers and timestamp, and its original key and payload bytes, which a
+/// dead-letter topic writes whatever the payload was decoded into.
 ///
-/// Where it came from (topic, partition, offset) is read-only: the acknowledger commits
-/// by it. Tests build records with [`KafkaRecord::new`].
+/// Read-only: the acknowledger commits by it. The payload is kept once: the message's
+/// data, until decoded, shares its buffer.
+///
+/// # Testing a handler
+///
+/// Build records with [`KafkaMetadata::new`] and turn them into messages with
+/// [`KafkaMetadata::into_message`], then send them through a pipeline on
+/// [`longshore::testing::TestSource`], no broker needed:
+///
+/// ```
+/// use bytes::Bytes;
+/// use longshore::testing::TestSource;
+/// use longshore::{BoxError, Handler, Pipeline};
+/// use longshore_kafka::{KafkaMessage, KafkaMetadata};
+///
+/// struct Audit;
+/// impl Handler for Audit {
+///     type Item = Bytes;
+///     type Metadata = KafkaMetadata;
+///     async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
+///         if message.metadata().key().is_none() {
+///             return Err(format!("no key at offset {}", message.metadata().offset()).into());
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (source, sender) = TestSource::new();
+/// let pipeline = Pipeline::builder(source, Audit).start().unwrap();
+/// let outcomes = sender
+///     .test_messages(vec![
+///         KafkaMetadata::new("orders", 0, 7).with_key("o-1").with_payload("{}").into_message(),
+///         KafkaMetadata::new("orders", 0, 8).with_payload("{}").into_message(),
+///     ])
+///     .await;
+/// assert!(outcomes[0].successful && !outcomes[1].successful);
+/// assert_eq!(outcomes[1].message.status().to_string(), "failed (error): no key at offset 8");
+/// # drop(sender);
+/// # pipeline.wait().await.unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaRecord {
+pub struct KafkaMetadata {
     topic: Arc<str>,
     partition: i32,
     offset: i64,
@@ -34,18 +82,18 @@ pub struct KafkaRecord {
     pub(crate) slot: Slot,
 }
 
-impl KafkaRecord {
+impl KafkaMetadata {
     /// A record of `topic` / `partition` at `offset`, for tests of handlers.
     ///
     /// ```
-    /// use longshore_kafka::KafkaRecord;
+    /// use longshore_kafka::KafkaMetadata;
     ///
-    /// let record = KafkaRecord::new("orders", 0, 42).with_key("o-1").with_payload(r#"{"cents":100}"#);
+    /// let record = KafkaMetadata::new("orders", 0, 42).with_key("o-1").with_payload(r#"{"cents":100}"#);
     /// assert_eq!(record.key(), Some(&b"o-1"[..]));
     /// assert_eq!(record.offset(), 42);
     /// ```
     pub fn new(topic: &str, partition: i32, offset: i64) -> Self {
-        KafkaRecord {
+        KafkaMetadata {
             topic: Arc::from(topic),
             partition,
             offset,
@@ -104,7 +152,7 @@ impl KafkaRecord {
         blocks: &mut Blocks,
     ) -> Self {
         let (headers, unreadable_headers) = message.headers().map(read_headers).unwrap_or_default();
-        let record = KafkaRecord {
+        let record = KafkaMetadata {
             topic,
             partition: message.partition(),
             offset: message.offset(),
@@ -140,10 +188,19 @@ impl KafkaRecord {
         self.key_len.map(|len| &self.bytes[..len as usize])
     }
 
-    /// The payload, if any (`None` for a tombstone).
+    /// The payload as received, if any (`None` for a tombstone).
     pub fn payload(&self) -> Option<&[u8]> {
         let start = self.key_len.unwrap_or(0) as usize;
         self.has_payload.then(|| &self.bytes[start..])
+    }
+
+    /// A message of this record, as the source delivers it: its data is the payload
+    /// (empty for a tombstone: [`KafkaMetadata::payload`] tells them apart), sharing this
+    /// record's buffer.
+    pub fn into_message(self) -> KafkaMessage {
+        let start = self.key_len.unwrap_or(0) as usize;
+        let payload = self.bytes.slice(start..);
+        Message::with_metadata(payload, self)
     }
 
     /// The payload as UTF-8 text, if it is.
@@ -153,12 +210,12 @@ impl KafkaRecord {
 
     /// The headers, in order: name and value, `None` for a null value (which Kafka tells
     /// apart from an empty one). A header whose name is not UTF-8 is left out and counted
-    /// in [`KafkaRecord::unreadable_headers`]; the record is delivered all the same.
+    /// in [`KafkaMetadata::unreadable_headers`]; the record is delivered all the same.
     pub fn headers(&self) -> &[KafkaHeader] {
         &self.headers
     }
 
-    /// How many headers were left out of [`KafkaRecord::headers`] because their name is
+    /// How many headers were left out of [`KafkaMetadata::headers`] because their name is
     /// not UTF-8.
     pub fn unreadable_headers(&self) -> usize {
         self.unreadable_headers
@@ -172,7 +229,7 @@ impl KafkaRecord {
     /// This record as if read from `partition` of the same topic, sharing its name.
     #[cfg(test)]
     pub(crate) fn with_partition(self, partition: i32) -> Self {
-        KafkaRecord { partition, ..self }
+        KafkaMetadata { partition, ..self }
     }
 
     pub(crate) fn topic_arc(&self) -> &Arc<str> {
@@ -241,14 +298,14 @@ mod tests {
 
     #[test]
     fn keys_and_payloads_keep_their_presence_and_bytes() {
-        let record = KafkaRecord::new("t", 0, 0);
+        let record = KafkaMetadata::new("t", 0, 0);
         assert_eq!((record.key(), record.payload()), (None, None));
         let record = record.with_payload("").with_key("k");
         assert_eq!(
             (record.key(), record.payload()),
             (Some(&b"k"[..]), Some(&b""[..]))
         );
-        let record = KafkaRecord::new("t", 0, 0).with_key("").with_payload("p");
+        let record = KafkaMetadata::new("t", 0, 0).with_key("").with_payload("p");
         assert_eq!(
             (record.key(), record.payload()),
             (Some(&b""[..]), Some(&b"p"[..]))
