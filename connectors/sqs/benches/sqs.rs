@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use longshore::{BoxError, Handler, Message, Pipeline, Processors};
-use longshore_sqs::{SqsConfig, SqsMessage, SqsSource};
+use longshore::{BoxError, Handler, Pipeline, Processors};
+use longshore_sqs::{SqsConfig, SqsMessage, SqsMetadata, SqsSource};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -151,9 +151,10 @@ async fn raw(url: &str, count: usize) -> (f64, [usize; 3]) {
 struct Touch(support::Countdown);
 
 impl Handler for Touch {
-    type Item = SqsMessage;
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-        std::hint::black_box(message.data().body());
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
+        std::hint::black_box(message.metadata().body());
         self.0.handled();
         Ok(())
     }

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longshore::source::Plan;
-use longshore::{Acknowledger, BuildError, Message};
+use longshore::{Acknowledger, BuildError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FinalFailure;
 use crate::held::Held;
-use crate::message::SqsMessage;
+use crate::metadata::{SqsMessage, SqsMetadata};
 use crate::queue::{Entry, Queue, MAX_BATCH};
 
 /// Hand-overs waiting for the sender task; each holds one chunk's or batch's outcomes.
@@ -89,11 +89,11 @@ impl SqsAcknowledger {
     }
 }
 
-impl Acknowledger<SqsMessage> for SqsAcknowledger {
-    async fn ack(&self, successful: Vec<Message<SqsMessage>>, failed: Vec<Message<SqsMessage>>) {
+impl Acknowledger<SqsMetadata> for SqsAcknowledger {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<SqsMessage<T>>, failed: Vec<SqsMessage<T>>) {
         let mut deletes: Vec<(u64, Entry)> = successful
             .into_iter()
-            .map(|m| (m.ack_ref(), Entry::delete(m.into_data().receipt_handle)))
+            .map(|m| (m.ack_ref(), Entry::delete(m.into_metadata().receipt_handle)))
             .collect();
         let mut changes = Vec::new();
         for message in failed {
@@ -102,7 +102,7 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
                 message.redeliver_after(),
                 message.is_dead_lettered(),
             );
-            let receipt = message.into_data().receipt_handle;
+            let receipt = message.into_metadata().receipt_handle;
             let delay = match (redeliver_after, dead_lettered, self.final_failure) {
                 (Some(delay), _, _) => delay,
                 // Dead-lettered by the pipeline: deleted, never redriven as well.
@@ -145,13 +145,13 @@ impl Acknowledger<SqsMessage> for SqsAcknowledger {
 
     /// Messages not to be finished at shutdown (they waited for a retry): visible again
     /// now, not after their visibility timeout.
-    async fn release(&self, messages: Vec<Message<SqsMessage>>) {
+    async fn release<T: Send + 'static>(&self, messages: Vec<SqsMessage<T>>) {
         release_now(&self.queue, &self.held, messages).await;
     }
 }
 
 /// Makes `messages` visible again at once (visibility 0) and lets go of them.
-pub(crate) async fn release_now(queue: &Queue, held: &Held, messages: Vec<Message<SqsMessage>>) {
+pub(crate) async fn release_now<T>(queue: &Queue, held: &Held, messages: Vec<SqsMessage<T>>) {
     if messages.is_empty() {
         return;
     }
@@ -161,7 +161,7 @@ pub(crate) async fn release_now(queue: &Queue, held: &Held, messages: Vec<Messag
         .map(|m| {
             (
                 m.ack_ref(),
-                Entry::change(m.into_data().receipt_handle, Duration::ZERO),
+                Entry::change(m.into_metadata().receipt_handle, Duration::ZERO),
             )
         })
         .collect();

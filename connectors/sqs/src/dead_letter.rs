@@ -3,9 +3,9 @@
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
-use longshore::{BoxError, DeadLetter, Message};
+use longshore::{BoxError, DeadLetter};
 
-use crate::message::SqsMessage;
+use crate::metadata::{SqsMessage, SqsMetadata};
 use crate::queue::MAX_BATCH;
 
 /// SQS takes at most this many message attributes per message.
@@ -50,8 +50,8 @@ impl SqsDeadLetter {
         })
     }
 
-    fn entry(&self, id: usize, message: &Message<SqsMessage>) -> SendMessageBatchRequestEntry {
-        let data = message.data();
+    fn entry(&self, id: usize, message: &SqsMessage<()>) -> SendMessageBatchRequestEntry {
+        let data = message.metadata();
         let string = |value: String| {
             MessageAttributeValue::builder()
                 .data_type("String")
@@ -83,7 +83,7 @@ impl SqsDeadLetter {
         attributes.extend(own.into_iter().take(room).map(|(k, v)| (k.clone(), v.clone())));
         let mut entry = SendMessageBatchRequestEntry::builder()
             .id(id.to_string())
-            .message_body(&data.body)
+            .message_body(data.body())
             .set_message_attributes(Some(attributes.into_iter().collect()));
         if self.fifo {
             entry = entry
@@ -94,8 +94,8 @@ impl SqsDeadLetter {
     }
 }
 
-impl DeadLetter<SqsMessage> for SqsDeadLetter {
-    async fn dead_letter(&self, messages: &mut [Message<SqsMessage>]) -> Result<(), BoxError> {
+impl DeadLetter<SqsMetadata> for SqsDeadLetter {
+    async fn dead_letter(&self, messages: &mut [SqsMessage<()>]) -> Result<(), BoxError> {
         for (chunk_index, chunk) in messages.chunks(MAX_BATCH).enumerate() {
             let entries = chunk
                 .iter()

@@ -5,15 +5,25 @@
 //! SQS's receive count), visibility extended while a job runs, FIFO group order,
 //! messages not started released at shutdown, and the queue's depth as metrics.
 //!
+//! Each message's data is its body ([`Bytes`]), or what the pipeline's decode step makes
+//! of it; its [`SqsMetadata`] tells the ids, attributes, group and receive count, and
+//! keeps the original body for the dead-letter queue.
+//!
 //! ```no_run
-//! use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryPolicy};
-//! use longshore_sqs::{SqsConfig, SqsMessage, SqsSource};
+//! use longshore::decode::Json;
+//! use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
+//! use longshore_sqs::{SqsConfig, SqsMessage, SqsMetadata, SqsSource};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order { id: String, cents: u64 }
 //!
 //! struct Print;
 //! impl Handler for Print {
-//!     type Item = SqsMessage;
-//!     async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-//!         println!("{}", message.data().body());
+//!     type Item = Order;
+//!     type Metadata = SqsMetadata;
+//!     async fn handle_message(&self, message: &mut SqsMessage<Order>) -> Result<(), BoxError> {
+//!         let order = message.data();
+//!         println!("{} ({}): {} cents", order.id, message.metadata().message_id(), order.cents);
 //!         Ok(())
 //!     }
 //! }
@@ -21,6 +31,7 @@
 //! # #[tokio::main] async fn main() -> Result<(), BoxError> {
 //! let source = SqsSource::connect(SqsConfig::new("orders")).await?;
 //! let pipeline = Pipeline::builder(source, Print)
+//!     .decode(Json::new())
 //!     .processors(Processors::new(16))
 //!     .retry(RetryPolicy::new(5))
 //!     .start()?;
@@ -34,7 +45,7 @@ mod dead_letter;
 mod error;
 mod held;
 mod lag;
-mod message;
+mod metadata;
 mod metrics;
 mod queue;
 mod receiver;
@@ -46,5 +57,6 @@ pub use aws_sdk_sqs;
 pub use config::{FinalFailure, Ordering, SqsConfig};
 pub use dead_letter::SqsDeadLetter;
 pub use error::SqsSourceError;
-pub use message::SqsMessage;
+pub use bytes::Bytes;
+pub use metadata::{SqsMessage, SqsMetadata};
 pub use source::SqsSource;

@@ -95,10 +95,10 @@ impl QueueMetrics {
     }
 
     /// Notes the send times of received messages.
-    pub(crate) fn observe_age(&self, received: &[crate::SqsMessage]) {
+    pub(crate) fn observe_age(&self, received: &[crate::SqsMetadata]) {
         if let Some(oldest) = received
             .iter()
-            .filter_map(crate::SqsMessage::sent_timestamp)
+            .filter_map(crate::SqsMetadata::sent_timestamp)
             .min()
         {
             self.oldest_sent.fetch_min(oldest, Ordering::Relaxed);

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use longshore::{BoxError, Message};
+use longshore::BoxError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::held::Held;
-use crate::message::SqsMessage;
+use crate::metadata::{SqsMessage, SqsMetadata};
 use crate::queue::{Queue, MAX_BATCH};
 
 /// What a receive call needs of the configuration.
@@ -42,7 +42,7 @@ pub(crate) struct Receiver {
 #[derive(Debug, Default)]
 struct State {
     /// Received, not yet handed out.
-    arrived: VecDeque<Message<SqsMessage>>,
+    arrived: VecDeque<SqsMessage>,
     polls: usize,
     /// Messages asked for by the polls in flight.
     asked: usize,
@@ -64,7 +64,7 @@ impl Receiver {
     pub(crate) async fn receive(
         self: &Arc<Self>,
         demand: usize,
-    ) -> Result<Vec<Message<SqsMessage>>, BoxError> {
+    ) -> Result<Vec<SqsMessage>, BoxError> {
         loop {
             let polled = self.polled.notified();
             tokio::pin!(polled);
@@ -114,7 +114,7 @@ impl Receiver {
         self.polled.notify_waiters();
     }
 
-    async fn receive_message(&self, n: usize) -> Result<Vec<Message<SqsMessage>>, String> {
+    async fn receive_message(&self, n: usize) -> Result<Vec<SqsMessage>, String> {
         let queue = &self.queue;
         queue.metrics.call("ReceiveMessage");
         let call = queue
@@ -135,12 +135,12 @@ impl Receiver {
                 aws_sdk_sqs::Error::from(error)
             )
         })?;
-        let received: Vec<SqsMessage> = answer
+        let received: Vec<SqsMetadata> = answer
             .messages
             .unwrap_or_default()
             .into_iter()
             .filter_map(|message| {
-                let converted = SqsMessage::from_sdk(message, &queue.name);
+                let converted = SqsMetadata::from_sdk(message, &queue.name);
                 if converted.is_none() {
                     tracing::warn!(queue = %queue.name, "message without id or receipt skipped");
                 }
@@ -158,16 +158,13 @@ impl Receiver {
         Ok(received
             .into_iter()
             .zip(refs)
-            .map(|(message, ack_ref)| {
-                let attempt = message.receive_count();
-                Message::new(message).with_ack_ref(ack_ref).with_attempt(attempt)
-            })
+            .map(|(message, ack_ref)| message.into_message().with_ack_ref(ack_ref))
             .collect())
     }
 
     /// Stops: waits (up to `wait`) for the polls in flight and returns every message
     /// received and not handed out.
-    pub(crate) async fn stop(&self, wait: Duration) -> Vec<Message<SqsMessage>> {
+    pub(crate) async fn stop(&self, wait: Duration) -> Vec<SqsMessage> {
         let deadline = Instant::now() + wait;
         loop {
             let polled = self.polled.notified();

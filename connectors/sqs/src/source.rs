@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+use bytes::Bytes;
 use longshore::source::{PartitionBy, Plan, Redelivery};
-use longshore::{BoxError, BuildError, Message, Source};
+use longshore::{BoxError, BuildError, Source};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::acknowledge::{self, release_now, SqsAcknowledger};
 use crate::config::{Ordering, SqsConfig};
 use crate::error::SqsSourceError;
 use crate::held::Held;
-use crate::message::SqsMessage;
+use crate::metadata::{SqsMessage, SqsMetadata};
 use crate::queue::Queue;
 use crate::receiver::{Polling, Receiver};
 use crate::{lag, visibility};
@@ -136,26 +137,27 @@ impl std::fmt::Debug for SqsSource {
 }
 
 impl Source for SqsSource {
-    type Item = SqsMessage;
+    type Data = Bytes;
+    type Metadata = SqsMetadata;
     type Acknowledger = SqsAcknowledger;
 
     fn acknowledger(&self) -> SqsAcknowledger {
         self.acknowledger.clone()
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<SqsMessage>>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<SqsMessage>>, BoxError> {
         self.receiver.receive(demand.get()).await.map(Some)
     }
 
-    fn partition_by(&self) -> Option<PartitionBy<SqsMessage>> {
+    fn partition_by(&self) -> Option<PartitionBy<Bytes, SqsMetadata>> {
         match self.ordering {
             // A standard queue has no groups: any free processor takes any message, so
             // none waits behind a busy processor while another is idle.
             Ordering::Group if !self.queue.fifo => None,
-            Ordering::Group => Some(Arc::new(|message: &Message<SqsMessage>| {
+            Ordering::Group => Some(Arc::new(|message: &SqsMessage| {
                 let mut hasher = DefaultHasher::new();
                 // Without a group, each message is its own: no order between them.
-                match message.data().group_id() {
+                match message.metadata().group_id() {
                     Some(group) => group.hash(&mut hasher),
                     None => message.ack_ref().hash(&mut hasher),
                 }

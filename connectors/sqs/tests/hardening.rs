@@ -15,8 +15,8 @@ use common::{
     assert_depth, client, config, create_queue, create_with_dlq, depth, drain, eventually, metric, send,
     unique, Watchdog, TEST_LIMIT,
 };
-use longshore::{BoxError, Handler, Message, Pipeline, Processors, RetryPolicy};
-use longshore_sqs::{FinalFailure, SqsDeadLetter, SqsMessage, SqsSource};
+use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
+use longshore_sqs::{FinalFailure, SqsDeadLetter, SqsMessage, SqsMetadata, SqsSource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -49,21 +49,22 @@ struct LongJob {
 }
 
 impl Handler for LongJob {
-    type Item = SqsMessage;
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
         let started = Instant::now();
-        let n: u64 = message.data().body().parse()?;
+        let n: u64 = message.metadata().body().parse()?;
         if n.is_multiple_of(4) {
             self.client
                 .delete_message()
                 .queue_url(&self.url)
-                .receipt_handle(message.data().receipt_handle())
+                .receipt_handle(message.metadata().receipt_handle())
                 .send()
                 .await?;
         }
         tokio::time::sleep(Duration::from_millis(5_000 + (n * 761) % 3_000)).await;
         let handling = (
-            message.data().body().to_owned(),
+            message.metadata().body().to_owned(),
             self.consumer,
             started,
             Instant::now(),
@@ -212,8 +213,9 @@ async fn slow_proxy(upstream: String, delay: Duration) -> String {
 struct Timed(Arc<Mutex<Vec<(Instant, Instant)>>>);
 
 impl Handler for Timed {
-    type Item = SqsMessage;
-    async fn handle_message(&self, _: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+    async fn handle_message(&self, _: &mut SqsMessage) -> Result<(), BoxError> {
         let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(10)).await;
         self.0.lock().unwrap().push((started, Instant::now()));
@@ -272,14 +274,15 @@ async fn slow_sqs_calls_do_not_slow_the_processors() {
 struct Poison(Arc<Mutex<HashMap<String, usize>>>);
 
 impl Handler for Poison {
-    type Item = SqsMessage;
-    async fn handle_message(&self, _: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+    async fn handle_message(&self, _: &mut SqsMessage) -> Result<(), BoxError> {
         Err("cannot parse".into())
     }
-    async fn handle_failed(&self, messages: &mut [Message<SqsMessage>]) {
+    async fn handle_failed(&self, messages: &mut [SqsMessage]) {
         let mut counts = self.0.lock().unwrap();
         for message in messages {
-            *counts.entry(message.data().body().to_owned()).or_default() += 1;
+            *counts.entry(message.metadata().body().to_owned()).or_default() += 1;
         }
     }
 }
@@ -357,10 +360,11 @@ async fn an_explicit_redrive_with_a_pipeline_dead_letter_is_refused_at_start() {
 struct TwoSeconds(Arc<Mutex<Vec<String>>>);
 
 impl Handler for TwoSeconds {
-    type Item = SqsMessage;
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        self.0.lock().unwrap().push(message.data().body().to_owned());
+        self.0.lock().unwrap().push(message.metadata().body().to_owned());
         Ok(())
     }
 }

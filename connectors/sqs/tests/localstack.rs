@@ -15,8 +15,8 @@ use common::{
     assert_depth, attribute, client, config, create_queue, create_with_dlq, depth, drain, eventually, metric,
     send, unique, Watchdog, TEST_LIMIT,
 };
-use longshore::{Acknowledger, BoxError, Handler, Message, Pipeline, Processors, RetryPolicy, Source};
-use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsSource};
+use longshore::{Acknowledger, BoxError, Handler, Pipeline, Processors, RetryPolicy, Source};
+use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsMetadata, SqsSource};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -48,10 +48,11 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
-    type Item = SqsMessage;
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
 
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-        let body = message.data().body().to_owned();
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
+        let body = message.metadata().body().to_owned();
         self.seen
             .lock()
             .unwrap()
@@ -128,8 +129,9 @@ async fn nothing_is_received_beyond_demand() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     struct Gated(Arc<tokio::sync::Semaphore>, Arc<Mutex<usize>>);
     impl Handler for Gated {
-        type Item = SqsMessage;
-        async fn handle_message(&self, _: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+        type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+        async fn handle_message(&self, _: &mut SqsMessage) -> Result<(), BoxError> {
             self.0.acquire().await?.forget();
             *self.1.lock().unwrap() += 1;
             Ok(())
@@ -343,20 +345,20 @@ async fn a_message_received_twice_in_one_delete_batch_does_not_fail_the_others()
         );
     }
     // Message "0" becomes visible again and is received a second time, with a new receipt.
-    let zero = first.iter().position(|m| m.data().body() == "0").unwrap();
+    let zero = first.iter().position(|m| m.metadata().body() == "0").unwrap();
     let again = loop {
         let got = source
             .receive(NonZeroUsize::new(1).unwrap())
             .await
             .unwrap()
             .unwrap();
-        if got[0].data().body() == "0" {
+        if got[0].metadata().body() == "0" {
             break got.into_iter().next().unwrap();
         }
     };
-    assert_eq!(again.data().message_id(), first[zero].data().message_id());
+    assert_eq!(again.metadata().message_id(), first[zero].metadata().message_id());
     // Both receipts of "0", one of them twice, and the others: one batch.
-    let duplicate = Message::new(again.data().clone());
+    let duplicate = again.metadata().clone().into_message().with_ack_ref(again.ack_ref());
     let mut successful = first;
     successful.push(again);
     successful.push(duplicate);
@@ -604,9 +606,10 @@ async fn panics_and_poison_messages_lose_nothing_and_poison_ends_in_the_dlq() {
     let poison = |n: usize| n % 100 == 42;
     struct Chaos(Arc<Mutex<Vec<(String, u32, Instant)>>>);
     impl Handler for Chaos {
-        type Item = SqsMessage;
-        async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-            let n: usize = message.data().body().parse()?;
+        type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+        async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
+            let n: usize = message.metadata().body().parse()?;
             if n % 100 == 42 {
                 return Err("poison".into());
             }
@@ -614,7 +617,7 @@ async fn panics_and_poison_messages_lose_nothing_and_poison_ends_in_the_dlq() {
                 panic!("handler panics on {n}");
             }
             let seen = (
-                message.data().body().to_owned(),
+                message.metadata().body().to_owned(),
                 message.attempt(),
                 Instant::now(),
             );
@@ -695,9 +698,10 @@ async fn bodies_and_attributes_of_any_allowed_characters_arrive_exactly_as_sent(
     #[derive(Default)]
     struct Keep(Mutex<Vec<(String, String)>>);
     impl Handler for Keep {
-        type Item = SqsMessage;
-        async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-            let data = message.data();
+        type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+        async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
+            let data = message.metadata();
             let attribute = data.message_attribute_str("text").unwrap_or_default().to_owned();
             self.0.lock().unwrap().push((data.body().to_owned(), attribute));
             Ok(())
@@ -727,11 +731,12 @@ struct GroupBatches {
 }
 
 impl Handler for GroupBatches {
-    type Item = SqsMessage;
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
 
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
         let group = message
-            .data()
+            .metadata()
             .group_id()
             .ok_or("a FIFO message has a group")?
             .to_owned();
@@ -741,7 +746,7 @@ impl Handler for GroupBatches {
 
     async fn handle_batch(
         &self,
-        batch: &mut [Message<SqsMessage>],
+        batch: &mut [SqsMessage],
         _: &longshore::BatchInfo,
     ) -> Result<(), BoxError> {
         use std::sync::atomic::Ordering::SeqCst;
@@ -753,7 +758,7 @@ impl Handler for GroupBatches {
         let mut attempts = self.attempts.lock().unwrap();
         let mut last_ok = self.last_ok.lock().unwrap();
         for message in batch.iter_mut() {
-            let body = message.data().body().to_owned();
+            let body = message.metadata().body().to_owned();
             let attempt = attempts.entry(body.clone()).or_default();
             *attempt += 1;
             let i: u32 = body.split('-').nth(1).unwrap().parse().unwrap();

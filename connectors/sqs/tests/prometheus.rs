@@ -11,16 +11,17 @@ use std::time::Duration;
 
 use common::{client, config, create_queue, send, unique, Watchdog, TEST_LIMIT};
 use longshore::metrics::MetricsServer;
-use longshore::{BoxError, Handler, Message, Pipeline, Processors};
-use longshore_sqs::{SqsMessage, SqsSource};
+use longshore::{BoxError, Handler, Pipeline, Processors};
+use longshore_sqs::{SqsMessage, SqsMetadata, SqsSource};
 use prometheus::{assert_all_return_data, dashboard_queries, start_prometheus, wait_until_scraped};
 
 /// Slow enough to keep a backlog for the whole test.
 struct Slow;
 
 impl Handler for Slow {
-    type Item = SqsMessage;
-    async fn handle_message(&self, _: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
+    async fn handle_message(&self, _: &mut SqsMessage) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         Ok(())
     }

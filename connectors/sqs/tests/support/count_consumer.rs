@@ -12,8 +12,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
 
-use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors, RetryPolicy};
-use longshore_sqs::{SqsConfig, SqsMessage, SqsSource};
+use longshore::{BatchInfo, Batcher, BoxError, Handler, Pipeline, Processors, RetryPolicy};
+use longshore_sqs::{SqsConfig, SqsMessage, SqsMetadata, SqsSource};
 
 struct AppendToFile {
     file: std::sync::Mutex<std::fs::File>,
@@ -24,20 +24,21 @@ struct AppendToFile {
 }
 
 impl Handler for AppendToFile {
-    type Item = SqsMessage;
+    type Item = longshore_sqs::Bytes;
+    type Metadata = SqsMetadata;
 
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
-        let n: u64 = message.data().body().parse()?;
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
+        let n: u64 = message.metadata().body().parse()?;
         if message.attempt() == 1 && n % 100 < u64::from(self.panic_percent) {
             panic!("handler panics on {n}");
         }
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<SqsMessage>], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [SqsMessage], _: &BatchInfo) -> Result<(), BoxError> {
         let mut lines = String::with_capacity(batch.len() * 8);
         for message in batch.iter() {
-            lines.push_str(message.data().body());
+            lines.push_str(message.metadata().body());
             lines.push('\n');
         }
         tokio::time::sleep(self.sink_latency).await;
