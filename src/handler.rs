@@ -100,7 +100,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called once with messages that failed, just before they are acknowledged as
     /// failed: the place to log, count or dead-letter them. Default: nothing.
-    fn handle_failed(&self, messages: &mut [Message<Self::Item, Self::Metadata>]) -> impl Future<Output = ()> + Send {
+    fn handle_failed(
+        &self,
+        messages: &mut [Message<Self::Item, Self::Metadata>],
+    ) -> impl Future<Output = ()> + Send {
         let _ = messages;
         async {}
     }
@@ -176,7 +179,10 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
         (**self).prepare_messages(messages)
     }
 
-    fn handle_failed(&self, messages: &mut [Message<Self::Item, Self::Metadata>]) -> impl Future<Output = ()> + Send {
+    fn handle_failed(
+        &self,
+        messages: &mut [Message<Self::Item, Self::Metadata>],
+    ) -> impl Future<Output = ()> + Send {
         (**self).handle_failed(messages)
     }
 }

@@ -141,7 +141,9 @@ impl<D: Send + 'static, M: Send + 'static> TestSender<D, M> {
     where
         M: Default,
     {
-        let messages = data.into_iter().map(|data| Message::with_metadata(data, M::default()));
+        let messages = data
+            .into_iter()
+            .map(|data| Message::with_metadata(data, M::default()));
         self.test_messages(messages.collect()).await
     }
 

@@ -77,7 +77,11 @@ impl Handler for Recorder {
         }
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<Item, Item>], info: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<Item, Item>],
+        info: &BatchInfo,
+    ) -> Result<(), BoxError> {
         let keys = batch.iter().map(|m| m.data().key).collect();
         let key = match info.batch_key {
             longshore::BatchKey::Int(key) => key,
@@ -209,7 +213,9 @@ async fn run(topology: Topology) {
             batcher,
         })
         .collect();
-    let messages = items.iter().map(|item| Message::with_metadata(item.clone(), item.clone()));
+    let messages = items
+        .iter()
+        .map(|item| Message::with_metadata(item.clone(), item.clone()));
     let outcomes = sender.test_messages(messages.collect()).await;
     drop(sender);
     let summary = tokio::time::timeout(Duration::from_secs(10), pipeline.wait())

@@ -115,7 +115,9 @@ impl DeadLetter<Job> for Graveyard {
 /// Each job as a message whose metadata is the job too, as a source's would tell it: what
 /// the acknowledger and the dead-letter destination read.
 fn with_metadata(jobs: Vec<Job>) -> Vec<Message<Job, Job>> {
-    jobs.into_iter().map(|job| Message::with_metadata(job.clone(), job)).collect()
+    jobs.into_iter()
+        .map(|job| Message::with_metadata(job.clone(), job))
+        .collect()
 }
 
 fn policy(max_attempts: u32) -> RetryPolicy {
@@ -348,7 +350,11 @@ impl Acknowledger<Job> for RedeliveringAcks {
                     .iter()
                     .map(|m| (m.metadata().id, true, m.redeliver_after())),
             );
-            acks.extend(failed.iter().map(|m| (m.metadata().id, false, m.redeliver_after())));
+            acks.extend(
+                failed
+                    .iter()
+                    .map(|m| (m.metadata().id, false, m.redeliver_after())),
+            );
         }
         self.inner.ack(successful, failed).await;
     }

@@ -35,7 +35,11 @@ struct Ledger {
 }
 
 impl Acknowledger<usize> for Ledger {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, usize>>, failed: Vec<Message<T, usize>>) {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, usize>>,
+        failed: Vec<Message<T, usize>>,
+    ) {
         if let Some(bad) = self.panic_on {
             assert!(
                 successful.iter().all(|m| *m.metadata() != bad),

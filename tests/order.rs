@@ -25,7 +25,11 @@ struct Acks {
 }
 
 impl Acknowledger<(u64, u64)> for Acks {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, (u64, u64)>>, failed: Vec<Message<T, (u64, u64)>>) {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, (u64, u64)>>,
+        failed: Vec<Message<T, (u64, u64)>>,
+    ) {
         let mut done = self.successful.lock().unwrap();
         done.extend(successful.iter().map(|m| *m.metadata()));
         self.failed
@@ -44,10 +48,17 @@ impl Source for Recorded {
         self.acks.clone()
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<(u64, u64), (u64, u64)>>>, BoxError> {
+    async fn receive(
+        &self,
+        demand: NonZeroUsize,
+    ) -> Result<Option<Vec<Message<(u64, u64), (u64, u64)>>>, BoxError> {
         tokio::task::yield_now().await;
         let mut items = self.items.lock().unwrap();
-        let taken: Vec<_> = items.by_ref().take(demand.get()).map(|item| Message::with_metadata(item, item)).collect();
+        let taken: Vec<_> = items
+            .by_ref()
+            .take(demand.get())
+            .map(|item| Message::with_metadata(item, item))
+            .collect();
         Ok((!taken.is_empty()).then_some(taken))
     }
 }
@@ -68,7 +79,11 @@ impl Handler for Flaky {
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [Message<(u64, u64), (u64, u64)>], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<(u64, u64), (u64, u64)>],
+        _: &BatchInfo,
+    ) -> Result<(), BoxError> {
         // Batches of other keys overtake a waiting one.
         tokio::time::sleep(Duration::from_millis(1)).await;
         let mut attempts = self.attempts.lock().unwrap();

@@ -33,7 +33,11 @@ struct Ledger {
 }
 
 impl Acknowledger<usize> for Ledger {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, usize>>, failed: Vec<Message<T, usize>>) {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, usize>>,
+        failed: Vec<Message<T, usize>>,
+    ) {
         self.outstanding
             .fetch_sub(successful.len() + failed.len(), Ordering::SeqCst);
     }

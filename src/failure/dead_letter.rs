@@ -41,7 +41,10 @@ use crate::message::Message;
 /// ```
 pub trait DeadLetter<M>: Send + Sync + 'static {
     /// Writes `messages` to the destination; `Ok` once it holds them durably.
-    fn dead_letter(&self, messages: &mut [Message<(), M>]) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn dead_letter(
+        &self,
+        messages: &mut [Message<(), M>],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 type Write<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
@@ -85,7 +88,10 @@ pub(crate) async fn write_until_done<M>(
 
 /// A shared destination: keep an `Arc` to read it while the pipeline writes to it.
 impl<M, D: DeadLetter<M>> DeadLetter<M> for std::sync::Arc<D> {
-    fn dead_letter(&self, messages: &mut [Message<(), M>]) -> impl Future<Output = Result<(), BoxError>> + Send {
+    fn dead_letter(
+        &self,
+        messages: &mut [Message<(), M>],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).dead_letter(messages)
     }
 }

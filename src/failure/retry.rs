@@ -106,7 +106,9 @@ impl RetryPolicy {
 
     /// What to do with a message that failed `failure` on attempt `attempt`.
     pub(crate) fn decide(&self, failure: &Failure, attempt: u32) -> Decision {
-        if matches!(failure.kind(), FailureKind::Routing | FailureKind::Decode) || failure.error().is::<Permanent>() {
+        if matches!(failure.kind(), FailureKind::Routing | FailureKind::Decode)
+            || failure.error().is::<Permanent>()
+        {
             return Decision::Final;
         }
         if attempt >= self.max_attempts {

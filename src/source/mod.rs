@@ -74,6 +74,7 @@ pub trait Source: Send + Sync + 'static {
     fn acknowledger(&self) -> Self::Acknowledger;
 
     /// Returns at most `demand` messages, waiting for at least one; `Ok(None)` once exhausted.
+    #[allow(clippy::type_complexity)] // spelled out: it is what an implementation writes
     fn receive(
         &self,
         demand: NonZeroUsize,

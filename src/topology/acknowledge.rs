@@ -31,28 +31,32 @@ where
             .iter()
             .take_while(|m| m.redeliver_after().is_none())
             .count();
-        let handled = finals == 0 || {
-            let handled = guarded(async {
-                self.handler.handle_failed(&mut failed[..finals]).await;
-                Ok(())
-            });
-            tokio::select! {
-                biased;
-                handled = handled => {
-                    if let Err(failure) = handled {
-                        tracing::error!(%failure, messages = finals, "handle_failed failed; going on to dead-letter");
+        let handled = finals == 0
+            || {
+                let handled = guarded(async {
+                    self.handler.handle_failed(&mut failed[..finals]).await;
+                    Ok(())
+                });
+                tokio::select! {
+                    biased;
+                    handled = handled => {
+                        if let Err(failure) = handled {
+                            tracing::error!(%failure, messages = finals, "handle_failed failed; going on to dead-letter");
+                        }
+                        true
                     }
-                    true
+                    () = self.abandon.cancelled() => false,
                 }
-                () = self.abandon.cancelled() => false,
-            }
-        };
+            };
         self.settle(successful, failed, finals, handled).await;
     }
 
     /// Acknowledges messages whose data did not decode: final failures that never reach
     /// the handler (it has no value to give them), dead-lettered from their metadata.
-    pub(crate) async fn acknowledge_undecoded<D: Send + 'static>(&self, failed: Vec<Message<D, H::Metadata>>) {
+    pub(crate) async fn acknowledge_undecoded<D: Send + 'static>(
+        &self,
+        failed: Vec<Message<D, H::Metadata>>,
+    ) {
         let finals = failed.len();
         self.settle(Vec::new(), failed, finals, true).await;
     }
@@ -85,7 +89,8 @@ where
                 failed = rest;
                 let keys: HashSet<u64> = released.iter().filter_map(Message::order_key).collect();
                 if !keys.is_empty() {
-                    let of_key = |m: &Message<T, H::Metadata>| m.order_key().is_some_and(|k| keys.contains(&k));
+                    let of_key =
+                        |m: &Message<T, H::Metadata>| m.order_key().is_some_and(|k| keys.contains(&k));
                     let (same, others): (Vec<_>, Vec<_>) = successful.into_iter().partition(of_key);
                     successful = others;
                     released.extend(same);
@@ -140,7 +145,10 @@ where
             bare.iter_mut().for_each(Message::set_dead_lettered);
             self.meter.add_dead_lettered(bare.len());
         }
-        let finals = data.into_iter().zip(bare).map(|(data, message)| message.with_data(data));
+        let finals = data
+            .into_iter()
+            .zip(bare)
+            .map(|(data, message)| message.with_data(data));
         (written, finals.collect())
     }
 
@@ -215,8 +223,11 @@ where
     }
 }
 
+/// Successful messages, and failed ones.
+pub(crate) type Split<T, M> = (Vec<Message<T, M>>, Vec<Message<T, M>>);
+
 /// Splits messages into successful and failed ones, keeping the vector when none failed.
-pub(crate) fn split_failed<T, M>(messages: Vec<Message<T, M>>) -> (Vec<Message<T, M>>, Vec<Message<T, M>>) {
+pub(crate) fn split_failed<T, M>(messages: Vec<Message<T, M>>) -> Split<T, M> {
     if messages.iter().all(Message::is_ok) {
         return (messages, Vec::new());
     }

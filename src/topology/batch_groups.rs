@@ -35,7 +35,11 @@ impl<T, M> BatchGroups<T, M> {
 
     /// Adds `message` to the group of its key, opening the group with `deadline` if it
     /// is new; returns the group's position and its size.
-    pub(crate) fn push(&mut self, message: Message<T, M>, deadline: impl FnOnce() -> Instant) -> (usize, usize) {
+    pub(crate) fn push(
+        &mut self,
+        message: Message<T, M>,
+        deadline: impl FnOnce() -> Instant,
+    ) -> (usize, usize) {
         let position = match self.groups.get(self.last) {
             Some(group) if group.key == *message.batch_key() => self.last,
             _ => match self.index.get(message.batch_key()) {

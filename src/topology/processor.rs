@@ -502,7 +502,8 @@ where
                 return self.forward(only, chunk).await;
             }
         }
-        let mut routed: Vec<Vec<Message<H::Item, H::Metadata>>> = self.batchers.iter().map(|_| Vec::new()).collect();
+        let mut routed: Vec<Vec<Message<H::Item, H::Metadata>>> =
+            self.batchers.iter().map(|_| Vec::new()).collect();
         let mut failed = Vec::new();
         for mut message in chunk {
             if message.is_failed() {

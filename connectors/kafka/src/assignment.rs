@@ -11,8 +11,8 @@ use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use crate::partitions::{Partition, Partitions, TopicPartition};
 use crate::metadata::{KafkaMessage, KafkaMetadata};
+use crate::partitions::{Partition, Partitions, TopicPartition};
 use crate::slot::Slot;
 
 /// The key of one element of a partition list.
@@ -752,10 +752,7 @@ mod tests {
     /// What the pipeline's receive does: takes what it may, and when that is nothing,
     /// waits on `ready` (registered before the take, as `receive` does). Returns the
     /// records taken, or the wait.
-    fn receive_or_wait(
-        shared: &Shared,
-        demand: usize,
-    ) -> Result<Vec<KafkaMessage>, Pin<Box<Notified<'_>>>> {
+    fn receive_or_wait(shared: &Shared, demand: usize) -> Result<Vec<KafkaMessage>, Pin<Box<Notified<'_>>>> {
         let mut ready = Box::pin(shared.ready.notified());
         ready.as_mut().enable();
         let taken = shared.take(demand);

@@ -7,9 +7,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-
-use crate::offsets::PartitionOffsets;
 use crate::metadata::KafkaMessage;
+use crate::offsets::PartitionOffsets;
 use crate::slot::Slot;
 
 pub(crate) type TopicPartition = (Arc<str>, i32);

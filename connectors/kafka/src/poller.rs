@@ -19,8 +19,8 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use crate::assignment::Shared;
 use crate::client_errors::ClientErrors;
 use crate::lag::KafkaLag;
-use crate::partitions::TopicPartition;
 use crate::metadata::{Blocks, KafkaMetadata};
+use crate::partitions::TopicPartition;
 use crate::slot::Slot;
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.

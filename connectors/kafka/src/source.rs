@@ -13,8 +13,8 @@ use crate::assignment::Shared;
 use crate::config::{KafkaConfig, Ordering};
 use crate::error::KafkaSourceError;
 use crate::lag::KafkaLag;
-use crate::poller::{self, Context, Intervals, PollThread};
 use crate::metadata::{KafkaMessage, KafkaMetadata};
+use crate::poller::{self, Context, Intervals, PollThread};
 use crate::status::KafkaStatus;
 
 /// Consumes Kafka topics in a consumer group, on demand.
@@ -239,7 +239,11 @@ impl std::fmt::Debug for KafkaAcknowledger {
 }
 
 impl Acknowledger<KafkaMetadata> for KafkaAcknowledger {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, KafkaMetadata>>, failed: Vec<Message<T, KafkaMetadata>>) {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, KafkaMetadata>>,
+        failed: Vec<Message<T, KafkaMetadata>>,
+    ) {
         // A failed message was dead-lettered (or given up) before it got here: either
         // way it is done, and the offset may pass it.
         self.shared

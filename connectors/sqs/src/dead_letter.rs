@@ -21,8 +21,10 @@ const MAX_ATTRIBUTES: usize = 10;
 /// # async fn example() -> Result<(), longshore::BoxError> {
 /// use longshore_sqs::{SqsConfig, SqsDeadLetter, SqsSource};
 ///
-/// let source = SqsSource::connect(SqsConfig::new("orders")).await?;
-/// let dead_letter = SqsDeadLetter::connect("orders-dlq", None).await?;
+/// let config = SqsConfig::new("orders").region("eu-west-1");
+/// // The dead-letter queue is reached as the source is: same region, same endpoint.
+/// let dead_letter = SqsDeadLetter::connect_beside(&config, "orders-dlq").await?;
+/// let source = SqsSource::connect(config).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -42,7 +44,28 @@ impl SqsDeadLetter {
     pub async fn connect(queue: &str, endpoint_url: Option<&str>) -> Result<Self, crate::SqsSourceError> {
         let mut config = crate::SqsConfig::new(queue);
         config.endpoint_url = endpoint_url.map(str::to_owned);
-        let (client, url) = crate::queue::client_and_url(&config).await?;
+        Self::from_config(&config).await
+    }
+
+    /// Writes to the queue `queue` (a URL or a name), reached with the connection settings
+    /// of the source configured by `source` (its region and endpoint), so that a
+    /// settings file names them once, in `[source]`.
+    ///
+    /// # Errors
+    ///
+    /// The queue cannot be found.
+    pub async fn connect_beside(
+        source: &crate::SqsConfig,
+        queue: &str,
+    ) -> Result<Self, crate::SqsSourceError> {
+        let mut config = crate::SqsConfig::new(queue);
+        config.region.clone_from(&source.region);
+        config.endpoint_url.clone_from(&source.endpoint_url);
+        Self::from_config(&config).await
+    }
+
+    async fn from_config(config: &crate::SqsConfig) -> Result<Self, crate::SqsSourceError> {
+        let (client, url) = crate::queue::client_and_url(config).await?;
         Ok(SqsDeadLetter {
             fifo: url.ends_with(".fifo"),
             client,

@@ -54,9 +54,9 @@ mod visibility;
 
 pub use acknowledge::SqsAcknowledger;
 pub use aws_sdk_sqs;
+pub use bytes::Bytes;
 pub use config::{FinalFailure, Ordering, SqsConfig};
 pub use dead_letter::SqsDeadLetter;
 pub use error::SqsSourceError;
-pub use bytes::Bytes;
 pub use metadata::{SqsMessage, SqsMetadata};
 pub use source::SqsSource;

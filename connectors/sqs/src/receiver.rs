@@ -61,10 +61,7 @@ impl Receiver {
     }
 
     /// Waits for messages, at most `demand` of them.
-    pub(crate) async fn receive(
-        self: &Arc<Self>,
-        demand: usize,
-    ) -> Result<Vec<SqsMessage>, BoxError> {
+    pub(crate) async fn receive(self: &Arc<Self>, demand: usize) -> Result<Vec<SqsMessage>, BoxError> {
         loop {
             let polled = self.polled.notified();
             tokio::pin!(polled);

@@ -130,7 +130,7 @@ async fn nothing_is_received_beyond_demand() {
     struct Gated(Arc<tokio::sync::Semaphore>, Arc<Mutex<usize>>);
     impl Handler for Gated {
         type Item = longshore_sqs::Bytes;
-    type Metadata = SqsMetadata;
+        type Metadata = SqsMetadata;
         async fn handle_message(&self, _: &mut SqsMessage) -> Result<(), BoxError> {
             self.0.acquire().await?.forget();
             *self.1.lock().unwrap() += 1;
@@ -358,7 +358,11 @@ async fn a_message_received_twice_in_one_delete_batch_does_not_fail_the_others()
     };
     assert_eq!(again.metadata().message_id(), first[zero].metadata().message_id());
     // Both receipts of "0", one of them twice, and the others: one batch.
-    let duplicate = again.metadata().clone().into_message().with_ack_ref(again.ack_ref());
+    let duplicate = again
+        .metadata()
+        .clone()
+        .into_message()
+        .with_ack_ref(again.ack_ref());
     let mut successful = first;
     successful.push(again);
     successful.push(duplicate);
@@ -607,7 +611,7 @@ async fn panics_and_poison_messages_lose_nothing_and_poison_ends_in_the_dlq() {
     struct Chaos(Arc<Mutex<Vec<(String, u32, Instant)>>>);
     impl Handler for Chaos {
         type Item = longshore_sqs::Bytes;
-    type Metadata = SqsMetadata;
+        type Metadata = SqsMetadata;
         async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
             let n: usize = message.metadata().body().parse()?;
             if n % 100 == 42 {
@@ -699,7 +703,7 @@ async fn bodies_and_attributes_of_any_allowed_characters_arrive_exactly_as_sent(
     struct Keep(Mutex<Vec<(String, String)>>);
     impl Handler for Keep {
         type Item = longshore_sqs::Bytes;
-    type Metadata = SqsMetadata;
+        type Metadata = SqsMetadata;
         async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
             let data = message.metadata();
             let attribute = data.message_attribute_str("text").unwrap_or_default().to_owned();
@@ -744,11 +748,7 @@ impl Handler for GroupBatches {
         Ok(())
     }
 
-    async fn handle_batch(
-        &self,
-        batch: &mut [SqsMessage],
-        _: &longshore::BatchInfo,
-    ) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [SqsMessage], _: &longshore::BatchInfo) -> Result<(), BoxError> {
         use std::sync::atomic::Ordering::SeqCst;
         // Other groups' batches overtake a waiting one.
         tokio::time::sleep(Duration::from_millis(5)).await;

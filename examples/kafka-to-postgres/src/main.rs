@@ -30,10 +30,11 @@
 use std::sync::Arc;
 
 use clap::Parser;
+use longshore::decode::Json;
 use longshore::metrics::MetricsServer;
 use longshore::service::{ServiceArgs, ServiceConfig};
-use longshore::{BatchInfo, BatchKey, BoxError, Handler, Message, Permanent, Pipeline};
-use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaRecord, KafkaSource};
+use longshore::{BatchInfo, BatchKey, BoxError, Handler, Permanent, Pipeline};
+use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaMessage, KafkaMetadata, KafkaSource};
 use tokio_postgres::types::ToSql;
 
 /// Kafka to PostgreSQL, in batches per table.
@@ -62,40 +63,33 @@ struct Row {
     amount_cents: i64,
 }
 
-fn row(record: &KafkaRecord) -> Result<Row, BoxError> {
-    let payload = record.payload().ok_or_else(|| Permanent::new("no payload"))?;
-    serde_json::from_slice(payload).map_err(|error| Permanent::new(format!("not a row: {error}")).into())
-}
-
 struct ToPostgres {
     db: tokio_postgres::Client,
 }
 
+/// Each payload is parsed once, by the pipeline's decode step (`Json<Row>`): a record that
+/// is not a row (or a tombstone) fails there, for good, and goes to the dead-letter topic
+/// as it was read.
 impl Handler for ToPostgres {
-    type Item = KafkaRecord;
+    type Item = Row;
+    type Metadata = KafkaMetadata;
 
-    async fn handle_message(&self, message: &mut Message<KafkaRecord>) -> Result<(), BoxError> {
-        let record = message.data();
-        let key = record.key().unwrap_or_default();
+    async fn handle_message(&self, message: &mut KafkaMessage<Row>) -> Result<(), BoxError> {
+        let key = message.metadata().key().unwrap_or_default();
         let table = TABLES
             .into_iter()
             .find(|table| table.as_bytes() == key)
             .ok_or_else(|| Permanent::new(format!("no table {:?}", String::from_utf8_lossy(key))))?;
-        row(record)?;
         message.put_batch_key(table);
         Ok(())
     }
 
-    async fn handle_batch(
-        &self,
-        batch: &mut [Message<KafkaRecord>],
-        info: &BatchInfo,
-    ) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [KafkaMessage<Row>], info: &BatchInfo) -> Result<(), BoxError> {
         let table = TABLES
             .into_iter()
             .find(|&table| info.batch_key == BatchKey::from(table))
             .ok_or("batch of an unknown table")?;
-        let rows: Vec<Row> = batch.iter().map(|m| row(m.data())).collect::<Result<_, _>>()?;
+        let rows: Vec<&Row> = batch.iter().map(KafkaMessage::data).collect();
         // One statement for the whole batch: ($1, $2), ($3, $4), ...
         let values: Vec<String> = (0..rows.len())
             .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
@@ -143,6 +137,7 @@ async fn run() -> Result<(), BoxError> {
     let dead_letter = KafkaDeadLetter::for_source(&config.source, &config.app.dead_letter_topic)?;
     let source = KafkaSource::new(config.source)?;
     let pipeline = Pipeline::builder(source, Arc::new(ToPostgres { db }))
+        .decode(Json::<Row>::new())
         .config(config.pipeline)
         .dead_letter(dead_letter)
         .start()?;

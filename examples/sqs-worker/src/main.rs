@@ -42,8 +42,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use longshore::metrics::MetricsServer;
 use longshore::service::{ServiceArgs, ServiceConfig};
-use longshore::{BoxError, Handler, Message, Permanent, Pipeline, RetryAfter};
-use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsSource};
+use longshore::{BoxError, Handler, Permanent, Pipeline, RetryAfter};
+use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsMetadata, SqsSource};
 
 /// SQS to a slow HTTP endpoint, under a rate limit.
 #[derive(Debug, Parser)]
@@ -83,15 +83,15 @@ struct CallEndpoint {
 }
 
 impl Handler for CallEndpoint {
-    type Item = SqsMessage;
+    type Item = Bytes;
+    type Metadata = SqsMetadata;
 
-    async fn handle_message(&self, message: &mut Message<SqsMessage>) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut SqsMessage) -> Result<(), BoxError> {
+        // The body is forwarded as it came: no decode step, and no copy.
         let request = hyper::Request::post(&self.endpoint)
             .header("content-type", "application/json")
-            .header("x-message-id", message.data().message_id())
-            .body(Full::new(Bytes::copy_from_slice(
-                message.data().body().as_bytes(),
-            )))?;
+            .header("x-message-id", message.metadata().message_id())
+            .body(Full::new(message.data().clone()))?;
         let answer = tokio::time::timeout(self.timeout, self.http.request(request))
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))??;
@@ -144,7 +144,7 @@ async fn run() -> Result<(), BoxError> {
     };
     let builder = match &config.app.dead_letter_queue {
         Some(queue) => {
-            let dead_letter = SqsDeadLetter::connect(queue, None).await?;
+            let dead_letter = SqsDeadLetter::connect_beside(&config.source, queue).await?;
             // What the dead-letter queue took is deleted from the source queue.
             let source = SqsSource::connect(config.source.on_final_failure(FinalFailure::Delete)).await?;
             Pipeline::builder(source, handler).dead_letter(dead_letter)

@@ -25,7 +25,11 @@ impl Handler for AppendToFile {
     type Metadata = KafkaMetadata;
 
     async fn handle_message(&self, message: &mut KafkaMessage) -> Result<(), BoxError> {
-        message.metadata().payload_str().ok_or("not text")?.parse::<u64>()?;
+        message
+            .metadata()
+            .payload_str()
+            .ok_or("not text")?
+            .parse::<u64>()?;
         Ok(())
     }
 
