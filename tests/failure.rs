@@ -414,9 +414,15 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
         ]))
         .await;
     drop(sender);
-    pipeline.wait().await.expect("the pipeline ends cleanly");
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
 
     assert!(outcomes.iter().all(|o| !o.successful));
+    // Three deliveries of one message: two handed back to the broker, one failure for good.
+    assert_eq!(
+        (summary.received, summary.redelivered, summary.failed, summary.dead_lettered),
+        (3, 2, 1, 1)
+    );
+    assert_eq!((summary.retried, summary.successful, summary.released), (2, 0, 0));
     let mut acks = acks.lock().unwrap().clone();
     acks.sort_by_key(|a| a.0);
     let ms = |ms| Some(Duration::from_millis(ms));

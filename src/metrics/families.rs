@@ -60,7 +60,7 @@ fn families() -> &'static Families {
             received: counter("longshore_received_messages_total", "Messages received from the source.", &["pipeline"]),
             acknowledged: counter(
                 "longshore_acknowledged_messages_total",
-                "Messages acknowledged after their last stage, by outcome (successful or failed).",
+                "Messages acknowledged after their last stage, by outcome: successful, failed (for good), or redelivered (failed, handed back to the broker to deliver again).",
                 &["pipeline", "outcome"],
             ),
             retries: counter("longshore_retries_total", "Failed attempts followed by another attempt.", &["pipeline"]),
@@ -176,6 +176,7 @@ pub(crate) struct PipelineMetrics {
     pub(crate) received: IntCounter,
     pub(crate) successful: IntCounter,
     pub(crate) failed: IntCounter,
+    pub(crate) redelivered: IntCounter,
     pub(crate) retries: IntCounter,
     pub(crate) dead_lettered: IntCounter,
     pub(crate) discarded: IntCounter,
@@ -187,6 +188,7 @@ pub(crate) struct PipelineMetrics {
     max: i64,
     pub(crate) successful_duration: Histogram,
     pub(crate) failed_duration: Histogram,
+    pub(crate) redelivered_duration: Histogram,
     /// What the producers asked of the source and wait for.
     pub(crate) producer_demand: IntGauge,
 }
@@ -202,6 +204,7 @@ impl PipelineMetrics {
             received: f.received.with_label_values(&[pipeline]),
             successful: f.acknowledged.with_label_values(&[pipeline, "successful"]),
             failed: f.acknowledged.with_label_values(&[pipeline, "failed"]),
+            redelivered: f.acknowledged.with_label_values(&[pipeline, "redelivered"]),
             retries: f.retries.with_label_values(&[pipeline]),
             dead_lettered: f.dead_lettered.with_label_values(&[pipeline]),
             discarded: f.discarded.with_label_values(&[pipeline]),
@@ -213,6 +216,7 @@ impl PipelineMetrics {
             max,
             successful_duration: f.message_duration.with_label_values(&[pipeline, "successful"]),
             failed_duration: f.message_duration.with_label_values(&[pipeline, "failed"]),
+            redelivered_duration: f.message_duration.with_label_values(&[pipeline, "redelivered"]),
             producer_demand: f.stage_demand.with_label_values(&[pipeline, "producer", ""]),
         }
     }

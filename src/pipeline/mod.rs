@@ -196,6 +196,9 @@ impl Pipeline {
             received: stats.received,
             successful: stats.successful,
             failed: stats.failed,
+            dead_lettered: stats.dead_lettered,
+            redelivered: stats.redelivered,
+            retried: stats.retried,
             released: stats.released,
         }
     }
@@ -229,17 +232,31 @@ impl fmt::Debug for Pipeline {
 }
 
 /// What a pipeline did, once it has stopped.
+///
+/// It counts messages, each once per delivery: every delivery ends as exactly one of
+/// `successful`, `failed`, `redelivered` or `released`, so that after a clean drain
+/// `received = successful + failed + redelivered + released`. Retries in process do not
+/// add deliveries (a message retried three times and then dead-lettered is one received,
+/// one failed, two retried); a broker's redelivery (SQS) does (three deliveries: two
+/// redelivered, one failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
-    /// Messages received from the source.
+    /// Deliveries received from the source.
     pub received: u64,
     /// Messages acknowledged as successful.
     pub successful: u64,
-    /// Messages acknowledged as failed.
+    /// Messages that failed for good: dead-lettered, or discarded with no destination.
     pub failed: u64,
+    /// Of `failed`, those written to the dead-letter destination.
+    pub dead_lettered: u64,
+    /// Failed deliveries handed back to the broker to be delivered again, with their
+    /// backoff (SQS's visibility timeout): a later delivery finishes them.
+    pub redelivered: u64,
+    /// Failed attempts followed by another attempt, in process or by the broker.
+    pub retried: u64,
     /// Messages released unacknowledged at shutdown (they waited for a retry), to be
-    /// delivered again: `received = successful + failed + released` after a clean drain.
+    /// delivered again.
     pub released: u64,
 }
 
@@ -255,6 +272,7 @@ impl StatsHandle {
             received: meter.received.load(Ordering::Relaxed),
             successful: meter.successful.load(Ordering::Relaxed),
             failed: meter.failed.load(Ordering::Relaxed),
+            redelivered: meter.redelivered.load(Ordering::Relaxed),
             retried: meter.retried.load(Ordering::Relaxed),
             dead_lettered: meter.dead_lettered.load(Ordering::Relaxed),
             discarded: meter.discarded.load(Ordering::Relaxed),
@@ -275,9 +293,11 @@ pub struct Stats {
     pub received: u64,
     /// Messages acknowledged as successful.
     pub successful: u64,
-    /// Messages acknowledged as failed.
+    /// Messages that failed for good: dead-lettered, or discarded with no destination.
     pub failed: u64,
-    /// Failed attempts followed by another attempt.
+    /// Failed deliveries handed back to the broker to be delivered again.
+    pub redelivered: u64,
+    /// Failed attempts followed by another attempt, in process or by the broker.
     pub retried: u64,
     /// Messages written to the dead-letter destination.
     pub dead_lettered: u64,

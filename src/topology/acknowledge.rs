@@ -178,29 +178,17 @@ where
     }
 
     fn count<T>(&self, successful: &[Message<T, H::Metadata>], failed: &[Message<T, H::Metadata>]) {
-        self.meter.add_settled(successful.len(), failed.len());
+        let (finals, redelivered): (Vec<_>, Vec<_>) = match failed.is_empty() {
+            true => Default::default(),
+            false => failed.iter().partition(|m| m.redeliver_after().is_none()),
+        };
+        self.meter
+            .add_settled(successful.len(), finals.len(), redelivered.len());
         let metrics = &self.meter.metrics;
         let now = std::time::Instant::now();
-        for (messages, histogram) in [
-            (successful, &metrics.successful_duration),
-            (failed, &metrics.failed_duration),
-        ] {
-            if messages.is_empty() {
-                continue;
-            }
-            // Observed locally, published once: one atomic add per call, not per message.
-            // Messages received together share their receipt time: one subtraction each run.
-            let local = histogram.local();
-            let mut last: Option<(std::time::Instant, f64)> = None;
-            for at in messages.iter().filter_map(Message::received_at) {
-                let seconds = match last {
-                    Some((same, seconds)) if same == at => seconds,
-                    _ => now.saturating_duration_since(at).as_secs_f64(),
-                };
-                last = Some((at, seconds));
-                local.observe(seconds);
-            }
-        }
+        observe(now, successful.iter(), &metrics.successful_duration);
+        observe(now, finals.into_iter(), &metrics.failed_duration);
+        observe(now, redelivered.into_iter(), &metrics.redelivered_duration);
     }
 
     /// Final failures with nowhere to go: acknowledged as failed, so the source moves past
@@ -220,6 +208,30 @@ where
                 "message failed for good and no dead-letter destination is set; acknowledged as failed, the source moves past it"
             );
         }
+    }
+}
+
+/// Observes the time since each of `messages` was received. Locally, published once: one
+/// atomic add per call, not per message; messages received together share their receipt
+/// time, so a run of them costs one subtraction.
+fn observe<'a, T: 'a, M: 'a>(
+    now: std::time::Instant,
+    messages: impl Iterator<Item = &'a Message<T, M>>,
+    histogram: &prometheus::Histogram,
+) {
+    let mut messages = messages.filter_map(Message::received_at).peekable();
+    if messages.peek().is_none() {
+        return;
+    }
+    let local = histogram.local();
+    let mut last: Option<(std::time::Instant, f64)> = None;
+    for at in messages {
+        let seconds = match last {
+            Some((same, seconds)) if same == at => seconds,
+            _ => now.saturating_duration_since(at).as_secs_f64(),
+        };
+        last = Some((at, seconds));
+        local.observe(seconds);
     }
 }
 

@@ -99,6 +99,7 @@ pub(crate) struct Meter {
     pub(crate) received: AtomicU64,
     pub(crate) successful: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) discarded: AtomicU64,
@@ -116,6 +117,7 @@ impl Meter {
             received: AtomicU64::new(0),
             successful: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
@@ -164,12 +166,19 @@ impl Meter {
         self.metrics.in_flight.sub(n as i64);
     }
 
-    /// Messages acknowledged: out of flight.
-    pub(crate) fn add_settled(&self, successful: usize, failed: usize) {
+    /// Messages acknowledged: out of flight. `failed` for good, `redelivered` failed and
+    /// handed back to the broker for another delivery.
+    pub(crate) fn add_settled(&self, successful: usize, failed: usize, redelivered: usize) {
         self.successful.fetch_add(successful as u64, Ordering::Relaxed);
-        self.failed.fetch_add(failed as u64, Ordering::Relaxed);
         self.metrics.successful.inc_by(successful as u64);
-        self.metrics.failed.inc_by(failed as u64);
-        self.metrics.in_flight.sub((successful + failed) as i64);
+        if failed > 0 {
+            self.failed.fetch_add(failed as u64, Ordering::Relaxed);
+            self.metrics.failed.inc_by(failed as u64);
+        }
+        if redelivered > 0 {
+            self.redelivered.fetch_add(redelivered as u64, Ordering::Relaxed);
+            self.metrics.redelivered.inc_by(redelivered as u64);
+        }
+        self.metrics.in_flight.sub((successful + failed + redelivered) as i64);
     }
 }
