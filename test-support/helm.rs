@@ -64,9 +64,11 @@ pub fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
 }
 
 /// The settings file the chart renders, read by the service's loader.
-pub fn rendered_config<S: DeserializeOwned + Default + longshore::service::SourceSettings>(
-    sets: &[(&str, &str)],
-) -> (ServiceConfig<S>, Vec<Value>) {
+pub fn rendered_config<S, A>(sets: &[(&str, &str)]) -> (ServiceConfig<S, A>, Vec<Value>)
+where
+    S: DeserializeOwned + Default + longshore::service::SourceSettings,
+    A: DeserializeOwned + Default,
+{
     let (_, docs) = render(sets);
     let configmap = of_kind(&docs, "ConfigMap").unwrap();
     let json = configmap["data"]["config.json"].as_str().unwrap();

@@ -200,3 +200,38 @@ proptest::proptest! {
         let _ = load(GOOD, &[(&format!("LONGSHORE_{key}"), &value)]);
     }
 }
+
+#[test]
+fn environment_values_stay_strings_unless_their_field_takes_another_type() {
+    let config = load(
+        GOOD,
+        &[
+            ("LONGSHORE_SOURCE__QUEUE", "12345"),
+            ("LONGSHORE_SOURCE__WAIT_TIME_SECONDS", "7"),
+            ("LONGSHORE_PIPELINE__NAME", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.source.queue, "12345");
+    assert_eq!(config.source.wait_time_seconds, 7);
+    assert_eq!(config.pipeline.name, "true");
+    // A value that is neither the field's type nor TOML of it is named with the field.
+    let error = load(GOOD, &[("LONGSHORE_SOURCE__WAIT_TIME_SECONDS", "[1]")]).unwrap_err();
+    assert_eq!(
+        error,
+        "invalid source.wait_time_seconds: invalid type: sequence, expected u32"
+    );
+}
+
+#[test]
+fn a_json_null_is_an_unset_field() {
+    let path = std::env::temp_dir().join(format!("longshore-config-{}.json", std::process::id()));
+    let json = r#"{"pipeline": {"name": "orders", "rate_limit": null, "max_in_flight": null},
+                   "source": {"queue": "q", "wait_time_seconds": null}, "log": null}"#;
+    std::fs::write(&path, json).unwrap();
+    let loaded = ServiceConfig::<Source>::load(&path);
+    std::fs::remove_file(&path).unwrap();
+    let config = loaded.unwrap();
+    assert_eq!((config.pipeline.name.as_str(), config.source.wait_time_seconds), ("orders", 0));
+    assert_eq!(config.log.format, LogFormat::Text);
+}

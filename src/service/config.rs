@@ -14,8 +14,10 @@ use crate::{BuildError, PipelineConfig};
 /// Environment variables starting with this override the file: `__` separates the
 /// levels, so `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` sets
 /// `pipeline.processors.concurrency`. A variable without `__` (`LONGSHORE_CONFIG`) is no
-/// override. Values are read as TOML (`8`, `true`, `"8"`,
-/// `["a", "b"]`), or else taken as a string.
+/// override. A value is a string, as the environment holds it, unless its field takes
+/// something else: then it is read as TOML (`8`, `true`, `["a", "b"]`, `{ a = 1 }`). So
+/// `LONGSHORE_APP__QUEUE=12345` sets a string field to `"12345"` and
+/// `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` a number field to `8`.
 pub const ENV_PREFIX: &str = "LONGSHORE_";
 
 /// A service's settings: `S` is the source's section, as its connector defines it; `A`
@@ -120,9 +122,7 @@ where
         let text = std::fs::read_to_string(path)
             .map_err(|error| BuildError::new("config", format!("cannot read {}: {error}", path.display())))?;
         if path.extension().is_some_and(|extension| extension == "json") {
-            let table =
-                serde_json::from_str(&text).map_err(|error| BuildError::new("config", error.to_string()))?;
-            return Self::from_table(table, std::env::vars());
+            return Self::from_table(json_table(&text)?, std::env::vars());
         }
         Self::from_toml(&text, std::env::vars())
     }
@@ -143,31 +143,46 @@ where
         Self::from_table(table, env)
     }
 
-    fn from_table<K, V>(
-        mut table: toml::Table,
-        env: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<Self, BuildError>
+    fn from_table<K, V>(table: toml::Table, env: impl IntoIterator<Item = (K, V)>) -> Result<Self, BuildError>
     where
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        for (key, value) in env {
-            // Only section paths: LONGSHORE_CONFIG and the like are not settings.
-            if let Some(path) = key
-                .as_ref()
-                .strip_prefix(ENV_PREFIX)
-                .filter(|path| path.contains("__"))
-            {
-                override_value(&mut table, path, value.as_ref())?;
+        // Only section paths: LONGSHORE_CONFIG and the like are not settings.
+        let overrides: Vec<Override> = env
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let path = key.as_ref().strip_prefix(ENV_PREFIX)?;
+                path.contains("__").then(|| Override::new(path, value.as_ref()))
+            })
+            .collect();
+        // Each value starts as a string; one whose field refuses a string is read as TOML
+        // instead, and the file read again: at most once per override.
+        let mut typed = vec![false; overrides.len()];
+        let config: Self = loop {
+            let mut layered = table.clone();
+            for (value, &typed) in overrides.iter().zip(&typed) {
+                value.apply(&mut layered, typed)?;
             }
-        }
-        let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+            let error = match serde_path_to_error::deserialize(toml::Value::Table(layered)) {
+                Ok(config) => break config,
+                Err(error) => error,
+            };
             let path = error.path().to_string();
-            // The path is given once; the deserializer's own location note is left out.
-            let reason = error.into_inner().to_string();
-            let reason = reason.lines().next().unwrap_or_default().to_owned();
-            BuildError::new(if path == "." { "config".to_owned() } else { path }, reason)
-        })?;
+            let retry = overrides
+                .iter()
+                .zip(&typed)
+                .position(|(value, &typed)| !typed && value.covers(&path) && value.parses_as_toml());
+            match retry {
+                Some(index) => typed[index] = true,
+                None => {
+                    // The path is given once; the deserializer's own location note is left out.
+                    let reason = error.into_inner().to_string();
+                    let reason = reason.lines().next().unwrap_or_default().to_owned();
+                    return Err(BuildError::new(if path == "." { "config".to_owned() } else { path }, reason));
+                }
+            }
+        };
         config
             .pipeline
             .validate()
@@ -177,28 +192,86 @@ where
     }
 }
 
-/// Sets `path` (`PIPELINE__PROCESSORS__CONCURRENCY`) in `table` to `raw`.
-fn override_value(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), BuildError> {
-    let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
-    let field = keys.join(".");
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut parsed| parsed.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    let (last, parents) = keys.split_last().expect("split yields at least one key");
-    let mut at = table;
-    for key in parents {
-        let entry = at
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        at = entry.as_table_mut().ok_or_else(|| {
-            BuildError::new(
-                field.clone(),
-                format!("{ENV_PREFIX}{path} goes inside `{key}`, which is not a table"),
-            )
-        })?;
+/// One `LONGSHORE_*` variable: the field it sets and its raw value.
+struct Override {
+    /// The variable's path, as written (`PIPELINE__PROCESSORS__CONCURRENCY`).
+    path: String,
+    /// The field's keys, in the file's terms (`pipeline`, `processors`, `concurrency`).
+    keys: Vec<String>,
+    raw: String,
+}
+
+impl Override {
+    fn new(path: &str, raw: &str) -> Self {
+        Override {
+            path: path.to_owned(),
+            keys: path.split("__").map(str::to_lowercase).collect(),
+            raw: raw.to_owned(),
+        }
     }
-    at.insert(last.clone(), value);
-    Ok(())
+
+    fn field(&self) -> String {
+        self.keys.join(".")
+    }
+
+    /// Whether an error at `path` (`source.topics[0]`) is about this override's field.
+    fn covers(&self, path: &str) -> bool {
+        let field = self.field();
+        path.strip_prefix(&field)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    }
+
+    fn as_toml(&self) -> Option<toml::Value> {
+        format!("v = {}", self.raw)
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut parsed| parsed.remove("v"))
+    }
+
+    /// Whether reading it as TOML makes it something other than the string it is.
+    fn parses_as_toml(&self) -> bool {
+        self.as_toml().is_some_and(|value| !value.is_str())
+    }
+
+    /// Sets the field in `table`: to the raw string, or (`typed`) to its TOML value.
+    fn apply(&self, table: &mut toml::Table, typed: bool) -> Result<(), BuildError> {
+        let value = typed
+            .then(|| self.as_toml())
+            .flatten()
+            .unwrap_or_else(|| toml::Value::String(self.raw.clone()));
+        let (last, parents) = self.keys.split_last().expect("split yields at least one key");
+        let mut at = table;
+        for key in parents {
+            let entry = at
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = entry.as_table_mut().ok_or_else(|| {
+                BuildError::new(
+                    self.field(),
+                    format!("{ENV_PREFIX}{} goes inside `{key}`, which is not a table", self.path),
+                )
+            })?;
+        }
+        at.insert(last.clone(), value);
+        Ok(())
+    }
+}
+
+/// A JSON settings file as a table: a `null` is an unset field (its default), as JSON
+/// writers and the Helm chart's `toJson` of an empty value produce; TOML has no null.
+fn json_table(text: &str) -> Result<toml::Table, BuildError> {
+    fn strip_nulls(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, value| !value.is_null());
+                map.values_mut().for_each(strip_nulls);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| BuildError::new("config", error.to_string()))?;
+    strip_nulls(&mut value);
+    serde_json::from_value(value).map_err(|error| BuildError::new("config", error.to_string()))
 }

@@ -204,7 +204,7 @@ fn every_optional_part_renders_manifests_that_validate() {
 
 #[test]
 fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
-    let (config, _) = rendered_config::<KafkaConfig>(&kafka(&[]));
+    let (config, _) = rendered_config::<KafkaConfig, ()>(&kafka(&[]));
     assert_eq!(config.pipeline.name, "orders");
     assert_eq!(config.pipeline.processors, Processors::new(4));
     assert_eq!(config.pipeline.retry, RetryPolicy::new(3));
@@ -216,7 +216,7 @@ fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
     assert_eq!(config.metrics.addr, "0.0.0.0:9464".parse().unwrap());
     assert_eq!(config.log.format, LogFormat::Json);
 
-    let (config, _) = rendered_config::<KafkaConfig>(&kafka(&[
+    let (config, _) = rendered_config::<KafkaConfig, ()>(&kafka(&[
         ("--set", "metricsPort=9100"),
         ("--set", "config.pipeline.processors.max_demand=200"),
         ("--set", "config.pipeline.processors.min_demand=100"),
@@ -255,7 +255,7 @@ fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
 #[test]
 fn the_grace_period_exceeds_the_drain_deadline() {
     for deadline in ["25", "5", "300"] {
-        let (config, docs) = rendered_config::<KafkaConfig>(&kafka(&[(
+        let (config, docs) = rendered_config::<KafkaConfig, ()>(&kafka(&[(
             "--set",
             &format!("shutdownDeadlineSeconds={deadline}"),
         )]));

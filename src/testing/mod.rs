@@ -39,6 +39,8 @@
 //! # }
 //! ```
 
+pub mod conformance;
+
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;

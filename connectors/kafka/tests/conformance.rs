@@ -1,0 +1,109 @@
+//! The source contract (`longshore::testing::conformance`) against librdkafka's mock
+//! cluster: a topic of 3 partitions read by one consumer group, each check's consumer a
+//! new member of it, order kept per partition.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, committed, config};
+use longshore::testing::conformance::{Broker, Conformance, Declared, Published};
+use longshore::{BoxError, Message};
+use longshore_kafka::{Bytes, KafkaMetadata, KafkaSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+const PARTITIONS: i32 = 3;
+const TOPIC: &str = "conformance";
+const GROUP: &str = "conformance";
+/// Each partition's buffer: what the source may take with no demand.
+const BUFFERED: usize = 10;
+
+struct Topic {
+    bootstrap: String,
+}
+
+impl Broker for Topic {
+    type Source = KafkaSource;
+
+    fn declared(&self) -> Declared {
+        Declared::new()
+            .prefetch(BUFFERED * PARTITIONS as usize)
+            .ordered(true)
+    }
+
+    async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
+        let bootstrap = self.bootstrap.clone();
+        // A key's messages go to one partition, in order.
+        tokio::task::spawn_blocking(move || {
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("linger.ms", "5")
+                .create()?;
+            for message in messages {
+                let (key, payload) = (format!("k{}", message.key), message.id.to_string());
+                let partition = (message.key % PARTITIONS as u64) as i32;
+                let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload).partition(partition);
+                while let Err((_, back)) = producer.send(record) {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+            producer.flush(Duration::from_secs(60))?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn source(&self) -> Result<KafkaSource, BoxError> {
+        let config = config(&self.bootstrap, GROUP, TOPIC).max_buffered_per_partition(BUFFERED);
+        Ok(KafkaSource::new(config)?)
+    }
+
+    fn identify(&self, message: &Message<Bytes, KafkaMetadata>) -> Published {
+        let record = message.metadata();
+        let key = record.key().and_then(|key| std::str::from_utf8(key).ok()).expect("a key");
+        Published {
+            id: record.payload_str().and_then(|id| id.parse().ok()).expect("an id"),
+            key: key.trim_start_matches('k').parse().expect("k<n>"),
+        }
+    }
+
+    async fn taken(&self, source: &KafkaSource) -> Result<usize, BoxError> {
+        let partitions = source.status().partitions();
+        Ok(partitions.iter().map(|p| p.queued + p.in_flight).sum())
+    }
+
+    async fn settled(&self) -> Result<bool, BoxError> {
+        let bootstrap = self.bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+            let committed = committed(&bootstrap, GROUP, TOPIC, PARTITIONS);
+            for (partition, committed) in (0..PARTITIONS).zip(committed) {
+                let (_, high) = consumer.fetch_watermarks(TOPIC, partition, Duration::from_secs(10))?;
+                if committed != high && high > 0 {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await?
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_source_keeps_the_source_contract() {
+    let _serial = common::serial().await;
+    let cluster = cluster(TOPIC, PARTITIONS);
+    let topic = Topic {
+        bootstrap: cluster.bootstrap_servers(),
+    };
+    let report = Conformance::new(topic)
+        .messages(150)
+        .timeout(Duration::from_secs(60))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.passed.len(), 6, "{report:?}");
+}
