@@ -232,6 +232,9 @@ fn a_json_null_is_an_unset_field() {
     let loaded = ServiceConfig::<Source>::load(&path);
     std::fs::remove_file(&path).unwrap();
     let config = loaded.unwrap();
-    assert_eq!((config.pipeline.name.as_str(), config.source.wait_time_seconds), ("orders", 0));
+    assert_eq!(
+        (config.pipeline.name.as_str(), config.source.wait_time_seconds),
+        ("orders", 0)
+    );
     assert_eq!(config.log.format, LogFormat::Text);
 }

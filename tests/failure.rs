@@ -419,7 +419,12 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
     assert!(outcomes.iter().all(|o| !o.successful));
     // Three deliveries of one message: two handed back to the broker, one failure for good.
     assert_eq!(
-        (summary.received, summary.redelivered, summary.failed, summary.dead_lettered),
+        (
+            summary.received,
+            summary.redelivered,
+            summary.failed,
+            summary.dead_lettered
+        ),
         (3, 2, 1, 1)
     );
     assert_eq!((summary.retried, summary.successful, summary.released), (2, 0, 0));

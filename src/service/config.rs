@@ -179,7 +179,10 @@ where
                     // The path is given once; the deserializer's own location note is left out.
                     let reason = error.into_inner().to_string();
                     let reason = reason.lines().next().unwrap_or_default().to_owned();
-                    return Err(BuildError::new(if path == "." { "config".to_owned() } else { path }, reason));
+                    return Err(BuildError::new(
+                        if path == "." { "config".to_owned() } else { path },
+                        reason,
+                    ));
                 }
             }
         };
@@ -248,7 +251,10 @@ impl Override {
             at = entry.as_table_mut().ok_or_else(|| {
                 BuildError::new(
                     self.field(),
-                    format!("{ENV_PREFIX}{} goes inside `{key}`, which is not a table", self.path),
+                    format!(
+                        "{ENV_PREFIX}{} goes inside `{key}`, which is not a table",
+                        self.path
+                    ),
                 )
             })?;
         }

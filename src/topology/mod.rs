@@ -179,6 +179,8 @@ impl Meter {
             self.redelivered.fetch_add(redelivered as u64, Ordering::Relaxed);
             self.metrics.redelivered.inc_by(redelivered as u64);
         }
-        self.metrics.in_flight.sub((successful + failed + redelivered) as i64);
+        self.metrics
+            .in_flight
+            .sub((successful + failed + redelivered) as i64);
     }
 }

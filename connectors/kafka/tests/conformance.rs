@@ -44,7 +44,10 @@ impl Broker for Topic {
             for message in messages {
                 let (key, payload) = (format!("k{}", message.key), message.id.to_string());
                 let partition = (message.key % PARTITIONS as u64) as i32;
-                let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload).partition(partition);
+                let mut record = BaseRecord::to(TOPIC)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(partition);
                 while let Err((_, back)) = producer.send(record) {
                     record = back;
                     producer.poll(Duration::from_millis(10));
@@ -63,9 +66,15 @@ impl Broker for Topic {
 
     fn identify(&self, message: &Message<Bytes, KafkaMetadata>) -> Published {
         let record = message.metadata();
-        let key = record.key().and_then(|key| std::str::from_utf8(key).ok()).expect("a key");
+        let key = record
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .expect("a key");
         Published {
-            id: record.payload_str().and_then(|id| id.parse().ok()).expect("an id"),
+            id: record
+                .payload_str()
+                .and_then(|id| id.parse().ok())
+                .expect("an id"),
             key: key.trim_start_matches('k').parse().expect("k<n>"),
         }
     }
@@ -78,7 +87,9 @@ impl Broker for Topic {
     async fn settled(&self) -> Result<bool, BoxError> {
         let bootstrap = self.bootstrap.clone();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()?;
             let committed = committed(&bootstrap, GROUP, TOPIC, PARTITIONS);
             for (partition, committed) in (0..PARTITIONS).zip(committed) {
                 let (_, high) = consumer.fetch_watermarks(TOPIC, partition, Duration::from_secs(10))?;

@@ -72,7 +72,9 @@ impl Broker for Queue {
 }
 
 fn checks(queue: Queue) -> Conformance<Queue> {
-    Conformance::new(queue).messages(100).timeout(Duration::from_secs(60))
+    Conformance::new(queue)
+        .messages(100)
+        .timeout(Duration::from_secs(60))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
