@@ -9,12 +9,17 @@
 //! writes the message as it came.
 //!
 //! A message that does not decode is a failed message of
-//! [kind](crate::FailureKind::Decode) `decode`: never retried (the same bytes would fail
-//! again), written to the dead-letter destination if there is one, and acknowledged as
-//! failed. Having no decoded value, it skips the handler entirely,
-//! [`handle_failed`](crate::Handler::handle_failed) included; it is counted in
-//! `longshore_messages_failed_total` and [`Stats::failed`](crate::Stats::failed) like
-//! every final failure.
+//! [kind](crate::FailureKind::Decode) `decode`, failed for good: the pipeline never tries it
+//! again (the same bytes would fail again; SQS with no dead-letter destination of the
+//! pipeline's still redelivers it until its queue's redrive policy moves it). Having no
+//! decoded value, it reaches none of the handler's methods but
+//! [`handle_undecoded`](crate::Handler::handle_undecoded); then it is written to the
+//! dead-letter destination, if there is one, and acknowledged as failed, at once: like
+//! every final failure it leaves its key's order, ahead of earlier messages of its key
+//! still being handled. It is counted as `failed` in
+//! [`Stats`](crate::Stats) and `longshore_acknowledged_messages_total{outcome="failed"}`.
+//! A decode step that waits (a registry lookup) is cut short at the shutdown deadline,
+//! and its chunk handed back unfinished.
 //!
 //! # Other formats
 //!

@@ -16,7 +16,8 @@ use crate::message::{BatchKey, Message};
 ///
 /// Every method runs inside a panic guard: an error or a panic fails the messages
 /// concerned, never the stage. A failed message skips later stages, is given to
-/// [`handle_failed`](Handler::handle_failed) once, and is acknowledged as failed.
+/// [`handle_failed`](Handler::handle_failed) once (or, if its data did not decode, to
+/// [`handle_undecoded`](Handler::handle_undecoded)), and is acknowledged as failed.
 ///
 /// # Examples
 ///
@@ -98,11 +99,26 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called once with messages that failed, just before they are acknowledged as
-    /// failed: the place to log, count or dead-letter them. Default: nothing.
+    /// Called once with messages that failed for good, just before they go to the
+    /// dead-letter destination and are acknowledged as failed: the place to log or count
+    /// them. Messages whose data did not decode go to
+    /// [`handle_undecoded`](Handler::handle_undecoded) instead. Default: nothing.
     fn handle_failed(
         &self,
         messages: &mut [Message<Self::Item, Self::Metadata>],
+    ) -> impl Future<Output = ()> + Send {
+        let _ = messages;
+        async {}
+    }
+
+    /// Called once with messages whose data the pipeline's
+    /// [decode step](crate::PipelineBuilder::decode) could not decode, just before they go
+    /// to the dead-letter destination and are acknowledged as failed. They reach no other
+    /// method, having no decoded value; their metadata keeps the original bytes (Kafka's
+    /// key and payload, SQS's body) and their status says why. Default: nothing.
+    fn handle_undecoded(
+        &self,
+        messages: &mut [Message<(), Self::Metadata>],
     ) -> impl Future<Output = ()> + Send {
         let _ = messages;
         async {}
@@ -184,5 +200,12 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
         messages: &mut [Message<Self::Item, Self::Metadata>],
     ) -> impl Future<Output = ()> + Send {
         (**self).handle_failed(messages)
+    }
+
+    fn handle_undecoded(
+        &self,
+        messages: &mut [Message<(), Self::Metadata>],
+    ) -> impl Future<Output = ()> + Send {
+        (**self).handle_undecoded(messages)
     }
 }

@@ -72,9 +72,12 @@ where
     let (_, docs) = render(sets);
     let configmap = of_kind(&docs, "ConfigMap").unwrap();
     let json = configmap["data"]["config.json"].as_str().unwrap();
+    // A file of each call's own: the tests of one binary render at the same time.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("longshore-helm-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.json");
+    let path = dir.join(format!("config-{call}.json"));
     std::fs::write(&path, json).unwrap();
     let config = ServiceConfig::load(&path).unwrap_or_else(|error| panic!("{error}\n{json}"));
     (config, docs)

@@ -209,10 +209,12 @@ fn environment_values_stay_strings_unless_their_field_takes_another_type() {
             ("LONGSHORE_SOURCE__QUEUE", "12345"),
             ("LONGSHORE_SOURCE__WAIT_TIME_SECONDS", "7"),
             ("LONGSHORE_PIPELINE__NAME", "true"),
+            ("LONGSHORE_LOG__FILTER", r#""debug""#),
         ],
     )
     .unwrap();
     assert_eq!(config.source.queue, "12345");
+    assert_eq!(config.log.filter, "debug", "a quoted value is what it quotes");
     assert_eq!(config.source.wait_time_seconds, 7);
     assert_eq!(config.pipeline.name, "true");
     // A value that is neither the field's type nor TOML of it is named with the field.

@@ -520,3 +520,96 @@ async fn a_batcher_rate_limit_paces_batches_without_fetching_more() {
     let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
     assert_eq!(summary.successful, 1_000);
 }
+
+/// Takes the number a message's text is: the pipeline's item.
+#[derive(Default)]
+struct Numbers {
+    handled: Mutex<Vec<u32>>,
+    failed: Mutex<Vec<u32>>,
+    undecoded: Mutex<Vec<(String, String)>>,
+}
+
+impl Handler for Numbers {
+    type Item = u32;
+    type Metadata = String;
+
+    async fn handle_message(&self, message: &mut Message<u32, String>) -> Result<(), BoxError> {
+        self.handled.lock().unwrap().push(*message.data());
+        if *message.data() == 0 {
+            return Err(Permanent::new("zero").into());
+        }
+        Ok(())
+    }
+
+    async fn handle_failed(&self, messages: &mut [Message<u32, String>]) {
+        self.failed
+            .lock()
+            .unwrap()
+            .extend(messages.iter().map(|m| *m.data()));
+    }
+
+    async fn handle_undecoded(&self, messages: &mut [Message<(), String>]) {
+        let seen = messages
+            .iter()
+            .map(|m| (m.metadata().clone(), m.status().to_string()));
+        self.undecoded.lock().unwrap().extend(seen);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payload_that_does_not_decode_fails_for_good_reaching_only_handle_undecoded_and_the_dead_letter() {
+    let handler = Arc::new(Numbers::default());
+    let graveyard = Arc::new(TextGraves::default());
+    let texts = ["1", "x", "0", "3"];
+    let (source, sender) = TestSource::<String, String>::new();
+    let pipeline = Pipeline::builder(source, handler.clone())
+        .decode(longshore::decode::Json::<u32>::new())
+        .retry(policy(3))
+        .dead_letter(DeadText(graveyard.clone()))
+        .start()
+        .unwrap();
+    let messages = texts
+        .iter()
+        .map(|t| Message::with_metadata(t.to_string(), t.to_string()));
+    let outcomes = sender.test_messages(messages.collect()).await;
+    drop(sender);
+    let summary = pipeline.wait().await.unwrap();
+
+    let successful: Vec<bool> = outcomes.iter().map(|o| o.successful).collect();
+    assert_eq!(successful, [true, false, false, true]);
+    // Decoded once: handle_message saw numbers, never the text that is not one.
+    assert_eq!(*handler.handled.lock().unwrap(), [1, 0, 3]);
+    assert_eq!(*handler.failed.lock().unwrap(), [0]);
+    let undecoded = handler.undecoded.lock().unwrap().clone();
+    assert_eq!(undecoded.len(), 1);
+    assert_eq!(undecoded[0].0, "x");
+    assert!(
+        undecoded[0].1.starts_with("failed (decode): expected value"),
+        "{}",
+        undecoded[0].1
+    );
+    // Not retried, and dead-lettered with what it was, beside the handler's own failure.
+    let mut graves = graveyard.0.lock().unwrap().clone();
+    graves.sort();
+    assert_eq!(graves, [("0".to_owned(), 1), ("x".to_owned(), 1)]);
+    assert_eq!(
+        (summary.failed, summary.dead_lettered, summary.retried),
+        (2, 2, 0)
+    );
+    assert_eq!(outcomes[1].data::<u32>(), None, "no decoded value");
+    assert_eq!(outcomes[3].data::<u32>(), Some(&3));
+}
+
+/// Dead letters of text: the original text (the metadata) and the attempt.
+#[derive(Default)]
+struct TextGraves(Mutex<Vec<(String, u32)>>);
+
+struct DeadText(Arc<TextGraves>);
+
+impl DeadLetter<String> for DeadText {
+    async fn dead_letter(&self, messages: &mut [Message<(), String>]) -> Result<(), BoxError> {
+        let graves = messages.iter().map(|m| (m.metadata().clone(), m.attempt()));
+        self.0 .0.lock().unwrap().extend(graves);
+        Ok(())
+    }
+}

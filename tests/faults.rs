@@ -491,3 +491,35 @@ async fn at_a_missed_deadline_no_message_is_finished_ahead_of_an_earlier_one_of_
         );
     }
 }
+
+/// A decode step that never finishes with message 3 (a schema registry that does not
+/// answer), and decodes every other as it is.
+struct HangsOnThree;
+
+impl longshore::decode::Decode<usize, usize> for HangsOnThree {
+    type Output = usize;
+
+    async fn decode(&self, data: usize, _metadata: &usize) -> Result<usize, BoxError> {
+        if data == 3 {
+            std::future::pending::<()>().await;
+        }
+        Ok(data)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decode_step_that_hangs_is_cut_short_at_the_deadline_and_its_chunk_handed_back() {
+    let (source, ledger, _) = Numbers::new(usize::MAX, Ledger::default());
+    let pipeline = Pipeline::builder(source, FailSeven)
+        .decode(HangsOnThree)
+        .processors(Processors::new(1).max_demand(4))
+        .shutdown_deadline(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    let (error, received) = miss_the_deadline(pipeline, Duration::from_secs(1)).await;
+
+    assert_eq!(error.stranded, 0, "{error}");
+    assert_nothing_stranded(&ledger, &received);
+    // 0, 1 and 2 were decoded, 3 was being decoded: the chunk goes back whole.
+    assert!(ledger.released.lock().unwrap().contains(&3));
+}

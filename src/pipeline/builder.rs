@@ -67,9 +67,10 @@ where
 {
     /// Decodes each message's data with `codec` before the handler sees it: the
     /// handler's [`Item`](Handler::Item) is then what the codec makes (an order parsed
-    /// from JSON), in every stage. Decoding runs in the processors, in parallel, once per
-    /// message (a retry reuses the decoded value). A message that does not decode fails
-    /// for good without reaching the handler (see [`decode`](crate::decode)).
+    /// from JSON), in every stage. Decoding runs in the processors, each decoding the
+    /// chunks it takes, once per message (a retry reuses the decoded value). A message
+    /// that does not decode fails for good and reaches only
+    /// [`Handler::handle_undecoded`] (see [`decode`](crate::decode)).
     ///
     /// ```
     /// use longshore::decode::Json;

@@ -14,8 +14,9 @@ use crate::{BuildError, PipelineConfig};
 /// Environment variables starting with this override the file: `__` separates the
 /// levels, so `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` sets
 /// `pipeline.processors.concurrency`. A variable without `__` (`LONGSHORE_CONFIG`) is no
-/// override. A value is a string, as the environment holds it, unless its field takes
-/// something else: then it is read as TOML (`8`, `true`, `["a", "b"]`, `{ a = 1 }`). So
+/// override. A value is a string, as the environment holds it (a quoted one, `"8"`, is
+/// what it quotes), unless its field takes something else: then it is read as TOML (`8`,
+/// `true`, `["a", "b"]`, `{ a = 1 }`). So
 /// `LONGSHORE_APP__QUEUE=12345` sets a string field to `"12345"` and
 /// `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` a number field to `8`.
 pub const ENV_PREFIX: &str = "LONGSHORE_";
@@ -236,12 +237,13 @@ impl Override {
         self.as_toml().is_some_and(|value| !value.is_str())
     }
 
-    /// Sets the field in `table`: to the raw string, or (`typed`) to its TOML value.
+    /// Sets the field in `table`: to the string (a TOML string literal, `"8"`, reads as
+    /// what it quotes), or (`typed`) to its TOML value.
     fn apply(&self, table: &mut toml::Table, typed: bool) -> Result<(), BuildError> {
-        let value = typed
-            .then(|| self.as_toml())
-            .flatten()
-            .unwrap_or_else(|| toml::Value::String(self.raw.clone()));
+        let value = match self.as_toml() {
+            Some(value) if typed || value.is_str() => value,
+            _ => toml::Value::String(self.raw.clone()),
+        };
         let (last, parents) = self.keys.split_last().expect("split yields at least one key");
         let mut at = table;
         for key in parents {

@@ -32,33 +32,40 @@ where
             .take_while(|m| m.redeliver_after().is_none())
             .count();
         let handled = finals == 0
-            || {
-                let handled = guarded(async {
-                    self.handler.handle_failed(&mut failed[..finals]).await;
-                    Ok(())
-                });
-                tokio::select! {
-                    biased;
-                    handled = handled => {
-                        if let Err(failure) = handled {
-                            tracing::error!(%failure, messages = finals, "handle_failed failed; going on to dead-letter");
-                        }
-                        true
-                    }
-                    () = self.abandon.cancelled() => false,
-                }
-            };
+            || self
+                .hook(self.handler.handle_failed(&mut failed[..finals]), finals)
+                .await;
         self.settle(successful, failed, finals, handled).await;
     }
 
     /// Acknowledges messages whose data did not decode: final failures that never reach
-    /// the handler (it has no value to give them), dead-lettered from their metadata.
-    pub(crate) async fn acknowledge_undecoded<D: Send + 'static>(
-        &self,
-        failed: Vec<Message<D, H::Metadata>>,
-    ) {
+    /// the handler's other methods (there is no value to give them), given to
+    /// `handle_undecoded`, then dead-lettered from their metadata.
+    pub(crate) async fn acknowledge_undecoded(&self, mut failed: Vec<Message<(), H::Metadata>>) {
         let finals = failed.len();
-        self.settle(Vec::new(), failed, finals, true).await;
+        let handled = self
+            .hook(self.handler.handle_undecoded(&mut failed), finals)
+            .await;
+        self.settle(Vec::new(), failed, finals, handled).await;
+    }
+
+    /// Runs a handler's failure hook on `messages` messages, guarded: `false` when the
+    /// pipeline was abandoned at its deadline first (the messages then go back unfinished).
+    async fn hook(&self, hook: impl std::future::Future<Output = ()>, messages: usize) -> bool {
+        let hooked = guarded(async {
+            hook.await;
+            Ok(())
+        });
+        tokio::select! {
+            biased;
+            hooked = hooked => {
+                if let Err(failure) = hooked {
+                    tracing::error!(%failure, messages, "a failure hook failed; going on to dead-letter");
+                }
+                true
+            }
+            () = self.abandon.cancelled() => false,
+        }
     }
 
     /// The common end: the first `finals` of `failed` to the dead-letter destination (when

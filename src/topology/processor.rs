@@ -215,8 +215,12 @@ where
                     Some(Work::Handle(chunk)) => {
                         holding.add(chunk.len());
                         let keys = keys_of(&chunk);
-                        let chunk = self.decode(chunk, &mut holding).await;
-                        let passed = self.pass(&mut retries, &mut holding, chunk).await;
+                        let passed = match self.decode(chunk, &mut holding).await {
+                            None => Passed::Abandoned(Vec::new()),
+                            // Nothing decoded: no pass, and no timing taken from it.
+                            Some(chunk) if chunk.is_empty() => Passed::Done,
+                            Some(chunk) => self.pass(&mut retries, &mut holding, chunk).await,
+                        };
                         self.input.finish(retries.done_with(keys));
                         passed
                     }
@@ -260,36 +264,58 @@ where
         }
     }
 
-    /// Decodes the data of a chunk just taken. Messages that do not decode are
-    /// acknowledged as failed at once, ahead of the later messages of their keys (a
-    /// final failure is done with); the rest keep their order.
+    /// Decodes the data of a chunk just taken. Messages that do not decode fail for good
+    /// and are acknowledged at once: like every final failure, they leave their key's
+    /// order (they are done with), ahead of the earlier messages of their key still to be
+    /// handled. `None` when the pipeline was abandoned at its deadline: the whole chunk
+    /// was then handed back unfinished.
     async fn decode(
         &self,
         chunk: Vec<Message<D, H::Metadata>>,
         holding: &mut Held,
-    ) -> Vec<Message<H::Item, H::Metadata>> {
+    ) -> Option<Vec<Message<H::Item, H::Metadata>>> {
+        if self.abandon.is_cancelled() {
+            holding.release(chunk.len());
+            self.ctx.release(chunk).await;
+            return None;
+        }
         // No decode step: the chunk is passed on as it is, not rebuilt message by message.
         if TypeId::of::<C>() == TypeId::of::<Identity>() {
             let chunk: Box<dyn Any> = Box::new(chunk);
             if let Ok(same) = chunk.downcast::<Vec<Message<H::Item, H::Metadata>>>() {
-                return *same;
+                return Some(*same);
             }
             unreachable!("the identity decode step keeps the data's type");
         }
         let mut decoded = Vec::with_capacity(chunk.len());
         let mut undecoded = Vec::new();
-        for message in chunk {
+        let mut rest = chunk.into_iter();
+        while let Some(message) = rest.next() {
             let (data, mut message) = message.take_data();
-            let result = AssertUnwindSafe(self.codec.decode(data, message.metadata()))
-                .catch_unwind()
-                .await;
+            // A decode step may wait (a schema registry): cut short at the deadline.
+            let result = tokio::select! {
+                biased;
+                result = AssertUnwindSafe(self.codec.decode(data, message.metadata())).catch_unwind() => Some(result),
+                () = self.abandon.cancelled() => None,
+            };
             let error: BoxError = match result {
-                Ok(Ok(item)) => {
+                Some(Ok(Ok(item))) => {
                     decoded.push(message.with_data(item));
                     continue;
                 }
-                Ok(Err(error)) => error,
-                Err(panic) => format!("the decode step panicked: {}", panic_message(panic)).into(),
+                Some(Ok(Err(error))) => error,
+                Some(Err(panic)) => format!("the decode step panicked: {}", panic_message(panic)).into(),
+                None => {
+                    // Everything of the chunk goes back, the message being decoded (its
+                    // data with the decode step) as it was left: its metadata.
+                    let rest: Vec<_> = rest.collect();
+                    holding.release(decoded.len() + undecoded.len() + 1 + rest.len());
+                    undecoded.push(message);
+                    self.ctx.release(decoded).await;
+                    self.ctx.release(undecoded).await;
+                    self.ctx.release(rest).await;
+                    return None;
+                }
             };
             // A message failed already (a routing failure) keeps its own reason.
             if message.is_ok() {
@@ -301,7 +327,7 @@ where
             holding.release(undecoded.len());
             self.ctx.acknowledge_undecoded(undecoded).await;
         }
-        decoded
+        Some(decoded)
     }
 
     /// Handles `messages` in order and routes those done with this stage (to their

@@ -72,7 +72,8 @@ pub struct SqsMetadata {
     pub(crate) message_attributes: HashMap<String, MessageAttributeValue>,
 }
 
-/// The body, shared with the message's data (as bytes) until the data is decoded.
+/// The body, shared with the message's data (as bytes) until the data is decoded: one
+/// copy of what the SDK received, kept once.
 #[derive(Debug, Clone)]
 struct Body(Arc<str>);
 

@@ -27,6 +27,7 @@
 //! dead_letter_topic = "payments.dlq"
 //! ```
 
+use std::future::Future;
 use std::sync::Arc;
 
 use clap::Parser;
@@ -57,20 +58,46 @@ struct App {
 /// The tables a record may name, and so the batch keys: a fixed list, never data.
 const TABLES: [&str; 2] = ["orders", "refunds"];
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 struct Row {
     id: i64,
     amount_cents: i64,
 }
 
-struct ToPostgres {
-    db: tokio_postgres::Client,
+/// Where a batch of rows goes: PostgreSQL in the service, a vector in its unit tests.
+trait Store: Send + Sync + 'static {
+    /// Inserts `rows` into `table`, all or none; a row already there is left as it is.
+    fn insert(&self, table: &'static str, rows: &[&Row])
+        -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+impl Store for tokio_postgres::Client {
+    async fn insert(&self, table: &'static str, rows: &[&Row]) -> Result<(), BoxError> {
+        // One statement for the whole batch: ($1, $2), ($3, $4), ...
+        let values: Vec<String> = (0..rows.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let statement = format!(
+            "INSERT INTO {table} (id, amount_cents) VALUES {} ON CONFLICT (id) DO NOTHING",
+            values.join(", ")
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = rows
+            .iter()
+            .flat_map(|row| [&row.id as &(dyn ToSql + Sync), &row.amount_cents])
+            .collect();
+        self.execute(&statement, &params).await?;
+        Ok(())
+    }
+}
+
+struct ToPostgres<S> {
+    db: S,
 }
 
 /// Each payload is parsed once, by the pipeline's decode step (`Json<Row>`): a record that
 /// is not a row (or a tombstone) fails there, for good, and goes to the dead-letter topic
 /// as it was read.
-impl Handler for ToPostgres {
+impl<S: Store> Handler for ToPostgres<S> {
     type Item = Row;
     type Metadata = KafkaMetadata;
 
@@ -90,20 +117,7 @@ impl Handler for ToPostgres {
             .find(|&table| info.batch_key == BatchKey::from(table))
             .ok_or("batch of an unknown table")?;
         let rows: Vec<&Row> = batch.iter().map(KafkaMessage::data).collect();
-        // One statement for the whole batch: ($1, $2), ($3, $4), ...
-        let values: Vec<String> = (0..rows.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let statement = format!(
-            "INSERT INTO {table} (id, amount_cents) VALUES {} ON CONFLICT (id) DO NOTHING",
-            values.join(", ")
-        );
-        let params: Vec<&(dyn ToSql + Sync)> = rows
-            .iter()
-            .flat_map(|row| [&row.id as &(dyn ToSql + Sync), &row.amount_cents])
-            .collect();
-        self.db.execute(&statement, &params).await?;
-        Ok(())
+        self.db.insert(table, &rows).await
     }
 }
 
@@ -148,4 +162,90 @@ async fn run() -> Result<(), BoxError> {
         summary.received, summary.successful, summary.failed
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The real handler and decode step, through the real topology, on test messages:
+    //! rows reach their table's batch, bad records fail without reaching the store.
+
+    use std::sync::Mutex;
+
+    use longshore::testing::TestSource;
+    use longshore::Batcher;
+
+    use super::*;
+
+    /// Rows by table, as inserted.
+    #[derive(Default)]
+    struct Rows(Mutex<Vec<(&'static str, Row)>>);
+
+    impl Store for Arc<Rows> {
+        async fn insert(&self, table: &'static str, rows: &[&Row]) -> Result<(), BoxError> {
+            let mut stored = self.0.lock().unwrap();
+            stored.extend(rows.iter().map(|&row| (table, row.clone())));
+            Ok(())
+        }
+    }
+
+    fn record(offset: i64, key: &str, payload: &str) -> KafkaMessage {
+        KafkaMetadata::new("payments", 0, offset)
+            .with_key(key)
+            .with_payload(payload)
+            .into_message()
+    }
+
+    #[tokio::test]
+    async fn rows_go_to_their_table_and_bad_records_fail_for_good() {
+        let rows = Arc::new(Rows::default());
+        let (source, sender) = TestSource::new();
+        let pipeline = Pipeline::builder(source, ToPostgres { db: rows.clone() })
+            .decode(Json::<Row>::new())
+            .batcher(Batcher::new("rows"))
+            .start()
+            .unwrap();
+        let outcomes = sender
+            .test_messages(vec![
+                record(0, "orders", r#"{"id": 1, "amount_cents": 250}"#),
+                record(1, "refunds", r#"{"id": 2, "amount_cents": -250}"#),
+                record(2, "orders", "not a row"),
+                record(3, "invoices", r#"{"id": 3, "amount_cents": 1}"#),
+            ])
+            .await;
+        drop(sender);
+        pipeline.wait().await.unwrap();
+
+        let successful: Vec<bool> = outcomes.iter().map(|o| o.successful).collect();
+        assert_eq!(successful, [true, true, false, false]);
+        assert!(outcomes[2]
+            .message
+            .status()
+            .to_string()
+            .starts_with("failed (decode)"));
+        assert_eq!(
+            outcomes[3].message.status().to_string(),
+            r#"failed (error): no table "invoices""#
+        );
+        let mut stored = rows.0.lock().unwrap().clone();
+        stored.sort_by_key(|(_, row)| row.id);
+        assert_eq!(
+            stored,
+            [
+                (
+                    "orders",
+                    Row {
+                        id: 1,
+                        amount_cents: 250
+                    }
+                ),
+                (
+                    "refunds",
+                    Row {
+                        id: 2,
+                        amount_cents: -250
+                    }
+                )
+            ]
+        );
+    }
 }

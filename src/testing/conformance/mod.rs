@@ -358,6 +358,14 @@ where
         let published = self.publish(CHECK, self.messages, 1).await?;
         let source = self.open(CHECK).await?;
         let prefetch = self.broker.declared().prefetch;
+        // Watched once the source can deliver (Kafka: it joined its group), for a second.
+        let ready_by = Instant::now() + self.timeout;
+        while !source.is_ready() {
+            if Instant::now() >= ready_by {
+                return Err(violation(CHECK, format!("not ready after {:?}", self.timeout)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let until = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until {
             let taken =
@@ -491,7 +499,7 @@ where
 
     /// Publishes messages of 8 keys and handles them with small random delays, some
     /// failing once: one key's messages are never handled at the same time, and each
-    /// key's are finished in the order published.
+    /// key's are finished and acknowledged in the order published.
     pub async fn the_declared_order_holds(&self) -> Check {
         const CHECK: &str = "the_declared_order_holds";
         let published = self.publish(CHECK, self.messages, 8).await?;
@@ -510,6 +518,14 @@ where
                 CHECK,
                 format!("messages {ids:?} of key {key} were handled at the same time"),
             ));
+        }
+        for (key, acknowledged) in &ledger.acknowledged_by_key {
+            if acknowledged.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(violation(
+                    CHECK,
+                    format!("key {key} acknowledged out of order: {acknowledged:?}"),
+                ));
+            }
         }
         for (key, finished) in &ledger.calls.finished_by_key {
             if finished.windows(2).any(|w| w[0] >= w[1]) {

@@ -19,6 +19,8 @@ pub(super) struct Ledger {
     /// Per message, how often it was acknowledged for good (successful, or failed with
     /// no redelivery to come).
     pub(super) acknowledged: HashMap<u64, usize>,
+    /// Per key, the messages acknowledged for good, in the order the source was told.
+    pub(super) acknowledged_by_key: std::collections::BTreeMap<u64, Vec<u64>>,
     /// Messages handed back at shutdown.
     pub(super) released: Vec<u64>,
     /// Acknowledgements of deliveries the source never made (or made known twice).
@@ -176,6 +178,11 @@ impl<M: Send + 'static, A: Acknowledger<M>> Acknowledger<M> for CheckedAcks<A> {
         let done = |ledger: &mut Ledger, message: &Message<T, M>, published: Published| {
             if message.redeliver_after().is_none() {
                 *ledger.acknowledged.entry(published.id).or_default() += 1;
+                ledger
+                    .acknowledged_by_key
+                    .entry(published.key)
+                    .or_default()
+                    .push(published.id);
             }
         };
         let successful = self.restore(successful, done);
