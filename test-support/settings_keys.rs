@@ -12,10 +12,12 @@ pub fn listed(name: &str) -> Vec<String> {
         .find(&format!("\n- {name}: "))
         .unwrap_or_else(|| panic!("the README lists no {name} keys"));
     let list = &readme[start + 1..];
-    let end = list[2..]
-        .find("\n- ")
-        .or_else(|| list.find("\n\n"))
-        .map_or(list.len(), |end| end + 2);
+    // The bullet ends at the next bullet or at the end of the list, whichever comes first.
+    let end = [list[2..].find("\n- ").map(|end| end + 2), list.find("\n\n")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(list.len());
     backticked(&list[..end])
 }
 

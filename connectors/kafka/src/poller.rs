@@ -268,10 +268,13 @@ impl Poller {
                 self.pause_all(false);
             }
             // Whatever librdkafka has ready, up to a handoff, in one lock and one wake-up:
-            // a wake-up per record would cost more than the record.
+            // a wake-up per record would cost more than the record. Never more than the
+            // queue has room for, so that it holds at most `max_buffered_per_partition`
+            // takeable records (a handoff of 512 used to overshoot it).
+            let handoff = HANDOFF.min(limit.saturating_sub(queued).max(1));
             let mut ready = Vec::new();
             let mut timeout = POLL_INTERVAL;
-            while ready.len() < HANDOFF {
+            while ready.len() < handoff {
                 match self.consumer.poll(timeout) {
                     Some(Ok(message)) => ready.push(message),
                     Some(Err(error)) => {

@@ -19,8 +19,12 @@ use rdkafka::ClientConfig;
 const PARTITIONS: i32 = 3;
 const TOPIC: &str = "conformance";
 const GROUP: &str = "conformance";
-/// Each partition's buffer: what the source may take with no demand.
+/// The source's buffer (`max_buffered_per_partition`).
 const BUFFERED: usize = 10;
+/// What the source may take with no demand: its buffer, and one record each time a full
+/// buffer polls to serve the group (once a commit interval, 200 ms here) until it pauses
+/// its partitions after a second without demand.
+const PREFETCH: usize = BUFFERED + 1_000 / 200 + 1;
 
 struct Topic {
     bootstrap: String,
@@ -33,7 +37,7 @@ impl Broker for Topic {
 
     fn declared(&self) -> Declared {
         Declared::new()
-            .prefetch(BUFFERED * PARTITIONS as usize)
+            .prefetch(PREFETCH)
             .ordered(true)
     }
 
@@ -122,8 +126,11 @@ async fn run(topic: Topic) {
 async fn the_kafka_source_keeps_the_source_contract_on_tansu() {
     let _serial = common::serial().await;
     let broker = Tansu::start();
-    create_topic(&broker.bootstrap, TOPIC, PARTITIONS);
     let bootstrap = broker.bootstrap.clone();
+    let admin = bootstrap.clone();
+    tokio::task::spawn_blocking(move || create_topic(&admin, TOPIC, PARTITIONS))
+        .await
+        .unwrap();
     run(Topic {
         bootstrap,
         per_batch: 1,
