@@ -36,9 +36,7 @@ impl Broker for Topic {
     type Source = KafkaSource;
 
     fn declared(&self) -> Declared {
-        Declared::new()
-            .prefetch(PREFETCH)
-            .ordered(true)
+        Declared::new().prefetch(PREFETCH).ordered(true)
     }
 
     async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
