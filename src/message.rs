@@ -134,8 +134,13 @@ impl<T, M> Message<T, M> {
 
     /// The data, and the rest of the message waiting for new data.
     pub(crate) fn take_data(self) -> (T, Message<(), M>) {
+        self.swap_data(())
+    }
+
+    /// Gives the message `data`: the old data, and the message with the new.
+    fn swap_data<U>(self, data: U) -> (T, Message<U, M>) {
         let Message {
-            data,
+            data: old,
             metadata,
             ack_ref,
             attempt,
@@ -147,8 +152,8 @@ impl<T, M> Message<T, M> {
             batch_key,
             order_key,
         } = self;
-        let rest = Message {
-            data: (),
+        let message = Message {
+            data,
             metadata,
             ack_ref,
             attempt,
@@ -160,7 +165,7 @@ impl<T, M> Message<T, M> {
             batch_key,
             order_key,
         };
-        (data, rest)
+        (old, message)
     }
 
     /// The reference set by the source with [`Message::with_ack_ref`].
@@ -274,32 +279,7 @@ impl<T, M> Message<T, M> {
 impl<M> Message<(), M> {
     /// Gives a message taken apart by [`Message::take_data`] its new data.
     pub(crate) fn with_data<U>(self, data: U) -> Message<U, M> {
-        let Message {
-            data: (),
-            metadata,
-            ack_ref,
-            attempt,
-            received_at,
-            redeliver_after,
-            dead_lettered,
-            status,
-            batcher,
-            batch_key,
-            order_key,
-        } = self;
-        Message {
-            data,
-            metadata,
-            ack_ref,
-            attempt,
-            received_at,
-            redeliver_after,
-            dead_lettered,
-            status,
-            batcher,
-            batch_key,
-            order_key,
-        }
+        self.swap_data(data).1
     }
 }
 

@@ -11,6 +11,8 @@ struct Source {
     queue: String,
     #[serde(default)]
     wait_time_seconds: u32,
+    #[serde(default)]
+    region: Option<String>,
 }
 
 impl longshore::source::SourceSettings for Source {}
@@ -108,7 +110,8 @@ fn the_environment_overrides_the_file() {
         config.source,
         Source {
             queue: "orders-eu".into(),
-            wait_time_seconds: 20
+            wait_time_seconds: 20,
+            region: None,
         }
     );
     assert_eq!(config.log.format, LogFormat::Text);
@@ -210,9 +213,11 @@ fn environment_values_stay_strings_unless_their_field_takes_another_type() {
             ("LONGSHORE_SOURCE__WAIT_TIME_SECONDS", "7"),
             ("LONGSHORE_PIPELINE__NAME", "true"),
             ("LONGSHORE_LOG__FILTER", r#""debug""#),
+            ("LONGSHORE_SOURCE__REGION", r#""pw" # not a comment"#),
         ],
     )
     .unwrap();
+    assert_eq!(config.source.region.as_deref(), Some(r#""pw" # not a comment"#));
     assert_eq!(config.source.queue, "12345");
     assert_eq!(config.log.filter, "debug", "a quoted value is what it quotes");
     assert_eq!(config.source.wait_time_seconds, 7);
@@ -239,4 +244,20 @@ fn a_json_null_is_an_unset_field() {
         ("orders", 0)
     );
     assert_eq!(config.log.format, LogFormat::Text);
+}
+
+/// A service's own `[app]` section.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct App {
+    queue: String,
+    #[serde(default)]
+    retries: u32,
+}
+
+#[test]
+fn an_app_field_set_from_the_environment_to_digits_stays_a_string() {
+    let env = [("LONGSHORE_APP__QUEUE", "12345"), ("LONGSHORE_APP__RETRIES", "3")];
+    let config = ServiceConfig::<Source, App>::from_toml("[app]\nqueue = \"orders\"", env).unwrap();
+    assert_eq!((config.app.queue.as_str(), config.app.retries), ("12345", 3));
 }

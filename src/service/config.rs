@@ -14,8 +14,9 @@ use crate::{BuildError, PipelineConfig};
 /// Environment variables starting with this override the file: `__` separates the
 /// levels, so `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` sets
 /// `pipeline.processors.concurrency`. A variable without `__` (`LONGSHORE_CONFIG`) is no
-/// override. A value is a string, as the environment holds it (a quoted one, `"8"`, is
-/// what it quotes), unless its field takes something else: then it is read as TOML (`8`,
+/// override. A value is a string, as the environment holds it (one wholly in double
+/// quotes, `"8"`, is read as a TOML string: what it quotes), unless its field takes
+/// something else: then it is read as TOML (`8`,
 /// `true`, `["a", "b"]`, `{ a = 1 }`). So
 /// `LONGSHORE_APP__QUEUE=12345` sets a string field to `"12345"` and
 /// `LONGSHORE_PIPELINE__PROCESSORS__CONCURRENCY=8` a number field to `8`.
@@ -225,11 +226,18 @@ impl Override {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
     }
 
+    /// The value read as TOML: one value and nothing else (no comment, no second key).
     fn as_toml(&self) -> Option<toml::Value> {
-        format!("v = {}", self.raw)
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut parsed| parsed.remove("v"))
+        let mut parsed = format!("v = {}", self.raw).parse::<toml::Table>().ok()?;
+        let value = parsed.remove("v")?;
+        let alone = parsed.is_empty() && !self.raw.contains('#');
+        alone.then_some(value)
+    }
+
+    /// Whether it is written as a TOML string in double quotes, and nothing more.
+    fn is_quoted(&self) -> bool {
+        let raw = self.raw.trim();
+        raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"')
     }
 
     /// Whether reading it as TOML makes it something other than the string it is.
@@ -237,11 +245,11 @@ impl Override {
         self.as_toml().is_some_and(|value| !value.is_str())
     }
 
-    /// Sets the field in `table`: to the string (a TOML string literal, `"8"`, reads as
-    /// what it quotes), or (`typed`) to its TOML value.
+    /// Sets the field in `table`: to the string (one in double quotes, `"8"`, is read as
+    /// a TOML string: what it quotes), or (`typed`) to its TOML value.
     fn apply(&self, table: &mut toml::Table, typed: bool) -> Result<(), BuildError> {
         let value = match self.as_toml() {
-            Some(value) if typed || value.is_str() => value,
+            Some(value) if typed || (value.is_str() && self.is_quoted()) => value,
             _ => toml::Value::String(self.raw.clone()),
         };
         let (last, parents) = self.keys.split_last().expect("split yields at least one key");

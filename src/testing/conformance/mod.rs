@@ -362,6 +362,7 @@ where
         let ready_by = Instant::now() + self.timeout;
         while !source.is_ready() {
             if Instant::now() >= ready_by {
+                source.shutdown().await;
                 return Err(violation(CHECK, format!("not ready after {:?}", self.timeout)));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
