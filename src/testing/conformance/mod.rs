@@ -13,10 +13,12 @@
 //! | [`each_message_is_acknowledged_once`](Conformance::each_message_is_acknowledged_once) | under a pipeline, every message is acknowledged exactly once, and the server then holds none |
 //! | [`a_failed_message_is_tried_again`](Conformance::a_failed_message_is_tried_again) | a failure is retried (in process or by the broker) with a rising attempt, then finished |
 //! | [`messages_not_finished_are_released_at_shutdown`](Conformance::messages_not_finished_are_released_at_shutdown) | a shutdown that cuts work short hands every message back, and a new consumer gets them at once |
+//! | [`a_consumer_killed_with_sigkill_loses_nothing`](Conformance::a_consumer_killed_with_sigkill_loses_nothing) | a consumer process killed with `kill -9` mid-stream, then started again, loses nothing |
 //! | [`the_declared_order_holds`](Conformance::the_declared_order_holds) | with an order declared, one key's messages are handled one at a time, in order, through retries |
 //!
-//! A `kill -9` cannot be run in process: each connector keeps its own kill tests
-//! (`connectors/*/tests/kill9.rs`).
+//! The `kill -9` check needs a consumer process of the connector's own
+//! ([`Broker::consumer`]); the connectors' own kill tests (`connectors/*/tests/kill9.rs`)
+//! also bound the duplicates a kill makes, with each connector's own settings.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -144,6 +146,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the server holds nothing published and unfinished: the queue empty with
     /// nothing in flight, the group committed to the end of every partition.
     fn settled(&self) -> impl Future<Output = Result<bool, BoxError>> + Send;
+
+    /// A consumer process of the source, for the `kill -9` check: it consumes what was
+    /// published (the same group, the same queue) and appends the id of each message it
+    /// handled, one per line, to `output`. `None` (the default) when the source has no
+    /// process to kill (the in-memory source): the check does not apply.
+    fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
+        let _ = output;
+        None
+    }
 }
 
 /// A check that failed: which, and what it saw.
@@ -165,6 +176,9 @@ pub struct Report {
     pub passed: Vec<&'static str>,
     /// Checks not run, and why (the source's declaration).
     pub not_applicable: Vec<(&'static str, &'static str)>,
+    /// Messages handled twice because of the `kill -9` (what the killed consumer had
+    /// handled and not yet acknowledged), when that check ran.
+    pub duplicates_after_kill: Option<usize>,
 }
 
 /// The checks, over one [`Broker`].
@@ -224,6 +238,16 @@ where
         report
             .passed
             .push("messages_not_finished_are_released_at_shutdown");
+        match self.a_consumer_killed_with_sigkill_loses_nothing().await? {
+            Some(duplicates) => {
+                report.duplicates_after_kill = Some(duplicates);
+                report.passed.push("a_consumer_killed_with_sigkill_loses_nothing");
+            }
+            None => report.not_applicable.push((
+                "a_consumer_killed_with_sigkill_loses_nothing",
+                "the source has no consumer process",
+            )),
+        }
         if declared.ordered {
             self.the_declared_order_holds().await?;
             report.passed.push("the_declared_order_holds");
@@ -498,6 +522,77 @@ where
         self.settle(CHECK).await
     }
 
+    /// Starts the connector's consumer process on five times the usual messages, kills
+    /// it with `kill -9` once it has handled a fifth, starts it again, and waits for the
+    /// server to hold nothing unfinished: every message was handled. `Ok(None)` when the
+    /// source has no consumer process; else how many were handled twice.
+    pub async fn a_consumer_killed_with_sigkill_loses_nothing(&self) -> Result<Option<usize>, Violation> {
+        const CHECK: &str = "a_consumer_killed_with_sigkill_loses_nothing";
+        // A folder of this run's own: runs of one test binary go on at the same time.
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("longshore-conformance-{}-{run}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| violation(CHECK, format!("no folder for its output: {error}")))?;
+        let output = dir.join("handled.txt");
+        let Some(mut command) = self.broker.consumer(&output) else {
+            return Ok(None);
+        };
+        let published = self.publish(CHECK, self.messages * 5, 16).await?;
+        let spawn = |command: &mut std::process::Command| {
+            command
+                .spawn()
+                .map_err(|error| violation(CHECK, format!("the consumer process does not start: {error}")))
+        };
+        let mut consumer = Process(spawn(&mut command)?);
+        let handled = |output: &std::path::Path| std::fs::read_to_string(output).unwrap_or_default();
+        let deadline = Instant::now() + self.timeout;
+        while handled(&output).lines().count() < published.len() / 5 {
+            if Instant::now() >= deadline {
+                return Err(violation(
+                    CHECK,
+                    "the consumer handled too little to be killed mid-stream".to_owned(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // SIGKILL: nothing of the pipeline's shutdown runs.
+        consumer.kill();
+        let mut command = self.broker.consumer(&output).expect("it gave one before");
+        let mut again = Process(spawn(&mut command)?);
+        self.settle(CHECK).await?;
+        // Stopped with SIGTERM, so that it leaves its group for the next check at once.
+        again.terminate().await;
+        let text = handled(&output);
+        let mut seen = HashSet::new();
+        let mut lines = 0;
+        for line in text.lines() {
+            let id: u64 = line
+                .trim()
+                .parse()
+                .map_err(|_| violation(CHECK, format!("a line of the output is no id: {line:?}")))?;
+            seen.insert(id);
+            lines += 1;
+        }
+        let lost: Vec<u64> = published
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| !seen.contains(id))
+            .collect();
+        if !lost.is_empty() {
+            return Err(violation(
+                CHECK,
+                format!(
+                    "{} messages lost (the server holds none unfinished), the first {:?}",
+                    lost.len(),
+                    &lost[..lost.len().min(5)]
+                ),
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Some(lines - seen.len()))
+    }
+
     /// Publishes messages of 8 keys and handles them with small random delays, some
     /// failing once: one key's messages are never handled at the same time, and each
     /// key's are finished and acknowledged in the order published.
@@ -596,6 +691,33 @@ where
             (true, Ok(_)) => Ok(()),
         };
         Ok((ledger, outcome))
+    }
+}
+
+/// A consumer process, killed (SIGKILL) when dropped.
+struct Process(std::process::Child);
+
+impl Process {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, and up to 30 s for it to exit; then SIGKILL.
+    async fn terminate(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

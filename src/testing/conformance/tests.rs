@@ -200,7 +200,13 @@ async fn a_whole_queue_passes_every_check() {
     assert_eq!(report.passed.len(), 5, "{report:?}");
     assert_eq!(
         report.not_applicable,
-        [("the_declared_order_holds", "the source declares no order")]
+        [
+            (
+                "a_consumer_killed_with_sigkill_loses_nothing",
+                "the source has no consumer process"
+            ),
+            ("the_declared_order_holds", "the source declares no order")
+        ]
     );
 }
 
@@ -277,6 +283,95 @@ async fn a_source_that_forgets_to_release_fails_the_release_check() {
         error.to_string().starts_with(
             "messages_not_finished_are_released_at_shutdown: released messages not delivered again at once"
         ),
+        "{error}"
+    );
+}
+
+/// A queue in a file, consumed by a shell process: for the `kill -9` check alone.
+struct FileQueue {
+    dir: std::path::PathBuf,
+    /// What the consumer process runs, in `dir`: it reads `queue`, appends to the output
+    /// (`$1`) and empties `queue` (acknowledges everything).
+    script: &'static str,
+}
+
+impl FileQueue {
+    fn new(name: &str, script: &'static str) -> Self {
+        let dir = std::env::temp_dir().join(format!("longshore-file-queue-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        FileQueue { dir, script }
+    }
+
+    fn queue(&self) -> std::path::PathBuf {
+        self.dir.join("queue")
+    }
+}
+
+impl Broker for FileQueue {
+    type Source = QueueSource;
+
+    fn declared(&self) -> Declared {
+        Declared::new()
+    }
+
+    async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
+        let lines: String = messages.iter().map(|m| format!("{}\n", m.id)).collect();
+        std::fs::write(self.queue(), lines)?;
+        Ok(())
+    }
+
+    async fn source(&self) -> Result<QueueSource, BoxError> {
+        Err("only the kill check runs on a file queue".into())
+    }
+
+    fn identify(&self, message: &Message<Published>) -> Published {
+        *message.data()
+    }
+
+    async fn taken(&self, _source: &QueueSource) -> Result<usize, BoxError> {
+        Ok(0)
+    }
+
+    async fn settled(&self) -> Result<bool, BoxError> {
+        Ok(std::fs::read(self.queue()).map_or(true, |queue| queue.is_empty()))
+    }
+
+    fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
+        let mut command = std::process::Command::new("sh");
+        command
+            .current_dir(&self.dir)
+            .arg("-c")
+            .arg(self.script)
+            .arg("consumer")
+            .arg(output);
+        Some(command)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_handles_everything_it_acknowledges_passes_the_kill_check() {
+    let queue = FileQueue::new("whole", r#"cat queue >> "$1"; : > queue"#);
+    let duplicates = checks(queue)
+        .a_consumer_killed_with_sigkill_loses_nothing()
+        .await
+        .unwrap();
+    assert_eq!(duplicates, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_acknowledges_what_it_did_not_handle_fails_the_kill_check() {
+    // Acknowledges all, writes every other: what a consumer that acknowledges on receipt
+    // loses to a kill.
+    let queue = FileQueue::new("lossy", r#"awk 'NR % 2 == 0' queue >> "$1"; : > queue"#);
+    let error = checks(queue)
+        .a_consumer_killed_with_sigkill_loses_nothing()
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("a_consumer_killed_with_sigkill_loses_nothing: 100 messages lost"),
         "{error}"
     );
 }
