@@ -558,6 +558,13 @@ where
         }
         // SIGKILL: nothing of the pipeline's shutdown runs.
         consumer.kill();
+        let at_kill = handled(&output).lines().count();
+        if at_kill >= published.len() {
+            return Err(violation(
+                CHECK,
+                format!("the consumer had handled all {at_kill} before it was killed: nothing was cut short"),
+            ));
+        }
         let mut command = self.broker.consumer(&output).expect("it gave one before");
         let mut again = Process(spawn(&mut command)?);
         self.settle(CHECK).await?;

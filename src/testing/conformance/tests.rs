@@ -351,19 +351,27 @@ impl Broker for FileQueue {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_handles_everything_it_acknowledges_passes_the_kill_check() {
-    let queue = FileQueue::new("whole", r#"cat queue >> "$1"; : > queue"#);
+    // Handles a half, then the rest, then acknowledges all: killed between, it handles the
+    // first half again.
+    let queue = FileQueue::new(
+        "whole",
+        r#"head -n 100 queue >> "$1"; sleep 1; tail -n +101 queue >> "$1"; : > queue"#,
+    );
     let duplicates = checks(queue)
         .a_consumer_killed_with_sigkill_loses_nothing()
         .await
         .unwrap();
-    assert_eq!(duplicates, Some(0));
+    assert_eq!(duplicates, Some(100));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_acknowledges_what_it_did_not_handle_fails_the_kill_check() {
-    // Acknowledges all, writes every other: what a consumer that acknowledges on receipt
-    // loses to a kill.
-    let queue = FileQueue::new("lossy", r#"awk 'NR % 2 == 0' queue >> "$1"; : > queue"#);
+    // Acknowledges all on receipt, then handles: what it had not handled when killed is
+    // lost.
+    let queue = FileQueue::new(
+        "lossy",
+        r#"cp queue taken; : > queue; head -n 50 taken >> "$1"; sleep 1; tail -n +51 taken >> "$1""#,
+    );
     let error = checks(queue)
         .a_consumer_killed_with_sigkill_loses_nothing()
         .await
@@ -371,7 +379,7 @@ async fn a_consumer_that_acknowledges_what_it_did_not_handle_fails_the_kill_chec
     assert!(
         error
             .to_string()
-            .starts_with("a_consumer_killed_with_sigkill_loses_nothing: 100 messages lost"),
+            .starts_with("a_consumer_killed_with_sigkill_loses_nothing: 150 messages lost"),
         "{error}"
     );
 }
