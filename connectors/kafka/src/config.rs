@@ -145,9 +145,11 @@ impl KafkaConfig {
         self
     }
 
-    /// The most records fetched ahead of demand, and what one partition may hold between
-    /// fetch and acknowledgement (default 1,000). With the queue full, the consumer stops
-    /// taking records from librdkafka (whose prefetch is bounded too). A partition whose
+    /// The most records fetched ahead of demand, over all partitions, and what one
+    /// partition may hold between fetch and acknowledgement (default 1,000). A poll takes
+    /// no more from librdkafka (whose prefetch is bounded too) than the queue has room
+    /// for; once it is full, one record a commit interval while the poll thread serves
+    /// the group, until a second without demand pauses the partitions. A partition whose
     /// share of the pipeline's `max_in_flight` is handed out is paused once it holds this
     /// many records, queued and out (past it, at most the rest of two of the poll
     /// thread's handoffs of 512 records), until acknowledgements bring it to half.

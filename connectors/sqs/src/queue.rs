@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, QueueAttributeName,
 };
@@ -94,7 +95,7 @@ pub(crate) async fn client_and_url(config: &SqsConfig) -> Result<(Client, String
     }
     let found = client.get_queue_url().queue_name(&config.queue).send().await;
     let url = found
-        .map_err(|error| SqsSourceError::queue(&config.queue, aws_sdk_sqs::Error::from(error)))?
+        .map_err(|error| SqsSourceError::queue(&config.queue, DisplayErrorContext(&error)))?
         .queue_url
         .ok_or_else(|| SqsSourceError::queue(&config.queue, "no URL in the answer"))?;
     Ok((client, url))
@@ -111,7 +112,7 @@ impl Queue {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(|error| SqsSourceError::queue(&url, aws_sdk_sqs::Error::from(error)))?
+            .map_err(|error| SqsSourceError::queue(&url, DisplayErrorContext(&error)))?
             .attributes
             .unwrap_or_default();
         let name: Arc<str> = Arc::from(url.rsplit('/').next().unwrap_or(&url));
