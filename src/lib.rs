@@ -83,6 +83,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod control;
 pub mod decode;
 mod error;
 mod failure;
@@ -96,6 +97,7 @@ pub mod source;
 pub mod testing;
 mod topology;
 
+pub use control::pause::PauseSwitch;
 pub use error::{BoxError, BuildError, DeadlineExceeded, PipelineError};
 pub use failure::dead_letter::DeadLetter;
 pub use failure::rate_limit::{RateLimit, RateLimits};

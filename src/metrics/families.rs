@@ -42,6 +42,7 @@ struct Families {
     rate_limited: prometheus::CounterVec,
     in_flight: IntGaugeVec,
     max_in_flight: IntGaugeVec,
+    paused: IntGaugeVec,
     message_duration: HistogramVec,
     stage_demand: IntGaugeVec,
     stage_in_flight: IntGaugeVec,
@@ -95,6 +96,11 @@ fn families() -> &'static Families {
                 "The most messages the pipeline may hold at once (its demand bound).",
                 &["pipeline"],
             ),
+            paused: gauge(
+                "longshore_paused",
+                "1 while the pipeline is paused (it fetches nothing; what it holds finishes), else 0.",
+                &["pipeline"],
+            ),
             message_duration: histogram(
                 "longshore_message_duration_seconds",
                 "Time from receipt to acknowledgement, by outcome: the latency the pipeline adds, handling included.",
@@ -131,7 +137,7 @@ fn families() -> &'static Families {
                 duration_buckets(),
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(families.dead_letter_failures.clone()),
             Box::new(families.received.clone()),
             Box::new(families.acknowledged.clone()),
@@ -142,6 +148,7 @@ fn families() -> &'static Families {
             Box::new(families.rate_limited.clone()),
             Box::new(families.in_flight.clone()),
             Box::new(families.max_in_flight.clone()),
+            Box::new(families.paused.clone()),
             Box::new(families.message_duration.clone()),
             Box::new(families.stage_demand.clone()),
             Box::new(families.stage_in_flight.clone()),
@@ -186,6 +193,8 @@ pub(crate) struct PipelineMetrics {
     pub(crate) in_flight: IntGauge,
     max_in_flight: IntGauge,
     max: i64,
+    /// 1 while paused.
+    pub(crate) paused: IntGauge,
     pub(crate) successful_duration: Histogram,
     pub(crate) failed_duration: Histogram,
     pub(crate) redelivered_duration: Histogram,
@@ -214,6 +223,7 @@ impl PipelineMetrics {
             in_flight: f.in_flight.with_label_values(&[pipeline]),
             max_in_flight,
             max,
+            paused: f.paused.with_label_values(&[pipeline]),
             successful_duration: f.message_duration.with_label_values(&[pipeline, "successful"]),
             failed_duration: f.message_duration.with_label_values(&[pipeline, "failed"]),
             redelivered_duration: f.message_duration.with_label_values(&[pipeline, "redelivered"]),

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::pause::PauseSwitch;
 use crate::decode::{Decode, Identity};
 use crate::error::BuildError;
 use crate::failure::dead_letter::{DeadLetter, ErasedDeadLetter};
@@ -360,6 +361,7 @@ where
             Dispatch::Shared(_) => max_demand,
             Dispatch::Partitioned { .. } => limit,
         };
+        let pause = PauseSwitch::new(&config.name, meter.metrics.paused.clone());
         let mut producers = JoinSet::new();
         for _ in 0..config.source_concurrency {
             let producer = Producer {
@@ -370,6 +372,7 @@ where
                 max_fetch,
                 max_chunk: max_demand,
                 stop: stop.clone(),
+                paused: pause.watch(),
             };
             producers.spawn(producer.run());
         }
@@ -427,6 +430,7 @@ where
             name: config.name,
             meter,
             rate_limits,
+            pause,
             stop,
             abandon,
             tasks,

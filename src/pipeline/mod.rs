@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::pause::PauseSwitch;
 use crate::error::{DeadlineExceeded, PipelineError};
 use crate::failure::rate_limit::RateLimits;
 use crate::handler::Handler;
@@ -67,6 +68,7 @@ pub struct Pipeline {
     name: String,
     meter: Arc<Meter>,
     rate_limits: RateLimits,
+    pause: PauseSwitch,
     stop: CancellationToken,
     /// Cancelled at the deadline: the stages hand back what they hold.
     abandon: CancellationToken,
@@ -102,6 +104,12 @@ impl Pipeline {
     /// A handle to change the pipeline's rate limits while it runs. Cheap to clone.
     pub fn rate_limits(&self) -> RateLimits {
         self.rate_limits.clone()
+    }
+
+    /// A handle to pause and resume fetching while the pipeline runs (see
+    /// [`PauseSwitch`]). Cheap to clone.
+    pub fn pause_switch(&self) -> PauseSwitch {
+        self.pause.clone()
     }
 
     /// A token that starts the shutdown when cancelled: the producers stop asking for

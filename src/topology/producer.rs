@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::pause::Paused;
 use crate::message::{Failure, FailureKind, Message};
 use crate::metrics::Held;
 use crate::source::Source;
@@ -52,6 +53,8 @@ pub(crate) struct Producer<S: Source> {
     /// The largest chunk a processor is given (`max_demand`).
     pub(crate) max_chunk: usize,
     pub(crate) stop: CancellationToken,
+    /// While paused, nothing is asked of the source.
+    pub(crate) paused: Paused,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -61,12 +64,23 @@ impl<S: Source> Producer<S> {
     pub(crate) async fn run(self) {
         let credits = &self.meter.credits;
         let mut retry = RETRY_MIN;
+        let mut paused = self.paused.clone();
         loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                () = paused.resumed() => {}
+            }
             let mut demand = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
                 demand = credits.take(self.min_fetch, self.max_fetch) => demand,
             };
+            // Paused while it waited for credits: they go back, and it waits for the resume.
+            if paused.is_paused() {
+                credits.give_back(demand);
+                continue;
+            }
             // The rate limit comes before the fetch: a throttled pipeline waits with
             // nothing fetched, holding only its credits.
             let limit = &self.meter.rate_limit;

@@ -1,0 +1,4 @@
+//! Changing a running pipeline: handles a service (or, later, its control surface) holds
+//! while the pipeline runs.
+
+pub(crate) mod pause;
