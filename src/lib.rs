@@ -97,6 +97,7 @@ pub mod source;
 pub mod testing;
 mod topology;
 
+pub use control::batching::Batching;
 pub use control::pause::PauseSwitch;
 pub use error::{BoxError, BuildError, DeadlineExceeded, PipelineError};
 pub use failure::dead_letter::DeadLetter;

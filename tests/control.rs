@@ -97,3 +97,75 @@ async fn a_paused_pipeline_fetches_nothing_and_finishes_what_it_holds_then_resum
     let summary = pipeline.wait().await.unwrap();
     assert_eq!((summary.received, summary.successful), (2_000, 2_000));
 }
+
+/// Records each batch's size and trigger.
+#[derive(Default)]
+struct Batches(std::sync::Mutex<Vec<(usize, longshore::BatchTrigger)>>);
+
+impl Handler for Batches {
+    type Item = usize;
+    type Metadata = ();
+
+    async fn handle_message(&self, _: &mut Message<usize>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<usize>],
+        info: &longshore::BatchInfo,
+    ) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push((batch.len(), info.trigger));
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batchers_size_and_timeout_change_while_it_runs() {
+    use longshore::BatchTrigger::{Size, Timeout};
+
+    let (source, sender) = MemorySource::channel(1_000);
+    let batches = Arc::new(Batches::default());
+    let pipeline = Pipeline::builder(source, batches.clone())
+        .processors(Processors::new(1).max_demand(100))
+        .batcher(
+            longshore::Batcher::new("db")
+                .batch_size(100)
+                .batch_timeout(Duration::from_secs(60)),
+        )
+        .start()
+        .unwrap();
+    let batching = pipeline.batching();
+    let send = |n: usize| {
+        let sender = sender.clone();
+        async move {
+            for i in 0..n {
+                sender.send(i).await.unwrap();
+            }
+        }
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(100));
+
+    send(100).await;
+    settle().await;
+    batching.set_batch_size("db", 10).unwrap();
+    send(30).await;
+    settle().await;
+    batching.set_batch_size("db", 1_000).unwrap();
+    batching
+        .set_batch_timeout("db", Duration::from_millis(500))
+        .unwrap();
+    send(5).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        *batches.0.lock().unwrap(),
+        [(100, Size), (10, Size), (10, Size), (10, Size), (5, Timeout)]
+    );
+    assert_eq!(
+        (batching.batch_size("db"), batching.batch_timeout("db")),
+        (Some(1_000), Some(Duration::from_millis(500)))
+    );
+    assert!(batching.set_batch_size("nope", 1).is_err());
+    drop(sender);
+    pipeline.wait().await.unwrap();
+}

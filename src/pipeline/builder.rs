@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::batching::{BatchSettings, Batching};
 use crate::control::pause::PauseSwitch;
 use crate::decode::{Decode, Identity};
 use crate::error::BuildError;
@@ -274,6 +275,7 @@ where
         // Built from the last stage back, so each stage holds the sender of the next.
         let mut routes = Vec::with_capacity(config.batchers.len());
         let mut batcher_limits = Vec::with_capacity(config.batchers.len());
+        let mut batch_settings = Vec::with_capacity(config.batchers.len());
         for batcher in &config.batchers {
             let name: Arc<str> = Arc::from(batcher.name.as_str());
             let rate_limit = Limiter::new(batcher.rate_limit);
@@ -305,10 +307,11 @@ where
                 BatchDispatch::Shared(batch_tx)
             };
             let (tx, rx) = mpsc::channel(processors * 2);
+            let settings = BatchSettings::new(batcher.batch_size, batcher.batch_timeout);
+            batch_settings.push((name.clone(), settings.clone()));
             let stage = BatcherStage {
                 name: name.clone(),
-                batch_size: batcher.batch_size,
-                batch_timeout: batcher.batch_timeout,
+                settings,
                 input: rx,
                 output,
                 metrics,
@@ -430,6 +433,9 @@ where
             name: config.name,
             meter,
             rate_limits,
+            batching: Batching {
+                batchers: batch_settings.into(),
+            },
             pause,
             stop,
             abandon,

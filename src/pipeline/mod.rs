@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::batching::Batching;
 use crate::control::pause::PauseSwitch;
 use crate::error::{DeadlineExceeded, PipelineError};
 use crate::failure::rate_limit::RateLimits;
@@ -68,6 +69,7 @@ pub struct Pipeline {
     name: String,
     meter: Arc<Meter>,
     rate_limits: RateLimits,
+    batching: Batching,
     pause: PauseSwitch,
     stop: CancellationToken,
     /// Cancelled at the deadline: the stages hand back what they hold.
@@ -104,6 +106,12 @@ impl Pipeline {
     /// A handle to change the pipeline's rate limits while it runs. Cheap to clone.
     pub fn rate_limits(&self) -> RateLimits {
         self.rate_limits.clone()
+    }
+
+    /// A handle to change the batchers' sizes and timeouts while the pipeline runs (see
+    /// [`Batching`]). Cheap to clone.
+    pub fn batching(&self) -> Batching {
+        self.batching.clone()
     }
 
     /// A handle to pause and resume fetching while the pipeline runs (see

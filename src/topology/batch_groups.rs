@@ -12,6 +12,8 @@ use crate::message::{BatchKey, Message};
 pub(crate) struct Group<T, M> {
     pub(crate) key: BatchKey,
     pub(crate) messages: Vec<Message<T, M>>,
+    /// When its first message came.
+    pub(crate) opened: Instant,
     pub(crate) deadline: Instant,
 }
 
@@ -33,12 +35,13 @@ impl<T, M> BatchGroups<T, M> {
         }
     }
 
-    /// Adds `message` to the group of its key, opening the group with `deadline` if it
-    /// is new; returns the group's position and its size.
+    /// Adds `message` to the group of its key, opening the group at `now` with a deadline
+    /// `timeout` later if it is new; returns the group's position and its size.
     pub(crate) fn push(
         &mut self,
         message: Message<T, M>,
-        deadline: impl FnOnce() -> Instant,
+        now: impl FnOnce() -> Instant,
+        timeout: std::time::Duration,
     ) -> (usize, usize) {
         let position = match self.groups.get(self.last) {
             Some(group) if group.key == *message.batch_key() => self.last,
@@ -47,10 +50,12 @@ impl<T, M> BatchGroups<T, M> {
                 None => {
                     let key = message.batch_key().clone();
                     self.index.insert(key.clone(), self.groups.len());
+                    let opened = now();
                     self.groups.push(Group {
                         key,
                         messages: Vec::with_capacity(self.capacity),
-                        deadline: deadline(),
+                        opened,
+                        deadline: opened + timeout,
                     });
                     self.groups.len() - 1
                 }
@@ -112,16 +117,16 @@ mod tests {
     fn groups_by_key_through_removals() {
         let now = Instant::now();
         let mut groups = BatchGroups::new(4);
-        assert_eq!(groups.push(keyed(1), || now), (0, 1));
-        assert_eq!(groups.push(keyed(2), || now), (1, 1));
-        assert_eq!(groups.push(keyed(3), || now), (2, 1));
-        assert_eq!(groups.push(keyed(1), || now), (0, 2));
+        assert_eq!(groups.push(keyed(1), || now, std::time::Duration::ZERO), (0, 1));
+        assert_eq!(groups.push(keyed(2), || now, std::time::Duration::ZERO), (1, 1));
+        assert_eq!(groups.push(keyed(3), || now, std::time::Duration::ZERO), (2, 1));
+        assert_eq!(groups.push(keyed(1), || now, std::time::Duration::ZERO), (0, 2));
 
         // Removing the first moves the last into its place; the index follows.
         assert_eq!(groups.remove(0).messages.len(), 2);
-        assert_eq!(groups.push(keyed(3), || now), (0, 2));
-        assert_eq!(groups.push(keyed(2), || now), (1, 2));
-        assert_eq!(groups.push(keyed(1), || now), (2, 1));
+        assert_eq!(groups.push(keyed(3), || now, std::time::Duration::ZERO), (0, 2));
+        assert_eq!(groups.push(keyed(2), || now, std::time::Duration::ZERO), (1, 2));
+        assert_eq!(groups.push(keyed(1), || now, std::time::Duration::ZERO), (2, 1));
 
         let keys: Vec<BatchKey> = groups.drain().into_iter().map(|g| g.key).collect();
         assert_eq!(keys, [BatchKey::Int(3), BatchKey::Int(2), BatchKey::Int(1)]);
@@ -132,11 +137,11 @@ mod tests {
     fn removes_only_expired_groups() {
         let now = Instant::now();
         let mut groups = BatchGroups::new(4);
-        groups.push(keyed(1), || now);
-        groups.push(keyed(2), || now + std::time::Duration::from_secs(1));
-        groups.push(keyed(3), || now);
+        groups.push(keyed(1), || now, std::time::Duration::ZERO);
+        groups.push(keyed(2), || now, std::time::Duration::from_secs(1));
+        groups.push(keyed(3), || now, std::time::Duration::ZERO);
         let expired: Vec<BatchKey> = groups.remove_expired(now).into_iter().map(|g| g.key).collect();
         assert_eq!(expired, [BatchKey::Int(1), BatchKey::Int(3)]);
-        assert_eq!(groups.push(keyed(2), || now), (0, 2));
+        assert_eq!(groups.push(keyed(2), || now, std::time::Duration::ZERO), (0, 2));
     }
 }

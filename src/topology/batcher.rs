@@ -3,11 +3,11 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
+use crate::control::batching::BatchSettings;
 use crate::handler::{BatchInfo, BatchTrigger};
 use crate::message::Message;
 use crate::metrics::{BatcherMetrics, Held};
@@ -40,8 +40,8 @@ impl<T, M> BatchDispatch<T, M> {
 
 pub(crate) struct BatcherStage<T, M> {
     pub(crate) name: Arc<str>,
-    pub(crate) batch_size: usize,
-    pub(crate) batch_timeout: Duration,
+    /// Its size and timeout, changeable while it runs.
+    pub(crate) settings: Arc<BatchSettings>,
     pub(crate) input: mpsc::Receiver<Vec<Message<T, M>>>,
     pub(crate) output: BatchDispatch<T, M>,
     pub(crate) metrics: BatcherMetrics,
@@ -50,7 +50,7 @@ pub(crate) struct BatcherStage<T, M> {
 impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
     pub(crate) async fn run(mut self) {
         // Room for a whole batch up front, within reason: many keys may each hold a few.
-        let mut groups = BatchGroups::new(self.batch_size.min(1024));
+        let mut groups = BatchGroups::new(self.settings.size().min(1024));
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
@@ -87,10 +87,11 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
     }
 
     async fn add(&self, holding: &mut Held, groups: &mut BatchGroups<T, M>, chunk: Vec<Message<T, M>>) {
-        let timeout = self.batch_timeout;
+        // Read once a chunk: a change applies from the next one.
+        let (size, timeout) = (self.settings.size(), self.settings.timeout());
         for message in chunk {
-            let (position, len) = groups.push(message, || Instant::now() + timeout);
-            if len >= self.batch_size {
+            let (position, len) = groups.push(message, Instant::now, timeout);
+            if len >= size {
                 self.send(holding, groups.remove(position), BatchTrigger::Size)
                     .await;
             }
@@ -99,10 +100,11 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
 
     async fn send(&self, holding: &mut Held, group: Group<T, M>, trigger: BatchTrigger) {
         let metrics = &self.metrics;
-        let opened = group.deadline - self.batch_timeout;
-        metrics
-            .fill
-            .observe(Instant::now().saturating_duration_since(opened).as_secs_f64());
+        metrics.fill.observe(
+            Instant::now()
+                .saturating_duration_since(group.opened)
+                .as_secs_f64(),
+        );
         metrics.size.observe(group.messages.len() as f64);
         metrics.batch(trigger).inc();
         holding.release(group.messages.len());
