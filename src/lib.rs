@@ -31,12 +31,14 @@
 //!
 //! | item | what it is |
 //! | --- | --- |
-//! | [`Message`] | data plus status, batcher, batch key, attempt |
+//! | [`Message`] | data, the source's metadata, and the pipeline's bookkeeping (status, batcher, batch key, attempt) |
+//! | [`decode`] | the decode step: the source's bytes into the handler's type, once (`Json` built in) |
 //! | [`Handler`] | the trait a service implements |
 //! | [`Source`], [`Acknowledger`] | the connector side: produce on demand, acknowledge |
 //! | [`Pipeline`], [`PipelineBuilder`], [`Processors`], [`Batcher`] | configure, start, stop |
 //! | [`source::memory`] | the in-memory source: no broker needed |
-//! | [`testing`] | push data through a real topology in unit tests |
+//! | [`testing`] | push data through a real topology in unit tests; [`testing::conformance`], the source contract as checks |
+//! | [`PauseSwitch`], [`Batching`], [`RateLimits`] | change a running pipeline: pause, batch sizes and timeouts, rate limits |
 //!
 //! ## Example
 //!
