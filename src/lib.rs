@@ -38,7 +38,7 @@
 //! | [`Pipeline`], [`PipelineBuilder`], [`Processors`], [`Batcher`] | configure, start, stop |
 //! | [`source::memory`] | the in-memory source: no broker needed |
 //! | [`testing`] | push data through a real topology in unit tests; [`testing::conformance`], the source contract as checks |
-//! | [`PauseSwitch`], [`Batching`], [`RateLimits`] | change a running pipeline: pause, batch sizes and timeouts, rate limits |
+//! | [`PauseSwitch`], [`Batching`], [`RateLimits`], [`Scaling`], [`Change`] | change a running pipeline: pause, batch sizes and timeouts, rate limits, stage sizes; the record of changes |
 //!
 //! ## Example
 //!
@@ -100,7 +100,9 @@ pub mod testing;
 mod topology;
 
 pub use control::batching::Batching;
+pub use control::changes::Change;
 pub use control::pause::PauseSwitch;
+pub use control::scaling::{Scaling, MAX_TASKS};
 pub use error::{BoxError, BuildError, DeadlineExceeded, PipelineError};
 pub use failure::dead_letter::DeadLetter;
 pub use failure::rate_limit::{RateLimit, RateLimits};

@@ -1,5 +1,6 @@
-//! Pausing a running pipeline: nothing is fetched while it is paused and what it holds
-//! finishes; resumed, it goes on to the end. On paused time, so that waits are exact.
+//! Changing a running pipeline: paused, nothing is fetched and what it holds finishes;
+//! resumed, it goes on to the end; its stages resized, and its batchers retuned, it loses
+//! nothing; each change is recorded. On paused time, so that waits are exact.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +31,7 @@ impl Source for Counted {
     }
 }
 
-/// 10 ms a message.
+/// 10 ms a message; batches at once.
 struct Slow;
 
 impl Handler for Slow {
@@ -39,6 +40,10 @@ impl Handler for Slow {
 
     async fn handle_message(&self, _: &mut Message<usize>) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    }
+
+    async fn handle_batch(&self, _: &mut [Message<usize>], _: &longshore::BatchInfo) -> Result<(), BoxError> {
         Ok(())
     }
 }
@@ -80,22 +85,113 @@ async fn a_paused_pipeline_fetches_nothing_and_finishes_what_it_holds_then_resum
         (stats.get().received, receives.load(Ordering::SeqCst)),
         (received, asked)
     );
-    let paused = longshore::metrics::registry()
-        .gather()
-        .into_iter()
-        .find(|family| family.name() == "longshore_paused")
-        .and_then(|family| {
-            let metric = family
-                .get_metric()
-                .iter()
-                .find(|m| m.get_label().iter().any(|l| l.value() == "control-test"))?;
-            Some(metric.get_gauge().get_value())
-        });
-    assert_eq!(paused, Some(1.0));
+    assert_eq!(value("longshore_paused", &["control-test"]), Some(1.0));
 
     switch.resume();
     let summary = pipeline.wait().await.unwrap();
     assert_eq!((summary.received, summary.successful), (2_000, 2_000));
+}
+
+/// The value of the series of `family` whose label values include all of `labels`.
+fn value(family: &str, labels: &[&str]) -> Option<f64> {
+    let family = longshore::metrics::registry()
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == family)?;
+    let metric = family.get_metric().iter().find(|m| {
+        labels
+            .iter()
+            .all(|want| m.get_label().iter().any(|l| l.value() == *want))
+    })?;
+    Some(match family.get_field_type() {
+        prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+        _ => metric.get_gauge().get_value(),
+    })
+}
+
+/// Waits (on paused time) until the stage of `labels` runs `tasks` tasks.
+async fn tasks_become(labels: &[&str], tasks: f64) {
+    let mut waited = Duration::ZERO;
+    while value("longshore_stage_tasks", labels) != Some(tasks) {
+        assert!(
+            waited < Duration::from_secs(10),
+            "{labels:?} ran {:?} tasks, not {tasks}",
+            value("longshore_stage_tasks", labels)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += Duration::from_millis(1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn processors_and_batch_processors_resize_while_it_runs_and_each_change_is_recorded() {
+    let pipeline = Pipeline::builder(MemorySource::from_iter(0..3_000), Slow)
+        .name("scaling-test")
+        .processors(Processors::new(4).max_demand(10))
+        .batcher(longshore::Batcher::new("db").concurrency(2))
+        .start()
+        .unwrap();
+    let scaling = pipeline.scaling();
+    let processors = ["scaling-test", "processor"];
+    let batch_processors = ["scaling-test", "batch_processor", "db"];
+    tasks_become(&processors, 4.0).await;
+    tasks_become(&batch_processors, 2.0).await;
+
+    scaling.set_processors(1).unwrap();
+    // The three retired finish their chunk, then end.
+    tasks_become(&processors, 1.0).await;
+    scaling.set_processors(6).unwrap();
+    tasks_become(&processors, 6.0).await;
+    scaling.set_batch_concurrency("db", 3).unwrap();
+    tasks_become(&batch_processors, 3.0).await;
+    assert_eq!(
+        (scaling.processors(), scaling.batch_concurrency("db")),
+        (6, Some(3))
+    );
+    assert_eq!(
+        scaling
+            .set_processors(longshore::MAX_TASKS + 1)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "invalid processors.concurrency: must be at most {}, got {}",
+            longshore::MAX_TASKS,
+            longshore::MAX_TASKS + 1
+        )
+    );
+    assert_eq!(
+        scaling.set_batch_concurrency("nope", 1).unwrap_err().to_string(),
+        "invalid batchers.nope.concurrency: no batcher of that name"
+    );
+    // Setting what is already set changes nothing, and records nothing.
+    scaling.set_processors(6).unwrap();
+
+    let changes: Vec<_> = pipeline
+        .changes()
+        .into_iter()
+        .map(|c| (c.setting, c.from, c.to))
+        .collect();
+    let change = |setting: &str, from: &str, to: &str| (setting.to_owned(), from.to_owned(), to.to_owned());
+    assert_eq!(
+        changes,
+        [
+            change("processors.concurrency", "4", "1"),
+            change("processors.concurrency", "1", "6"),
+            change("batchers.db.concurrency", "2", "3"),
+        ]
+    );
+    assert_eq!(
+        value(
+            "longshore_control_changes_total",
+            &["scaling-test", "processors.concurrency"]
+        ),
+        Some(2.0)
+    );
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!((summary.received, summary.successful), (3_000, 3_000));
+    // Every task ended with the pipeline.
+    assert_eq!(value("longshore_stage_tasks", &processors), Some(0.0));
+    assert_eq!(value("longshore_stage_tasks", &batch_processors), Some(0.0));
 }
 
 /// Records each batch's size and trigger.

@@ -59,6 +59,7 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
         .dead_letter(Discard)
         .start()
         .unwrap();
+    pipeline.scaling().set_processors(3).unwrap();
     let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
     assert_eq!(summary.received, 1_000);
 
@@ -115,11 +116,14 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
         value(r#"longshore_message_duration_seconds_count{outcome="successful",pipeline="metrics-test"}"#),
         1_000.0 - poison
     );
-    // Every stage has drained: nothing left inside one.
-    for line in body
-        .lines()
-        .filter(|l| l.starts_with("longshore_stage_in_flight_messages{"))
-    {
+    assert_eq!(
+        value(r#"longshore_control_changes_total{pipeline="metrics-test",setting="processors.concurrency"}"#),
+        1.0
+    );
+    // Every stage has drained: nothing left inside one, no task still running.
+    for line in body.lines().filter(|l| {
+        l.starts_with("longshore_stage_in_flight_messages{") || l.starts_with("longshore_stage_tasks{")
+    }) {
         assert!(line.ends_with(" 0"), "{line}");
     }
     server.shutdown().await;

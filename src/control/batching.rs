@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::control::changes::ChangeLog;
 use crate::error::BuildError;
 
 /// One batcher's size and timeout, read by its stage for each chunk it takes, so that a
@@ -77,6 +78,7 @@ fn nanos(duration: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Batching {
     pub(crate) batchers: Arc<[(Arc<str>, Arc<BatchSettings>)]>,
+    pub(crate) changes: Arc<ChangeLog>,
 }
 
 impl Batching {
@@ -103,7 +105,8 @@ impl Batching {
             ));
         }
         let was = settings.size.swap(size, Ordering::Relaxed);
-        tracing::info!(batcher, was, size, "batch size changed");
+        self.changes
+            .record(&format!("batchers.{batcher}.batch_size"), was, size);
         Ok(())
     }
 
@@ -121,7 +124,11 @@ impl Batching {
             ));
         }
         let was = Duration::from_nanos(settings.timeout_nanos.swap(nanos(timeout), Ordering::Relaxed));
-        tracing::info!(batcher, ?was, ?timeout, "batch timeout changed");
+        self.changes.record(
+            &format!("batchers.{batcher}.batch_timeout"),
+            humantime::format_duration(was),
+            humantime::format_duration(timeout),
+        );
         Ok(())
     }
 

@@ -2,4 +2,6 @@
 //! while the pipeline runs.
 
 pub(crate) mod batching;
+pub(crate) mod changes;
 pub(crate) mod pause;
+pub(crate) mod scaling;

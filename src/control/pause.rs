@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::control::changes::ChangeLog;
+
 /// Pauses and resumes a running pipeline's fetching; made by [`Pipeline::pause_switch`].
 /// Cheap to clone; usable from any task.
 ///
@@ -41,16 +43,16 @@ use tokio::sync::watch;
 pub struct PauseSwitch {
     paused: Arc<watch::Sender<bool>>,
     gauge: prometheus::IntGauge,
-    pipeline: Arc<str>,
+    changes: Arc<ChangeLog>,
 }
 
 impl PauseSwitch {
-    pub(crate) fn new(pipeline: &str, gauge: prometheus::IntGauge) -> Self {
+    pub(crate) fn new(gauge: prometheus::IntGauge, changes: Arc<ChangeLog>) -> Self {
         let (paused, _) = watch::channel(false);
         PauseSwitch {
             paused: Arc::new(paused),
             gauge,
-            pipeline: Arc::from(pipeline),
+            changes,
         }
     }
 
@@ -72,9 +74,7 @@ impl PauseSwitch {
     fn set(&self, paused: bool) {
         let was = self.paused.send_replace(paused);
         self.gauge.set(i64::from(paused));
-        if was != paused {
-            tracing::info!(pipeline = %self.pipeline, paused, "pipeline {}", if paused { "paused" } else { "resumed" });
-        }
+        self.changes.record("paused", was, paused);
     }
 
     /// What the producers watch.

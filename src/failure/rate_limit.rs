@@ -13,6 +13,7 @@ use governor::Quota;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::control::changes::ChangeLog;
 use crate::error::BuildError;
 
 /// At most `messages` per `per`, in bursts of at most `burst` (default: `messages`).
@@ -94,6 +95,34 @@ impl RateLimit {
     }
 }
 
+/// As a change records it: `500 per 1s, burst 50`.
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} per {}",
+            self.messages,
+            humantime::format_duration(self.per)
+        )?;
+        if let Some(burst) = self.burst {
+            write!(f, ", burst {burst}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A limit as a change records it, `none` for no limit.
+struct Shown(Option<RateLimit>);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(limit) => limit.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 /// governor's clock on tokio's time, so that paused-time tests are exact.
 #[derive(Debug, Clone)]
 struct TokioClock(Instant);
@@ -112,6 +141,19 @@ struct Active {
     governor: Governor,
     clock: TokioClock,
     burst: u32,
+    limit: RateLimit,
+}
+
+impl Active {
+    fn new(limit: RateLimit) -> Arc<Self> {
+        let clock = TokioClock(Instant::now());
+        Arc::new(Active {
+            governor: governor::RateLimiter::direct_with_clock(limit.quota(), clock.clone()),
+            clock,
+            burst: limit.burst_size(),
+            limit,
+        })
+    }
 }
 
 /// One rate limit, which may be changed or removed while callers wait on it.
@@ -122,24 +164,35 @@ pub(crate) struct Limiter {
 }
 
 impl Limiter {
+    /// A limiter whose first burst is let through at once.
     pub(crate) fn new(limit: Option<RateLimit>) -> Arc<Self> {
         let limiter = Arc::new(Limiter::default());
-        limiter.set(limit);
+        *limiter.active.write().unwrap_or_else(|e| e.into_inner()) = limit.map(Active::new);
         limiter
     }
 
-    /// Replaces the limit; waiting callers re-check against the new one at once.
-    pub(crate) fn set(&self, limit: Option<RateLimit>) {
+    /// Replaces the limit and returns the one before; waiting callers re-check against
+    /// the new one at once. The new limit starts with its burst used up: a change grants
+    /// no fresh burst, the next messages pass at the new rate.
+    pub(crate) fn set(&self, limit: Option<RateLimit>) -> Option<RateLimit> {
         let active = limit.map(|limit| {
-            let clock = TokioClock(Instant::now());
-            Arc::new(Active {
-                governor: governor::RateLimiter::direct_with_clock(limit.quota(), clock.clone()),
-                clock,
-                burst: limit.burst_size(),
-            })
+            let active = Active::new(limit);
+            let burst = NonZeroU32::new(active.burst).unwrap_or(NonZeroU32::MIN);
+            // A fresh bucket holds exactly its burst.
+            let _ = active.governor.check_n(burst);
+            active
         });
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = active;
+        let was = std::mem::replace(
+            &mut *self.active.write().unwrap_or_else(|e| e.into_inner()),
+            active,
+        );
         self.changed.notify_waiters();
+        was.map(|active| active.limit)
+    }
+
+    /// The limit now.
+    pub(crate) fn limit(&self) -> Option<RateLimit> {
+        self.active().map(|active| active.limit)
     }
 
     fn active(&self) -> Option<Arc<Active>> {
@@ -190,28 +243,58 @@ impl fmt::Debug for Limiter {
 pub struct RateLimits {
     pub(crate) pipeline: Arc<Limiter>,
     pub(crate) batchers: Arc<[(Arc<str>, Arc<Limiter>)]>,
+    pub(crate) changes: Arc<ChangeLog>,
 }
 
 impl RateLimits {
-    /// Sets (or with `None`, removes) the limit on messages fetched from the source.
+    /// Sets (or with `None`, removes) the limit on messages fetched from the source. The
+    /// new limit grants no fresh burst: the next messages pass at its rate.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] when the limit is invalid (see [`RateLimit::validate`]).
     pub fn set(&self, limit: Option<RateLimit>) -> Result<(), BuildError> {
-        if let Some(limit) = &limit {
-            limit.validate("rate_limit")?;
-        }
-        self.pipeline.set(limit);
-        Ok(())
+        self.set_on("rate_limit", &self.pipeline, limit)
     }
 
-    /// Sets (or with `None`, removes) the limit on messages handed to batcher `name`.
+    /// Sets (or with `None`, removes) the limit on messages handed to batcher `name`, as
+    /// [`set`](Self::set) does.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] when no batcher has that name or the limit is invalid.
     pub fn set_batcher(&self, name: &str, limit: Option<RateLimit>) -> Result<(), BuildError> {
         let field = format!("batchers.{name}.rate_limit");
-        let Some((_, limiter)) = self.batchers.iter().find(|(batcher, _)| &**batcher == name) else {
-            return Err(BuildError::new(field, "no batcher of that name"));
-        };
+        let limiter = self
+            .batcher(name)
+            .ok_or_else(|| BuildError::new(&field, "no batcher of that name"))?;
+        self.set_on(&field, limiter, limit)
+    }
+
+    /// The limit on messages fetched from the source now.
+    pub fn get(&self) -> Option<RateLimit> {
+        self.pipeline.limit()
+    }
+
+    /// The limit on messages handed to batcher `name` now (`None` also when there is no
+    /// such batcher).
+    pub fn get_batcher(&self, name: &str) -> Option<RateLimit> {
+        self.batcher(name).and_then(|limiter| limiter.limit())
+    }
+
+    fn batcher(&self, name: &str) -> Option<&Arc<Limiter>> {
+        self.batchers
+            .iter()
+            .find(|(batcher, _)| &**batcher == name)
+            .map(|(_, limiter)| limiter)
+    }
+
+    fn set_on(&self, field: &str, limiter: &Limiter, limit: Option<RateLimit>) -> Result<(), BuildError> {
         if let Some(limit) = &limit {
-            limit.validate(&field)?;
+            limit.validate(field)?;
         }
-        limiter.set(limit);
+        let was = limiter.set(limit);
+        self.changes.record(field, Shown(was), Shown(limit));
         Ok(())
     }
 }
@@ -233,5 +316,32 @@ mod tests {
 
         limiter.set(None);
         assert_eq!(limiter.acquire(1_000_000).await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_limit_grants_no_fresh_burst() {
+        let limiter = Limiter::new(Some(RateLimit::per_second(10)));
+        assert_eq!(
+            limiter.acquire(10).await,
+            Duration::ZERO,
+            "the first burst passes at once"
+        );
+        limiter.set(Some(RateLimit::per_second(100).burst(100)));
+        // 100 more at 100/s: about 1 s, not at once.
+        let waited = limiter.acquire(100).await;
+        assert!(
+            waited >= Duration::from_millis(950) && waited <= Duration::from_millis(1000),
+            "{waited:?}"
+        );
+        assert_eq!(limiter.limit(), Some(RateLimit::per_second(100).burst(100)));
+    }
+
+    #[test]
+    fn a_limit_prints_as_a_change_records_it() {
+        assert_eq!(
+            RateLimit::per_second(500).burst(50).to_string(),
+            "500 per 1s, burst 50"
+        );
+        assert_eq!(Shown(None).to_string(), "none");
     }
 }

@@ -43,9 +43,11 @@ struct Families {
     in_flight: IntGaugeVec,
     max_in_flight: IntGaugeVec,
     paused: IntGaugeVec,
+    changes: IntCounterVec,
     message_duration: HistogramVec,
     stage_demand: IntGaugeVec,
     stage_in_flight: IntGaugeVec,
+    stage_tasks: IntGaugeVec,
     stage_messages: IntCounterVec,
     stage_duration: HistogramVec,
     batches: IntCounterVec,
@@ -101,6 +103,11 @@ fn families() -> &'static Families {
                 "1 while the pipeline is paused (it fetches nothing; what it holds finishes), else 0.",
                 &["pipeline"],
             ),
+            changes: counter(
+                "longshore_control_changes_total",
+                "Changes made to the running pipeline, by setting (processors.concurrency, batchers.NAME.batch_size, rate_limit, paused, ...).",
+                &["pipeline", "setting"],
+            ),
             message_duration: histogram(
                 "longshore_message_duration_seconds",
                 "Time from receipt to acknowledgement, by outcome: the latency the pipeline adds, handling included.",
@@ -113,6 +120,11 @@ fn families() -> &'static Families {
                 &stage,
             ),
             stage_in_flight: gauge("longshore_stage_in_flight_messages", "Messages inside a stage, waiting retries included.", &stage),
+            stage_tasks: gauge(
+                "longshore_stage_tasks",
+                "Tasks running in a stage (its concurrency; during a shrink, retiring tasks finishing their work included).",
+                &stage,
+            ),
             stage_messages: counter(
                 "longshore_stage_messages_total",
                 "Handling attempts in a stage, by outcome (successful or failed).",
@@ -137,7 +149,7 @@ fn families() -> &'static Families {
                 duration_buckets(),
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(families.dead_letter_failures.clone()),
             Box::new(families.received.clone()),
             Box::new(families.acknowledged.clone()),
@@ -149,9 +161,11 @@ fn families() -> &'static Families {
             Box::new(families.in_flight.clone()),
             Box::new(families.max_in_flight.clone()),
             Box::new(families.paused.clone()),
+            Box::new(families.changes.clone()),
             Box::new(families.message_duration.clone()),
             Box::new(families.stage_demand.clone()),
             Box::new(families.stage_in_flight.clone()),
+            Box::new(families.stage_tasks.clone()),
             Box::new(families.stage_messages.clone()),
             Box::new(families.stage_duration.clone()),
             Box::new(families.batches.clone()),
@@ -232,6 +246,28 @@ impl PipelineMetrics {
     }
 }
 
+/// Counts the changes made to a running pipeline, by setting (series made as settings
+/// change: a change is rare, its label known only then).
+#[derive(Debug)]
+pub(crate) struct ChangeCounts {
+    pipeline: String,
+}
+
+impl ChangeCounts {
+    pub(crate) fn new(pipeline: &str) -> Self {
+        ChangeCounts {
+            pipeline: pipeline.to_owned(),
+        }
+    }
+
+    pub(crate) fn inc(&self, setting: &str) {
+        families()
+            .changes
+            .with_label_values(&[&self.pipeline, setting])
+            .inc();
+    }
+}
+
 impl Drop for PipelineMetrics {
     fn drop(&mut self) {
         self.max_in_flight.sub(self.max);
@@ -261,6 +297,8 @@ impl Stage {
 pub(crate) struct StageMetrics {
     pub(crate) demand: IntGauge,
     pub(crate) in_flight: IntGauge,
+    /// Its running tasks.
+    pub(crate) tasks: IntGauge,
     pub(crate) successful: IntCounter,
     pub(crate) failed: IntCounter,
     pub(crate) duration: Histogram,
@@ -273,6 +311,7 @@ impl StageMetrics {
         StageMetrics {
             demand: f.stage_demand.with_label_values(&labels),
             in_flight: f.stage_in_flight.with_label_values(&labels),
+            tasks: f.stage_tasks.with_label_values(&labels),
             successful: f
                 .stage_messages
                 .with_label_values(&[pipeline, stage.label(), batcher, "successful"]),

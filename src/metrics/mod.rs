@@ -14,7 +14,7 @@ mod server;
 use std::sync::OnceLock;
 
 pub(crate) use families::{
-    BatcherMetrics, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics, TIME_EACH_AFTER,
+    BatcherMetrics, ChangeCounts, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics, TIME_EACH_AFTER,
 };
 pub use server::{BindError, MetricsServer};
 

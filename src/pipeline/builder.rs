@@ -5,12 +5,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::batching::{BatchSettings, Batching};
+use crate::control::changes::ChangeLog;
 use crate::control::pause::PauseSwitch;
+use crate::control::scaling::Scaling;
 use crate::decode::{Decode, Identity};
 use crate::error::BuildError;
 use crate::failure::dead_letter::{DeadLetter, ErasedDeadLetter};
@@ -24,8 +26,8 @@ use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::Pipeline;
 use crate::source::{Acknowledger as _, Plan, Source};
 use crate::topology::{
-    BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, Context, Dispatch, Fault, Input, KeyQueue,
-    LogLimit, Meter, PartitionBy, Processor, Producer,
+    BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, ByKey, Context, Dispatch, Fault, Input,
+    KeyQueue, LogLimit, Meter, PartitionBy, Pool, Processor, Producer, SpawnBatchProcessor,
 };
 
 /// How often a running pipeline asks its source whether it can still deliver.
@@ -272,38 +274,49 @@ where
         });
         let processors = config.processors.concurrency;
 
+        let changes = ChangeLog::new(&config.name);
+
         // Built from the last stage back, so each stage holds the sender of the next.
         let mut routes = Vec::with_capacity(config.batchers.len());
         let mut batcher_limits = Vec::with_capacity(config.batchers.len());
         let mut batch_settings = Vec::with_capacity(config.batchers.len());
+        let mut batcher_sizes = Vec::with_capacity(config.batchers.len());
         for batcher in &config.batchers {
             let name: Arc<str> = Arc::from(batcher.name.as_str());
             let rate_limit = Limiter::new(batcher.rate_limit);
             batcher_limits.push((name.clone(), rate_limit.clone()));
             let metrics = BatcherMetrics::new(&config.name, &name);
-            let batch_processor = |input| BatchProcessor {
+            let tasks_gauge = metrics.batch_processor.tasks.clone();
+            let (size, sized) = watch::channel(batcher.concurrency);
+            batcher_sizes.push((name.clone(), size));
+            let (ctx, metrics_of_one, stop, abandon) =
+                (ctx.clone(), metrics.clone(), stop.clone(), abandon.clone());
+            let batch_size = batcher.batch_size;
+            let batch_processor = move |input, retire| BatchProcessor {
                 ctx: ctx.clone(),
                 input,
                 rate_limit: rate_limit.clone(),
-                metrics: metrics.clone(),
-                batch_size: batcher.batch_size,
+                metrics: metrics_of_one.clone(),
+                batch_size,
                 ordered,
                 stop: stop.clone(),
                 abandon: abandon.child_token(),
+                retire,
             };
             let output = if ordered {
-                let mut queues = Vec::with_capacity(batcher.concurrency);
-                for _ in 0..batcher.concurrency {
-                    let (batch_tx, batch_rx) = async_channel::bounded(1);
-                    tasks.spawn(batch_processor(batch_rx).run());
-                    queues.push(batch_tx);
-                }
-                BatchDispatch::ByKey(queues)
+                // Resized as a whole by the batcher (see `ByKey`): never asked to retire.
+                let spawn: SpawnBatchProcessor<_, _> =
+                    Box::new(move |input| Box::pin(batch_processor(input, Arc::default()).run()));
+                BatchDispatch::ByKey(ByKey::new(spawn, sized, fault.clone(), tasks_gauge))
             } else {
                 let (batch_tx, batch_rx) = async_channel::bounded(batcher.concurrency);
-                for _ in 0..batcher.concurrency {
-                    tasks.spawn(batch_processor(batch_rx.clone()).run());
-                }
+                let pool = Pool {
+                    spawn: move |retire| batch_processor(batch_rx.clone(), retire).run(),
+                    size: sized,
+                    fault: fault.clone(),
+                    tasks_gauge,
+                };
+                tasks.spawn(pool.run());
                 BatchDispatch::Shared(batch_tx)
             };
             let (tx, rx) = mpsc::channel(processors * 2);
@@ -322,41 +335,48 @@ where
 
         let queue_len = 2;
         let metrics = StageMetrics::new(&config.name, Stage::Processor, "");
+        let tasks_gauge = metrics.tasks.clone();
         let max_demand = config.processors.max_demand;
         let codec = Arc::new(self.codec);
-        let processor = |input| Processor {
-            ctx: ctx.clone(),
+        let (processor_ctx, processor_stop, processor_abandon) = (ctx.clone(), stop.clone(), abandon.clone());
+        let processor = move |input, retire| Processor {
+            ctx: processor_ctx.clone(),
             input,
             codec: codec.clone(),
             batchers: routes.clone(),
-            stop: stop.clone(),
-            abandon: abandon.child_token(),
+            stop: processor_stop.clone(),
+            abandon: processor_abandon.child_token(),
             metrics: metrics.clone(),
             time_each: AtomicBool::new(false),
             slow: AtomicBool::new(true),
-            settle_each: AtomicBool::new(ctx.acknowledger.acknowledges_each()),
+            settle_each: AtomicBool::new(processor_ctx.acknowledger.acknowledges_each()),
             max_demand,
+            retire,
         };
-        let dispatch = match partition_by {
+        let (processor_size, processor_sized) = watch::channel(processors);
+        let (dispatch, input) = match partition_by {
             None => {
                 let (tx, rx) = async_channel::bounded(processors * queue_len);
-                for _ in 0..processors {
-                    tasks.spawn(processor(Input::Shared(rx.clone())).run());
-                }
-                Dispatch::Shared(tx)
+                (Dispatch::Shared(tx), Input::Shared(rx))
             }
             Some(partition_by) => {
                 let (sender, queue) = KeyQueue::new(max_demand);
-                for _ in 0..processors {
-                    tasks.spawn(processor(Input::Keyed(queue.clone())).run());
-                }
-                Dispatch::Partitioned {
+                let dispatch = Dispatch::Partitioned {
                     queue: sender,
                     partition_by,
-                }
+                };
+                (dispatch, Input::Keyed(queue))
             }
         };
-        drop(routes);
+        // The pool owns the routes to the batchers (through `processor`): they close once
+        // its last processor has ended.
+        let pool = Pool {
+            spawn: move |retire| processor(input.clone(), retire).run(),
+            size: processor_sized,
+            fault: fault.clone(),
+            tasks_gauge,
+        };
+        tasks.spawn(pool.run());
 
         let source = Arc::new(self.source);
         let max_fetch = match dispatch {
@@ -364,7 +384,7 @@ where
             Dispatch::Shared(_) => max_demand,
             Dispatch::Partitioned { .. } => limit,
         };
-        let pause = PauseSwitch::new(&config.name, meter.metrics.paused.clone());
+        let pause = PauseSwitch::new(meter.metrics.paused.clone(), changes.clone());
         let mut producers = JoinSet::new();
         for _ in 0..config.source_concurrency {
             let producer = Producer {
@@ -414,13 +434,13 @@ where
         // at the deadline still sends what was acknowledged.
         let producer_fault = fault.clone();
         tasks.spawn(async move {
-            super::all_done(&mut producers, &producer_fault).await;
+            producer_fault.join_all(&mut producers).await;
             running.cancel();
             source.shutdown().await;
         });
         let stage_fault = fault.clone();
         tasks.spawn(async move {
-            super::all_done(&mut stages, &stage_fault).await;
+            stage_fault.join_all(&mut stages).await;
             ctx.acknowledger.flush().await;
         });
 
@@ -428,6 +448,7 @@ where
         let rate_limits = RateLimits {
             pipeline: meter.rate_limit.clone(),
             batchers: batcher_limits.into(),
+            changes: changes.clone(),
         };
         Ok(Pipeline {
             name: config.name,
@@ -435,7 +456,14 @@ where
             rate_limits,
             batching: Batching {
                 batchers: batch_settings.into(),
+                changes: changes.clone(),
             },
+            scaling: Scaling {
+                processors: Arc::new(processor_size),
+                batchers: batcher_sizes.into(),
+                changes: changes.clone(),
+            },
+            changes,
             pause,
             stop,
             abandon,

@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::batching::Batching;
+use crate::control::changes::{Change, ChangeLog};
 use crate::control::pause::PauseSwitch;
+use crate::control::scaling::Scaling;
 use crate::error::{DeadlineExceeded, PipelineError};
 use crate::failure::rate_limit::RateLimits;
 use crate::handler::Handler;
@@ -70,7 +72,9 @@ pub struct Pipeline {
     meter: Arc<Meter>,
     rate_limits: RateLimits,
     batching: Batching,
+    scaling: Scaling,
     pause: PauseSwitch,
+    changes: Arc<ChangeLog>,
     stop: CancellationToken,
     /// Cancelled at the deadline: the stages hand back what they hold.
     abandon: CancellationToken,
@@ -114,6 +118,18 @@ impl Pipeline {
         self.batching.clone()
     }
 
+    /// A handle to resize the processors and batch processors while the pipeline runs
+    /// (see [`Scaling`]). Cheap to clone.
+    pub fn scaling(&self) -> Scaling {
+        self.scaling.clone()
+    }
+
+    /// The last changes made to the running pipeline through its control handles (at
+    /// most 100, oldest first; see [`Change`]).
+    pub fn changes(&self) -> Vec<Change> {
+        self.changes.list()
+    }
+
     /// A handle to pause and resume fetching while the pipeline runs (see
     /// [`PauseSwitch`]). Cheap to clone.
     pub fn pause_switch(&self) -> PauseSwitch {
@@ -137,7 +153,7 @@ impl Pipeline {
     /// that drain missed the deadline).
     pub async fn wait(mut self) -> Result<Summary, PipelineError> {
         tokio::select! {
-            () = all_done(&mut self.tasks, &self.fault) => self.outcome(),
+            () = self.fault.join_all(&mut self.tasks) => self.outcome(),
             () = self.fault.raised() => self.shutdown().await,
         }
     }
@@ -154,13 +170,13 @@ impl Pipeline {
     pub async fn shutdown(mut self) -> Result<Summary, PipelineError> {
         self.stop.cancel();
         let deadline = self.deadline;
-        let drained = tokio::time::timeout(deadline, all_done(&mut self.tasks, &self.fault)).await;
+        let drained = tokio::time::timeout(deadline, self.fault.join_all(&mut self.tasks)).await;
         if drained.is_err() {
             let in_flight = self.meter.credits.in_flight();
             tracing::error!(pipeline = %self.name, in_flight, ?deadline, "shutdown deadline passed; handing back what is not finished");
             self.abandon.cancel();
             let handed_back =
-                tokio::time::timeout(HAND_BACK_TIME, all_done(&mut self.tasks, &self.fault)).await;
+                tokio::time::timeout(HAND_BACK_TIME, self.fault.join_all(&mut self.tasks)).await;
             if handed_back.is_err() {
                 self.tasks.abort_all();
                 while self.tasks.join_next().await.is_some() {}
@@ -187,7 +203,7 @@ impl Pipeline {
             () = shutdown_signal() => false,
             () = self.stop.cancelled() => false,
             () = self.fault.raised() => false,
-            () = all_done(&mut self.tasks, &self.fault) => true,
+            () = self.fault.join_all(&mut self.tasks) => true,
         };
         if stopped_by_itself {
             return self.outcome();
@@ -224,18 +240,6 @@ impl Pipeline {
 /// hold (SQS: one visibility change per ten messages), and the acknowledger flushes what
 /// was finished. Whatever is still held then is left for the broker to redeliver.
 pub const HAND_BACK_TIME: Duration = Duration::from_secs(5);
-
-/// Waits for every task of the set to end; cancel safe, so the set can be aborted after.
-/// A task that panicked is a fault of the pipeline's own machinery (user code runs
-/// guarded): raised, so that the pipeline stops and says so.
-async fn all_done(tasks: &mut JoinSet<()>, fault: &Fault) {
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Err(error) if error.is_panic() => fault.raise(format!("a pipeline stage panicked: {error}")),
-            Err(_) | Ok(()) => {}
-        }
-    }
-}
 
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

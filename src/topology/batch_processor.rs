@@ -24,6 +24,7 @@ use crate::metrics::{BatcherMetrics, HandlingTimes, Held};
 use crate::source::Acknowledger;
 use crate::topology::batcher::Batch;
 use crate::topology::guard::guarded;
+use crate::topology::pool::Retire;
 use crate::topology::processor::drain_delayed;
 use crate::topology::Context;
 
@@ -40,6 +41,9 @@ pub(crate) struct BatchProcessor<H: Handler, A> {
     pub(crate) stop: CancellationToken,
     /// The pipeline's `abandon`, as a child of its own (see the processor's).
     pub(crate) abandon: CancellationToken,
+    /// Its notice to retire (the pool shrinks): it takes no more batches, finishes its
+    /// retries, and ends.
+    pub(crate) retire: Arc<Retire>,
 }
 
 /// Batches waiting for another attempt.
@@ -89,6 +93,9 @@ where
         let stage = &self.metrics.batch_processor;
         let mut holding = stage.holding(0);
         loop {
+            if open && self.retire.is_requested() {
+                open = false;
+            }
             let waiting = stage.demanding(self.batch_size);
             let batch = tokio::select! {
                 biased;
@@ -116,6 +123,7 @@ where
                         continue;
                     }
                 },
+                () = self.retire.requested(), if open => continue,
                 // Last, so that it costs nothing while batches are ready; a batch checks
                 // for it before it is handled.
                 () = self.abandon.cancelled(), if open || !retries.is_empty() => break,

@@ -4,7 +4,9 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use crate::control::batching::BatchSettings;
@@ -12,28 +14,114 @@ use crate::handler::{BatchInfo, BatchTrigger};
 use crate::message::Message;
 use crate::metrics::{BatcherMetrics, Held};
 use crate::topology::batch_groups::{BatchGroups, Group};
+use crate::topology::Fault;
 
 pub(crate) type Batch<T, M> = (Vec<Message<T, M>>, BatchInfo);
 
 /// How batches reach the batch processors.
 pub(crate) enum BatchDispatch<T, M> {
-    /// One queue: whichever batch processor is free handles the next batch.
+    /// One queue: whichever batch processor is free handles the next batch (their pool
+    /// resizes itself).
     Shared(async_channel::Sender<Batch<T, M>>),
     /// Ordered: one queue per batch processor, chosen by the batch key, so that a key's
     /// batches are handled one after the other by one batch processor.
-    ByKey(Vec<async_channel::Sender<Batch<T, M>>>),
+    ByKey(ByKey<T, M>),
+}
+
+/// Starts one batch processor on its queue.
+pub(crate) type SpawnBatchProcessor<T, M> =
+    Box<dyn FnMut(async_channel::Receiver<Batch<T, M>>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// An ordered batcher's batch processors, one queue each. They are resized as a whole:
+/// the queues close, every batch processor finishes what it holds (its retries
+/// included) and ends, then the new count starts, so that no key's batch is handled
+/// while an earlier one of that key still is elsewhere.
+pub(crate) struct ByKey<T, M> {
+    queues: Vec<async_channel::Sender<Batch<T, M>>>,
+    tasks: JoinSet<()>,
+    spawn: SpawnBatchProcessor<T, M>,
+    size: watch::Receiver<usize>,
+    watching: bool,
+    fault: Arc<Fault>,
+    tasks_gauge: prometheus::IntGauge,
+}
+
+impl<T, M> ByKey<T, M> {
+    pub(crate) fn new(
+        spawn: SpawnBatchProcessor<T, M>,
+        mut size: watch::Receiver<usize>,
+        fault: Arc<Fault>,
+        tasks_gauge: prometheus::IntGauge,
+    ) -> Self {
+        let count = *size.borrow_and_update();
+        let mut by_key = ByKey {
+            queues: Vec::with_capacity(count),
+            tasks: JoinSet::new(),
+            spawn,
+            size,
+            watching: true,
+            fault,
+            tasks_gauge,
+        };
+        by_key.start(count);
+        by_key
+    }
+
+    fn start(&mut self, count: usize) {
+        for _ in 0..count {
+            let (queue, input) = async_channel::bounded(1);
+            self.tasks.spawn((self.spawn)(input));
+            self.tasks_gauge.inc();
+            self.queues.push(queue);
+        }
+    }
+
+    /// Completes when a new count was asked for (never once the handle is gone).
+    async fn resized(&mut self) {
+        if !self.watching || self.size.changed().await.is_err() {
+            self.watching = false;
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Closes the queues and waits until every batch processor has ended.
+    async fn close(&mut self) {
+        self.queues.clear();
+        while let Some(joined) = self.tasks.join_next().await {
+            self.tasks_gauge.dec();
+            self.fault.check(joined);
+        }
+    }
+
+    /// Starts the count asked for, once those running have finished all they hold.
+    async fn resize(&mut self) {
+        let count = *self.size.borrow_and_update();
+        if count != self.queues.len() {
+            self.close().await;
+            self.start(count);
+        }
+    }
 }
 
 impl<T, M> BatchDispatch<T, M> {
     async fn send(&self, batch: Batch<T, M>) -> Result<(), async_channel::SendError<Batch<T, M>>> {
         match self {
             BatchDispatch::Shared(queue) => queue.send(batch).await,
-            BatchDispatch::ByKey(queues) => {
+            BatchDispatch::ByKey(by_key) => {
+                let queues = &by_key.queues;
                 let mut hasher = DefaultHasher::new();
                 batch.1.batch_key.hash(&mut hasher);
                 let index = (hasher.finish() % queues.len() as u64) as usize;
                 queues[index].send(batch).await
             }
+        }
+    }
+
+    /// Completes when an ordered batcher's batch processors are to be resized.
+    async fn resized(&mut self) {
+        match self {
+            BatchDispatch::Shared(_) => std::future::pending().await,
+            BatchDispatch::ByKey(by_key) => by_key.resized().await,
         }
     }
 }
@@ -79,10 +167,19 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
                     }
                     None => break,
                 },
+                () = self.output.resized() => {
+                    if let BatchDispatch::ByKey(by_key) = &mut self.output {
+                        by_key.resize().await;
+                    }
+                }
             }
         }
         for group in groups.drain() {
             self.send(&mut holding, group, BatchTrigger::Flush).await;
+        }
+        // Its batch processors end with it: the stage is done once they are.
+        if let BatchDispatch::ByKey(by_key) = &mut self.output {
+            by_key.close().await;
         }
     }
 

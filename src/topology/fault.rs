@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
@@ -40,6 +41,24 @@ impl Fault {
     /// The first cause raised, if any.
     pub(crate) fn cause(&self) -> Option<&str> {
         self.cause.get().map(String::as_str)
+    }
+
+    /// A task of the pipeline's machinery ended: if it panicked (user code runs guarded,
+    /// so that is a fault of the machinery), the pipeline stops and says so.
+    pub(crate) fn check(&self, joined: Result<(), JoinError>) {
+        if let Err(error) = joined {
+            if error.is_panic() {
+                self.raise(format!("a pipeline stage panicked: {error}"));
+            }
+        }
+    }
+
+    /// Waits for every task of the set to end, checking each; cancel safe, so the set
+    /// can be aborted after.
+    pub(crate) async fn join_all(&self, tasks: &mut JoinSet<()>) {
+        while let Some(joined) = tasks.join_next().await {
+            self.check(joined);
+        }
     }
 
     /// Completes once a fault is raised.

@@ -20,6 +20,7 @@ pub(crate) mod fault;
 mod guard;
 mod key_queue;
 mod log_limit;
+mod pool;
 mod processor;
 mod producer;
 
@@ -37,8 +38,9 @@ use crate::source::{Acknowledger, Redelivery};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use batch_processor::BatchProcessor;
-pub(crate) use batcher::{BatchDispatch, BatcherStage};
+pub(crate) use batcher::{BatchDispatch, BatcherStage, ByKey, SpawnBatchProcessor};
 pub(crate) use key_queue::KeyQueue;
+pub(crate) use pool::Pool;
 pub(crate) use processor::{BatcherRoute, Input, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 

@@ -25,6 +25,7 @@ use crate::source::Acknowledger;
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::{guarded, panic_message};
 use crate::topology::key_queue::{KeyQueue, Work};
+use crate::topology::pool::Retire;
 use crate::topology::Context;
 
 /// Where a processor sends the messages routed to one batcher.
@@ -48,6 +49,15 @@ pub(crate) enum Input<T, M> {
     Shared(async_channel::Receiver<Vec<Message<T, M>>>),
     /// With `partition_by`: the messages of keys no other processor holds.
     Keyed(Arc<KeyQueue<T, M>>),
+}
+
+impl<T, M> Clone for Input<T, M> {
+    fn clone(&self) -> Self {
+        match self {
+            Input::Shared(queue) => Input::Shared(queue.clone()),
+            Input::Keyed(queue) => Input::Keyed(queue.clone()),
+        }
+    }
 }
 
 impl<T, M> Input<T, M> {
@@ -105,6 +115,9 @@ pub(crate) struct Processor<H: Handler, A, D, C> {
     pub(crate) settle_each: AtomicBool,
     /// The chunk it asks for: `max_demand`.
     pub(crate) max_demand: usize,
+    /// Its notice to retire (the pool shrinks): it takes no more input, finishes its
+    /// retries (the keys they hold), and ends.
+    pub(crate) retire: Arc<Retire>,
 }
 
 /// Takes everything out of `queue`, soonest first, without waiting.
@@ -185,6 +198,9 @@ where
         let mut open = true;
         let mut holding = self.metrics.holding(0);
         loop {
+            if open && self.retire.is_requested() {
+                open = false;
+            }
             let waiting = self.metrics.demanding(self.max_demand);
             // Retries first: they are older than anything still queued.
             let passed = tokio::select! {
@@ -233,8 +249,9 @@ where
                         continue;
                     }
                 },
-                // Last, so that it costs nothing while work is ready: a pass checks for it
-                // before it starts.
+                // After the input, so that it costs nothing while work is ready: each pass
+                // checks for it first.
+                () = self.retire.requested(), if open => continue,
                 () = self.abandon.cancelled(), if open || !retries.is_empty() => Passed::Abandoned(Vec::new()),
                 // Input closed and no retry pending: drained.
                 else => break,
