@@ -14,6 +14,8 @@ use longshore::{
 };
 use proptest::prelude::*;
 
+mod common;
+
 /// What the handler does with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -302,25 +304,16 @@ async fn run(topology: Topology) {
     // Ordered: per key and batcher, successful messages are acknowledged in the order
     // sent, through batches and their retries alike.
     if topology.partitioned {
-        // Per (key, batcher): (acknowledgement order, seq) of each successful message.
-        type Finished = HashMap<(u64, Option<String>), Vec<(u64, usize)>>;
-        let mut finished = Finished::new();
-        for outcome in outcomes.iter().filter(|o| o.successful) {
+        common::assert_finished_in_order(outcomes.iter().filter(|o| o.successful).map(|outcome| {
             let message = &outcome.message;
-            let at = (message.metadata().key, message.batcher().map(str::to_owned));
-            finished
-                .entry(at)
-                .or_default()
-                .push((outcome.acknowledged, message.metadata().seq));
-        }
-        for ((key, batcher), mut acks) in finished {
-            acks.sort_unstable();
-            let seqs: Vec<usize> = acks.into_iter().map(|(_, seq)| seq).collect();
-            assert!(
-                seqs.windows(2).all(|w| w[0] < w[1]),
-                "key {key} of batcher {batcher:?} finished out of order: {seqs:?}"
-            );
-        }
+            let batcher = message.batcher().map(str::to_owned);
+            (
+                message.metadata().key,
+                batcher,
+                outcome.acknowledged,
+                message.metadata().seq,
+            )
+        }));
     }
 
     // Per-key order of handle_message calls.

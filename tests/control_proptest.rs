@@ -15,6 +15,8 @@ use longshore::{
 };
 use proptest::prelude::*;
 
+mod common;
+
 #[derive(Debug, Clone)]
 struct Item {
     seq: usize,
@@ -160,9 +162,6 @@ impl Handler for Recorder {
     }
 }
 
-/// Per (key, batcher): (acknowledgement order, seq) of each message.
-type Finished = HashMap<(u64, Option<String>), Vec<(u64, usize)>>;
-
 async fn run(case: Case) {
     let names: Vec<String> = (0..case.batchers.len()).map(|i| format!("b{i}")).collect();
     let recorder = Arc::new(Recorder {
@@ -291,22 +290,10 @@ async fn run(case: Case) {
             );
         }
         // Finished in order per key and batcher.
-        let mut finished = Finished::new();
-        for (item, outcome) in items.iter().zip(&outcomes) {
-            let at = (item.key, outcome.message.batcher().map(str::to_owned));
-            finished
-                .entry(at)
-                .or_default()
-                .push((outcome.acknowledged, item.seq));
-        }
-        for ((key, batcher), mut acks) in finished {
-            acks.sort_unstable();
-            let seqs: Vec<usize> = acks.into_iter().map(|(_, seq)| seq).collect();
-            assert!(
-                seqs.windows(2).all(|w| w[0] < w[1]),
-                "key {key} of batcher {batcher:?} finished out of order: {seqs:?}"
-            );
-        }
+        common::assert_finished_in_order(items.iter().zip(&outcomes).map(|(item, outcome)| {
+            let batcher = outcome.message.batcher().map(str::to_owned);
+            (item.key, batcher, outcome.acknowledged, item.seq)
+        }));
     }
 }
 

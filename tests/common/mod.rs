@@ -1,8 +1,9 @@
-//! Test support: a plain HTTP/1.1 GET over a real socket, and reading `docs/metrics.md`.
+//! Test support: a plain HTTP/1.1 GET over a real socket, reading `docs/metrics.md`, and
+//! checking the order messages finished in.
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own part
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,4 +53,25 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Asserts that per key and batcher, messages finished in the order sent: `finished`
+/// gives each message's key, batcher, acknowledgement order and sequence number.
+pub fn assert_finished_in_order(finished: impl IntoIterator<Item = (u64, Option<String>, u64, usize)>) {
+    type ByKey = HashMap<(u64, Option<String>), Vec<(u64, usize)>>;
+    let mut by_key = ByKey::new();
+    for (key, batcher, acknowledged, seq) in finished {
+        by_key
+            .entry((key, batcher))
+            .or_default()
+            .push((acknowledged, seq));
+    }
+    for ((key, batcher), mut acks) in by_key {
+        acks.sort_unstable();
+        let seqs: Vec<usize> = acks.into_iter().map(|(_, seq)| seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} of batcher {batcher:?} finished out of order: {seqs:?}"
+        );
+    }
 }
