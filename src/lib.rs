@@ -85,7 +85,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-mod control;
+pub mod control;
 pub mod decode;
 mod error;
 mod failure;

@@ -1,7 +1,13 @@
-//! Changing a running pipeline: handles a service (or, later, its control surface) holds
-//! while the pipeline runs.
+//! Changing running pipelines: the handles a service holds while its pipelines run
+//! ([`PauseSwitch`](crate::PauseSwitch), [`Batching`](crate::Batching),
+//! [`Scaling`](crate::Scaling), [`RateLimits`](crate::RateLimits)), the record of changes
+//! ([`Change`](crate::Change)), and the [`ControlSurface`] that offers them over HTTP,
+//! behind a token.
 
 pub(crate) mod batching;
 pub(crate) mod changes;
 pub(crate) mod pause;
 pub(crate) mod scaling;
+mod surface;
+
+pub use surface::{Control, ControlSurface, MIN_TOKEN_LEN};

@@ -109,12 +109,8 @@ impl Scaling {
     }
 }
 
-fn resize(
-    size: &watch::Sender<usize>,
-    field: &str,
-    to: usize,
-    changes: &ChangeLog,
-) -> Result<(), BuildError> {
+/// Checks a task count for `field`: from 1 to [`MAX_TASKS`].
+pub(crate) fn check(field: &str, to: usize) -> Result<(), BuildError> {
     if to == 0 {
         return Err(BuildError::at_least(field, 1, 0));
     }
@@ -124,6 +120,16 @@ fn resize(
             format!("must be at most {MAX_TASKS}, got {to}"),
         ));
     }
+    Ok(())
+}
+
+fn resize(
+    size: &watch::Sender<usize>,
+    field: &str,
+    to: usize,
+    changes: &ChangeLog,
+) -> Result<(), BuildError> {
+    check(field, to)?;
     let was = size.send_replace(to);
     changes.record(field, was, to);
     Ok(())

@@ -27,7 +27,7 @@ use crate::error::BuildError;
 /// let error = RateLimit::new(0, Duration::from_secs(1)).validate("rate_limit").unwrap_err();
 /// assert_eq!(error.to_string(), "invalid rate_limit.messages: must be at least 1, got 0");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     messages: u32,

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 pub(crate) use families::{
     BatcherMetrics, ChangeCounts, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics, TIME_EACH_AFTER,
 };
-pub use server::{BindError, MetricsServer};
+pub use server::{BindError, MetricsServer, MetricsServerBuilder};
 
 /// The process's metrics registry: longshore's metrics, and whatever a service or a
 /// connector registers next to them.

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, registry};
+use crate::control::ControlSurface;
 
 /// Serves `/metrics` (the process registry in Prometheus' text format), `/healthz`
 /// (200 while no pipeline of the process has failed: 503 once one has, see
@@ -54,20 +55,70 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Configures a [`MetricsServer`]; made by [`MetricsServer::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `bind` is called"]
+pub struct MetricsServerBuilder {
+    addr: SocketAddr,
+    control: Option<ControlSurface>,
+}
+
+impl MetricsServerBuilder {
+    /// Serves the control surface too, under `/control` (off unless given; see
+    /// [`ControlSurface`]).
+    pub fn control(mut self, surface: ControlSurface) -> Self {
+        self.control = Some(surface);
+        self
+    }
+
+    /// Binds the address (port 0 picks a free port) and serves on the current tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`] when the address cannot be bound (a port already taken, say).
+    pub async fn bind(self) -> Result<MetricsServer, BindError> {
+        MetricsServer::serve(self.addr, self.control).await
+    }
+}
+
 impl MetricsServer {
-    /// Binds `addr` (port 0 picks a free port) and serves on the current tokio runtime.
+    /// Binds `addr` (port 0 picks a free port) and serves on the current tokio runtime,
+    /// with no control surface.
     ///
     /// # Errors
     ///
     /// [`BindError`] when the address cannot be bound (a port already taken, say).
     pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+        MetricsServer::serve(addr, None).await
+    }
+
+    /// Starts configuring a server on `addr`, to add a control surface to it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use longshore::control::ControlSurface;
+    /// use longshore::metrics::MetricsServer;
+    ///
+    /// let surface = ControlSurface::from_token_file("/var/run/secrets/longshore/control-token".as_ref())?;
+    /// let server = MetricsServer::builder("0.0.0.0:9090".parse()?).control(surface).bind().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(addr: SocketAddr) -> MetricsServerBuilder {
+        MetricsServerBuilder { addr, control: None }
+    }
+
+    async fn serve(addr: SocketAddr, control: Option<ControlSurface>) -> Result<Self, BindError> {
         let failed = |source| BindError { addr, source };
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
         let local_addr = listener.local_addr().map_err(failed)?;
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz));
+        if let Some(surface) = &control {
+            app = app.merge(surface.routes());
+        }
         let stop = CancellationToken::new();
         let stopped = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
@@ -75,7 +126,7 @@ impl MetricsServer {
                 tracing::error!(%error, "metrics server failed");
             }
         });
-        tracing::info!(%local_addr, "metrics and health endpoint listening");
+        tracing::info!(%local_addr, control = control.is_some(), "metrics and health endpoint listening");
         Ok(MetricsServer {
             local_addr,
             stop,

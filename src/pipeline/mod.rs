@@ -17,6 +17,7 @@ use crate::control::batching::Batching;
 use crate::control::changes::{Change, ChangeLog};
 use crate::control::pause::PauseSwitch;
 use crate::control::scaling::Scaling;
+use crate::control::Control;
 use crate::error::{DeadlineExceeded, PipelineError};
 use crate::failure::rate_limit::RateLimits;
 use crate::handler::Handler;
@@ -122,6 +123,20 @@ impl Pipeline {
     /// (see [`Scaling`]). Cheap to clone.
     pub fn scaling(&self) -> Scaling {
         self.scaling.clone()
+    }
+
+    /// The pipeline's controls and counts, to put on a
+    /// [`ControlSurface`](crate::control::ControlSurface). Cheap to clone.
+    pub fn control(&self) -> Control {
+        Control {
+            name: Arc::from(self.name.as_str()),
+            scaling: self.scaling.clone(),
+            batching: self.batching.clone(),
+            rate_limits: self.rate_limits.clone(),
+            pause: self.pause.clone(),
+            changes: self.changes.clone(),
+            stats: self.stats(),
+        }
     }
 
     /// The last changes made to the running pipeline through its control handles (at

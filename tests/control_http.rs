@@ -1,0 +1,230 @@
+//! The control surface over a real socket: refused without its token or with a wrong
+//! one, changing nothing then; with it, changes apply to the running pipeline, all of a
+//! request or none of it.
+
+mod common;
+
+use std::time::Duration;
+
+use longshore::control::ControlSurface;
+use longshore::metrics::MetricsServer;
+use longshore::source::memory::MemorySource;
+use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
+use serde_json::Value;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Sink;
+
+impl Handler for Sink {
+    type Item = u64;
+    type Metadata = ();
+
+    async fn handle_message(&self, _: &mut Message<u64>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn handle_batch(&self, _: &mut [Message<u64>], _: &BatchInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("{error}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_request_whole() {
+    let surface = ControlSurface::new(TOKEN).unwrap();
+    let server = MetricsServer::builder("127.0.0.1:0".parse().unwrap())
+        .control(surface.clone())
+        .bind()
+        .await
+        .unwrap();
+    let (source, sender) = MemorySource::channel(100);
+    let pipeline = Pipeline::builder(source, Sink)
+        .name("control-http")
+        .processors(Processors::new(2))
+        .batcher(Batcher::new("db").batch_size(10))
+        .start()
+        .unwrap();
+    surface.add(pipeline.control());
+    let scaling = pipeline.scaling();
+    let addr = server.local_addr();
+    let bearer = format!("Bearer {TOKEN}");
+    let with_token = [("Authorization", bearer.as_str())];
+    let patch = |headers: &'static [(&'static str, &'static str)], body: &'static str| {
+        common::request(addr, "PATCH", "/control/pipelines/control-http", headers, body)
+    };
+
+    // No token, a wrong one, another scheme, the token with a byte more or less: refused.
+    let wrong = [
+        vec![],
+        vec![("Authorization", "Bearer not-the-token-at-all-0000")],
+        vec![("Authorization", "Basic dGVzdDp0ZXN0")],
+        vec![("Authorization", "Bearer test-token-0123456789abcdef0")],
+        vec![("Authorization", "Bearer test-token-0123456789abcde")],
+        vec![("Authorization", TOKEN)],
+    ];
+    for headers in &wrong {
+        let (status, body) = common::request(addr, "GET", "/control", headers, "").await;
+        assert_eq!(status, 401, "{headers:?}: {body}");
+        assert!(
+            !body.contains("control-http"),
+            "nothing shown without the token: {body}"
+        );
+        let (status, _) = common::request(
+            addr,
+            "PATCH",
+            "/control/pipelines/control-http",
+            headers,
+            r#"{"processors": {"concurrency": 7}}"#,
+        )
+        .await;
+        assert_eq!(status, 401, "{headers:?}");
+    }
+    assert_eq!(scaling.processors(), 2, "a refused request changes nothing");
+    assert!(pipeline.changes().is_empty());
+    // The open endpoints stay open, and grant nothing here.
+    assert_eq!(common::get(addr, "/metrics").await.0, 200);
+
+    let (status, body) = common::request(addr, "GET", "/control", &with_token, "").await;
+    assert_eq!(status, 200, "{body}");
+    let overview = json(&body);
+    let shown = &overview["pipelines"][0];
+    assert_eq!(shown["name"], "control-http");
+    assert_eq!(shown["processors"]["concurrency"], 2);
+    assert_eq!(shown["batchers"]["db"]["batch_size"], 10);
+    assert_eq!(shown["paused"], false);
+
+    let (status, body) = common::request(
+        addr,
+        "PATCH",
+        "/control/pipelines/control-http",
+        &with_token,
+        r#"{"processors": {"concurrency": 3}, "paused": true,
+            "rate_limit": {"messages": 500, "per": "1s", "burst": 50},
+            "batchers": {"db": {"batch_size": 25, "batch_timeout": "250ms", "concurrency": 2}}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let after = json(&body);
+    assert_eq!(after["processors"]["concurrency"], 3);
+    assert_eq!(after["paused"], true);
+    assert_eq!(after["rate_limit"]["messages"], 500);
+    assert_eq!(after["batchers"]["db"]["batch_timeout"], "250ms");
+    assert_eq!(scaling.processors(), 3);
+    assert_eq!(scaling.batch_concurrency("db"), Some(2));
+    assert_eq!(pipeline.batching().batch_size("db"), Some(25));
+    assert!(pipeline.pause_switch().is_paused());
+    let settings: Vec<String> = pipeline.changes().into_iter().map(|c| c.setting).collect();
+    assert_eq!(
+        settings,
+        [
+            "processors.concurrency",
+            "rate_limit",
+            "batchers.db.concurrency",
+            "batchers.db.batch_size",
+            "batchers.db.batch_timeout",
+            "paused"
+        ]
+    );
+
+    // One invalid setting: nothing of the request applies.
+    let invalid: [(&str, &str, u16); 5] = [
+        (
+            r#"{"processors": {"concurrency": 5}, "batchers": {"db": {"batch_size": 0}}}"#,
+            "invalid batchers.db.batch_size: must be at least 1, got 0",
+            400,
+        ),
+        (
+            r#"{"processors": {"concurrency": 5}, "batchers": {"nope": {"batch_size": 1}}}"#,
+            "invalid batchers.nope: no batcher of that name",
+            400,
+        ),
+        (
+            r#"{"processors": {"concurrency": 5}, "procesors": 1}"#,
+            "unknown field `procesors`",
+            400,
+        ),
+        (
+            r#"{"processors": {"concurrency": 0}}"#,
+            "must be at least 1, got 0",
+            400,
+        ),
+        (r#"not json"#, "invalid body", 400),
+    ];
+    for (body, says, code) in invalid {
+        let (status, answer) = common::request(
+            addr,
+            "PATCH",
+            "/control/pipelines/control-http",
+            &with_token,
+            body,
+        )
+        .await;
+        assert_eq!(status, code, "{body}: {answer}");
+        assert!(
+            json(&answer)["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(scaling.processors(), 3, "an invalid request changes nothing");
+    let (status, _) = common::request(addr, "PATCH", "/control/pipelines/other", &with_token, "{}").await;
+    assert_eq!(status, 404);
+
+    // A rate limit removed with null; resumed, it drains.
+    let (status, body) = patch(
+        &[("Authorization", "Bearer test-token-0123456789abcdef")],
+        r#"{"rate_limit": null, "paused": false}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["rate_limit"], Value::Null);
+    for n in 0..100 {
+        sender.send(n).await.unwrap();
+    }
+    drop(sender);
+    let summary = tokio::time::timeout(Duration::from_secs(10), pipeline.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.successful, 100);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_surface_there_is_no_control_endpoint() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _) = common::request(
+        server.local_addr(),
+        "GET",
+        "/control",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+}
+
+#[test]
+fn a_token_file_is_read_and_a_short_or_missing_one_refused() {
+    let dir = std::env::temp_dir().join(format!("longshore-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    assert!(ControlSurface::from_token_file(&file).is_ok());
+    std::fs::write(&file, "short\n").unwrap();
+    assert_eq!(
+        ControlSurface::from_token_file(&file).unwrap_err().to_string(),
+        "invalid control.token: must be at least 16 characters, got 5"
+    );
+    let missing = dir.join("missing");
+    assert!(ControlSurface::from_token_file(&missing)
+        .unwrap_err()
+        .to_string()
+        .starts_with("invalid control.token_file: cannot read "));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
