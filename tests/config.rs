@@ -261,3 +261,44 @@ fn an_app_field_set_from_the_environment_to_digits_stays_a_string() {
     let config = ServiceConfig::<Source, App>::from_toml("[app]\nqueue = \"orders\"", env).unwrap();
     assert_eq!((config.app.queue.as_str(), config.app.retries), ("12345", 3));
 }
+
+#[test]
+fn the_control_section_is_off_by_default_and_on_needs_one_token_never_shown() {
+    let config = load("", &[]).unwrap();
+    assert!(config.control.surface().unwrap().is_none());
+
+    assert_eq!(
+        load("[control]\nenabled = true", &[]).unwrap_err(),
+        "invalid control: enabled with no token: set control.token_file, or control.token (LONGSHORE_CONTROL__TOKEN)"
+    );
+    assert_eq!(
+        load(
+            "[control]\nenabled = true\ntoken_file = \"/t\"",
+            &[("LONGSHORE_CONTROL__TOKEN", "0123456789abcdef0123")]
+        )
+        .unwrap_err(),
+        "invalid control: control.token and control.token_file are both set: set one"
+    );
+
+    // The token from the environment (a Secret), as a string whatever its characters.
+    let config = load(
+        "[control]\nenabled = true",
+        &[("LONGSHORE_CONTROL__TOKEN", "0123456789012345678")],
+    )
+    .unwrap();
+    assert!(config.control.surface().unwrap().is_some());
+    assert!(
+        !format!("{config:?}").contains("0123456789012345678"),
+        "the token is never printed"
+    );
+
+    let config = load(
+        "[control]\nenabled = true",
+        &[("LONGSHORE_CONTROL__TOKEN", "short")],
+    )
+    .unwrap();
+    assert_eq!(
+        config.control.surface().unwrap_err().to_string(),
+        "invalid control.token: must be at least 16 characters, got 5"
+    );
+}

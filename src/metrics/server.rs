@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, registry};
-use crate::control::ControlSurface;
+use crate::control::{Control, ControlSurface};
 
 /// Serves `/metrics` (the process registry in Prometheus' text format), `/healthz`
 /// (200 while no pipeline of the process has failed: 503 once one has, see
@@ -29,6 +29,7 @@ use crate::control::ControlSurface;
 #[derive(Debug)]
 pub struct MetricsServer {
     local_addr: SocketAddr,
+    control: Option<ControlSurface>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -129,6 +130,7 @@ impl MetricsServer {
         tracing::info!(%local_addr, control = control.is_some(), "metrics and health endpoint listening");
         Ok(MetricsServer {
             local_addr,
+            control,
             stop,
             task,
         })
@@ -137,6 +139,14 @@ impl MetricsServer {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Puts a pipeline's controls on the server's control surface; nothing when it has
+    /// none (the control surface is off).
+    pub fn add_control(&self, control: Control) {
+        if let Some(surface) = &self.control {
+            surface.add(control);
+        }
     }
 
     /// Stops serving, letting requests under way finish.

@@ -1,13 +1,16 @@
-//! A service's settings file: the pipeline, the source, metrics and logging, in TOML, with
+//! A service's settings file: the pipeline, the source, metrics, control and logging, in TOML, with
 //! environment overrides; every error names the field.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::LogFormat;
+use crate::control::ControlSurface;
+use crate::metrics::MetricsServer;
 use crate::source::SourceSettings;
 use crate::{BuildError, PipelineConfig};
 
@@ -65,6 +68,8 @@ pub struct ServiceConfig<S, A = ()> {
     pub app: A,
     /// Where the metrics and health endpoint listens.
     pub metrics: MetricsConfig,
+    /// The control surface (off by default).
+    pub control: ControlConfig,
     /// How the service logs.
     pub log: LogConfig,
 }
@@ -82,6 +87,74 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             addr: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+/// The `[control]` section: the [`ControlSurface`] on the metrics server, off unless
+/// `enabled`. Its token comes from `token_file` (a mounted Secret: the Helm chart's way)
+/// or `token` (`LONGSHORE_CONTROL__TOKEN`, from a Secret), never from the file itself in
+/// production; either must be set when it is enabled.
+///
+/// ```toml
+/// [control]
+/// enabled = true
+/// token_file = "/var/run/secrets/longshore/control/token"
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ControlConfig {
+    /// Serve `/control` (default `false`).
+    pub enabled: bool,
+    /// A file holding the token.
+    pub token_file: Option<PathBuf>,
+    /// The token itself.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token.
+        f.debug_struct("ControlConfig")
+            .field("enabled", &self.enabled)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ControlConfig {
+    /// The surface to serve, `None` when it is not enabled; the token file is read here.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] when it is enabled with no token, both token settings are set, or
+    /// the token cannot be read or is too short.
+    pub fn surface(&self) -> Result<Option<ControlSurface>, BuildError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        self.check()?;
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => ControlSurface::new(token).map(Some),
+            (None, Some(file)) => ControlSurface::from_token_file(file).map(Some),
+            (None, None) => unreachable!("checked"),
+        }
+    }
+
+    /// Checks the settings without reading the token file.
+    fn check(&self) -> Result<(), BuildError> {
+        match (self.enabled, &self.token, &self.token_file) {
+            (true, None, None) => Err(BuildError::new(
+                "control",
+                "enabled with no token: set control.token_file, or control.token (LONGSHORE_CONTROL__TOKEN)",
+            )),
+            (_, Some(_), Some(_)) => Err(BuildError::new(
+                "control",
+                "control.token and control.token_file are both set: set one",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -127,6 +200,22 @@ where
             return Self::from_table(json_table(&text)?, std::env::vars());
         }
         Self::from_toml(&text, std::env::vars())
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `metrics.addr`, and `/control` too
+    /// when `[control]` enables it: then put each pipeline on it with
+    /// [`MetricsServer::add_control`].
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] from `[control]` (see [`ControlConfig::surface`]), or a
+    /// [`BindError`](crate::metrics::BindError) when the address cannot be bound.
+    pub async fn serve_metrics(&self) -> Result<MetricsServer, crate::BoxError> {
+        let mut server = MetricsServer::builder(self.metrics.addr);
+        if let Some(surface) = self.control.surface()? {
+            server = server.control(surface);
+        }
+        Ok(server.bind().await?)
     }
 
     /// As [`ServiceConfig::load`], from TOML text and the given environment.
@@ -193,6 +282,7 @@ where
             .validate()
             .map_err(|error| error.within("pipeline"))?;
         config.source.validate()?;
+        config.control.check()?;
         Ok(config)
     }
 }

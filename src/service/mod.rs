@@ -28,7 +28,7 @@ mod config;
 
 pub use crate::source::SourceSettings;
 pub use cli::{LogFormat, ServiceArgs};
-pub use config::{LogConfig, MetricsConfig, ServiceConfig, ENV_PREFIX};
+pub use config::{ControlConfig, LogConfig, MetricsConfig, ServiceConfig, ENV_PREFIX};
 
 /// The exit of a service's `main`: `error: ` and the error's message (with its causes)
 /// on stderr and a failure status, instead of the `Debug` form Rust prints for a

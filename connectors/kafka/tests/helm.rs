@@ -122,6 +122,13 @@ fn every_optional_part_renders_manifests_that_validate() {
             ],
         ),
         ("hpa", &[("--set", "autoscaling.enabled=true")]),
+        (
+            "control",
+            &[
+                ("--set", "control.enabled=true"),
+                ("--set", "control.tokenSecret.name=orders-control"),
+            ],
+        ),
     ];
     for (label, sets) in variants {
         let (text, docs) = render(&kafka(sets));
@@ -250,6 +257,64 @@ fn the_configmap_gives_the_binary_the_pipeline_the_values_describe() {
             .property("security.protocol", "sasl_ssl")
     );
     assert_eq!(config.metrics.addr, "0.0.0.0:9100".parse().unwrap());
+}
+
+#[test]
+fn the_control_surface_is_off_by_default_and_on_reads_its_token_from_the_mounted_secret() {
+    let (config, docs) = rendered_config::<KafkaConfig, ()>(&kafka(&[]));
+    assert!(!config.control.enabled);
+    let pod = &of_kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert!(pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .all(|v| v["name"] != "control-token"));
+
+    let (config, docs) = rendered_config::<KafkaConfig, ()>(&kafka(&[
+        ("--set", "control.enabled=true"),
+        ("--set", "control.tokenSecret.name=orders-control"),
+        ("--set", "control.tokenSecret.key=bearer"),
+    ]));
+    assert!(config.control.enabled);
+    assert_eq!(config.control.token, None, "the token is never in the ConfigMap");
+    let file = config.control.token_file.clone().unwrap();
+    assert_eq!(
+        file,
+        std::path::Path::new("/var/run/secrets/longshore/control/bearer")
+    );
+    let pod = &of_kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "control-token")
+        .expect("the Secret is mounted");
+    assert_eq!(volume["secret"]["secretName"], "orders-control");
+    assert_eq!(volume["secret"]["items"][0]["path"], "bearer");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "control-token")
+        .unwrap();
+    assert_eq!(
+        mount["mountPath"].as_str().map(std::path::Path::new),
+        file.parent()
+    );
+    assert_eq!(mount["readOnly"], true);
+
+    // On with no Secret named: refused, saying what is missing.
+    let output = helm(&[
+        "template",
+        "orders",
+        chart().to_str().unwrap(),
+        "--set-json",
+        KAFKA_SOURCE,
+        "--set",
+        "control.enabled=true",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("control.tokenSecret.name is required"));
 }
 
 #[test]

@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use clap::Parser;
 use longshore::decode::Json;
-use longshore::metrics::MetricsServer;
 use longshore::service::{ServiceArgs, ServiceConfig};
 use longshore::{BatchInfo, BatchKey, BoxError, Handler, Permanent, Pipeline};
 use longshore_kafka::{KafkaConfig, KafkaDeadLetter, KafkaMessage, KafkaMetadata, KafkaSource};
@@ -147,7 +146,7 @@ async fn run() -> Result<(), BoxError> {
         .await?;
     }
 
-    let metrics = MetricsServer::bind(config.metrics.addr).await?;
+    let metrics = config.serve_metrics().await?;
     let dead_letter = KafkaDeadLetter::for_source(&config.source, &config.app.dead_letter_topic)?;
     let source = KafkaSource::new(config.source)?;
     let pipeline = Pipeline::builder(source, Arc::new(ToPostgres { db }))
@@ -155,6 +154,7 @@ async fn run() -> Result<(), BoxError> {
         .config(config.pipeline)
         .dead_letter(dead_letter)
         .start()?;
+    metrics.add_control(pipeline.control());
     let summary = pipeline.run_until_signal().await?;
     metrics.shutdown().await;
     eprintln!(

@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use longshore::metrics::MetricsServer;
 use longshore::service::{ServiceArgs, ServiceConfig};
 use longshore::source::memory::MemorySource;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
@@ -91,9 +90,7 @@ async fn run() -> Result<(), BoxError> {
     // The in-memory source has no settings: its section stays empty.
     let config: ServiceConfig<Empty> = args.service.load()?;
     args.service.init_logging(&config);
-    let metrics = MetricsServer::bind(config.metrics.addr)
-        .await
-        .map_err(|error| format!("metrics.addr {}: {error}", config.metrics.addr))?;
+    let metrics = config.serve_metrics().await?;
     println!("metrics on http://{}/metrics", metrics.local_addr());
     // One order in a thousand is invalid, to show the failure path.
     let orders = (0..args.count).map(|id| Order {
@@ -121,6 +118,7 @@ async fn run() -> Result<(), BoxError> {
             ),
     };
     let pipeline = builder.start()?;
+    metrics.add_control(pipeline.control());
 
     let stats = pipeline.stats();
     let started = Instant::now();

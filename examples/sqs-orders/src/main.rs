@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use clap::Parser;
 use longshore::decode::Json;
-use longshore::metrics::MetricsServer;
 use longshore::service::{ServiceArgs, ServiceConfig};
 use longshore::{BatchInfo, BoxError, Handler, Permanent, Pipeline};
 use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsMetadata, SqsSource};
@@ -126,7 +125,7 @@ async fn run() -> Result<(), BoxError> {
     )
     .await?;
 
-    let metrics = MetricsServer::bind(config.metrics.addr).await?;
+    let metrics = config.serve_metrics().await?;
     // Reached as the source is: the [source] region and endpoint.
     let dead_letter = SqsDeadLetter::connect_beside(&config.source, &config.app.dead_letter_queue).await?;
     // What the dead-letter queue took is deleted from the source queue.
@@ -136,6 +135,7 @@ async fn run() -> Result<(), BoxError> {
         .config(config.pipeline)
         .dead_letter(dead_letter)
         .start()?;
+    metrics.add_control(pipeline.control());
     let summary = pipeline.run_until_signal().await?;
     metrics.shutdown().await;
     eprintln!(

@@ -40,7 +40,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use longshore::metrics::MetricsServer;
 use longshore::service::{ServiceArgs, ServiceConfig};
 use longshore::{BoxError, Handler, Permanent, Pipeline, RetryAfter};
 use longshore_sqs::{FinalFailure, SqsConfig, SqsDeadLetter, SqsMessage, SqsMetadata, SqsSource};
@@ -135,7 +134,7 @@ async fn run() -> Result<(), BoxError> {
         .parse()
         .map_err(|error| format!("invalid app.endpoint {:?}: {error}", config.app.endpoint))?;
 
-    let metrics = MetricsServer::bind(config.metrics.addr).await?;
+    let metrics = config.serve_metrics().await?;
     let http = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let handler = CallEndpoint {
         http,
@@ -152,6 +151,7 @@ async fn run() -> Result<(), BoxError> {
         None => Pipeline::builder(SqsSource::connect(config.source).await?, handler),
     };
     let pipeline = builder.config(config.pipeline).start()?;
+    metrics.add_control(pipeline.control());
     let summary = pipeline.run_until_signal().await?;
     metrics.shutdown().await;
     eprintln!(

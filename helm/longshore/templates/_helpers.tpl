@@ -35,5 +35,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $pipeline "shutdown_deadline" (printf "%ds" (int .Values.shutdownDeadlineSeconds)) -}}
 {{- $_ := set $config "pipeline" $pipeline -}}
 {{- $_ := set $config "metrics" (dict "addr" (printf "0.0.0.0:%d" (int .Values.metricsPort))) -}}
+{{- if .Values.control.enabled -}}
+{{- $_ := set $config "control" (dict "enabled" true "token_file" (printf "%s/%s" (include "longshore.controlTokenDir" .) .Values.control.tokenSecret.key)) -}}
+{{- end -}}
 {{- toPrettyJson $config -}}
+{{- end -}}
+
+{{/* Where the control token's Secret is mounted. */}}
+{{- define "longshore.controlTokenDir" -}}
+/var/run/secrets/longshore/control
 {{- end -}}
