@@ -2,7 +2,7 @@
 //! records fetched but not yet handed to the pipeline. Shared by the poll thread, the
 //! rebalance callbacks and the acknowledger.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,6 +42,38 @@ pub(crate) struct State {
     pub(crate) finished: bool,
     /// When the poll thread last went round its loop.
     pub(crate) polled_at: Instant,
+    /// Partitions and topics an operator paused (see [`KafkaPause`](crate::KafkaPause)):
+    /// kept across rebalances, so that a partition paused comes back paused.
+    pub(crate) held: Held,
+}
+
+/// What an operator paused.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) partitions: HashSet<TopicPartition>,
+    pub(crate) topics: HashSet<Arc<str>>,
+    /// Changed since the poll thread last applied it.
+    pub(crate) changed: bool,
+    /// The assigned partitions librdkafka was told to pause for it: nothing more of them
+    /// is fetched.
+    pub(crate) applied: HashSet<TopicPartition>,
+    /// The high watermarks of the held partitions, read from the brokers: librdkafka's
+    /// statistics take them from fetch responses, and a paused partition has none.
+    pub(crate) high_watermarks: HashMap<TopicPartition, i64>,
+}
+
+impl Held {
+    pub(crate) fn contains(&self, key: &TopicPartition) -> bool {
+        self.topics.contains(&key.0) || self.partitions.contains(key)
+    }
+
+    /// The high watermark of `key` as known: the newer of librdkafka's (`fetched`) and
+    /// the one read while it was held.
+    pub(crate) fn high_watermark(&self, key: &TopicPartition, fetched: i64) -> i64 {
+        self.high_watermarks
+            .get(key)
+            .map_or(fetched, |&read| read.max(fetched))
+    }
 }
 
 impl Default for State {
@@ -56,6 +88,7 @@ impl Default for State {
             stopped: false,
             finished: false,
             polled_at: Instant::now(),
+            held: Held::default(),
         }
     }
 }
@@ -207,17 +240,41 @@ impl Shared {
         pending
     }
 
-    /// The partitions of `tpl` that are not paused for having their limit handed out.
+    /// The partitions of `tpl` that are not paused for having their limit handed out nor
+    /// by an operator.
     pub(crate) fn not_paused(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
         let state = self.lock();
         let mut running = TopicPartitionList::new();
         for element in tpl.elements() {
             let key = key_of(&element);
-            if !state.partitions.get(&key).is_some_and(|p| p.paused) {
+            if !state.partitions.get(&key).is_some_and(|p| p.paused) && !state.held.contains(&key) {
                 running.add_partition(&key.0, key.1);
             }
         }
         running
+    }
+
+    /// The partitions of `tpl` an operator paused.
+    pub(crate) fn held(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let state = self.lock();
+        let mut held = TopicPartitionList::new();
+        for element in tpl.elements() {
+            let key = key_of(&element);
+            if state.held.contains(&key) {
+                held.add_partition(&key.0, key.1);
+            }
+        }
+        held
+    }
+
+    /// librdkafka was told to pause `paused` for an operator; with `all`, those are all
+    /// the assignment holds so paused.
+    pub(crate) fn held_applied(&self, paused: &TopicPartitionList, all: bool) {
+        let mut state = self.lock();
+        if all {
+            state.held.applied.clear();
+        }
+        state.held.applied.extend(paused.elements().iter().map(key_of));
     }
 
     /// New partitions: each starts a new generation. Returns the commits refused at an

@@ -7,6 +7,9 @@
 //!
 //! Read with no broker round trip: the high watermarks come from librdkafka's statistics
 //! (cached from fetch responses), the committed offsets from the source's own commits.
+//! A partition paused by an operator is fetched no more: its high watermark is read from
+//! the brokers instead, every `lag_interval` (one request for all of them), so that its
+//! lag is seen growing.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -84,8 +87,11 @@ impl KafkaLag {
             else {
                 continue;
             };
+            let high_watermark = state
+                .held
+                .high_watermark(&(topic.clone(), *partition), stats.hi_offset);
             // -1 (or below): not known yet.
-            if stats.hi_offset < 0 {
+            if high_watermark < 0 {
                 continue;
             }
             let committed = tracked
@@ -105,9 +111,9 @@ impl KafkaLag {
                 consumergroup: group.to_owned(),
                 topic: topic.to_string(),
                 partition: *partition,
-                high_watermark: stats.hi_offset,
+                high_watermark,
                 committed,
-                lag: (stats.hi_offset - committed).max(0),
+                lag: (high_watermark - committed).max(0),
                 lag_seconds,
                 stalled_seconds,
             });

@@ -110,6 +110,14 @@ impl ConsumerContext for Context {
                 if let Err(error) = consumer.resume(&self.shared.not_paused(&resume)) {
                     tracing::warn!(%error, "cannot resume assigned partitions");
                 }
+                // A partition an operator paused comes back paused.
+                let held = self.shared.held(tpl);
+                if held.count() > 0 {
+                    match consumer.pause(&held) {
+                        Ok(()) => self.shared.held_applied(&held, false),
+                        Err(error) => tracing::warn!(%error, "cannot pause partitions paused by an operator"),
+                    }
+                }
                 let pending = self.shared.pending(tpl);
                 let group = (pending.count() > 0)
                     .then(|| consumer.committed_offsets(pending, COMMITTED_TIMEOUT))
@@ -147,7 +155,12 @@ fn commit(consumer: &BaseConsumer<Context>, commits: &TopicPartitionList, mode: 
 pub(crate) struct Intervals {
     pub(crate) commit: Duration,
     pub(crate) close: Duration,
+    /// How often the held partitions' high watermarks are read (`lag_interval`).
+    pub(crate) lag: Duration,
 }
+
+/// The bound on reading the held partitions' high watermarks, on the poll thread.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) fn spawn(
     consumer: BaseConsumer<Context>,
@@ -222,10 +235,11 @@ impl Poller {
 
     fn run(mut self, intervals: Intervals, group: &str) {
         let mut last_commit = Instant::now();
+        let mut watermarks_read = Instant::now();
         let mut full_since: Option<Instant> = None;
         let errors = ClientErrors::new(group);
         loop {
-            let (stopped, finished, queued, paused_all) = {
+            let (stopped, finished, queued, paused_all, held_changed) = {
                 let mut state = self.shared.lock();
                 // The liveness check's heartbeat.
                 state.polled_at = Instant::now();
@@ -234,10 +248,14 @@ impl Poller {
                     state.finished,
                     self.shared.takeable(&state),
                     state.paused_all,
+                    std::mem::take(&mut state.held.changed),
                 )
             };
             if finished {
                 break;
+            }
+            if held_changed {
+                self.apply_held(paused_all);
             }
             if stopped && !paused_all {
                 self.pause_all(true);
@@ -298,6 +316,10 @@ impl Poller {
                 commit(&self.consumer, &self.shared.commits(false), CommitMode::Async);
                 last_commit = Instant::now();
             }
+            if watermarks_read.elapsed() >= intervals.lag {
+                self.read_held_watermarks();
+                watermarks_read = Instant::now();
+            }
         }
         // The final commit is what saves a restart from reading the run's tail again: a
         // refusal (a rebalance, a coordinator moving) is retried a few times, polling in
@@ -316,10 +338,74 @@ impl Poller {
         // Dropping the consumer leaves the group.
     }
 
+    /// Pauses the assigned partitions an operator paused, and resumes the others that
+    /// nothing else holds paused (unless every partition is paused: a stall or a stop).
+    fn apply_held(&mut self, paused_all: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the assignment");
+                // Applied on the next round.
+                self.shared.lock().held.changed = true;
+                return;
+            }
+        };
+        let held = self.shared.held(&assignment);
+        if held.count() > 0 {
+            if let Err(error) = self.consumer.pause(&held) {
+                tracing::warn!(%error, "cannot pause partitions");
+                self.shared.lock().held.changed = true;
+                return;
+            }
+        }
+        self.shared.held_applied(&held, true);
+        if !paused_all {
+            if let Err(error) = self.consumer.resume(&self.shared.not_paused(&assignment)) {
+                tracing::warn!(%error, "cannot resume partitions");
+            }
+        }
+    }
+
+    /// Reads the high watermarks of the assigned partitions an operator holds paused,
+    /// in one request per broker (a list-offsets of the latest), for their lag.
+    fn read_held_watermarks(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let held = self.shared.held(&assignment);
+        let mut read = HashMap::new();
+        if held.count() > 0 {
+            let mut latest = TopicPartitionList::new();
+            for element in held.elements() {
+                // A timestamp of -1 asks for the latest offset: the high watermark.
+                let _ =
+                    latest.add_partition_offset(element.topic(), element.partition(), rdkafka::Offset::End);
+            }
+            match self.consumer.offsets_for_times(latest, WATERMARKS_TIMEOUT) {
+                Ok(offsets) => {
+                    for element in offsets.elements() {
+                        if let rdkafka::Offset::Offset(high) = element.offset() {
+                            read.insert((Arc::from(element.topic()), element.partition()), high);
+                        }
+                    }
+                }
+                Err(error) => {
+                    // The last ones read stand until a read succeeds.
+                    tracing::debug!(%error, "cannot read the paused partitions' high watermarks");
+                    return;
+                }
+            }
+        }
+        self.shared.lock().held.high_watermarks = read;
+    }
+
     fn resume_drained(&mut self) {
         let (resume, paused_all) = {
             let mut state = self.shared.lock();
-            (std::mem::take(&mut state.to_resume), state.paused_all)
+            let mut resume = std::mem::take(&mut state.to_resume);
+            // Drained, but paused by an operator: it stays paused.
+            resume.retain(|key| !state.held.contains(key));
+            (resume, state.paused_all)
         };
         if !resume.is_empty() && !paused_all {
             self.set_paused(&resume, false);

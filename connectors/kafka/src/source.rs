@@ -68,6 +68,7 @@ impl KafkaSource {
         let intervals = Intervals {
             commit: config.commit_interval,
             close: config.close_timeout,
+            lag: config.lag_interval,
         };
         let wedged_after = config.rebalance_timeout()?;
         let poller = poller::spawn(consumer, shared.clone(), intervals, config.group_id)?;
@@ -86,6 +87,12 @@ impl KafkaSource {
     /// The consumer's lag per partition, refreshed every `lag_interval`.
     pub fn lag(&self) -> KafkaLag {
         self.lag.clone()
+    }
+
+    /// A handle to pause and resume single partitions or topics while the pipeline runs
+    /// (see [`KafkaPause`](crate::KafkaPause)).
+    pub fn pause_control(&self) -> crate::KafkaPause {
+        crate::KafkaPause(self.shared.clone())
     }
 
     /// A live view of the assignment: per partition, paused or not, records queued and

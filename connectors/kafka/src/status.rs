@@ -18,6 +18,9 @@ pub struct PartitionStatus {
     /// Paused for having its share of the in-flight budget handed out (or the whole
     /// assignment is paused, see [`KafkaStatus::stalled`]).
     pub paused: bool,
+    /// Paused by an operator, itself or its topic (see [`KafkaPause`](crate::KafkaPause)),
+    /// and in effect: nothing more of it is fetched.
+    pub held: bool,
     /// Records fetched and waiting in the source's queue.
     pub queued: usize,
     /// Records handed to the pipeline and not yet acknowledged.
@@ -48,10 +51,11 @@ impl KafkaStatus {
         let mut partitions: Vec<PartitionStatus> = state
             .partitions
             .iter()
-            .map(|((topic, partition), p)| PartitionStatus {
-                topic: topic.to_string(),
-                partition: *partition,
+            .map(|(key, p)| PartitionStatus {
+                topic: key.0.to_string(),
+                partition: key.1,
                 paused: p.paused || state.paused_all,
+                held: state.held.applied.contains(key),
                 queued: p.queued(),
                 in_flight: p.handed_out(),
             })

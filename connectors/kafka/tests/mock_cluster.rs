@@ -625,3 +625,102 @@ async fn records_of_arbitrary_bytes_arrive_exactly_as_written() {
         assert_eq!(record.headers(), headers.as_slice(), "record {i}, seed {seed}");
     }
 }
+
+/// The broker's high watermark of each partition of `topic`.
+fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_lags_while_the_others_are_consumed_and_drains_once_resumed() {
+    let _serial = common::serial().await;
+    let cluster = cluster("pausing", 3);
+    let bootstrap = cluster.bootstrap_servers();
+    let stream = Stream::start(&bootstrap, "pausing", 3, 300);
+
+    let config = config(&bootstrap, "g-pause", "pausing")
+        .lag_interval(Duration::from_millis(100))
+        .max_buffered_per_partition(16);
+    let source = KafkaSource::new(config).unwrap();
+    let (pause, status, lag) = (source.pause_control(), source.status(), source.lag());
+    let recorder = Arc::new(Recorder::default());
+    let pipeline = Pipeline::builder(source, recorder.clone())
+        .processors(Processors::new(2).max_demand(10).min_demand(5))
+        .start()
+        .unwrap();
+    let handled = |partition: i32| {
+        recorder
+            .offsets_by_partition()
+            .get(&partition)
+            .map_or(0, Vec::len)
+    };
+    eventually(WAIT, || handled(1) >= 20).await;
+
+    pause.pause_partition("pausing", 1);
+    assert!(pause.is_paused("pausing", 1));
+    // What it had fetched goes through the pipeline; then nothing more comes.
+    let drained = || {
+        status
+            .partitions()
+            .iter()
+            .any(|p| p.partition == 1 && p.held && p.queued == 0 && p.in_flight == 0)
+    };
+    eventually(WAIT, drained).await;
+    let (held_at, others_at) = (handled(1), (handled(0), handled(2)));
+    // Records handled in order from offset 0: the group commits up to the last of them.
+    let committed_1 = || committed(&bootstrap, "g-pause", "pausing", 3)[1];
+    eventually_eq(WAIT, committed_1, held_at as i64).await;
+    let broker_lag = || high_watermarks(&bootstrap, "pausing", 3)[1] - committed_1();
+    let lag_at = broker_lag();
+    // Partition 1's lag, measured at the broker, grows while the others are consumed.
+    eventually(WAIT, || broker_lag() >= lag_at + 100).await;
+    let lag_now = broker_lag();
+    eventually(WAIT, || {
+        handled(0) >= others_at.0 + 100 && handled(2) >= others_at.1 + 100
+    })
+    .await;
+    assert_eq!(handled(1), held_at, "nothing of a paused partition is fetched");
+    // The source's lag gauge sees it too.
+    eventually(WAIT, || {
+        lag.snapshot()
+            .iter()
+            .any(|l| l.partition == 1 && l.lag >= lag_now)
+    })
+    .await;
+
+    pause.resume_partition("pausing", 1);
+    let written = stream.stop();
+    eventually(WAIT, || stats_done(&recorder, written)).await;
+    let expected = per_partition(written, 3);
+    eventually_eq(WAIT, || committed(&bootstrap, "g-pause", "pausing", 3), expected).await;
+    pipeline.shutdown().await.unwrap();
+    let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
+    assert_eq!(
+        payloads,
+        (0..written).collect(),
+        "every record handled, none lost"
+    );
+    for (partition, offsets) in recorder.offsets_by_partition() {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} out of order or repeated"
+        );
+    }
+}
+
+/// Whether every payload below `written` was handled.
+fn stats_done(recorder: &Recorder, written: usize) -> bool {
+    let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
+    payloads.len() >= written && payloads.iter().next_back() == Some(&(written - 1))
+}
