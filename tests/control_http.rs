@@ -37,7 +37,7 @@ fn json(body: &str) -> Value {
 async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_request_whole() {
     let surface = ControlSurface::new(TOKEN).unwrap();
     let server = MetricsServer::builder("127.0.0.1:0".parse().unwrap())
-        .control(surface.clone())
+        .control(surface)
         .bind()
         .await
         .unwrap();
@@ -48,7 +48,7 @@ async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_re
         .batcher(Batcher::new("db").batch_size(10))
         .start()
         .unwrap();
-    surface.add(pipeline.control());
+    server.add_pipeline(pipeline.control());
     let scaling = pipeline.scaling();
     let addr = server.local_addr();
     let bearer = format!("Bearer {TOKEN}");

@@ -9,5 +9,6 @@ pub(crate) mod changes;
 pub(crate) mod pause;
 pub(crate) mod scaling;
 mod surface;
+pub(crate) mod watched;
 
 pub use surface::{Control, ControlSurface, MIN_TOKEN_LEN};

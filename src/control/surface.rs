@@ -1,9 +1,11 @@
 //! The control surface: JSON endpoints on the metrics server that read and change running
 //! pipelines, behind a bearer token. Off unless a [`ControlSurface`] is given to
-//! [`MetricsServer::builder`](crate::metrics::MetricsServer::builder).
+//! [`MetricsServer::builder`](crate::metrics::MetricsServer::builder); the pipelines are
+//! those put on the server with
+//! [`MetricsServer::add_pipeline`](crate::metrics::MetricsServer::add_pipeline).
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -20,6 +22,7 @@ use crate::control::batching::Batching;
 use crate::control::changes::ChangeLog;
 use crate::control::pause::PauseSwitch;
 use crate::control::scaling::{self, Scaling};
+use crate::control::watched::Watched;
 use crate::error::BuildError;
 use crate::failure::rate_limit::{RateLimit, RateLimits};
 use crate::pipeline::StatsHandle;
@@ -45,7 +48,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// (`null` removes a rate limit; a field left out stays as it is.)
 ///
 /// ```
-/// use longshore::control::{Control, ControlSurface};
+/// use longshore::control::ControlSurface;
 /// use longshore::metrics::MetricsServer;
 /// use longshore::source::memory::MemorySource;
 /// use longshore::{BoxError, Handler, Message, Pipeline};
@@ -62,9 +65,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let surface = ControlSurface::new("a-long-random-secret-token")?;
-/// let server = MetricsServer::builder("127.0.0.1:0".parse()?).control(surface.clone()).bind().await?;
+/// let server = MetricsServer::builder("127.0.0.1:0".parse()?).control(surface).bind().await?;
 /// let pipeline = Pipeline::builder(MemorySource::from_iter(0..100u64), Ignore).start()?;
-/// surface.add(pipeline.control());
+/// server.add_pipeline(pipeline.control());
 /// assert_eq!(ControlSurface::new("short").unwrap_err().to_string(), "invalid control.token: must be at least 16 characters, got 5");
 /// pipeline.wait().await?;
 /// server.shutdown().await;
@@ -73,19 +76,20 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[derive(Clone)]
 pub struct ControlSurface {
     token: Arc<[u8]>,
-    pipelines: Arc<RwLock<Vec<Control>>>,
 }
 
 impl std::fmt::Debug for ControlSurface {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
-        f.debug_struct("ControlSurface")
-            .field(
-                "pipelines",
-                &self.list().iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
+        f.debug_struct("ControlSurface").finish_non_exhaustive()
     }
+}
+
+/// What the control routes share: the token, and the server's pipelines.
+#[derive(Clone)]
+struct Surface {
+    surface: ControlSurface,
+    pipelines: Watched,
 }
 
 impl ControlSurface {
@@ -108,7 +112,6 @@ impl ControlSurface {
         }
         Ok(ControlSurface {
             token: Arc::from(token.as_bytes()),
-            pipelines: Arc::default(),
         })
     }
 
@@ -129,24 +132,8 @@ impl ControlSurface {
         ControlSurface::new(token)
     }
 
-    /// Puts a pipeline's controls on the surface (a pipeline added again under the same
-    /// name replaces the one before).
-    pub fn add(&self, control: Control) {
-        let mut pipelines = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
-        pipelines.retain(|known| known.name != control.name);
-        pipelines.push(control);
-    }
-
-    fn list(&self) -> Vec<Control> {
-        self.pipelines.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn find(&self, name: &str) -> Option<Control> {
-        self.list().into_iter().find(|control| *control.name == *name)
-    }
-
     /// Whether `headers` carry the token, compared in constant time.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(given) = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -157,12 +144,15 @@ impl ControlSurface {
         bool::from(given.trim().as_bytes().ct_eq(&self.token))
     }
 
-    /// The surface's routes, for the metrics server.
-    pub(crate) fn routes(&self) -> Router {
+    /// The surface's routes over `pipelines`, for the metrics server.
+    pub(crate) fn routes(&self, pipelines: Watched) -> Router {
         Router::new()
             .route("/control", get(overview))
             .route("/control/pipelines/{name}", get(one).patch(change))
-            .with_state(self.clone())
+            .with_state(Surface {
+                surface: self.clone(),
+                pipelines,
+            })
     }
 }
 
@@ -348,38 +338,34 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
 }
 
-async fn overview(State(surface): State<ControlSurface>, headers: HeaderMap) -> Response {
-    if !surface.authorized(&headers) {
+async fn overview(State(surface): State<Surface>, headers: HeaderMap) -> Response {
+    if !surface.surface.authorized(&headers) {
         return refused();
     }
-    let pipelines: Vec<Value> = surface.list().iter().map(Control::to_json).collect();
+    let pipelines: Vec<Value> = surface.pipelines.list().iter().map(Control::to_json).collect();
     axum::Json(json!({ "pipelines": pipelines })).into_response()
 }
 
-async fn one(
-    State(surface): State<ControlSurface>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !surface.authorized(&headers) {
+async fn one(State(surface): State<Surface>, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
+    if !surface.surface.authorized(&headers) {
         return refused();
     }
-    match surface.find(&name) {
+    match surface.pipelines.find(&name) {
         Some(control) => axum::Json(control.to_json()).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no pipeline named {name}")),
     }
 }
 
 async fn change(
-    State(surface): State<ControlSurface>,
+    State(surface): State<Surface>,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !surface.authorized(&headers) {
+    if !surface.surface.authorized(&headers) {
         return refused();
     }
-    let Some(control) = surface.find(&name) else {
+    let Some(control) = surface.pipelines.find(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no pipeline named {name}"));
     };
     let patch: Patch = match serde_json::from_slice(&body) {

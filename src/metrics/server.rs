@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, registry};
+use crate::control::watched::Watched;
 use crate::control::{Control, ControlSurface};
 
 /// Serves `/metrics` (the process registry in Prometheus' text format), `/healthz`
@@ -29,7 +30,7 @@ use crate::control::{Control, ControlSurface};
 #[derive(Debug)]
 pub struct MetricsServer {
     local_addr: SocketAddr,
-    control: Option<ControlSurface>,
+    pipelines: Watched,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -117,8 +118,9 @@ impl MetricsServer {
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz));
+        let pipelines = Watched::default();
         if let Some(surface) = &control {
-            app = app.merge(surface.routes());
+            app = app.merge(surface.routes(pipelines.clone()));
         }
         let stop = CancellationToken::new();
         let stopped = stop.clone().cancelled_owned();
@@ -130,7 +132,7 @@ impl MetricsServer {
         tracing::info!(%local_addr, control = control.is_some(), "metrics and health endpoint listening");
         Ok(MetricsServer {
             local_addr,
-            control,
+            pipelines,
             stop,
             task,
         })
@@ -141,12 +143,10 @@ impl MetricsServer {
         self.local_addr
     }
 
-    /// Puts a pipeline's controls on the server's control surface; nothing when it has
-    /// none (the control surface is off).
-    pub fn add_control(&self, control: Control) {
-        if let Some(surface) = &self.control {
-            surface.add(control);
-        }
+    /// Puts a pipeline on the server: shown on `/topology` and, with the control surface
+    /// on, offered on `/control`. A pipeline of the same name is replaced.
+    pub fn add_pipeline(&self, control: Control) {
+        self.pipelines.add(control);
     }
 
     /// Stops serving, letting requests under way finish.

@@ -204,7 +204,7 @@ where
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on `metrics.addr`, and `/control` too
     /// when `[control]` enables it: then put each pipeline on it with
-    /// [`MetricsServer::add_control`].
+    /// [`MetricsServer::add_pipeline`].
     ///
     /// # Errors
     ///

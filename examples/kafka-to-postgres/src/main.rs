@@ -154,7 +154,7 @@ async fn run() -> Result<(), BoxError> {
         .config(config.pipeline)
         .dead_letter(dead_letter)
         .start()?;
-    metrics.add_control(pipeline.control());
+    metrics.add_pipeline(pipeline.control());
     let summary = pipeline.run_until_signal().await?;
     metrics.shutdown().await;
     eprintln!(

@@ -118,7 +118,7 @@ async fn run() -> Result<(), BoxError> {
             ),
     };
     let pipeline = builder.start()?;
-    metrics.add_control(pipeline.control());
+    metrics.add_pipeline(pipeline.control());
 
     let stats = pipeline.stats();
     let started = Instant::now();

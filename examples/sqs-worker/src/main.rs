@@ -151,7 +151,7 @@ async fn run() -> Result<(), BoxError> {
         None => Pipeline::builder(SqsSource::connect(config.source).await?, handler),
     };
     let pipeline = builder.config(config.pipeline).start()?;
-    metrics.add_control(pipeline.control());
+    metrics.add_pipeline(pipeline.control());
     let summary = pipeline.run_until_signal().await?;
     metrics.shutdown().await;
     eprintln!(
