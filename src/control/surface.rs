@@ -272,7 +272,7 @@ impl Control {
     }
 
     /// The pipeline's settings, counts and last changes, as the surface shows them.
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let stats = self.stats.get();
         let batchers: serde_json::Map<String, Value> = self
             .batching

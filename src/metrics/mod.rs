@@ -8,7 +8,9 @@
 //! (and the connectors' `topic`, `partition`, ...), never a message key.
 
 mod families;
+mod feed;
 pub(crate) mod health;
+mod page;
 mod server;
 
 use std::sync::OnceLock;

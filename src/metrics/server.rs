@@ -119,6 +119,7 @@ impl MetricsServer {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz));
         let pipelines = Watched::default();
+        app = app.merge(super::page::routes(pipelines.clone(), control.is_some()));
         if let Some(surface) = &control {
             app = app.merge(surface.routes(pipelines.clone()));
         }

@@ -321,7 +321,7 @@ impl StatsHandle {
 }
 
 /// A pipeline's counts at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Messages received from the source.

@@ -33,8 +33,28 @@ pub async fn request(
     request.push_str("\r\n");
     request.push_str(body);
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    // To the end of the body its length gives (some servers keep the connection open
+    // whatever the request asked), else to the end of the stream.
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let read = stream.read(&mut chunk).await.unwrap();
+        response.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&response);
+        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .is_some_and(|length| body.len() >= length)
+        });
+        if read == 0 || complete {
+            break;
+        }
+    }
+    let response = String::from_utf8(response).expect("a text response");
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head
         .split_whitespace()

@@ -1,0 +1,510 @@
+//! The figures of `/topology.json`: per pipeline and stage, what the metrics registry and
+//! the pipeline's own counts say now, the rates over the last window of at least a
+//! second, and the stage that limits throughput, with the reason in words.
+//!
+//! Computed here, not in the page, so that they are the same for every client and
+//! tested in Rust; the page only draws them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::proto::{MetricFamily, MetricType};
+use serde::Serialize;
+
+use super::registry;
+use crate::control::Control;
+use crate::pipeline::Stats;
+
+/// Rates are taken over at least this long: the page refreshes each second.
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
+
+/// A stage busier than this (handler time over wall time, per task) limits throughput.
+const BUSY: f64 = 80.0;
+
+/// The stages, in the order messages pass them, as the metrics label them.
+const STAGES: [&str; 4] = ["producer", "processor", "batcher", "batch_processor"];
+
+/// One stage's figures, as the page shows them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct StageView {
+    pub(crate) stage: &'static str,
+    /// The batcher's name; empty for the producer and the processors.
+    pub(crate) batcher: String,
+    pub(crate) tasks: i64,
+    /// Messages asked for and not yet received.
+    pub(crate) demand: i64,
+    /// Messages inside the stage.
+    pub(crate) in_flight: i64,
+    /// Handling attempts per second over the window.
+    pub(crate) per_second: f64,
+    /// Handler time over wall time, per task, over the window.
+    pub(crate) busy_percent: f64,
+    /// Handler latency percentiles over the window (a bucket's upper bound), if any
+    /// call ended in it.
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    /// Batcher: batches closed per second, by trigger (size, timeout, flush, retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) batches_per_second: Option<HashMap<String, f64>>,
+}
+
+/// The stage that limits throughput, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct Bottleneck {
+    /// `producer`, `processor`, `batch_processor`; `none` when nothing limits.
+    pub(crate) stage: &'static str,
+    pub(crate) batcher: String,
+    pub(crate) reason: String,
+}
+
+/// One pipeline's figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PipelineView {
+    pub(crate) name: String,
+    pub(crate) paused: bool,
+    pub(crate) received: u64,
+    pub(crate) successful: u64,
+    pub(crate) failed: u64,
+    pub(crate) retried: u64,
+    pub(crate) in_flight: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) received_per_second: f64,
+    pub(crate) acknowledged_per_second: f64,
+    /// Share of the window fetching waited for the pipeline's rate limit.
+    pub(crate) rate_limited_percent: f64,
+    pub(crate) stages: Vec<StageView>,
+    pub(crate) bottleneck: Bottleneck,
+    /// The window the rates were taken over, in seconds (0 before the first).
+    pub(crate) window_seconds: f64,
+    /// The settings a control could change (see the control surface).
+    pub(crate) settings: serde_json::Value,
+}
+
+/// A stage's counters at one moment.
+#[derive(Debug, Clone, Default)]
+struct StageSample {
+    tasks: i64,
+    demand: i64,
+    in_flight: i64,
+    handled: f64,
+    duration_sum: f64,
+    /// Cumulative counts per upper bound, as the histogram keeps them.
+    buckets: Vec<(f64, u64)>,
+    batches: HashMap<String, f64>,
+}
+
+/// A pipeline's counters at one moment.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    stats: Stats,
+    stages: HashMap<(String, String), StageSample>,
+    rate_limited: f64,
+}
+
+/// The rates of one window.
+#[derive(Debug, Clone, Default)]
+struct Rates {
+    window: Duration,
+    received: f64,
+    acknowledged: f64,
+    rate_limited_percent: f64,
+    stages: HashMap<(String, String), StageRates>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StageRates {
+    per_second: f64,
+    busy_percent: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    batches: HashMap<String, f64>,
+}
+
+/// Per pipeline: the window's start, and the rates of the last window completed.
+#[derive(Debug, Default)]
+pub(crate) struct Feeds {
+    windows: Mutex<HashMap<String, (Sample, Rates)>>,
+}
+
+impl Feeds {
+    /// The figures of `control`'s pipeline now.
+    pub(crate) fn view(&self, control: &Control, families: &[MetricFamily]) -> PipelineView {
+        let now = sample(&control.name, control.stats.get(), families);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let rates = match windows.get_mut(&*control.name) {
+            Some((start, rates)) => {
+                if now.at.duration_since(start.at) >= WINDOW {
+                    *rates = between(start, &now);
+                    *start = now.clone();
+                }
+                rates.clone()
+            }
+            None => {
+                windows.insert(control.name.to_string(), (now.clone(), Rates::default()));
+                Rates::default()
+            }
+        };
+        drop(windows);
+        view(control, &now, &rates)
+    }
+}
+
+/// The registry's families, gathered once per request for every pipeline.
+pub(crate) fn gather() -> Vec<MetricFamily> {
+    registry().gather()
+}
+
+fn label<'a>(metric: &'a prometheus::proto::Metric, name: &str) -> &'a str {
+    metric
+        .get_label()
+        .iter()
+        .find(|l| l.name() == name)
+        .map_or("", |l| l.value())
+}
+
+fn sample(pipeline: &str, stats: Stats, families: &[MetricFamily]) -> Sample {
+    let mut stages: HashMap<(String, String), StageSample> = HashMap::new();
+    let mut rate_limited = 0.0;
+    for family in families {
+        for metric in family.get_metric() {
+            if label(metric, "pipeline") != pipeline {
+                continue;
+            }
+            let key = (
+                label(metric, "stage").to_owned(),
+                label(metric, "batcher").to_owned(),
+            );
+            match family.name() {
+                "longshore_stage_tasks" => {
+                    stages.entry(key).or_default().tasks = metric.get_gauge().get_value() as i64
+                }
+                "longshore_stage_demand_messages" => {
+                    stages.entry(key).or_default().demand = metric.get_gauge().get_value() as i64;
+                }
+                "longshore_stage_in_flight_messages" => {
+                    stages.entry(key).or_default().in_flight = metric.get_gauge().get_value() as i64;
+                }
+                "longshore_stage_messages_total" => {
+                    stages.entry(key).or_default().handled += metric.get_counter().get_value()
+                }
+                "longshore_stage_duration_seconds" if family.get_field_type() == MetricType::HISTOGRAM => {
+                    let histogram = metric.get_histogram();
+                    let stage = stages.entry(key).or_default();
+                    stage.duration_sum = histogram.get_sample_sum();
+                    stage.buckets = histogram
+                        .get_bucket()
+                        .iter()
+                        .map(|b| (b.upper_bound(), b.cumulative_count()))
+                        .collect();
+                }
+                "longshore_batches_total" => {
+                    let batcher = label(metric, "batcher").to_owned();
+                    let stage = stages.entry(("batcher".to_owned(), batcher)).or_default();
+                    stage.batches.insert(
+                        label(metric, "trigger").to_owned(),
+                        metric.get_counter().get_value(),
+                    );
+                }
+                "longshore_rate_limited_seconds_total" if label(metric, "limiter") == "source" => {
+                    rate_limited = metric.get_counter().get_value();
+                }
+                _ => {}
+            }
+        }
+    }
+    Sample {
+        at: Instant::now(),
+        stats,
+        stages,
+        rate_limited,
+    }
+}
+
+/// The upper bound (ms) of the bucket holding quantile `q` of the calls between two
+/// cumulative histograms.
+fn quantile(start: &[(f64, u64)], end: &[(f64, u64)], q: f64) -> Option<f64> {
+    let counts: Vec<(f64, u64)> = end
+        .iter()
+        .map(|&(bound, count)| {
+            let before = start.iter().find(|(b, _)| *b == bound).map_or(0, |(_, c)| *c);
+            (bound, count.saturating_sub(before))
+        })
+        .collect();
+    let total = counts.last().map(|&(_, count)| count)?;
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    counts
+        .iter()
+        .find(|&&(_, count)| count >= rank)
+        .map(|&(bound, _)| bound * 1000.0)
+}
+
+fn between(start: &Sample, end: &Sample) -> Rates {
+    let seconds = end.at.duration_since(start.at).as_secs_f64().max(f64::EPSILON);
+    let per_second = |a: f64, b: f64| ((b - a) / seconds).max(0.0);
+    let stages = end
+        .stages
+        .iter()
+        .map(|(key, now)| {
+            let before = start.stages.get(key).cloned().unwrap_or_default();
+            let busy_time = (now.duration_sum - before.duration_sum).max(0.0);
+            let tasks = now.tasks.max(1) as f64;
+            let batches = now
+                .batches
+                .iter()
+                .map(|(trigger, count)| {
+                    let was = before.batches.get(trigger).copied().unwrap_or(0.0);
+                    (trigger.clone(), per_second(was, *count))
+                })
+                .collect();
+            let rates = StageRates {
+                per_second: per_second(before.handled, now.handled),
+                busy_percent: (busy_time / seconds / tasks * 100.0).min(100.0),
+                p50_ms: quantile(&before.buckets, &now.buckets, 0.5),
+                p99_ms: quantile(&before.buckets, &now.buckets, 0.99),
+                batches,
+            };
+            (key.clone(), rates)
+        })
+        .collect();
+    let acknowledged = |s: &Stats| (s.successful + s.failed + s.redelivered) as f64;
+    Rates {
+        window: end.at.duration_since(start.at),
+        received: per_second(start.stats.received as f64, end.stats.received as f64),
+        acknowledged: per_second(acknowledged(&start.stats), acknowledged(&end.stats)),
+        rate_limited_percent: (per_second(start.rate_limited, end.rate_limited) * 100.0).min(100.0),
+        stages,
+    }
+}
+
+fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
+    let mut stages: Vec<StageView> = now
+        .stages
+        .iter()
+        .filter(|((stage, _), _)| STAGES.contains(&stage.as_str()))
+        .map(|(key, sample)| {
+            let stage = STAGES.iter().find(|s| **s == key.0).copied().unwrap_or("");
+            let rate = rates.stages.get(key).cloned().unwrap_or_default();
+            StageView {
+                stage,
+                batcher: key.1.clone(),
+                tasks: sample.tasks,
+                demand: sample.demand,
+                in_flight: sample.in_flight,
+                per_second: rate.per_second,
+                busy_percent: rate.busy_percent,
+                p50_ms: rate.p50_ms,
+                p99_ms: rate.p99_ms,
+                batches_per_second: (stage == "batcher").then_some(rate.batches),
+            }
+        })
+        .collect();
+    let order = |view: &StageView| STAGES.iter().position(|s| *s == view.stage);
+    stages.sort_by(|a, b| (order(a), &a.batcher).cmp(&(order(b), &b.batcher)));
+    let paused = control.pause.is_paused();
+    let bottleneck = bottleneck(paused, &now.stats, rates, &stages);
+    let mut settings = control.to_json();
+    if let Some(settings) = settings.as_object_mut() {
+        settings.remove("stats");
+        settings.remove("changes");
+    }
+    PipelineView {
+        name: control.name.to_string(),
+        paused,
+        received: now.stats.received,
+        successful: now.stats.successful,
+        failed: now.stats.failed,
+        retried: now.stats.retried,
+        in_flight: now.stats.in_flight,
+        max_in_flight: now.stats.max_in_flight,
+        received_per_second: rates.received,
+        acknowledged_per_second: rates.acknowledged,
+        rate_limited_percent: rates.rate_limited_percent,
+        stages,
+        bottleneck,
+        window_seconds: rates.window.as_secs_f64(),
+        settings,
+    }
+}
+
+/// What a stage is called in a reason.
+fn named(view: &StageView) -> String {
+    match view.stage {
+        "processor" => "processors".to_owned(),
+        "batch_processor" => format!("batcher {}'s batch processors", view.batcher),
+        other => other.to_owned(),
+    }
+}
+
+/// The stage that limits throughput, with the reason in words.
+fn bottleneck(paused: bool, stats: &Stats, rates: &Rates, stages: &[StageView]) -> Bottleneck {
+    let of = |stage: &'static str, batcher: &str, reason: String| Bottleneck {
+        stage,
+        batcher: batcher.to_owned(),
+        reason,
+    };
+    if paused {
+        return of(
+            "producer",
+            "",
+            "paused: nothing is fetched until it is resumed".to_owned(),
+        );
+    }
+    if rates.window.is_zero() {
+        return of("none", "", "measuring: figures after the first second".to_owned());
+    }
+    let full = stats.max_in_flight > 0 && stats.in_flight * 10 >= stats.max_in_flight * 9;
+    // The busiest stage of the last ones first: a later stage that is busy makes every
+    // earlier one wait.
+    let busiest = stages.iter().filter(|s| s.busy_percent >= BUSY).max_by(|a, b| {
+        (a.busy_percent.round(), order_of(a))
+            .partial_cmp(&(b.busy_percent.round(), order_of(b)))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    if let Some(stage) = busiest {
+        let mut reason = format!("{} {:.0}% busy", named(stage), stage.busy_percent);
+        if stage.stage == "batch_processor" {
+            reason.push_str(", processors waiting to hand their messages on");
+        }
+        if full {
+            reason.push_str(&format!(
+                "; {} of {} in flight, fetching waits for credits",
+                stats.in_flight, stats.max_in_flight
+            ));
+        }
+        return of(stage.stage, &stage.batcher, reason);
+    }
+    if rates.rate_limited_percent >= 50.0 {
+        return of(
+            "producer",
+            "",
+            format!(
+                "the rate limit: fetching waited {:.0}% of the time",
+                rates.rate_limited_percent
+            ),
+        );
+    }
+    if full {
+        // Held without being handled: waiting for retries, or for acknowledgements.
+        let holding = stages.iter().max_by_key(|s| s.in_flight);
+        if let Some(stage) = holding.filter(|s| s.in_flight > 0) {
+            return of(
+                stage.stage,
+                &stage.batcher,
+                format!(
+                    "{} of {} in flight, {} held by {} (retries or slow acknowledgements)",
+                    stats.in_flight,
+                    stats.max_in_flight,
+                    stage.in_flight,
+                    named(stage)
+                ),
+            );
+        }
+    }
+    let producer = stages.iter().find(|s| s.stage == "producer");
+    if let Some(producer) = producer.filter(|p| p.demand > 0) {
+        return of(
+            "producer",
+            "",
+            format!(
+                "the source: {} messages asked for and not yet delivered (the broker, or an empty queue)",
+                producer.demand
+            ),
+        );
+    }
+    of(
+        "none",
+        "",
+        "keeping up: no stage is busy and nothing waits".to_owned(),
+    )
+}
+
+fn order_of(view: &StageView) -> usize {
+    STAGES.iter().position(|s| *s == view.stage).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(stage: &'static str, batcher: &str, busy: f64, in_flight: i64, demand: i64) -> StageView {
+        StageView {
+            stage,
+            batcher: batcher.to_owned(),
+            tasks: 1,
+            demand,
+            in_flight,
+            busy_percent: busy,
+            ..StageView::default()
+        }
+    }
+
+    fn stats(in_flight: usize, max_in_flight: usize) -> Stats {
+        Stats {
+            in_flight,
+            max_in_flight,
+            ..Stats::default()
+        }
+    }
+
+    fn measured() -> Rates {
+        Rates {
+            window: WINDOW,
+            ..Rates::default()
+        }
+    }
+
+    #[test]
+    fn a_busy_batcher_is_the_bottleneck_and_says_who_waits() {
+        let stages = [
+            stage("producer", "", 0.0, 0, 0),
+            stage("processor", "", 30.0, 10, 0),
+            stage("batch_processor", "db", 99.0, 20, 0),
+        ];
+        let found = bottleneck(false, &stats(96, 100), &measured(), &stages);
+        assert_eq!((found.stage, found.batcher.as_str()), ("batch_processor", "db"));
+        assert_eq!(
+            found.reason,
+            "batcher db's batch processors 99% busy, processors waiting to hand their messages on; 96 of 100 in flight, fetching waits for credits"
+        );
+    }
+
+    #[test]
+    fn with_no_busy_stage_the_rate_limit_then_the_source_then_nothing() {
+        let stages = [
+            stage("producer", "", 0.0, 0, 64),
+            stage("processor", "", 10.0, 0, 0),
+        ];
+        let mut limited = measured();
+        limited.rate_limited_percent = 75.0;
+        assert_eq!(
+            bottleneck(false, &stats(0, 100), &limited, &stages).reason,
+            "the rate limit: fetching waited 75% of the time"
+        );
+        assert!(bottleneck(false, &stats(0, 100), &measured(), &stages)
+            .reason
+            .starts_with("the source: 64 messages asked for"));
+        let idle = [stage("producer", "", 0.0, 0, 0)];
+        assert_eq!(
+            bottleneck(false, &stats(0, 100), &measured(), &idle).stage,
+            "none"
+        );
+        assert_eq!(
+            bottleneck(true, &stats(0, 100), &measured(), &idle).reason,
+            "paused: nothing is fetched until it is resumed"
+        );
+    }
+
+    #[test]
+    fn a_quantile_is_the_bucket_holding_it_over_the_window() {
+        let start = [(0.001, 10), (0.01, 10), (0.1, 10)];
+        let end = [(0.001, 10), (0.01, 108), (0.1, 110)];
+        assert_eq!(quantile(&start, &end, 0.5), Some(10.0));
+        assert_eq!(quantile(&start, &end, 0.99), Some(100.0));
+        assert_eq!(quantile(&end, &end, 0.5), None);
+    }
+}
