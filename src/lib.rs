@@ -110,5 +110,6 @@ pub use failure::retry::{Permanent, RetryAfter, RetryPolicy};
 pub use handler::{BatchInfo, BatchTrigger, Handler};
 pub use message::{BatchKey, Failure, FailureKind, Message, Status};
 pub use pipeline::config::{Batcher, PipelineConfig, Processors};
+pub use pipeline::stall::StallWatch;
 pub use pipeline::{shutdown_signal, Pipeline, PipelineBuilder, Stats, StatsHandle, Summary, HAND_BACK_TIME};
 pub use source::{Acknowledger, Source};

@@ -167,6 +167,8 @@ pub struct Control {
     pub(crate) pause: PauseSwitch,
     pub(crate) changes: Arc<ChangeLog>,
     pub(crate) stats: StatsHandle,
+    /// What the stall watch finds stalled now.
+    pub(crate) stalls: Arc<crate::pipeline::stall::Stalls>,
 }
 
 /// A `PATCH` body: settings as the configuration names them.

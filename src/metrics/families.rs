@@ -48,6 +48,7 @@ struct Families {
     stage_demand: IntGaugeVec,
     stage_in_flight: IntGaugeVec,
     stage_tasks: IntGaugeVec,
+    stage_stalled: IntGaugeVec,
     stage_messages: IntCounterVec,
     stage_duration: HistogramVec,
     batches: IntCounterVec,
@@ -125,6 +126,11 @@ fn families() -> &'static Families {
                 "Tasks running in a stage (its concurrency; during a shrink, retiring tasks finishing their work included).",
                 &stage,
             ),
+            stage_stalled: gauge(
+                "longshore_stage_stalled",
+                "1 while a stage has held messages and finished none for the pipeline's stall.after, else 0.",
+                &stage,
+            ),
             stage_messages: counter(
                 "longshore_stage_messages_total",
                 "Handling attempts in a stage, by outcome (successful or failed).",
@@ -149,7 +155,7 @@ fn families() -> &'static Families {
                 duration_buckets(),
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(families.dead_letter_failures.clone()),
             Box::new(families.received.clone()),
             Box::new(families.acknowledged.clone()),
@@ -166,6 +172,7 @@ fn families() -> &'static Families {
             Box::new(families.stage_demand.clone()),
             Box::new(families.stage_in_flight.clone()),
             Box::new(families.stage_tasks.clone()),
+            Box::new(families.stage_stalled.clone()),
             Box::new(families.stage_messages.clone()),
             Box::new(families.stage_duration.clone()),
             Box::new(families.batches.clone()),
@@ -299,6 +306,8 @@ pub(crate) struct StageMetrics {
     pub(crate) in_flight: IntGauge,
     /// Its running tasks.
     pub(crate) tasks: IntGauge,
+    /// 1 while the stall watch finds it stalled.
+    pub(crate) stalled: IntGauge,
     pub(crate) successful: IntCounter,
     pub(crate) failed: IntCounter,
     pub(crate) duration: Histogram,
@@ -312,6 +321,7 @@ impl StageMetrics {
             demand: f.stage_demand.with_label_values(&labels),
             in_flight: f.stage_in_flight.with_label_values(&labels),
             tasks: f.stage_tasks.with_label_values(&labels),
+            stalled: f.stage_stalled.with_label_values(&labels),
             successful: f
                 .stage_messages
                 .with_label_values(&[pipeline, stage.label(), batcher, "successful"]),

@@ -58,6 +58,13 @@ pub(crate) struct Bottleneck {
     pub(crate) reason: String,
 }
 
+/// A stalled stage.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Stalled {
+    pub(crate) stage: String,
+    pub(crate) seconds: f64,
+}
+
 /// One pipeline's figures.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PipelineView {
@@ -75,6 +82,8 @@ pub(crate) struct PipelineView {
     pub(crate) rate_limited_percent: f64,
     pub(crate) stages: Vec<StageView>,
     pub(crate) bottleneck: Bottleneck,
+    /// The stages the stall watch finds stalled, with how long (see `StallWatch`).
+    pub(crate) stalled: Vec<Stalled>,
     /// The window the rates were taken over, in seconds (0 before the first).
     pub(crate) window_seconds: f64,
     /// The settings a control could change (see the control surface).
@@ -306,7 +315,33 @@ fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
     let order = |view: &StageView| STAGES.iter().position(|s| *s == view.stage);
     stages.sort_by(|a, b| (order(a), &a.batcher).cmp(&(order(b), &b.batcher)));
     let paused = control.pause.is_paused();
-    let bottleneck = bottleneck(paused, &now.stats, rates, &stages);
+    let stalled: Vec<Stalled> = control
+        .stalls
+        .list()
+        .into_iter()
+        .map(|(stage, idle)| Stalled {
+            stage,
+            seconds: idle.as_secs_f64(),
+        })
+        .collect();
+    let mut bottleneck = bottleneck(paused, &now.stats, rates, &stages);
+    if let Some(first) = stalled.first() {
+        // A stall says more than any rate: nothing moves there.
+        let (stage, batcher) = first.stage.split_once(' ').unwrap_or((&first.stage, ""));
+        let view = stages.iter().find(|s| s.stage == stage && s.batcher == batcher);
+        if let Some(view) = view {
+            bottleneck = Bottleneck {
+                stage: view.stage,
+                batcher: view.batcher.clone(),
+                reason: format!(
+                    "{} stalled: holds {} messages and has finished none for {:.0} s",
+                    named(view),
+                    view.in_flight,
+                    first.seconds
+                ),
+            };
+        }
+    }
     let mut settings = control.to_json();
     if let Some(settings) = settings.as_object_mut() {
         settings.remove("stats");
@@ -326,6 +361,7 @@ fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
         rate_limited_percent: rates.rate_limited_percent,
         stages,
         bottleneck,
+        stalled,
         window_seconds: rates.window.as_secs_f64(),
         settings,
     }

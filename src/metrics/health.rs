@@ -13,6 +13,11 @@ pub(crate) struct PipelineHealth {
     pub(crate) source_ready: Box<dyn Fn() -> bool + Send + Sync>,
     /// `false` once the pipeline failed (a stage, the acknowledger or the source).
     pub(crate) alive: Box<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) name: String,
+    /// What the stall watch finds stalled now.
+    pub(crate) stalls: Arc<crate::pipeline::stall::Stalls>,
+    /// Whether a stall fails liveness.
+    pub(crate) stall_fails_liveness: bool,
 }
 
 impl PipelineHealth {
@@ -57,7 +62,26 @@ pub(crate) fn failed() {
     FAILED.store(true, Ordering::Relaxed);
 }
 
-/// Alive: no pipeline of the process has failed.
+/// Alive: no pipeline of the process has failed, and none is stalled where a stall
+/// fails liveness.
 pub(crate) fn alive() -> bool {
-    !FAILED.load(Ordering::Relaxed) && live().iter().all(|p| (p.alive)())
+    !FAILED.load(Ordering::Relaxed)
+        && live()
+            .iter()
+            .all(|p| (p.alive)() && (!p.stall_fails_liveness || p.stalls.list().is_empty()))
+}
+
+/// The stalled stages of every pipeline, one line each: `/healthz`'s detail.
+pub(crate) fn stalls() -> Vec<String> {
+    let mut lines = Vec::new();
+    for pipeline in live() {
+        for (stage, idle) in pipeline.stalls.list() {
+            lines.push(format!(
+                "stalled: {} {stage}, no progress for {}",
+                pipeline.name,
+                humantime::format_duration(idle)
+            ));
+        }
+    }
+    lines
 }

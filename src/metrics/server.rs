@@ -171,11 +171,23 @@ async fn metrics() -> impl IntoResponse {
 }
 
 async fn healthz() -> impl IntoResponse {
-    if health::alive() {
-        (StatusCode::OK, "ok")
+    // The stalled stages, if any, follow the verdict (see `StallWatch`).
+    let alive = health::alive();
+    let mut body = if alive {
+        String::from("ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a pipeline failed")
+        String::from("a pipeline failed or stalled")
+    };
+    for line in health::stalls() {
+        body.push('\n');
+        body.push_str(&line);
     }
+    let status = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
 }
 
 async fn readyz() -> impl IntoResponse {

@@ -23,7 +23,7 @@ use crate::message::Message;
 use crate::metrics::health::{self, PipelineHealth};
 use crate::metrics::{BatcherMetrics, PipelineMetrics, Stage, StageMetrics};
 use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{stall, Pipeline};
 use crate::source::{Acknowledger as _, Plan, Source};
 use crate::topology::{
     BatchDispatch, BatchProcessor, BatcherRoute, BatcherStage, ByKey, Context, Dispatch, Fault, Input,
@@ -207,6 +207,14 @@ where
         self
     }
 
+    /// When a stage counts as stalled (default: holding messages with none finished for
+    /// 60 s; flagged in `longshore_stage_stalled`, `/healthz`'s body and `/topology`,
+    /// failing liveness only if the watch says so).
+    pub fn stall_watch(mut self, watch: crate::StallWatch) -> Self {
+        self.config.stall = watch;
+        self
+    }
+
     /// At most this many messages per interval are fetched from the source (default: no
     /// limit). The limit applies before the fetch, so a throttled pipeline holds nothing
     /// extra. Changeable at runtime through [`Pipeline::rate_limits`].
@@ -276,6 +284,9 @@ where
 
         let changes = ChangeLog::new(&config.name);
 
+        // The stages the stall watch looks at.
+        let mut stalling = Vec::with_capacity(config.batchers.len() + 1);
+
         // Built from the last stage back, so each stage holds the sender of the next.
         let mut routes = Vec::with_capacity(config.batchers.len());
         let mut batcher_limits = Vec::with_capacity(config.batchers.len());
@@ -286,6 +297,10 @@ where
             let rate_limit = Limiter::new(batcher.rate_limit);
             batcher_limits.push((name.clone(), rate_limit.clone()));
             let metrics = BatcherMetrics::new(&config.name, &name);
+            stalling.push(stall::Watched {
+                name: format!("batch_processor {name}"),
+                metrics: metrics.batch_processor.clone(),
+            });
             let tasks_gauge = metrics.batch_processor.tasks.clone();
             let (size, sized) = watch::channel(batcher.concurrency);
             batcher_sizes.push((name.clone(), size));
@@ -335,6 +350,13 @@ where
 
         let queue_len = 2;
         let metrics = StageMetrics::new(&config.name, Stage::Processor, "");
+        stalling.insert(
+            0,
+            stall::Watched {
+                name: "processor".to_owned(),
+                metrics: metrics.clone(),
+            },
+        );
         let tasks_gauge = metrics.tasks.clone();
         let max_demand = config.processors.max_demand;
         let codec = Arc::new(self.codec);
@@ -404,10 +426,14 @@ where
         let running = stop.child_token();
         let ready_source = source.clone();
         let alive = fault.clone();
+        let stalls = Arc::new(stall::Stalls::default());
         let health = health::register(PipelineHealth {
             stop: running.clone(),
             source_ready: Box::new(move || ready_source.is_ready()),
             alive: Box::new(move || alive.cause().is_none()),
+            name: config.name.clone(),
+            stalls: stalls.clone(),
+            stall_fails_liveness: config.stall.fails_liveness,
         });
         // The source's liveness, asked while it delivers: a dead or wedged source stops the
         // pipeline with an error, instead of leaving it waiting for messages forever.
@@ -438,9 +464,18 @@ where
             running.cancel();
             source.shutdown().await;
         });
+        // Watches for stalls until the last stage has ended.
+        let stages_done = CancellationToken::new();
+        tasks.spawn(stall::watch(
+            stalling,
+            config.stall.after,
+            stalls.clone(),
+            stages_done.clone(),
+        ));
         let stage_fault = fault.clone();
         tasks.spawn(async move {
             stage_fault.join_all(&mut stages).await;
+            stages_done.cancel();
             ctx.acknowledger.flush().await;
         });
 
@@ -471,6 +506,7 @@ where
             deadline: config.shutdown_deadline,
             fault,
             _health: health,
+            stalls,
         })
     }
 }

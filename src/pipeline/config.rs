@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::BuildError;
 use crate::failure::rate_limit::RateLimit;
 use crate::failure::retry::RetryPolicy;
+use crate::pipeline::stall::StallWatch;
 
 /// Settings of the processor pool: the tasks calling
 /// [`Handler::handle_message`](crate::Handler::handle_message).
@@ -239,6 +240,8 @@ pub struct PipelineConfig {
     pub retry: RetryPolicy,
     /// The limit on fetching from the source (default none).
     pub rate_limit: Option<RateLimit>,
+    /// When a stage counts as stalled (default: after 60 s, flagged only).
+    pub stall: StallWatch,
 }
 
 impl Default for PipelineConfig {
@@ -252,6 +255,7 @@ impl Default for PipelineConfig {
             max_in_flight: None,
             retry: RetryPolicy::none(),
             rate_limit: None,
+            stall: StallWatch::default(),
         }
     }
 }
@@ -279,6 +283,7 @@ impl PipelineConfig {
         if let Some(limit) = &self.rate_limit {
             limit.validate("rate_limit")?;
         }
+        self.stall.validate()?;
         if self.shutdown_deadline.is_zero() {
             return Err(BuildError::new("shutdown_deadline", "must be above zero"));
         }

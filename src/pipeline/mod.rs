@@ -4,6 +4,7 @@
 mod builder;
 pub(crate) mod config;
 mod signal;
+pub(crate) mod stall;
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -76,6 +77,7 @@ pub struct Pipeline {
     scaling: Scaling,
     pause: PauseSwitch,
     changes: Arc<ChangeLog>,
+    stalls: Arc<stall::Stalls>,
     stop: CancellationToken,
     /// Cancelled at the deadline: the stages hand back what they hold.
     abandon: CancellationToken,
@@ -136,6 +138,7 @@ impl Pipeline {
             pause: self.pause.clone(),
             changes: self.changes.clone(),
             stats: self.stats(),
+            stalls: self.stalls.clone(),
         }
     }
 
