@@ -1,14 +1,22 @@
 //! The stall watch over a real socket: a hung handler is flagged in `/healthz`'s body, in
 //! `longshore_stage_stalled` and on `/topology` after `stall.after`, and fails liveness
-//! only when the watch says so. (Its own test binary: liveness is the process's.)
+//! only when the watch says so; messages waiting as configured (a retry's backoff, a
+//! rate limit) are no stall; a source's stalled part is flagged unless paused. (Its own
+//! test binary: liveness is the process's.)
 
 mod common;
 
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use longshore::metrics::MetricsServer;
 use longshore::source::memory::MemorySource;
-use longshore::{BoxError, Handler, Message, Pipeline, Processors, StallWatch};
+use longshore::source::{SourcePanel, SourcePart};
+use longshore::{
+    BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors, RateLimit, RetryPolicy, Source,
+    StallWatch,
+};
 
 /// Message 5 hangs forever (a call without a timeout); the others pass.
 struct Hangs;
@@ -53,14 +61,18 @@ async fn a_hung_handler_is_flagged_after_the_watchs_time_and_fails_liveness_only
     let pipeline = start("stall-flagged", StallWatch::after(Duration::from_secs(2)));
     server.add_pipeline(pipeline.control());
     let started = tokio::time::Instant::now();
-    let (status, body) = until(&server, "/healthz", |_, body| body.contains("stalled:")).await;
+    let (status, body) = until(&server, "/healthz", |_, body| {
+        body.contains("stall-flagged processor")
+    })
+    .await;
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "flagged only after stall.after"
     );
     assert_eq!(status, 200, "flagged, still alive: {body}");
+    assert!(body.starts_with("ok\n"), "{body}");
     assert!(
-        body.starts_with("ok\nstalled: stall-flagged processor, no progress for "),
+        body.contains("\nstalled: stall-flagged processor, no progress for "),
         "{body}"
     );
     let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
@@ -89,15 +101,195 @@ async fn a_hung_handler_is_flagged_after_the_watchs_time_and_fails_liveness_only
         StallWatch::after(Duration::from_secs(1)).fails_liveness(true),
     );
     let (_, body) = until(&server, "/healthz", |status, _| status == 503).await;
+    assert!(body.starts_with("a pipeline failed or stalled\n"), "{body}");
+    assert!(body.contains("\nstalled: stall-fatal processor"), "{body}");
+    assert!(pipeline.shutdown().await.is_err());
+    until(&server, "/healthz", |status, body| {
+        status == 200 && !body.contains("stall-fatal")
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// Every message fails once (a retry waits out its backoff), then passes into a batcher
+/// whose rate limit lets one batch through every few seconds.
+struct FailsOnce;
+
+impl Handler for FailsOnce {
+    type Item = u64;
+    type Metadata = ();
+
+    async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+        if message.attempt() == 1 {
+            return Err("not yet".into());
+        }
+        Ok(())
+    }
+
+    async fn handle_batch(&self, _: &mut [Message<u64>], _: &BatchInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_out_a_backoff_or_a_rate_limit_are_no_stall() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let after = Duration::from_secs(1);
+    let pipeline = Pipeline::builder(MemorySource::from_iter(0..3u64), FailsOnce)
+        .name("stall-waits")
+        .processors(Processors::new(1))
+        .retry(
+            RetryPolicy::new(2)
+                .initial_backoff(Duration::from_secs(3))
+                .jitter(0.0),
+        )
+        .batcher(
+            Batcher::new("slow")
+                .batch_size(1)
+                .rate_limit(RateLimit::new(1, Duration::from_secs(3)).burst(1)),
+        )
+        .stall_watch(StallWatch::after(after))
+        .start()
+        .unwrap();
+    server.add_pipeline(pipeline.control());
+    let series = |stage: &str, batcher: &str| {
+        format!(r#"longshore_stage_{{batcher="{batcher}",pipeline="stall-waits",stage="{stage}"}}"#)
+    };
+    let sample = |metrics: &str, name: &str, stage: &str, batcher: &str| {
+        common::sample(
+            metrics,
+            &series(stage, batcher).replace("stage_{", &format!("stage_{name}{{")),
+        )
+    };
+    // Each phase held for more than `after` (and looked at by the watch) without a flag.
+    for (what, stage, batcher, gauge) in [
+        ("a retry's backoff", "processor", "", "retry_waiting_messages"),
+        (
+            "a rate limit",
+            "batch_processor",
+            "slow",
+            "rate_limit_waiting_messages",
+        ),
+    ] {
+        let (_, metrics) = until(&server, "/metrics", |_, metrics| {
+            sample(metrics, gauge, stage, batcher).is_some_and(|n| n >= 1.0)
+        })
+        .await;
+        let waiting_since = tokio::time::Instant::now();
+        assert_eq!(
+            sample(&metrics, gauge, stage, batcher).map(|n| n >= 1.0),
+            Some(true)
+        );
+        while waiting_since.elapsed() < after * 2 {
+            let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
+            if sample(&metrics, gauge, stage, batcher) == Some(0.0) {
+                break;
+            }
+            assert_eq!(
+                sample(&metrics, "stalled", stage, batcher),
+                Some(0.0),
+                "{what} flagged as a stall"
+            );
+            let (_, health) = common::get(server.local_addr(), "/healthz").await;
+            assert!(
+                !health.contains("stall-waits"),
+                "{what} flagged as a stall: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!((summary.successful, summary.retried), (3, 3));
+    server.shutdown().await;
+}
+
+/// A source of one part whose stall the test sets, over a memory source.
+struct Panelled {
+    inner: MemorySource<u64>,
+    panel: Arc<Part>,
+}
+
+#[derive(Default)]
+struct Part {
+    stalled_for: std::sync::Mutex<Duration>,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+impl SourcePanel for Part {
+    fn parts(&self) -> Vec<SourcePart> {
+        vec![SourcePart::new("queue-a")
+            .waiting(7)
+            .paused(self.paused.load(std::sync::atomic::Ordering::Relaxed))
+            .stalled_for(*self.stalled_for.lock().unwrap())]
+    }
+}
+
+impl Source for Panelled {
+    type Data = u64;
+    type Metadata = ();
+    type Acknowledger = longshore::source::memory::AckCounts;
+
+    fn acknowledger(&self) -> Self::Acknowledger {
+        self.inner.acknowledger()
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<u64>>>, BoxError> {
+        self.inner.receive(demand).await
+    }
+
+    fn panel(&self) -> Option<Arc<dyn SourcePanel>> {
+        Some(self.panel.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_part_is_flagged_unless_it_or_the_pipeline_is_paused() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (inner, sender) = MemorySource::channel(1);
+    let part = Arc::new(Part::default());
+    let source = Panelled {
+        inner,
+        panel: part.clone(),
+    };
+    let pipeline = Pipeline::builder(source, Hangs)
+        .name("stall-source")
+        .stall_watch(StallWatch::after(Duration::from_secs(1)))
+        .start()
+        .unwrap();
+    server.add_pipeline(pipeline.control());
+    let series = r#"longshore_source_stalled{part="queue-a",pipeline="stall-source"}"#;
+    *part.stalled_for.lock().unwrap() = Duration::from_secs(5);
+    let flagged = |_: u16, body: &str| body.contains("stall-source source queue-a");
+    let (_, body) = until(&server, "/healthz", flagged).await;
     assert!(
-        body.starts_with("a pipeline failed or stalled\nstalled: stall-fatal processor"),
+        body.contains("\nstalled: stall-source source queue-a, no progress for 5s"),
         "{body}"
     );
-    assert!(pipeline.shutdown().await.is_err());
-    assert_eq!(
-        common::get(server.local_addr(), "/healthz").await.0,
-        200,
-        "alive again once it is gone"
-    );
+    let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
+    assert_eq!(common::sample(&metrics, series), Some(1.0));
+    let (_, feed) = common::get(server.local_addr(), "/topology.json").await;
+    let feed: serde_json::Value = serde_json::from_str(&feed).unwrap();
+    let shown = &feed["pipelines"][0];
+    assert_eq!(shown["source"][0]["name"], "queue-a");
+    assert_eq!(shown["source"][0]["waiting"], 7);
+    let reason = shown["bottleneck"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("the source's queue-a stalled"), "{reason}");
+
+    // An operator's pause, of the part or of the pipeline, is no stall.
+    part.paused.store(true, std::sync::atomic::Ordering::Relaxed);
+    let clear = |_: u16, body: &str| !body.contains("stall-source");
+    until(&server, "/healthz", clear).await;
+    let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
+    assert_eq!(common::sample(&metrics, series), Some(0.0));
+    part.paused.store(false, std::sync::atomic::Ordering::Relaxed);
+    until(&server, "/healthz", flagged).await;
+    pipeline.pause_switch().pause();
+    until(&server, "/healthz", clear).await;
+    pipeline.pause_switch().resume();
+    until(&server, "/healthz", flagged).await;
+    *part.stalled_for.lock().unwrap() = Duration::ZERO;
+    until(&server, "/healthz", clear).await;
+    drop(sender);
+    pipeline.wait().await.unwrap();
     server.shutdown().await;
 }

@@ -42,10 +42,13 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// { "paused": false,
 ///   "processors": { "concurrency": 8 },
 ///   "rate_limit": { "messages": 500, "per": "1s", "burst": 50 },
-///   "batchers": { "db": { "concurrency": 2, "batch_size": 200, "batch_timeout": "250ms", "rate_limit": null } } }
+///   "batchers": { "db": { "concurrency": 2, "batch_size": 200, "batch_timeout": "250ms", "rate_limit": null } },
+///   "source": { "pause": ["orders/3"], "resume": ["refunds"] } }
 /// ```
 ///
-/// (`null` removes a rate limit; a field left out stays as it is.)
+/// (`null` removes a rate limit; a field left out stays as it is. `source` pauses and
+/// resumes parts of the source, as its [`SourcePanel`](crate::source::SourcePanel)
+/// names them: Kafka's `topic/partition`, or a whole `topic`.)
 ///
 /// ```
 /// use longshore::control::ControlSurface;
@@ -158,7 +161,7 @@ impl ControlSurface {
 
 /// A running pipeline's controls and counts, for the control surface; made by
 /// [`Pipeline::control`](crate::Pipeline::control). Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Control {
     pub(crate) name: Arc<str>,
     pub(crate) scaling: Scaling,
@@ -169,6 +172,17 @@ pub struct Control {
     pub(crate) stats: StatsHandle,
     /// What the stall watch finds stalled now.
     pub(crate) stalls: Arc<crate::pipeline::stall::Stalls>,
+    /// The source's parts and their pauses, if it shows them.
+    pub(crate) source: Option<Arc<dyn crate::source::SourcePanel>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("name", &self.name)
+            .field("stats", &self.stats.get())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A `PATCH` body: settings as the configuration names them.
@@ -181,6 +195,17 @@ struct Patch {
     rate_limit: Option<Option<RateLimit>>,
     #[serde(default)]
     batchers: std::collections::BTreeMap<String, BatcherPatch>,
+    source: Option<SourcePatch>,
+}
+
+/// Parts of the source to pause and resume, as its panel names them.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourcePatch {
+    #[serde(default)]
+    pause: Vec<String>,
+    #[serde(default)]
+    resume: Vec<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -239,6 +264,21 @@ impl Control {
                 limit.validate(&field("rate_limit"))?;
             }
         }
+        if let Some(parts) = &patch.source {
+            for (field, names) in [("source.pause", &parts.pause), ("source.resume", &parts.resume)] {
+                for name in names {
+                    let Some(source) = &self.source else {
+                        return Err(BuildError::new(
+                            field,
+                            "this pipeline's source shows no parts to pause",
+                        ));
+                    };
+                    source
+                        .check_pause(name)
+                        .map_err(|why| BuildError::new(field, why))?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -262,6 +302,16 @@ impl Control {
             }
             if let Some(limit) = batcher.rate_limit {
                 self.rate_limits.set_batcher(&name, limit)?;
+            }
+        }
+        if let (Some(parts), Some(source)) = (patch.source, &self.source) {
+            for (names, paused) in [(parts.pause, true), (parts.resume, false)] {
+                for name in names {
+                    if source.set_paused(&name, paused) {
+                        self.changes
+                            .record(&format!("source.{name}.paused"), !paused, paused);
+                    }
+                }
             }
         }
         // Last: a resume after the rest, so that it runs with the new settings.

@@ -49,6 +49,9 @@ struct Families {
     stage_in_flight: IntGaugeVec,
     stage_tasks: IntGaugeVec,
     stage_stalled: IntGaugeVec,
+    stage_retry_waiting: IntGaugeVec,
+    stage_limit_waiting: IntGaugeVec,
+    source_stalled: IntGaugeVec,
     stage_messages: IntCounterVec,
     stage_duration: HistogramVec,
     batches: IntCounterVec,
@@ -131,6 +134,21 @@ fn families() -> &'static Families {
                 "1 while a stage has held messages and finished none for the pipeline's stall.after, else 0.",
                 &stage,
             ),
+            stage_retry_waiting: gauge(
+                "longshore_stage_retry_waiting_messages",
+                "Failed messages of a stage waiting out their backoff before another attempt (the retry queue's depth).",
+                &stage,
+            ),
+            stage_limit_waiting: gauge(
+                "longshore_stage_rate_limit_waiting_messages",
+                "Messages of a stage waiting for its rate limit before their handler is called (a batcher's batch processors).",
+                &stage,
+            ),
+            source_stalled: gauge(
+                "longshore_source_stalled",
+                "1 while a part of the source (a Kafka partition, an SQS queue) has had messages outstanding or waiting and finished none for the pipeline's stall.after, else 0.",
+                &["pipeline", "part"],
+            ),
             stage_messages: counter(
                 "longshore_stage_messages_total",
                 "Handling attempts in a stage, by outcome (successful or failed).",
@@ -155,7 +173,7 @@ fn families() -> &'static Families {
                 duration_buckets(),
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
             Box::new(families.dead_letter_failures.clone()),
             Box::new(families.received.clone()),
             Box::new(families.acknowledged.clone()),
@@ -173,6 +191,9 @@ fn families() -> &'static Families {
             Box::new(families.stage_in_flight.clone()),
             Box::new(families.stage_tasks.clone()),
             Box::new(families.stage_stalled.clone()),
+            Box::new(families.stage_retry_waiting.clone()),
+            Box::new(families.stage_limit_waiting.clone()),
+            Box::new(families.source_stalled.clone()),
             Box::new(families.stage_messages.clone()),
             Box::new(families.stage_duration.clone()),
             Box::new(families.batches.clone()),
@@ -275,6 +296,28 @@ impl ChangeCounts {
     }
 }
 
+/// Flags the stalled parts of a pipeline's source (series made when a part first stalls,
+/// and kept at 0 once it moves again: at most one per part ever stalled).
+#[derive(Debug)]
+pub(crate) struct SourceStalls {
+    pipeline: String,
+}
+
+impl SourceStalls {
+    pub(crate) fn new(pipeline: &str) -> Self {
+        SourceStalls {
+            pipeline: pipeline.to_owned(),
+        }
+    }
+
+    pub(crate) fn set(&self, part: &str, stalled: bool) {
+        families()
+            .source_stalled
+            .with_label_values(&[&self.pipeline, part])
+            .set(i64::from(stalled));
+    }
+}
+
 impl Drop for PipelineMetrics {
     fn drop(&mut self) {
         self.max_in_flight.sub(self.max);
@@ -308,6 +351,10 @@ pub(crate) struct StageMetrics {
     pub(crate) tasks: IntGauge,
     /// 1 while the stall watch finds it stalled.
     pub(crate) stalled: IntGauge,
+    /// Messages waiting out a retry's backoff.
+    pub(crate) retry_waiting: IntGauge,
+    /// Messages waiting for the stage's rate limit.
+    pub(crate) limit_waiting: IntGauge,
     pub(crate) successful: IntCounter,
     pub(crate) failed: IntCounter,
     pub(crate) duration: Histogram,
@@ -322,6 +369,8 @@ impl StageMetrics {
             in_flight: f.stage_in_flight.with_label_values(&labels),
             tasks: f.stage_tasks.with_label_values(&labels),
             stalled: f.stage_stalled.with_label_values(&labels),
+            retry_waiting: f.stage_retry_waiting.with_label_values(&labels),
+            limit_waiting: f.stage_limit_waiting.with_label_values(&labels),
             successful: f
                 .stage_messages
                 .with_label_values(&[pipeline, stage.label(), batcher, "successful"]),
@@ -341,6 +390,11 @@ impl StageMetrics {
     /// Counts `n` messages as inside the stage until the guard is dropped.
     pub(crate) fn holding(&self, n: usize) -> Held {
         Held::new(&self.in_flight, n)
+    }
+
+    /// Counts messages waiting for a retry, none yet, until the guard is dropped.
+    pub(crate) fn retry_waiting(&self) -> Held {
+        Held::new(&self.retry_waiting, 0)
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::registry;
 use crate::control::Control;
 use crate::pipeline::Stats;
+use crate::source::SourcePart;
 
 /// Rates are taken over at least this long: the page refreshes each second.
 pub(crate) const WINDOW: Duration = Duration::from_secs(1);
@@ -36,6 +37,8 @@ pub(crate) struct StageView {
     pub(crate) demand: i64,
     /// Messages inside the stage.
     pub(crate) in_flight: i64,
+    /// Of those, failed messages waiting out a retry's backoff.
+    pub(crate) retry_waiting: i64,
     /// Handling attempts per second over the window.
     pub(crate) per_second: f64,
     /// Handler time over wall time, per task, over the window.
@@ -65,6 +68,16 @@ pub(crate) struct Stalled {
     pub(crate) seconds: f64,
 }
 
+/// One part of the source (see [`SourcePanel`](crate::source::SourcePanel)), with how
+/// long its waiting messages would take to drain at the window's pace.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PartView {
+    #[serde(flatten)]
+    pub(crate) part: SourcePart,
+    /// `waiting` over how fast it fell in the window; `None` while it does not fall.
+    pub(crate) drain_seconds: Option<f64>,
+}
+
 /// One pipeline's figures.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PipelineView {
@@ -84,6 +97,8 @@ pub(crate) struct PipelineView {
     pub(crate) bottleneck: Bottleneck,
     /// The stages the stall watch finds stalled, with how long (see `StallWatch`).
     pub(crate) stalled: Vec<Stalled>,
+    /// The source's parts, if it shows them.
+    pub(crate) source: Option<Vec<PartView>>,
     /// The window the rates were taken over, in seconds (0 before the first).
     pub(crate) window_seconds: f64,
     /// The settings a control could change (see the control surface).
@@ -96,6 +111,7 @@ struct StageSample {
     tasks: i64,
     demand: i64,
     in_flight: i64,
+    retry_waiting: i64,
     handled: f64,
     duration_sum: f64,
     /// Cumulative counts per upper bound, as the histogram keeps them.
@@ -110,6 +126,8 @@ struct Sample {
     stats: Stats,
     stages: HashMap<(String, String), StageSample>,
     rate_limited: f64,
+    /// The source's parts, if it shows them.
+    parts: Option<Vec<SourcePart>>,
 }
 
 /// The rates of one window.
@@ -131,32 +149,92 @@ struct StageRates {
     batches: HashMap<String, f64>,
 }
 
-/// Per pipeline: the window's start, and the rates of the last window completed.
+/// How fast a part's waiting messages fall, between the last two readings that
+/// differed: a source refreshes them every few seconds (Kafka: `lag_interval`), not at
+/// each window.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    waiting: u64,
+    at: Instant,
+    per_second: f64,
+}
+
+/// A pace not seen to change for this long is no pace any more.
+const PACE_KEPT: Duration = Duration::from_secs(60);
+
+impl Pace {
+    /// The pace after reading `waiting` now.
+    fn next(previous: Option<Pace>, waiting: u64, now: Instant) -> Pace {
+        match previous {
+            Some(pace) if pace.waiting == waiting => pace,
+            Some(pace) => {
+                let seconds = now.duration_since(pace.at).as_secs_f64().max(f64::EPSILON);
+                Pace {
+                    waiting,
+                    at: now,
+                    per_second: (pace.waiting as f64 - waiting as f64) / seconds,
+                }
+            }
+            None => Pace {
+                waiting,
+                at: now,
+                per_second: 0.0,
+            },
+        }
+    }
+
+    /// The seconds left until nothing waits, while it falls.
+    fn drain_seconds(&self, now: Instant) -> Option<f64> {
+        let fresh = now.duration_since(self.at) < PACE_KEPT;
+        (fresh && self.per_second > 0.0).then(|| self.waiting as f64 / self.per_second)
+    }
+}
+
+/// Per pipeline: the window's start, the rates of the last window completed, and the
+/// pace of each part of its source.
 #[derive(Debug, Default)]
 pub(crate) struct Feeds {
-    windows: Mutex<HashMap<String, (Sample, Rates)>>,
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Sample,
+    rates: Rates,
+    paces: HashMap<String, Pace>,
 }
 
 impl Feeds {
     /// The figures of `control`'s pipeline now.
     pub(crate) fn view(&self, control: &Control, families: &[MetricFamily]) -> PipelineView {
-        let now = sample(&control.name, control.stats.get(), families);
+        let parts = control.source.as_ref().map(|source| source.parts());
+        let now = sample(&control.name, control.stats.get(), families, parts);
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let rates = match windows.get_mut(&*control.name) {
-            Some((start, rates)) => {
-                if now.at.duration_since(start.at) >= WINDOW {
-                    *rates = between(start, &now);
-                    *start = now.clone();
-                }
-                rates.clone()
-            }
-            None => {
-                windows.insert(control.name.to_string(), (now.clone(), Rates::default()));
-                Rates::default()
-            }
-        };
+        let window = windows.entry(control.name.to_string()).or_insert_with(|| Window {
+            start: now.clone(),
+            rates: Rates::default(),
+            paces: HashMap::new(),
+        });
+        if now.at.duration_since(window.start.at) >= WINDOW {
+            window.rates = between(&window.start, &now);
+            window.start = now.clone();
+        }
+        let parts = now.parts.iter().flatten();
+        // Only the parts there now: a partition revoked leaves no pace behind.
+        window.paces = parts
+            .filter_map(|part| {
+                let previous = window.paces.get(&part.name).copied();
+                Some((part.name.clone(), Pace::next(previous, part.waiting?, now.at)))
+            })
+            .collect();
+        let rates = window.rates.clone();
+        let drains: HashMap<String, f64> = window
+            .paces
+            .iter()
+            .filter_map(|(name, pace)| Some((name.clone(), pace.drain_seconds(now.at)?)))
+            .collect();
         drop(windows);
-        view(control, &now, &rates)
+        view(control, &now, &rates, &drains)
     }
 }
 
@@ -173,7 +251,7 @@ fn label<'a>(metric: &'a prometheus::proto::Metric, name: &str) -> &'a str {
         .map_or("", |l| l.value())
 }
 
-fn sample(pipeline: &str, stats: Stats, families: &[MetricFamily]) -> Sample {
+fn sample(pipeline: &str, stats: Stats, families: &[MetricFamily], parts: Option<Vec<SourcePart>>) -> Sample {
     let mut stages: HashMap<(String, String), StageSample> = HashMap::new();
     let mut rate_limited = 0.0;
     for family in families {
@@ -194,6 +272,9 @@ fn sample(pipeline: &str, stats: Stats, families: &[MetricFamily]) -> Sample {
                 }
                 "longshore_stage_in_flight_messages" => {
                     stages.entry(key).or_default().in_flight = metric.get_gauge().get_value() as i64;
+                }
+                "longshore_stage_retry_waiting_messages" => {
+                    stages.entry(key).or_default().retry_waiting = metric.get_gauge().get_value() as i64;
                 }
                 "longshore_stage_messages_total" => {
                     stages.entry(key).or_default().handled += metric.get_counter().get_value()
@@ -228,6 +309,7 @@ fn sample(pipeline: &str, stats: Stats, families: &[MetricFamily]) -> Sample {
         stats,
         stages,
         rate_limited,
+        parts,
     }
 }
 
@@ -290,7 +372,7 @@ fn between(start: &Sample, end: &Sample) -> Rates {
     }
 }
 
-fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
+fn view(control: &Control, now: &Sample, rates: &Rates, drains: &HashMap<String, f64>) -> PipelineView {
     let mut stages: Vec<StageView> = now
         .stages
         .iter()
@@ -304,6 +386,7 @@ fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
                 tasks: sample.tasks,
                 demand: sample.demand,
                 in_flight: sample.in_flight,
+                retry_waiting: sample.retry_waiting,
                 per_second: rate.per_second,
                 busy_percent: rate.busy_percent,
                 p50_ms: rate.p50_ms,
@@ -329,7 +412,16 @@ fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
         // A stall says more than any rate: nothing moves there.
         let (stage, batcher) = first.stage.split_once(' ').unwrap_or((&first.stage, ""));
         let view = stages.iter().find(|s| s.stage == stage && s.batcher == batcher);
-        if let Some(view) = view {
+        if stage == "source" {
+            bottleneck = Bottleneck {
+                stage: "producer",
+                batcher: String::new(),
+                reason: format!(
+                    "the source's {batcher} stalled: messages outstanding or waiting, none finished for {:.0} s",
+                    first.seconds
+                ),
+            };
+        } else if let Some(view) = view {
             bottleneck = Bottleneck {
                 stage: view.stage,
                 batcher: view.batcher.clone(),
@@ -362,6 +454,15 @@ fn view(control: &Control, now: &Sample, rates: &Rates) -> PipelineView {
         stages,
         bottleneck,
         stalled,
+        source: now.parts.as_ref().map(|parts| {
+            let parts = parts.iter().cloned();
+            parts
+                .map(|part| PartView {
+                    drain_seconds: drains.get(&part.name).copied(),
+                    part,
+                })
+                .collect()
+        }),
         window_seconds: rates.window.as_secs_f64(),
         settings,
     }
@@ -532,6 +633,33 @@ mod tests {
         assert_eq!(
             bottleneck(true, &stats(0, 100), &measured(), &idle).reason,
             "paused: nothing is fetched until it is resumed"
+        );
+    }
+
+    #[test]
+    fn a_drain_estimate_is_what_waits_over_its_pace_between_readings_that_differ() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let first = Pace::next(None, 1_000, at(0));
+        assert_eq!(first.drain_seconds(at(0)), None, "no pace from one reading");
+        // The same reading again (the source refreshes it every few seconds) keeps the pace.
+        let same = Pace::next(Some(first), 1_000, at(5));
+        assert_eq!(same.at, at(0));
+        let falling = Pace::next(Some(same), 700, at(15));
+        assert_eq!(falling.per_second, 20.0);
+        assert_eq!(falling.drain_seconds(at(15)), Some(35.0));
+        let growing = Pace::next(Some(falling), 900, at(25));
+        assert_eq!(
+            growing.drain_seconds(at(25)),
+            None,
+            "a growing backlog has no drain time"
+        );
+        let stale = Pace::next(Some(growing), 800, at(30));
+        assert_eq!(stale.drain_seconds(at(30)), Some(40.0));
+        assert_eq!(
+            stale.drain_seconds(at(100)),
+            None,
+            "a pace not seen to change for a minute is gone"
         );
     }
 

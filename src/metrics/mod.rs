@@ -16,7 +16,8 @@ mod server;
 use std::sync::OnceLock;
 
 pub(crate) use families::{
-    BatcherMetrics, ChangeCounts, HandlingTimes, Held, PipelineMetrics, Stage, StageMetrics, TIME_EACH_AFTER,
+    BatcherMetrics, ChangeCounts, HandlingTimes, Held, PipelineMetrics, SourceStalls, Stage, StageMetrics,
+    TIME_EACH_AFTER,
 };
 pub use server::{BindError, MetricsServer, MetricsServerBuilder};
 

@@ -21,7 +21,7 @@ use crate::failure::retry::RetryPolicy;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::metrics::health::{self, PipelineHealth};
-use crate::metrics::{BatcherMetrics, PipelineMetrics, Stage, StageMetrics};
+use crate::metrics::{BatcherMetrics, PipelineMetrics, SourceStalls, Stage, StageMetrics};
 use crate::pipeline::config::{Batcher, PipelineConfig, Processors};
 use crate::pipeline::{stall, Pipeline};
 use crate::source::{Acknowledger as _, Plan, Source};
@@ -401,6 +401,7 @@ where
         tasks.spawn(pool.run());
 
         let source = Arc::new(self.source);
+        let source_panel = source.panel();
         let max_fetch = match dispatch {
             // A fetch that fits one processor's chunk is dispatched without copying.
             Dispatch::Shared(_) => max_demand,
@@ -466,12 +467,17 @@ where
         });
         // Watches for stalls until the last stage has ended.
         let stages_done = CancellationToken::new();
-        tasks.spawn(stall::watch(
-            stalling,
-            config.stall.after,
-            stalls.clone(),
-            stages_done.clone(),
-        ));
+        tasks.spawn(
+            stall::Watch {
+                stages: stalling,
+                source: source_panel.clone(),
+                source_stalls: SourceStalls::new(&config.name),
+                pause: pause.clone(),
+                after: config.stall.after,
+                stalls: stalls.clone(),
+            }
+            .run(stages_done.clone()),
+        );
         let stage_fault = fault.clone();
         tasks.spawn(async move {
             stage_fault.join_all(&mut stages).await;
@@ -507,6 +513,7 @@ where
             fault,
             _health: health,
             stalls,
+            source_panel,
         })
     }
 }

@@ -78,6 +78,8 @@ pub struct Pipeline {
     pause: PauseSwitch,
     changes: Arc<ChangeLog>,
     stalls: Arc<stall::Stalls>,
+    /// What the source shows of its parts (see [`Source::panel`](crate::Source::panel)).
+    source_panel: Option<Arc<dyn crate::source::SourcePanel>>,
     stop: CancellationToken,
     /// Cancelled at the deadline: the stages hand back what they hold.
     abandon: CancellationToken,
@@ -139,6 +141,7 @@ impl Pipeline {
             changes: self.changes.clone(),
             stats: self.stats(),
             stalls: self.stalls.clone(),
+            source: self.source_panel.clone(),
         }
     }
 

@@ -5,9 +5,13 @@
 //! per message, after the message's last stage, whether it succeeded or failed.
 
 pub mod memory;
+mod panel;
+
+pub use panel::{SourcePanel, SourcePart};
 
 use std::future::Future;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use crate::error::{BoxError, BuildError};
 use crate::message::Message;
@@ -113,6 +117,13 @@ pub trait Source: Send + Sync + 'static {
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
         let _ = plan;
         Ok(())
+    }
+
+    /// What the source shows of its parts (Kafka's partitions, an SQS queue) on the
+    /// topology page, for the stall watch and the control surface's pauses; taken once,
+    /// when the pipeline starts. Default: nothing to show.
+    fn panel(&self) -> Option<Arc<dyn SourcePanel>> {
+        None
     }
 
     /// `Err` once the source can no longer deliver: an internal thread died or stopped

@@ -53,6 +53,8 @@ struct Retries<T, M> {
     held: HashMap<BatchKey, VecDeque<Batch<T, M>>>,
     /// Ordered: keys whose retry was released at shutdown; their later batches follow it.
     released: HashSet<BatchKey>,
+    /// The stage's count of messages in `due`.
+    waiting: Held,
 }
 
 impl<T, M> Retries<T, M> {
@@ -70,6 +72,7 @@ impl<T, M> Retries<T, M> {
             .into_iter()
             .flat_map(|(messages, _)| messages)
             .collect();
+        self.waiting.release(all.len());
         for (key, batches) in self.held.drain() {
             self.released.insert(key);
             all.extend(batches.into_iter().flat_map(|(messages, _)| messages));
@@ -88,6 +91,7 @@ where
             due: DelayQueue::new(),
             held: HashMap::new(),
             released: HashSet::new(),
+            waiting: self.metrics.batch_processor.retry_waiting(),
         };
         let mut open = true;
         let stage = &self.metrics.batch_processor;
@@ -107,7 +111,11 @@ where
                     self.ctx.release(released).await;
                     continue;
                 }
-                Some(expired) = retries.due.next(), if !retries.due.is_empty() => expired.into_inner(),
+                Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
+                    let batch = expired.into_inner();
+                    retries.waiting.release(batch.0.len());
+                    batch
+                }
                 batch = self.input.recv(), if open => match batch {
                     Ok(batch) => {
                         holding.add(batch.0.len());
@@ -175,6 +183,7 @@ where
                 if self.ordered {
                     retries.held.entry(key).or_default();
                 }
+                retries.waiting.add(batch.0.len());
                 retries.due.insert(batch, delay);
                 return Ok(());
             }
@@ -196,11 +205,14 @@ where
         if abandon.is_cancelled() {
             return Err(batch);
         }
+        // Waiting as configured, not stalled (see the stall watch).
+        let limit_waiting = Held::new(&self.metrics.batch_processor.limit_waiting, batch.len());
         let waited = tokio::select! {
             biased;
             waited = self.rate_limit.acquire(batch.len()) => waited,
             () = abandon.cancelled() => return Err(batch),
         };
+        drop(limit_waiting);
         self.ctx
             .meter
             .add_rate_limited(waited, &self.metrics.rate_limited);

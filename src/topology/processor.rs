@@ -133,6 +133,8 @@ struct Retries<T, M> {
     /// with it, in order. (Its messages not yet taken wait in the [`KeyQueue`], the key
     /// held by this processor.)
     held: HashMap<u64, VecDeque<Message<T, M>>>,
+    /// The stage's count of messages in `due`.
+    waiting: Held,
 }
 
 impl<T, M> Retries<T, M> {
@@ -143,6 +145,7 @@ impl<T, M> Retries<T, M> {
     /// Everything waiting, in each key's order, to be released, and the keys it holds.
     fn take_all(&mut self) -> (Vec<Message<T, M>>, Vec<u64>) {
         let mut all = drain_delayed(&mut self.due);
+        self.waiting.release(all.len());
         let mut keys = Vec::with_capacity(self.held.len());
         for (key, queue) in self.held.drain() {
             keys.push(key);
@@ -194,6 +197,7 @@ where
         let mut retries = Retries {
             due: DelayQueue::new(),
             held: HashMap::new(),
+            waiting: self.metrics.retry_waiting(),
         };
         let mut open = true;
         let mut holding = self.metrics.holding(0);
@@ -217,6 +221,7 @@ where
                     continue;
                 }
                 Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
+                    retries.waiting.release(1);
                     let message = expired.into_inner();
                     // The key is free for its head; the messages behind it follow it.
                     let key = message.order_key();
@@ -509,6 +514,7 @@ where
                     Some((_, Some(delay))) => {
                         message.retry();
                         retries.due.insert(message, delay);
+                        retries.waiting.add(1);
                     }
                     Some((_, None)) => {
                         let key = message.order_key().expect("only keyed messages wait");

@@ -47,6 +47,7 @@ mod error;
 mod lag;
 mod metadata;
 mod offsets;
+mod panel;
 mod partitions;
 mod pause;
 mod poller;

@@ -38,6 +38,8 @@ use crate::status::KafkaStatus;
 pub struct KafkaSource {
     shared: Arc<Shared>,
     lag: KafkaLag,
+    /// The subscription, for the panel's pauses.
+    topics: Arc<[String]>,
     poller: Arc<Mutex<Option<PollThread>>>,
     ordering: Ordering,
     /// The poll thread is wedged once it has not polled for this long
@@ -63,8 +65,8 @@ impl KafkaSource {
             group: config.group_id.clone(),
         };
         let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        let topics: Arc<[String]> = config.topics.iter().cloned().collect();
+        consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
         let intervals = Intervals {
             commit: config.commit_interval,
             close: config.close_timeout,
@@ -75,6 +77,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             shared,
             lag,
+            topics,
             poller: Arc::new(Mutex::new(Some(poller))),
             ordering: config.ordering,
             wedged_after,
@@ -137,6 +140,14 @@ impl Source for KafkaSource {
 
     fn partition_by(&self) -> Option<PartitionBy<bytes::Bytes, KafkaMetadata>> {
         order_key(self.ordering)
+    }
+
+    fn panel(&self) -> Option<Arc<dyn longshore::source::SourcePanel>> {
+        Some(Arc::new(crate::panel::KafkaPanel {
+            shared: self.shared.clone(),
+            lag: self.lag.clone(),
+            topics: self.topics.clone(),
+        }))
     }
 
     fn is_ready(&self) -> bool {

@@ -91,6 +91,9 @@ impl SqsAcknowledger {
 
 impl Acknowledger<SqsMetadata> for SqsAcknowledger {
     async fn ack<T: Send + 'static>(&self, successful: Vec<SqsMessage<T>>, failed: Vec<SqsMessage<T>>) {
+        if !successful.is_empty() || !failed.is_empty() {
+            self.queue.progress.made();
+        }
         let mut deletes: Vec<(u64, Entry)> = successful
             .into_iter()
             .map(|m| (m.ack_ref(), Entry::delete(m.into_metadata().receipt_handle)))

@@ -47,6 +47,7 @@ mod held;
 mod lag;
 mod metadata;
 mod metrics;
+mod panel;
 mod queue;
 mod receiver;
 mod source;

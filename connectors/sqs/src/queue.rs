@@ -34,6 +34,8 @@ pub(crate) struct Queue {
     /// The visibility timeout each received message gets.
     pub(crate) visibility: Duration,
     pub(crate) metrics: QueueMetrics,
+    /// When a message was last acknowledged, for the stall watch.
+    pub(crate) progress: crate::panel::Progress,
 }
 
 /// One entry of a batch call: a receipt, and for a visibility change the new timeout.
@@ -127,6 +129,7 @@ impl Queue {
             redrive: attributes.contains_key(&QueueAttributeName::RedrivePolicy),
             visibility: config.visibility_timeout.unwrap_or(queue_visibility),
             metrics: QueueMetrics::new(&name),
+            progress: crate::panel::Progress::default(),
             name,
             url,
         })

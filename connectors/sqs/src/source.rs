@@ -141,6 +141,13 @@ impl Source for SqsSource {
     type Metadata = SqsMetadata;
     type Acknowledger = SqsAcknowledger;
 
+    fn panel(&self) -> Option<Arc<dyn longshore::source::SourcePanel>> {
+        Some(Arc::new(crate::panel::SqsPanel {
+            queue: self.queue.clone(),
+            held: self.held.clone(),
+        }))
+    }
+
     fn acknowledger(&self) -> SqsAcknowledger {
         self.acknowledger.clone()
     }

@@ -138,6 +138,10 @@ impl<B: Broker> Source for Checked<B> {
     fn liveness(&self) -> Result<(), BoxError> {
         self.inner.liveness()
     }
+
+    fn panel(&self) -> Option<std::sync::Arc<dyn crate::source::SourcePanel>> {
+        self.inner.panel()
+    }
 }
 
 /// The acknowledger of [`Checked`]: counts, then hands each message on with the source's

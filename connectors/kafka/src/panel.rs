@@ -1,0 +1,152 @@
+//! The source's partitions for the topology page, the stall watch and the control
+//! surface: per partition its lag, what is out in the pipeline, whether an operator
+//! paused it, and how long it has been stuck; a pause per partition or topic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use longshore::source::{SourcePanel, SourcePart};
+
+use crate::assignment::Shared;
+use crate::{KafkaLag, KafkaPause, KafkaStatus};
+
+/// Kafka's longest topic name.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// The panel of a [`KafkaSource`](crate::KafkaSource): parts are `topic/partition`; a
+/// pause takes a part or a whole `topic`.
+pub(crate) struct KafkaPanel {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) lag: KafkaLag,
+    /// The subscription: names, or regular expressions starting with `^`.
+    pub(crate) topics: Arc<[String]>,
+}
+
+impl KafkaPanel {
+    /// Whether `topic` could be one of the subscription's.
+    fn check_topic(&self, topic: &str) -> Result<(), String> {
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if topic.is_empty() || topic.len() > MAX_TOPIC_LEN || !topic.chars().all(legal) {
+            return Err(format!("{topic:?} is not a Kafka topic name"));
+        }
+        let by_pattern = self.topics.iter().any(|t| t.starts_with('^'));
+        if !by_pattern && !self.topics.iter().any(|t| t == topic) {
+            return Err(format!(
+                "{topic} is not a topic this source subscribes to ({})",
+                self.topics.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `topic/partition`, or a whole topic.
+fn parse(part: &str) -> (&str, Option<&str>) {
+    match part.rsplit_once('/') {
+        Some((topic, partition)) => (topic, Some(partition)),
+        None => (part, None),
+    }
+}
+
+impl SourcePanel for KafkaPanel {
+    fn parts(&self) -> Vec<SourcePart> {
+        let lags = self.lag.snapshot();
+        let pause = KafkaPause(self.shared.clone());
+        KafkaStatus(self.shared.clone())
+            .partitions()
+            .into_iter()
+            .map(|p| {
+                let mut part = SourcePart::new(format!("{}/{}", p.topic, p.partition))
+                    .in_flight((p.queued + p.in_flight) as u64)
+                    .paused(pause.is_paused(&p.topic, p.partition));
+                let lag = lags
+                    .iter()
+                    .find(|l| l.topic == p.topic && l.partition == p.partition);
+                if let Some(lag) = lag {
+                    part = part
+                        .waiting(u64::try_from(lag.lag).unwrap_or(0))
+                        .waiting_seconds(lag.lag_seconds)
+                        .stalled_for(Duration::from_secs_f64(lag.stalled_seconds.max(0.0)));
+                }
+                part
+            })
+            .collect()
+    }
+
+    fn check_pause(&self, part: &str) -> Result<(), String> {
+        let (topic, partition) = parse(part);
+        self.check_topic(topic)?;
+        match partition.map(str::parse::<i32>) {
+            None | Some(Ok(0..)) => Ok(()),
+            Some(_) => Err(format!("{part}: the partition must be a number, 0 or more")),
+        }
+    }
+
+    fn set_paused(&self, part: &str, paused: bool) -> bool {
+        let pause = KafkaPause(self.shared.clone());
+        let before = pause.paused();
+        match parse(part) {
+            (topic, Some(partition)) => {
+                let Ok(partition) = partition.parse() else {
+                    return false;
+                };
+                if paused {
+                    pause.pause_partition(topic, partition);
+                } else {
+                    pause.resume_partition(topic, partition);
+                }
+            }
+            (topic, None) if paused => pause.pause_topic(topic),
+            (topic, None) => pause.resume_topic(topic),
+        }
+        pause.paused() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panel(topics: &[&str]) -> KafkaPanel {
+        KafkaPanel {
+            shared: Shared::new(16),
+            lag: KafkaLag::default(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pause_takes_a_partition_or_a_topic_of_the_subscription_and_nothing_else() {
+        let panel = panel(&["orders", "refunds"]);
+        assert_eq!(panel.check_pause("orders/3"), Ok(()));
+        assert_eq!(panel.check_pause("refunds"), Ok(()));
+        assert!(panel.check_pause("orders/-1").unwrap_err().contains("0 or more"));
+        assert!(panel
+            .check_pause("orders/x")
+            .unwrap_err()
+            .contains("must be a number"));
+        assert!(panel
+            .check_pause("payments/0")
+            .unwrap_err()
+            .contains("not a topic this source subscribes to"));
+        assert!(panel
+            .check_pause("../etc")
+            .unwrap_err()
+            .contains("not a Kafka topic name"));
+        assert!(panel.check_pause("").is_err());
+        // A pattern subscription takes any legal name.
+        assert_eq!(self::panel(&["^orders-.*"]).check_pause("orders-eu/1"), Ok(()));
+    }
+
+    #[test]
+    fn set_paused_says_whether_it_changed_anything() {
+        let panel = panel(&["orders"]);
+        assert!(panel.set_paused("orders/3", true));
+        assert!(!panel.set_paused("orders/3", true), "already paused");
+        assert!(panel.set_paused("orders", true));
+        assert!(KafkaPause(panel.shared.clone()).is_paused("orders", 7));
+        assert!(panel.set_paused("orders", false));
+        assert!(panel.set_paused("orders/3", false));
+        assert_eq!(KafkaPause(panel.shared.clone()).paused(), (vec![], vec![]));
+    }
+}
