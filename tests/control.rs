@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use longshore::source::memory::{AckCounts, MemorySource};
-use longshore::{BoxError, Handler, Message, Pipeline, Processors, Source};
+use longshore::{BoxError, Handler, Message, Pipeline, Processors, RateLimit, Source};
 
 /// The in-memory source, counting its receive calls.
 struct Counted {
@@ -90,6 +90,36 @@ async fn a_paused_pipeline_fetches_nothing_and_finishes_what_it_holds_then_resum
     switch.resume();
     let summary = pipeline.wait().await.unwrap();
     assert_eq!((summary.received, summary.successful), (2_000, 2_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_while_a_fetch_waits_for_the_rate_limit_fetches_nothing() {
+    let receives = Arc::new(AtomicUsize::new(0));
+    let source = Counted {
+        inner: MemorySource::from_iter(0..10),
+        receives: receives.clone(),
+    };
+    let pipeline = Pipeline::builder(source, Slow)
+        .name("control-pause-limited")
+        .processors(Processors::new(1).max_demand(1))
+        .rate_limit(RateLimit::new(1, Duration::from_secs(60)).burst(1))
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    // The first message passes at once; the next fetch waits a minute for the limit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((stats.get().received, receives.load(Ordering::SeqCst)), (1, 1));
+    pipeline.pause_switch().pause();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        (stats.get().received, receives.load(Ordering::SeqCst)),
+        (1, 1),
+        "fetched while paused, once the limit let it"
+    );
+    pipeline.pause_switch().resume();
+    pipeline.rate_limits().set(None).unwrap();
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!(summary.successful, 10);
 }
 
 /// The value of the series of `family` whose label values include all of `labels`.
@@ -262,6 +292,39 @@ async fn a_batchers_size_and_timeout_change_while_it_runs() {
         (Some(1_000), Some(Duration::from_millis(500)))
     );
     assert!(batching.set_batch_size("nope", 1).is_err());
+    drop(sender);
+    pipeline.wait().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lowered_size_or_timeout_applies_to_the_batches_already_open() {
+    use longshore::BatchTrigger::{Size, Timeout};
+
+    let (source, sender) = MemorySource::channel(1_000);
+    let batches = Arc::new(Batches::default());
+    let pipeline = Pipeline::builder(source, batches.clone())
+        .processors(Processors::new(1).max_demand(100))
+        .batcher(
+            longshore::Batcher::new("db")
+                .batch_size(1_000)
+                .batch_timeout(Duration::from_secs(3_600)),
+        )
+        .start()
+        .unwrap();
+    let batching = pipeline.batching();
+    // 25 open under a size of 1,000: cut into batches of the new size at once, in order.
+    for i in 0..25 {
+        sender.send(i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(batches.0.lock().unwrap().is_empty());
+    batching.set_batch_size("db", 10).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(*batches.0.lock().unwrap(), [(10, Size), (10, Size)]);
+    // The 5 left, opened under an hour's timeout, go within the new second.
+    batching.set_batch_timeout("db", Duration::from_secs(1)).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(*batches.0.lock().unwrap(), [(10, Size), (10, Size), (5, Timeout)]);
     drop(sender);
     pipeline.wait().await.unwrap();
 }

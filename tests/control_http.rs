@@ -131,7 +131,22 @@ async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_re
     );
 
     // One invalid setting: nothing of the request applies.
-    let invalid: [(&str, &str, u16); 5] = [
+    let invalid: [(&str, &str, u16); 8] = [
+        (
+            r#"{"processors": {"concurrency": 5}, "rate_limit": {"messages": 1, "per": "1000years"}}"#,
+            "invalid rate_limit.per: must be at most 1day",
+            400,
+        ),
+        (
+            r#"{"processors": {"concurrency": 5}, "rate_limit": {"messages": 1, "per": "100s", "burst": 1000000000}}"#,
+            "invalid rate_limit.burst",
+            400,
+        ),
+        (
+            r#"{"processors": {"concurrency": 5}, "source": {"pause": ["orders/1"]}}"#,
+            "invalid source.pause: this pipeline's source shows no parts to pause",
+            400,
+        ),
         (
             r#"{"processors": {"concurrency": 5}, "batchers": {"db": {"batch_size": 0}}}"#,
             "invalid batchers.db.batch_size: must be at least 1, got 0",

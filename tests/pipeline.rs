@@ -503,7 +503,7 @@ async fn bad_configuration_fails_at_start_naming_the_field() {
         build_error(|| Pipeline::builder(source(), Stuck)
             .batcher(Batcher::new("db").batch_timeout(Duration::ZERO))
             .start()),
-        "invalid batchers.db.batch_timeout: must be above zero"
+        "invalid batchers.db.batch_timeout: must be at least 1ms, got 0s"
     );
     assert_eq!(
         build_error(|| Pipeline::builder(source(), Stuck)

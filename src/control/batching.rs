@@ -13,6 +13,9 @@ use crate::error::BuildError;
 pub(crate) struct BatchSettings {
     size: AtomicUsize,
     timeout_nanos: AtomicU64,
+    /// Told of each change: the batcher applies it to the batches it has open (one
+    /// batcher per settings; a permit is kept when it is not waiting).
+    changed: tokio::sync::Notify,
 }
 
 impl BatchSettings {
@@ -20,7 +23,13 @@ impl BatchSettings {
         Arc::new(BatchSettings {
             size: AtomicUsize::new(size),
             timeout_nanos: AtomicU64::new(nanos(timeout)),
+            changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Waits for the next change.
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     pub(crate) fn size(&self) -> usize {
@@ -30,6 +39,24 @@ impl BatchSettings {
     pub(crate) fn timeout(&self) -> Duration {
         Duration::from_nanos(self.timeout_nanos.load(Ordering::Relaxed))
     }
+}
+
+/// The shortest batch timeout taken: below it every message would be a batch of its own,
+/// its timer firing all the time.
+pub(crate) const MIN_BATCH_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Checks a batch timeout set at `field`.
+pub(crate) fn check_timeout(field: &str, timeout: Duration) -> Result<(), BuildError> {
+    if timeout < MIN_BATCH_TIMEOUT {
+        return Err(BuildError::new(
+            field,
+            format!(
+                "must be at least 1ms, got {}",
+                humantime::format_duration(timeout)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -105,25 +132,22 @@ impl Batching {
             ));
         }
         let was = settings.size.swap(size, Ordering::Relaxed);
+        settings.changed.notify_one();
         self.changes
             .record(&format!("batchers.{batcher}.batch_size"), was, size);
         Ok(())
     }
 
-    /// Sets batcher `batcher`'s batch timeout, above zero.
+    /// Sets batcher `batcher`'s batch timeout, at least 1 ms.
     ///
     /// # Errors
     ///
     /// A [`BuildError`] when no batcher has that name or the timeout is zero.
     pub fn set_batch_timeout(&self, batcher: &str, timeout: Duration) -> Result<(), BuildError> {
         let settings = self.settings(batcher, "batch_timeout")?;
-        if timeout.is_zero() {
-            return Err(BuildError::new(
-                format!("batchers.{batcher}.batch_timeout"),
-                "must be above zero",
-            ));
-        }
+        check_timeout(&format!("batchers.{batcher}.batch_timeout"), timeout)?;
         let was = Duration::from_nanos(settings.timeout_nanos.swap(nanos(timeout), Ordering::Relaxed));
+        settings.changed.notify_one();
         self.changes.record(
             &format!("batchers.{batcher}.batch_timeout"),
             humantime::format_duration(was),

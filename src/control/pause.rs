@@ -99,4 +99,11 @@ impl Paused {
         // the pipeline as it was: run on.
         let _ = self.0.wait_for(|paused| !*paused).await;
     }
+
+    /// Waits until fetching is paused; never returns if the switch is gone.
+    pub(crate) async fn paused(&mut self) {
+        if self.0.wait_for(|paused| *paused).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

@@ -18,7 +18,7 @@ use serde::de::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use crate::control::batching::Batching;
+use crate::control::batching::{self, Batching};
 use crate::control::changes::ChangeLog;
 use crate::control::pause::PauseSwitch;
 use crate::control::scaling::{self, Scaling};
@@ -257,8 +257,8 @@ impl Control {
             if batcher.batch_size == Some(0) {
                 return Err(BuildError::at_least(field("batch_size"), 1, 0));
             }
-            if batcher.batch_timeout.is_some_and(|timeout| timeout.is_zero()) {
-                return Err(BuildError::new(field("batch_timeout"), "must be above zero"));
+            if let Some(timeout) = batcher.batch_timeout {
+                batching::check_timeout(&field("batch_timeout"), timeout)?;
             }
             if let Some(Some(limit)) = &batcher.rate_limit {
                 limit.validate(&field("rate_limit"))?;

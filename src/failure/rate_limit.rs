@@ -26,6 +26,9 @@ use crate::error::BuildError;
 /// assert!(limit.validate("rate_limit").is_ok());
 /// let error = RateLimit::new(0, Duration::from_secs(1)).validate("rate_limit").unwrap_err();
 /// assert_eq!(error.to_string(), "invalid rate_limit.messages: must be at least 1, got 0");
+/// let error = RateLimit::new(1, Duration::from_secs(1_000 * 86_400)).validate("rate_limit").unwrap_err();
+/// assert_eq!(error.to_string(), "invalid rate_limit.per: must be at most 1day, got 1000days");
+/// assert!(RateLimit::new(1, Duration::from_secs(86_400)).burst(u32::MAX).validate("rate_limit").is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +39,10 @@ pub struct RateLimit {
     #[serde(default)]
     burst: Option<u32>,
 }
+
+/// The longest `per` taken: a day (governor counts in nanoseconds; a longer period is a
+/// pause, which [`PauseSwitch`](crate::PauseSwitch) says better).
+const MAX_PER: Duration = Duration::from_secs(86_400);
 
 fn one_second() -> Duration {
     Duration::from_secs(1)
@@ -69,6 +76,32 @@ impl RateLimit {
         }
         if self.burst == Some(0) {
             return Err(BuildError::at_least(format!("{field}.burst"), 1, 0));
+        }
+        if self.per > MAX_PER {
+            return Err(BuildError::new(
+                format!("{field}.per"),
+                format!(
+                    "must be at most {}, got {}",
+                    humantime::format_duration(MAX_PER),
+                    humantime::format_duration(self.per)
+                ),
+            ));
+        }
+        // governor keeps a full burst's refill time in u64 nanoseconds.
+        let period = (self.per / self.messages).as_nanos();
+        if period
+            .checked_mul(u128::from(self.burst_size()))
+            .is_none_or(|n| n > u128::from(u64::MAX))
+        {
+            return Err(BuildError::new(
+                format!("{field}.burst"),
+                format!(
+                    "{} refills too slowly at {} messages per {:?}",
+                    self.burst_size(),
+                    self.messages,
+                    self.per
+                ),
+            ));
         }
         if (self.per / self.messages).is_zero() {
             return Err(BuildError::new(
@@ -175,6 +208,10 @@ impl Limiter {
     /// the new one at once. The new limit starts with its burst used up: a change grants
     /// no fresh burst, the next messages pass at the new rate.
     pub(crate) fn set(&self, limit: Option<RateLimit>) -> Option<RateLimit> {
+        if self.limit() == limit {
+            // The same limit again (a reconciling operator) keeps its bucket as it is.
+            return limit;
+        }
         let active = limit.map(|limit| {
             let active = Active::new(limit);
             let burst = NonZeroU32::new(active.burst).unwrap_or(NonZeroU32::MIN);
@@ -334,6 +371,16 @@ mod tests {
             "{waited:?}"
         );
         assert_eq!(limiter.limit(), Some(RateLimit::per_second(100).burst(100)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_limit_again_keeps_its_bucket() {
+        let limit = RateLimit::per_second(10);
+        let limiter = Limiter::new(Some(limit));
+        assert_eq!(limiter.acquire(5).await, Duration::ZERO);
+        // An operator's reconcile loop sets what is already set: the 5 left still pass.
+        assert_eq!(limiter.set(Some(limit)), Some(limit));
+        assert_eq!(limiter.acquire(5).await, Duration::ZERO);
     }
 
     #[test]

@@ -179,9 +179,7 @@ impl Batcher {
         if self.batch_size == 0 {
             return Err(BuildError::at_least(field("batch_size"), 1, 0));
         }
-        if self.batch_timeout.is_zero() {
-            return Err(BuildError::new(field("batch_timeout"), "must be above zero"));
-        }
+        crate::control::batching::check_timeout(&field("batch_timeout"), self.batch_timeout)?;
         if self.concurrency == 0 {
             return Err(BuildError::at_least(field("concurrency"), 1, 0));
         }

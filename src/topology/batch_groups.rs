@@ -4,6 +4,7 @@
 //! previous message is checked first and the hash index only on a change of key.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -77,6 +78,37 @@ impl<T, M> BatchGroups<T, M> {
         group
     }
 
+    /// Brings each group's deadline forward to `timeout` after it opened, if that is
+    /// sooner (a lowered batch timeout applies to the batches already open).
+    pub(crate) fn shorten(&mut self, timeout: Duration) {
+        for group in &mut self.groups {
+            group.deadline = group.deadline.min(group.opened + timeout);
+        }
+    }
+
+    /// Takes the first whole batches of `size` out of every group holding `size` or more
+    /// (a lowered batch size); what is left stays open, as it was.
+    pub(crate) fn take_full(&mut self, size: usize) -> Vec<Group<T, M>> {
+        let size = size.max(1);
+        let mut full = self.remove_where(|group| group.messages.len() >= size);
+        for group in &mut full {
+            let whole = group.messages.len() / size * size;
+            let rest: Vec<_> = group.messages.drain(whole..).collect();
+            if rest.is_empty() {
+                continue;
+            }
+            let position = self.groups.len();
+            self.index.insert(group.key.clone(), position);
+            self.groups.push(Group {
+                key: group.key.clone(),
+                messages: rest,
+                opened: group.opened,
+                deadline: group.deadline,
+            });
+        }
+        full
+    }
+
     /// The earliest deadline of any group.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.groups.iter().map(|group| group.deadline).min()
@@ -84,16 +116,20 @@ impl<T, M> BatchGroups<T, M> {
 
     /// Takes out every group whose deadline is at or before `now`.
     pub(crate) fn remove_expired(&mut self, now: Instant) -> Vec<Group<T, M>> {
-        let mut expired = Vec::new();
+        self.remove_where(|group| group.deadline <= now)
+    }
+
+    fn remove_where(&mut self, taken: impl Fn(&Group<T, M>) -> bool) -> Vec<Group<T, M>> {
+        let mut removed = Vec::new();
         let mut position = 0;
         while position < self.groups.len() {
-            if self.groups[position].deadline <= now {
-                expired.push(self.remove(position));
+            if taken(&self.groups[position]) {
+                removed.push(self.remove(position));
             } else {
                 position += 1;
             }
         }
-        expired
+        removed
     }
 
     /// Takes out every group.
@@ -143,5 +179,43 @@ mod tests {
         let expired: Vec<BatchKey> = groups.remove_expired(now).into_iter().map(|g| g.key).collect();
         assert_eq!(expired, [BatchKey::Int(1), BatchKey::Int(3)]);
         assert_eq!(groups.push(keyed(2), || now, std::time::Duration::ZERO), (0, 2));
+    }
+
+    #[test]
+    fn a_lowered_size_takes_whole_batches_and_keeps_the_rest_open_in_order() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3_600);
+        let mut groups = BatchGroups::new(4);
+        for n in 0..7u64 {
+            let mut message = Message::new(n);
+            message.put_batch_key(1);
+            groups.push(message, || now, hour);
+        }
+        groups.push(keyed(2), || now, hour);
+        let full = groups.take_full(3);
+        assert_eq!(full.len(), 1);
+        assert_eq!(
+            full[0].messages.iter().map(|m| *m.data()).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5]
+        );
+        // The one left of key 1 is still open, where new ones join it.
+        let mut next = Message::new(7);
+        next.put_batch_key(1);
+        let (position, len) = groups.push(next, || now, hour);
+        assert_eq!(len, 2);
+        assert_eq!(
+            groups
+                .remove(position)
+                .messages
+                .iter()
+                .map(|m| *m.data())
+                .collect::<Vec<_>>(),
+            [6, 7]
+        );
+        // A lowered timeout brings the deadline forward, never back.
+        groups.shorten(Duration::from_secs(1));
+        assert_eq!(groups.next_deadline(), Some(now + Duration::from_secs(1)));
+        groups.shorten(hour * 2);
+        assert_eq!(groups.next_deadline(), Some(now + Duration::from_secs(1)));
     }
 }

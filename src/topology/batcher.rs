@@ -11,7 +11,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::control::batching::BatchSettings;
 use crate::handler::{BatchInfo, BatchTrigger};
-use crate::message::Message;
+use crate::message::{BatchKey, Message};
 use crate::metrics::{BatcherMetrics, Held};
 use crate::topology::batch_groups::{BatchGroups, Group};
 use crate::topology::Fault;
@@ -167,6 +167,13 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
                     }
                     None => break,
                 },
+                // A changed size or timeout applies to the batches already open.
+                () = self.settings.changed() => {
+                    groups.shorten(self.settings.timeout());
+                    for group in groups.take_full(self.settings.size()) {
+                        self.send(&mut holding, group, BatchTrigger::Size).await;
+                    }
+                }
                 () = self.output.resized() => {
                     if let BatchDispatch::ByKey(by_key) = &mut self.output {
                         by_key.resize().await;
@@ -195,22 +202,46 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
         }
     }
 
+    /// Sends `group` on, in batches of at most the size now (a lowered size cuts a
+    /// group opened under the old one), in order.
     async fn send(&self, holding: &mut Held, group: Group<T, M>, trigger: BatchTrigger) {
+        let size = self.settings.size().max(1);
+        let fill = Instant::now().saturating_duration_since(group.opened);
+        if group.messages.len() <= size {
+            return self
+                .send_batch(holding, group.messages, group.key, fill, trigger)
+                .await;
+        }
+        let mut messages = group.messages.into_iter();
+        loop {
+            let batch: Vec<_> = messages.by_ref().take(size).collect();
+            if batch.is_empty() {
+                return;
+            }
+            self.send_batch(holding, batch, group.key.clone(), fill, trigger)
+                .await;
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        holding: &mut Held,
+        messages: Vec<Message<T, M>>,
+        batch_key: BatchKey,
+        fill: std::time::Duration,
+        trigger: BatchTrigger,
+    ) {
         let metrics = &self.metrics;
-        metrics.fill.observe(
-            Instant::now()
-                .saturating_duration_since(group.opened)
-                .as_secs_f64(),
-        );
-        metrics.size.observe(group.messages.len() as f64);
+        metrics.fill.observe(fill.as_secs_f64());
+        metrics.size.observe(messages.len() as f64);
         metrics.batch(trigger).inc();
-        holding.release(group.messages.len());
+        holding.release(messages.len());
         let info = BatchInfo {
             batcher: self.name.clone(),
-            batch_key: group.key,
+            batch_key,
             trigger,
         };
-        if let Err(lost) = self.output.send((group.messages, info)).await {
+        if let Err(lost) = self.output.send((messages, info)).await {
             // Only after an abort at the shutdown deadline: left unacknowledged, redelivered.
             tracing::warn!(batcher = %self.name, messages = lost.0 .0.len(), "batch processors gone; batch left unacknowledged");
         }

@@ -94,6 +94,11 @@ impl<S: Source> Producer<S> {
                     credits.give_back(demand);
                     return;
                 }
+                // Paused while it waits for the limit: nothing is fetched.
+                () = paused.paused() => {
+                    credits.give_back(demand);
+                    continue;
+                }
                 waited = limit.acquire(demand) => self.meter.add_rate_limited(waited, &self.meter.metrics.rate_limited),
             }
             let demanded = Held::new(&self.meter.metrics.producer_demand, demand);
