@@ -277,6 +277,15 @@ impl Shared {
         state.held.applied.extend(paused.elements().iter().map(key_of));
     }
 
+    /// Partitions revoked: their pause is no longer in effect here.
+    pub(crate) fn held_revoked(&self, tpl: &TopicPartitionList) {
+        let mut state = self.lock();
+        for key in tpl.elements().iter().map(key_of) {
+            state.held.applied.remove(&key);
+            state.held.high_watermarks.remove(&key);
+        }
+    }
+
     /// New partitions: each starts a new generation. Returns the commits refused at an
     /// earlier revoke of partitions that came back, to make now: only those still ahead of
     /// what the group has committed since (`group`, `None` if unknown). Another owner may

@@ -115,7 +115,11 @@ impl ConsumerContext for Context {
                 if held.count() > 0 {
                     match consumer.pause(&held) {
                         Ok(()) => self.shared.held_applied(&held, false),
-                        Err(error) => tracing::warn!(%error, "cannot pause partitions paused by an operator"),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot pause partitions paused by an operator; trying again");
+                            // The poll thread applies it on its next round.
+                            self.shared.lock().held.changed = true;
+                        }
                     }
                 }
                 let pending = self.shared.pending(tpl);
@@ -132,7 +136,8 @@ impl ConsumerContext for Context {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance failed"),
-            Rebalance::Revoke(_) => {}
+            // Gone from this consumer: not held here any more (a pause comes back with it).
+            Rebalance::Revoke(tpl) => self.shared.held_revoked(tpl),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! cluster): consumption, commits, restart, order, retries, dead letters, rebalance.
 
 mod common;
+#[path = "../../../tests/common/mod.rs"]
+mod http;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use common::{
     cluster, committed, config, config_with, eventually, eventually_eq, per_partition, produce, Keep,
     Recorder, Stream,
 };
+use longshore::control::ControlSurface;
+use longshore::metrics::MetricsServer;
 use longshore::{BoxError, Handler, Pipeline, Processors, RetryAfter, RetryPolicy, Source};
 use longshore_kafka::{KafkaDeadLetter, KafkaMessage, KafkaMetadata, KafkaSource, Ordering};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -643,7 +647,8 @@ fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_partition_lags_while_the_others_are_consumed_and_drains_once_resumed() {
+async fn a_partition_paused_over_http_lags_while_the_others_are_consumed_stays_paused_through_a_rebalance_and_drains_once_resumed(
+) {
     let _serial = common::serial().await;
     let cluster = cluster("pausing", 3);
     let bootstrap = cluster.bootstrap_servers();
@@ -652,13 +657,39 @@ async fn a_paused_partition_lags_while_the_others_are_consumed_and_drains_once_r
     let config = config(&bootstrap, "g-pause", "pausing")
         .lag_interval(Duration::from_millis(100))
         .max_buffered_per_partition(16);
-    let source = KafkaSource::new(config).unwrap();
+    let source = KafkaSource::new(config.clone()).unwrap();
     let (pause, status, lag) = (source.pause_control(), source.status(), source.lag());
     let recorder = Arc::new(Recorder::default());
     let pipeline = Pipeline::builder(source, recorder.clone())
+        .name("kafka-pausing")
         .processors(Processors::new(2).max_demand(10).min_demand(5))
         .start()
         .unwrap();
+    // Paused and resumed through the control surface, as an operator would.
+    let token = "mock-cluster-token-0123456789";
+    let server = MetricsServer::builder("127.0.0.1:0".parse().unwrap())
+        .control(ControlSurface::new(token).unwrap())
+        .bind()
+        .await
+        .unwrap();
+    server.add_pipeline(pipeline.control());
+    let bearer = format!("Bearer {token}");
+    let patch = |body: &'static str| {
+        let (addr, bearer) = (server.local_addr(), bearer.clone());
+        async move {
+            let headers = [("Authorization", bearer.as_str())];
+            http::request(addr, "PATCH", "/control/pipelines/kafka-pausing", &headers, body).await
+        }
+    };
+    let part_1 = || async {
+        let (_, feed) = http::get(server.local_addr(), "/topology.json").await;
+        let feed: serde_json::Value = serde_json::from_str(&feed).unwrap();
+        let parts = feed["pipelines"][0]["source"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        parts.into_iter().find(|part| part["name"] == "pausing/1")
+    };
     let handled = |partition: i32| {
         recorder
             .offsets_by_partition()
@@ -667,8 +698,16 @@ async fn a_paused_partition_lags_while_the_others_are_consumed_and_drains_once_r
     };
     eventually(WAIT, || handled(1) >= 20).await;
 
-    pause.pause_partition("pausing", 1);
+    let (code, body) = patch(r#"{"source": {"pause": ["elsewhere/1"]}}"#).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a topic this source subscribes to"), "{body}");
+    let (code, body) = patch(r#"{"source": {"pause": ["pausing/1"]}}"#).await;
+    assert_eq!(code, 200, "{body}");
     assert!(pause.is_paused("pausing", 1));
+    assert_eq!(
+        pipeline.changes().last().map(|c| c.setting.clone()),
+        Some("source.pausing/1.paused".to_owned())
+    );
     // What it had fetched goes through the pipeline; then nothing more comes.
     let drained = || {
         status
@@ -691,36 +730,61 @@ async fn a_paused_partition_lags_while_the_others_are_consumed_and_drains_once_r
     })
     .await;
     assert_eq!(handled(1), held_at, "nothing of a paused partition is fetched");
-    // The source's lag gauge sees it too.
+    // The source's lag gauge sees it too, and the topology page.
     eventually(WAIT, || {
         lag.snapshot()
             .iter()
             .any(|l| l.partition == 1 && l.lag >= lag_now)
     })
     .await;
+    let shown = part_1().await.expect("partition 1 on the page");
+    assert_eq!(shown["paused"], true, "{shown}");
+    assert!(shown["waiting"].as_i64().unwrap() >= lag_now, "{shown}");
 
-    pause.resume_partition("pausing", 1);
+    // A rebalance: a second consumer joins the group and leaves it. (While it holds
+    // partition 1, it reads it: the pause is this consumer's.) Back here, it is paused.
+    let second = Arc::new(Recorder::default());
+    let joining = KafkaSource::new(config).unwrap();
+    let joined = Pipeline::builder(joining, second.clone())
+        .processors(Processors::new(2).max_demand(10).min_demand(5))
+        .start()
+        .unwrap();
+    eventually(WAIT, || status.partitions().len() < 3).await;
+    joined.shutdown().await.unwrap();
+    eventually(WAIT, || status.partitions().len() == 3).await;
+    eventually(WAIT, drained).await;
+    let (held_at, others_at) = (handled(1), (handled(0), handled(2)));
+    eventually(WAIT, || {
+        handled(0) >= others_at.0 + 100 && handled(2) >= others_at.1 + 100
+    })
+    .await;
+    assert_eq!(
+        handled(1),
+        held_at,
+        "a paused partition comes back paused after a rebalance"
+    );
+
+    let (code, body) = patch(r#"{"source": {"resume": ["pausing/1"]}}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!pause.is_paused("pausing", 1));
     let written = stream.stop();
-    eventually(WAIT, || stats_done(&recorder, written)).await;
+    let both = || {
+        let mut payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
+        payloads.extend(second.payloads());
+        payloads
+    };
+    eventually(WAIT, || both().len() >= written).await;
     let expected = per_partition(written, 3);
     eventually_eq(WAIT, || committed(&bootstrap, "g-pause", "pausing", 3), expected).await;
     pipeline.shutdown().await.unwrap();
-    let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
-    assert_eq!(
-        payloads,
-        (0..written).collect(),
-        "every record handled, none lost"
-    );
-    for (partition, offsets) in recorder.offsets_by_partition() {
-        assert!(
-            offsets.windows(2).all(|w| w[0] < w[1]),
-            "partition {partition} out of order or repeated"
-        );
+    server.shutdown().await;
+    assert_eq!(both(), (0..written).collect(), "every record handled, none lost");
+    for recorder in [&recorder, &second] {
+        for (partition, offsets) in recorder.offsets_by_partition() {
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "partition {partition} out of order or repeated"
+            );
+        }
     }
-}
-
-/// Whether every payload below `written` was handled.
-fn stats_done(recorder: &Recorder, written: usize) -> bool {
-    let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
-    payloads.len() >= written && payloads.iter().next_back() == Some(&(written - 1))
 }
