@@ -26,8 +26,8 @@ use crate::error::BuildError;
 /// assert!(limit.validate("rate_limit").is_ok());
 /// let error = RateLimit::new(0, Duration::from_secs(1)).validate("rate_limit").unwrap_err();
 /// assert_eq!(error.to_string(), "invalid rate_limit.messages: must be at least 1, got 0");
-/// let error = RateLimit::new(1, Duration::from_secs(1_000 * 86_400)).validate("rate_limit").unwrap_err();
-/// assert_eq!(error.to_string(), "invalid rate_limit.per: must be at most 1day, got 1000days");
+/// let error = RateLimit::new(1, Duration::from_secs(2 * 86_400)).validate("rate_limit").unwrap_err();
+/// assert_eq!(error.to_string(), "invalid rate_limit.per: must be at most 1day, got 2days");
 /// assert!(RateLimit::new(1, Duration::from_secs(86_400)).burst(u32::MAX).validate("rate_limit").is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
