@@ -26,7 +26,7 @@ impl KafkaPanel {
     /// Whether `topic` could be one of the subscription's.
     fn check_topic(&self, topic: &str) -> Result<(), String> {
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if topic.is_empty() || topic.len() > MAX_TOPIC_LEN || !topic.chars().all(legal) {
+        if matches!(topic, "" | "." | "..") || topic.len() > MAX_TOPIC_LEN || !topic.chars().all(legal) {
             return Err(format!("{topic:?} is not a Kafka topic name"));
         }
         let by_pattern = self.topics.iter().any(|t| t.starts_with('^'));
