@@ -246,21 +246,30 @@ impl Handler for Batches {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_batchers_size_and_timeout_change_while_it_runs() {
-    use longshore::BatchTrigger::{Size, Timeout};
-
+/// A pipeline fed from a channel into batcher `db`, recording its batches.
+fn batching_pipeline(
+    size: usize,
+    timeout: Duration,
+) -> (Pipeline, tokio::sync::mpsc::Sender<usize>, Arc<Batches>) {
     let (source, sender) = MemorySource::channel(1_000);
     let batches = Arc::new(Batches::default());
     let pipeline = Pipeline::builder(source, batches.clone())
         .processors(Processors::new(1).max_demand(100))
         .batcher(
             longshore::Batcher::new("db")
-                .batch_size(100)
-                .batch_timeout(Duration::from_secs(60)),
+                .batch_size(size)
+                .batch_timeout(timeout),
         )
         .start()
         .unwrap();
+    (pipeline, sender, batches)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batchers_size_and_timeout_change_while_it_runs() {
+    use longshore::BatchTrigger::{Size, Timeout};
+
+    let (pipeline, sender, batches) = batching_pipeline(100, Duration::from_secs(60));
     let batching = pipeline.batching();
     let send = |n: usize| {
         let sender = sender.clone();
@@ -300,17 +309,7 @@ async fn a_batchers_size_and_timeout_change_while_it_runs() {
 async fn a_lowered_size_or_timeout_applies_to_the_batches_already_open() {
     use longshore::BatchTrigger::{Size, Timeout};
 
-    let (source, sender) = MemorySource::channel(1_000);
-    let batches = Arc::new(Batches::default());
-    let pipeline = Pipeline::builder(source, batches.clone())
-        .processors(Processors::new(1).max_demand(100))
-        .batcher(
-            longshore::Batcher::new("db")
-                .batch_size(1_000)
-                .batch_timeout(Duration::from_secs(3_600)),
-        )
-        .start()
-        .unwrap();
+    let (pipeline, sender, batches) = batching_pipeline(1_000, Duration::from_secs(3_600));
     let batching = pipeline.batching();
     // 25 open under a size of 1,000: cut into batches of the new size at once, in order.
     for i in 0..25 {

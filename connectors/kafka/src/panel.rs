@@ -83,23 +83,13 @@ impl SourcePanel for KafkaPanel {
     }
 
     fn set_paused(&self, part: &str, paused: bool) -> bool {
-        let pause = KafkaPause(self.shared.clone());
-        let before = pause.paused();
-        match parse(part) {
-            (topic, Some(partition)) => {
-                let Ok(partition) = partition.parse() else {
-                    return false;
-                };
-                if paused {
-                    pause.pause_partition(topic, partition);
-                } else {
-                    pause.resume_partition(topic, partition);
-                }
-            }
-            (topic, None) if paused => pause.pause_topic(topic),
-            (topic, None) => pause.resume_topic(topic),
-        }
-        pause.paused() != before
+        let (topic, partition) = parse(part);
+        let partition = match partition.map(str::parse) {
+            None => None,
+            Some(Ok(partition)) => Some(partition),
+            Some(Err(_)) => return false,
+        };
+        KafkaPause(self.shared.clone()).set(topic, partition, paused)
     }
 }
 

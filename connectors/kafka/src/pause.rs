@@ -45,22 +45,22 @@ impl std::fmt::Debug for KafkaPause {
 impl KafkaPause {
     /// Stops fetching partition `partition` of `topic`.
     pub fn pause_partition(&self, topic: &str, partition: i32) {
-        self.change(topic, "partition paused", Some(partition), true);
+        self.set(topic, Some(partition), true);
     }
 
     /// Fetches partition `partition` of `topic` again (unless its topic is paused).
     pub fn resume_partition(&self, topic: &str, partition: i32) {
-        self.change(topic, "partition resumed", Some(partition), false);
+        self.set(topic, Some(partition), false);
     }
 
     /// Stops fetching every partition of `topic`.
     pub fn pause_topic(&self, topic: &str) {
-        self.change(topic, "topic paused", None, true);
+        self.set(topic, None, true);
     }
 
     /// Fetches the partitions of `topic` again (those paused one by one stay paused).
     pub fn resume_topic(&self, topic: &str) {
-        self.change(topic, "topic resumed", None, false);
+        self.set(topic, None, false);
     }
 
     /// Whether partition `partition` of `topic` is paused here, by itself or by its topic.
@@ -83,7 +83,15 @@ impl KafkaPause {
         (partitions, topics)
     }
 
-    fn change(&self, topic: &str, what: &str, partition: Option<i32>, pause: bool) {
+    /// Pauses or resumes a partition (or with `None`, a topic); whether that changed
+    /// anything.
+    pub(crate) fn set(&self, topic: &str, partition: Option<i32>, pause: bool) -> bool {
+        let what = match (partition, pause) {
+            (Some(_), true) => "partition paused",
+            (Some(_), false) => "partition resumed",
+            (None, true) => "topic paused",
+            (None, false) => "topic resumed",
+        };
         let mut state = self.0.lock();
         let held = &mut state.held;
         let topic: Arc<str> = Arc::from(topic);
@@ -97,5 +105,6 @@ impl KafkaPause {
             held.changed = true;
             tracing::info!(%topic, ?partition, "kafka {what}");
         }
+        changed
     }
 }
