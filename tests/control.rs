@@ -327,3 +327,111 @@ async fn a_lowered_size_or_timeout_applies_to_the_batches_already_open() {
     drop(sender);
     pipeline.wait().await.unwrap();
 }
+
+/// Keyed batches: item 0 alone under key 0, whose first attempt fails (a minute's
+/// backoff); the others under keys 1 to 3, 10 ms a message. Records each successful
+/// batch's items, in the order handled.
+#[derive(Default)]
+struct KeyedRetry {
+    handled: std::sync::Mutex<Vec<(u64, usize)>>,
+    first_failed: tokio::sync::Notify,
+    tried: AtomicUsize,
+}
+
+fn key_of(item: usize) -> u64 {
+    if item == 0 {
+        0
+    } else {
+        1 + item as u64 % 3
+    }
+}
+
+impl Handler for KeyedRetry {
+    type Item = usize;
+    type Metadata = ();
+
+    async fn handle_message(&self, message: &mut Message<usize>) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        message.put_batch_key(key_of(*message.data()));
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: &mut [Message<usize>],
+        _: &longshore::BatchInfo,
+    ) -> Result<(), BoxError> {
+        if *batch[0].data() == 0 && self.tried.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.first_failed.notify_one();
+            return Err("key 0 fails once".into());
+        }
+        let mut handled = self.handled.lock().unwrap();
+        handled.extend(batch.iter().map(|m| (key_of(*m.data()), *m.data())));
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ordered_batcher_resizes_while_one_key_waits_out_a_retry_and_the_others_flow_on() {
+    let handler = Arc::new(KeyedRetry::default());
+    let pipeline = Pipeline::builder(MemorySource::from_iter(0..600), handler.clone())
+        .name("ordered-resize")
+        .processors(Processors::new(2).max_demand(5))
+        .partition_by(|m: &Message<usize>| key_of(*m.data()))
+        .batcher(
+            longshore::Batcher::new("db")
+                .batch_size(5)
+                .batch_timeout(Duration::from_millis(5))
+                .concurrency(2),
+        )
+        .retry(
+            longshore::RetryPolicy::new(2)
+                .initial_backoff(Duration::from_secs(60))
+                .max_backoff(Duration::from_secs(60))
+                .jitter(0.0),
+        )
+        .start()
+        .unwrap();
+    let batch_processors = ["ordered-resize", "batch_processor", "db"];
+    let handled = || handler.handled.lock().unwrap().len();
+    handler.first_failed.notified().await;
+    let retry_due = tokio::time::Instant::now() + Duration::from_secs(60);
+
+    // Grown while key 0 waits: the new batch processor starts at once, and the other
+    // keys go on being handled.
+    let scaling = pipeline.scaling();
+    scaling.set_batch_concurrency("db", 3).unwrap();
+    tasks_become(&batch_processors, 3.0).await;
+    let before = handled();
+    while handled() < before + 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Shrunk to one: the others finish what they hold and end, but the one holding key 0
+    // runs until its retry is done.
+    scaling.set_batch_concurrency("db", 1).unwrap();
+    while handled() < 599 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while value("longshore_stage_tasks", &batch_processors) > Some(2.0) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        tokio::time::Instant::now() < retry_due,
+        "the other keys waited for key 0's retry"
+    );
+
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!((summary.received, summary.successful), (600, 600));
+    assert_eq!(value("longshore_stage_tasks", &batch_processors), Some(0.0));
+    // Each key's items were handled once each, in order, through both resizes.
+    let handled = handler.handled.lock().unwrap();
+    for key in 0..4 {
+        let items: Vec<usize> = handled
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, i)| *i)
+            .collect();
+        let expected: Vec<usize> = (0..600).filter(|i| key_of(*i) == key).collect();
+        assert_eq!(items, expected, "key {key}");
+    }
+}

@@ -2,16 +2,20 @@
 //! batch processors resized, batch sizes, timeouts and rate limits changed, the pipeline
 //! paused and resumed) lose, repeat and reorder nothing: every message is acknowledged
 //! exactly once with the right status, each key's messages are handled and finished in
-//! the order sent where `partition_by` is set, and in flight never exceeds its bound.
+//! the order sent where `partition_by` is set, in flight (counted by the source: received
+//! and not yet acknowledged) never exceeds its bound, and no batch is longer than its
+//! batcher's size allowed.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use longshore::testing::TestSource;
+use longshore::source::{Acknowledger, Source};
+use longshore::testing::{TestAcknowledger, TestSource};
 use longshore::{
-    BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors, RateLimit, RetryPolicy, StatsHandle,
+    BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors, RateLimit, RetryPolicy,
 };
 use proptest::prelude::*;
 
@@ -48,6 +52,8 @@ struct Case {
     partitioned: bool,
     /// Per batcher: size, concurrency.
     batchers: Vec<(usize, usize)>,
+    /// `None`: the default bound.
+    max_in_flight: Option<usize>,
     items: Vec<(u64, u32, u64, bool)>,
     /// Each after a wait of so many hundreds of microseconds.
     actions: Vec<(u64, Action)>,
@@ -71,6 +77,7 @@ fn case() -> impl Strategy<Value = Case> {
         1usize..=6,
         any::<bool>(),
         prop::collection::vec((1usize..=20, 1usize..=3), 0..=2),
+        prop::option::of(8usize..=64),
         prop::collection::vec(
             (
                 0u64..8,
@@ -82,13 +89,92 @@ fn case() -> impl Strategy<Value = Case> {
         ),
         prop::collection::vec((0u64..30, action()), 1..25),
     )
-        .prop_map(|(processors, partitioned, batchers, items, actions)| Case {
-            processors,
-            partitioned,
-            batchers,
-            items,
-            actions,
-        })
+        .prop_map(
+            |(processors, partitioned, batchers, max_in_flight, items, actions)| Case {
+                processors,
+                partitioned,
+                batchers,
+                max_in_flight,
+                items,
+                actions,
+            },
+        )
+}
+
+/// Messages the source handed out and those acknowledged (or released) since: counted
+/// by the source itself, not by the pipeline.
+#[derive(Debug, Default)]
+struct InFlight {
+    received: AtomicUsize,
+    finished: AtomicUsize,
+    /// The bound, from the configuration.
+    bound: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    fn sample(&self) {
+        // Received first: an acknowledgement between the two reads makes the figure
+        // lower, never higher, than it was.
+        let received = self.received.load(Ordering::SeqCst);
+        let finished = self.finished.load(Ordering::SeqCst);
+        let now = received.saturating_sub(finished);
+        let bound = self.bound.load(Ordering::SeqCst);
+        assert!(now <= bound, "{now} in flight over the bound {bound}");
+        self.most.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// The test source, counting what it hands out and what comes back.
+struct Counting {
+    inner: TestSource<Item>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Source for Counting {
+    type Data = Item;
+    type Metadata = ();
+    type Acknowledger = CountingAck;
+
+    fn acknowledger(&self) -> CountingAck {
+        CountingAck {
+            inner: self.inner.acknowledger(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<Item>>>, BoxError> {
+        let received = self.inner.receive(demand).await?;
+        if let Some(messages) = &received {
+            self.in_flight
+                .received
+                .fetch_add(messages.len(), Ordering::SeqCst);
+            self.in_flight.sample();
+        }
+        Ok(received)
+    }
+}
+
+struct CountingAck {
+    inner: TestAcknowledger<()>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Acknowledger<()> for CountingAck {
+    async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T>>, failed: Vec<Message<T>>) {
+        // Counted before the pipeline takes back its credits, which it does after this.
+        self.in_flight
+            .finished
+            .fetch_add(successful.len() + failed.len(), Ordering::SeqCst);
+        self.inner.ack(successful, failed).await;
+    }
+
+    async fn release<T: Send + 'static>(&self, messages: Vec<Message<T>>) {
+        self.in_flight
+            .finished
+            .fetch_add(messages.len(), Ordering::SeqCst);
+        self.inner.release(messages).await;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -96,26 +182,11 @@ struct Recorder {
     batchers: Vec<String>,
     /// Per key, the sequence numbers in the order `handle_message` saw them.
     handled: Mutex<HashMap<u64, Vec<usize>>>,
-    stats: OnceLock<StatsHandle>,
+    in_flight: Arc<InFlight>,
+    /// Per batcher, the largest size set so far: a batch cut under it may be as long.
+    largest_size: Mutex<HashMap<String, usize>>,
     /// Items whose batch failed once.
     failed_a_batch: Mutex<HashSet<usize>>,
-    /// The most messages seen in flight, against the bound.
-    most_in_flight: AtomicUsize,
-}
-
-impl Recorder {
-    fn sample(&self) {
-        if let Some(stats) = self.stats.get() {
-            let now = stats.get();
-            assert!(
-                now.in_flight <= now.max_in_flight,
-                "{} in flight over the bound {}",
-                now.in_flight,
-                now.max_in_flight
-            );
-            self.most_in_flight.fetch_max(now.in_flight, Ordering::Relaxed);
-        }
-    }
 }
 
 impl Handler for Recorder {
@@ -123,7 +194,7 @@ impl Handler for Recorder {
     type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<Item>) -> Result<(), BoxError> {
-        self.sample();
+        self.in_flight.sample();
         let item = message.data().clone();
         self.handled
             .lock()
@@ -145,8 +216,15 @@ impl Handler for Recorder {
         Ok(())
     }
 
-    async fn handle_batch(&self, messages: &mut [Message<Item>], _: &BatchInfo) -> Result<(), BoxError> {
-        self.sample();
+    async fn handle_batch(&self, messages: &mut [Message<Item>], info: &BatchInfo) -> Result<(), BoxError> {
+        self.in_flight.sample();
+        let largest = self.largest_size.lock().unwrap()[&*info.batcher];
+        assert!(
+            messages.len() <= largest,
+            "a batch of {} from {} whose size was never above {largest}",
+            messages.len(),
+            info.batcher
+        );
         let work = messages.iter().map(|m| m.data().work_us).max().unwrap_or(0);
         tokio::time::sleep(Duration::from_micros(work)).await;
         let mut failed = self.failed_a_batch.lock().unwrap();
@@ -169,6 +247,24 @@ async fn run(case: Case) {
         ..Recorder::default()
     });
     let (source, sender) = TestSource::new();
+    let source = Counting {
+        inner: source,
+        in_flight: recorder.in_flight.clone(),
+    };
+    // The bound as documented: each processor's demand, and per batcher one batch filling
+    // and one per batch processor.
+    let bound = case.max_in_flight.unwrap_or(
+        case.processors * 8
+            + case
+                .batchers
+                .iter()
+                .map(|(size, n)| size * (n + 1))
+                .sum::<usize>(),
+    );
+    recorder.in_flight.bound.store(bound, Ordering::SeqCst);
+    for (name, &(size, _)) in names.iter().zip(&case.batchers) {
+        recorder.largest_size.lock().unwrap().insert(name.clone(), size);
+    }
     let mut builder = Pipeline::builder(source, recorder.clone())
         .processors(Processors::new(case.processors).max_demand(8))
         // Enough for a flaky message's retries and its batch's.
@@ -177,6 +273,9 @@ async fn run(case: Case) {
                 .initial_backoff(Duration::from_millis(2))
                 .max_backoff(Duration::from_millis(8)),
         );
+    if let Some(limit) = case.max_in_flight {
+        builder = builder.max_in_flight(limit);
+    }
     if case.partitioned {
         builder = builder.partition_by(|m: &Message<Item>| m.data().key);
     }
@@ -189,7 +288,6 @@ async fn run(case: Case) {
         );
     }
     let pipeline = builder.start().expect("valid case");
-    recorder.stats.set(pipeline.stats()).unwrap();
     let (scaling, batching, limits, pause) = (
         pipeline.scaling(),
         pipeline.batching(),
@@ -201,7 +299,7 @@ async fn run(case: Case) {
     let controller = async {
         for (wait, action) in actions {
             tokio::time::sleep(Duration::from_micros(wait * 100)).await;
-            recorder.sample();
+            recorder.in_flight.sample();
             match action {
                 Action::Processors(n) => scaling.set_processors(n).unwrap(),
                 Action::BatchConcurrency(b, n) => {
@@ -211,6 +309,10 @@ async fn run(case: Case) {
                 }
                 Action::BatchSize(b, n) => {
                     if let Some(name) = batcher(b) {
+                        // Raised first, so that no batch cut under `n` is caught out.
+                        let mut largest = recorder.largest_size.lock().unwrap();
+                        let largest = largest.get_mut(&name).unwrap();
+                        *largest = (*largest).max(n);
                         batching.set_batch_size(&name, n).unwrap();
                     }
                 }
@@ -277,8 +379,13 @@ async fn run(case: Case) {
         assert_eq!(outcome.data::<Item>().map(|data| data.seq), Some(item.seq));
     }
     assert!(
-        recorder.most_in_flight.load(Ordering::Relaxed) > 0,
+        recorder.in_flight.most.load(Ordering::Relaxed) > 0,
         "the sample saw messages"
+    );
+    assert_eq!(
+        recorder.in_flight.received.load(Ordering::SeqCst),
+        recorder.in_flight.finished.load(Ordering::SeqCst),
+        "every message received came back"
     );
 
     if case.partitioned {

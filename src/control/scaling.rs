@@ -18,9 +18,9 @@ pub const MAX_TASKS: usize = 4096;
 /// Growing starts tasks at once. Shrinking asks the newest tasks to retire: each takes no
 /// more messages, finishes what it holds (its chunk or batch, and its retries), then
 /// ends, so that nothing is lost, handled twice or reordered. With `partition_by`, a key
-/// moves to another processor only once its queue is empty; an ordered batcher waits
-/// until its batch processors have finished every batch they hold, then dispatches by
-/// key over the new count. The in-flight bound stays what it was at start: more tasks
+/// moves to another processor only once its queue is empty, and likewise an ordered
+/// batcher's key moves to another batch processor only once its batches there are
+/// finished (retries included), while the other keys flow on. The in-flight bound stays what it was at start: more tasks
 /// than it feeds wait for credits. `longshore_stage_tasks` counts the tasks running.
 ///
 /// ```

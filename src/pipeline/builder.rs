@@ -319,7 +319,8 @@ where
                 retire,
             };
             let output = if ordered {
-                // Resized as a whole by the batcher (see `ByKey`): never asked to retire.
+                // Resized by the batcher key by key (see `ByKey`): never asked to retire, their
+                // queues close instead.
                 let spawn: SpawnBatchProcessor<_, _> =
                     Box::new(move |input| Box::pin(batch_processor(input, Arc::default()).run()));
                 BatchDispatch::ByKey(ByKey::new(spawn, sized, fault.clone(), tasks_gauge))

@@ -3,7 +3,7 @@
 //! rest.
 //!
 //! In an ordered pipeline each batch key has one batch processor (see
-//! [`BatchDispatch`](crate::topology::batcher::BatchDispatch)), and a key's later batches
+//! [`BatchDispatch`](crate::topology::batch_dispatch::BatchDispatch)), and a key's later batches
 //! wait behind its retry: from the first message to be tried again, the rest of its
 //! batch is tried again with it, the successful ones included (handled again: at least
 //! once), so that no message of the key is finished ahead of an earlier one.
@@ -22,7 +22,7 @@ use crate::handler::{BatchTrigger, Handler};
 use crate::message::{BatchKey, Message};
 use crate::metrics::{BatcherMetrics, HandlingTimes, Held};
 use crate::source::Acknowledger;
-use crate::topology::batcher::Batch;
+use crate::topology::batch_dispatch::Batch;
 use crate::topology::guard::guarded;
 use crate::topology::pool::Retire;
 use crate::topology::processor::drain_delayed;
@@ -70,12 +70,12 @@ impl<T, M> Retries<T, M> {
     fn take_all(&mut self) -> Vec<Message<T, M>> {
         let mut all: Vec<Message<T, M>> = drain_delayed(&mut self.due)
             .into_iter()
-            .flat_map(|(messages, _)| messages)
+            .flat_map(|batch| batch.messages)
             .collect();
         self.waiting.release(all.len());
         for (key, batches) in self.held.drain() {
             self.released.insert(key);
-            all.extend(batches.into_iter().flat_map(|(messages, _)| messages));
+            all.extend(batches.into_iter().flat_map(|batch| batch.messages));
         }
         all
     }
@@ -113,14 +113,14 @@ where
                 }
                 Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
                     let batch = expired.into_inner();
-                    retries.waiting.release(batch.0.len());
+                    retries.waiting.release(batch.messages.len());
                     batch
                 }
                 batch = self.input.recv(), if open => match batch {
                     Ok(batch) => {
-                        holding.add(batch.0.len());
-                        if self.ordered && retries.waits(&batch.1.batch_key) {
-                            let key = batch.1.batch_key.clone();
+                        holding.add(batch.messages.len());
+                        if self.ordered && retries.waits(&batch.info.batch_key) {
+                            let key = batch.info.batch_key.clone();
                             retries.held.entry(key).or_default().push_back(batch);
                             continue;
                         }
@@ -155,9 +155,9 @@ where
             holding.release(unfinished.len());
             self.ctx.release(unfinished).await;
             match self.input.recv().await {
-                Ok((batch, _)) => {
-                    holding.add(batch.len());
-                    unfinished = batch;
+                Ok(batch) => {
+                    holding.add(batch.messages.len());
+                    unfinished = batch.messages;
                 }
                 Err(_) => return,
             }
@@ -173,17 +173,17 @@ where
         retries: &mut Retries<H::Item, H::Metadata>,
         holding: &mut Held,
     ) -> Result<(), Vec<Message<H::Item, H::Metadata>>> {
-        let key = batch.1.batch_key.clone();
+        let key = batch.info.batch_key.clone();
         let mut next = Some(batch);
         while let Some(batch) = next.take() {
-            let size = batch.0.len();
+            let size = batch.messages.len();
             let retry = self.handle(batch).await?;
-            holding.release(size - retry.as_ref().map_or(0, |r| r.0 .0.len()));
+            holding.release(size - retry.as_ref().map_or(0, |r| r.0.messages.len()));
             if let Some((batch, delay)) = retry {
                 if self.ordered {
                     retries.held.entry(key).or_default();
                 }
-                retries.waiting.add(batch.0.len());
+                retries.waiting.add(batch.messages.len());
                 retries.due.insert(batch, delay);
                 return Ok(());
             }
@@ -199,7 +199,11 @@ where
     /// when the pipeline was abandoned at its deadline before it was handled.
     async fn handle(
         &self,
-        (mut batch, info): Batch<H::Item, H::Metadata>,
+        Batch {
+            messages: mut batch,
+            mut info,
+            lease,
+        }: Batch<H::Item, H::Metadata>,
     ) -> Result<Option<(Batch<H::Item, H::Metadata>, Duration)>, Vec<Message<H::Item, H::Metadata>>> {
         let abandon = &self.abandon;
         if abandon.is_cancelled() {
@@ -266,8 +270,13 @@ where
         if again.is_empty() {
             return Ok(None);
         }
-        let mut info = info;
         info.trigger = BatchTrigger::Retry;
-        Ok(Some(((again, info), delay)))
+        // The key keeps its batch processor until its retry is finished too.
+        let again = Batch {
+            messages: again,
+            info,
+            lease,
+        };
+        Ok(Some((again, delay)))
     }
 }

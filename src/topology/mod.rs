@@ -12,6 +12,7 @@
 //! queue of `partition_by`), so the in-flight total never exceeds the credit limit.
 
 mod acknowledge;
+mod batch_dispatch;
 mod batch_groups;
 mod batch_processor;
 mod batcher;
@@ -37,8 +38,9 @@ use crate::metrics::PipelineMetrics;
 use crate::source::{Acknowledger, Redelivery};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use batch_dispatch::{BatchDispatch, ByKey, SpawnBatchProcessor};
 pub(crate) use batch_processor::BatchProcessor;
-pub(crate) use batcher::{BatchDispatch, BatcherStage, ByKey, SpawnBatchProcessor};
+pub(crate) use batcher::BatcherStage;
 pub(crate) use key_queue::KeyQueue;
 pub(crate) use pool::Pool;
 pub(crate) use processor::{BatcherRoute, Input, Processor};
