@@ -131,7 +131,12 @@ async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_re
     );
 
     // One invalid setting: nothing of the request applies.
-    let invalid: [(&str, &str, u16); 8] = [
+    let invalid: [(&str, &str, u16); 9] = [
+        (
+            r#"{"processors": {"concurrency": 5}, "source": {"pause": ["orders/1"], "resume": ["orders/1"]}}"#,
+            "invalid source: orders/1 is both paused and resumed",
+            400,
+        ),
         (
             r#"{"processors": {"concurrency": 5}, "rate_limit": {"messages": 1, "per": "1000years"}}"#,
             "invalid rate_limit.per: must be at most 1day",

@@ -133,10 +133,21 @@ impl Handler for FailsOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_waiting_out_a_backoff_or_a_rate_limit_are_no_stall() {
+    waits_are_no_stall(false).await;
+}
+
+/// Ordered, a key's later messages wait behind its retry: waiting as configured too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_key_behind_its_retry_are_no_stall() {
+    waits_are_no_stall(true).await;
+}
+
+async fn waits_are_no_stall(ordered: bool) {
     let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let after = Duration::from_secs(1);
-    let pipeline = Pipeline::builder(MemorySource::from_iter(0..3u64), FailsOnce)
-        .name("stall-waits")
+    let name = if ordered { "stall-ordered" } else { "stall-waits" };
+    let mut builder = Pipeline::builder(MemorySource::from_iter(0..3u64), FailsOnce)
+        .name(name)
         .processors(Processors::new(1))
         .retry(
             RetryPolicy::new(2)
@@ -146,14 +157,18 @@ async fn messages_waiting_out_a_backoff_or_a_rate_limit_are_no_stall() {
         .batcher(
             Batcher::new("slow")
                 .batch_size(1)
-                .rate_limit(RateLimit::new(1, Duration::from_secs(3)).burst(1)),
+                // Ordered, the messages come out of their retries 3 s apart: a batch
+                // every 6 s makes the second wait.
+                .rate_limit(RateLimit::new(1, Duration::from_secs(if ordered { 6 } else { 3 })).burst(1)),
         )
-        .stall_watch(StallWatch::after(after))
-        .start()
-        .unwrap();
+        .stall_watch(StallWatch::after(after));
+    if ordered {
+        builder = builder.partition_by(|_: &Message<u64>| 0);
+    }
+    let pipeline = builder.start().unwrap();
     server.add_pipeline(pipeline.control());
     let series = |stage: &str, batcher: &str| {
-        format!(r#"longshore_stage_{{batcher="{batcher}",pipeline="stall-waits",stage="{stage}"}}"#)
+        format!(r#"longshore_stage_{{batcher="{batcher}",pipeline="{name}",stage="{stage}"}}"#)
     };
     let sample = |metrics: &str, name: &str, stage: &str, batcher: &str| {
         common::sample(
@@ -171,15 +186,11 @@ async fn messages_waiting_out_a_backoff_or_a_rate_limit_are_no_stall() {
             "rate_limit_waiting_messages",
         ),
     ] {
-        let (_, metrics) = until(&server, "/metrics", |_, metrics| {
+        until(&server, "/metrics", |_, metrics| {
             sample(metrics, gauge, stage, batcher).is_some_and(|n| n >= 1.0)
         })
         .await;
         let waiting_since = tokio::time::Instant::now();
-        assert_eq!(
-            sample(&metrics, gauge, stage, batcher).map(|n| n >= 1.0),
-            Some(true)
-        );
         while waiting_since.elapsed() < after * 2 {
             let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
             if sample(&metrics, gauge, stage, batcher) == Some(0.0) {
@@ -191,10 +202,7 @@ async fn messages_waiting_out_a_backoff_or_a_rate_limit_are_no_stall() {
                 "{what} flagged as a stall"
             );
             let (_, health) = common::get(server.local_addr(), "/healthz").await;
-            assert!(
-                !health.contains("stall-waits"),
-                "{what} flagged as a stall: {health}"
-            );
+            assert!(!health.contains(name), "{what} flagged as a stall: {health}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -213,6 +221,7 @@ struct Panelled {
 struct Part {
     stalled_for: std::sync::Mutex<Duration>,
     paused: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicU64,
 }
 
 impl SourcePanel for Part {
@@ -220,6 +229,7 @@ impl SourcePanel for Part {
         vec![SourcePart::new("queue-a")
             .waiting(7)
             .paused(self.paused.load(std::sync::atomic::Ordering::Relaxed))
+            .in_flight(self.in_flight.load(std::sync::atomic::Ordering::Relaxed))
             .stalled_for(*self.stalled_for.lock().unwrap())]
     }
 }
@@ -253,18 +263,21 @@ async fn a_stalled_source_part_is_flagged_unless_it_or_the_pipeline_is_paused() 
     };
     let pipeline = Pipeline::builder(source, Hangs)
         .name("stall-source")
-        .stall_watch(StallWatch::after(Duration::from_secs(1)))
+        .stall_watch(StallWatch::after(Duration::from_secs(1)).fails_liveness(true))
         .start()
         .unwrap();
     server.add_pipeline(pipeline.control());
     let series = r#"longshore_source_stalled{part="queue-a",pipeline="stall-source"}"#;
     *part.stalled_for.lock().unwrap() = Duration::from_secs(5);
     let flagged = |_: u16, body: &str| body.contains("stall-source source queue-a");
-    let (_, body) = until(&server, "/healthz", flagged).await;
+    let (status, body) = until(&server, "/healthz", flagged).await;
     assert!(
         body.contains("\nstalled: stall-source source queue-a, no progress for 5s"),
         "{body}"
     );
+    // A source part's stall never fails liveness: a restart cannot mend a broker, and it
+    // would redeliver all the pod holds.
+    assert_eq!(status, 200, "{body}");
     let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
     assert_eq!(common::sample(&metrics, series), Some(1.0));
     let (_, feed) = common::get(server.local_addr(), "/topology.json").await;
@@ -275,18 +288,33 @@ async fn a_stalled_source_part_is_flagged_unless_it_or_the_pipeline_is_paused() 
     let reason = shown["bottleneck"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("the source's queue-a stalled"), "{reason}");
 
-    // An operator's pause, of the part or of the pipeline, is no stall.
+    // Paused with messages of it still out, it is stalled still: they should finish.
+    part.in_flight.store(3, std::sync::atomic::Ordering::Relaxed);
     part.paused.store(true, std::sync::atomic::Ordering::Relaxed);
+    let watched_since = tokio::time::Instant::now();
+    while watched_since.elapsed() < Duration::from_millis(2500) {
+        let (_, body) = common::get(server.local_addr(), "/healthz").await;
+        assert!(
+            body.contains("stall-source source queue-a, no progress for 5s"),
+            "a pause hid messages out and unfinished: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // An operator's pause, of the part or of the pipeline, with nothing out, is no stall.
+    part.in_flight.store(0, std::sync::atomic::Ordering::Relaxed);
     let clear = |_: u16, body: &str| !body.contains("stall-source");
     until(&server, "/healthz", clear).await;
     let (_, metrics) = common::get(server.local_addr(), "/metrics").await;
     assert_eq!(common::sample(&metrics, series), Some(0.0));
+    // Resumed, its stall counts from the resume, not from before the pause.
     part.paused.store(false, std::sync::atomic::Ordering::Relaxed);
-    until(&server, "/healthz", flagged).await;
+    let (_, body) = until(&server, "/healthz", flagged).await;
+    assert!(!body.contains("no progress for 5s"), "{body}");
     pipeline.pause_switch().pause();
     until(&server, "/healthz", clear).await;
     pipeline.pause_switch().resume();
-    until(&server, "/healthz", flagged).await;
+    let (_, body) = until(&server, "/healthz", flagged).await;
+    assert!(!body.contains("no progress for 5s"), "{body}");
     *part.stalled_for.lock().unwrap() = Duration::ZERO;
     until(&server, "/healthz", clear).await;
     drop(sender);

@@ -98,8 +98,11 @@ async fn the_page_shows_every_stage_with_the_pipelines_figures_and_names_the_slo
     assert!((20.0..=62.5).contains(&p50), "p50 {p50}");
     assert_eq!(shown["stages"][1]["tasks"], 2);
 
-    // The figures are the pipeline's own at that moment.
+    // The figures are the pipeline's own at that moment: the feed's body is at most
+    // half a second old (one body serves every client for that long), so one taken half
+    // a second after `before` was made after it.
     let before = stats.get();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let shown = feed(&server).await["pipelines"][0].clone();
     let after = stats.get();
     for (field, was, then) in [
@@ -117,8 +120,16 @@ async fn the_page_shows_every_stage_with_the_pipelines_figures_and_names_the_slo
         after.max_in_flight
     );
 
-    let (status, page) = common::get(server.local_addr(), "/topology").await;
+    let (status, head, page) = common::get_with_head(server.local_addr(), "/topology").await;
     assert_eq!(status, 200);
+    let head = head.to_ascii_lowercase();
+    for header in [
+        "x-frame-options: deny",
+        "content-security-policy: frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+    ] {
+        assert!(head.contains(header), "no framing of the page: {head}");
+    }
     assert!(page.contains("<title>longshore topology</title>"));
     for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
         assert!(
@@ -128,5 +139,44 @@ async fn the_page_shows_every_stage_with_the_pipelines_figures_and_names_the_slo
     }
 
     pipeline.shutdown().await.unwrap();
+    server.shutdown().await;
+}
+
+/// A pipeline that ended leaves the page (and the server forgets it); one that runs stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_pipeline_leaves_the_page() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let names = |feed: Value| -> Vec<String> {
+        feed["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let running = Pipeline::builder(MemorySource::from_iter(0..u64::MAX), SlowSink)
+        .name("stays")
+        .batcher(Batcher::new("db").batch_size(10))
+        .start()
+        .unwrap();
+    let ending = Pipeline::builder(MemorySource::from_iter(0..10u64), SlowSink)
+        .name("ends")
+        .batcher(Batcher::new("db").batch_size(10))
+        .start()
+        .unwrap();
+    server.add_pipeline(running.control());
+    server.add_pipeline(ending.control());
+    assert_eq!(names(feed(&server).await), ["stays", "ends"]);
+    ending.wait().await.unwrap();
+    // The body made before it ended is served for at most half a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while names(feed(&server).await) != ["stays"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ended pipeline stays on the page"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.shutdown().await.unwrap();
     server.shutdown().await;
 }

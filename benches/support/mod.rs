@@ -42,6 +42,7 @@ pub(crate) fn report(values: &[f64]) {
 }
 
 /// This process's peak resident memory, in MiB.
+#[allow(dead_code)] // not every benchmark reports it
 pub(crate) fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

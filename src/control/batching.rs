@@ -66,10 +66,10 @@ fn nanos(duration: Duration) -> u64 {
 /// Changes a running pipeline's batch sizes and timeouts; made by
 /// [`Pipeline::batching`](crate::Pipeline::batching). Cheap to clone.
 ///
-/// A change applies to the messages the batcher takes next: a partial batch already at
-/// the new size is sent with the next message of its key, a batch already open keeps the
-/// deadline it opened with. The in-flight bound stays what it was at start, so a batch
-/// larger than it allows is sent at its timeout.
+/// A change applies at once to the batches already open too: a lower size sends those
+/// now at or above it, cut to it, in order; a shorter timeout brings their deadlines
+/// forward (a longer one leaves them). The in-flight bound stays what it was at start,
+/// so a batch larger than it allows is sent at its timeout.
 ///
 /// ```
 /// use std::time::Duration;

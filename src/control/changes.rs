@@ -74,12 +74,24 @@ impl ChangeLog {
 
     /// Records that `setting` went from `from` to `to`; nothing when they are equal.
     pub(crate) fn record(&self, setting: &str, from: impl fmt::Display, to: impl fmt::Display) {
+        self.record_counted_as(setting, setting, from, to);
+    }
+
+    /// As [`ChangeLog::record`], counted in the metric under `counted_as`: a setting
+    /// named by what an operator typed (a source part) must not make a series of its own.
+    pub(crate) fn record_counted_as(
+        &self,
+        counted_as: &str,
+        setting: &str,
+        from: impl fmt::Display,
+        to: impl fmt::Display,
+    ) {
         let (from, to) = (from.to_string(), to.to_string());
         if from == to {
             return;
         }
         tracing::info!(pipeline = %self.pipeline, setting, %from, %to, "pipeline setting changed");
-        self.counts.inc(setting);
+        self.counts.inc(counted_as);
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if kept.len() == KEPT {
             kept.pop_front();

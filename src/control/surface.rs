@@ -174,6 +174,8 @@ pub struct Control {
     pub(crate) stalls: Arc<crate::pipeline::stall::Stalls>,
     /// The source's parts and their pauses, if it shows them.
     pub(crate) source: Option<Arc<dyn crate::source::SourcePanel>>,
+    /// Gone once the pipeline's handle is dropped: an ended pipeline leaves the server.
+    pub(crate) running: std::sync::Weak<crate::metrics::health::PipelineHealth>,
 }
 
 impl std::fmt::Debug for Control {
@@ -235,6 +237,11 @@ where
 }
 
 impl Control {
+    /// Whether its pipeline's handle is still held: false once the pipeline ended.
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.strong_count() > 0
+    }
+
     /// Checks every setting of `patch` against this pipeline, changing nothing.
     fn check(&self, patch: &Patch) -> Result<(), BuildError> {
         if let Some(processors) = &patch.processors {
@@ -265,6 +272,12 @@ impl Control {
             }
         }
         if let Some(parts) = &patch.source {
+            if let Some(both) = parts.pause.iter().find(|name| parts.resume.contains(name)) {
+                return Err(BuildError::new(
+                    "source",
+                    format!("{both} is both paused and resumed"),
+                ));
+            }
             for (field, names) in [("source.pause", &parts.pause), ("source.resume", &parts.resume)] {
                 for name in names {
                     let Some(source) = &self.source else {
@@ -308,8 +321,12 @@ impl Control {
             for (names, paused) in [(parts.pause, true), (parts.resume, false)] {
                 for name in names {
                     if source.set_paused(&name, paused) {
-                        self.changes
-                            .record(&format!("source.{name}.paused"), !paused, paused);
+                        self.changes.record_counted_as(
+                            "source.paused",
+                            &format!("source.{name}.paused"),
+                            !paused,
+                            paused,
+                        );
                     }
                 }
             }

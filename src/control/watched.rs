@@ -1,5 +1,5 @@
 //! The pipelines a metrics server shows on `/topology` and, with the control surface on,
-//! offers on `/control`: added by the service as it starts them.
+//! offers on `/control`: added by the service as it starts them, dropped once they end.
 
 use std::sync::{Arc, RwLock};
 
@@ -17,8 +17,11 @@ impl Watched {
         pipelines.push(control);
     }
 
+    /// The pipelines still running (their handle not dropped); the others are forgotten.
     pub(crate) fn list(&self) -> Vec<Control> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut pipelines = self.0.write().unwrap_or_else(|e| e.into_inner());
+        pipelines.retain(Control::is_running);
+        pipelines.clone()
     }
 
     pub(crate) fn find(&self, name: &str) -> Option<Control> {

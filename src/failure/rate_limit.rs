@@ -119,6 +119,14 @@ impl RateLimit {
         self.burst.unwrap_or(self.messages).max(1)
     }
 
+    /// With its burst spelled out, so that two ways of writing one limit compare equal.
+    fn normalized(self) -> Self {
+        RateLimit {
+            burst: Some(self.burst_size()),
+            ..self
+        }
+    }
+
     fn quota(&self) -> Quota {
         let period = (self.per / self.messages.max(1)).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(self.burst_size()).unwrap_or(NonZeroU32::MIN);
@@ -208,7 +216,7 @@ impl Limiter {
     /// the new one at once. The new limit starts with its burst used up: a change grants
     /// no fresh burst, the next messages pass at the new rate.
     pub(crate) fn set(&self, limit: Option<RateLimit>) -> Option<RateLimit> {
-        if self.limit() == limit {
+        if self.limit().map(RateLimit::normalized) == limit.map(RateLimit::normalized) {
             // The same limit again (a reconciling operator) keeps its bucket as it is.
             return limit;
         }
@@ -380,6 +388,11 @@ mod tests {
         assert_eq!(limiter.acquire(5).await, Duration::ZERO);
         // An operator's reconcile loop sets what is already set: the 5 left still pass.
         assert_eq!(limiter.set(Some(limit)), Some(limit));
+        assert_eq!(limiter.acquire(5).await, Duration::ZERO);
+        // Written with its burst spelled out, it is the same limit.
+        let limiter = Limiter::new(Some(limit));
+        assert_eq!(limiter.acquire(5).await, Duration::ZERO);
+        limiter.set(Some(limit.burst(10)));
         assert_eq!(limiter.acquire(5).await, Duration::ZERO);
     }
 

@@ -136,7 +136,7 @@ fn families() -> &'static Families {
             ),
             stage_retry_waiting: gauge(
                 "longshore_stage_retry_waiting_messages",
-                "Failed messages of a stage waiting out their backoff before another attempt (the retry queue's depth).",
+                "Messages of a stage waiting out a retry's backoff: failed ones, and, ordered, those of their key held behind them.",
                 &stage,
             ),
             stage_limit_waiting: gauge(
@@ -146,7 +146,7 @@ fn families() -> &'static Families {
             ),
             source_stalled: gauge(
                 "longshore_source_stalled",
-                "1 while a part of the source (a Kafka partition, an SQS queue) has had messages outstanding or waiting and finished none for the pipeline's stall.after, else 0.",
+                "1 while a part of the source (a Kafka partition, an SQS queue) has had messages outstanding and finished none for the pipeline's stall.after (see StallWatch), else 0.",
                 &["pipeline", "part"],
             ),
             stage_messages: counter(

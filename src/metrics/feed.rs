@@ -37,7 +37,7 @@ pub(crate) struct StageView {
     pub(crate) demand: i64,
     /// Messages inside the stage.
     pub(crate) in_flight: i64,
-    /// Of those, failed messages waiting out a retry's backoff.
+    /// Of those, messages waiting out a retry's backoff (ordered: with those held behind them).
     pub(crate) retry_waiting: i64,
     /// Handling attempts per second over the window.
     pub(crate) per_second: f64,
@@ -205,6 +205,13 @@ struct Window {
 }
 
 impl Feeds {
+    /// Forgets the windows of pipelines other than `running`: ended ones leave nothing.
+    pub(crate) fn keep_only<'a>(&self, running: impl Iterator<Item = &'a str>) {
+        let running: std::collections::HashSet<&str> = running.collect();
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.retain(|name, _| running.contains(name.as_str()));
+    }
+
     /// The figures of `control`'s pipeline now.
     pub(crate) fn view(&self, control: &Control, families: &[MetricFamily]) -> PipelineView {
         let parts = control.source.as_ref().map(|source| source.parts());

@@ -62,13 +62,13 @@ pub(crate) fn failed() {
     FAILED.store(true, Ordering::Relaxed);
 }
 
-/// Alive: no pipeline of the process has failed, and none is stalled where a stall
-/// fails liveness.
+/// Alive: no pipeline of the process has failed, and none has a stage stalled where a
+/// stall fails liveness.
 pub(crate) fn alive() -> bool {
     !FAILED.load(Ordering::Relaxed)
         && live()
             .iter()
-            .all(|p| (p.alive)() && (!p.stall_fails_liveness || p.stalls.list().is_empty()))
+            .all(|p| (p.alive)() && (!p.stall_fails_liveness || !p.stalls.a_stage_is_stalled()))
 }
 
 /// The stalled stages of every pipeline, one line each: `/healthz`'s detail.

@@ -475,6 +475,10 @@ where
                 source_stalls: SourceStalls::new(&config.name),
                 pause: pause.clone(),
                 after: config.stall.after,
+                batching: batch_settings
+                    .iter()
+                    .map(|(_, settings)| settings.clone())
+                    .collect(),
                 stalls: stalls.clone(),
             }
             .run(stages_done.clone()),
@@ -512,7 +516,7 @@ where
             tasks,
             deadline: config.shutdown_deadline,
             fault,
-            _health: health,
+            health,
             stalls,
             source_panel,
         })

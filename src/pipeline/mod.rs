@@ -86,8 +86,8 @@ pub struct Pipeline {
     tasks: JoinSet<()>,
     deadline: Duration,
     fault: Arc<Fault>,
-    /// Counts in `/readyz` while the pipeline lives.
-    _health: Arc<PipelineHealth>,
+    /// Counts in `/readyz` while the pipeline lives; a [`Control`] sees it end.
+    health: Arc<PipelineHealth>,
 }
 
 impl Pipeline {
@@ -142,6 +142,7 @@ impl Pipeline {
             stats: self.stats(),
             stalls: self.stalls.clone(),
             source: self.source_panel.clone(),
+            running: Arc::downgrade(&self.health),
         }
     }
 

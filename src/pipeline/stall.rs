@@ -1,15 +1,19 @@
 //! The stall watch: a stage that holds messages and finishes none for `stall.after` is
 //! flagged in `longshore_stage_stalled`, a part of the source (a Kafka partition, an SQS
-//! queue) with messages outstanding or waiting and none finished in
-//! `longshore_source_stalled`; both in `/healthz`'s body and on `/topology`. A stall
-//! fails liveness only when `stall.fails_liveness` says so.
+//! queue) with messages outstanding and none finished (see [`StallWatch`]) in
+//! `longshore_source_stalled`; both in `/healthz`'s body and on `/topology`. A stage's
+//! stall fails liveness only when `stall.fails_liveness` says so; a source part's never
+//! does (a restart cannot unstick a broker, and it redelivers all the pod held).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tokio_util::sync::CancellationToken;
 
+use crate::control::batching::BatchSettings;
 use crate::control::pause::PauseSwitch;
 use crate::error::BuildError;
 use crate::metrics::{SourceStalls, StageMetrics};
@@ -17,10 +21,12 @@ use crate::source::SourcePanel;
 
 /// When a stage counts as stalled: holding messages with no handling finished for
 /// `after` (default 60 s), not counting those waiting out a retry's backoff or a rate
-/// limit, which wait as configured. A hung handler (a call without a timeout) is what it
-/// finds. A part of the source (see
-/// [`SourcePanel`]) stalls the same way: messages outstanding or waiting at the broker,
-/// none finished for `after`; a part an operator paused, or a paused pipeline, does not.
+/// limit (and, ordered, those of their key behind them), which wait as configured. A
+/// hung handler (a call without a timeout) is what it finds. A part of the source (see
+/// [`SourcePanel`]) stalls when it has messages outstanding and none finished for
+/// `after` plus the longest batch timeout, counted from the last time it was excused:
+/// while a stage holds messages waiting out a backoff or a rate limit, or while the part
+/// or the pipeline is paused with nothing of the part out.
 ///
 /// ```
 /// use std::time::Duration;
@@ -41,7 +47,9 @@ pub struct StallWatch {
     #[serde(with = "humantime_serde")]
     pub after: Duration,
     /// Whether a stalled stage fails `/healthz`, so that Kubernetes restarts the pod
-    /// (default `false`: flagged only; a restart redelivers what the stage held).
+    /// (default `false`: flagged only; a restart redelivers what the stage held). A
+    /// stalled source part never fails it: only a stage, a hung handler, is what a
+    /// restart can mend.
     pub fails_liveness: bool,
 }
 
@@ -95,13 +103,29 @@ pub(crate) struct Watched {
     pub(crate) metrics: StageMetrics,
 }
 
-/// The stages stalled now, with how long they have held messages without progress.
+/// What is stalled now, with how long without progress: stages, then source parts.
 #[derive(Debug, Default)]
-pub(crate) struct Stalls(Mutex<Vec<(String, Duration)>>);
+pub(crate) struct Stalls(Mutex<StalledNow>);
+
+#[derive(Debug, Default)]
+struct StalledNow {
+    stages: Vec<(String, Duration)>,
+    source: Vec<(String, Duration)>,
+}
 
 impl Stalls {
     pub(crate) fn list(&self) -> Vec<(String, Duration)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        now.stages.iter().chain(&now.source).cloned().collect()
+    }
+
+    /// Whether a stage is stalled: what `stall.fails_liveness` fails liveness for.
+    pub(crate) fn a_stage_is_stalled(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|e| e.into_inner()).stages.is_empty()
+    }
+
+    fn set(&self, now: StalledNow) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 }
 
@@ -115,7 +139,19 @@ pub(crate) struct Watch {
     pub(crate) source_stalls: SourceStalls,
     pub(crate) pause: PauseSwitch,
     pub(crate) after: Duration,
+    /// The batchers' settings: their timeouts are waits as configured, for the source.
+    pub(crate) batching: Vec<Arc<BatchSettings>>,
     pub(crate) stalls: Arc<Stalls>,
+}
+
+/// What the watch remembers of the source between looks.
+#[derive(Default)]
+struct SourceSeen {
+    /// The parts flagged at the last look.
+    flagged: BTreeSet<String>,
+    /// When each part was last excused (paused, or behind a configured wait): its stall
+    /// counts from then at the earliest.
+    excused: HashMap<String, Instant>,
 }
 
 impl Watch {
@@ -124,8 +160,7 @@ impl Watch {
         // Per stage: attempts finished at the last look, and since when none finished
         // while it held messages.
         let mut seen: Vec<(u64, Duration)> = vec![(0, Duration::ZERO); self.stages.len()];
-        // The source's parts flagged at the last look.
-        let mut flagged = BTreeSet::new();
+        let mut source = SourceSeen::default();
         let mut every = tokio::time::interval(LOOK_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -133,17 +168,20 @@ impl Watch {
                 () = stop.cancelled() => break,
                 _ = every.tick() => {}
             }
-            let mut stalled = self.look_at_stages(&mut seen);
-            self.look_at_source(&mut flagged, &mut stalled);
-            *self.stalls.0.lock().unwrap_or_else(|e| e.into_inner()) = stalled;
+            let stages = self.look_at_stages(&mut seen);
+            let parts = self.look_at_source(&mut source);
+            self.stalls.set(StalledNow {
+                stages,
+                source: parts,
+            });
         }
         for stage in &self.stages {
             stage.metrics.stalled.set(0);
         }
-        for part in &flagged {
+        for part in &source.flagged {
             self.source_stalls.set(part, false);
         }
-        self.stalls.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.stalls.set(StalledNow::default());
     }
 
     fn look_at_stages(&self, seen: &mut [(u64, Duration)]) -> Vec<(String, Duration)> {
@@ -152,7 +190,10 @@ impl Watch {
             let metrics = &stage.metrics;
             let finished = metrics.successful.get() + metrics.failed.get();
             // Messages waiting out a retry's backoff or a rate limit wait as configured.
-            let held = metrics.in_flight.get() - metrics.retry_waiting.get() - metrics.limit_waiting.get();
+            // The waiting counts first: a message moving into a wait then counts in both,
+            // never in neither, so a hung task is not hidden by its siblings' traffic.
+            let waiting = metrics.retry_waiting.get() + metrics.limit_waiting.get();
+            let held = metrics.in_flight.get() - waiting;
             if held > 0 && finished == *finished_before {
                 *idle += LOOK_EVERY;
             } else {
@@ -171,26 +212,54 @@ impl Watch {
         stalled
     }
 
-    /// The source measures its parts' stalls itself (it alone knows what waits); a
-    /// paused pipeline fetches nothing, so none of its parts is stalled then.
-    fn look_at_source(&self, flagged: &mut BTreeSet<String>, stalled: &mut Vec<(String, Duration)>) {
-        let Some(source) = &self.source else { return };
-        let paused = self.pause.is_paused();
-        let mut now = BTreeSet::new();
-        for part in source.parts() {
-            if paused || part.paused || part.stalled_for < self.after {
+    /// The source measures its parts' stalls itself (it alone knows what waits). A part
+    /// is excused, and its count starts again, while it waits as configured: the pipeline
+    /// or the part is paused with nothing of it out, or some stage holds messages waiting
+    /// out a retry's backoff or a rate limit (which hold back every part behind them).
+    fn look_at_source(&self, seen: &mut SourceSeen) -> Vec<(String, Duration)> {
+        let mut stalled = Vec::new();
+        let Some(source) = &self.source else {
+            return stalled;
+        };
+        let now = Instant::now();
+        let configured_wait = self
+            .stages
+            .iter()
+            .any(|stage| stage.metrics.retry_waiting.get() > 0 || stage.metrics.limit_waiting.get() > 0);
+        let pipeline_paused = self.pause.is_paused();
+        // A message may wait in a batcher for its timeout, as configured.
+        let longest_timeout = self
+            .batching
+            .iter()
+            .map(|b| b.timeout())
+            .max()
+            .unwrap_or_default();
+        let after = self.after + longest_timeout;
+        let parts = source.parts();
+        seen.excused
+            .retain(|name, _| parts.iter().any(|part| part.name == *name));
+        let mut flagged = BTreeSet::new();
+        for part in parts {
+            let nothing_out = part.in_flight.unwrap_or(0) == 0;
+            if configured_wait || ((pipeline_paused || part.paused) && nothing_out) {
+                seen.excused.insert(part.name.clone(), now);
+            }
+            let since_excused = seen.excused.get(&part.name).map_or(Duration::MAX, |at| now - *at);
+            let stalled_for = part.stalled_for.min(since_excused);
+            if stalled_for < after {
                 continue;
             }
-            if !flagged.contains(&part.name) {
-                tracing::warn!(part = %part.name, waiting = ?part.waiting, in_flight = ?part.in_flight, after = ?self.after, "source part stalled: messages outstanding or waiting, none finished");
+            if !seen.flagged.contains(&part.name) {
+                tracing::warn!(part = %part.name, waiting = ?part.waiting, in_flight = ?part.in_flight, after = ?after, "source part stalled: messages outstanding, none finished");
                 self.source_stalls.set(&part.name, true);
             }
-            stalled.push((format!("source {}", part.name), part.stalled_for));
-            now.insert(part.name);
+            stalled.push((format!("source {}", part.name), stalled_for));
+            flagged.insert(part.name);
         }
-        for part in flagged.difference(&now) {
+        for part in seen.flagged.difference(&flagged) {
             self.source_stalls.set(part, false);
         }
-        *flagged = now;
+        seen.flagged = flagged;
+        stalled
     }
 }

@@ -53,7 +53,7 @@ struct Retries<T, M> {
     held: HashMap<BatchKey, VecDeque<Batch<T, M>>>,
     /// Ordered: keys whose retry was released at shutdown; their later batches follow it.
     released: HashSet<BatchKey>,
-    /// The stage's count of messages in `due`.
+    /// The stage's count of messages in `due` and `held`: waiting out a backoff.
     waiting: Held,
 }
 
@@ -72,11 +72,11 @@ impl<T, M> Retries<T, M> {
             .into_iter()
             .flat_map(|batch| batch.messages)
             .collect();
-        self.waiting.release(all.len());
         for (key, batches) in self.held.drain() {
             self.released.insert(key);
             all.extend(batches.into_iter().flat_map(|batch| batch.messages));
         }
+        self.waiting.release(all.len());
         all
     }
 }
@@ -121,6 +121,7 @@ where
                         holding.add(batch.messages.len());
                         if self.ordered && retries.waits(&batch.info.batch_key) {
                             let key = batch.info.batch_key.clone();
+                            retries.waiting.add(batch.messages.len());
                             retries.held.entry(key).or_default().push_back(batch);
                             continue;
                         }
@@ -189,6 +190,9 @@ where
             }
             if self.ordered {
                 next = retries.held.get_mut(&key).and_then(VecDeque::pop_front);
+                if let Some(batch) = &next {
+                    retries.waiting.release(batch.messages.len());
+                }
             }
         }
         retries.held.remove(&key);

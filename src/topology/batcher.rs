@@ -38,22 +38,10 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
                 }
                 armed = next;
             }
-            // Timer first: under a steady flow a rare key's partial batch still times out.
+            // Changes and the timer before input: under a steady flow a rare key's
+            // partial batch still times out, and a change or a resize still applies.
             tokio::select! {
                 biased;
-                () = &mut timer, if armed.is_some() => {
-                    armed = None;
-                    for group in groups.remove_expired(Instant::now()) {
-                        self.send(&mut holding, group, BatchTrigger::Timeout).await;
-                    }
-                }
-                chunk = self.input.recv() => match chunk {
-                    Some(chunk) => {
-                        holding.add(chunk.len());
-                        self.add(&mut holding, &mut groups, chunk).await;
-                    }
-                    None => break,
-                },
                 // A changed size or timeout applies to the batches already open.
                 () = self.settings.changed() => {
                     groups.shorten(self.settings.timeout());
@@ -61,8 +49,21 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
                         self.send(&mut holding, group, BatchTrigger::Size).await;
                     }
                 }
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    for group in groups.remove_expired(Instant::now()) {
+                        self.send(&mut holding, group, BatchTrigger::Timeout).await;
+                    }
+                }
                 // An ordered batcher's resize goes on while batches flow.
                 () = self.output.tend() => {}
+                chunk = self.input.recv() => match chunk {
+                    Some(chunk) => {
+                        holding.add(chunk.len());
+                        self.add(&mut holding, &mut groups, chunk).await;
+                    }
+                    None => break,
+                },
             }
         }
         for group in groups.drain() {

@@ -133,7 +133,7 @@ struct Retries<T, M> {
     /// with it, in order. (Its messages not yet taken wait in the [`KeyQueue`], the key
     /// held by this processor.)
     held: HashMap<u64, VecDeque<Message<T, M>>>,
-    /// The stage's count of messages in `due`.
+    /// The stage's count of messages in `due` and `held`: waiting out a backoff.
     waiting: Held,
 }
 
@@ -145,12 +145,12 @@ impl<T, M> Retries<T, M> {
     /// Everything waiting, in each key's order, to be released, and the keys it holds.
     fn take_all(&mut self) -> (Vec<Message<T, M>>, Vec<u64>) {
         let mut all = drain_delayed(&mut self.due);
-        self.waiting.release(all.len());
         let mut keys = Vec::with_capacity(self.held.len());
         for (key, queue) in self.held.drain() {
             keys.push(key);
             all.extend(queue);
         }
+        self.waiting.release(all.len());
         (all, keys)
     }
 
@@ -226,6 +226,7 @@ where
                     // The key is free for its head; the messages behind it follow it.
                     let key = message.order_key();
                     let behind = key.and_then(|key| retries.held.remove(&key));
+                    retries.waiting.release(behind.as_ref().map_or(0, VecDeque::len));
                     let mut messages = vec![message];
                     messages.extend(behind.into_iter().flatten());
                     let passed = self.pass(&mut retries, &mut holding, messages).await;
@@ -519,6 +520,7 @@ where
                     Some((_, None)) => {
                         let key = message.order_key().expect("only keyed messages wait");
                         retries.held.entry(key).or_default().push_back(message);
+                        retries.waiting.add(1);
                     }
                 }
             }

@@ -22,6 +22,23 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = exchange(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// `GET path` on `addr`: the status code, the response's head (status line and
+/// headers) and the body.
+pub async fn get_with_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    exchange(addr, "GET", path, &[], "").await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("the server accepts");
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -61,7 +78,7 @@ pub async fn request(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("a status line");
-    (status, body.to_owned())
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// The metrics documented in `docs/metrics.md`: name to type.

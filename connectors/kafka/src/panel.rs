@@ -40,6 +40,10 @@ impl KafkaPanel {
     }
 }
 
+/// The most topics and partitions an operator may hold paused at once: each is kept
+/// until resumed, whether the consumer has it or not.
+const MAX_PAUSED: usize = 1024;
+
 /// `topic/partition`, or a whole topic.
 fn parse(part: &str) -> (&str, Option<&str>) {
     match part.rsplit_once('/') {
@@ -51,14 +55,14 @@ fn parse(part: &str) -> (&str, Option<&str>) {
 impl SourcePanel for KafkaPanel {
     fn parts(&self) -> Vec<SourcePart> {
         let lags = self.lag.snapshot();
-        let pause = KafkaPause(self.shared.clone());
         KafkaStatus(self.shared.clone())
             .partitions()
             .into_iter()
             .map(|p| {
                 let mut part = SourcePart::new(format!("{}/{}", p.topic, p.partition))
                     .in_flight((p.queued + p.in_flight) as u64)
-                    .paused(pause.is_paused(&p.topic, p.partition));
+                    // In effect, not only asked for: librdkafka may refuse it for a while.
+                    .paused(p.held);
                 let lag = lags
                     .iter()
                     .find(|l| l.topic == p.topic && l.partition == p.partition);
@@ -76,10 +80,25 @@ impl SourcePanel for KafkaPanel {
     fn check_pause(&self, part: &str) -> Result<(), String> {
         let (topic, partition) = parse(part);
         self.check_topic(topic)?;
-        match partition.map(str::parse::<i32>) {
-            None | Some(Ok(0..)) => Ok(()),
-            Some(_) => Err(format!("{part}: the partition must be a number, 0 or more")),
+        // One spelling per partition (no `+3`, no `03`): a pause is resumed by its name.
+        match partition.map(|p| (p, p.parse::<i32>())) {
+            None => {}
+            Some((text, Ok(n @ 0..))) if n.to_string() == text => {}
+            Some(_) => return Err(format!("{part}: the partition must be a number, 0 or more")),
         }
+        let pause = KafkaPause(self.shared.clone());
+        let (partitions, topics) = pause.paused();
+        let held = partitions.len() + topics.len();
+        let already = match partition.and_then(|p| p.parse().ok()) {
+            Some(partition) => pause.is_paused(topic, partition),
+            None => topics.iter().any(|t| t == topic),
+        };
+        if held >= MAX_PAUSED && !already {
+            return Err(format!(
+                "{MAX_PAUSED} topics and partitions are paused already: resume some first"
+            ));
+        }
+        Ok(())
     }
 
     fn set_paused(&self, part: &str, paused: bool) -> bool {
@@ -124,6 +143,10 @@ mod tests {
             .unwrap_err()
             .contains("not a Kafka topic name"));
         assert!(panel.check_pause("").is_err());
+        // One spelling per partition: what is paused as `orders/3` is resumed as it.
+        for other_spelling in ["orders/+3", "orders/03", "orders/ 3"] {
+            assert!(panel.check_pause(other_spelling).is_err(), "{other_spelling}");
+        }
         // A pattern subscription takes any legal name.
         assert_eq!(self::panel(&["^orders-.*"]).check_pause("orders-eu/1"), Ok(()));
     }
@@ -138,5 +161,19 @@ mod tests {
         assert!(panel.set_paused("orders", false));
         assert!(panel.set_paused("orders/3", false));
         assert_eq!(KafkaPause(panel.shared.clone()).paused(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn the_pauses_an_operator_may_hold_are_bounded() {
+        let panel = panel(&["orders"]);
+        for partition in 0..MAX_PAUSED {
+            assert_eq!(panel.check_pause(&format!("orders/{partition}")), Ok(()));
+            assert!(panel.set_paused(&format!("orders/{partition}"), true));
+        }
+        let refused = panel.check_pause(&format!("orders/{MAX_PAUSED}")).unwrap_err();
+        assert!(refused.contains("resume some first"), "{refused}");
+        assert!(panel.check_pause("orders").is_err(), "a topic counts too");
+        // What is held already may be named again, and resumed.
+        assert_eq!(panel.check_pause("orders/7"), Ok(()));
     }
 }

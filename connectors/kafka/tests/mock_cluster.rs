@@ -708,6 +708,21 @@ async fn a_partition_paused_over_http_lags_while_the_others_are_consumed_stays_p
         pipeline.changes().last().map(|c| c.setting.clone()),
         Some("source.pausing/1.paused".to_owned())
     );
+    // Counted under one series, whatever part an operator names.
+    let counted = longshore::metrics::registry()
+        .gather()
+        .into_iter()
+        .filter(|family| family.name() == "longshore_control_changes_total")
+        .flat_map(|family| family.get_metric().to_vec())
+        .filter_map(|metric| {
+            let setting = metric.get_label().iter().find(|l| l.name() == "setting")?;
+            setting
+                .value()
+                .starts_with("source.")
+                .then(|| setting.value().to_owned())
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(counted, ["source.paused"]);
     // What it had fetched goes through the pipeline; then nothing more comes.
     let drained = || {
         status

@@ -1,6 +1,6 @@
 //! The queue for the topology page and the stall watch: visible messages, the oldest
-//! one's age, what this source holds, and how long it has had work and acknowledged
-//! nothing. One queue per source: pausing it is pausing the pipeline.
+//! one's age, what this source holds, and how long it has held messages and
+//! acknowledged none. One queue per source: pausing it is pausing the pipeline.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,7 +46,9 @@ impl SourcePanel for SqsPanel {
         let metrics = &self.queue.metrics;
         let visible = u64::try_from(metrics.visible.get()).unwrap_or(0);
         let held = self.held.len();
-        let stalled_for = self.queue.progress.stalled_for(visible > 0 || held > 0);
+        // What it holds, not what is visible: the queue's depth is every consumer's, and
+        // an idle replica (its FIFO groups taken by another) has nothing to finish.
+        let stalled_for = self.queue.progress.stalled_for(held > 0);
         vec![SourcePart::new(&*self.queue.name)
             .waiting(visible)
             .waiting_seconds(metrics.oldest_age.get() as f64)

@@ -1,0 +1,272 @@
+//! The file source on real files: CSV with headers and quoted newlines decoded by column
+//! name, the checkpoint never past a record not acknowledged, a restart resuming at it, a
+//! file cut short refused, a record too long failing the pipeline with its line, and a
+//! bad setting refused at start.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use longshore::source::{Acknowledger, Source};
+use longshore::{BoxError, Handler, Pipeline, PipelineError, Processors};
+use longshore_file::{Csv, FileConfig, FileMessage, FileMetadata, FileSource, FileSourceError, Format};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("longshore-file-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Row {
+    id: u64,
+    note: String,
+}
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<(u64, Row)>>);
+
+impl Handler for &'static Collect {
+    type Item = Row;
+    type Metadata = FileMetadata;
+
+    async fn handle_message(&self, message: &mut FileMessage<Row>) -> Result<(), BoxError> {
+        let line = message.metadata().line();
+        let row = std::mem::replace(
+            message.data_mut(),
+            Row {
+                id: 0,
+                note: String::new(),
+            },
+        );
+        self.0.lock().unwrap().push((line, row));
+        Ok(())
+    }
+}
+
+fn checkpoint_offset(config: &FileConfig) -> u64 {
+    let text = std::fs::read_to_string(config.checkpoint_path()).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("offset "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_are_decoded_by_their_header_and_a_rerun_reads_nothing_again() {
+    let dir = Dir::new("csv");
+    // Columns in another order than the struct's, a quoted newline, a CRLF, no final newline.
+    let text = "note,id\r\nfirst,1\n\"two\nlines\",2\n\n\"say \"\"hi\"\"\",3";
+    let path = dir.file("rows.csv", text);
+    let config = FileConfig::new(&path).format(Format::Csv);
+    let collected: &'static Collect = Box::leak(Box::default());
+    let source = FileSource::open(config.clone()).await.unwrap();
+    let pipeline = Pipeline::builder(source, collected)
+        .decode(Csv::new())
+        .processors(Processors::new(1))
+        .start()
+        .unwrap();
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!(summary.successful, 3);
+    let mut rows = std::mem::take(&mut *collected.0.lock().unwrap());
+    rows.sort_by_key(|(line, _)| *line);
+    let row = |id, note: &str| Row {
+        id,
+        note: note.into(),
+    };
+    assert_eq!(
+        rows,
+        [
+            (2, row(1, "first")),
+            (3, row(2, "two\nlines")),
+            (6, row(3, "say \"hi\""))
+        ]
+    );
+    assert_eq!(checkpoint_offset(&config), text.len() as u64);
+
+    // Run again: the checkpoint is at the end, nothing comes twice.
+    let source = FileSource::open(config).await.unwrap();
+    let pipeline = Pipeline::builder(source, collected)
+        .decode(Csv::new())
+        .start()
+        .unwrap();
+    assert_eq!(pipeline.wait().await.unwrap().successful, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_stops_before_the_first_record_not_acknowledged_and_a_restart_resumes_there() {
+    let dir = Dir::new("resume");
+    let text: String = (0..10).map(|n| format!("record {n}\n")).collect();
+    let path = dir.file("records.txt", &text);
+    let config = FileConfig::new(&path);
+    let source = FileSource::open(config.clone()).await.unwrap();
+    let acknowledger = source.acknowledger();
+    let mut records = source
+        .receive(NonZeroUsize::new(10).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(records.len(), 10);
+    // Record 5 (line 6) is not acknowledged; all the others are, out of order.
+    let unfinished = records.remove(5);
+    records.reverse();
+    acknowledger.ack(records, Vec::new()).await;
+    acknowledger.flush().await;
+    assert_eq!(checkpoint_offset(&config), unfinished.metadata().offset());
+    drop((source, acknowledger, unfinished));
+
+    let source = FileSource::open(config).await.unwrap();
+    let again = source
+        .receive(NonZeroUsize::new(10).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let lines: Vec<u64> = again.iter().map(|m| m.metadata().line()).collect();
+    // From line 6 on: the records after it that were done come again (at-least-once).
+    assert_eq!(lines, [6, 7, 8, 9, 10]);
+    assert_eq!(&again[0].data()[..], b"record 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_short_under_its_checkpoint_is_refused() {
+    let dir = Dir::new("cut");
+    let path = dir.file("records.txt", "one\ntwo\nthree\n");
+    let config = FileConfig::new(&path);
+    std::fs::write(config.checkpoint_path(), "offset 8\nline 3\n").unwrap();
+    FileSource::open(config.clone()).await.unwrap();
+    // Replaced by a shorter file.
+    std::fs::write(&path, "one\n").unwrap();
+    let error = FileSource::open(config.clone()).await.unwrap_err();
+    assert!(matches!(error, FileSourceError::Checkpoint { .. }), "{error}");
+    assert!(error.to_string().contains("records byte 8"), "{error}");
+    // Replaced by one whose lines fall elsewhere.
+    std::fs::write(&path, "a longer first line\n").unwrap();
+    let error = FileSource::open(config).await.unwrap_err();
+    assert!(
+        error.to_string().contains("does not follow a line's end"),
+        "{error}"
+    );
+}
+
+struct Ok_;
+
+impl Handler for Ok_ {
+    type Item = longshore_file::Bytes;
+    type Metadata = FileMetadata;
+
+    async fn handle_message(&self, _: &mut FileMessage) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_long_fails_the_pipeline_naming_its_line_and_loses_nothing_before_it() {
+    let dir = Dir::new("long");
+    let text = format!("short\nshort too\n{}\nafter\n", "x".repeat(300));
+    let path = dir.file("records.txt", &text);
+    let config = FileConfig::new(&path).max_record_bytes(100);
+    let source = FileSource::open(config.clone()).await.unwrap();
+    let pipeline = Pipeline::builder(source, Ok_).start().unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(20), pipeline.wait())
+        .await
+        .expect("the pipeline stops")
+        .unwrap_err();
+    assert!(matches!(error, PipelineError::Failed { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("line 3") && text.contains("max_record_bytes"),
+        "{text}"
+    );
+    // The two records before it were done and recorded; the long one was not skipped.
+    assert_eq!(checkpoint_offset(&config), "short\nshort too\n".len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_cannot_work_are_refused_naming_the_field() {
+    let dir = Dir::new("settings");
+    let path = dir.file("records.txt", "one\n");
+    let source = FileSource::open(FileConfig::new(&path).max_unrecorded(10))
+        .await
+        .unwrap();
+    let error = Pipeline::builder(source, Ok_)
+        .processors(Processors::new(4).max_demand(50))
+        .start()
+        .unwrap_err();
+    assert!(error.to_string().contains("source.max_unrecorded"), "{error}");
+    let error = FileSource::open(FileConfig::new(&path).checkpoint(&path))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid source.checkpoint: must not be the file it records"
+    );
+    let error = FileSource::open(FileConfig::new(dir.0.join("missing.txt")))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().starts_with("opening "), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauges_are_exactly_those_documented_and_fall_to_zero() {
+    let dir = Dir::new("metrics");
+    let path = dir.file("records.txt", "one\ntwo\nthree\n");
+    let config = FileConfig::new(&path);
+    let source = FileSource::open(config).await.unwrap();
+    let pipeline = Pipeline::builder(source, Ok_).start().unwrap();
+    pipeline.wait().await.unwrap();
+    let label = path.display().to_string();
+    let families = longshore::metrics::registry().gather();
+    let value = |name: &str| {
+        families
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .find(|metric| metric.get_label().iter().any(|l| l.value() == label))
+            .map(|metric| metric.get_gauge().get_value())
+    };
+    assert_eq!(value("longshore_file_lag_bytes"), Some(0.0));
+    assert_eq!(value("longshore_file_checkpoint_line"), Some(4.0));
+    // Every file metric of docs/metrics.md, and no other, with its documented type.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
+    let mut documented: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            name.starts_with("longshore_file_")
+                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
+        })
+        .collect();
+    documented.sort();
+    let exposed: Vec<(String, String)> = families
+        .iter()
+        .filter(|family| family.name().starts_with("longshore_file_"))
+        .map(|family| {
+            (
+                family.name().to_owned(),
+                format!("{:?}", family.get_field_type()).to_lowercase(),
+            )
+        })
+        .collect();
+    assert_eq!(exposed, documented);
+    assert_eq!(documented.len(), 2);
+}
