@@ -1,35 +1,55 @@
-//! The checkpoint file: the position before which every record is acknowledged, written
-//! whole to a temporary file and renamed over the old one, so that a kill at any moment
-//! leaves the old position or the new one, never half of one.
+//! The checkpoint file: the position before which every record is acknowledged, and a
+//! fingerprint of the bytes just before it, so that a file replaced since is refused
+//! rather than read from the wrong place. Written whole to a temporary file and renamed
+//! over the old one: a kill at any moment leaves the old position or the new one. A lock
+//! beside it keeps a second reader of the same checkpoint out.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::FileSourceError;
 use crate::progress::Position;
 
 const HEADER: &str = "# longshore file checkpoint: every record before this byte offset is acknowledged";
 
+/// How long a source waits for the checkpoint's lock before refusing to start.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many bytes before the position the fingerprint covers.
+const FINGERPRINTED: u64 = 64;
+
+/// A position as recorded, with the fingerprint of the bytes before it (none before the
+/// file's start, or in a checkpoint of an older version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) position: Position,
+    pub(crate) fingerprint: Option<u64>,
+}
+
 /// The position recorded at `path`; the file's start when there is none.
-pub(crate) fn read(path: &Path) -> Result<Position, FileSourceError> {
+pub(crate) fn read(path: &Path) -> Result<Recorded, FileSourceError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Position { offset: 0, line: 1 });
+            return Ok(Recorded {
+                position: Position { offset: 0, line: 1 },
+                fingerprint: None,
+            });
         }
         Err(error) => return Err(FileSourceError::io("reading the checkpoint", path, error)),
     };
-    let field = |name: &str| {
+    let field = |name: &str, radix: u32| {
         text.lines().find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<u64>()
-                .ok()
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?.trim();
+            u64::from_str_radix(value, radix).ok()
         })
     };
-    match (field("offset"), field("line")) {
-        (Some(offset), Some(line)) if line >= 1 => Ok(Position { offset, line }),
+    match (field("offset", 10), field("line", 10)) {
+        (Some(offset), Some(line)) if line >= 1 => Ok(Recorded {
+            position: Position { offset, line },
+            fingerprint: field("before", 16),
+        }),
         _ => Err(FileSourceError::Checkpoint {
             path: path.to_owned(),
             reason: format!("not a checkpoint (expected `offset N` and `line N`): {text:?}"),
@@ -37,21 +57,98 @@ pub(crate) fn read(path: &Path) -> Result<Position, FileSourceError> {
     }
 }
 
-/// Records `position` at `path`; with `sync`, durably (it survives the machine, not only
-/// the process).
-pub(crate) fn write(path: &Path, position: Position, sync: bool) -> std::io::Result<()> {
+/// The fingerprint of the (up to) 64 bytes of `file` before `offset` (FNV-1a, 64 bits):
+/// what tells the file the checkpoint was written for from another.
+pub(crate) fn fingerprint(file: &mut std::fs::File, offset: u64) -> std::io::Result<u64> {
+    let from = offset.saturating_sub(FINGERPRINTED);
+    let mut bytes = Vec::with_capacity(FINGERPRINTED as usize);
+    file.seek(SeekFrom::Start(from))?;
+    Read::by_ref(file).take(offset - from).read_to_end(&mut bytes)?;
+    if (bytes.len() as u64) < offset - from {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file is shorter than the position",
+        ));
+    }
+    Ok(bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash: u64, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    }))
+}
+
+/// Records `position` of `input` at `path`; with `sync`, durably (it survives the
+/// machine, not only the process: the file and its folder are synced).
+pub(crate) fn write(path: &Path, input: &Path, position: Position, sync: bool) -> std::io::Result<()> {
+    // A name of its own per write: a write abandoned by a cancelled flush never meets
+    // the next one in the same temporary file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let fingerprint = fingerprint(&mut std::fs::File::open(input)?, position.offset)?;
     let mut temporary = PathBuf::from(path);
-    temporary.as_mut_os_string().push(".tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    write!(
-        file,
-        "{HEADER}\noffset {}\nline {}\n",
+    temporary.as_mut_os_string().push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let text = format!(
+        "{HEADER}\noffset {}\nline {}\nbefore {fingerprint:016x}\n",
         position.offset, position.line
-    )?;
+    );
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(text.as_bytes())?;
     if sync {
         file.sync_all()?;
     }
-    std::fs::rename(&temporary, path)
+    drop(file);
+    if let Err(error) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    if sync {
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(folder)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// Holds `<checkpoint>.lock` exclusively for as long as it lives: a second source on the
+/// same checkpoint (another process, a rolling update on a shared volume) is refused.
+/// The system lets it go when the process ends, however it ends.
+#[derive(Debug)]
+pub(crate) struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    pub(crate) fn take(checkpoint: &Path) -> Result<Self, FileSourceError> {
+        let mut path = PathBuf::from(checkpoint);
+        path.as_mut_os_string().push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| FileSourceError::io("opening the checkpoint's lock", &path, error))?;
+        // A source of this process just dropped may hold it a moment more, while its
+        // last write ends.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(FileSourceError::Checkpoint {
+                        path: checkpoint.to_owned(),
+                        reason: "another source reads with it (its lock is held)".to_owned(),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(error)) => {
+                    return Err(FileSourceError::io("locking the checkpoint", &path, error))
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,20 +156,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_written_position_reads_back_and_garbage_is_refused() {
+    fn a_written_position_reads_back_with_its_fingerprint_and_garbage_is_refused() {
         let dir = std::env::temp_dir().join(format!("longshore-checkpoint-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("data.checkpoint");
-        assert_eq!(read(&path).unwrap(), Position { offset: 0, line: 1 });
-        let position = Position {
-            offset: 1234,
-            line: 56,
-        };
-        write(&path, position, true).unwrap();
-        assert_eq!(read(&path).unwrap(), position);
+        let (path, input) = (dir.join("data.checkpoint"), dir.join("data"));
+        std::fs::write(&input, "one\ntwo\n").unwrap();
+        assert_eq!(read(&path).unwrap().position, Position { offset: 0, line: 1 });
+        let position = Position { offset: 4, line: 2 };
+        write(&path, &input, position, true).unwrap();
+        let recorded = read(&path).unwrap();
+        assert_eq!(recorded.position, position);
+        let mut file = std::fs::File::open(&input).unwrap();
+        assert_eq!(recorded.fingerprint, Some(fingerprint(&mut file, 4).unwrap()));
+        assert_ne!(recorded.fingerprint, Some(fingerprint(&mut file, 3).unwrap()));
         std::fs::write(&path, "offset twelve\n").unwrap();
         let error = read(&path).unwrap_err().to_string();
         assert!(error.contains("not a checkpoint"), "{error}");
+        let lock = Lock::take(&path).unwrap();
+        let error = Lock::take(&path).unwrap_err().to_string();
+        assert!(error.contains("another source reads with it"), "{error}");
+        drop(lock);
+        Lock::take(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

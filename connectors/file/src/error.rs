@@ -29,6 +29,23 @@ pub enum FileSourceError {
         /// What does not fit.
         reason: String,
     },
+    /// A followed file can no longer be read where the checkpoint says: it was cut short,
+    /// or its name is now another file's.
+    #[error("following {path}: {reason}")]
+    Followed {
+        /// The file.
+        path: PathBuf,
+        /// What happened to it.
+        reason: String,
+    },
+    /// The CSV header does not parse (not UTF-8, say): no record could be read by it.
+    #[error("{path}: the CSV header at line 1 does not parse: {reason}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What the csv crate said.
+        reason: String,
+    },
     /// A record is longer than `max_record_bytes`: it is neither cut nor skipped.
     #[error("{path}: the record at line {line} (byte {offset}) is longer than source.max_record_bytes ({max} bytes)")]
     RecordTooLong {

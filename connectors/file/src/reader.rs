@@ -1,13 +1,14 @@
 //! Reading records from the file, a block at a time, without copying them: each record is
 //! a slice of the block it was read in.
 
-use std::io::SeekFrom;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::checkpoint;
 use crate::config::Format;
 use crate::error::FileSourceError;
 use crate::progress::Position;
@@ -15,56 +16,72 @@ use crate::progress::Position;
 /// How much is read from the file at once.
 const BLOCK: usize = 256 * 1024;
 
-/// Finds where records end in a buffer, remembering how far it looked and, for CSV,
-/// whether that point is inside double quotes.
+/// Finds where records end in a buffer, remembering how far it looked: a newline for
+/// lines; for CSV, the record's end as the csv crate reads it (quotes opening a field,
+/// `\r`, `\n` or `\r\n` ending a record), so that splitting and decoding agree.
 #[derive(Debug)]
 pub(crate) struct Splitter {
     format: Format,
     scanned: usize,
-    in_quotes: bool,
+    csv: csv_core::Reader,
 }
+
+/// Where csv-core writes the fields it parses: only their ends are wanted, so what does
+/// not fit is dropped and parsing goes on.
+const SCRATCH: usize = 4096;
 
 impl Splitter {
     pub(crate) fn new(format: Format) -> Self {
         Splitter {
             format,
             scanned: 0,
-            in_quotes: false,
+            csv: csv_core::Reader::new(),
         }
     }
 
-    /// The index of the newline ending the first record of `buffer`, if it is complete.
-    /// `buffer` only grows between calls, until [`Splitter::taken`].
+    /// The length of the first record of `buffer`, its line ending included, if it is
+    /// complete. `buffer` only grows between calls, until [`Splitter::taken`].
     pub(crate) fn end(&mut self, buffer: &[u8]) -> Option<usize> {
         match self.format {
             Format::Lines => match memchr::memchr(b'\n', &buffer[self.scanned..]) {
-                Some(at) => Some(self.scanned + at),
+                Some(at) => Some(self.scanned + at + 1),
                 None => {
                     self.scanned = buffer.len();
                     None
                 }
             },
             Format::Csv => {
-                // `""` inside quotes flips twice: it stays quoted, as it should.
-                while let Some(at) = memchr::memchr2(b'"', b'\n', &buffer[self.scanned..]) {
-                    let at = self.scanned + at;
-                    self.scanned = at + 1;
-                    if buffer[at] == b'"' {
-                        self.in_quotes = !self.in_quotes;
-                    } else if !self.in_quotes {
-                        return Some(at);
+                let mut output = [0u8; SCRATCH];
+                let mut ends = [0usize; 64];
+                loop {
+                    let input = &buffer[self.scanned..];
+                    if input.is_empty() {
+                        return None;
+                    }
+                    let (result, read, _, _) = self.csv.read_record(input, &mut output, &mut ends);
+                    self.scanned += read;
+                    match result {
+                        csv_core::ReadRecordResult::Record => return Some(self.scanned),
+                        csv_core::ReadRecordResult::InputEmpty | csv_core::ReadRecordResult::End => {
+                            return None
+                        }
+                        csv_core::ReadRecordResult::OutputFull
+                        | csv_core::ReadRecordResult::OutputEndsFull => {}
                     }
                 }
-                self.scanned = buffer.len();
-                None
             }
         }
     }
 
-    /// The first record was taken off the buffer: start afresh after it.
+    /// The first record was taken off the buffer: look from its start.
     pub(crate) fn taken(&mut self) {
         self.scanned = 0;
-        self.in_quotes = false;
+    }
+
+    /// Looks at the buffer afresh, as if nothing had been scanned.
+    pub(crate) fn restart(&mut self) {
+        self.scanned = 0;
+        self.csv = csv_core::Reader::new();
     }
 }
 
@@ -98,58 +115,81 @@ pub(crate) struct Reader {
     at: Position,
     /// The file had nothing more at the last read.
     at_end: bool,
+    /// The last record taken ended in `\r`: a `\n` first in the next is its ending.
+    after_cr: bool,
     follow: bool,
     max_record_bytes: usize,
 }
 
 impl Reader {
-    /// Opens `path` at `from`, refusing a position that does not fit the file (past
-    /// its end, or not just after a newline: the file was replaced or cut short).
+    /// Opens `path` at `from`, refusing a position that does not fit the file (past its
+    /// end, not just after a line's end, or after bytes other than those the checkpoint
+    /// recorded: the file was replaced or cut short).
     pub(crate) async fn open(
         path: &Path,
-        from: Position,
+        from: checkpoint::Recorded,
         format: Format,
         follow: bool,
         max_record_bytes: usize,
         checkpoint: &Path,
     ) -> Result<Self, FileSourceError> {
         let opened = |error| FileSourceError::io("opening", path, error);
-        let mut file = tokio::fs::File::open(path).await.map_err(opened)?;
-        let length = file.metadata().await.map_err(opened)?.len();
+        let file = std::fs::File::open(path).map_err(opened)?;
         let misfit = |reason: String| {
             FileSourceError::Checkpoint {
             path: checkpoint.to_owned(),
             reason: format!("{reason}; the file was replaced or cut short since (delete the checkpoint to read it again from the start)"),
         }
         };
-        if from.offset > length {
+        let (mut file, length) = tokio::task::spawn_blocking(move || {
+            let length = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, length))
+        })
+        .await
+        .map_err(|panicked| opened(std::io::Error::other(panicked.to_string())))?
+        .map_err(opened)?;
+        let offset = from.position.offset;
+        if offset > length {
             return Err(misfit(format!(
-                "records byte {} of {}, which has {length}",
-                from.offset,
+                "records byte {offset} of {}, which has {length}",
                 path.display()
             )));
         }
-        if from.offset > 0 && from.offset < length {
-            file.seek(SeekFrom::Start(from.offset - 1))
-                .await
-                .map_err(opened)?;
-            let before = file.read_u8().await.map_err(opened)?;
-            if before != b'\n' {
+        if offset > 0 {
+            let (before, fingerprint, returned) = tokio::task::spawn_blocking(move || {
+                let mut byte = [0u8];
+                file.seek(SeekFrom::Start(offset - 1))?;
+                std::io::Read::read_exact(&mut file, &mut byte)?;
+                let fingerprint = checkpoint::fingerprint(&mut file, offset)?;
+                Ok::<_, std::io::Error>((byte[0], fingerprint, file))
+            })
+            .await
+            .map_err(|panicked| opened(std::io::Error::other(panicked.to_string())))?
+            .map_err(opened)?;
+            file = returned;
+            if !matches!(before, b'\n' | b'\r') && offset < length {
                 return Err(misfit(format!(
-                    "byte {} of {} does not follow a line's end",
-                    from.offset,
+                    "byte {offset} of {} does not follow a line's end",
+                    path.display()
+                )));
+            }
+            if from.fingerprint.is_some_and(|recorded| recorded != fingerprint) {
+                return Err(misfit(format!(
+                    "the bytes before byte {offset} of {} are not those it recorded",
                     path.display()
                 )));
             }
         }
-        file.seek(SeekFrom::Start(from.offset)).await.map_err(opened)?;
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(SeekFrom::Start(offset)).await.map_err(opened)?;
         Ok(Reader {
             path: path.to_owned(),
             file,
             buffer: BytesMut::new(),
             splitter: Splitter::new(format),
-            at: from,
+            at: from.position,
             at_end: false,
+            after_cr: false,
             follow,
             max_record_bytes,
         })
@@ -158,35 +198,44 @@ impl Reader {
     /// The next record among those read, without waiting. Empty lines are passed over.
     pub(crate) fn next(&mut self) -> Result<Next, FileSourceError> {
         loop {
-            let end = match self.splitter.end(&self.buffer) {
-                Some(end) => end + 1,
-                None if self.buffer.len() > self.max_record_bytes => {
+            let (end, ended) = match self.splitter.end(&self.buffer) {
+                Some(end) => (end, true),
+                None if self.buffer.len() > self.max_record_bytes + 2 => {
                     return Err(self.too_long());
                 }
-                // A last line without its newline, at the end of a file not followed.
-                None if self.at_end && !self.follow && !self.buffer.is_empty() => self.buffer.len(),
+                // A last record without its line ending, at the end of a file not followed.
+                None if self.at_end && !self.follow && !self.buffer.is_empty() => (self.buffer.len(), false),
                 None if self.at_end && !self.follow => return Ok(Next::End),
                 None => return Ok(Next::More),
             };
-            if end > self.max_record_bytes + 1 {
+            // The line ending is not part of the record (nor, for CSV, a `\n` left over
+            // from a `\r\n` whose `\r` ended the record before).
+            let trimmed = trim_line_ends(&self.buffer[..end], ended);
+            if trimmed.len() > self.max_record_bytes {
                 // Looked at again from its start by the next call, which fails the same.
-                self.splitter.taken();
+                self.splitter.restart();
                 return Err(self.too_long());
             }
-            self.splitter.taken();
+            if ended {
+                self.splitter.taken();
+            } else {
+                self.splitter.restart();
+            }
             let mut bytes = self.buffer.split_to(end).freeze();
-            let start = self.at;
-            let lines = memchr::memchr_iter(b'\n', &bytes).count() as u64;
-            self.at = Position {
-                offset: start.offset + end as u64,
-                line: start.line + lines,
+            let at = self.at;
+            // The record starts after the line endings trimmed off its front.
+            let (leading, _) = line_endings(&bytes[..trimmed.start], self.after_cr);
+            let start = Position {
+                offset: at.offset + trimmed.start as u64,
+                line: at.line.saturating_add(leading),
             };
-            if bytes.last() == Some(&b'\n') {
-                bytes.truncate(bytes.len() - 1);
-            }
-            if bytes.last() == Some(&b'\r') {
-                bytes.truncate(bytes.len() - 1);
-            }
+            let (lines, ends_in_cr) = line_endings(&bytes, self.after_cr);
+            self.after_cr = ends_in_cr;
+            self.at = Position {
+                offset: at.offset + end as u64,
+                line: at.line.saturating_add(lines),
+            };
+            bytes = bytes.slice(trimmed);
             if bytes.is_empty() {
                 continue;
             }
@@ -199,10 +248,13 @@ impl Reader {
     }
 
     /// Reads the next block; at the end of a followed file, waits `poll` first if the
-    /// last read found nothing. Cancel safe: a read dropped loses nothing.
+    /// last read found nothing, and checks that the file is still the one being read
+    /// (not cut short, not replaced by another under its name). Cancel safe: a read
+    /// dropped loses nothing.
     pub(crate) async fn read_more(&mut self, poll: Duration) -> Result<(), FileSourceError> {
         if self.at_end && self.follow {
             tokio::time::sleep(poll).await;
+            self.check_still_followed().await?;
         }
         self.buffer.reserve(BLOCK);
         let read = self
@@ -214,6 +266,58 @@ impl Reader {
         Ok(())
     }
 
+    /// A followed file cut short (a `copytruncate` rotation) or renamed away (the name now
+    /// another file's) can no longer be read where the checkpoint says: say so.
+    async fn check_still_followed(&mut self) -> Result<(), FileSourceError> {
+        let open = self.file.metadata().await;
+        let named = tokio::fs::metadata(&self.path).await;
+        let (open, named) = match (open, named) {
+            (Ok(open), Ok(named)) => (open, named),
+            (Err(error), _) | (_, Err(error)) => {
+                return Err(FileSourceError::io("following", &self.path, error));
+            }
+        };
+        let gone = |reason: String| FileSourceError::Followed {
+            path: self.path.clone(),
+            reason,
+        };
+        if open.len() < self.read_to() {
+            return Err(gone(format!(
+                "cut short to {} bytes under the {} read (a copytruncate rotation?)",
+                open.len(),
+                self.read_to()
+            )));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if (open.dev(), open.ino()) != (named.dev(), named.ino()) {
+                return Err(gone(
+                    "its name is now another file's (rotated by renaming?)".to_owned(),
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = named;
+        Ok(())
+    }
+
+    /// The length of the file, as last looked at (at the end of what was read, when
+    /// followed).
+    pub(crate) async fn length(&self) -> Option<u64> {
+        self.file.metadata().await.ok().map(|m| m.len())
+    }
+
+    /// Whether the last read found the end of the file.
+    pub(crate) fn at_end(&self) -> bool {
+        self.at_end
+    }
+
+    /// Where reading has got to in the file: the position of what is buffered, plus it.
+    pub(crate) fn read_to(&self) -> u64 {
+        self.at.offset + self.buffer.len() as u64
+    }
+
     fn too_long(&self) -> FileSourceError {
         FileSourceError::RecordTooLong {
             path: self.path.clone(),
@@ -222,6 +326,33 @@ impl Reader {
             max: self.max_record_bytes,
         }
     }
+}
+
+/// Line endings in `bytes`: each `\n`, and each `\r` not followed by one; a `\n` first
+/// in `bytes` after a `\r` last in the record before (csv-core ends a record at the `\r`
+/// of a `\r\n`) is the same ending, not counted twice. Also whether `bytes` ends in `\r`.
+fn line_endings(bytes: &[u8], after_cr: bool) -> (u64, bool) {
+    let newlines = memchr::memchr_iter(b'\n', bytes).count();
+    let lone_returns = memchr::memchr_iter(b'\r', bytes)
+        .filter(|&at| bytes.get(at + 1) != Some(&b'\n'))
+        .count();
+    let same_ending = after_cr && bytes.first() == Some(&b'\n');
+    let count = newlines + lone_returns - usize::from(same_ending);
+    (count as u64, bytes.last() == Some(&b'\r'))
+}
+
+/// The range of `bytes` without line endings: at its start (what is left of the ending
+/// before), and at its end when it `ended` there (an unended last record's trailing
+/// newlines may be inside its quotes).
+fn trim_line_ends(bytes: &[u8], ended: bool) -> std::ops::Range<usize> {
+    let ending = |b: &u8| *b == b'\n' || *b == b'\r';
+    let start = bytes.iter().position(|b| !ending(b)).unwrap_or(bytes.len());
+    let end = if ended {
+        bytes.iter().rposition(|b| !ending(b)).map_or(start, |at| at + 1)
+    } else {
+        bytes.len()
+    };
+    start..end
 }
 
 #[cfg(test)]
@@ -239,10 +370,35 @@ mod tests {
             buffer.extend_from_slice(chunk);
             while let Some(end) = splitter.end(&buffer) {
                 splitter.taken();
-                records.push(buffer.drain(..=end).collect());
+                records.push(buffer.drain(..end).collect());
             }
         }
         records
+    }
+
+    #[test]
+    fn csv_ends_records_where_the_csv_crate_does() {
+        // A quote inside an unquoted field is text; CRLF and a lone CR end records.
+        let text = b"1,5\" tv\n2,7\" tv\r\n3,x\r4,y\n";
+        let records: Vec<Vec<u8>> = split(Format::Csv, text, 1);
+        let joined: Vec<u8> = records.concat();
+        assert_eq!(joined, text.to_vec(), "every byte in one record or another");
+        let fields: Vec<&[u8]> = records
+            .iter()
+            .map(|r| &r[trim_line_ends(r, true)])
+            .filter(|r| !r.is_empty())
+            .collect();
+        assert_eq!(fields, [&b"1,5\" tv"[..], b"2,7\" tv", b"3,x", b"4,y"]);
+        let mut after_cr = false;
+        let endings: u64 = records
+            .iter()
+            .map(|r| {
+                let (count, cr) = line_endings(r, after_cr);
+                after_cr = cr;
+                count
+            })
+            .sum();
+        assert_eq!(endings, 4, "{records:?}");
     }
 
     #[test]
@@ -259,7 +415,43 @@ mod tests {
         );
     }
 
+    /// The records of `text` as the csv crate reads it whole.
+    fn csv_crate_records(text: &[u8]) -> Vec<Vec<Vec<u8>>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text)
+            .byte_records()
+            .map(|r| r.unwrap().iter().map(<[u8]>::to_vec).collect())
+            .collect()
+    }
+
     proptest! {
+        /// Any bytes of quotes, commas, CRs and LFs, fed in any pieces: each record the
+        /// splitter finds is, read alone, exactly one record, and together they are the
+        /// records the csv crate reads from the whole text.
+        #[test]
+        fn csv_splits_where_the_csv_crate_reads(text in "[a,\"\r\n]{0,60}", piece in 1usize..20) {
+            let text = text.as_bytes();
+            let mut records = split(Format::Csv, text, piece);
+            let taken: usize = records.iter().map(Vec::len).sum();
+            let ended = records.len();
+            if taken < text.len() {
+                records.push(text[taken..].to_vec());
+            }
+            let mut ours = Vec::new();
+            for (at, record) in records.iter().enumerate() {
+                let trimmed = &record[trim_line_ends(record, at < ended)];
+                if trimmed.is_empty() {
+                    continue;
+                }
+                let alone = csv_crate_records(trimmed);
+                prop_assert_eq!(alone.len(), 1, "{:?} is not one record", String::from_utf8_lossy(trimmed));
+                ours.extend(alone);
+            }
+            prop_assert_eq!(ours, csv_crate_records(text));
+        }
+
         /// Fed in any pieces, lines split where the newlines are.
         #[test]
         fn lines_split_at_every_newline_whatever_the_pieces(

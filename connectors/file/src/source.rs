@@ -11,7 +11,7 @@ use longshore::source::{Acknowledger, Plan, Source, SourceSettings};
 use longshore::{BoxError, BuildError, Message};
 use tokio::sync::{watch, Notify};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Lock};
 use crate::config::{FileConfig, Format};
 use crate::error::FileSourceError;
 use crate::metadata::{FileMessage, FileMetadata};
@@ -91,6 +91,8 @@ struct Shared {
     metrics: FileMetrics,
     /// Why the source can read no more: a record too long, a checkpoint not written.
     fatal: Mutex<Option<String>>,
+    /// Held while the source lives: no other source reads with this checkpoint.
+    _lock: Lock,
 }
 
 #[derive(Debug)]
@@ -112,8 +114,20 @@ impl FileSource {
     pub async fn open(config: FileConfig) -> Result<Self, FileSourceError> {
         config.validate()?;
         let checkpoint_path = config.checkpoint_path();
-        let from = checkpoint::read(&checkpoint_path)?;
-        let open = |at: Position, follow: bool| {
+        refuse_same_file(config.path(), &checkpoint_path)?;
+        let at = checkpoint_path.clone();
+        let (lock, from) = tokio::task::spawn_blocking(move || {
+            Ok::<_, FileSourceError>((Lock::take(&at)?, checkpoint::read(&at)?))
+        })
+        .await
+        .map_err(|panicked| {
+            FileSourceError::io(
+                "reading the checkpoint",
+                &checkpoint_path,
+                std::io::Error::other(panicked.to_string()),
+            )
+        })??;
+        let open = |at: checkpoint::Recorded, follow: bool| {
             Reader::open(
                 config.path(),
                 at,
@@ -126,16 +140,21 @@ impl FileSource {
         let reader = open(from, config.follow).await?;
         let with_headers = config.format == Format::Csv && config.headers;
         // Resumed past the header: read it from the file's start.
-        let headers = if with_headers && from.offset > 0 {
-            let mut start = open(Position { offset: 0, line: 1 }, false).await?;
+        let headers = if with_headers && from.position.offset > 0 {
+            let start = checkpoint::Recorded {
+                position: Position { offset: 0, line: 1 },
+                fingerprint: None,
+            };
+            let mut start = open(start, false).await?;
             match first_record(&mut start, config.poll_interval).await? {
-                Some(record) => Some(Arc::new(header_of(&record))),
+                Some(record) => Some(Arc::new(header_of(config.path(), &record)?)),
                 None => None,
             }
         } else {
             None
         };
         let (moved, changes) = watch::channel(());
+        let from = from.position;
         let shared = Arc::new(Shared {
             path: Arc::from(config.path()),
             checkpoint: checkpoint_path,
@@ -149,8 +168,23 @@ impl FileSource {
             max_unrecorded: config.max_unrecorded as u64,
             metrics: FileMetrics::new(&config.path().display().to_string()),
             fatal: Mutex::new(None),
+            _lock: lock,
         });
-        shared.metrics.checkpoint_line.set(from.line as i64);
+        // Written once now: a checkpoint that cannot be written stops the start, not the
+        // first acknowledgement.
+        shared.write(true).await;
+        if let Some(error) = lock_fatal(&shared).take() {
+            return Err(FileSourceError::Checkpoint {
+                path: shared.checkpoint.clone(),
+                reason: error,
+            });
+        }
+        if let Some(length) = reader.length().await {
+            shared
+                .metrics
+                .lag_bytes
+                .set(gauge(length.saturating_sub(from.offset)));
+        }
         tokio::spawn(write_checkpoints(Arc::downgrade(&shared), changes));
         Ok(FileSource {
             shared,
@@ -180,8 +214,11 @@ impl FileSource {
         while records.len() < want {
             match reading.reader.next() {
                 Ok(Next::Record(record)) if reading.header_pending => {
+                    let header = header_of(&self.shared.path, &record).inspect_err(|error| {
+                        *lock(&self.shared.fatal) = Some(error.to_string());
+                    })?;
                     reading.header_pending = false;
-                    reading.headers = Some(Arc::new(header_of(&record)));
+                    reading.headers = Some(Arc::new(header));
                     lock(&self.shared.progress).progress.skip_to(record.end);
                 }
                 Ok(Next::Record(record)) => records.push(record),
@@ -239,15 +276,48 @@ async fn first_record(reader: &mut Reader, poll: Duration) -> Result<Option<Reco
     }
 }
 
-/// A CSV header record's column names.
-fn header_of(record: &Record) -> csv::StringRecord {
+/// A CSV header record's column names; one that does not parse (not UTF-8, say) would
+/// fail every record read by it, so it stops the source.
+fn header_of(path: &Path, record: &Record) -> Result<csv::StringRecord, FileSourceError> {
+    let refused = |reason: String| FileSourceError::Header {
+        path: path.to_owned(),
+        reason,
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(&record.bytes[..]);
     let mut header = csv::StringRecord::new();
-    // A header that does not parse names no column: records are then read by position.
-    let _ = reader.read_record(&mut header);
-    header
+    match reader.read_record(&mut header) {
+        Ok(true) => Ok(header),
+        Ok(false) => Err(refused("it is empty".to_owned())),
+        Err(error) => Err(refused(error.to_string())),
+    }
+}
+
+/// Refuses a checkpoint that is the file it records, however the two are spelled.
+fn refuse_same_file(input: &Path, checkpoint: &Path) -> Result<(), FileSourceError> {
+    let canonical = |path: &Path| -> Option<PathBuf> {
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(std::fs::canonicalize(folder).ok()?.join(path.file_name()?))
+    };
+    match (canonical(input), canonical(checkpoint)) {
+        (Some(input), Some(checkpoint)) if input == checkpoint => {
+            Err(BuildError::new("source.checkpoint", "must not be the file it records").into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A gauge's value, saturating.
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn lock_fatal(shared: &Shared) -> std::sync::MutexGuard<'_, Option<String>> {
+    lock(&shared.fatal)
 }
 
 impl Source for FileSource {
@@ -262,6 +332,10 @@ impl Source for FileSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<FileMessage>>, BoxError> {
         let mut reading = self.reading.lock().await;
         loop {
+            // Once it cannot go on (a record too long, a bad header), it never reads past.
+            if let Some(error) = lock(&self.shared.fatal).clone() {
+                return Err(error.into());
+            }
             let room = self.shared.room.notified();
             let want = self.room().min(demand.get() as u64) as usize;
             if want == 0 {
@@ -276,11 +350,25 @@ impl Source for FileSource {
             if ended {
                 return Ok(None);
             }
-            reading.reader.read_more(self.poll_interval).await?;
+            if let Err(error) = reading.reader.read_more(self.poll_interval).await {
+                *lock(&self.shared.fatal) = Some(error.to_string());
+                return Err(error.into());
+            }
+            if reading.reader.at_end() {
+                // Followed and caught up: what waits is what is not yet acknowledged.
+                let recorded = lock(&self.shared.progress).progress.done_to().offset;
+                self.shared
+                    .metrics
+                    .lag_bytes
+                    .set(gauge(reading.reader.read_to().saturating_sub(recorded)));
+            }
         }
     }
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        if !plan.dead_letter {
+            tracing::warn!(path = %self.shared.path.display(), "no dead-letter destination: a record failed for good is logged (with its file and line) and passed, like a Kafka record; set one to keep it");
+        }
         if (plan.max_in_flight as u64) > self.shared.max_unrecorded {
             return Err(BuildError::new(
                 "source.max_unrecorded",
@@ -347,21 +435,21 @@ impl Shared {
             return;
         }
         let (checkpoint, path) = (self.checkpoint.clone(), self.path.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            checkpoint::write(&checkpoint, position, sync)?;
-            std::fs::metadata(&path).map(|m| m.len())
-        })
-        .await
-        .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked.to_string())));
+        let written =
+            tokio::task::spawn_blocking(move || checkpoint::write(&checkpoint, &path, position, sync))
+                .await
+                .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked.to_string())));
         match written {
-            Ok(length) => {
+            Ok(()) => {
                 *last = position;
                 lock(&self.progress).written = count;
                 self.room.notify_waiters();
-                self.metrics.checkpoint_line.set(position.line as i64);
-                self.metrics
-                    .lag_bytes
-                    .set(length.saturating_sub(position.offset) as i64);
+                self.metrics.checkpoint_line.set(gauge(position.line));
+                if let Ok(length) = tokio::fs::metadata(&*self.path).await.map(|m| m.len()) {
+                    self.metrics
+                        .lag_bytes
+                        .set(gauge(length.saturating_sub(position.offset)));
+                }
             }
             Err(error) => {
                 // Nothing is lost (the records after the last checkpoint come again), but

@@ -270,3 +270,114 @@ async fn the_lag_gauges_are_exactly_those_documented_and_fall_to_zero() {
     assert_eq!(exposed, documented);
     assert_eq!(documented.len(), 2);
 }
+
+/// Runs a CSV file through a pipeline decoding rows by the header: (line, row) in order.
+async fn import(config: FileConfig) -> Result<Vec<(u64, Row)>, PipelineError> {
+    let collected: &'static Collect = Box::leak(Box::default());
+    let source = FileSource::open(config).await.unwrap();
+    let pipeline = Pipeline::builder(source, collected)
+        .decode(Csv::new())
+        .processors(Processors::new(1))
+        .start()
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(20), pipeline.wait())
+        .await
+        .expect("the pipeline ends")?;
+    let mut rows = std::mem::take(&mut *collected.0.lock().unwrap());
+    assert_eq!(summary.successful, rows.len() as u64, "{summary:?}");
+    rows.sort_by_key(|(line, _)| *line);
+    Ok(rows)
+}
+
+fn row(id: u64, note: &str) -> Row {
+    Row {
+        id,
+        note: note.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_records_end_where_the_csv_crate_ends_them() {
+    let dir = Dir::new("csv-ends");
+    // A quote inside an unquoted field is text: two rows, not one.
+    let path = dir.file("inches.csv", "id,note\n1,5\" tv\n2,7\" tv\n");
+    let rows = import(FileConfig::new(&path).format(Format::Csv)).await.unwrap();
+    assert_eq!(rows, [(2, row(1, "5\" tv")), (3, row(2, "7\" tv"))]);
+    // Old Mac line endings: a lone CR ends a record.
+    let path = dir.file("mac.csv", "id,note\r1,a\r2,b\r");
+    let rows = import(FileConfig::new(&path).format(Format::Csv)).await.unwrap();
+    assert_eq!(rows, [(2, row(1, "a")), (3, row(2, "b"))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_header_that_does_not_parse_stops_the_pipeline_before_any_row() {
+    let dir = Dir::new("csv-header");
+    let path = dir.0.join("latin1.csv");
+    std::fs::write(&path, b"id,A\xf1o\n1,x\n").unwrap();
+    let config = FileConfig::new(&path).format(Format::Csv);
+    let error = import(config.clone()).await.unwrap_err().to_string();
+    assert!(
+        error.contains("the CSV header at line 1 does not parse"),
+        "{error}"
+    );
+    // Nothing was passed: the checkpoint is still at the start.
+    assert_eq!(checkpoint_offset(&config), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_refused_on_another_file_or_by_a_second_source() {
+    let dir = Dir::new("identity");
+    let path = dir.file("records.txt", "aaaa\nbbbb\ncccc\n");
+    let config = FileConfig::new(&path);
+    {
+        let source = FileSource::open(config.clone()).await.unwrap();
+        // A second source on the same checkpoint, while the first lives.
+        let error = FileSource::open(config.clone()).await.unwrap_err().to_string();
+        assert!(error.contains("another source reads with it"), "{error}");
+        let acknowledger = source.acknowledger();
+        let records = source
+            .receive(NonZeroUsize::new(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        acknowledger.ack(records, Vec::new()).await;
+        acknowledger.flush().await;
+    }
+    assert_eq!(checkpoint_offset(&config), 5);
+    // Replaced by a file of the same shape, lines where they were: refused all the same.
+    std::fs::write(&path, "xxxx\nyyyy\nzzzz\n").unwrap();
+    let error = FileSource::open(config.clone()).await.unwrap_err().to_string();
+    assert!(error.contains("are not those it recorded"), "{error}");
+    // The checkpoint named as the file itself, spelled another way.
+    let spelled = dir.0.join(".").join("records.txt");
+    let error = FileSource::open(FileConfig::new(&path).checkpoint(spelled))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid source.checkpoint: must not be the file it records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_file_cut_short_stops_the_pipeline_saying_so() {
+    let dir = Dir::new("cut-followed");
+    let path = dir.file("app.log", "one\ntwo\n");
+    let config = FileConfig::new(&path)
+        .follow(true)
+        .poll_interval(Duration::from_millis(10));
+    let source = FileSource::open(config.clone()).await.unwrap();
+    let pipeline = Pipeline::builder(source, Ok_).start().unwrap();
+    let stats = pipeline.stats();
+    while stats.get().successful < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A copytruncate rotation.
+    std::fs::write(&path, "").unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(20), pipeline.wait())
+        .await
+        .expect("the pipeline stops")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cut short"), "{error}");
+}

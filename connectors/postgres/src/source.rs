@@ -1,0 +1,266 @@
+//! The queue table source: rows leased only for the demand, woken by `NOTIFY`.
+
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use longshore::source::{Redelivery, Source, SourceSettings};
+use longshore::{BoxError, Message};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::acknowledge::PgQueueAcknowledger;
+use crate::config::PgQueueConfig;
+use crate::db::{listen, Db};
+use crate::error::PgQueueError;
+use crate::metadata::{PgMessage, PgMetadata};
+use crate::metrics::QueueMetrics;
+use crate::queue::{lock, Leased, Queue};
+
+/// Consumes one queue of a PostgreSQL queue table (see [`migration`](crate::migration)).
+///
+/// Each `receive` leases at most the demand (`SELECT ... FOR UPDATE SKIP LOCKED LIMIT`
+/// in one short `UPDATE`): leased rows are invisible to other consumers for
+/// [`lease`](PgQueueConfig::lease), extended while they are handled, so any number of
+/// consumers share a queue and a killed one's rows come back. A handled row is deleted;
+/// a failed one is made visible again after the retry policy's backoff (its `attempts`
+/// column is the attempt); one failed for good is deleted if the pipeline's dead-letter
+/// destination took it, else kept with `failed_at` and `last_error`, never delivered
+/// again. Rows not started at shutdown are released at once. With nothing to lease, the
+/// source waits for an insert's `NOTIFY` (or `poll_interval`).
+///
+/// ```no_run
+/// use longshore::decode::Json;
+/// use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
+/// use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Invoice { id: u64 }
+///
+/// struct Send;
+/// impl Handler for Send {
+///     type Item = Invoice;
+///     type Metadata = PgMetadata;
+///     async fn handle_message(&self, message: &mut PgMessage<Invoice>) -> Result<(), BoxError> {
+///         println!("invoice {} (row {})", message.data().id, message.metadata().id());
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), BoxError> {
+/// let config = PgQueueConfig::new("host=db user=app dbname=shop").queue("invoices");
+/// PgQueueSource::migrate(&config).await?;
+/// let source = PgQueueSource::connect(config).await?;
+/// let pipeline = Pipeline::builder(source, Send)
+///     .decode(Json::new())
+///     .processors(Processors::new(8))
+///     .retry(RetryPolicy::new(5))
+///     .start()?;
+/// pipeline.run_until_signal().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgQueueSource {
+    queue: Arc<Queue>,
+    fetch: tokio::sync::Mutex<Fetch>,
+    poll_interval: Duration,
+    /// Stops the listener, the lease extender and the depth reader.
+    stop: CancellationToken,
+}
+
+/// Rows leased and not yet handed out, and a lease under way: kept across a dropped
+/// `receive`, so that nothing leased is left behind.
+#[derive(Debug, Default)]
+struct Fetch {
+    ready: VecDeque<Leased>,
+    pending: Option<JoinHandle<Result<Vec<Leased>, tokio_postgres::Error>>>,
+}
+
+impl PgQueueSource {
+    /// Connects (checking that the table is there) and starts listening for inserts.
+    ///
+    /// # Errors
+    ///
+    /// A [`PgQueueError`]: an invalid setting (naming it), a database that cannot be
+    /// reached, a table that is not there (run [`PgQueueSource::migrate`]).
+    pub async fn connect(config: PgQueueConfig) -> Result<Self, PgQueueError> {
+        config.validate()?;
+        let db_config: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(PgQueueError::database("parsing source.url"))?;
+        let wake = Arc::new(Notify::new());
+        let queue = Arc::new(Queue {
+            db: Db::new(db_config.clone()),
+            table: config.table.clone(),
+            name: Arc::from(config.queue.as_str()),
+            lease: config.lease,
+            held: Mutex::default(),
+            wake: wake.clone(),
+            metrics: QueueMetrics::new(&config.table, &config.queue),
+        });
+        let client = queue
+            .db
+            .client()
+            .await
+            .map_err(PgQueueError::database("connecting"))?;
+        client
+            .execute(&format!("SELECT 1 FROM {} LIMIT 0", config.table), &[])
+            .await
+            .map_err(PgQueueError::database(
+                "reading the queue table (run PgQueueSource::migrate)",
+            ))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(listen(
+            db_config,
+            config.table.clone(),
+            queue.name.clone(),
+            wake,
+            stop.clone(),
+        ));
+        tokio::spawn(extend_leases(queue.clone(), stop.clone()));
+        tokio::spawn(measure(queue.clone(), config.lag_interval, stop.clone()));
+        Ok(PgQueueSource {
+            queue,
+            fetch: tokio::sync::Mutex::default(),
+            poll_interval: config.poll_interval,
+            stop,
+        })
+    }
+
+    /// Creates the queue table of `config` if it is not there (see
+    /// [`migration`](crate::migration)).
+    ///
+    /// # Errors
+    ///
+    /// A [`PgQueueError`] when the database cannot be reached or refuses the migration.
+    pub async fn migrate(config: &PgQueueConfig) -> Result<(), PgQueueError> {
+        let sql = crate::migration(&config.table)?;
+        let db_config: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(PgQueueError::database("parsing source.url"))?;
+        let client = Db::new(db_config)
+            .client()
+            .await
+            .map_err(PgQueueError::database("connecting"))?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(PgQueueError::database("migrating"))
+    }
+
+    /// Rows leased by this source and not yet settled (deleted, failed, released).
+    pub fn held(&self) -> usize {
+        lock(&self.queue.held).len()
+    }
+
+    fn message(&self, row: Leased) -> PgMessage {
+        let metadata = PgMetadata::read(
+            row.id,
+            self.queue.name.clone(),
+            row.enqueued_at,
+            row.payload.clone(),
+        );
+        Message::with_metadata(row.payload, metadata).with_attempt(row.attempts)
+    }
+}
+
+impl Drop for PgQueueSource {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Source for PgQueueSource {
+    type Data = Bytes;
+    type Metadata = PgMetadata;
+    type Acknowledger = PgQueueAcknowledger;
+
+    fn acknowledger(&self) -> PgQueueAcknowledger {
+        PgQueueAcknowledger(self.queue.clone())
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<PgMessage>>, BoxError> {
+        let mut fetch = self.fetch.lock().await;
+        loop {
+            if !fetch.ready.is_empty() {
+                let take = demand.get().min(fetch.ready.len());
+                let rows: Vec<Leased> = fetch.ready.drain(..take).collect();
+                return Ok(Some(rows.into_iter().map(|row| self.message(row)).collect()));
+            }
+            let queue = self.queue.clone();
+            let limit = demand.get();
+            let pending = fetch
+                .pending
+                .get_or_insert_with(|| tokio::spawn(async move { queue.lease(limit).await }));
+            let leased = pending.await;
+            fetch.pending = None;
+            match leased {
+                Ok(Ok(rows)) if !rows.is_empty() => fetch.ready.extend(rows),
+                Ok(Ok(_)) => {
+                    // Nothing visible: an insert's NOTIFY (remembered if it came during
+                    // the lease), or the poll interval.
+                    let _ = tokio::time::timeout(self.poll_interval, self.queue.wake.notified()).await;
+                }
+                Ok(Err(error)) => {
+                    return Err(PgQueueError::Database {
+                        doing: "leasing rows",
+                        source: error,
+                    }
+                    .into())
+                }
+                Err(panicked) => return Err(panicked.into()),
+            }
+        }
+    }
+
+    fn redelivery(&self) -> Redelivery {
+        Redelivery::Broker
+    }
+
+    /// Releases the rows leased and not handed out, a lease under way included.
+    async fn shutdown(&self) {
+        let mut fetch = self.fetch.lock().await;
+        if let Some(pending) = fetch.pending.take() {
+            if let Ok(Ok(rows)) = pending.await {
+                fetch.ready.extend(rows);
+            }
+        }
+        let ids: Vec<i64> = fetch.ready.drain(..).map(|row| row.id).collect();
+        self.queue.release(&ids).await;
+    }
+}
+
+/// Extends the leases of held rows three times per lease, until `stop`.
+async fn extend_leases(queue: Arc<Queue>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(queue.lease / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(error) = queue.extend().await {
+            tracing::warn!(%error, queue = %queue.name, "postgres lease extension failed; trying again at the next tick");
+        }
+    }
+}
+
+/// Reads the queue's depth every `interval`, until `stop`.
+async fn measure(queue: Arc<Queue>, interval: Duration, stop: CancellationToken) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(error) = queue.measure().await {
+            tracing::debug!(%error, queue = %queue.name, "cannot read the postgres queue's depth");
+        }
+    }
+}
