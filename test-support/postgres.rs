@@ -9,9 +9,13 @@ use std::process::Command;
 
 /// A PostgreSQL server of its own, stopped when dropped.
 pub struct Postgres {
+    dir: PathBuf,
     data: PathBuf,
     port: u16,
 }
+
+/// Servers started by this process so far: each gets a folder of its own.
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs a PostgreSQL tool, as the `postgres` user when this runs as root (initdb refuses
 /// root).
@@ -40,7 +44,8 @@ fn pg(tool: &str, args: &[&str]) {
 
 impl Postgres {
     pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("longshore-pg-{}", std::process::id()));
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("longshore-pg-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // World-writable for the postgres user when running as root; a test folder only.
@@ -55,13 +60,24 @@ impl Postgres {
             "initdb",
             &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust"],
         );
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
-        let log = dir.join("postgres.log");
+        let postgres = Postgres { dir, data, port };
+        postgres.run();
+        postgres
+    }
+
+    /// Starts the server on its folder and port.
+    fn run(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log");
         pg(
             "pg_ctl",
             &[
                 "-D",
-                data.to_str().unwrap(),
+                self.data.to_str().unwrap(),
                 "-o",
                 &options,
                 "-l",
@@ -70,7 +86,17 @@ impl Postgres {
                 "start",
             ],
         );
-        Postgres { data, port }
+    }
+
+    /// Kills the server (`-m immediate`: no clean shutdown, as a crash) and starts it
+    /// again on the same port, after `down`.
+    pub fn crash_and_restart(&self, down: std::time::Duration) {
+        pg(
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+        std::thread::sleep(down);
+        self.run();
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,244 @@
+//! The queue table source against a real PostgreSQL: a row failed for good is kept with
+//! its error (or deleted once a dead-letter destination has it), an insert wakes a
+//! waiting consumer at once through NOTIFY, a job longer than the lease is not leased
+//! to anyone else, the migration is the one shipped, and the lag gauges are exactly
+//! those documented.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client, enqueue, rows, server};
+use longshore::{BoxError, DeadLetter, Handler, Message, Permanent, Pipeline, Processors, RetryPolicy};
+use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+
+/// Fails payloads starting with `bad` for good; sleeps `sleep` on each other.
+struct Judge {
+    sleep: Duration,
+    handled: Arc<Mutex<Vec<(i64, u32, Instant)>>>,
+}
+
+impl Handler for Judge {
+    type Item = longshore_postgres::Bytes;
+    type Metadata = PgMetadata;
+
+    async fn handle_message(&self, message: &mut PgMessage) -> Result<(), BoxError> {
+        if message.data().starts_with(b"bad") {
+            return Err(Permanent::new("a bad row").into());
+        }
+        tokio::time::sleep(self.sleep).await;
+        self.handled
+            .lock()
+            .unwrap()
+            .push((message.metadata().id(), message.attempt(), Instant::now()));
+        Ok(())
+    }
+}
+
+fn judge(sleep: Duration) -> (Judge, Arc<Mutex<Vec<(i64, u32, Instant)>>>) {
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    (
+        Judge {
+            sleep,
+            handled: handled.clone(),
+        },
+        handled,
+    )
+}
+
+struct Counted(Arc<AtomicU64>);
+
+impl DeadLetter<PgMetadata> for Counted {
+    async fn dead_letter(&self, messages: &mut [Message<(), PgMetadata>]) -> Result<(), BoxError> {
+        self.0.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_rows_are_kept_with_their_error_or_deleted_once_dead_lettered() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(
+        &db,
+        "failures",
+        vec![b"good 1".to_vec(), b"bad 2".to_vec(), b"good 3".to_vec()],
+    )
+    .await;
+    let config = PgQueueConfig::new(server.url()).queue("failures");
+    let (handler, handled) = judge(Duration::ZERO);
+    let pipeline = Pipeline::builder(PgQueueSource::connect(config.clone()).await.unwrap(), handler)
+        .retry(RetryPolicy::new(3))
+        .start()
+        .unwrap();
+    until("two rows handled", async || handled.lock().unwrap().len() == 2).await;
+    until("the bad row kept as failed", async || {
+        rows(&db, "failures").await == (0, 1)
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    let kept = db
+        .query_one(
+            "SELECT last_error, attempts FROM longshore_queue WHERE queue = 'failures'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let error: String = kept.get(0);
+    assert!(error.contains("a bad row"), "{error}");
+    assert_eq!(kept.get::<_, i32>(1), 1, "failed for good: not tried again");
+
+    // With a dead-letter destination, the table keeps nothing.
+    enqueue(&db, "dead", vec![b"bad 4".to_vec()]).await;
+    let written = Arc::new(AtomicU64::new(0));
+    let (handler, _) = judge(Duration::ZERO);
+    let pipeline = Pipeline::builder(
+        PgQueueSource::connect(config.queue("dead")).await.unwrap(),
+        handler,
+    )
+    .dead_letter(Counted(written.clone()))
+    .start()
+    .unwrap();
+    until("the bad row deleted", async || rows(&db, "dead").await == (0, 0)).await;
+    assert_eq!(written.load(Ordering::Relaxed), 1);
+    pipeline.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_wakes_a_waiting_consumer_at_once_and_a_long_job_keeps_its_lease() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    // Polls once a minute: only NOTIFY can bring a row in sooner. Leases of 1 s, jobs of 3 s.
+    let config = PgQueueConfig::new(server.url())
+        .queue("wake")
+        .poll_interval(Duration::from_secs(60))
+        .lease(Duration::from_secs(1));
+    let (handler, handled) = judge(Duration::from_secs(3));
+    let source = PgQueueSource::connect(config.clone()).await.unwrap();
+    let pipeline = Pipeline::builder(source, handler)
+        .processors(Processors::new(2))
+        .start()
+        .unwrap();
+    // A second consumer on the same queue, looking every 100 ms, which must not get a row
+    // the first holds.
+    let (other, other_handled) = judge(Duration::ZERO);
+    let eager = config.poll_interval(Duration::from_millis(100));
+    let second = Pipeline::builder(PgQueueSource::connect(eager).await.unwrap(), other)
+        .start()
+        .unwrap();
+    // Let both reach their wait for a notification.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let inserted = Instant::now();
+    enqueue(&db, "wake", vec![b"job".to_vec()]).await;
+    until("the job handled", async || {
+        !handled.lock().unwrap().is_empty() || !other_handled.lock().unwrap().is_empty()
+    })
+    .await;
+    let all: Vec<_> = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(other_handled.lock().unwrap().iter())
+        .copied()
+        .collect();
+    let (_, attempt, at) = all[0];
+    assert_eq!(attempt, 1);
+    // Woken, not polled: within the job's 3 s and well before a minute.
+    assert!(
+        at - inserted < Duration::from_secs(10),
+        "handled {:?} after the insert",
+        at - inserted
+    );
+    until("the job deleted", async || rows(&db, "wake").await == (0, 0)).await;
+    // Held three leases long by one consumer, extended: the other never got it.
+    assert_eq!(all.len(), 1, "the job was leased twice: {all:?}");
+    pipeline.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_migration_is_the_one_run_and_bad_settings_are_refused() {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0001_longshore_queue.sql"
+    ))
+    .unwrap();
+    assert_eq!(longshore_postgres::migration("longshore_queue").unwrap(), shipped);
+    let error = PgQueueSource::connect(PgQueueConfig::new("host=127.0.0.1").table("orders; drop table x"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().starts_with("invalid source.table"), "{error}");
+    let server = server().await;
+    let error = PgQueueSource::connect(PgQueueConfig::new(server.url()).table("missing_table"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("run PgQueueSource::migrate"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauges_are_exactly_those_documented() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(&db, "lag", vec![b"1".to_vec(), b"2".to_vec()]).await;
+    let config = PgQueueConfig::new(server.url())
+        .queue("lag")
+        .lag_interval(Duration::from_millis(100));
+    let _source = PgQueueSource::connect(config).await.unwrap();
+    let value = |name: &str| {
+        longshore::metrics::registry()
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().to_vec())
+            .find(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "queue" && l.value() == "lag")
+            })
+            .map(|metric| metric.get_gauge().get_value())
+    };
+    until("the depth read", async || {
+        value("longshore_postgres_queue_ready_rows") == Some(2.0)
+    })
+    .await;
+    assert_eq!(value("longshore_postgres_queue_leased_rows"), Some(0.0));
+    assert_eq!(value("longshore_postgres_queue_failed_rows"), Some(0.0));
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
+    let mut documented: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            name.starts_with("longshore_postgres_")
+                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
+        })
+        .collect();
+    documented.sort();
+    let exposed: Vec<(String, String)> = longshore::metrics::registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name().starts_with("longshore_postgres_"))
+        .map(|family| {
+            (
+                family.name().to_owned(),
+                format!("{:?}", family.get_field_type()).to_lowercase(),
+            )
+        })
+        .collect();
+    assert_eq!(exposed, documented);
+    assert_eq!(documented.len(), 4);
+}
