@@ -1,1 +1,172 @@
-fn main() {}
+//! The queue table source against a raw tokio-postgres loop on the same server, in the
+//! same run, each in a process of its own, in alternated rounds (median ratio):
+//!
+//! - `raw`: two tasks, each leasing 64 rows at a time with the source's own statement
+//!   (`FOR UPDATE SKIP LOCKED`) and deleting them in one statement, until the queue is
+//!   empty: the hand-written consumer, as tight as it gets;
+//! - `longshore`: `PgQueueSource` under two processors of `max_demand` 64, a do-nothing
+//!   handler, rows deleted per acknowledged chunk.
+//!
+//! Each round fills the queue first (not timed). Prints `BENCH case=postgres ratio=<x>
+//! ...` with peak RSS; `LONGSHORE_BENCH_MESSAGES` sets the row count (default 50,000;
+//! under `cargo test` a short smoke run).
+
+#[path = "../../../benches/support/mod.rs"]
+mod support;
+#[path = "../../../test-support/postgres.rs"]
+mod postgres;
+
+use support::Countdown;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use longshore::{BoxError, Handler, Pipeline, Processors};
+use longshore_postgres::tokio_postgres::{Client, NoTls};
+use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+
+const BATCH: i64 = 64;
+const TASKS: usize = 2;
+
+struct Nothing(Arc<Countdown>);
+
+impl Handler for Nothing {
+    type Item = longshore_postgres::Bytes;
+    type Metadata = PgMetadata;
+
+    async fn handle_message(&self, message: &mut PgMessage) -> Result<(), BoxError> {
+        std::hint::black_box(message.data().len());
+        self.0.handled();
+        Ok(())
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = longshore_postgres::tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn fill(url: &str, rows: u64) {
+    let client = connect(url).await;
+    client
+        .execute(
+            "INSERT INTO longshore_queue (queue, payload) SELECT 'bench', convert_to(lpad(n::text, 100, 'x'), 'UTF8') FROM generate_series(1::bigint, $1) AS n",
+            &[&(rows as i64)],
+        )
+        .await
+        .unwrap();
+    client.execute("VACUUM ANALYZE longshore_queue", &[]).await.unwrap();
+}
+
+async fn raw(url: &str) -> u64 {
+    let lease = "WITH next AS (SELECT id FROM longshore_queue WHERE queue = $1 AND failed_at IS NULL AND visible_at <= now() \
+                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE longshore_queue q SET visible_at = now() + make_interval(secs => 30), attempts = q.attempts + 1 \
+                 FROM next WHERE q.id = next.id RETURNING q.id, q.payload";
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let client = connect(&url).await;
+                let (lease, delete) = (
+                    client.prepare(lease).await.unwrap(),
+                    client.prepare("DELETE FROM longshore_queue WHERE id = ANY($1)").await.unwrap(),
+                );
+                let mut done = 0;
+                loop {
+                    let rows = client.query(&lease, &[&"bench", &BATCH]).await.unwrap();
+                    if rows.is_empty() {
+                        return done;
+                    }
+                    let ids: Vec<i64> = rows
+                        .iter()
+                        .map(|row| {
+                            std::hint::black_box(row.get::<_, &[u8]>(1).len());
+                            row.get(0)
+                        })
+                        .collect();
+                    client.execute(&delete, &[&ids]).await.unwrap();
+                    done += ids.len() as u64;
+                }
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.unwrap();
+    }
+    done
+}
+
+async fn longshore(url: &str, rows: u64) -> u64 {
+    let config = PgQueueConfig::new(url).queue("bench");
+    let source = PgQueueSource::connect(config).await.unwrap();
+    let countdown = Arc::new(Countdown::new(rows as usize));
+    let pipeline = Pipeline::builder(source, Nothing(countdown.clone()))
+        .processors(Processors::new(TASKS).max_demand(BATCH as usize))
+        .start()
+        .unwrap();
+    // The queue never ends: stop once every row is handled; the shutdown deletes the
+    // last chunks.
+    countdown.finished().await;
+    pipeline.shutdown().await.unwrap().successful
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let (case, url, rows) = (&args[i + 1], &args[i + 2], args[i + 3].parse::<u64>().unwrap());
+        let runtime = support::runtime();
+        let (rate, done) = runtime.block_on(async {
+            fill(url, rows).await;
+            let started = Instant::now();
+            let done = match case.as_str() {
+                "raw" => raw(url).await,
+                _ => longshore(url, rows).await,
+            };
+            (rows as f64 / started.elapsed().as_secs_f64(), done)
+        });
+        assert_eq!(done, rows, "{case}: every row");
+        support::report(&[rate, support::peak_rss_mb()]);
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let rows: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(if full { 50_000 } else { 2_000 });
+    let rounds = if full { 5 } else { 1 };
+    let server = postgres::Postgres::start();
+    let url = server.url();
+    support::runtime().block_on(async {
+        PgQueueSource::migrate(&PgQueueConfig::new(url.as_str())).await.unwrap();
+    });
+    let (mut ratios, mut raw_rates, mut our_rates, mut rss) = (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
+    for round in 0..rounds {
+        let mut this = [0.0; 2];
+        for turn in 0..2 {
+            let at = (turn + round) % 2;
+            let case = ["raw", "longshore"][at];
+            let v = support::run_child(&["--case", case, &url, &rows.to_string()], &[]);
+            this[at] = v[0];
+            rss[at] = rss[at].max(v[1]);
+        }
+        raw_rates.push(this[0]);
+        our_rates.push(this[1]);
+        ratios.push(this[1] / this[0]);
+    }
+    println!(
+        "BENCH case=postgres ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} rows={rows} rounds={rounds}",
+        median(ratios),
+        median(our_rates),
+        median(raw_rates),
+        rss[1],
+        rss[0],
+    );
+}
