@@ -11,10 +11,10 @@
 //! ...` with peak RSS; `LONGSHORE_BENCH_MESSAGES` sets the row count (default 50,000;
 //! under `cargo test` a short smoke run).
 
-#[path = "../../../benches/support/mod.rs"]
-mod support;
 #[path = "../../../test-support/postgres.rs"]
 mod postgres;
+#[path = "../../../benches/support/mod.rs"]
+mod support;
 
 use support::Countdown;
 
@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use longshore::{BoxError, Handler, Pipeline, Processors};
 use longshore_postgres::tokio_postgres::{Client, NoTls};
-use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+use longshore_postgres::{PgQueueConfig, PgQueueMessage, PgQueueMetadata, PgQueueSource};
 
 const BATCH: i64 = 64;
 const TASKS: usize = 2;
@@ -32,9 +32,9 @@ struct Nothing(Arc<Countdown>);
 
 impl Handler for Nothing {
     type Item = longshore_postgres::Bytes;
-    type Metadata = PgMetadata;
+    type Metadata = PgQueueMetadata;
 
-    async fn handle_message(&self, message: &mut PgMessage) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
         std::hint::black_box(message.data().len());
         self.0.handled();
         Ok(())
@@ -42,7 +42,9 @@ impl Handler for Nothing {
 }
 
 async fn connect(url: &str) -> Client {
-    let (client, connection) = longshore_postgres::tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (client, connection) = longshore_postgres::tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     client
 }
@@ -56,7 +58,10 @@ async fn fill(url: &str, rows: u64) {
         )
         .await
         .unwrap();
-    client.execute("VACUUM ANALYZE longshore_queue", &[]).await.unwrap();
+    client
+        .execute("VACUUM ANALYZE longshore_queue", &[])
+        .await
+        .unwrap();
 }
 
 async fn raw(url: &str) -> u64 {
@@ -71,7 +76,10 @@ async fn raw(url: &str) -> u64 {
                 let client = connect(&url).await;
                 let (lease, delete) = (
                     client.prepare(lease).await.unwrap(),
-                    client.prepare("DELETE FROM longshore_queue WHERE id = ANY($1)").await.unwrap(),
+                    client
+                        .prepare("DELETE FROM longshore_queue WHERE id = ANY($1)")
+                        .await
+                        .unwrap(),
                 );
                 let mut done = 0;
                 loop {
@@ -145,9 +153,12 @@ fn main() {
     let server = postgres::Postgres::start();
     let url = server.url();
     support::runtime().block_on(async {
-        PgQueueSource::migrate(&PgQueueConfig::new(url.as_str())).await.unwrap();
+        PgQueueSource::migrate(&PgQueueConfig::new(url.as_str()))
+            .await
+            .unwrap();
     });
-    let (mut ratios, mut raw_rates, mut our_rates, mut rss) = (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
+    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
     for round in 0..rounds {
         let mut this = [0.0; 2];
         for turn in 0..2 {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use longshore::source::Acknowledger;
 use longshore::Status;
 
-use crate::metadata::{PgMessage, PgMetadata};
-use crate::queue::Queue;
+use crate::metadata::{PgQueueMessage, PgQueueMetadata};
+use crate::queue::{Lease, Queue};
 
 /// Acknowledges a [`PgQueueSource`](crate::PgQueueSource)'s rows. Made by the source.
 ///
@@ -17,13 +17,17 @@ use crate::queue::Queue;
 #[derive(Debug, Clone)]
 pub struct PgQueueAcknowledger(pub(crate) Arc<Queue>);
 
-impl Acknowledger<PgMetadata> for PgQueueAcknowledger {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<PgMessage<T>>, failed: Vec<PgMessage<T>>) {
-        let mut delete: Vec<i64> = successful.iter().map(|m| m.metadata().id()).collect();
+impl Acknowledger<PgQueueMetadata> for PgQueueAcknowledger {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<PgQueueMessage<T>>,
+        failed: Vec<PgQueueMessage<T>>,
+    ) {
+        let mut delete: Vec<Lease> = successful.iter().map(|m| m.metadata().lease()).collect();
         let (mut retry, mut delays) = (Vec::new(), Vec::new());
         let (mut keep, mut errors) = (Vec::new(), Vec::new());
         for message in &failed {
-            let id = message.metadata().id();
+            let id = message.metadata().lease();
             match message.redeliver_after() {
                 Some(after) => {
                     retry.push(id);
@@ -45,12 +49,13 @@ impl Acknowledger<PgMetadata> for PgQueueAcknowledger {
         self.0.fail(&keep, &errors).await;
     }
 
-    async fn release<T: Send + 'static>(&self, messages: Vec<PgMessage<T>>) {
-        let ids: Vec<i64> = messages.iter().map(|m| m.metadata().id()).collect();
-        self.0.release(&ids).await;
+    async fn release<T: Send + 'static>(&self, messages: Vec<PgQueueMessage<T>>) {
+        let leases: Vec<Lease> = messages.iter().map(|m| m.metadata().lease()).collect();
+        // Handled at least once (they waited for a retry): their attempts stand.
+        self.0.release(&leases, false).await;
     }
 
-    fn origin<T>(&self, message: &PgMessage<T>) -> Option<String> {
+    fn origin<T>(&self, message: &PgQueueMessage<T>) -> Option<String> {
         Some(format!("{} row {}", self.0.table, message.metadata().id()))
     }
 

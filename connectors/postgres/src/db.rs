@@ -5,30 +5,56 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use longshore::RetryPolicy;
+use std::collections::HashMap;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
-/// A client that connects again when its connection is gone.
+/// A client that connects again when its connection is gone, with the statements it
+/// prepared (each statement is parsed once per connection, not per call).
 #[derive(Debug)]
 pub(crate) struct Db {
     config: Config,
-    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    connected: tokio::sync::Mutex<Option<Arc<Connected>>>,
+}
+
+/// One connection's client and its prepared statements.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    pub(crate) client: Client,
+    prepared: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+impl Connected {
+    /// `sql`, prepared on this connection once.
+    pub(crate) async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
 }
 
 impl Db {
     pub(crate) fn new(config: Config) -> Self {
         Db {
             config,
-            client: tokio::sync::Mutex::new(None),
+            connected: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// The client, connecting first if there is none or its connection closed.
-    pub(crate) async fn client(&self) -> Result<Arc<Client>, tokio_postgres::Error> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref().filter(|client| !client.is_closed()) {
-            return Ok(client.clone());
+    /// The connection, made first if there is none or it closed.
+    pub(crate) async fn connected(&self) -> Result<Arc<Connected>, tokio_postgres::Error> {
+        let mut slot = self.connected.lock().await;
+        if let Some(connected) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(connected.clone());
         }
         let (client, connection) = self.config.connect(NoTls).await?;
         tokio::spawn(async move {
@@ -36,9 +62,34 @@ impl Db {
                 tracing::warn!(%error, "postgres connection lost; the next statement connects again");
             }
         });
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
-        Ok(client)
+        let connected = Arc::new(Connected {
+            client,
+            prepared: std::sync::Mutex::default(),
+        });
+        *slot = Some(connected.clone());
+        Ok(connected)
+    }
+
+    /// Runs `sql` (prepared once per connection) with `params`: the rows.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let connected = self.connected().await?;
+        let statement = connected.statement(sql).await?;
+        connected.client.query(&statement, params).await
+    }
+
+    /// Runs `sql` (prepared once per connection) with `params`: the rows changed.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let connected = self.connected().await?;
+        let statement = connected.statement(sql).await?;
+        connected.client.execute(&statement, params).await
     }
 }
 
@@ -56,17 +107,23 @@ pub(crate) async fn listen(
         .max_backoff(Duration::from_secs(5));
     let mut failures = 0;
     while !stop.is_cancelled() {
+        let connected_at = tokio::time::Instant::now();
         let listened = tokio::select! {
             () = stop.cancelled() => return,
             listened = listen_once(&config, &channel, &queue, &wake) => listened,
         };
+        // A connection that lived a while starts the backoff again; one ended at once
+        // (an error, or closed cleanly) waits longer each time.
+        if connected_at.elapsed() > Duration::from_secs(30) {
+            failures = 0;
+        }
+        failures += 1;
         if let Err(error) = listened {
-            failures += 1;
             tracing::debug!(%error, "postgres listener disconnected; connecting again");
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff.backoff(failures)) => {}
-            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff.backoff(failures)) => {}
         }
     }
 }

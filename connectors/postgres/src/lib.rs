@@ -9,13 +9,13 @@
 //!
 //! ```no_run
 //! use longshore::{BoxError, Handler, Pipeline, Processors};
-//! use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+//! use longshore_postgres::{PgQueueMessage, PgQueueMetadata, PgQueueConfig, PgQueueSource};
 //!
 //! struct Print;
 //! impl Handler for Print {
 //!     type Item = longshore_postgres::Bytes;
-//!     type Metadata = PgMetadata;
-//!     async fn handle_message(&self, message: &mut PgMessage) -> Result<(), BoxError> {
+//!     type Metadata = PgQueueMetadata;
+//!     async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
 //!         println!("row {}: {} bytes", message.metadata().id(), message.data().len());
 //!         Ok(())
 //!     }
@@ -47,7 +47,7 @@ pub use acknowledge::PgQueueAcknowledger;
 pub use bytes::Bytes;
 pub use config::PgQueueConfig;
 pub use error::PgQueueError;
-pub use metadata::{PgMessage, PgMetadata};
+pub use metadata::{PgQueueMessage, PgQueueMetadata};
 pub use schema::migration;
 pub use source::PgQueueSource;
 pub use tokio_postgres;

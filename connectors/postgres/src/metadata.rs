@@ -6,50 +6,63 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use longshore::Message;
 
+use crate::queue::Lease;
+
 /// A row of a [`PgQueueSource`](crate::PgQueueSource): its data is the payload, or what
 /// the pipeline's decode step makes of it.
-pub type PgMessage<T = Bytes> = Message<T, PgMetadata>;
+pub type PgQueueMessage<T = Bytes> = Message<T, PgQueueMetadata>;
 
 /// Where a row came from.
 ///
 /// ```
-/// use longshore_postgres::PgMetadata;
+/// use longshore_postgres::PgQueueMetadata;
 ///
 /// // A handler's unit test builds rows as the source would.
-/// let message = PgMetadata::new(42, "invoices", "{\"id\": 7}").into_message();
+/// let message = PgQueueMetadata::new(42, "invoices", "{\"id\": 7}").into_message();
 /// assert_eq!(message.metadata().id(), 42);
 /// assert_eq!(message.metadata().queue(), "invoices");
 /// ```
 #[derive(Debug, Clone)]
-pub struct PgMetadata {
+pub struct PgQueueMetadata {
     id: i64,
     queue: Arc<str>,
     enqueued_at: SystemTime,
     payload: Bytes,
+    /// The row's `attempts` when leased: names the lease in the acknowledger's statements.
+    pub(crate) token: i32,
 }
 
-impl PgMetadata {
+impl PgQueueMetadata {
     /// Row `id` of `queue`, enqueued now, holding `payload`.
     pub fn new(id: i64, queue: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
-        PgMetadata {
+        PgQueueMetadata {
             id,
             queue: queue.into(),
             enqueued_at: SystemTime::now(),
             payload: payload.into(),
+            token: 1,
         }
     }
 
-    pub(crate) fn read(id: i64, queue: Arc<str>, enqueued_at: SystemTime, payload: Bytes) -> Self {
-        PgMetadata {
-            id,
+    pub(crate) fn read(lease: Lease, queue: Arc<str>, enqueued_at: SystemTime, payload: Bytes) -> Self {
+        PgQueueMetadata {
+            id: lease.id,
             queue,
             enqueued_at,
             payload,
+            token: lease.token,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            token: self.token,
         }
     }
 
     /// A message of this row, its data the payload.
-    pub fn into_message(self) -> PgMessage {
+    pub fn into_message(self) -> PgQueueMessage {
         Message::with_metadata(self.payload.clone(), self)
     }
 

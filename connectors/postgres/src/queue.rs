@@ -1,167 +1,228 @@
 //! The statements on the queue table, each a short transaction of its own, and the rows
 //! this consumer holds (leased and not yet settled), whose leases it extends.
+//!
+//! A lease is named by the row's `attempts` as it leased it (each lease adds one): a
+//! statement about a lease matches only while the row still has that count, so a late
+//! retry, release or extension from a consumer whose lease lapsed never touches the
+//! lease another consumer took since.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use longshore::RetryPolicy;
 use tokio::sync::Notify;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::db::Db;
 use crate::metrics::QueueMetrics;
 
+/// The longest one statement may take before it counts as failed: a database that
+/// stops answering must not hold the pipeline for as long as TCP takes to notice.
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest `last_error` kept, in characters.
+const ERROR_KEPT: usize = 2000;
+
 /// One queue of one table, as this consumer works it.
 #[derive(Debug)]
 pub(crate) struct Queue {
+    /// Leases and settling statements.
     pub(crate) db: Db,
+    /// Lease extensions and depth readings, on a connection of their own so that a slow
+    /// count never delays an extension behind it.
+    pub(crate) side: Db,
     pub(crate) table: String,
     pub(crate) name: Arc<str>,
     pub(crate) lease: Duration,
-    /// Rows leased here and not yet deleted, failed or released: their leases are
-    /// extended while they are handled.
-    pub(crate) held: Mutex<HashSet<i64>>,
+    /// Leases held here and not yet settled: extended while their rows are handled.
+    pub(crate) held: Mutex<HashSet<Lease>>,
     /// Woken by the listener when rows are inserted.
     pub(crate) wake: Arc<Notify>,
+    /// Whether the last lease statement was answered: `/readyz`.
+    pub(crate) reachable: AtomicBool,
     pub(crate) metrics: QueueMetrics,
+}
+
+/// A row's lease: its id and its `attempts` when leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Lease {
+    pub(crate) id: i64,
+    pub(crate) token: i32,
 }
 
 /// A row as leased.
 #[derive(Debug)]
 pub(crate) struct Leased {
-    pub(crate) id: i64,
+    pub(crate) lease: Lease,
     pub(crate) payload: Bytes,
-    pub(crate) attempts: u32,
     pub(crate) enqueued_at: SystemTime,
 }
 
+/// Runs `statement`, failing it after [`STATEMENT_TIMEOUT`].
+async fn timed<T>(
+    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Failed> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(error)) => Err(Failed::Database(error)),
+        Err(_) => Err(Failed::TimedOut),
+    }
+}
+
+/// Why a statement did not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failed {
+    #[error(transparent)]
+    Database(tokio_postgres::Error),
+    #[error("no answer within {STATEMENT_TIMEOUT:?}")]
+    TimedOut,
+}
+
+impl Failed {
+    /// Whether trying again may help: the database away or slow, not a statement it
+    /// refused (a refused one would be refused again).
+    fn is_transient(&self) -> bool {
+        match self {
+            Failed::Database(error) => error.as_db_error().is_none(),
+            Failed::TimedOut => true,
+        }
+    }
+}
+
 impl Queue {
-    /// Leases at most `limit` rows visible now, oldest first; they are invisible to every
-    /// consumer until the lease passes (or is extended, or the row is settled).
-    pub(crate) async fn lease(&self, limit: usize) -> Result<Vec<Leased>, tokio_postgres::Error> {
+    /// Leases at most `limit` rows visible now, in the order they became visible; they
+    /// are invisible to every consumer until the lease passes (or is extended, or the
+    /// row is settled).
+    pub(crate) async fn lease(&self, limit: usize) -> Result<Vec<Leased>, Failed> {
         let sql = format!(
             "WITH next AS (SELECT id FROM {t} WHERE queue = $1 AND failed_at IS NULL AND visible_at <= now() \
-               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+               ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE {t} q SET visible_at = now() + make_interval(secs => $3), attempts = q.attempts + 1 \
              FROM next WHERE q.id = next.id \
              RETURNING q.id, q.payload, q.attempts, q.enqueued_at",
             t = self.table
         );
-        let client = self.db.client().await?;
-        let rows = client
-            .query(&sql, &[&&*self.name, &(limit as i64), &self.lease.as_secs_f64()])
-            .await?;
-        let mut leased: Vec<Leased> = rows.iter().map(leased).collect();
-        // RETURNING keeps no order: the table's is the ids'.
-        leased.sort_unstable_by_key(|row| row.id);
-        self.hold(leased.iter().map(|row| row.id));
+        let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
+        let rows = timed(self.db.query(&sql, &params)).await;
+        self.reachable.store(rows.is_ok(), Ordering::Relaxed);
+        let mut leased: Vec<Leased> = rows?.iter().map(leased).collect();
+        leased.sort_unstable_by_key(|row| row.lease.id);
+        lock(&self.held).extend(leased.iter().map(|row| row.lease));
         Ok(leased)
     }
 
-    fn hold(&self, ids: impl IntoIterator<Item = i64>) {
-        lock(&self.held).extend(ids);
-    }
-
-    /// No longer held here: their leases are no longer extended.
-    pub(crate) fn let_go(&self, ids: &[i64]) {
-        let mut held = lock(&self.held);
-        for id in ids {
-            held.remove(id);
-        }
-    }
-
-    /// Rows handled (or dead-lettered elsewhere): gone.
-    pub(crate) async fn delete(&self, ids: &[i64]) {
+    /// Rows handled (or dead-lettered elsewhere): gone, whoever holds them now (a late
+    /// delete is a row handled twice, never one lost).
+    pub(crate) async fn delete(&self, leases: &[Lease]) {
         let sql = format!("DELETE FROM {} WHERE id = ANY($1)", self.table);
-        self.settle("deleting handled rows", ids, &sql, &[&ids]).await;
+        let ids: Vec<i64> = leases.iter().map(|lease| lease.id).collect();
+        self.settle("deleting handled rows", leases, &sql, &[&ids]).await;
     }
 
     /// Rows to be tried again after their delays.
-    pub(crate) async fn retry_later(&self, ids: &[i64], delays: &[f64]) {
+    pub(crate) async fn retry_later(&self, leases: &[Lease], delays: &[f64]) {
         let sql = format!(
             "UPDATE {t} SET visible_at = now() + make_interval(secs => d.delay) \
-             FROM unnest($1::bigint[], $2::float8[]) AS d(id, delay) WHERE {t}.id = d.id",
+             FROM unnest($1::bigint[], $2::int[], $3::float8[]) AS d(id, token, delay) \
+             WHERE {t}.id = d.id AND {t}.attempts = d.token",
             t = self.table
         );
-        self.settle("scheduling retries", ids, &sql, &[&ids, &delays])
+        let (ids, tokens) = split(leases);
+        self.settle("scheduling retries", leases, &sql, &[&ids, &tokens, &delays])
             .await;
     }
 
     /// Rows failed for good with no dead-letter destination: kept, never delivered again.
-    pub(crate) async fn fail(&self, ids: &[i64], errors: &[String]) {
+    pub(crate) async fn fail(&self, leases: &[Lease], errors: &[String]) {
         let sql = format!(
             "UPDATE {t} SET failed_at = now(), last_error = d.error \
-             FROM unnest($1::bigint[], $2::text[]) AS d(id, error) WHERE {t}.id = d.id",
+             FROM unnest($1::bigint[], $2::int[], $3::text[]) AS d(id, token, error) \
+             WHERE {t}.id = d.id AND {t}.attempts = d.token",
             t = self.table
         );
-        self.settle("keeping failed rows", ids, &sql, &[&ids, &errors])
+        let (ids, tokens) = split(leases);
+        let errors: Vec<String> = errors.iter().map(|error| kept_error(error)).collect();
+        self.settle("keeping failed rows", leases, &sql, &[&ids, &tokens, &errors])
             .await;
     }
 
-    /// Rows not handled, for another consumer at once.
-    pub(crate) async fn release(&self, ids: &[i64]) {
-        let sql = format!("UPDATE {} SET visible_at = now() WHERE id = ANY($1)", self.table);
-        self.settle("releasing rows", ids, &sql, &[&ids]).await;
+    /// Rows for another consumer at once. Those never handed to the pipeline (`unused`)
+    /// get their attempt back: a lease nobody worked on uses up no retry.
+    pub(crate) async fn release(&self, leases: &[Lease], unused: bool) {
+        let sql = format!(
+            "UPDATE {t} SET visible_at = now(), attempts = {t}.attempts - $3 \
+             FROM unnest($1::bigint[], $2::int[]) AS d(id, token) \
+             WHERE {t}.id = d.id AND {t}.attempts = d.token",
+            t = self.table
+        );
+        let (ids, tokens) = split(leases);
+        let give_back = i32::from(unused);
+        self.settle("releasing rows", leases, &sql, &[&ids, &tokens, &give_back])
+            .await;
     }
 
-    /// Runs a statement settling `ids`, trying again while the database is away for as
-    /// long as their lease; then lets them go, settled or not. A statement that never
-    /// ran loses nothing: the rows come back when their lease passes (handled twice).
-    async fn settle(
-        &self,
-        doing: &str,
-        ids: &[i64],
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) {
-        if ids.is_empty() {
+    /// Runs a statement settling `leases`, which are no longer extended from now on
+    /// (an extension landing after it would undo a retry's delay or a release). A
+    /// statement the database is away for is tried again for a third of a lease, then
+    /// given up: its rows come back when their lease passes, to be handled again.
+    async fn settle(&self, doing: &str, leases: &[Lease], sql: &str, params: &[&(dyn ToSql + Sync)]) {
+        if leases.is_empty() {
             return;
+        }
+        {
+            let mut held = lock(&self.held);
+            for lease in leases {
+                held.remove(lease);
+            }
         }
         let backoff = RetryPolicy::new(u32::MAX)
             .initial_backoff(Duration::from_millis(50))
             .max_backoff(Duration::from_secs(2));
-        let give_up = tokio::time::Instant::now() + self.lease;
+        let give_up = tokio::time::Instant::now() + self.lease / 3;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let done = match self.db.client().await {
-                Ok(client) => client.execute(sql, params).await.map(drop),
-                Err(error) => Err(error),
-            };
-            match done {
-                Ok(()) => break,
-                Err(error) if tokio::time::Instant::now() < give_up => {
-                    tracing::debug!(%error, rows = ids.len(), "postgres {doing} failed; trying again");
+            match timed(self.db.execute(sql, params)).await {
+                Ok(_) => return,
+                Err(error) if error.is_transient() && tokio::time::Instant::now() < give_up => {
+                    tracing::debug!(%error, rows = leases.len(), "postgres {doing} failed; trying again");
                     tokio::time::sleep(backoff.backoff(attempt)).await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, rows = ids.len(), "postgres {doing} failed for the whole lease; the rows come back when it passes");
-                    break;
+                    tracing::warn!(%error, rows = leases.len(), "postgres {doing} failed; the rows come back when their lease passes");
+                    return;
                 }
             }
         }
-        self.let_go(ids);
     }
 
-    /// Extends the leases of the rows held here.
-    pub(crate) async fn extend(&self) -> Result<(), tokio_postgres::Error> {
-        let ids: Vec<i64> = lock(&self.held).iter().copied().collect();
-        if ids.is_empty() {
+    /// Extends the leases held here.
+    pub(crate) async fn extend(&self) -> Result<(), Failed> {
+        let leases: Vec<Lease> = lock(&self.held).iter().copied().collect();
+        if leases.is_empty() {
             return Ok(());
         }
         let sql = format!(
-            "UPDATE {} SET visible_at = now() + make_interval(secs => $2) WHERE id = ANY($1) AND failed_at IS NULL",
-            self.table
+            "UPDATE {t} SET visible_at = now() + make_interval(secs => $3) \
+             FROM unnest($1::bigint[], $2::int[]) AS d(id, token) \
+             WHERE {t}.id = d.id AND {t}.attempts = d.token AND {t}.failed_at IS NULL",
+            t = self.table
         );
-        let client = self.db.client().await?;
-        client.execute(&sql, &[&ids, &self.lease.as_secs_f64()]).await?;
+        let (ids, tokens) = split(&leases);
+        timed(
+            self.side
+                .execute(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()]),
+        )
+        .await?;
         Ok(())
     }
 
     /// Reads the queue's depth into the gauges.
-    pub(crate) async fn measure(&self) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn measure(&self) -> Result<(), Failed> {
         let sql = format!(
             "SELECT count(*) FILTER (WHERE failed_at IS NULL AND visible_at <= now()), \
                     count(*) FILTER (WHERE failed_at IS NULL AND visible_at > now()), \
@@ -170,8 +231,10 @@ impl Queue {
              FROM {} WHERE queue = $1",
             self.table
         );
-        let client = self.db.client().await?;
-        let row = client.query_one(&sql, &[&&*self.name]).await?;
+        let rows = timed(self.side.query(&sql, &[&&*self.name])).await?;
+        let Some(row) = rows.first() else {
+            return Ok(());
+        };
         self.metrics.ready.set(row.get(0));
         self.metrics.leased.set(row.get(1));
         self.metrics.failed.set(row.get(2));
@@ -180,15 +243,38 @@ impl Queue {
     }
 }
 
+fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
+    leases.iter().map(|lease| (lease.id, lease.token)).unzip()
+}
+
+/// A failure's text as the table keeps it: no NUL (PostgreSQL's text refuses it), at
+/// most [`ERROR_KEPT`] characters.
+fn kept_error(error: &str) -> String {
+    error.chars().filter(|&c| c != '\0').take(ERROR_KEPT).collect()
+}
+
 fn leased(row: &Row) -> Leased {
     Leased {
-        id: row.get(0),
+        lease: Lease {
+            id: row.get(0),
+            token: row.get(2),
+        },
         payload: Bytes::from(row.get::<_, Vec<u8>>(1)),
-        attempts: row.get::<_, i32>(2).max(1) as u32,
         enqueued_at: row.get(3),
     }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_error_has_no_nul_and_a_bounded_length() {
+        assert_eq!(kept_error("bad\0byte"), "badbyte");
+        assert_eq!(kept_error(&"é".repeat(5000)).chars().count(), ERROR_KEPT);
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +17,9 @@ use crate::acknowledge::PgQueueAcknowledger;
 use crate::config::PgQueueConfig;
 use crate::db::{listen, Db};
 use crate::error::PgQueueError;
-use crate::metadata::{PgMessage, PgMetadata};
+use crate::metadata::{PgQueueMessage, PgQueueMetadata};
 use crate::metrics::QueueMetrics;
-use crate::queue::{lock, Leased, Queue};
+use crate::queue::{lock, Failed, Lease, Leased, Queue};
 
 /// Consumes one queue of a PostgreSQL queue table (see [`migration`](crate::migration)).
 ///
@@ -35,7 +36,7 @@ use crate::queue::{lock, Leased, Queue};
 /// ```no_run
 /// use longshore::decode::Json;
 /// use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
-/// use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+/// use longshore_postgres::{PgQueueMessage, PgQueueMetadata, PgQueueConfig, PgQueueSource};
 ///
 /// #[derive(serde::Deserialize)]
 /// struct Invoice { id: u64 }
@@ -43,8 +44,8 @@ use crate::queue::{lock, Leased, Queue};
 /// struct Send;
 /// impl Handler for Send {
 ///     type Item = Invoice;
-///     type Metadata = PgMetadata;
-///     async fn handle_message(&self, message: &mut PgMessage<Invoice>) -> Result<(), BoxError> {
+///     type Metadata = PgQueueMetadata;
+///     async fn handle_message(&self, message: &mut PgQueueMessage<Invoice>) -> Result<(), BoxError> {
 ///         println!("invoice {} (row {})", message.data().id, message.metadata().id());
 ///         Ok(())
 ///     }
@@ -76,7 +77,7 @@ pub struct PgQueueSource {
 #[derive(Debug, Default)]
 struct Fetch {
     ready: VecDeque<Leased>,
-    pending: Option<JoinHandle<Result<Vec<Leased>, tokio_postgres::Error>>>,
+    pending: Option<JoinHandle<Result<Vec<Leased>, Failed>>>,
 }
 
 impl PgQueueSource {
@@ -88,13 +89,12 @@ impl PgQueueSource {
     /// reached, a table that is not there (run [`PgQueueSource::migrate`]).
     pub async fn connect(config: PgQueueConfig) -> Result<Self, PgQueueError> {
         config.validate()?;
-        let db_config: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(PgQueueError::database("parsing source.url"))?;
+        let db_config = db_config(&config.url)?;
         let wake = Arc::new(Notify::new());
         let queue = Arc::new(Queue {
             db: Db::new(db_config.clone()),
+            side: Db::new(db_config.clone()),
+            reachable: AtomicBool::new(true),
             table: config.table.clone(),
             name: Arc::from(config.queue.as_str()),
             lease: config.lease,
@@ -102,12 +102,13 @@ impl PgQueueSource {
             wake: wake.clone(),
             metrics: QueueMetrics::new(&config.table, &config.queue),
         });
-        let client = queue
+        let connected = queue
             .db
-            .client()
+            .connected()
             .await
             .map_err(PgQueueError::database("connecting"))?;
-        client
+        connected
+            .client
             .execute(&format!("SELECT 1 FROM {} LIMIT 0", config.table), &[])
             .await
             .map_err(PgQueueError::database(
@@ -139,16 +140,17 @@ impl PgQueueSource {
     /// A [`PgQueueError`] when the database cannot be reached or refuses the migration.
     pub async fn migrate(config: &PgQueueConfig) -> Result<(), PgQueueError> {
         let sql = crate::migration(&config.table)?;
-        let db_config: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(PgQueueError::database("parsing source.url"))?;
-        let client = Db::new(db_config)
-            .client()
+        let db_config = db_config(&config.url)?;
+        let connected = Db::new(db_config)
+            .connected()
             .await
             .map_err(PgQueueError::database("connecting"))?;
-        client
-            .batch_execute(&sql)
+        // One migration at a time, whichever replica starts first.
+        let locked =
+            format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('longshore-migrate')); {sql}; COMMIT;");
+        connected
+            .client
+            .batch_execute(&locked)
             .await
             .map_err(PgQueueError::database("migrating"))
     }
@@ -158,15 +160,30 @@ impl PgQueueSource {
         lock(&self.queue.held).len()
     }
 
-    fn message(&self, row: Leased) -> PgMessage {
-        let metadata = PgMetadata::read(
-            row.id,
+    fn message(&self, row: Leased) -> PgQueueMessage {
+        let attempt = u32::try_from(row.lease.token).unwrap_or(1);
+        let metadata = PgQueueMetadata::read(
+            row.lease,
             self.queue.name.clone(),
             row.enqueued_at,
             row.payload.clone(),
         );
-        Message::with_metadata(row.payload, metadata).with_attempt(row.attempts)
+        Message::with_metadata(row.payload, metadata).with_attempt(attempt)
     }
+}
+
+/// The connection settings of `url`, with the timeouts a consumer needs unless the URL
+/// sets its own: a database that stops answering is noticed in seconds, not when TCP
+/// gives up.
+fn db_config(url: &str) -> Result<tokio_postgres::Config, PgQueueError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(PgQueueError::database("parsing source.url"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config.keepalives(true).keepalives_idle(Duration::from_secs(10));
+    Ok(config)
 }
 
 impl Drop for PgQueueSource {
@@ -177,14 +194,14 @@ impl Drop for PgQueueSource {
 
 impl Source for PgQueueSource {
     type Data = Bytes;
-    type Metadata = PgMetadata;
+    type Metadata = PgQueueMetadata;
     type Acknowledger = PgQueueAcknowledger;
 
     fn acknowledger(&self) -> PgQueueAcknowledger {
         PgQueueAcknowledger(self.queue.clone())
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<PgMessage>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<PgQueueMessage>>, BoxError> {
         let mut fetch = self.fetch.lock().await;
         loop {
             if !fetch.ready.is_empty() {
@@ -206,16 +223,15 @@ impl Source for PgQueueSource {
                     // the lease), or the poll interval.
                     let _ = tokio::time::timeout(self.poll_interval, self.queue.wake.notified()).await;
                 }
-                Ok(Err(error)) => {
-                    return Err(PgQueueError::Database {
-                        doing: "leasing rows",
-                        source: error,
-                    }
-                    .into())
-                }
+                Ok(Err(error)) => return Err(format!("postgres leasing rows: {error}").into()),
                 Err(panicked) => return Err(panicked.into()),
             }
         }
+    }
+
+    /// Whether the last lease was answered.
+    fn is_ready(&self) -> bool {
+        self.queue.reachable.load(Ordering::Relaxed)
     }
 
     fn redelivery(&self) -> Redelivery {
@@ -230,8 +246,9 @@ impl Source for PgQueueSource {
                 fetch.ready.extend(rows);
             }
         }
-        let ids: Vec<i64> = fetch.ready.drain(..).map(|row| row.id).collect();
-        self.queue.release(&ids).await;
+        let leases: Vec<Lease> = fetch.ready.drain(..).map(|row| row.lease).collect();
+        // Never handed to the pipeline: their attempt is given back.
+        self.queue.release(&leases, true).await;
     }
 }
 

@@ -11,7 +11,7 @@ use common::{client, enqueue, rows, server, Postgres};
 use longshore::testing::conformance::{Broker, Conformance, Declared, Published};
 use longshore::{BoxError, Message};
 use longshore_postgres::tokio_postgres::Client;
-use longshore_postgres::{Bytes, PgMetadata, PgQueueConfig, PgQueueSource};
+use longshore_postgres::{Bytes, PgQueueConfig, PgQueueMetadata, PgQueueSource};
 
 struct Queue {
     server: Postgres,
@@ -42,7 +42,7 @@ impl Broker for Queue {
         Ok(PgQueueSource::connect(config).await?)
     }
 
-    fn identify(&self, message: &Message<Bytes, PgMetadata>) -> Published {
+    fn identify(&self, message: &Message<Bytes, PgQueueMetadata>) -> Published {
         let text = std::str::from_utf8(message.data()).expect("text");
         let (id, key) = text.split_once(',').expect("id,key");
         Published {

@@ -116,8 +116,11 @@ async fn the_server_crashed_and_restarted_mid_run_loses_nothing() {
     wait_for(Duration::from_secs(120), "consumer progress", || {
         lines(&case.output) >= produced / 3
     });
-    // Down for a second, longer than nothing and shorter than the 2 s lease.
-    server.crash_and_restart(Duration::from_secs(1));
+    let left =
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(rows(&client, "restart")));
+    assert!(left.0 > 0, "rows were left when the server crashed: {left:?}");
+    // Down for 3 s, longer than the 2 s lease: the leases lapse while it is away.
+    server.crash_and_restart(Duration::from_secs(3));
     let client = client_again(&server).await;
     wait_for(
         Duration::from_secs(120),

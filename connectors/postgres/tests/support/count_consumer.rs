@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Pipeline, Processors, RetryPolicy};
-use longshore_postgres::{PgMessage, PgMetadata, PgQueueConfig, PgQueueSource};
+use longshore_postgres::{PgQueueConfig, PgQueueMessage, PgQueueMetadata, PgQueueSource};
 
 struct AppendToFile {
     file: std::sync::Mutex<std::fs::File>,
@@ -22,13 +22,13 @@ struct AppendToFile {
 
 impl Handler for AppendToFile {
     type Item = longshore_postgres::Bytes;
-    type Metadata = PgMetadata;
+    type Metadata = PgQueueMetadata;
 
-    async fn handle_message(&self, _: &mut PgMessage) -> Result<(), BoxError> {
+    async fn handle_message(&self, _: &mut PgQueueMessage) -> Result<(), BoxError> {
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [PgMessage], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [PgQueueMessage], _: &BatchInfo) -> Result<(), BoxError> {
         let mut lines = Vec::with_capacity(batch.len() * 8);
         for message in batch.iter() {
             let id = message.data().split(|&b| b == b',').next().unwrap_or_default();

@@ -1,0 +1,74 @@
+//! What a stream entry carries beside its data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use longshore::Message;
+
+/// An entry of a [`RedisStreamSource`](crate::RedisStreamSource): its data is the
+/// configured field's value, or what the pipeline's decode step makes of it.
+pub type RedisMessage<T = Bytes> = Message<T, RedisMetadata>;
+
+/// Where an entry came from, and all its fields.
+///
+/// ```
+/// use longshore_redis::RedisMetadata;
+///
+/// // A handler's unit test builds entries as the source would.
+/// let message = RedisMetadata::new("orders", "1700000000000-0", [("payload", "{\"id\": 7}"), ("kind", "order")])
+///     .into_message("payload");
+/// assert_eq!(message.metadata().field("kind").map(|v| &v[..]), Some(&b"order"[..]));
+/// assert_eq!(&message.data()[..], b"{\"id\": 7}");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisMetadata {
+    stream: Arc<str>,
+    id: String,
+    fields: HashMap<String, Bytes>,
+}
+
+impl RedisMetadata {
+    /// Entry `id` of `stream`, with `fields`.
+    pub fn new<K, V>(
+        stream: impl Into<Arc<str>>,
+        id: impl Into<String>,
+        fields: impl IntoIterator<Item = (K, V)>,
+    ) -> Self
+    where
+        K: Into<String>,
+        V: Into<Bytes>,
+    {
+        RedisMetadata {
+            stream: stream.into(),
+            id: id.into(),
+            fields: fields.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    /// A message of this entry, its data the value of `field` (empty if it has none).
+    pub fn into_message(self, field: &str) -> RedisMessage {
+        let data = self.fields.get(field).cloned().unwrap_or_default();
+        Message::with_metadata(data, self)
+    }
+
+    /// The stream's key.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The entry's id (`<milliseconds>-<sequence>`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A field's value.
+    pub fn field(&self, name: &str) -> Option<&Bytes> {
+        self.fields.get(name)
+    }
+
+    /// Every field.
+    pub fn fields(&self) -> &HashMap<String, Bytes> {
+        &self.fields
+    }
+}

@@ -1,0 +1,279 @@
+//! The Redis Streams source: entries read for the demand, a dead consumer's claimed.
+
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use longshore::source::{Source, SourceSettings};
+use longshore::BoxError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::acknowledge::RedisStreamAcknowledger;
+use crate::config::RedisStreamConfig;
+use crate::error::RedisStreamError;
+use crate::metadata::{RedisMessage, RedisMetadata};
+use crate::metrics::StreamMetrics;
+use crate::stream::{lock, From, Stream};
+
+/// How often a dead consumer's entries are looked for.
+const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Consumes a Redis stream as one consumer of a consumer group.
+///
+/// Each `receive` reads at most the demand (`XREADGROUP ... COUNT demand BLOCK`). An
+/// entry is acknowledged (`XACK`) after its last stage, failed or not (the pipeline
+/// retries in process, and dead-letters what fails for good). Started again under the
+/// same [`consumer`](RedisStreamConfig::consumer) name, the source first takes back its
+/// own entries left unacknowledged (a kill, a shutdown cut short); another consumer's
+/// are claimed (`XAUTOCLAIM`) once idle for [`claim_idle`](RedisStreamConfig::claim_idle),
+/// and the source keeps resetting the idle time of the entries it is handling, so a long
+/// job is not claimed away. The stream keeps acknowledged entries: trim it (`XADD ...
+/// MAXLEN`, `XTRIM`) as the producer sees fit.
+///
+/// ```no_run
+/// use longshore::{BoxError, Handler, Pipeline, Processors};
+/// use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+///
+/// struct Print;
+/// impl Handler for Print {
+///     type Item = longshore_redis::Bytes;
+///     type Metadata = RedisMetadata;
+///     async fn handle_message(&self, message: &mut RedisMessage) -> Result<(), BoxError> {
+///         println!("{}: {} bytes", message.metadata().id(), message.data().len());
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), BoxError> {
+/// let config = RedisStreamConfig::new("redis://cache:6379", "orders", "billing").consumer("billing-0");
+/// let pipeline = Pipeline::builder(RedisStreamSource::connect(config).await?, Print)
+///     .processors(Processors::new(8))
+///     .start()?;
+/// pipeline.run_until_signal().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedisStreamSource {
+    stream: Arc<Stream>,
+    reads: tokio::sync::Mutex<Reads>,
+    block: Duration,
+    /// Stops the idle-time keeper and the lag reader.
+    stop: CancellationToken,
+}
+
+/// Entries read and not yet handed out, and a read under way: kept across a dropped
+/// `receive`, so that nothing read is left behind.
+struct Reads {
+    connection: ConnectionManager,
+    /// Still taking back this consumer's own entries: after this id.
+    own_after: Option<String>,
+    last_claim: Option<Instant>,
+    ready: VecDeque<RedisMetadata>,
+    pending: Option<JoinHandle<redis::RedisResult<Read>>>,
+}
+
+impl std::fmt::Debug for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reads")
+            .field("ready", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one read brought.
+struct Read {
+    from: From,
+    entries: Vec<RedisMetadata>,
+}
+
+impl RedisStreamSource {
+    /// Connects (two connections: one for blocking reads, one for everything else) and
+    /// creates the group if it is missing, reading the stream from its start.
+    ///
+    /// # Errors
+    ///
+    /// A [`RedisStreamError`]: an invalid setting (naming it), a server that cannot be
+    /// reached, a key that is not a stream.
+    pub async fn connect(config: RedisStreamConfig) -> Result<Self, RedisStreamError> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(RedisStreamError::server("parsing source.url"))?;
+        // A blocking read waits `block`: its answer may take that long.
+        let managed = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.block + Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let commands = client
+            .get_connection_manager_with_config(managed.clone())
+            .await
+            .map_err(RedisStreamError::server("connecting"))?;
+        let reads = client
+            .get_connection_manager_with_config(managed)
+            .await
+            .map_err(RedisStreamError::server("connecting"))?;
+        let stream = Arc::new(Stream {
+            commands,
+            key: Arc::from(config.stream.as_str()),
+            group: config.group.clone(),
+            consumer: config.consumer.clone(),
+            field: config.field.clone(),
+            claim_idle: config.claim_idle,
+            held: Mutex::default(),
+            metrics: StreamMetrics::new(&config.stream, &config.group),
+        });
+        stream
+            .create_group()
+            .await
+            .map_err(RedisStreamError::server("creating the consumer group"))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(keep_held(stream.clone(), stop.clone()));
+        tokio::spawn(measure(stream.clone(), config.lag_interval, stop.clone()));
+        Ok(RedisStreamSource {
+            stream,
+            reads: tokio::sync::Mutex::new(Reads {
+                connection: reads,
+                own_after: Some("0".to_owned()),
+                last_claim: None,
+                ready: VecDeque::new(),
+                pending: None,
+            }),
+            block: config.block,
+            stop,
+        })
+    }
+
+    /// Entries delivered to this consumer and not yet acknowledged.
+    pub fn held(&self) -> usize {
+        lock(&self.stream.held).len()
+    }
+}
+
+impl Drop for RedisStreamSource {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Source for RedisStreamSource {
+    type Data = Bytes;
+    type Metadata = RedisMetadata;
+    type Acknowledger = RedisStreamAcknowledger;
+
+    fn acknowledger(&self) -> RedisStreamAcknowledger {
+        RedisStreamAcknowledger(self.stream.clone())
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RedisMessage>>, BoxError> {
+        let mut reads = self.reads.lock().await;
+        loop {
+            if !reads.ready.is_empty() {
+                let take = demand.get().min(reads.ready.len());
+                let field = &self.stream.field;
+                let messages = reads
+                    .ready
+                    .drain(..take)
+                    .map(|entry| entry.into_message(field))
+                    .collect();
+                return Ok(Some(messages));
+            }
+            if reads.pending.is_none() {
+                let claim = reads.own_after.is_none()
+                    && reads.last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
+                if claim {
+                    reads.last_claim = Some(Instant::now());
+                }
+                let (stream, mut connection, own_after, count, block) = (
+                    self.stream.clone(),
+                    reads.connection.clone(),
+                    reads.own_after.clone(),
+                    demand.get(),
+                    self.block,
+                );
+                reads.pending = Some(tokio::spawn(async move {
+                    if let Some(after) = own_after {
+                        let entries = stream
+                            .read(&mut connection, From::Own, &after, count, block)
+                            .await?;
+                        return Ok(Read {
+                            from: From::Own,
+                            entries,
+                        });
+                    }
+                    if claim {
+                        let entries = stream.claim(count).await?;
+                        if !entries.is_empty() {
+                            return Ok(Read {
+                                from: From::New,
+                                entries,
+                            });
+                        }
+                    }
+                    let entries = stream.read(&mut connection, From::New, ">", count, block).await?;
+                    Ok(Read {
+                        from: From::New,
+                        entries,
+                    })
+                }));
+            }
+            let pending = reads.pending.as_mut().expect("a read under way");
+            let read = pending.await;
+            reads.pending = None;
+            let read = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(error)) => {
+                    return Err(RedisStreamError::Server {
+                        doing: "reading the stream",
+                        source: error,
+                    }
+                    .into())
+                }
+                Err(panicked) => return Err(panicked.into()),
+            };
+            if read.from == From::Own {
+                // Its own entries, oldest first, until there are none left.
+                reads.own_after = read.entries.last().map(|entry| entry.id().to_owned());
+            }
+            reads.ready.extend(read.entries);
+        }
+    }
+
+    fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send {
+        // Entries read and not handed out stay this consumer's: taken back at once when
+        // it starts again under its name, claimed by another after claim_idle.
+        async {}
+    }
+}
+
+/// Resets the idle time of held entries three times per `claim_idle`, until `stop`.
+async fn keep_held(stream: Arc<Stream>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(stream.claim_idle / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(error) = stream.keep_held().await {
+            tracing::warn!(%error, stream = %stream.key, "redis XCLAIM of held entries failed; trying again at the next tick");
+        }
+    }
+}
+
+/// Reads the stream's length and the group's pending count and lag every `interval`.
+async fn measure(stream: Arc<Stream>, interval: Duration, stop: CancellationToken) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(error) = stream.measure().await {
+            tracing::debug!(%error, stream = %stream.key, "cannot read the redis stream's lag");
+        }
+    }
+}
