@@ -61,14 +61,20 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
             let mut answer = [0u8; 7];
-            if stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n" {
+            if stream.write_all(b"PING\r\n").is_ok()
+                && stream.read_exact(&mut answer).is_ok()
+                && &answer == b"+PONG\r\n"
+            {
                 return child;
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("redis-server on port {port} exited at start: {status}");
         }
-        assert!(Instant::now() < deadline, "redis-server on port {port} not up within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on port {port} not up within 20 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

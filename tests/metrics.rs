@@ -75,6 +75,7 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
                 "longshore_sqs_",
                 "longshore_file_",
                 "longshore_postgres_",
+                "longshore_redis_",
             ];
             !connectors.iter().any(|prefix| name.starts_with(prefix)) && name != "longshore_source_stalled"
         })

@@ -1,1 +1,209 @@
-fn main() {}
+//! The Redis Streams source against a raw redis-rs loop on the same server, in the same
+//! run, each in a process of its own, in alternated rounds (median ratio):
+//!
+//! - `raw`: two consumers of the group, each reading 64 entries at a time
+//!   (`XREADGROUP`) and acknowledging them in one `XACK`, until the stream is done: the
+//!   hand-written consumer, as tight as it gets;
+//! - `longshore`: `RedisStreamSource` under two processors of `max_demand` 64, a
+//!   do-nothing handler, entries acknowledged per chunk.
+//!
+//! Each round adds a fresh stream first (not timed). Prints `BENCH case=redis ratio=<x>
+//! ...` with peak RSS; `LONGSHORE_BENCH_MESSAGES` sets the entry count (default 200,000;
+//! under `cargo test` a short smoke run).
+
+#[path = "../../../test-support/redis.rs"]
+mod redis_server;
+#[path = "../../../benches/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use longshore::{BoxError, Handler, Pipeline, Processors};
+use longshore_redis::redis::{self, aio::MultiplexedConnection};
+use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+use support::Countdown;
+
+const BATCH: usize = 64;
+const TASKS: usize = 2;
+
+struct Nothing(Arc<Countdown>);
+
+impl Handler for Nothing {
+    type Item = longshore_redis::Bytes;
+    type Metadata = RedisMetadata;
+
+    async fn handle_message(&self, message: &mut RedisMessage) -> Result<(), BoxError> {
+        std::hint::black_box(message.data().len());
+        self.0.handled();
+        Ok(())
+    }
+}
+
+async fn connect(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A stream of `entries` entries of 100 bytes, and its group.
+async fn fill(url: &str, stream: &str, entries: u64) {
+    let mut connection = connect(url).await;
+    let payload = "x".repeat(100);
+    for chunk in (0..entries).collect::<Vec<_>>().chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for _ in chunk {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("payload")
+                .arg(&payload)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut connection).await.unwrap();
+    }
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("g")
+        .arg("0")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+}
+
+async fn raw(url: &str, stream: &str, entries: u64) -> u64 {
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let (url, stream) = (url.to_owned(), stream.to_owned());
+            tokio::spawn(async move {
+                let mut connection = connect(&url).await;
+                let mut done = 0u64;
+                loop {
+                    let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg("g")
+                        .arg(format!("raw-{n}"))
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .arg("STREAMS")
+                        .arg(&stream)
+                        .arg(">")
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap();
+                    let ids: Vec<String> = reply
+                        .into_iter()
+                        .flat_map(|r| r.keys)
+                        .flat_map(|k| k.ids)
+                        .map(|entry| {
+                            std::hint::black_box(entry.map.len());
+                            entry.id
+                        })
+                        .collect();
+                    if ids.is_empty() {
+                        return done;
+                    }
+                    redis::cmd("XACK")
+                        .arg(&stream)
+                        .arg("g")
+                        .arg(&ids)
+                        .query_async::<u64>(&mut connection)
+                        .await
+                        .unwrap();
+                    done += ids.len() as u64;
+                }
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.unwrap();
+    }
+    assert_eq!(done, entries);
+    done
+}
+
+async fn longshore(url: &str, stream: &str, entries: u64) -> u64 {
+    let config = RedisStreamConfig::new(url, stream, "g")
+        .consumer("longshore")
+        .block(Duration::from_millis(100));
+    let countdown = Arc::new(Countdown::new(entries as usize));
+    let pipeline = Pipeline::builder(
+        RedisStreamSource::connect(config).await.unwrap(),
+        Nothing(countdown.clone()),
+    )
+    .processors(Processors::new(TASKS).max_demand(BATCH))
+    .start()
+    .unwrap();
+    // The stream never ends: stop once every entry is handled; the shutdown acknowledges
+    // the last chunks.
+    countdown.finished().await;
+    pipeline.shutdown().await.unwrap().successful
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let (case, url, entries) = (&args[i + 1], &args[i + 2], args[i + 3].parse::<u64>().unwrap());
+        let stream = format!("bench-{}", std::process::id());
+        let runtime = support::runtime();
+        let (rate, done) = runtime.block_on(async {
+            fill(url, &stream, entries).await;
+            let started = Instant::now();
+            let done = match case.as_str() {
+                "raw" => raw(url, &stream, entries).await,
+                _ => longshore(url, &stream, entries).await,
+            };
+            let rate = entries as f64 / started.elapsed().as_secs_f64();
+            let mut connection = connect(url).await;
+            redis::cmd("DEL")
+                .arg(&stream)
+                .query_async::<()>(&mut connection)
+                .await
+                .unwrap();
+            (rate, done)
+        });
+        assert_eq!(done, entries, "{case}: every entry");
+        support::report(&[rate, support::peak_rss_mb()]);
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let entries: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(if full { 200_000 } else { 2_000 });
+    let rounds = if full { 5 } else { 1 };
+    let server = redis_server::Redis::start();
+    let url = server.url();
+    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
+    for round in 0..rounds {
+        let mut this = [0.0; 2];
+        for turn in 0..2 {
+            let at = (turn + round) % 2;
+            let case = ["raw", "longshore"][at];
+            let v = support::run_child(&["--case", case, &url, &entries.to_string()], &[]);
+            this[at] = v[0];
+            rss[at] = rss[at].max(v[1]);
+        }
+        raw_rates.push(this[0]);
+        our_rates.push(this[1]);
+        ratios.push(this[1] / this[0]);
+    }
+    println!(
+        "BENCH case=redis ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} entries={entries} rounds={rounds}",
+        median(ratios),
+        median(our_rates),
+        median(raw_rates),
+        rss[1],
+        rss[0],
+    );
+}

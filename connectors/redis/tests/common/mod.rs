@@ -20,10 +20,19 @@ pub async fn connection(url: &str) -> MultiplexedConnection {
 }
 
 /// Adds `payloads` to `stream`, in order, as the `payload` field.
-pub async fn add(connection: &mut MultiplexedConnection, stream: &str, payloads: impl IntoIterator<Item = String>) {
+pub async fn add(
+    connection: &mut MultiplexedConnection,
+    stream: &str,
+    payloads: impl IntoIterator<Item = String>,
+) {
     let mut pipe = redis::pipe();
     for payload in payloads {
-        pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload).ignore();
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("payload")
+            .arg(payload)
+            .ignore();
     }
     pipe.query_async::<()>(connection).await.unwrap();
 }

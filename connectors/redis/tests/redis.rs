@@ -1,0 +1,245 @@
+//! The Redis Streams source against a real Redis: a dead consumer's entries claimed by
+//! another once idle, a job longer than `claim_idle` not claimed away, the lag gauges
+//! exactly those documented, and bad settings refused naming the field.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{add, connection, unfinished, Redis};
+use longshore::source::Source;
+use longshore::{BoxError, Handler, Pipeline};
+use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+
+/// Records each entry's id and the consumer that handled it, after `sleep`.
+struct Record {
+    name: &'static str,
+    sleep: Duration,
+    handled: Arc<Mutex<Vec<(String, &'static str)>>>,
+}
+
+impl Handler for Record {
+    type Item = longshore_redis::Bytes;
+    type Metadata = RedisMetadata;
+
+    async fn handle_message(&self, message: &mut RedisMessage) -> Result<(), BoxError> {
+        tokio::time::sleep(self.sleep).await;
+        self.handled
+            .lock()
+            .unwrap()
+            .push((message.metadata().id().to_owned(), self.name));
+        Ok(())
+    }
+}
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn config(server: &Redis, stream: &str, consumer: &str) -> RedisStreamConfig {
+    RedisStreamConfig::new(server.url(), stream, "g")
+        .consumer(consumer)
+        .block(Duration::from_millis(100))
+        .claim_idle(Duration::from_secs(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_entries_are_claimed_by_another_once_idle() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "claims", (0..5).map(|n| n.to_string())).await;
+    // A consumer takes every entry and dies without acknowledging (dropped, not shut down).
+    let dead = RedisStreamSource::connect(config(&server, "claims", "dead"))
+        .await
+        .unwrap();
+    let taken = dead
+        .receive(std::num::NonZeroUsize::new(10).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.len(), 5);
+    drop((taken, dead));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let alive = Record {
+        name: "alive",
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let started = Instant::now();
+    let pipeline = Pipeline::builder(
+        RedisStreamSource::connect(config(&server, "claims", "alive"))
+            .await
+            .unwrap(),
+        alive,
+    )
+    .start()
+    .unwrap();
+    until("the dead consumer's entries handled", async || {
+        handled.lock().unwrap().len() == 5
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "claimed before they were idle"
+    );
+    until("all acknowledged", async || {
+        unfinished(&mut db, "claims", "g").await == 0
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_claim_idle_is_not_claimed_away() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let slow = Record {
+        name: "slow",
+        sleep: Duration::from_secs(3),
+        handled: handled.clone(),
+    };
+    let first = Pipeline::builder(
+        RedisStreamSource::connect(config(&server, "long", "slow"))
+            .await
+            .unwrap(),
+        slow,
+    )
+    .start()
+    .unwrap();
+    add(&mut db, "long", ["job".to_owned()]).await;
+    // Once the slow consumer holds it, a second consumer claims whatever is idle 1 s.
+    until("the job delivered", async || {
+        unfinished(&mut db, "long", "g").await == 1 && pending(&mut db).await == 1
+    })
+    .await;
+    let eager = Record {
+        name: "eager",
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let second = Pipeline::builder(
+        RedisStreamSource::connect(config(&server, "long", "eager"))
+            .await
+            .unwrap(),
+        eager,
+    )
+    .start()
+    .unwrap();
+    until("the job done", async || {
+        unfinished(&mut db, "long", "g").await == 0
+    })
+    .await;
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(
+        handled.len(),
+        1,
+        "the job was claimed while still handled: {handled:?}"
+    );
+    assert_eq!(handled[0].1, "slow");
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+/// Entries of stream `long` delivered and not acknowledged.
+async fn pending(db: &mut longshore_redis::redis::aio::MultiplexedConnection) -> i64 {
+    let reply: longshore_redis::redis::Value = longshore_redis::redis::cmd("XPENDING")
+        .arg("long")
+        .arg("g")
+        .query_async(db)
+        .await
+        .unwrap();
+    match reply {
+        longshore_redis::redis::Value::Array(items) => match items.first() {
+            Some(longshore_redis::redis::Value::Int(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refused() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "lag", (0..3).map(|n| n.to_string())).await;
+    let _source =
+        RedisStreamSource::connect(config(&server, "lag", "c").lag_interval(Duration::from_millis(100)))
+            .await
+            .unwrap();
+    let value = |name: &str| {
+        longshore::metrics::registry()
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().to_vec())
+            .find(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "stream" && l.value() == "lag")
+            })
+            .map(|metric| metric.get_gauge().get_value())
+    };
+    until("the lag read", async || {
+        value("longshore_redis_group_lag") == Some(3.0)
+    })
+    .await;
+    assert_eq!(value("longshore_redis_stream_length"), Some(3.0));
+    assert_eq!(value("longshore_redis_group_pending"), Some(0.0));
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
+    let mut documented: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            name.starts_with("longshore_redis_")
+                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
+        })
+        .collect();
+    documented.sort();
+    let exposed: Vec<(String, String)> = longshore::metrics::registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name().starts_with("longshore_redis_"))
+        .map(|family| {
+            (
+                family.name().to_owned(),
+                format!("{:?}", family.get_field_type()).to_lowercase(),
+            )
+        })
+        .collect();
+    assert_eq!(exposed, documented);
+    assert_eq!(documented.len(), 3);
+
+    let error = RedisStreamSource::connect(config(&server, "lag", "c").block(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid source.block: must be shorter than source.claim_idle"
+    );
+    let error = RedisStreamSource::connect(RedisStreamConfig::new(server.url(), "", "g"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "invalid source.stream: must not be empty");
+    // A key that is not a stream.
+    let _: () = longshore_redis::redis::cmd("SET")
+        .arg("plain")
+        .arg("x")
+        .query_async(&mut db)
+        .await
+        .unwrap();
+    let error = RedisStreamSource::connect(config(&server, "plain", "c"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().starts_with("redis creating the consumer group"),
+        "{error}"
+    );
+}
