@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use longshore::{BoxError, Handler, Pipeline, Processors};
 use longshore_redis::redis::{self, aio::MultiplexedConnection};
-use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+use longshore_redis::{RedisStreamConfig, RedisStreamMessage, RedisStreamMetadata, RedisStreamSource};
 use support::Countdown;
 
 const BATCH: usize = 64;
@@ -31,9 +31,9 @@ struct Nothing(Arc<Countdown>);
 
 impl Handler for Nothing {
     type Item = longshore_redis::Bytes;
-    type Metadata = RedisMetadata;
+    type Metadata = RedisStreamMetadata;
 
-    async fn handle_message(&self, message: &mut RedisMessage) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut RedisStreamMessage) -> Result<(), BoxError> {
         std::hint::black_box(message.data().len());
         self.0.handled();
         Ok(())

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use longshore::source::Acknowledger;
 
-use crate::metadata::{RedisMessage, RedisMetadata};
+use crate::metadata::{RedisStreamMessage, RedisStreamMetadata};
 use crate::stream::Stream;
 
 /// Acknowledges a [`RedisStreamSource`](crate::RedisStreamSource)'s entries (`XACK`),
@@ -13,8 +13,12 @@ use crate::stream::Stream;
 #[derive(Debug, Clone)]
 pub struct RedisStreamAcknowledger(pub(crate) Arc<Stream>);
 
-impl Acknowledger<RedisMetadata> for RedisStreamAcknowledger {
-    async fn ack<T: Send + 'static>(&self, successful: Vec<RedisMessage<T>>, failed: Vec<RedisMessage<T>>) {
+impl Acknowledger<RedisStreamMetadata> for RedisStreamAcknowledger {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<RedisStreamMessage<T>>,
+        failed: Vec<RedisStreamMessage<T>>,
+    ) {
         let ids: Vec<String> = successful
             .iter()
             .chain(&failed)
@@ -23,7 +27,15 @@ impl Acknowledger<RedisMetadata> for RedisStreamAcknowledger {
         self.0.acknowledge(&ids).await;
     }
 
-    fn origin<T>(&self, message: &RedisMessage<T>) -> Option<String> {
+    /// Entries not to be handled here (waiting for a retry at shutdown): any consumer may
+    /// claim them at once.
+    async fn release<T: Send + 'static>(&self, messages: Vec<RedisStreamMessage<T>>) {
+        let ids: Vec<String> = messages.iter().map(|m| m.metadata().id().to_owned()).collect();
+        drop(messages);
+        self.0.hand_back(&ids).await;
+    }
+
+    fn origin<T>(&self, message: &RedisStreamMessage<T>) -> Option<String> {
         Some(format!("{} {}", self.0.key, message.metadata().id()))
     }
 

@@ -28,7 +28,7 @@ use longshore::BuildError;
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisStreamConfig {
-    /// The server: `redis://host:port/db` (or `rediss://` with TLS built in).
+    /// The server: `redis://host:port/db` (plain connections; Redis 7.0 or newer).
     pub url: String,
     /// The stream's key.
     pub stream: String,

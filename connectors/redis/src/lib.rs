@@ -7,12 +7,12 @@
 //! idle; the stream's length and the group's pending count and lag as metrics.
 //!
 //! Each message's data is one field of the entry (`payload` by default), or what the
-//! pipeline's decode step makes of it; its [`RedisMetadata`] has the id and every field.
+//! pipeline's decode step makes of it; its [`RedisStreamMetadata`] has the id and every field.
 //!
 //! ```no_run
 //! use longshore::decode::Json;
 //! use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
-//! use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+//! use longshore_redis::{RedisStreamMessage, RedisStreamMetadata, RedisStreamConfig, RedisStreamSource};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Order { id: u64 }
@@ -20,8 +20,8 @@
 //! struct Bill;
 //! impl Handler for Bill {
 //!     type Item = Order;
-//!     type Metadata = RedisMetadata;
-//!     async fn handle_message(&self, message: &mut RedisMessage<Order>) -> Result<(), BoxError> {
+//!     type Metadata = RedisStreamMetadata;
+//!     async fn handle_message(&self, message: &mut RedisStreamMessage<Order>) -> Result<(), BoxError> {
 //!         println!("order {} (entry {})", message.data().id, message.metadata().id());
 //!         Ok(())
 //!     }
@@ -52,6 +52,6 @@ pub use acknowledge::RedisStreamAcknowledger;
 pub use bytes::Bytes;
 pub use config::RedisStreamConfig;
 pub use error::RedisStreamError;
-pub use metadata::{RedisMessage, RedisMetadata};
+pub use metadata::{RedisStreamMessage, RedisStreamMetadata};
 pub use redis;
 pub use source::RedisStreamSource;

@@ -8,27 +8,27 @@ use longshore::Message;
 
 /// An entry of a [`RedisStreamSource`](crate::RedisStreamSource): its data is the
 /// configured field's value, or what the pipeline's decode step makes of it.
-pub type RedisMessage<T = Bytes> = Message<T, RedisMetadata>;
+pub type RedisStreamMessage<T = Bytes> = Message<T, RedisStreamMetadata>;
 
 /// Where an entry came from, and all its fields.
 ///
 /// ```
-/// use longshore_redis::RedisMetadata;
+/// use longshore_redis::RedisStreamMetadata;
 ///
 /// // A handler's unit test builds entries as the source would.
-/// let message = RedisMetadata::new("orders", "1700000000000-0", [("payload", "{\"id\": 7}"), ("kind", "order")])
+/// let message = RedisStreamMetadata::new("orders", "1700000000000-0", [("payload", "{\"id\": 7}"), ("kind", "order")])
 ///     .into_message("payload");
 /// assert_eq!(message.metadata().field("kind").map(|v| &v[..]), Some(&b"order"[..]));
 /// assert_eq!(&message.data()[..], b"{\"id\": 7}");
 /// ```
 #[derive(Debug, Clone)]
-pub struct RedisMetadata {
+pub struct RedisStreamMetadata {
     stream: Arc<str>,
     id: String,
     fields: HashMap<String, Bytes>,
 }
 
-impl RedisMetadata {
+impl RedisStreamMetadata {
     /// Entry `id` of `stream`, with `fields`.
     pub fn new<K, V>(
         stream: impl Into<Arc<str>>,
@@ -39,7 +39,7 @@ impl RedisMetadata {
         K: Into<String>,
         V: Into<Bytes>,
     {
-        RedisMetadata {
+        RedisStreamMetadata {
             stream: stream.into(),
             id: id.into(),
             fields: fields.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
@@ -47,7 +47,7 @@ impl RedisMetadata {
     }
 
     /// A message of this entry, its data the value of `field` (empty if it has none).
-    pub fn into_message(self, field: &str) -> RedisMessage {
+    pub fn into_message(self, field: &str) -> RedisStreamMessage {
         let data = self.fields.get(field).cloned().unwrap_or_default();
         Message::with_metadata(data, self)
     }

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use longshore::source::{Source, SourceSettings};
-use longshore::BoxError;
+use longshore::source::{Plan, Source, SourceSettings};
+use longshore::{BoxError, BuildError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::acknowledge::RedisStreamAcknowledger;
 use crate::config::RedisStreamConfig;
 use crate::error::RedisStreamError;
-use crate::metadata::{RedisMessage, RedisMetadata};
+use crate::metadata::{RedisStreamMessage, RedisStreamMetadata};
 use crate::metrics::StreamMetrics;
-use crate::stream::{lock, From, Stream};
+use crate::stream::{lock, ReadFrom, Stream};
 
 /// How often a dead consumer's entries are looked for.
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
@@ -37,13 +37,13 @@ const CLAIM_EVERY: Duration = Duration::from_secs(1);
 ///
 /// ```no_run
 /// use longshore::{BoxError, Handler, Pipeline, Processors};
-/// use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+/// use longshore_redis::{RedisStreamMessage, RedisStreamMetadata, RedisStreamConfig, RedisStreamSource};
 ///
 /// struct Print;
 /// impl Handler for Print {
 ///     type Item = longshore_redis::Bytes;
-///     type Metadata = RedisMetadata;
-///     async fn handle_message(&self, message: &mut RedisMessage) -> Result<(), BoxError> {
+///     type Metadata = RedisStreamMetadata;
+///     async fn handle_message(&self, message: &mut RedisStreamMessage) -> Result<(), BoxError> {
 ///         println!("{}: {} bytes", message.metadata().id(), message.data().len());
 ///         Ok(())
 ///     }
@@ -73,7 +73,7 @@ struct Reads {
     /// Still taking back this consumer's own entries: after this id.
     own_after: Option<String>,
     last_claim: Option<Instant>,
-    ready: VecDeque<RedisMetadata>,
+    ready: VecDeque<RedisStreamMetadata>,
     pending: Option<JoinHandle<redis::RedisResult<Read>>>,
 }
 
@@ -87,8 +87,8 @@ impl std::fmt::Debug for Reads {
 
 /// What one read brought.
 struct Read {
-    from: From,
-    entries: Vec<RedisMetadata>,
+    from: ReadFrom,
+    entries: Vec<RedisStreamMetadata>,
 }
 
 impl RedisStreamSource {
@@ -103,16 +103,19 @@ impl RedisStreamSource {
         config.validate()?;
         let client = redis::Client::open(config.url.as_str())
             .map_err(RedisStreamError::server("parsing source.url"))?;
-        // A blocking read waits `block`: its answer may take that long.
-        let managed = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.block + Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
+        // A blocking read waits `block`: its answer may take that long. Other commands
+        // answer at once, or count as failed well within `claim_idle`.
+        let timeouts = |response: Duration| {
+            ConnectionManagerConfig::new()
+                .set_response_timeout(Some(response))
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+        };
         let commands = client
-            .get_connection_manager_with_config(managed.clone())
+            .get_connection_manager_with_config(timeouts((config.claim_idle / 3).min(Duration::from_secs(5))))
             .await
             .map_err(RedisStreamError::server("connecting"))?;
         let reads = client
-            .get_connection_manager_with_config(managed)
+            .get_connection_manager_with_config(timeouts(config.block + Duration::from_secs(5)))
             .await
             .map_err(RedisStreamError::server("connecting"))?;
         let stream = Arc::new(Stream {
@@ -123,6 +126,7 @@ impl RedisStreamSource {
             field: config.field.clone(),
             claim_idle: config.claim_idle,
             held: Mutex::default(),
+            claim_cursor: Mutex::new("0".to_owned()),
             metrics: StreamMetrics::new(&config.stream, &config.group),
         });
         stream
@@ -160,14 +164,14 @@ impl Drop for RedisStreamSource {
 
 impl Source for RedisStreamSource {
     type Data = Bytes;
-    type Metadata = RedisMetadata;
+    type Metadata = RedisStreamMetadata;
     type Acknowledger = RedisStreamAcknowledger;
 
     fn acknowledger(&self) -> RedisStreamAcknowledger {
         RedisStreamAcknowledger(self.stream.clone())
     }
 
-    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RedisMessage>>, BoxError> {
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RedisStreamMessage>>, BoxError> {
         let mut reads = self.reads.lock().await;
         loop {
             if !reads.ready.is_empty() {
@@ -196,10 +200,10 @@ impl Source for RedisStreamSource {
                 reads.pending = Some(tokio::spawn(async move {
                     if let Some(after) = own_after {
                         let entries = stream
-                            .read(&mut connection, From::Own, &after, count, block)
+                            .read(&mut connection, ReadFrom::Own, &after, count, block)
                             .await?;
                         return Ok(Read {
-                            from: From::Own,
+                            from: ReadFrom::Own,
                             entries,
                         });
                     }
@@ -207,14 +211,16 @@ impl Source for RedisStreamSource {
                         let entries = stream.claim(count).await?;
                         if !entries.is_empty() {
                             return Ok(Read {
-                                from: From::New,
+                                from: ReadFrom::New,
                                 entries,
                             });
                         }
                     }
-                    let entries = stream.read(&mut connection, From::New, ">", count, block).await?;
+                    let entries = stream
+                        .read(&mut connection, ReadFrom::New, ">", count, block)
+                        .await?;
                     Ok(Read {
-                        from: From::New,
+                        from: ReadFrom::New,
                         entries,
                     })
                 }));
@@ -233,7 +239,7 @@ impl Source for RedisStreamSource {
                 }
                 Err(panicked) => return Err(panicked.into()),
             };
-            if read.from == From::Own {
+            if read.from == ReadFrom::Own {
                 // Its own entries, oldest first, until there are none left.
                 reads.own_after = read.entries.last().map(|entry| entry.id().to_owned());
             }
@@ -241,10 +247,24 @@ impl Source for RedisStreamSource {
         }
     }
 
-    fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send {
-        // Entries read and not handed out stay this consumer's: taken back at once when
-        // it starts again under its name, claimed by another after claim_idle.
-        async {}
+    /// Hands back what was read and not handed out, a read under way included: any
+    /// consumer may claim it at once.
+    async fn shutdown(&self) {
+        let mut reads = self.reads.lock().await;
+        if let Some(pending) = reads.pending.take() {
+            if let Ok(Ok(read)) = pending.await {
+                reads.ready.extend(read.entries);
+            }
+        }
+        let ids: Vec<String> = reads.ready.drain(..).map(|entry| entry.id().to_owned()).collect();
+        self.stream.hand_back(&ids).await;
+    }
+
+    fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        if !plan.dead_letter {
+            tracing::warn!(stream = %self.stream.key, "no dead-letter destination: an entry failed for good is logged, counted and acknowledged; set one to keep it");
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use redis::Value;
 
-use crate::metadata::RedisMetadata;
+use crate::metadata::RedisStreamMetadata;
 use crate::metrics::StreamMetrics;
 
 /// One stream, one group, one consumer, as this source works them.
@@ -24,6 +24,8 @@ pub(crate) struct Stream {
     pub(crate) claim_idle: Duration,
     /// Entries delivered here and not yet acknowledged.
     pub(crate) held: Mutex<HashSet<String>>,
+    /// Where the next claim scan starts.
+    pub(crate) claim_cursor: Mutex<String>,
     pub(crate) metrics: StreamMetrics,
 }
 
@@ -39,7 +41,7 @@ impl std::fmt::Debug for Stream {
 
 /// What a read takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum From {
+pub(crate) enum ReadFrom {
     /// This consumer's own entries delivered before and not acknowledged (after a
     /// restart under the same name), oldest first, after a given id.
     Own,
@@ -70,11 +72,11 @@ impl Stream {
     pub(crate) async fn read(
         &self,
         connection: &mut ConnectionManager,
-        from: From,
+        from: ReadFrom,
         after: &str,
         count: usize,
         block: Duration,
-    ) -> redis::RedisResult<Vec<RedisMetadata>> {
+    ) -> redis::RedisResult<Vec<RedisStreamMetadata>> {
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -82,54 +84,72 @@ impl Stream {
             .arg(&self.consumer)
             .arg("COUNT")
             .arg(count);
-        if from == From::New {
+        if from == ReadFrom::New {
             command.arg("BLOCK").arg(block.as_millis() as u64);
         }
         command.arg("STREAMS").arg(&*self.key).arg(after);
         let reply: Option<StreamReadReply> = command.query_async(connection).await?;
-        let entries = reply
+        let (entries, trimmed): (Vec<StreamId>, Vec<StreamId>) = reply
             .into_iter()
             .flat_map(|reply| reply.keys)
             .flat_map(|key| key.ids)
-            .map(|entry| self.metadata(entry))
-            .collect::<Vec<_>>();
+            // An entry of its own trimmed from the stream since comes back with no fields:
+            // nothing to handle, only to acknowledge.
+            .partition(|entry| from == ReadFrom::New || !entry.map.is_empty());
+        if !trimmed.is_empty() {
+            let ids: Vec<String> = trimmed.into_iter().map(|entry| entry.id).collect();
+            redis::cmd("XACK")
+                .arg(&*self.key)
+                .arg(&self.group)
+                .arg(&ids)
+                .query_async::<u64>(&mut self.commands.clone())
+                .await?;
+        }
+        let entries: Vec<RedisStreamMetadata> =
+            entries.into_iter().map(|entry| self.metadata(entry)).collect();
         self.hold(&entries);
         Ok(entries)
     }
 
     /// Claims at most `count` entries other consumers were delivered and have not
-    /// acknowledged for `claim_idle`: a dead consumer's.
-    pub(crate) async fn claim(&self, count: usize) -> redis::RedisResult<Vec<RedisMetadata>> {
+    /// acknowledged for `claim_idle`: a dead consumer's. The scan goes on from where the
+    /// last one stopped (Redis looks at ten times `count` pending entries a call), and
+    /// entries this consumer holds itself are not handed out twice.
+    pub(crate) async fn claim(&self, count: usize) -> redis::RedisResult<Vec<RedisStreamMetadata>> {
         let mut connection = self.commands.clone();
+        let start = lock(&self.claim_cursor).clone();
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&*self.key)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(self.claim_idle.as_millis() as u64)
-            .arg("0")
+            .arg(&start)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut connection)
             .await?;
-        let entries: Vec<RedisMetadata> = reply
+        *lock(&self.claim_cursor) = reply.next_stream_id;
+        let mut held = lock(&self.held);
+        let entries: Vec<RedisStreamMetadata> = reply
             .claimed
             .into_iter()
+            .filter(|entry| !held.contains(&entry.id))
             .map(|entry| self.metadata(entry))
             .collect();
-        self.hold(&entries);
+        held.extend(entries.iter().map(|entry| entry.id().to_owned()));
         Ok(entries)
     }
 
-    fn metadata(&self, entry: StreamId) -> RedisMetadata {
+    fn metadata(&self, entry: StreamId) -> RedisStreamMetadata {
         let fields = entry.map.into_iter().filter_map(|(name, value)| match value {
             Value::BulkString(bytes) => Some((name, Bytes::from(bytes))),
             Value::SimpleString(text) => Some((name, Bytes::from(text))),
             _ => None,
         });
-        RedisMetadata::new(self.key.clone(), entry.id, fields)
+        RedisStreamMetadata::new(self.key.clone(), entry.id, fields)
     }
 
-    fn hold(&self, entries: &[RedisMetadata]) {
+    fn hold(&self, entries: &[RedisStreamMetadata]) {
         lock(&self.held).extend(entries.iter().map(|entry| entry.id().to_owned()));
     }
 
@@ -143,7 +163,7 @@ impl Stream {
         let backoff = longshore::RetryPolicy::new(u32::MAX)
             .initial_backoff(Duration::from_millis(50))
             .max_backoff(Duration::from_secs(2));
-        let give_up = tokio::time::Instant::now() + self.claim_idle;
+        let give_up = tokio::time::Instant::now() + self.claim_idle / 3;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -156,12 +176,12 @@ impl Stream {
                 .await;
             match acked {
                 Ok(_) => break,
-                Err(error) if tokio::time::Instant::now() < give_up => {
+                Err(error) if transient(&error) && tokio::time::Instant::now() < give_up => {
                     tracing::debug!(%error, entries = ids.len(), "redis XACK failed; trying again");
                     tokio::time::sleep(backoff.backoff(attempt)).await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, entries = ids.len(), "redis XACK failed for claim_idle; the entries will be claimed and handled again");
+                    tracing::warn!(%error, entries = ids.len(), "redis XACK failed; the entries will be claimed and handled again");
                     break;
                 }
             }
@@ -172,24 +192,60 @@ impl Stream {
         }
     }
 
-    /// Resets the idle time of the entries held here (`XCLAIM ... JUSTID` to itself), so
-    /// that no other consumer claims an entry still being handled.
+    /// Resets the idle time of the entries held here, each only while this consumer still
+    /// owns it (checked and claimed in one script: never taken back from a consumer that
+    /// claimed it after a lapse here). Those another consumer took are let go.
     pub(crate) async fn keep_held(&self) -> redis::RedisResult<()> {
         let ids: Vec<String> = lock(&self.held).iter().cloned().collect();
         if ids.is_empty() {
             return Ok(());
         }
         let mut connection = self.commands.clone();
-        redis::cmd("XCLAIM")
+        let owned: Vec<String> = redis::cmd("EVAL")
+            .arg(KEEP_OWNED)
+            .arg(1)
+            .arg(&*self.key)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(&ids)
+            .query_async(&mut connection)
+            .await?;
+        if owned.len() < ids.len() {
+            let owned: HashSet<&String> = owned.iter().collect();
+            let mut held = lock(&self.held);
+            for id in ids.iter().filter(|id| !owned.contains(id)) {
+                tracing::warn!(stream = %self.key, id, "entry claimed by another consumer while handled here: it will be handled twice");
+                held.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `ids` claimable by any consumer at once (their idle time set to
+    /// `claim_idle`): what this consumer will not handle, at shutdown.
+    pub(crate) async fn hand_back(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut connection = self.commands.clone();
+        let handed: redis::RedisResult<Value> = redis::cmd("XCLAIM")
             .arg(&*self.key)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(0)
-            .arg(&ids)
+            .arg(ids)
+            .arg("IDLE")
+            .arg(self.claim_idle.as_millis() as u64)
             .arg("JUSTID")
-            .query_async::<Value>(&mut connection)
-            .await?;
-        Ok(())
+            .query_async(&mut connection)
+            .await;
+        if let Err(error) = handed {
+            tracing::warn!(%error, entries = ids.len(), "redis entries not handed back; claimable after claim_idle");
+        }
+        let mut held = lock(&self.held);
+        for id in ids {
+            held.remove(id);
+        }
     }
 
     /// Reads the stream's length and the group's pending count and lag into the gauges.
@@ -207,10 +263,33 @@ impl Stream {
         self.metrics.length.set(length);
         if let Some(group) = groups.groups.iter().find(|g| g.name == self.group) {
             self.metrics.pending.set(group.pending as i64);
-            self.metrics.lag.set(group.lag.unwrap_or(0) as i64);
+            // Unknown (after an XDEL in the range): the last reading stands, rather than
+            // a 0 that reads as caught up.
+            if let Some(lag) = group.lag {
+                self.metrics.lag.set(lag as i64);
+            }
         }
         Ok(())
     }
+}
+
+/// Resets the idle time of each id (`ARGV[3..]`) still pending for consumer `ARGV[2]` of
+/// group `ARGV[1]`, and returns those.
+const KEEP_OWNED: &str = r"
+local owned = {}
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #pending > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    table.insert(owned, ARGV[i])
+  end
+end
+return owned
+";
+
+/// Whether trying again may help: the server away or slow, not a command it refused.
+fn transient(error: &redis::RedisError) -> bool {
+    error.is_io_error() || error.is_timeout() || error.is_connection_dropped()
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -12,7 +12,7 @@ use common::{add, connection, unfinished, Redis};
 use longshore::testing::conformance::{Broker, Conformance, Declared, Published};
 use longshore::{BoxError, Message};
 use longshore_redis::redis::aio::MultiplexedConnection;
-use longshore_redis::{Bytes, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+use longshore_redis::{Bytes, RedisStreamConfig, RedisStreamMetadata, RedisStreamSource};
 
 struct Stream {
     server: Redis,
@@ -48,7 +48,7 @@ impl Broker for Stream {
         Ok(RedisStreamSource::connect(config).await?)
     }
 
-    fn identify(&self, message: &Message<Bytes, RedisMetadata>) -> Published {
+    fn identify(&self, message: &Message<Bytes, RedisStreamMetadata>) -> Published {
         let text = std::str::from_utf8(message.data()).expect("text");
         let (id, key) = text.split_once(',').expect("id,key");
         Published {

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{add, connection, unfinished, Redis};
-use longshore::source::Source;
+use longshore::source::{Acknowledger, Source};
 use longshore::{BoxError, Handler, Pipeline};
-use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+use longshore_redis::{RedisStreamConfig, RedisStreamMessage, RedisStreamMetadata, RedisStreamSource};
 
 /// Records each entry's id and the consumer that handled it, after `sleep`.
 struct Record {
@@ -21,9 +21,9 @@ struct Record {
 
 impl Handler for Record {
     type Item = longshore_redis::Bytes;
-    type Metadata = RedisMetadata;
+    type Metadata = RedisStreamMetadata;
 
-    async fn handle_message(&self, message: &mut RedisMessage) -> Result<(), BoxError> {
+    async fn handle_message(&self, message: &mut RedisStreamMessage) -> Result<(), BoxError> {
         tokio::time::sleep(self.sleep).await;
         self.handled
             .lock()
@@ -242,4 +242,47 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
         error.to_string().starts_with("redis creating the consumer group"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_left_at_shutdown_are_claimable_by_another_consumer_at_once() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "handback", (0..4).map(|n| n.to_string())).await;
+    // claim_idle of 30 s: only the hand-back can let another consumer have them soon.
+    let slow_claims = |name| config(&server, "handback", name).claim_idle(Duration::from_secs(30));
+    let leaving = RedisStreamSource::connect(slow_claims("leaving")).await.unwrap();
+    let read = leaving
+        .receive(std::num::NonZeroUsize::new(2).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    // The two read are handed back (released, as at a shutdown cut short); the two never
+    // read wait in the stream for anyone.
+    leaving.acknowledger().release(read).await;
+    leaving.shutdown().await;
+    drop(leaving);
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let next = Record {
+        name: "next",
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let started = Instant::now();
+    let pipeline = Pipeline::builder(
+        RedisStreamSource::connect(slow_claims("next")).await.unwrap(),
+        next,
+    )
+    .start()
+    .unwrap();
+    until("all four handled by the next consumer", async || {
+        handled.lock().unwrap().len() == 4
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for claim_idle"
+    );
+    pipeline.shutdown().await.unwrap();
 }

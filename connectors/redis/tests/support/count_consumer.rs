@@ -2,7 +2,7 @@
 //! It consumes a stream as consumer `counter` of a group and appends each handled
 //! payload's id (`id` or `id,key`), one per line, to a file (one `write` per batch, so a
 //! kill never leaves half a batch), until SIGTERM. Started again, it takes back its own
-//! unacknowledged entries at once.
+//! unacknowledged entries at once (claim_idle is 60 s: no claim does it for it).
 //!
 //! Usage: redis-count-consumer URL STREAM GROUP OUTPUT
 
@@ -14,7 +14,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Pipeline, Processors, RetryPolicy};
-use longshore_redis::{RedisMessage, RedisMetadata, RedisStreamConfig, RedisStreamSource};
+use longshore_redis::{RedisStreamConfig, RedisStreamMessage, RedisStreamMetadata, RedisStreamSource};
 
 struct AppendToFile {
     file: std::sync::Mutex<std::fs::File>,
@@ -23,13 +23,13 @@ struct AppendToFile {
 
 impl Handler for AppendToFile {
     type Item = longshore_redis::Bytes;
-    type Metadata = RedisMetadata;
+    type Metadata = RedisStreamMetadata;
 
-    async fn handle_message(&self, _: &mut RedisMessage) -> Result<(), BoxError> {
+    async fn handle_message(&self, _: &mut RedisStreamMessage) -> Result<(), BoxError> {
         Ok(())
     }
 
-    async fn handle_batch(&self, batch: &mut [RedisMessage], _: &BatchInfo) -> Result<(), BoxError> {
+    async fn handle_batch(&self, batch: &mut [RedisStreamMessage], _: &BatchInfo) -> Result<(), BoxError> {
         let mut lines = Vec::with_capacity(batch.len() * 8);
         for message in batch.iter() {
             let id = message.data().split(|&b| b == b',').next().unwrap_or_default();
@@ -52,7 +52,7 @@ async fn main() -> Result<(), BoxError> {
     let config = RedisStreamConfig::new(url.as_str(), stream.as_str(), group.as_str())
         .consumer("counter")
         .block(Duration::from_millis(200))
-        .claim_idle(Duration::from_secs(2));
+        .claim_idle(Duration::from_secs(60));
     let source = RedisStreamSource::connect(config).await?;
     let handler = AppendToFile {
         file: std::sync::Mutex::new(file),

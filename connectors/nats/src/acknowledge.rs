@@ -1,0 +1,77 @@
+//! Settling messages after their last stage.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::AckKind;
+use longshore::source::Acknowledger;
+
+use crate::metadata::{JetStreamMessage, JetStreamMetadata};
+use crate::source::Shared;
+
+/// Acknowledges a [`JetStreamSource`](crate::JetStreamSource)'s messages: `+ACK` for the
+/// handled, `-NAK` with the backoff for those to be tried again, `+TERM` for those failed
+/// for good with no dead-letter destination (the server publishes an advisory). Made by
+/// the source.
+#[derive(Debug, Clone)]
+pub struct JetStreamAcknowledger(pub(crate) Arc<Shared>);
+
+impl Acknowledger<JetStreamMetadata> for JetStreamAcknowledger {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<JetStreamMessage<T>>,
+        failed: Vec<JetStreamMessage<T>>,
+    ) {
+        let mut settled = handles(&successful, |_| AckKind::Ack);
+        settled.extend(handles(&failed, |message| match message.redeliver_after() {
+            Some(after) => AckKind::Nak(Some(after)),
+            None if message.is_dead_lettered() => AckKind::Ack,
+            None => AckKind::Term,
+        }));
+        // The messages (whose data need not be Sync) are not held across the sends.
+        drop((successful, failed));
+        for (handle, kind) in settled {
+            self.0.settle(&handle, kind).await;
+        }
+    }
+
+    async fn release<T: Send + 'static>(&self, messages: Vec<JetStreamMessage<T>>) {
+        let released = handles(&messages, |_| AckKind::Nak(None));
+        drop(messages);
+        for (handle, kind) in released {
+            self.0.settle(&handle, kind).await;
+        }
+    }
+
+    /// The acknowledgements buffered by the client, sent.
+    async fn flush(&self) {
+        if let Err(error) = self.0.client.flush().await {
+            tracing::warn!(%error, "nats acknowledgements not flushed; unacknowledged messages come again after ack_wait");
+        }
+    }
+
+    fn origin<T>(&self, message: &JetStreamMessage<T>) -> Option<String> {
+        let metadata = message.metadata();
+        Some(format!(
+            "{} #{} ({})",
+            self.0.stream,
+            metadata.stream_sequence(),
+            metadata.subject()
+        ))
+    }
+
+    fn acknowledges_each(&self) -> bool {
+        // A message acknowledged as soon as it is done is not handled again after a kill.
+        true
+    }
+}
+
+/// Each message's server handle (none in a handler's unit test) with what to send.
+fn handles<T>(
+    messages: &[JetStreamMessage<T>],
+    kind: impl Fn(&JetStreamMessage<T>) -> AckKind,
+) -> Vec<(async_nats::jetstream::Message, AckKind)> {
+    messages
+        .iter()
+        .filter_map(|message| Some((message.metadata().handle.clone()?, kind(message))))
+        .collect()
+}

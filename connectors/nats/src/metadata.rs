@@ -1,0 +1,77 @@
+//! What a JetStream message carries beside its payload, and the handle it is
+//! acknowledged through.
+
+use bytes::Bytes;
+use longshore::Message;
+
+/// A message of a [`JetStreamSource`](crate::JetStreamSource): its data is the payload,
+/// or what the pipeline's decode step makes of it.
+pub type JetStreamMessage<T = Bytes> = Message<T, JetStreamMetadata>;
+
+/// Where a message came from.
+///
+/// ```
+/// use longshore_nats::JetStreamMetadata;
+///
+/// // A handler's unit test builds messages as the source would.
+/// let message = JetStreamMetadata::new("orders.eu", 42, "{\"id\": 7}").into_message();
+/// assert_eq!(message.metadata().subject(), "orders.eu");
+/// assert_eq!(message.metadata().stream_sequence(), 42);
+/// ```
+#[derive(Debug, Clone)]
+pub struct JetStreamMetadata {
+    subject: String,
+    stream_sequence: u64,
+    headers: Option<async_nats::HeaderMap>,
+    payload: Bytes,
+    /// The server's message, to acknowledge it; `None` in a handler's unit test.
+    pub(crate) handle: Option<async_nats::jetstream::Message>,
+}
+
+impl JetStreamMetadata {
+    /// A message on `subject`, at `stream_sequence`, holding `payload`.
+    pub fn new(subject: impl Into<String>, stream_sequence: u64, payload: impl Into<Bytes>) -> Self {
+        JetStreamMetadata {
+            subject: subject.into(),
+            stream_sequence,
+            headers: None,
+            payload: payload.into(),
+            handle: None,
+        }
+    }
+
+    pub(crate) fn read(message: async_nats::jetstream::Message, stream_sequence: u64) -> Self {
+        JetStreamMetadata {
+            subject: message.subject.to_string(),
+            stream_sequence,
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+            handle: Some(message),
+        }
+    }
+
+    /// A message of this, its data the payload.
+    pub fn into_message(self) -> JetStreamMessage {
+        Message::with_metadata(self.payload.clone(), self)
+    }
+
+    /// The subject it was published on.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Its sequence number in the stream.
+    pub fn stream_sequence(&self) -> u64 {
+        self.stream_sequence
+    }
+
+    /// Its headers, if it has any.
+    pub fn headers(&self) -> Option<&async_nats::HeaderMap> {
+        self.headers.as_ref()
+    }
+
+    /// The payload as published (kept for a dead-letter destination after a decode step).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+}
