@@ -40,6 +40,55 @@ impl BuildError {
     pub fn at_least(field: impl Into<String>, min: usize, got: usize) -> Self {
         BuildError::new(field, format!("must be at least {min}, got {got}"))
     }
+
+    /// Checks that each `(field, value)` is set: the first empty one is an error.
+    ///
+    /// ```
+    /// use longshore::BuildError;
+    ///
+    /// let error = BuildError::require_set([("source.url", "nats://n:4222"), ("source.stream", "")]).unwrap_err();
+    /// assert_eq!(error.to_string(), "invalid source.stream: must not be empty");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the first empty field.
+    pub fn require_set<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), BuildError> {
+        match fields.into_iter().find(|(_, value)| value.is_empty()) {
+            Some((field, _)) => Err(BuildError::new(field, "must not be empty")),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that each `(field, value, min)` duration is at least its `min`: the first
+    /// one below is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use longshore::BuildError;
+    ///
+    /// let error = BuildError::require_durations([("source.lease", Duration::from_millis(10), Duration::from_secs(1))]).unwrap_err();
+    /// assert_eq!(error.to_string(), "invalid source.lease: must be at least 1s, got 10ms");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the first duration below its minimum.
+    pub fn require_durations<'a>(
+        fields: impl IntoIterator<Item = (&'a str, std::time::Duration, std::time::Duration)>,
+    ) -> Result<(), BuildError> {
+        match fields.into_iter().find(|(_, value, min)| value < min) {
+            Some((field, value, min)) => Err(BuildError::new(
+                field,
+                format!(
+                    "must be at least {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(value)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The pipeline did not drain within its shutdown deadline.

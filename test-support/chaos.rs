@@ -163,3 +163,28 @@ pub fn sigterm_then_finish(
         kill_restart_and_count(produced, 0, output, quiescent, start),
     )
 }
+
+/// A folder of its own for one case, and the file its consumer processes append to;
+/// removed when dropped.
+pub struct Case {
+    pub dir: std::path::PathBuf,
+    pub output: std::path::PathBuf,
+}
+
+impl Case {
+    pub fn new(connector: &str, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("longshore-{connector}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Case {
+            output: dir.join("handled.txt"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

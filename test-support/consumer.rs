@@ -2,7 +2,7 @@
 //! reports (the in-flight bound on stdout, progress on stderr). Included by each
 //! connector's consumer binary (`#[path]`), not a crate.
 
-#![allow(unreachable_pub)]
+#![allow(dead_code, unreachable_pub)] // each consumer binary uses its own part
 
 use std::time::Duration;
 
@@ -27,4 +27,78 @@ pub fn report(pipeline: &Pipeline) {
             eprintln!("{:?}", stats.get());
         }
     });
+}
+
+/// The consumer processes' handler for sources whose data is the payload: appends each
+/// handled payload's id (`id`, or the `id` of `id,key`), one per line, to the output
+/// file, one `write` per batch so that a kill never leaves half a batch.
+pub struct AppendIds<M> {
+    file: std::sync::Mutex<std::fs::File>,
+    sink_latency: Duration,
+    metadata: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M> AppendIds<M> {
+    /// Appends to `output`, with the sink latency of `LONGSHORE_CHAOS_SINK_MS`.
+    pub fn open(output: &str) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(output)?;
+        Ok(AppendIds {
+            file: std::sync::Mutex::new(file),
+            sink_latency: sink_latency(),
+            metadata: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<M: Send + Sync + 'static> longshore::Handler for AppendIds<M> {
+    type Item = bytes::Bytes;
+    type Metadata = M;
+
+    async fn handle_message(
+        &self,
+        _: &mut longshore::Message<bytes::Bytes, M>,
+    ) -> Result<(), longshore::BoxError> {
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: &mut [longshore::Message<bytes::Bytes, M>],
+        _: &longshore::BatchInfo,
+    ) -> Result<(), longshore::BoxError> {
+        let mut lines = Vec::with_capacity(batch.len() * 8);
+        for message in batch.iter() {
+            let id = message.data().split(|&b| b == b',').next().unwrap_or_default();
+            lines.extend_from_slice(id);
+            lines.push(b'\n');
+        }
+        tokio::time::sleep(self.sink_latency).await;
+        std::io::Write::write_all(&mut *self.file.lock().unwrap(), &lines)?;
+        Ok(())
+    }
+}
+
+/// Runs the consumer processes' pipeline over `source` until SIGTERM: 4 processors of
+/// `max_demand` 20, batches of 50 (20 ms) into `AppendIds`, 3 attempts, a 10 s deadline.
+pub async fn run_until_signal<S>(source: S, output: &str) -> Result<(), longshore::BoxError>
+where
+    S: longshore::Source<Data = bytes::Bytes>,
+    S::Metadata: Send + Sync + 'static,
+{
+    let pipeline = Pipeline::builder(source, AppendIds::<S::Metadata>::open(output)?)
+        .processors(longshore::Processors::new(4).max_demand(20))
+        .batcher(
+            longshore::Batcher::new("file")
+                .batch_size(50)
+                .batch_timeout(Duration::from_millis(20)),
+        )
+        .retry(longshore::RetryPolicy::new(3).initial_backoff(Duration::from_millis(200)))
+        .shutdown_deadline(Duration::from_secs(10))
+        .start()?;
+    report(&pipeline);
+    pipeline.run_until_signal().await?;
+    Ok(())
 }

@@ -3,6 +3,9 @@
 //! file cut short refused, a record too long failing the pipeline with its line, and a
 //! bad setting refused at start.
 
+#[path = "../../../test-support/documented.rs"]
+mod documented;
+
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -245,30 +248,7 @@ async fn the_lag_gauges_are_exactly_those_documented_and_fall_to_zero() {
     };
     assert_eq!(value("longshore_file_lag_bytes"), Some(0.0));
     assert_eq!(value("longshore_file_checkpoint_line"), Some(4.0));
-    // Every file metric of docs/metrics.md, and no other, with its documented type.
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
-    let mut documented: Vec<(String, String)> = doc
-        .lines()
-        .filter_map(|line| {
-            let mut cells = line.split('|').map(str::trim).skip(1);
-            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
-            name.starts_with("longshore_file_")
-                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
-        })
-        .collect();
-    documented.sort();
-    let exposed: Vec<(String, String)> = families
-        .iter()
-        .filter(|family| family.name().starts_with("longshore_file_"))
-        .map(|family| {
-            (
-                family.name().to_owned(),
-                format!("{:?}", family.get_field_type()).to_lowercase(),
-            )
-        })
-        .collect();
-    assert_eq!(exposed, documented);
-    assert_eq!(documented.len(), 2);
+    assert_eq!(documented::assert_exactly_documented("longshore_file_"), 2);
 }
 
 /// Runs a CSV file through a pipeline decoding rows by the header: (line, row) in order.

@@ -7,70 +7,47 @@
 mod chaos;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use chaos::{kill_restart_and_count, setting, sigterm_then_finish, start_consumer, Consumer};
+use chaos::{kill_restart_and_count, setting, sigterm_then_finish, start_consumer, Case, Consumer};
 
 /// The consumer's `max_unrecorded` (tests/support/count_consumer.rs).
 const MAX_UNRECORDED: usize = 500;
 
-struct Case {
-    dir: PathBuf,
+/// A case's folder, with an input file of `records` ids.
+struct Input {
+    case: Case,
     input: PathBuf,
-    output: PathBuf,
 }
 
-impl Case {
+impl Input {
     fn new(name: &str, records: usize) -> Self {
-        let dir = std::env::temp_dir().join(format!("longshore-file-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let input = dir.join("input.txt");
+        let case = Case::new("file", name);
+        let input = case.dir.join("input.txt");
         let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
         for id in 0..records {
             writeln!(file, "{id}").unwrap();
         }
         file.flush().unwrap();
-        Case {
-            output: dir.join("handled.txt"),
-            dir,
-            input,
-        }
+        Input { case, input }
     }
 
     /// Whether the checkpoint is at the input's end: every record acknowledged.
     fn all_recorded(&self) -> bool {
         let length = std::fs::metadata(&self.input).unwrap().len();
-        let checkpoint = std::fs::read_to_string(checkpoint_of(&self.input)).unwrap_or_default();
-        checkpoint
+        let checkpoint = longshore_file::FileConfig::new(&self.input).checkpoint_path();
+        std::fs::read_to_string(checkpoint)
+            .unwrap_or_default()
             .lines()
             .find_map(|line| line.strip_prefix("offset "))
             .is_some_and(|offset| offset.parse::<u64>().ok() == Some(length))
     }
 
     fn consumer(&self, envs: &[(&str, &str)]) -> Consumer {
-        let args = [
-            self.input.to_str().unwrap(),
-            self.output.to_str().unwrap(),
-            "follow",
-        ];
-        start_consumer(
-            env!("CARGO_BIN_EXE_file-count-consumer"),
-            &args,
-            envs,
-            &self.output,
-        )
-    }
-}
-
-fn checkpoint_of(input: &Path) -> PathBuf {
-    longshore_file::FileConfig::new(input).checkpoint_path()
-}
-
-impl Drop for Case {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let output = &self.case.output;
+        let args = [self.input.to_str().unwrap(), output.to_str().unwrap(), "follow"];
+        start_consumer(env!("CARGO_BIN_EXE_file-count-consumer"), &args, envs, output)
     }
 }
 
@@ -80,12 +57,12 @@ fn kill_9_mid_file_then_restart_loses_nothing() {
         setting("LONGSHORE_CHAOS_FILE_RECORDS", 50_000),
         setting("LONGSHORE_CHAOS_FILE_KILLS", 5),
     );
-    let case = Case::new("kill9", produced);
+    let case = Input::new("kill9", produced);
     // A sink of 1 ms a batch: kills land with the pipeline full.
     let counted = kill_restart_and_count(
         produced,
         kills,
-        &case.output,
+        &case.case.output,
         || case.all_recorded(),
         || case.consumer(&[("LONGSHORE_CHAOS_SINK_MS", "1")]),
     );
@@ -105,12 +82,12 @@ fn kill_9_mid_file_then_restart_loses_nothing() {
 #[test]
 fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     let produced = setting("LONGSHORE_CHAOS_FILE_RECORDS", 50_000) / 5;
-    let case = Case::new("sigterm", produced);
+    let case = Input::new("sigterm", produced);
     let (took, counted) = sigterm_then_finish(
         produced,
         produced / 3,
         Duration::from_secs(12),
-        &case.output,
+        &case.case.output,
         || case.all_recorded(),
         || case.consumer(&[("LONGSHORE_CHAOS_SINK_MS", "20")]),
     );

@@ -44,9 +44,7 @@ impl Acknowledger<JetStreamMetadata> for JetStreamAcknowledger {
 
     /// The acknowledgements buffered by the client, sent.
     async fn flush(&self) {
-        if let Err(error) = self.0.client.flush().await {
-            tracing::warn!(%error, "nats acknowledgements not flushed; unacknowledged messages come again after ack_wait");
-        }
+        self.0.flush().await;
     }
 
     fn origin<T>(&self, message: &JetStreamMessage<T>) -> Option<String> {

@@ -102,16 +102,12 @@ impl Default for JetStreamConfig {
 
 impl SourceSettings for JetStreamConfig {
     fn validate(&self) -> Result<(), BuildError> {
-        for (field, value) in [
-            ("source.url", &self.url),
-            ("source.stream", &self.stream),
-            ("source.consumer", &self.consumer),
-        ] {
-            if value.is_empty() {
-                return Err(BuildError::new(field, "must not be empty"));
-            }
-        }
-        for (field, value, min) in [
+        BuildError::require_set([
+            ("source.url", self.url.as_str()),
+            ("source.stream", self.stream.as_str()),
+            ("source.consumer", self.consumer.as_str()),
+        ])?;
+        BuildError::require_durations([
             ("source.ack_wait", self.ack_wait, Duration::from_secs(1)),
             ("source.expires", self.expires, Duration::from_millis(100)),
             (
@@ -119,14 +115,7 @@ impl SourceSettings for JetStreamConfig {
                 self.lag_interval,
                 Duration::from_millis(100),
             ),
-        ] {
-            if value < min {
-                return Err(BuildError::new(
-                    field,
-                    format!("must be at least {min:?}, got {value:?}"),
-                ));
-            }
-        }
+        ])?;
         if self.expires >= self.ack_wait {
             return Err(BuildError::new(
                 "source.expires",

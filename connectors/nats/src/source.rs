@@ -1,6 +1,6 @@
 //! The JetStream source: a durable pull consumer fetching the demand.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,9 +10,8 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use longshore::source::{Redelivery, Source, SourceSettings};
-use longshore::{BoxError, Message};
-use tokio::task::JoinHandle;
+use longshore::source::{every, KeptFetch, Plan, Redelivery, Source, SourceSettings};
+use longshore::{BoxError, BuildError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::acknowledge::JetStreamAcknowledger;
@@ -58,7 +57,7 @@ use crate::metrics::ConsumerMetrics;
 #[derive(Debug)]
 pub struct JetStreamSource {
     shared: Arc<Shared>,
-    fetch: tokio::sync::Mutex<Fetch>,
+    fetch: tokio::sync::Mutex<KeptFetch<jetstream::Message>>,
     expires: Duration,
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
@@ -72,16 +71,7 @@ pub(crate) struct Shared {
     pub(crate) stream: String,
     /// Messages fetched and not yet settled, by stream sequence: they get progress.
     pub(crate) held: Mutex<HashMap<u64, jetstream::Message>>,
-    ack_wait: Duration,
     metrics: ConsumerMetrics,
-}
-
-/// Messages fetched and not yet handed out, and a fetch under way: kept across a
-/// dropped `receive`, so that nothing fetched is left behind.
-#[derive(Debug, Default)]
-struct Fetch {
-    ready: VecDeque<jetstream::Message>,
-    pending: Option<JoinHandle<Result<Vec<jetstream::Message>, String>>>,
 }
 
 impl JetStreamSource {
@@ -114,17 +104,48 @@ impl JetStreamSource {
             )
             .await
             .map_err(JetStreamError::server("creating the consumer"))?;
+        // A consumer made before is used as it is: refuse what would lose messages, and
+        // keep its ack_wait, not the one set here.
+        let made = &consumer.cached_info().config;
+        if made.ack_policy != AckPolicy::Explicit {
+            return Err(BuildError::new(
+                "source.consumer",
+                format!(
+                    "{} acknowledges with {:?}; only explicit acks keep a message until its own ack",
+                    config.consumer, made.ack_policy
+                ),
+            )
+            .into());
+        }
+        let ack_wait = made.ack_wait;
+        if ack_wait != config.ack_wait {
+            tracing::warn!(consumer = %config.consumer, server = ?ack_wait, set = ?config.ack_wait, "the consumer exists with another ack_wait: the server's is used");
+        }
+        if config.expires >= ack_wait {
+            return Err(BuildError::new(
+                "source.expires",
+                format!("must be shorter than the consumer's ack_wait ({ack_wait:?})"),
+            )
+            .into());
+        }
         let shared = Arc::new(Shared {
             client,
             consumer,
             stream: config.stream.clone(),
             held: Mutex::default(),
-            ack_wait: config.ack_wait,
             metrics: ConsumerMetrics::new(&config.stream, &config.consumer),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(keep_in_progress(shared.clone(), stop.clone()));
-        tokio::spawn(measure(shared.clone(), config.lag_interval, stop.clone()));
+        let kept = shared.clone();
+        tokio::spawn(every(ack_wait / 3, stop.clone(), move || {
+            let shared = kept.clone();
+            async move { shared.keep_in_progress().await }
+        }));
+        let measured = shared.clone();
+        tokio::spawn(every(config.lag_interval, stop.clone(), move || {
+            let shared = measured.clone();
+            async move { shared.measure().await }
+        }));
         Ok(JetStreamSource {
             shared,
             fetch: tokio::sync::Mutex::default(),
@@ -167,14 +188,9 @@ impl Source for JetStreamSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<JetStreamMessage>>, BoxError> {
         let mut fetch = self.fetch.lock().await;
         loop {
-            if !fetch.ready.is_empty() {
-                let take = demand.get().min(fetch.ready.len());
-                let taken: Vec<jetstream::Message> = fetch.ready.drain(..take).collect();
-                return Ok(Some(taken.into_iter().map(|m| self.message(m)).collect()));
-            }
-            let (shared, count, expires) = (self.shared.clone(), demand.get(), self.expires);
-            let pending = fetch.pending.get_or_insert_with(|| {
-                tokio::spawn(async move {
+            let (shared, expires) = (self.shared.clone(), self.expires);
+            let fetched = fetch
+                .take(demand.get(), |count| async move {
                     let mut batch = shared
                         .consumer
                         .fetch()
@@ -185,23 +201,43 @@ impl Source for JetStreamSource {
                         .map_err(|error| error.to_string())?;
                     let mut fetched = Vec::with_capacity(count);
                     while let Some(message) = batch.next().await {
-                        fetched.push(message.map_err(|error| error.to_string())?);
-                    }
-                    let mut held = lock(&shared.held);
-                    for message in &fetched {
-                        if let Ok(info) = message.info() {
-                            held.insert(info.stream_sequence, message.clone());
+                        match message {
+                            Ok(message) => fetched.push(message),
+                            // What came before the error is kept, not left to lapse.
+                            Err(error) if !fetched.is_empty() => {
+                                tracing::warn!(%error, "nats fetch ended early");
+                                break;
+                            }
+                            Err(error) => return Err(error.into()),
                         }
                     }
+                    let mut held = lock(&shared.held);
+                    fetched.retain(|message| {
+                        let Ok(info) = message.info() else {
+                            return true;
+                        };
+                        // Delivered again while its first copy is still handled here (a
+                        // lapse): the newest delivery gets the progress, and the copy is
+                        // not handed out twice; the first copy's ack covers both.
+                        let again = held.contains_key(&info.stream_sequence);
+                        held.insert(info.stream_sequence, message.clone());
+                        if again {
+                            tracing::warn!(
+                                sequence = info.stream_sequence,
+                                "nats delivered a message again while it was handled here"
+                            );
+                        }
+                        !again
+                    });
+                    drop(held);
                     Ok(fetched)
                 })
-            });
-            let fetched = pending.await;
-            fetch.pending = None;
-            match fetched {
-                Ok(Ok(messages)) => fetch.ready.extend(messages),
-                Ok(Err(error)) => return Err(format!("nats fetching: {error}").into()),
-                Err(panicked) => return Err(panicked.into()),
+                .await
+                .map_err(|error| format!("nats fetching: {error}"))?;
+            if !fetched.is_empty() {
+                return Ok(Some(
+                    fetched.into_iter().map(|message| self.message(message)).collect(),
+                ));
             }
         }
     }
@@ -210,24 +246,67 @@ impl Source for JetStreamSource {
         Redelivery::Broker
     }
 
+    /// Connected to the server.
+    fn is_ready(&self) -> bool {
+        self.shared.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        if !plan.dead_letter {
+            tracing::warn!(stream = %self.shared.stream, "no dead-letter destination: a message failed for good is terminated (+TERM, an advisory) and logged; set one to keep it");
+        }
+        Ok(())
+    }
+
     /// Naks what was fetched and not handed out, a fetch under way included: delivered
     /// again at once.
     async fn shutdown(&self) {
-        let mut fetch = self.fetch.lock().await;
-        if let Some(pending) = fetch.pending.take() {
-            if let Ok(Ok(messages)) = pending.await {
-                fetch.ready.extend(messages);
-            }
-        }
-        let left: Vec<jetstream::Message> = fetch.ready.drain(..).collect();
+        let left = self.fetch.lock().await.drain().await;
         for message in &left {
             self.shared.settle(message, AckKind::Nak(None)).await;
         }
-        let _ = self.shared.client.flush().await;
+        self.shared.flush().await;
     }
 }
 
+/// The longest a flush of the acknowledgements may take: the server away, they are
+/// dropped, and the messages come again after ack_wait.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 impl Shared {
+    /// Sends progress for the messages held.
+    async fn keep_in_progress(&self) {
+        let held: Vec<jetstream::Message> = lock(&self.held).values().cloned().collect();
+        for message in held {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::warn!(%error, "nats progress not sent; trying again at the next tick");
+            }
+        }
+    }
+
+    /// Reads the consumer's pending and unacknowledged counts into the gauges.
+    async fn measure(&self) {
+        let mut consumer = self.consumer.clone();
+        match consumer.info().await {
+            Ok(info) => {
+                self.metrics
+                    .pending
+                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                self.metrics.ack_pending.set(info.num_ack_pending as i64);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the nats consumer's lag"),
+        }
+    }
+
+    /// Sends the acknowledgements buffered by the client, within [`FLUSH_WAIT`].
+    pub(crate) async fn flush(&self) {
+        match tokio::time::timeout(FLUSH_WAIT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "nats acknowledgements not flushed; unacknowledged messages come again after ack_wait"),
+            Err(_) => tracing::warn!("nats acknowledgements not flushed within {FLUSH_WAIT:?}; unacknowledged messages come again after ack_wait"),
+        }
+    }
+
     /// Sends `kind` for `message` and lets it go. One never received by the server
     /// loses nothing: it is delivered again after `ack_wait`.
     pub(crate) async fn settle(&self, message: &jetstream::Message, kind: AckKind) {
@@ -236,47 +315,6 @@ impl Shared {
         }
         if let Err(error) = message.ack_with(kind).await {
             tracing::warn!(%error, subject = %message.subject, "nats acknowledgement not sent; the message comes again after ack_wait");
-        }
-    }
-}
-
-/// Sends progress for the messages held, three times per `ack_wait`, until `stop`.
-async fn keep_in_progress(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(shared.ack_wait / 3);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let held: Vec<jetstream::Message> = lock(&shared.held).values().cloned().collect();
-        for message in held {
-            if let Err(error) = message.ack_with(AckKind::Progress).await {
-                tracing::warn!(%error, "nats progress not sent; trying again at the next tick");
-            }
-        }
-    }
-}
-
-/// Reads the consumer's pending and unacknowledged counts every `interval`.
-async fn measure(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let mut consumer = shared.consumer.clone();
-        match consumer.info().await {
-            Ok(info) => {
-                shared
-                    .metrics
-                    .pending
-                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                shared.metrics.ack_pending.set(info.num_ack_pending as i64);
-            }
-            Err(error) => tracing::debug!(%error, "cannot read the nats consumer's lag"),
         }
     }
 }

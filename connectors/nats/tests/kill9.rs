@@ -9,40 +9,17 @@
 mod chaos;
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chaos::{
-    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for,
+    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for, Case,
     Consumer,
 };
 use common::{context, make_stream, publish, unfinished, Nats};
 use longshore_nats::async_nats::jetstream::Context;
 
 const CONSUMER: &str = "chaos";
-
-struct Case {
-    dir: PathBuf,
-    output: PathBuf,
-}
-
-impl Case {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("longshore-nats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Case {
-            output: dir.join("handled.txt"),
-            dir,
-        }
-    }
-}
-
-impl Drop for Case {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn consumer(url: &str, stream: &str, output: &Path, envs: &[(&str, &str)]) -> Consumer {
     let args = [url, stream, CONSUMER, output.to_str().unwrap()];
@@ -90,7 +67,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let server = Nats::start();
     let mut db = context(&server.url()).await;
     produce(&mut db, "KILL9", produced).await;
-    let case = Case::new("kill9");
+    let case = Case::new("nats", "kill9");
     let url = server.url();
     let counted = kill_restart_and_count(
         produced,
@@ -121,7 +98,7 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
     let mut server = Nats::start();
     let mut db = context(&server.url()).await;
     produce(&mut db, "RESTART", produced).await;
-    let case = Case::new("restart");
+    let case = Case::new("nats", "restart");
     let url = server.url();
     let mut running = consumer(&url, "RESTART", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]);
     wait_for(Duration::from_secs(120), "consumer progress", || {
@@ -166,7 +143,7 @@ async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     let server = Nats::start();
     let mut db = context(&server.url()).await;
     produce(&mut db, "SIGTERM", produced).await;
-    let case = Case::new("sigterm");
+    let case = Case::new("nats", "sigterm");
     let url = server.url();
     let (took, counted) = sigterm_then_finish(
         produced,

@@ -4,6 +4,8 @@
 //! gauges exactly those documented, and bad settings refused naming the field.
 
 mod common;
+#[path = "../../../test-support/documented.rs"]
+mod documented;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,30 +125,7 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     })
     .await;
     assert_eq!(value("longshore_nats_consumer_ack_pending_messages"), Some(0.0));
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
-    let mut documented: Vec<(String, String)> = doc
-        .lines()
-        .filter_map(|line| {
-            let mut cells = line.split('|').map(str::trim).skip(1);
-            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
-            name.starts_with("longshore_nats_")
-                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
-        })
-        .collect();
-    documented.sort();
-    let exposed: Vec<(String, String)> = longshore::metrics::registry()
-        .gather()
-        .iter()
-        .filter(|family| family.name().starts_with("longshore_nats_"))
-        .map(|family| {
-            (
-                family.name().to_owned(),
-                format!("{:?}", family.get_field_type()).to_lowercase(),
-            )
-        })
-        .collect();
-    assert_eq!(exposed, documented);
-    assert_eq!(documented.len(), 2);
+    assert_eq!(documented::assert_exactly_documented("longshore_nats_"), 2);
 
     let error = JetStreamSource::connect(config(&server, "LAG").expires(Duration::from_secs(2)))
         .await
@@ -154,6 +133,27 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     assert_eq!(
         error.to_string(),
         "invalid source.expires: must be shorter than source.ack_wait"
+    );
+    // A consumer made before with acks that would lose messages.
+    context
+        .get_stream("LAG")
+        .await
+        .unwrap()
+        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("all".to_owned()),
+            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = JetStreamSource::connect(JetStreamConfig::new(server.url(), "LAG", "all"))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("invalid source.consumer: all acknowledges with All"),
+        "{error}"
     );
     let error = JetStreamSource::connect(config(&server, "MISSING"))
         .await

@@ -142,14 +142,12 @@ pub(crate) fn check_table(field: &str, name: &str) -> Result<(), BuildError> {
 
 impl SourceSettings for PgQueueConfig {
     fn validate(&self) -> Result<(), BuildError> {
-        if self.url.trim().is_empty() {
-            return Err(BuildError::new("source.url", "must name a database"));
-        }
+        BuildError::require_set([
+            ("source.url", self.url.trim()),
+            ("source.queue", self.queue.as_str()),
+        ])?;
         check_table("source.table", &self.table)?;
-        if self.queue.is_empty() {
-            return Err(BuildError::new("source.queue", "must not be empty"));
-        }
-        for (field, value, min) in [
+        BuildError::require_durations([
             ("source.lease", self.lease, Duration::from_secs(1)),
             (
                 "source.poll_interval",
@@ -161,14 +159,7 @@ impl SourceSettings for PgQueueConfig {
                 self.lag_interval,
                 Duration::from_millis(100),
             ),
-        ] {
-            if value < min {
-                return Err(BuildError::new(
-                    field,
-                    format!("must be at least {min:?}, got {value:?}"),
-                ));
-            }
-        }
+        ])?;
         Ok(())
     }
 }
@@ -200,6 +191,6 @@ mod tests {
             "invalid source.lease: must be at least 1s, got 10ms"
         );
         let error = PgQueueConfig::default().validate().unwrap_err();
-        assert_eq!(error.to_string(), "invalid source.url: must name a database");
+        assert_eq!(error.to_string(), "invalid source.url: must not be empty");
     }
 }

@@ -1,16 +1,14 @@
 //! The queue table source: rows leased only for the demand, woken by `NOTIFY`.
 
-use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use longshore::source::{Redelivery, Source, SourceSettings};
+use longshore::source::{every, KeptFetch, Redelivery, Source, SourceSettings};
 use longshore::{BoxError, Message};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::acknowledge::PgQueueAcknowledger;
@@ -19,7 +17,7 @@ use crate::db::{listen, Db};
 use crate::error::PgQueueError;
 use crate::metadata::{PgQueueMessage, PgQueueMetadata};
 use crate::metrics::QueueMetrics;
-use crate::queue::{lock, Failed, Lease, Leased, Queue};
+use crate::queue::{lock, Lease, Leased, Queue};
 
 /// Consumes one queue of a PostgreSQL queue table (see [`migration`](crate::migration)).
 ///
@@ -66,18 +64,10 @@ use crate::queue::{lock, Failed, Lease, Leased, Queue};
 #[derive(Debug)]
 pub struct PgQueueSource {
     queue: Arc<Queue>,
-    fetch: tokio::sync::Mutex<Fetch>,
+    fetch: tokio::sync::Mutex<KeptFetch<Leased>>,
     poll_interval: Duration,
     /// Stops the listener, the lease extender and the depth reader.
     stop: CancellationToken,
-}
-
-/// Rows leased and not yet handed out, and a lease under way: kept across a dropped
-/// `receive`, so that nothing leased is left behind.
-#[derive(Debug, Default)]
-struct Fetch {
-    ready: VecDeque<Leased>,
-    pending: Option<JoinHandle<Result<Vec<Leased>, Failed>>>,
 }
 
 impl PgQueueSource {
@@ -122,8 +112,24 @@ impl PgQueueSource {
             wake,
             stop.clone(),
         ));
-        tokio::spawn(extend_leases(queue.clone(), stop.clone()));
-        tokio::spawn(measure(queue.clone(), config.lag_interval, stop.clone()));
+        let extended = queue.clone();
+        tokio::spawn(every(config.lease / 3, stop.clone(), move || {
+            let queue = extended.clone();
+            async move {
+                if let Err(error) = queue.extend().await {
+                    tracing::warn!(%error, queue = %queue.name, "postgres lease extension failed; trying again at the next tick");
+                }
+            }
+        }));
+        let measured = queue.clone();
+        tokio::spawn(every(config.lag_interval, stop.clone(), move || {
+            let queue = measured.clone();
+            async move {
+                if let Err(error) = queue.measure().await {
+                    tracing::debug!(%error, queue = %queue.name, "cannot read the postgres queue's depth");
+                }
+            }
+        }));
         Ok(PgQueueSource {
             queue,
             fetch: tokio::sync::Mutex::default(),
@@ -204,28 +210,17 @@ impl Source for PgQueueSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<PgQueueMessage>>, BoxError> {
         let mut fetch = self.fetch.lock().await;
         loop {
-            if !fetch.ready.is_empty() {
-                let take = demand.get().min(fetch.ready.len());
-                let rows: Vec<Leased> = fetch.ready.drain(..take).collect();
+            let queue = self.queue.clone();
+            let rows = fetch
+                .take(demand.get(), |limit| async move { Ok(queue.lease(limit).await?) })
+                .await
+                .map_err(|error| format!("postgres leasing rows: {error}"))?;
+            if !rows.is_empty() {
                 return Ok(Some(rows.into_iter().map(|row| self.message(row)).collect()));
             }
-            let queue = self.queue.clone();
-            let limit = demand.get();
-            let pending = fetch
-                .pending
-                .get_or_insert_with(|| tokio::spawn(async move { queue.lease(limit).await }));
-            let leased = pending.await;
-            fetch.pending = None;
-            match leased {
-                Ok(Ok(rows)) if !rows.is_empty() => fetch.ready.extend(rows),
-                Ok(Ok(_)) => {
-                    // Nothing visible: an insert's NOTIFY (remembered if it came during
-                    // the lease), or the poll interval.
-                    let _ = tokio::time::timeout(self.poll_interval, self.queue.wake.notified()).await;
-                }
-                Ok(Err(error)) => return Err(format!("postgres leasing rows: {error}").into()),
-                Err(panicked) => return Err(panicked.into()),
-            }
+            // Nothing visible: an insert's NOTIFY (remembered if it came during the
+            // lease), or the poll interval.
+            let _ = tokio::time::timeout(self.poll_interval, self.queue.wake.notified()).await;
         }
     }
 
@@ -240,44 +235,16 @@ impl Source for PgQueueSource {
 
     /// Releases the rows leased and not handed out, a lease under way included.
     async fn shutdown(&self) {
-        let mut fetch = self.fetch.lock().await;
-        if let Some(pending) = fetch.pending.take() {
-            if let Ok(Ok(rows)) = pending.await {
-                fetch.ready.extend(rows);
-            }
-        }
-        let leases: Vec<Lease> = fetch.ready.drain(..).map(|row| row.lease).collect();
+        let leases: Vec<Lease> = self
+            .fetch
+            .lock()
+            .await
+            .drain()
+            .await
+            .into_iter()
+            .map(|row| row.lease)
+            .collect();
         // Never handed to the pipeline: their attempt is given back.
         self.queue.release(&leases, true).await;
-    }
-}
-
-/// Extends the leases of held rows three times per lease, until `stop`.
-async fn extend_leases(queue: Arc<Queue>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(queue.lease / 3);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Err(error) = queue.extend().await {
-            tracing::warn!(%error, queue = %queue.name, "postgres lease extension failed; trying again at the next tick");
-        }
-    }
-}
-
-/// Reads the queue's depth every `interval`, until `stop`.
-async fn measure(queue: Arc<Queue>, interval: Duration, stop: CancellationToken) {
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Err(error) = queue.measure().await {
-            tracing::debug!(%error, queue = %queue.name, "cannot read the postgres queue's depth");
-        }
     }
 }

@@ -7,37 +7,14 @@
 mod chaos;
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chaos::{
-    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for,
+    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for, Case,
     Consumer,
 };
 use common::{client, enqueue, rows, server, Postgres};
-
-struct Case {
-    dir: PathBuf,
-    output: PathBuf,
-}
-
-impl Case {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("longshore-postgres-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Case {
-            output: dir.join("handled.txt"),
-            dir,
-        }
-    }
-}
-
-impl Drop for Case {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn consumer(server: &Postgres, queue: &str, output: &Path, envs: &[(&str, &str)]) -> Consumer {
     let url = server.url();
@@ -75,7 +52,7 @@ async fn kill_9_mid_queue_then_restart_loses_nothing() {
     let server = server().await;
     let client = client(&server.url()).await;
     produce(&client, "kill9", produced).await;
-    let case = Case::new("kill9");
+    let case = Case::new("postgres", "kill9");
     let counted = kill_restart_and_count(produced, kills, &case.output, drained(&client, "kill9"), || {
         consumer(
             &server,
@@ -106,7 +83,7 @@ async fn the_server_crashed_and_restarted_mid_run_loses_nothing() {
     let server = server().await;
     let client = client(&server.url()).await;
     produce(&client, "restart", produced).await;
-    let case = Case::new("restart");
+    let case = Case::new("postgres", "restart");
     let mut running = consumer(
         &server,
         "restart",
@@ -161,7 +138,7 @@ async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     let server = server().await;
     let client = client(&server.url()).await;
     produce(&client, "sigterm", produced).await;
-    let case = Case::new("sigterm");
+    let case = Case::new("postgres", "sigterm");
     let (took, counted) = sigterm_then_finish(
         produced,
         produced / 3,

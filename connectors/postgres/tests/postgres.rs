@@ -5,19 +5,21 @@
 //! those documented.
 
 mod common;
+#[path = "../../../test-support/documented.rs"]
+mod documented;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{client, enqueue, rows, server};
-use longshore::{BoxError, DeadLetter, Handler, Message, Permanent, Pipeline, Processors, RetryPolicy};
+use longshore::{BoxError, DeadLetter, Handler, Message, Permanent, Pipeline, RetryPolicy};
 use longshore_postgres::{PgQueueConfig, PgQueueMessage, PgQueueMetadata, PgQueueSource};
 
 /// Fails payloads starting with `bad` for good; sleeps `sleep` on each other.
 struct Judge {
     sleep: Duration,
-    handled: Arc<Mutex<Vec<(i64, u32, Instant)>>>,
+    handled: Handled,
 }
 
 impl Handler for Judge {
@@ -37,7 +39,10 @@ impl Handler for Judge {
     }
 }
 
-fn judge(sleep: Duration) -> (Judge, Arc<Mutex<Vec<(i64, u32, Instant)>>>) {
+/// What a [`Judge`] handled: (row id, attempt, when).
+type Handled = Arc<Mutex<Vec<(i64, u32, Instant)>>>;
+
+fn judge(sleep: Duration) -> (Judge, Handled) {
     let handled = Arc::new(Mutex::new(Vec::new()));
     (
         Judge {
@@ -255,28 +260,5 @@ async fn the_lag_gauges_are_exactly_those_documented() {
     .await;
     assert_eq!(value("longshore_postgres_queue_leased_rows"), Some(0.0));
     assert_eq!(value("longshore_postgres_queue_failed_rows"), Some(0.0));
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
-    let mut documented: Vec<(String, String)> = doc
-        .lines()
-        .filter_map(|line| {
-            let mut cells = line.split('|').map(str::trim).skip(1);
-            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
-            name.starts_with("longshore_postgres_")
-                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
-        })
-        .collect();
-    documented.sort();
-    let exposed: Vec<(String, String)> = longshore::metrics::registry()
-        .gather()
-        .iter()
-        .filter(|family| family.name().starts_with("longshore_postgres_"))
-        .map(|family| {
-            (
-                family.name().to_owned(),
-                format!("{:?}", family.get_field_type()).to_lowercase(),
-            )
-        })
-        .collect();
-    assert_eq!(exposed, documented);
-    assert_eq!(documented.len(), 4);
+    assert_eq!(documented::assert_exactly_documented("longshore_postgres_"), 4);
 }

@@ -135,18 +135,14 @@ impl Default for RedisStreamConfig {
 
 impl SourceSettings for RedisStreamConfig {
     fn validate(&self) -> Result<(), BuildError> {
-        for (field, value) in [
-            ("source.url", &self.url),
-            ("source.stream", &self.stream),
-            ("source.group", &self.group),
-            ("source.consumer", &self.consumer),
-            ("source.field", &self.field),
-        ] {
-            if value.is_empty() {
-                return Err(BuildError::new(field, "must not be empty"));
-            }
-        }
-        for (field, value, min) in [
+        BuildError::require_set([
+            ("source.url", self.url.as_str()),
+            ("source.stream", self.stream.as_str()),
+            ("source.group", self.group.as_str()),
+            ("source.consumer", self.consumer.as_str()),
+            ("source.field", self.field.as_str()),
+        ])?;
+        BuildError::require_durations([
             ("source.claim_idle", self.claim_idle, Duration::from_secs(1)),
             ("source.block", self.block, Duration::from_millis(10)),
             (
@@ -154,14 +150,7 @@ impl SourceSettings for RedisStreamConfig {
                 self.lag_interval,
                 Duration::from_millis(100),
             ),
-        ] {
-            if value < min {
-                return Err(BuildError::new(
-                    field,
-                    format!("must be at least {min:?}, got {value:?}"),
-                ));
-            }
-        }
+        ])?;
         if self.block >= self.claim_idle {
             return Err(BuildError::new(
                 "source.block",

@@ -1,15 +1,13 @@
 //! The Redis Streams source: entries read for the demand, a dead consumer's claimed.
 
-use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use longshore::source::{Plan, Source, SourceSettings};
+use longshore::source::{every, KeptFetch, Plan, Source, SourceSettings};
 use longshore::{BoxError, BuildError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,29 +64,21 @@ pub struct RedisStreamSource {
     stop: CancellationToken,
 }
 
-/// Entries read and not yet handed out, and a read under way: kept across a dropped
-/// `receive`, so that nothing read is left behind.
+/// The read connection, where reading has got to, and what was read and not handed out
+/// (kept across a dropped `receive`, so that nothing read is left behind).
 struct Reads {
     connection: ConnectionManager,
-    /// Still taking back this consumer's own entries: after this id.
-    own_after: Option<String>,
+    /// Still taking back this consumer's own entries: after this id. Set by the read
+    /// itself, which may outlive the `receive` that started it.
+    own_after: Arc<Mutex<Option<String>>>,
     last_claim: Option<Instant>,
-    ready: VecDeque<RedisStreamMetadata>,
-    pending: Option<JoinHandle<redis::RedisResult<Read>>>,
+    fetch: KeptFetch<RedisStreamMetadata>,
 }
 
 impl std::fmt::Debug for Reads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reads")
-            .field("ready", &self.ready.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Reads").finish_non_exhaustive()
     }
-}
-
-/// What one read brought.
-struct Read {
-    from: ReadFrom,
-    entries: Vec<RedisStreamMetadata>,
 }
 
 impl RedisStreamSource {
@@ -134,16 +124,31 @@ impl RedisStreamSource {
             .await
             .map_err(RedisStreamError::server("creating the consumer group"))?;
         let stop = CancellationToken::new();
-        tokio::spawn(keep_held(stream.clone(), stop.clone()));
-        tokio::spawn(measure(stream.clone(), config.lag_interval, stop.clone()));
+        let kept = stream.clone();
+        tokio::spawn(every(config.claim_idle / 3, stop.clone(), move || {
+            let stream = kept.clone();
+            async move {
+                if let Err(error) = stream.keep_held().await {
+                    tracing::warn!(%error, stream = %stream.key, "redis XCLAIM of held entries failed; trying again at the next tick");
+                }
+            }
+        }));
+        let measured = stream.clone();
+        tokio::spawn(every(config.lag_interval, stop.clone(), move || {
+            let stream = measured.clone();
+            async move {
+                if let Err(error) = stream.measure().await {
+                    tracing::debug!(%error, stream = %stream.key, "cannot read the redis stream's lag");
+                }
+            }
+        }));
         Ok(RedisStreamSource {
             stream,
             reads: tokio::sync::Mutex::new(Reads {
                 connection: reads,
-                own_after: Some("0".to_owned()),
+                own_after: Arc::new(Mutex::new(Some("0".to_owned()))),
                 last_claim: None,
-                ready: VecDeque::new(),
-                pending: None,
+                fetch: KeptFetch::default(),
             }),
             block: config.block,
             stop,
@@ -174,89 +179,57 @@ impl Source for RedisStreamSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RedisStreamMessage>>, BoxError> {
         let mut reads = self.reads.lock().await;
         loop {
-            if !reads.ready.is_empty() {
-                let take = demand.get().min(reads.ready.len());
-                let field = &self.stream.field;
-                let messages = reads
-                    .ready
-                    .drain(..take)
-                    .map(|entry| entry.into_message(field))
-                    .collect();
-                return Ok(Some(messages));
+            let claim = lock(&reads.own_after).is_none()
+                && reads.last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
+            if claim {
+                reads.last_claim = Some(Instant::now());
             }
-            if reads.pending.is_none() {
-                let claim = reads.own_after.is_none()
-                    && reads.last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
-                if claim {
-                    reads.last_claim = Some(Instant::now());
-                }
-                let (stream, mut connection, own_after, count, block) = (
-                    self.stream.clone(),
-                    reads.connection.clone(),
-                    reads.own_after.clone(),
-                    demand.get(),
-                    self.block,
-                );
-                reads.pending = Some(tokio::spawn(async move {
-                    if let Some(after) = own_after {
-                        let entries = stream
-                            .read(&mut connection, ReadFrom::Own, &after, count, block)
-                            .await?;
-                        return Ok(Read {
-                            from: ReadFrom::Own,
-                            entries,
-                        });
-                    }
-                    if claim {
-                        let entries = stream.claim(count).await?;
-                        if !entries.is_empty() {
-                            return Ok(Read {
-                                from: ReadFrom::New,
-                                entries,
-                            });
-                        }
-                    }
+            let (stream, mut connection, own_after, block) = (
+                self.stream.clone(),
+                reads.connection.clone(),
+                reads.own_after.clone(),
+                self.block,
+            );
+            let read = reads.fetch.take(demand.get(), |count| async move {
+                let after = lock(&own_after).clone();
+                if let Some(after) = after {
                     let entries = stream
-                        .read(&mut connection, ReadFrom::New, ">", count, block)
+                        .read(&mut connection, ReadFrom::Own, &after, count, block)
                         .await?;
-                    Ok(Read {
-                        from: ReadFrom::New,
-                        entries,
-                    })
-                }));
-            }
-            let pending = reads.pending.as_mut().expect("a read under way");
-            let read = pending.await;
-            reads.pending = None;
-            let read = match read {
-                Ok(Ok(read)) => read,
-                Ok(Err(error)) => {
-                    return Err(RedisStreamError::Server {
-                        doing: "reading the stream",
-                        source: error,
-                    }
-                    .into())
+                    // Its own entries, oldest first, until there are none left.
+                    *lock(&own_after) = entries.last().map(|entry| entry.id().to_owned());
+                    return Ok(entries);
                 }
-                Err(panicked) => return Err(panicked.into()),
-            };
-            if read.from == ReadFrom::Own {
-                // Its own entries, oldest first, until there are none left.
-                reads.own_after = read.entries.last().map(|entry| entry.id().to_owned());
+                if claim {
+                    let entries = stream.claim(count).await?;
+                    if !entries.is_empty() {
+                        return Ok(entries);
+                    }
+                }
+                Ok(stream
+                    .read(&mut connection, ReadFrom::New, ">", count, block)
+                    .await?)
+            });
+            let entries = read
+                .await
+                .map_err(|error| format!("redis reading the stream: {error}"))?;
+            if !entries.is_empty() {
+                let field = &self.stream.field;
+                return Ok(Some(
+                    entries
+                        .into_iter()
+                        .map(|entry| entry.into_message(field))
+                        .collect(),
+                ));
             }
-            reads.ready.extend(read.entries);
         }
     }
 
     /// Hands back what was read and not handed out, a read under way included: any
     /// consumer may claim it at once.
     async fn shutdown(&self) {
-        let mut reads = self.reads.lock().await;
-        if let Some(pending) = reads.pending.take() {
-            if let Ok(Ok(read)) = pending.await {
-                reads.ready.extend(read.entries);
-            }
-        }
-        let ids: Vec<String> = reads.ready.drain(..).map(|entry| entry.id().to_owned()).collect();
+        let left = self.reads.lock().await.fetch.drain().await;
+        let ids: Vec<String> = left.iter().map(|entry| entry.id().to_owned()).collect();
         self.stream.hand_back(&ids).await;
     }
 
@@ -265,35 +238,5 @@ impl Source for RedisStreamSource {
             tracing::warn!(stream = %self.stream.key, "no dead-letter destination: an entry failed for good is logged, counted and acknowledged; set one to keep it");
         }
         Ok(())
-    }
-}
-
-/// Resets the idle time of held entries three times per `claim_idle`, until `stop`.
-async fn keep_held(stream: Arc<Stream>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(stream.claim_idle / 3);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Err(error) = stream.keep_held().await {
-            tracing::warn!(%error, stream = %stream.key, "redis XCLAIM of held entries failed; trying again at the next tick");
-        }
-    }
-}
-
-/// Reads the stream's length and the group's pending count and lag every `interval`.
-async fn measure(stream: Arc<Stream>, interval: Duration, stop: CancellationToken) {
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Err(error) = stream.measure().await {
-            tracing::debug!(%error, stream = %stream.key, "cannot read the redis stream's lag");
-        }
     }
 }

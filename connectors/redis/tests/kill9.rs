@@ -8,40 +8,17 @@
 mod chaos;
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chaos::{
-    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for,
+    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for, Case,
     Consumer,
 };
 use common::{add, connection, unfinished, Redis};
 use longshore_redis::redis::aio::MultiplexedConnection;
 
 const GROUP: &str = "chaos";
-
-struct Case {
-    dir: PathBuf,
-    output: PathBuf,
-}
-
-impl Case {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("longshore-redis-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Case {
-            output: dir.join("handled.txt"),
-            dir,
-        }
-    }
-}
-
-impl Drop for Case {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn consumer(url: &str, stream: &str, output: &Path, envs: &[(&str, &str)]) -> Consumer {
     let args = [url, stream, GROUP, output.to_str().unwrap()];
@@ -93,7 +70,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let server = Redis::start();
     let mut db = connection(&server.url()).await;
     produce(&mut db, "kill9", produced).await;
-    let case = Case::new("kill9");
+    let case = Case::new("redis", "kill9");
     let url = server.url();
     let counted = kill_restart_and_count(
         produced,
@@ -124,7 +101,7 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
     let mut server = Redis::start();
     let mut db = connection(&server.url()).await;
     produce(&mut db, "restart", produced).await;
-    let case = Case::new("restart");
+    let case = Case::new("redis", "restart");
     let url = server.url();
     let mut running = consumer(&url, "restart", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]);
     wait_for(Duration::from_secs(120), "consumer progress", || {
@@ -169,7 +146,7 @@ async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
     let server = Redis::start();
     let mut db = connection(&server.url()).await;
     produce(&mut db, "sigterm", produced).await;
-    let case = Case::new("sigterm");
+    let case = Case::new("redis", "sigterm");
     let url = server.url();
     let (took, counted) = sigterm_then_finish(
         produced,

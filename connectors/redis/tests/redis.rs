@@ -3,6 +3,8 @@
 //! exactly those documented, and bad settings refused naming the field.
 
 mod common;
+#[path = "../../../test-support/documented.rs"]
+mod documented;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -192,30 +194,7 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     .await;
     assert_eq!(value("longshore_redis_stream_length"), Some(3.0));
     assert_eq!(value("longshore_redis_group_pending"), Some(0.0));
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).unwrap();
-    let mut documented: Vec<(String, String)> = doc
-        .lines()
-        .filter_map(|line| {
-            let mut cells = line.split('|').map(str::trim).skip(1);
-            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
-            name.starts_with("longshore_redis_")
-                .then(|| (name.to_owned(), cells.next().unwrap().to_owned()))
-        })
-        .collect();
-    documented.sort();
-    let exposed: Vec<(String, String)> = longshore::metrics::registry()
-        .gather()
-        .iter()
-        .filter(|family| family.name().starts_with("longshore_redis_"))
-        .map(|family| {
-            (
-                family.name().to_owned(),
-                format!("{:?}", family.get_field_type()).to_lowercase(),
-            )
-        })
-        .collect();
-    assert_eq!(exposed, documented);
-    assert_eq!(documented.len(), 3);
+    assert_eq!(documented::assert_exactly_documented("longshore_redis_"), 3);
 
     let error = RedisStreamSource::connect(config(&server, "lag", "c").block(Duration::from_secs(5)))
         .await

@@ -1,45 +1,17 @@
 //! Test support, not an example: a consumer process for the kill -9 and restart checks.
-//! It consumes a queue of the queue table and appends each handled payload's id (`id`
-//! or `id,key`), one per line, to a file (one `write` per batch, so a kill never leaves
-//! half a batch), until SIGTERM. Leases of 2 s: a killed consumer's rows come back soon.
+//! It consumes a queue of the queue table and appends each handled payload's id to an
+//! output file (`AppendIds`), until SIGTERM. Leases of 2 s: a killed consumer's rows
+//! come back soon.
 //!
 //! Usage: postgres-count-consumer URL QUEUE OUTPUT
 
 #[path = "../../../../test-support/consumer.rs"]
 mod consumer;
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::time::Duration;
 
-use longshore::{BatchInfo, Batcher, BoxError, Handler, Pipeline, Processors, RetryPolicy};
-use longshore_postgres::{PgQueueConfig, PgQueueMessage, PgQueueMetadata, PgQueueSource};
-
-struct AppendToFile {
-    file: std::sync::Mutex<std::fs::File>,
-    sink_latency: Duration,
-}
-
-impl Handler for AppendToFile {
-    type Item = longshore_postgres::Bytes;
-    type Metadata = PgQueueMetadata;
-
-    async fn handle_message(&self, _: &mut PgQueueMessage) -> Result<(), BoxError> {
-        Ok(())
-    }
-
-    async fn handle_batch(&self, batch: &mut [PgQueueMessage], _: &BatchInfo) -> Result<(), BoxError> {
-        let mut lines = Vec::with_capacity(batch.len() * 8);
-        for message in batch.iter() {
-            let id = message.data().split(|&b| b == b',').next().unwrap_or_default();
-            lines.extend_from_slice(id);
-            lines.push(b'\n');
-        }
-        tokio::time::sleep(self.sink_latency).await;
-        self.file.lock().unwrap().write_all(&lines)?;
-        Ok(())
-    }
-}
+use longshore::BoxError;
+use longshore_postgres::{PgQueueConfig, PgQueueSource};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
@@ -47,27 +19,9 @@ async fn main() -> Result<(), BoxError> {
     let [url, queue, output] = args.as_slice() else {
         return Err("usage: postgres-count-consumer URL QUEUE OUTPUT".into());
     };
-    let file = OpenOptions::new().create(true).append(true).open(output)?;
     let config = PgQueueConfig::new(url.as_str())
         .queue(queue.as_str())
         .lease(Duration::from_secs(2))
         .poll_interval(Duration::from_millis(200));
-    let source = PgQueueSource::connect(config).await?;
-    let handler = AppendToFile {
-        file: std::sync::Mutex::new(file),
-        sink_latency: consumer::sink_latency(),
-    };
-    let pipeline = Pipeline::builder(source, handler)
-        .processors(Processors::new(4).max_demand(20))
-        .batcher(
-            Batcher::new("file")
-                .batch_size(50)
-                .batch_timeout(Duration::from_millis(20)),
-        )
-        .retry(RetryPolicy::new(3).initial_backoff(Duration::from_millis(200)))
-        .shutdown_deadline(Duration::from_secs(10))
-        .start()?;
-    consumer::report(&pipeline);
-    pipeline.run_until_signal().await?;
-    Ok(())
+    consumer::run_until_signal(PgQueueSource::connect(config).await?, output).await
 }
