@@ -208,7 +208,7 @@ impl Source for JetStreamSource {
                                 tracing::warn!(%error, "nats fetch ended early");
                                 break;
                             }
-                            Err(error) => return Err(error.into()),
+                            Err(error) => return Err(error),
                         }
                     }
                     let mut held = lock(&shared.held);
