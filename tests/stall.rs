@@ -217,9 +217,10 @@ struct Panelled {
     panel: Arc<Part>,
 }
 
+/// A part whose source saw no progress since `since` (none: it progresses).
 #[derive(Default)]
 struct Part {
-    stalled_for: std::sync::Mutex<Duration>,
+    since: std::sync::Mutex<Option<std::time::Instant>>,
     paused: std::sync::atomic::AtomicBool,
     in_flight: std::sync::atomic::AtomicU64,
 }
@@ -230,7 +231,12 @@ impl SourcePanel for Part {
             .waiting(7)
             .paused(self.paused.load(std::sync::atomic::Ordering::Relaxed))
             .in_flight(self.in_flight.load(std::sync::atomic::Ordering::Relaxed))
-            .stalled_for(*self.stalled_for.lock().unwrap())]
+            .stalled_for(
+                self.since
+                    .lock()
+                    .unwrap()
+                    .map_or(Duration::ZERO, |since| since.elapsed()),
+            )]
     }
 }
 
@@ -268,12 +274,12 @@ async fn a_stalled_source_part_is_flagged_unless_it_or_the_pipeline_is_paused() 
         .unwrap();
     server.add_pipeline(pipeline.control());
     let series = r#"longshore_source_stalled{part="queue-a",pipeline="stall-source"}"#;
-    *part.stalled_for.lock().unwrap() = Duration::from_secs(5);
+    *part.since.lock().unwrap() = Some(std::time::Instant::now() - Duration::from_secs(5));
     let flagged = |_: u16, body: &str| body.contains("stall-source source queue-a");
     let (status, body) = until(&server, "/healthz", flagged).await;
     assert!(
         body.contains("\nstalled: stall-source source queue-a, no progress for 5s"),
-        "{body}"
+        "the source's own reading at first: {body}"
     );
     // A source part's stall never fails liveness: a restart cannot mend a broker, and it
     // would redeliver all the pod holds.
@@ -295,7 +301,7 @@ async fn a_stalled_source_part_is_flagged_unless_it_or_the_pipeline_is_paused() 
     while watched_since.elapsed() < Duration::from_millis(2500) {
         let (_, body) = common::get(server.local_addr(), "/healthz").await;
         assert!(
-            body.contains("stall-source source queue-a, no progress for 5s"),
+            body.contains("stall-source source queue-a, no progress for"),
             "a pause hid messages out and unfinished: {body}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -315,7 +321,7 @@ async fn a_stalled_source_part_is_flagged_unless_it_or_the_pipeline_is_paused() 
     pipeline.pause_switch().resume();
     let (_, body) = until(&server, "/healthz", flagged).await;
     assert!(!body.contains("no progress for 5s"), "{body}");
-    *part.stalled_for.lock().unwrap() = Duration::ZERO;
+    *part.since.lock().unwrap() = None;
     until(&server, "/healthz", clear).await;
     drop(sender);
     pipeline.wait().await.unwrap();

@@ -174,7 +174,7 @@ pub struct Control {
     pub(crate) stalls: Arc<crate::pipeline::stall::Stalls>,
     /// The source's parts and their pauses, if it shows them.
     pub(crate) source: Option<Arc<dyn crate::source::SourcePanel>>,
-    /// Gone once the pipeline's handle is dropped: an ended pipeline leaves the server.
+    /// Gone once the pipeline's handle is dropped: then it leaves the server.
     pub(crate) running: std::sync::Weak<crate::metrics::health::PipelineHealth>,
 }
 
@@ -186,6 +186,9 @@ impl std::fmt::Debug for Control {
             .finish_non_exhaustive()
     }
 }
+
+/// The most parts one `PATCH` may pause and resume.
+const MAX_PARTS_PER_REQUEST: usize = 64;
 
 /// A `PATCH` body: settings as the configuration names them.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -237,7 +240,9 @@ where
 }
 
 impl Control {
-    /// Whether its pipeline's handle is still held: false once the pipeline ended.
+    /// Whether its pipeline's handle is still held: false once it is dropped (after
+    /// `wait` or `shutdown` returned). A pipeline that ended and whose handle is still
+    /// kept stays listed.
     pub(crate) fn is_running(&self) -> bool {
         self.running.strong_count() > 0
     }
@@ -272,6 +277,13 @@ impl Control {
             }
         }
         if let Some(parts) = &patch.source {
+            // A request names few parts; each check below looks at the state before it.
+            if parts.pause.len() + parts.resume.len() > MAX_PARTS_PER_REQUEST {
+                return Err(BuildError::new(
+                    "source",
+                    format!("at most {MAX_PARTS_PER_REQUEST} parts in one request"),
+                ));
+            }
             if let Some(both) = parts.pause.iter().find(|name| parts.resume.contains(name)) {
                 return Err(BuildError::new(
                     "source",

@@ -64,8 +64,18 @@ async fn topology(State(page): State<Page>) -> Response {
     let body = match &*last {
         Some((at, body)) if at.elapsed() < FEED_KEPT => body.clone(),
         _ => {
-            let body = Bytes::from(feed_body(&page).to_string());
-            *last = Some((Instant::now(), body.clone()));
+            // Dated when its figures are read; read off the runtime's workers (a
+            // source's parts take locks its own threads hold).
+            let at = Instant::now();
+            let made = page.clone();
+            let body = match tokio::task::spawn_blocking(move || feed_body(&made).to_string()).await {
+                Ok(body) => Bytes::from(body),
+                Err(error) => {
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+                        .into_response();
+                }
+            };
+            *last = Some((at, body.clone()));
             body
         }
     };

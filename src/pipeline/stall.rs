@@ -9,8 +9,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::control::batching::BatchSettings;
@@ -24,9 +22,9 @@ use crate::source::SourcePanel;
 /// limit (and, ordered, those of their key behind them), which wait as configured. A
 /// hung handler (a call without a timeout) is what it finds. A part of the source (see
 /// [`SourcePanel`]) stalls when it has messages outstanding and none finished for
-/// `after` plus the longest batch timeout, counted from the last time it was excused:
-/// while a stage holds messages waiting out a backoff or a rate limit, or while the part
-/// or the pipeline is paused with nothing of the part out.
+/// `after` plus the longest batch timeout; the count stops while a stage holds messages
+/// waiting out a backoff or a rate limit, and starts again while the part or the
+/// pipeline is paused with nothing of the part out.
 ///
 /// ```
 /// use std::time::Duration;
@@ -149,9 +147,14 @@ pub(crate) struct Watch {
 struct SourceSeen {
     /// The parts flagged at the last look.
     flagged: BTreeSet<String>,
-    /// When each part was last excused (paused, or behind a configured wait): its stall
-    /// counts from then at the earliest.
-    excused: HashMap<String, Instant>,
+    /// Per part, the time without progress counted so far.
+    clocks: HashMap<String, Clock>,
+}
+
+/// A part's stall clock: what it counted, and the source's own reading at the last look.
+struct Clock {
+    counted: Duration,
+    last: Duration,
 }
 
 impl Watch {
@@ -212,16 +215,17 @@ impl Watch {
         stalled
     }
 
-    /// The source measures its parts' stalls itself (it alone knows what waits). A part
-    /// is excused, and its count starts again, while it waits as configured: the pipeline
-    /// or the part is paused with nothing of it out, or some stage holds messages waiting
-    /// out a retry's backoff or a rate limit (which hold back every part behind them).
+    /// The source measures its parts' stalls itself (it alone knows what waits); the
+    /// watch keeps a clock per part, advanced by how much longer the source saw it without
+    /// progress. A part paused (or in a paused pipeline) with nothing of it out has
+    /// nothing to finish: its clock starts again. While some stage holds messages waiting
+    /// out a retry's backoff or a rate limit (which may hold back every part), the clock
+    /// stops, without losing what it counted.
     fn look_at_source(&self, seen: &mut SourceSeen) -> Vec<(String, Duration)> {
         let mut stalled = Vec::new();
         let Some(source) = &self.source else {
             return stalled;
         };
-        let now = Instant::now();
         let configured_wait = self
             .stages
             .iter()
@@ -236,24 +240,34 @@ impl Watch {
             .unwrap_or_default();
         let after = self.after + longest_timeout;
         let parts = source.parts();
-        seen.excused
+        seen.clocks
             .retain(|name, _| parts.iter().any(|part| part.name == *name));
         let mut flagged = BTreeSet::new();
         for part in parts {
-            let nothing_out = part.in_flight.unwrap_or(0) == 0;
-            if configured_wait || ((pipeline_paused || part.paused) && nothing_out) {
-                seen.excused.insert(part.name.clone(), now);
-            }
-            let since_excused = seen.excused.get(&part.name).map_or(Duration::MAX, |at| now - *at);
-            let stalled_for = part.stalled_for.min(since_excused);
-            if stalled_for < after {
+            let idle = (pipeline_paused || part.paused) && part.in_flight.unwrap_or(0) == 0;
+            let clock = seen.clocks.entry(part.name.clone()).or_insert(Clock {
+                counted: part.stalled_for,
+                last: part.stalled_for,
+            });
+            clock.counted = if idle {
+                Duration::ZERO
+            } else if part.stalled_for < clock.last {
+                // It progressed since the last look.
+                part.stalled_for
+            } else if configured_wait {
+                clock.counted
+            } else {
+                clock.counted + (part.stalled_for - clock.last)
+            };
+            clock.last = part.stalled_for;
+            if idle || clock.counted < after {
                 continue;
             }
             if !seen.flagged.contains(&part.name) {
                 tracing::warn!(part = %part.name, waiting = ?part.waiting, in_flight = ?part.in_flight, after = ?after, "source part stalled: messages outstanding, none finished");
                 self.source_stalls.set(&part.name, true);
             }
-            stalled.push((format!("source {}", part.name), stalled_for));
+            stalled.push((format!("source {}", part.name), clock.counted));
             flagged.insert(part.name);
         }
         for part in seen.flagged.difference(&flagged) {

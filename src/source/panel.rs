@@ -32,7 +32,8 @@ pub struct SourcePart {
     /// How far behind in time (Kafka: the oldest unfinished record's age; SQS: the
     /// oldest message's age).
     pub waiting_seconds: Option<f64>,
-    /// Messages taken from the broker and not yet acknowledged.
+    /// Messages handed to the pipeline and not yet acknowledged: what the stall watch
+    /// waits on (records a source queued for the pipeline's demand are not).
     pub in_flight: Option<u64>,
     /// Paused by an operator: nothing more of it is fetched.
     pub paused: bool,

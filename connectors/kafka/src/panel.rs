@@ -59,8 +59,10 @@ impl SourcePanel for KafkaPanel {
             .partitions()
             .into_iter()
             .map(|p| {
+                // Out in the pipeline: the records queued here wait on the pipeline's
+                // demand (a paused pipeline asks for none), not on a handler.
                 let mut part = SourcePart::new(format!("{}/{}", p.topic, p.partition))
-                    .in_flight((p.queued + p.in_flight) as u64)
+                    .in_flight(p.in_flight as u64)
                     // In effect, not only asked for: librdkafka may refuse it for a while.
                     .paused(p.held);
                 let lag = lags
@@ -89,8 +91,9 @@ impl SourcePanel for KafkaPanel {
         let pause = KafkaPause(self.shared.clone());
         let (partitions, topics) = pause.paused();
         let held = partitions.len() + topics.len();
-        let already = match partition.and_then(|p| p.parse().ok()) {
-            Some(partition) => pause.is_paused(topic, partition),
+        // Held by its own name: a partition of a paused topic is a new entry still.
+        let already = match partition.and_then(|p| p.parse::<i32>().ok()) {
+            Some(partition) => partitions.iter().any(|(t, p)| t == topic && *p == partition),
             None => topics.iter().any(|t| t == topic),
         };
         if held >= MAX_PAUSED && !already {
