@@ -33,3 +33,20 @@ pub fn registry() -> &'static prometheus::Registry {
     static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
     REGISTRY.get_or_init(prometheus::Registry::new)
 }
+
+/// A gauge family named `name` with `labels`, registered on [`registry`]: a
+/// connector's lag gauges. Call it once per family (keep it in a `OnceLock`); a second
+/// registration of the same name is logged and the family works unregistered.
+///
+/// ```
+/// let lag = longshore::metrics::gauge_vec("my_source_lag_messages", "Messages waiting.", &["queue"]);
+/// lag.with_label_values(&["orders"]).set(12);
+/// ```
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    let family = prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), labels)
+        .expect("a valid metric name and labels");
+    if let Err(error) = registry().register(Box::new(family.clone())) {
+        tracing::warn!(%error, name, "metric not registered");
+    }
+    family
+}

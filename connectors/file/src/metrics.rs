@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntGauge, IntGaugeVec};
 
 struct Families {
     lag_bytes: IntGaugeVec,
@@ -12,13 +12,7 @@ struct Families {
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
     FAMILIES.get_or_init(|| {
-        let gauge = |name: &str, help: &str| {
-            let family = IntGaugeVec::new(Opts::new(name, help), &["path"]).expect("valid metric");
-            if let Err(error) = longshore::metrics::registry().register(Box::new(family.clone())) {
-                tracing::warn!(%error, "file metric not registered");
-            }
-            family
-        };
+        let gauge = |name: &str, help: &str| longshore::metrics::gauge_vec(name, help, &["path"]);
         Families {
             lag_bytes: gauge(
                 "longshore_file_lag_bytes",

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntGauge, IntGaugeVec};
 
 struct Families {
     pending: IntGaugeVec,
@@ -12,14 +12,8 @@ struct Families {
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
     FAMILIES.get_or_init(|| {
-        let gauge = |name: &str, help: &str| {
-            let family =
-                IntGaugeVec::new(Opts::new(name, help), &["stream", "consumer"]).expect("valid metric");
-            if let Err(error) = longshore::metrics::registry().register(Box::new(family.clone())) {
-                tracing::warn!(%error, "nats metric not registered");
-            }
-            family
-        };
+        let gauge =
+            |name: &str, help: &str| longshore::metrics::gauge_vec(name, help, &["stream", "consumer"]);
         Families {
             pending: gauge(
                 "longshore_nats_consumer_pending_messages",

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntGauge, IntGaugeVec};
 
 struct Families {
     length: IntGaugeVec,
@@ -13,13 +13,7 @@ struct Families {
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
     FAMILIES.get_or_init(|| {
-        let gauge = |name: &str, help: &str| {
-            let family = IntGaugeVec::new(Opts::new(name, help), &["stream", "group"]).expect("valid metric");
-            if let Err(error) = longshore::metrics::registry().register(Box::new(family.clone())) {
-                tracing::warn!(%error, "redis metric not registered");
-            }
-            family
-        };
+        let gauge = |name: &str, help: &str| longshore::metrics::gauge_vec(name, help, &["stream", "group"]);
         Families {
             length: gauge("longshore_redis_stream_length", "Entries in the stream (XLEN)."),
             pending: gauge(
