@@ -87,11 +87,18 @@ pub fn produce_by(config: &ClientConfig, topic: &str, partitions: i32, count: us
 
 /// The consumer settings for tests: fast group protocol, as TOOLS.md advises for the
 /// mock cluster.
+///
+/// `LONGSHORE_KAFKA_DEBUG` passes librdkafka's `debug` contexts (`cgrp`, `broker`) to
+/// diagnose a group that does not settle.
 pub fn config(bootstrap: &str, group: &str, topic: &str) -> KafkaConfig {
-    KafkaConfig::new(bootstrap, group, [topic])
+    let config = KafkaConfig::new(bootstrap, group, [topic])
         .property("session.timeout.ms", "3000")
         .property("heartbeat.interval.ms", "500")
-        .commit_interval(Duration::from_millis(200))
+        .commit_interval(Duration::from_millis(200));
+    match std::env::var("LONGSHORE_KAFKA_DEBUG") {
+        Ok(contexts) => config.property("debug", contexts),
+        Err(_) => config,
+    }
 }
 
 /// [`config`] with a partition assignment strategy: `range` (eager) or
