@@ -188,13 +188,30 @@ pub fn create_topic_with(config: &rdkafka::ClientConfig, topic: &str, partitions
         .enable_all()
         .build()
         .unwrap();
-    let results = runtime
-        .block_on(admin.create_topics(
+    // A broker just started may not answer its first request in time (a loaded
+    // machine): asked again, up to three times. A topic that an unanswered request made
+    // is there when asked again.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(20)));
+    for attempt in 1..=3 {
+        let results = runtime.block_on(admin.create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .expect("create_topics answered");
-    for result in results {
-        result.unwrap_or_else(|(topic, error)| panic!("cannot create topic {topic}: {error}"));
+            &options,
+        ));
+        match results {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(_) => {}
+                        Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) if attempt > 1 => {}
+                        Err((topic, error)) => panic!("cannot create topic {topic}: {error}"),
+                    }
+                }
+                return;
+            }
+            Err(error) if attempt < 3 => eprintln!("create_topics not answered ({error}); asking again"),
+            Err(error) => panic!("create_topics not answered three times: {error}"),
+        }
     }
 }

@@ -1,0 +1,411 @@
+//! The RabbitMQ source: one consumer on one channel, its prefetch the pipeline's bound,
+//! connected again after a loss.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use longshore::source::{every, Plan, Source, SourceSettings};
+use longshore::{BoxError, BuildError, Message, RetryPolicy};
+use tokio_util::sync::CancellationToken;
+
+use crate::acknowledge::{settle_all, RabbitMqAcknowledger, Settle};
+use crate::config::RabbitMqConfig;
+use crate::error::RabbitMqError;
+use crate::metadata::{RabbitMqMessage, RabbitMqMetadata};
+use crate::metrics::QueueMetrics;
+
+/// The prefetch before the pipeline tells its bound (a source used on its own).
+const DEFAULT_PREFETCH: u16 = 64;
+
+/// The longest a graceful close, or the hand-back of what was delivered and not handed
+/// out, may take: the server away, the connection is dropped, and it requeues anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Consumes a RabbitMQ queue.
+///
+/// One consumer on one channel, with manual acknowledgements and a prefetch
+/// (`basic.qos`) of the pipeline's `max_in_flight`: the server never has more messages
+/// out to this consumer than the pipeline can hold, however deep the queue. A message is
+/// acknowledged after its last stage. A failed one is retried in the pipeline with the
+/// retry policy's backoff (RabbitMQ has no delayed requeue); one failed for good is
+/// acknowledged once the pipeline's dead-letter destination has it, else rejected
+/// without requeue, which routes it to the queue's dead-letter exchange (RabbitMQ
+/// drops it if the queue has none: the start warns).
+///
+/// After a lost connection the source connects again (backing off up to 5 s). The
+/// messages the pipeline still holds from the old channel are not acknowledged there
+/// (their delivery tags meant nothing on another channel): the server requeued them when
+/// the channel died, and delivers them again. At shutdown, messages delivered and not
+/// handed out, and those the pipeline releases, are requeued at once.
+///
+/// ```no_run
+/// use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
+/// use longshore_rabbitmq::{RabbitMqConfig, RabbitMqMessage, RabbitMqMetadata, RabbitMqSource};
+///
+/// struct Print;
+/// impl Handler for Print {
+///     type Item = longshore_rabbitmq::Bytes;
+///     type Metadata = RabbitMqMetadata;
+///     async fn handle_message(&self, message: &mut RabbitMqMessage) -> Result<(), BoxError> {
+///         println!("{}: {} bytes", message.metadata().routing_key(), message.data().len());
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), BoxError> {
+/// let config = RabbitMqConfig::new("amqp://rabbitmq:5672/%2f", "orders");
+/// let pipeline = Pipeline::builder(RabbitMqSource::connect(config).await?, Print)
+///     .processors(Processors::new(8))
+///     .retry(RetryPolicy::new(5))
+///     .start()?;
+/// pipeline.run_until_signal().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RabbitMqSource {
+    shared: Arc<Shared>,
+    /// The running consumer: none before the first receive and after a loss.
+    consumer: tokio::sync::Mutex<Option<Consumer>>,
+    prefetch: AtomicU16,
+    /// Stops the lag reader, and the receives once shut down.
+    stop: CancellationToken,
+}
+
+/// What the source and its acknowledger share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: RabbitMqConfig,
+    /// The connection and the channel the consumer runs on; none once closed, or lost
+    /// until the next receive connects again.
+    link: Mutex<Option<Link>>,
+    /// Deliveries handed out and not yet settled.
+    pub(crate) held: AtomicUsize,
+    metrics: QueueMetrics,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    channel: Channel,
+}
+
+impl RabbitMqSource {
+    /// Connects, and checks that the queue exists.
+    ///
+    /// # Errors
+    ///
+    /// A [`RabbitMqError`]: an invalid setting (naming it), a server that cannot be
+    /// reached or refuses the credentials, a queue that does not exist.
+    pub async fn connect(config: RabbitMqConfig) -> Result<Self, RabbitMqError> {
+        config.validate()?;
+        let prefetch = config.prefetch.unwrap_or(DEFAULT_PREFETCH);
+        let lag_interval = config.lag_interval;
+        let shared = Arc::new(Shared {
+            metrics: QueueMetrics::new(&config.queue),
+            config,
+            link: Mutex::default(),
+            held: AtomicUsize::new(0),
+        });
+        let link = shared.link().await?;
+        shared.declare_passive(&link.channel).await?;
+        let stop = CancellationToken::new();
+        let measured = shared.clone();
+        tokio::spawn(every(lag_interval, stop.clone(), move || {
+            let shared = measured.clone();
+            async move { shared.measure().await }
+        }));
+        Ok(RabbitMqSource {
+            shared,
+            consumer: tokio::sync::Mutex::default(),
+            prefetch: AtomicU16::new(prefetch),
+            stop,
+        })
+    }
+
+    /// Messages handed out by this source and not yet settled.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::Relaxed)
+    }
+
+    fn message(&self, delivery: lapin::message::Delivery) -> RabbitMqMessage {
+        self.shared.held.fetch_add(1, Ordering::Relaxed);
+        let metadata = RabbitMqMetadata::read(delivery);
+        // A quorum queue counts deliveries: one that keeps killing its consumers comes
+        // with its attempts used, and is dead-lettered rather than looping for ever.
+        let attempt = metadata
+            .delivery_count()
+            .map_or(1, |count| count.saturating_add(1));
+        Message::with_metadata(metadata.body().clone(), metadata).with_attempt(attempt)
+    }
+}
+
+impl Drop for RabbitMqSource {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Source for RabbitMqSource {
+    type Data = bytes::Bytes;
+    type Metadata = RabbitMqMetadata;
+    type Acknowledger = RabbitMqAcknowledger;
+
+    fn acknowledger(&self) -> RabbitMqAcknowledger {
+        RabbitMqAcknowledger(self.shared.clone())
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RabbitMqMessage>>, BoxError> {
+        let mut consumer = self.consumer.lock().await;
+        let backoff = RetryPolicy::new(u32::MAX)
+            .initial_backoff(Duration::from_millis(100))
+            .max_backoff(Duration::from_secs(5));
+        let mut failures = 0;
+        loop {
+            if self.stop.is_cancelled() {
+                return Ok(None);
+            }
+            let Some(running) = consumer.as_mut() else {
+                match self.shared.consume(self.prefetch.load(Ordering::Relaxed)).await {
+                    Ok(started) => *consumer = Some(started),
+                    Err(error) => {
+                        failures += 1;
+                        tracing::warn!(error = %error, queue = %self.shared.config.queue, "rabbitmq consumer not started; trying again");
+                        self.shared.drop_link();
+                        tokio::time::sleep(backoff.backoff(failures)).await;
+                    }
+                }
+                continue;
+            };
+            let lost = match running.next().await {
+                Some(Ok(delivery)) => {
+                    let mut batch = Vec::with_capacity(demand.get().min(64));
+                    batch.push(self.message(delivery));
+                    // What else has arrived, up to the demand, without waiting.
+                    let mut lost = None;
+                    while batch.len() < demand.get() {
+                        match running.next().now_or_never() {
+                            Some(Some(Ok(delivery))) => batch.push(self.message(delivery)),
+                            Some(Some(Err(error))) => {
+                                lost = Some(error.to_string());
+                                break;
+                            }
+                            Some(None) => {
+                                lost = Some("consumer cancelled by the server".to_owned());
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Some(reason) = lost {
+                        self.lose(&mut consumer, &reason);
+                    }
+                    return Ok(Some(batch));
+                }
+                Some(Err(error)) => error.to_string(),
+                None => "consumer cancelled by the server".to_owned(),
+            };
+            self.lose(&mut consumer, &lost);
+        }
+    }
+
+    /// Connected to the server.
+    fn is_ready(&self) -> bool {
+        self.shared.connected()
+    }
+
+    fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        let bound = u16::try_from(plan.max_in_flight).unwrap_or(u16::MAX).max(1);
+        let prefetch = match self.shared.config.prefetch {
+            Some(prefetch) if usize::from(prefetch) > plan.max_in_flight => {
+                return Err(BuildError::new(
+                    "source.prefetch",
+                    format!(
+                        "{prefetch} is more than the pipeline's max_in_flight ({}): the server would deliver messages the pipeline cannot take",
+                        plan.max_in_flight
+                    ),
+                ))
+            }
+            Some(prefetch) => prefetch,
+            None => bound,
+        };
+        self.prefetch.store(prefetch, Ordering::Relaxed);
+        if !plan.dead_letter {
+            tracing::warn!(queue = %self.shared.config.queue, "no dead-letter destination: a message failed for good is rejected without requeue, to the queue's dead-letter exchange; RabbitMQ drops it if the queue has none");
+        }
+        Ok(())
+    }
+
+    /// Stops the consumer and requeues what was delivered and not handed out.
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        let Some(mut consumer) = self.consumer.lock().await.take() else {
+            return;
+        };
+        let link = self.shared.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(link) = link else {
+            // Closed or lost: the server has requeued what the channel had delivered.
+            return;
+        };
+        let cancel = link
+            .channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(CLOSE_WAIT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "rabbitmq consumer not cancelled; closing the channel requeues its deliveries");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("rabbitmq consumer not cancelled in {CLOSE_WAIT:?}; closing the channel requeues its deliveries");
+                return;
+            }
+        }
+        // Delivered before the cancel took effect: requeued at once.
+        let mut left = Vec::new();
+        let drained = async {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                left.push((delivery.acker, Settle::Requeue));
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, drained).await;
+        settle_all(&self.shared, left, false).await;
+    }
+}
+
+impl RabbitMqSource {
+    fn lose(&self, consumer: &mut Option<Consumer>, reason: &str) {
+        if self.stop.is_cancelled() {
+            *consumer = None;
+            return;
+        }
+        tracing::warn!(%reason, queue = %self.shared.config.queue, "rabbitmq consumer lost; connecting again (what the pipeline holds from it is delivered again)");
+        *consumer = None;
+        self.shared.drop_link();
+    }
+}
+
+impl Shared {
+    /// The live link, or a new one.
+    async fn link(&self) -> Result<Link, RabbitMqError> {
+        if let Some(link) = self.lock_link().clone() {
+            if link.connection.status().connected() && link.channel.status().connected() {
+                return Ok(link);
+            }
+        }
+        let properties = ConnectionProperties::default().with_connection_name("longshore".into());
+        let connection = Connection::connect(&self.config.url, properties)
+            .await
+            .map_err(RabbitMqError::server("connecting"))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(RabbitMqError::server("opening a channel"))?;
+        let link = Link {
+            connection: Arc::new(connection),
+            channel,
+        };
+        *self.lock_link() = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Starts the consumer, at most `prefetch` messages out unacknowledged.
+    async fn consume(&self, prefetch: u16) -> Result<Consumer, RabbitMqError> {
+        let link = self.link().await?;
+        link.channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(RabbitMqError::server("setting the prefetch"))?;
+        link.channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(RabbitMqError::server("starting the consumer"))
+    }
+
+    async fn declare_passive(&self, channel: &Channel) -> Result<lapin::Queue, RabbitMqError> {
+        channel
+            .queue_declare(
+                self.config.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(RabbitMqError::server("finding the queue"))
+    }
+
+    fn connected(&self) -> bool {
+        self.lock_link()
+            .as_ref()
+            .is_some_and(|link| link.connection.status().connected())
+    }
+
+    /// Forgets the link: dropped, its channel closes and the server requeues what it had
+    /// delivered on it and not seen acknowledged.
+    fn drop_link(&self) {
+        self.lock_link().take();
+    }
+
+    /// Closes the channel and the connection: the server requeues anything delivered
+    /// and not acknowledged.
+    pub(crate) async fn close(&self) {
+        let Some(link) = self.lock_link().take() else {
+            return;
+        };
+        let close = async {
+            let _ = link.channel.close(200, "done".into()).await;
+            link.connection.close(200, "done".into()).await
+        };
+        match tokio::time::timeout(CLOSE_WAIT, close).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "rabbitmq connection not closed cleanly"),
+            Err(_) => tracing::warn!("rabbitmq connection not closed within {CLOSE_WAIT:?}; dropped"),
+        }
+    }
+
+    /// Reads the queue's depth and consumers into the gauges, on a channel of its own
+    /// (a failed passive declare closes its channel).
+    async fn measure(&self) {
+        let Some(connection) = self.lock_link().as_ref().map(|link| link.connection.clone()) else {
+            return;
+        };
+        let read = async {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(RabbitMqError::server("opening a channel"))?;
+            let queue = self.declare_passive(&channel).await?;
+            let _ = channel.close(200, "measured".into()).await;
+            Ok::<_, RabbitMqError>(queue)
+        };
+        match read.await {
+            Ok(queue) => {
+                self.metrics.ready.set(i64::from(queue.message_count()));
+                self.metrics.consumers.set(i64::from(queue.consumer_count()));
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the rabbitmq queue's depth"),
+        }
+    }
+
+    fn lock_link(&self) -> std::sync::MutexGuard<'_, Option<Link>> {
+        self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Shared {
+    pub(crate) fn queue(&self) -> &str {
+        &self.config.queue
+    }
+}
