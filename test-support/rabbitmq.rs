@@ -55,6 +55,11 @@ impl RabbitMq {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The server's Erlang node, for `rabbitmqctl -n`.
+    pub fn node(&self) -> String {
+        self.node.clone()
+    }
+
     /// Kills the server (SIGKILL, as a crash) and starts it again on the same ports,
     /// node and store, after `down`.
     pub fn crash_and_restart(&mut self, down: Duration) {

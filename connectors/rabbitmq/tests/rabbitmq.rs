@@ -1,0 +1,254 @@
+//! The RabbitMQ source against a real server: a message failed for good rejected to the
+//! queue's dead-letter exchange; the server never having more out than the pipeline's
+//! bound, and a larger prefetch refused; every connection closed by the server mid-run
+//! (a broker-side disconnect) losing nothing and acknowledging nothing on the wrong
+//! channel; a quorum queue's delivery count as the attempt; the lag gauges exactly those
+//! documented, and bad settings refused naming the field.
+
+mod common;
+#[path = "../../../test-support/documented.rs"]
+mod documented;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{channel, declare, depth, publish, RabbitMq};
+use longshore::source::{Acknowledger, Plan, Source};
+use longshore::{BoxError, Handler, Permanent, Pipeline, Processors, RetryPolicy};
+use longshore_rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use longshore_rabbitmq::{RabbitMqConfig, RabbitMqMessage, RabbitMqMetadata, RabbitMqSource};
+
+/// Counts each payload handled; fails `bad` for good; sleeps `sleep` on each.
+#[derive(Default)]
+struct Count {
+    sleep: Duration,
+    handled: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl Handler for Count {
+    type Item = longshore_rabbitmq::Bytes;
+    type Metadata = RabbitMqMetadata;
+
+    async fn handle_message(&self, message: &mut RabbitMqMessage) -> Result<(), BoxError> {
+        let payload = String::from_utf8(message.data().to_vec())?;
+        tokio::time::sleep(self.sleep).await;
+        *self.handled.lock().unwrap().entry(payload.clone()).or_default() += 1;
+        if payload == "bad" {
+            return Err(Permanent::new("bad").into());
+        }
+        Ok(())
+    }
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tokio::task::block_in_place(&mut done) {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dead_lettered_to(queue: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    arguments
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_failure_goes_to_the_dead_letter_exchange_and_the_bound_holds() {
+    let server = RabbitMq::start();
+    let (connection, channel) = channel(&server.url()).await;
+    declare(&channel, "jobs.dead", FieldTable::default()).await;
+    declare(&channel, "jobs", dead_lettered_to("jobs.dead")).await;
+    let mut payloads: Vec<String> = (0..400).map(|n| n.to_string()).collect();
+    payloads.insert(200, "bad".to_owned());
+    publish(&channel, "jobs", payloads).await;
+
+    let handler = Count {
+        sleep: Duration::from_millis(5),
+        ..Count::default()
+    };
+    let handled = handler.handled.clone();
+    let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "jobs"))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::builder(source, handler)
+        .processors(Processors::new(2).max_demand(5))
+        .retry(RetryPolicy::new(2).initial_backoff(Duration::from_millis(20)))
+        .start()
+        .unwrap();
+    let bound = pipeline.stats().get().max_in_flight as u64;
+    // The server never has more out to the consumer than the pipeline can hold.
+    let mut most_out = 0;
+    until("every message done", || {
+        let (ready, unacknowledged) = server.counts("jobs").unwrap();
+        most_out = most_out.max(unacknowledged);
+        (ready, unacknowledged) == (0, 0)
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    assert!(most_out > 0 && most_out <= bound, "{most_out} out, bound {bound}");
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 401);
+    assert_eq!(
+        handled["bad"], 1,
+        "the bad one failed for good (permanent): not tried again"
+    );
+    assert!(handled.values().all(|&n| n <= 2));
+    // Rejected without requeue: the dead-letter exchange routed it to jobs.dead.
+    assert_eq!(depth(&connection, "jobs.dead").await, (1, 0));
+
+    // A prefetch above the pipeline's bound is refused at start.
+    let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "jobs").prefetch(500))
+        .await
+        .unwrap();
+    let refused = Pipeline::builder(source, Count::default())
+        .processors(Processors::new(2).max_demand(5))
+        .start()
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .starts_with("invalid source.prefetch: 500 is more than the pipeline's max_in_flight"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_the_server_mid_run_lose_nothing() {
+    let server = RabbitMq::start();
+    let (_connection, channel) = channel(&server.url()).await;
+    declare(&channel, "cut", FieldTable::default()).await;
+    let count = 3_000;
+    publish(&channel, "cut", (0..count).map(|n| n.to_string())).await;
+    let handler = Count {
+        sleep: Duration::from_millis(1),
+        ..Count::default()
+    };
+    let handled = handler.handled.clone();
+    let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "cut"))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::builder(source, handler)
+        .processors(Processors::new(4).max_demand(10))
+        .start()
+        .unwrap();
+    let bound = pipeline.stats().get().max_in_flight;
+    let total = || handled.lock().unwrap().values().sum::<usize>();
+    // Three times, the server closes every connection while messages are out: the
+    // acknowledgements of those are never sent on the new channel (a delivery tag of
+    // the old one would acknowledge another message, or close the channel), and the
+    // server delivers them again.
+    for cut in 1..=3 {
+        until("progress", || total() >= cut * count / 4).await;
+        let closed = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .args(["-n", &server.node(), "close_all_connections", "test"])
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            closed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&closed.stderr)
+        );
+    }
+    until("every message done", || server.counts("cut") == Some((0, 0))).await;
+    pipeline.shutdown().await.unwrap();
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), count, "every message handled");
+    let duplicates: usize = handled.values().map(|n| n - 1).sum();
+    println!("RABBITMQ connections-closed handled={count} duplicates={duplicates} bound={bound}");
+    assert!(
+        duplicates <= 3 * bound,
+        "duplicates {duplicates} over 3 × {bound}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queues_delivery_count_is_the_attempt_and_gauges_are_documented() {
+    let server = RabbitMq::start();
+    let (_connection, channel) = channel(&server.url()).await;
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    declare(&channel, "votes", quorum).await;
+    publish(&channel, "votes", ["1".to_owned(), "2".to_owned()]).await;
+
+    let config = RabbitMqConfig::new(server.url(), "votes").lag_interval(Duration::from_millis(100));
+    let source = RabbitMqSource::connect(config.clone()).await.unwrap();
+    let mut plan = Plan::default();
+    (plan.max_in_flight, plan.dead_letter) = (10, true);
+    source.prepare(&plan).unwrap();
+    let acknowledger = source.acknowledger();
+    let one = NonZeroUsize::new(1).unwrap();
+    let first = source.receive(one).await.unwrap().unwrap();
+    assert_eq!(
+        (first[0].attempt(), first[0].metadata().delivery_count()),
+        (1, None)
+    );
+    assert_eq!(source.held(), 1);
+    // Released (requeued): delivered again, counted.
+    acknowledger.release(first).await;
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        again.extend(source.receive(one).await.unwrap().unwrap());
+    }
+    let requeued = again.iter().find(|m| m.data().as_ref() == b"1").expect("1 again");
+    assert_eq!(
+        (requeued.attempt(), requeued.metadata().delivery_count()),
+        (2, Some(1))
+    );
+    acknowledger.ack(again, Vec::new()).await;
+    assert_eq!(source.held(), 0);
+
+    let value = |name: &str| {
+        longshore::metrics::registry()
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().to_vec())
+            .find(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "queue" && l.value() == "votes")
+            })
+            .map(|metric| metric.get_gauge().get_value())
+    };
+    until("the consumer counted", || {
+        value("longshore_rabbitmq_queue_consumers") == Some(1.0)
+    })
+    .await;
+    assert_eq!(value("longshore_rabbitmq_queue_ready_messages"), Some(0.0));
+    assert_eq!(documented::assert_exactly_documented("longshore_rabbitmq_"), 2);
+    acknowledger.flush().await;
+    source.shutdown().await;
+
+    let error = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "missing"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().starts_with("rabbitmq finding the queue"),
+        "{error}"
+    );
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "keeps the client's error"
+    );
+    let error = RabbitMqSource::connect(RabbitMqConfig::new("amqp://127.0.0.1:1/%2f", "votes"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().starts_with("rabbitmq connecting"), "{error}");
+    let error = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "votes").prefetch(0))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().starts_with("invalid source.prefetch"),
+        "{error}"
+    );
+}
