@@ -77,6 +77,7 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
                 "longshore_postgres_",
                 "longshore_redis_",
                 "longshore_nats_",
+                "longshore_rabbitmq_",
             ];
             !connectors.iter().any(|prefix| name.starts_with(prefix)) && name != "longshore_source_stalled"
         })
