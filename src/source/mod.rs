@@ -4,11 +4,13 @@
 //! it is never asked when nothing downstream has room. Its [`Acknowledger`] is told once
 //! per message, after the message's last stage, whether it succeeded or failed.
 
+mod ack_prefix;
 mod every;
 mod kept_fetch;
 pub mod memory;
 mod panel;
 
+pub use ack_prefix::AckPrefix;
 pub use every::every;
 pub use kept_fetch::KeptFetch;
 pub use panel::{SourcePanel, SourcePart};

@@ -1,29 +1,95 @@
-//! Settling deliveries after their last stage.
+//! Settling deliveries after their last stage: acknowledgements coalesced into one
+//! `multiple` ack for each contiguous run of delivery tags.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use longshore::source::Acknowledger;
+use longshore::source::{AckPrefix, Acknowledger};
 
 use crate::metadata::{RabbitMqMessage, RabbitMqMetadata};
 use crate::source::Shared;
 
-/// Acknowledges a [`RabbitMqSource`](crate::RabbitMqSource)'s deliveries: `basic.ack`
-/// for the handled and for those the pipeline's dead-letter destination took,
-/// `basic.reject` without requeue for those failed for good with no dead-letter
-/// destination (to the queue's dead-letter exchange), `basic.nack` with requeue for
-/// those released at shutdown. A delivery whose channel has died is not acknowledged:
-/// the server requeued it already. Made by the source.
+/// Acknowledges a [`RabbitMqSource`](crate::RabbitMqSource)'s deliveries.
+///
+/// - Handled, or taken by the pipeline's dead-letter destination: `basic.ack`. One ack
+///   with `multiple` covers each contiguous run of finished delivery tags; those that
+///   finish behind an unfinished one wait for it, up to half the prefetch, and are then
+///   acknowledged one by one (so that a slow message never holds the prefetch).
+/// - Failed for good with no dead-letter destination: `basic.reject` without requeue
+///   (to the queue's dead-letter exchange).
+/// - Released at shutdown: `basic.nack` with requeue.
+///
+/// A delivery whose channel has died is not acknowledged: the server requeued it
+/// already. Made by the source.
 #[derive(Debug, Clone)]
 pub struct RabbitMqAcknowledger(pub(crate) Arc<Shared>);
 
+/// The deliveries of the running consumer handed out and not yet settled.
+#[derive(Debug, Default)]
+pub(crate) struct Unsettled {
+    /// The consumer they came from (its number): those of an earlier one are its dead
+    /// channel's, settled by the server.
+    consumer: u64,
+    /// Its channel: delivery tags mean something only there.
+    channel: Option<lapin::Channel>,
+    prefix: AckPrefix<()>,
+    /// How many finished deliveries may wait behind an unfinished one.
+    most_waiting: usize,
+}
+
 /// What a delivery is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settle {
-    Ack,
+enum Settle {
+    /// This one (`false`) or every one up to it (`true`).
+    Ack(bool),
     Reject,
     Requeue,
+}
+
+type Sent = Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>>;
+
+/// Hands `settle` of delivery `tag` to `channel` now: the channel queues the frame on
+/// the call's first poll, so frames leave in the order of these calls. (An
+/// acknowledgement through lapin's `Acker` runs as a task of its own: two of them may
+/// leave in either order, and a `multiple` ack sent before a single one for a tag it
+/// covers makes the server close the channel.)
+fn submit(channel: &lapin::Channel, tag: u64, settle: Settle) -> (Settle, Sent) {
+    let channel = channel.clone();
+    let mut sent: Sent = Box::pin(async move {
+        match settle {
+            Settle::Ack(multiple) => channel.basic_ack(tag, BasicAckOptions { multiple }).await,
+            Settle::Reject => {
+                channel
+                    .basic_reject(tag, BasicRejectOptions { requeue: false })
+                    .await
+            }
+            Settle::Requeue => {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                channel.basic_nack(tag, requeue).await
+            }
+        }
+    });
+    if let Some(done) = (&mut sent).now_or_never() {
+        sent = Box::pin(std::future::ready(done));
+    }
+    (settle, sent)
+}
+
+/// Waits for the settlements handed to the channel.
+async fn sent(sends: Vec<(Settle, Sent)>) {
+    for (settle, sent) in sends {
+        if let Err(error) = sent.await {
+            // Its channel is gone: the server requeued the delivery and delivers it again.
+            tracing::debug!(%error, ?settle, "rabbitmq delivery not settled; it comes again");
+        }
+    }
 }
 
 impl Acknowledger<RabbitMqMetadata> for RabbitMqAcknowledger {
@@ -32,28 +98,50 @@ impl Acknowledger<RabbitMqMetadata> for RabbitMqAcknowledger {
         successful: Vec<RabbitMqMessage<T>>,
         failed: Vec<RabbitMqMessage<T>>,
     ) {
-        let mut settled = handles(&successful, |_| Settle::Ack);
-        settled.extend(handles(&failed, |message| {
-            if message.is_dead_lettered() {
-                Settle::Ack
-            } else {
-                Settle::Reject
+        let count = held(&successful) + held(&failed);
+        let sends = {
+            let mut unsettled = self.0.unsettled();
+            let mut sends = Vec::new();
+            // Rejections first: sent before any ack that covers their tags.
+            for message in &failed {
+                if message.is_dead_lettered() {
+                    unsettled.acknowledged(message.metadata());
+                } else {
+                    unsettled.settle(message.metadata(), Settle::Reject, &mut sends);
+                }
             }
-        }));
+            for message in &successful {
+                unsettled.acknowledged(message.metadata());
+            }
+            unsettled.coalesce(&mut sends, false);
+            sends
+        };
         // The messages (whose data need not be Sync) are not held across the sends.
         drop((successful, failed));
-        settle_all(&self.0, settled, true).await;
+        self.0.held.fetch_sub(count, Ordering::Relaxed);
+        sent(sends).await;
     }
 
     async fn release<T: Send + 'static>(&self, messages: Vec<RabbitMqMessage<T>>) {
-        let released = handles(&messages, |_| Settle::Requeue);
+        let count = held(&messages);
+        let mut sends = Vec::new();
+        {
+            let mut unsettled = self.0.unsettled();
+            for message in &messages {
+                unsettled.settle(message.metadata(), Settle::Requeue, &mut sends);
+            }
+        }
         drop(messages);
-        settle_all(&self.0, released, true).await;
+        self.0.held.fetch_sub(count, Ordering::Relaxed);
+        sent(sends).await;
     }
 
-    /// Closes the channel and the connection, after the last acknowledgement: what was
-    /// delivered and never handed out goes back to the queue.
+    /// Acknowledges what still waits, then closes the channel and the connection: what
+    /// was delivered and never handed out goes back to the queue.
     async fn flush(&self) {
+        let mut sends = Vec::new();
+        self.0.unsettled().coalesce(&mut sends, true);
+        sent(sends).await;
         self.0.close().await;
     }
 
@@ -79,48 +167,69 @@ impl Acknowledger<RabbitMqMetadata> for RabbitMqAcknowledger {
     }
 }
 
-/// Each message's acknowledgement handle (none in a handler's unit test) with what to
-/// tell it.
-fn handles<T>(
-    messages: &[RabbitMqMessage<T>],
-    settle: impl Fn(&RabbitMqMessage<T>) -> Settle,
-) -> Vec<(lapin::Acker, Settle)> {
-    messages
-        .iter()
-        .filter_map(|message| Some((message.metadata().acker.clone()?, settle(message))))
-        .collect()
+/// How many of `messages` came from the server (not built by a handler's unit test).
+fn held<T>(messages: &[RabbitMqMessage<T>]) -> usize {
+    messages.iter().filter(|m| m.metadata().consumer != 0).count()
 }
 
-/// Sends every settlement at once (the client writes them in order, without a round
-/// trip each), and waits until they are written. `handed_out`: they were counted as
-/// held.
-pub(crate) async fn settle_all(shared: &Shared, settled: Vec<(lapin::Acker, Settle)>, handed_out: bool) {
-    if settled.is_empty() {
-        return;
-    }
-    let count = settled.len();
-    let sends = settled.into_iter().map(|(acker, settle)| async move {
-        let sent = match settle {
-            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-            Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
-            Settle::Requeue => {
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
-            }
+impl Unsettled {
+    /// Tracks the deliveries of consumer number `consumer`, on `channel`, from now on,
+    /// dropping those of the one before (their channel is dead).
+    pub(crate) fn start(&mut self, consumer: u64, channel: lapin::Channel, prefetch: u16) {
+        *self = Unsettled {
+            consumer,
+            channel: Some(channel),
+            prefix: AckPrefix::default(),
+            most_waiting: usize::from(prefetch / 2).max(1),
         };
-        match sent {
-            Ok(true) => {}
-            // Its channel is gone: the server requeued it, and delivers it again.
-            Ok(false) => tracing::debug!(?settle, "rabbitmq delivery not settled: its channel closed, it comes again"),
-            Err(error) => tracing::warn!(%error, ?settle, "rabbitmq delivery not settled; the server delivers it again once the channel closes"),
-        }
-    });
-    futures_util::future::join_all(sends).await;
-    if handed_out {
-        shared.held.fetch_sub(count, Ordering::Relaxed);
     }
+
+    /// Tracks a delivery handed out.
+    pub(crate) fn received(&mut self, metadata: &RabbitMqMetadata) {
+        if metadata.consumer == self.consumer {
+            // Tags only grow on a channel.
+            let _ = self.prefix.received(metadata.tag, ());
+        }
+    }
+
+    fn acknowledged(&mut self, metadata: &RabbitMqMetadata) {
+        if metadata.consumer == self.consumer {
+            self.prefix.acknowledged(metadata.tag);
+        }
+    }
+
+    /// Rejects or requeues one delivery, now: before any ack that covers its tag.
+    fn settle(&mut self, metadata: &RabbitMqMetadata, settle: Settle, sends: &mut Vec<(Settle, Sent)>) {
+        if metadata.consumer != self.consumer || self.prefix.remove(metadata.tag).is_none() {
+            return;
+        }
+        if let Some(channel) = &self.channel {
+            sends.push(submit(channel, metadata.tag, settle));
+        }
+    }
+
+    /// Submits one ack for the finished run at the front, and single acks for those
+    /// waiting behind an unfinished one once there are too many (or `all`).
+    fn coalesce(&mut self, sends: &mut Vec<(Settle, Sent)>, all: bool) {
+        let Some(channel) = &self.channel else {
+            return;
+        };
+        if let Some((tag, ())) = self.prefix.take_front() {
+            sends.push(submit(channel, tag, Settle::Ack(true)));
+        }
+        if all || self.prefix.waiting() > self.most_waiting {
+            for (tag, ()) in self.prefix.take_acknowledged() {
+                sends.push(submit(channel, tag, Settle::Ack(false)));
+            }
+        }
+    }
+}
+
+/// Hands deliveries never handed out (drained at shutdown) back to the queue.
+pub(crate) async fn requeue(channel: &lapin::Channel, tags: Vec<u64>) {
+    let sends = tags
+        .into_iter()
+        .map(|tag| submit(channel, tag, Settle::Requeue))
+        .collect();
+    sent(sends).await;
 }

@@ -27,9 +27,11 @@ pub struct RabbitMqMetadata {
     redelivered: bool,
     properties: BasicProperties,
     body: Bytes,
-    /// The delivery's acknowledgement handle, bound to the channel it came on;
-    /// `None` in a handler's unit test.
-    pub(crate) acker: Option<lapin::Acker>,
+    /// Its delivery tag, meaningful only on the channel it came on.
+    pub(crate) tag: u64,
+    /// The number of the consumer (and so the channel) that gave it; 0 in a handler's
+    /// unit test.
+    pub(crate) consumer: u64,
 }
 
 impl RabbitMqMetadata {
@@ -41,19 +43,22 @@ impl RabbitMqMetadata {
             redelivered: false,
             properties: BasicProperties::default(),
             body: body.into(),
-            acker: None,
+            tag: 0,
+            consumer: 0,
         }
     }
 
-    /// The metadata of `delivery`, its body shared (not copied) with the message's data.
-    pub(crate) fn read(delivery: lapin::message::Delivery) -> Self {
+    /// The metadata of `delivery` from consumer number `consumer`, its body shared (not
+    /// copied) with the message's data.
+    pub(crate) fn read(delivery: lapin::message::Delivery, consumer: u64) -> Self {
         RabbitMqMetadata {
+            tag: delivery.delivery_tag,
+            consumer,
             exchange: delivery.exchange.to_string(),
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
             properties: delivery.properties,
             body: Bytes::from(delivery.data),
-            acker: Some(delivery.acker),
         }
     }
 

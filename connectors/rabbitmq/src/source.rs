@@ -2,7 +2,7 @@
 //! connected again after a loss.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use longshore::source::{every, Plan, Source, SourceSettings};
 use longshore::{BoxError, BuildError, Message, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
-use crate::acknowledge::{settle_all, RabbitMqAcknowledger, Settle};
+use crate::acknowledge::{requeue, RabbitMqAcknowledger, Unsettled};
 use crate::config::RabbitMqConfig;
 use crate::error::RabbitMqError;
 use crate::metadata::{RabbitMqMessage, RabbitMqMetadata};
@@ -70,8 +70,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct RabbitMqSource {
     shared: Arc<Shared>,
-    /// The running consumer: none before the first receive and after a loss.
-    consumer: tokio::sync::Mutex<Option<Consumer>>,
+    /// The running consumer, and its number: none before the first receive and after a
+    /// loss.
+    consumer: tokio::sync::Mutex<Option<(u64, Consumer)>>,
+    /// Consumers started so far.
+    started: AtomicU64,
     prefetch: AtomicU16,
     /// Stops the lag reader, and the receives once shut down.
     stop: CancellationToken,
@@ -86,6 +89,8 @@ pub(crate) struct Shared {
     link: Mutex<Option<Link>>,
     /// Deliveries handed out and not yet settled.
     pub(crate) held: AtomicUsize,
+    /// Those of the running consumer, for coalesced acknowledgements.
+    unsettled: Mutex<Unsettled>,
     metrics: QueueMetrics,
 }
 
@@ -111,6 +116,7 @@ impl RabbitMqSource {
             config,
             link: Mutex::default(),
             held: AtomicUsize::new(0),
+            unsettled: Mutex::default(),
         });
         let link = shared.link().await?;
         shared.declare_passive(&link.channel).await?;
@@ -123,6 +129,7 @@ impl RabbitMqSource {
         Ok(RabbitMqSource {
             shared,
             consumer: tokio::sync::Mutex::default(),
+            started: AtomicU64::new(0),
             prefetch: AtomicU16::new(prefetch),
             stop,
         })
@@ -133,15 +140,24 @@ impl RabbitMqSource {
         self.shared.held.load(Ordering::Relaxed)
     }
 
-    fn message(&self, delivery: lapin::message::Delivery) -> RabbitMqMessage {
-        self.shared.held.fetch_add(1, Ordering::Relaxed);
-        let metadata = RabbitMqMetadata::read(delivery);
-        // A quorum queue counts deliveries: one that keeps killing its consumers comes
-        // with its attempts used, and is dead-lettered rather than looping for ever.
-        let attempt = metadata
-            .delivery_count()
-            .map_or(1, |count| count.saturating_add(1));
-        Message::with_metadata(metadata.body().clone(), metadata).with_attempt(attempt)
+    /// The messages of `deliveries`, from consumer number `consumer`, tracked until
+    /// settled.
+    fn messages(&self, deliveries: Vec<lapin::message::Delivery>, consumer: u64) -> Vec<RabbitMqMessage> {
+        self.shared.held.fetch_add(deliveries.len(), Ordering::Relaxed);
+        let mut unsettled = self.shared.unsettled();
+        deliveries
+            .into_iter()
+            .map(|delivery| {
+                let metadata = RabbitMqMetadata::read(delivery, consumer);
+                unsettled.received(&metadata);
+                // A quorum queue counts deliveries: one that keeps killing its consumers
+                // comes with its attempts used, and is dead-lettered rather than looping.
+                let attempt = metadata
+                    .delivery_count()
+                    .map_or(1, |count| count.saturating_add(1));
+                Message::with_metadata(metadata.body().clone(), metadata).with_attempt(attempt)
+            })
+            .collect()
     }
 }
 
@@ -170,9 +186,14 @@ impl Source for RabbitMqSource {
             if self.stop.is_cancelled() {
                 return Ok(None);
             }
-            let Some(running) = consumer.as_mut() else {
-                match self.shared.consume(self.prefetch.load(Ordering::Relaxed)).await {
-                    Ok(started) => *consumer = Some(started),
+            let Some((number, running)) = consumer.as_mut() else {
+                let prefetch = self.prefetch.load(Ordering::Relaxed);
+                match self.shared.consume(prefetch).await {
+                    Ok((channel, started)) => {
+                        let number = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.shared.unsettled().start(number, channel, prefetch);
+                        *consumer = Some((number, started));
+                    }
                     Err(error) => {
                         failures += 1;
                         tracing::warn!(error = %error, queue = %self.shared.config.queue, "rabbitmq consumer not started; trying again");
@@ -184,13 +205,13 @@ impl Source for RabbitMqSource {
             };
             let lost = match running.next().await {
                 Some(Ok(delivery)) => {
-                    let mut batch = Vec::with_capacity(demand.get().min(64));
-                    batch.push(self.message(delivery));
+                    let mut deliveries = Vec::with_capacity(demand.get().min(64));
+                    deliveries.push(delivery);
                     // What else has arrived, up to the demand, without waiting.
                     let mut lost = None;
-                    while batch.len() < demand.get() {
+                    while deliveries.len() < demand.get() {
                         match running.next().now_or_never() {
-                            Some(Some(Ok(delivery))) => batch.push(self.message(delivery)),
+                            Some(Some(Ok(delivery))) => deliveries.push(delivery),
                             Some(Some(Err(error))) => {
                                 lost = Some(error.to_string());
                                 break;
@@ -202,6 +223,7 @@ impl Source for RabbitMqSource {
                             None => break,
                         }
                     }
+                    let batch = self.messages(deliveries, *number);
                     if let Some(reason) = lost {
                         self.lose(&mut consumer, &reason);
                     }
@@ -244,7 +266,7 @@ impl Source for RabbitMqSource {
     /// Stops the consumer and requeues what was delivered and not handed out.
     async fn shutdown(&self) {
         self.stop.cancel();
-        let Some(mut consumer) = self.consumer.lock().await.take() else {
+        let Some((_, mut consumer)) = self.consumer.lock().await.take() else {
             return;
         };
         let link = self.shared.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -270,16 +292,16 @@ impl Source for RabbitMqSource {
         let mut left = Vec::new();
         let drained = async {
             while let Some(Ok(delivery)) = consumer.next().await {
-                left.push((delivery.acker, Settle::Requeue));
+                left.push(delivery.delivery_tag);
             }
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, drained).await;
-        settle_all(&self.shared, left, false).await;
+        requeue(&link.channel, left).await;
     }
 }
 
 impl RabbitMqSource {
-    fn lose(&self, consumer: &mut Option<Consumer>, reason: &str) {
+    fn lose(&self, consumer: &mut Option<(u64, Consumer)>, reason: &str) {
         if self.stop.is_cancelled() {
             *consumer = None;
             return;
@@ -315,13 +337,14 @@ impl Shared {
     }
 
     /// Starts the consumer, at most `prefetch` messages out unacknowledged.
-    async fn consume(&self, prefetch: u16) -> Result<Consumer, RabbitMqError> {
+    async fn consume(&self, prefetch: u16) -> Result<(Channel, Consumer), RabbitMqError> {
         let link = self.link().await?;
         link.channel
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await
             .map_err(RabbitMqError::server("setting the prefetch"))?;
-        link.channel
+        let consumer = link
+            .channel
             .basic_consume(
                 self.config.queue.as_str().into(),
                 "".into(),
@@ -329,7 +352,8 @@ impl Shared {
                 FieldTable::default(),
             )
             .await
-            .map_err(RabbitMqError::server("starting the consumer"))
+            .map_err(RabbitMqError::server("starting the consumer"))?;
+        Ok((link.channel, consumer))
     }
 
     async fn declare_passive(&self, channel: &Channel) -> Result<lapin::Queue, RabbitMqError> {
@@ -407,5 +431,11 @@ impl Shared {
 impl Shared {
     pub(crate) fn queue(&self) -> &str {
         &self.config.queue
+    }
+
+    pub(crate) fn unsettled(&self) -> std::sync::MutexGuard<'_, Unsettled> {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -1,0 +1,174 @@
+//! The RabbitMQ source against a raw lapin loop on the same server, in the same run,
+//! each in a process of its own, in alternated rounds (median ratio):
+//!
+//! - `raw`: one consumer with the same prefetch, reading deliveries as they come and
+//!   acknowledging them with `multiple` every 32 (or when none is waiting): the
+//!   hand-written consumer, as tight as it gets;
+//! - `longshore`: `RabbitMqSource` under two processors of `max_demand` 64, a
+//!   do-nothing handler, each message acknowledged after its chunk.
+//!
+//! Each round fills the queue first (not timed). Prints `BENCH case=rabbitmq ratio=<x>
+//! ...` with peak RSS; `LONGSHORE_BENCH_MESSAGES` sets the message count (default
+//! 200,000; under `cargo test` a short smoke run).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../../../benches/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{FutureExt, StreamExt};
+use longshore::{BoxError, Handler, Pipeline, Processors};
+use longshore_rabbitmq::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use longshore_rabbitmq::lapin::types::FieldTable;
+use longshore_rabbitmq::{RabbitMqConfig, RabbitMqMessage, RabbitMqMetadata, RabbitMqSource};
+use support::Countdown;
+
+const DEMAND: usize = 64;
+const TASKS: usize = 2;
+/// Both sides' prefetch: what two processors of `max_demand` 64 hold.
+const PREFETCH: u16 = 128;
+/// The raw loop acknowledges this many deliveries at once.
+const ACK_EVERY: u64 = 32;
+
+struct Nothing(Arc<Countdown>);
+
+impl Handler for Nothing {
+    type Item = longshore_rabbitmq::Bytes;
+    type Metadata = RabbitMqMetadata;
+
+    async fn handle_message(&self, message: &mut RabbitMqMessage) -> Result<(), BoxError> {
+        std::hint::black_box(message.data().len());
+        self.0.handled();
+        Ok(())
+    }
+}
+
+/// The queue `queue` with `count` messages of 100 bytes.
+async fn fill(url: &str, queue: &str, count: u64) {
+    let (_connection, channel) = common::channel(url).await;
+    common::declare(&channel, queue, FieldTable::default()).await;
+    let payload = "x".repeat(100);
+    common::publish(&channel, queue, (0..count).map(|_| payload.clone())).await;
+}
+
+async fn raw(url: &str, queue: &str, count: u64) -> u64 {
+    let (_connection, channel) = common::channel(url).await;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (mut done, mut unacked) = (0u64, None);
+    while done < count {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        std::hint::black_box(delivery.data.len());
+        done += 1;
+        let waiting = consumer.next().now_or_never();
+        unacked = Some(delivery.acker);
+        if done % ACK_EVERY == 0 || done == count || waiting.is_none() {
+            let multiple = BasicAckOptions { multiple: true };
+            unacked.take().unwrap().ack(multiple).await.unwrap();
+        }
+        if let Some(Some(Ok(next))) = waiting {
+            std::hint::black_box(next.data.len());
+            done += 1;
+            unacked = Some(next.acker);
+            if done % ACK_EVERY == 0 || done == count {
+                unacked
+                    .take()
+                    .unwrap()
+                    .ack(BasicAckOptions { multiple: true })
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    if let Some(last) = unacked {
+        last.ack(BasicAckOptions { multiple: true }).await.unwrap();
+    }
+    done
+}
+
+async fn longshore(url: &str, queue: &str, count: u64) -> u64 {
+    let config = RabbitMqConfig::new(url, queue).prefetch(PREFETCH);
+    let countdown = Arc::new(Countdown::new(count as usize));
+    let pipeline = Pipeline::builder(
+        RabbitMqSource::connect(config).await.unwrap(),
+        Nothing(countdown.clone()),
+    )
+    .processors(Processors::new(TASKS).max_demand(DEMAND))
+    .start()
+    .unwrap();
+    // The queue never ends: stop once every message is handled; the shutdown
+    // acknowledges the last chunks.
+    countdown.finished().await;
+    pipeline.shutdown().await.unwrap().successful
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let (case, url, count) = (&args[i + 1], &args[i + 2], args[i + 3].parse::<u64>().unwrap());
+        let queue = format!("bench-{}", std::process::id());
+        let runtime = support::runtime();
+        let (rate, done) = runtime.block_on(async {
+            fill(url, &queue, count).await;
+            let started = Instant::now();
+            let done = match case.as_str() {
+                "raw" => raw(url, &queue, count).await,
+                _ => longshore(url, &queue, count).await,
+            };
+            (count as f64 / started.elapsed().as_secs_f64(), done)
+        });
+        assert_eq!(done, count, "{case}: every message");
+        support::report(&[rate, support::peak_rss_mb()]);
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let count: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(if full { 200_000 } else { 2_000 });
+    let rounds = if full { 5 } else { 1 };
+    let server = common::RabbitMq::start();
+    let url = server.url();
+    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
+    for round in 0..rounds {
+        let mut this = [0.0; 2];
+        for turn in 0..2 {
+            let at = (turn + round) % 2;
+            let case = ["raw", "longshore"][at];
+            let v = support::run_child(&["--case", case, &url, &count.to_string()], &[]);
+            this[at] = v[0];
+            rss[at] = rss[at].max(v[1]);
+        }
+        raw_rates.push(this[0]);
+        our_rates.push(this[1]);
+        ratios.push(this[1] / this[0]);
+    }
+    println!(
+        "BENCH case=rabbitmq ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} messages={count} rounds={rounds}",
+        median(ratios),
+        median(our_rates),
+        median(raw_rates),
+        rss[1],
+        rss[0],
+    );
+}
