@@ -69,34 +69,31 @@ async fn raw(url: &str, queue: &str, count: u64) -> u64 {
         )
         .await
         .unwrap();
-    let (mut done, mut unacked) = (0u64, None);
+    // Acknowledged through the channel, not awaited: the frame is queued on the first
+    // poll, in order; nothing waits for it to be written.
+    let ack = |tag: u64| {
+        let _ = channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .now_or_never();
+    };
+    let (mut done, mut last, mut waiting) = (0u64, 0u64, None);
     while done < count {
-        let delivery = consumer.next().await.unwrap().unwrap();
+        let delivery = match waiting.take() {
+            Some(delivery) => delivery,
+            None => consumer.next().await.unwrap().unwrap(),
+        };
         std::hint::black_box(delivery.data.len());
         done += 1;
-        let waiting = consumer.next().now_or_never();
-        unacked = Some(delivery.acker);
-        if done % ACK_EVERY == 0 || done == count || waiting.is_none() {
-            let multiple = BasicAckOptions { multiple: true };
-            unacked.take().unwrap().ack(multiple).await.unwrap();
-        }
-        if let Some(Some(Ok(next))) = waiting {
-            std::hint::black_box(next.data.len());
-            done += 1;
-            unacked = Some(next.acker);
-            if done % ACK_EVERY == 0 || done == count {
-                unacked
-                    .take()
-                    .unwrap()
-                    .ack(BasicAckOptions { multiple: true })
-                    .await
-                    .unwrap();
-            }
+        last = delivery.delivery_tag;
+        waiting = consumer.next().now_or_never().map(|next| next.unwrap().unwrap());
+        // Every ACK_EVERY, and whenever none is waiting (the prefetch must not run dry).
+        if done % ACK_EVERY == 0 || waiting.is_none() {
+            ack(last);
         }
     }
-    if let Some(last) = unacked {
-        last.ack(BasicAckOptions { multiple: true }).await.unwrap();
-    }
+    ack(last);
+    // The last frames written before the connection closes.
+    channel.close(200, "done".into()).await.unwrap();
     done
 }
 
