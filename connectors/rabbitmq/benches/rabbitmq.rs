@@ -10,6 +10,11 @@
 //! Each round fills the queue first (not timed). Prints `BENCH case=rabbitmq ratio=<x>
 //! ...` with peak RSS; `LONGSHORE_BENCH_MESSAGES` sets the message count (default
 //! 200,000; under `cargo test` a short smoke run).
+//!
+//! Instructions per message, stable where the time is not: run one case under
+//! `valgrind --tool=callgrind <bench binary> --case raw|longshore|fill <url> <count>` at
+//! two counts; the difference per message, less the fill's (`fill` publishes and
+//! consumes nothing), is the consumer's.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -129,6 +134,8 @@ fn main() {
             let started = Instant::now();
             let done = match case.as_str() {
                 "raw" => raw(url, &queue, count).await,
+                // The fill alone, to take from the others' instruction counts.
+                "fill" => count,
                 _ => longshore(url, &queue, count).await,
             };
             (count as f64 / started.elapsed().as_secs_f64(), done)
