@@ -146,3 +146,49 @@ pub async fn assert_all_return_data(prometheus: SocketAddr, queries: &[(String, 
     }
     assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
 }
+
+/// Serves longshore's registry on a loopback port, has a real Prometheus scrape it, and
+/// waits (a minute at most) until each of the dashboard's queries that name `prefix`
+/// (at least `at_least` of them) returns data: the panels of a connector whose source
+/// runs in this process, its gauges read.
+pub async fn assert_panels_show(prefix: &str, at_least: usize) {
+    let queries: Vec<_> = dashboard_queries()
+        .into_iter()
+        .filter(|(_, expr)| expr.contains(prefix))
+        .collect();
+    assert!(
+        queries.len() >= at_least,
+        "dashboard read: {} queries of {prefix}",
+        queries.len()
+    );
+    let metrics = longshore::metrics::MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (prometheus, addr, dir) = start_prometheus(&[metrics.local_addr()]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut empty = Vec::new();
+        if http_ok(addr).await {
+            for (panel, expr) in &queries {
+                if query(addr, expr).await.is_empty() {
+                    empty.push(format!("{panel}: {expr}"));
+                }
+            }
+        } else {
+            empty.push("prometheus not answering".to_owned());
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queries without data after 60 s (see {}):\n{}",
+            dir.join("prometheus.log").display(),
+            empty.join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    drop(prometheus);
+    metrics.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,6 +55,18 @@ impl RabbitMq {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// What the server logged so far (its log file).
+    pub fn log(&self) -> String {
+        let dir = self.dir.join("log");
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|e| e == "log"))
+            .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+            .collect()
+    }
+
     /// The server's Erlang node, for `rabbitmqctl -n`.
     pub fn node(&self) -> String {
         self.node.clone()

@@ -5,6 +5,10 @@
 
 #[path = "../../../test-support/documented.rs"]
 mod documented;
+#[path = "../../../tests/common/mod.rs"]
+mod http;
+#[path = "../../../test-support/prometheus.rs"]
+mod prometheus;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -249,6 +253,8 @@ async fn the_lag_gauges_are_exactly_those_documented_and_fall_to_zero() {
     assert_eq!(value("longshore_file_lag_bytes"), Some(0.0));
     assert_eq!(value("longshore_file_checkpoint_line"), Some(4.0));
     assert_eq!(documented::assert_exactly_documented("longshore_file_"), 2);
+    // The dashboard's panels of this source show it, through a real Prometheus.
+    prometheus::assert_panels_show("longshore_file_", 1).await;
 }
 
 /// Runs a CSV file through a pipeline decoding rows by the header: (line, row) in order.

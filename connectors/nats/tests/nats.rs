@@ -6,6 +6,10 @@
 mod common;
 #[path = "../../../test-support/documented.rs"]
 mod documented;
+#[path = "../../../tests/common/mod.rs"]
+mod http;
+#[path = "../../../test-support/prometheus.rs"]
+mod prometheus;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,6 +130,8 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     .await;
     assert_eq!(value("longshore_nats_consumer_ack_pending_messages"), Some(0.0));
     assert_eq!(documented::assert_exactly_documented("longshore_nats_"), 2);
+    // The dashboard's panels of this source show it, through a real Prometheus.
+    prometheus::assert_panels_show("longshore_nats_", 2).await;
 
     let error = JetStreamSource::connect(config(&server, "LAG").expires(Duration::from_secs(2)))
         .await

@@ -7,6 +7,10 @@
 mod common;
 #[path = "../../../test-support/documented.rs"]
 mod documented;
+#[path = "../../../tests/common/mod.rs"]
+mod http;
+#[path = "../../../test-support/prometheus.rs"]
+mod prometheus;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -261,4 +265,6 @@ async fn the_lag_gauges_are_exactly_those_documented() {
     assert_eq!(value("longshore_postgres_queue_leased_rows"), Some(0.0));
     assert_eq!(value("longshore_postgres_queue_failed_rows"), Some(0.0));
     assert_eq!(documented::assert_exactly_documented("longshore_postgres_"), 4);
+    // The dashboard's panels of this source show it, through a real Prometheus.
+    prometheus::assert_panels_show("longshore_postgres_", 2).await;
 }

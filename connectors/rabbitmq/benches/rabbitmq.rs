@@ -81,7 +81,7 @@ async fn raw(url: &str, queue: &str, count: u64) -> u64 {
             .basic_ack(tag, BasicAckOptions { multiple: true })
             .now_or_never();
     };
-    let (mut done, mut last, mut waiting) = (0u64, 0u64, None);
+    let (mut done, mut last, mut acked, mut waiting) = (0u64, 0u64, 0u64, None);
     while done < count {
         let delivery = match waiting.take() {
             Some(delivery) => delivery,
@@ -94,9 +94,12 @@ async fn raw(url: &str, queue: &str, count: u64) -> u64 {
         // Every ACK_EVERY, and whenever none is waiting (the prefetch must not run dry).
         if done % ACK_EVERY == 0 || waiting.is_none() {
             ack(last);
+            acked = last;
         }
     }
-    ack(last);
+    if acked < last {
+        ack(last);
+    }
     // The last frames written before the connection closes.
     channel.close(200, "done".into()).await.unwrap();
     done

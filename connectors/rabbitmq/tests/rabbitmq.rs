@@ -8,6 +8,10 @@
 mod common;
 #[path = "../../../test-support/documented.rs"]
 mod documented;
+#[path = "../../../tests/common/mod.rs"]
+mod http;
+#[path = "../../../test-support/prometheus.rs"]
+mod prometheus;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -103,6 +107,7 @@ async fn a_final_failure_goes_to_the_dead_letter_exchange_and_the_bound_holds() 
     assert!(handled.values().all(|&n| n <= 2));
     // Rejected without requeue: the dead-letter exchange routed it to jobs.dead.
     assert_eq!(depth(&connection, "jobs.dead").await, (1, 0));
+    assert_no_channel_error(&server);
 
     // A prefetch above the pipeline's bound is refused at start.
     let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "jobs").prefetch(500))
@@ -117,6 +122,74 @@ async fn a_final_failure_goes_to_the_dead_letter_exchange_and_the_bound_holds() 
             .to_string()
             .starts_with("invalid source.prefetch: 500 is more than the pipeline's max_in_flight"),
         "{refused}"
+    );
+}
+
+/// Sleeps 3 s on `slow`; counts every payload.
+struct OneSlow {
+    handled: Arc<Mutex<Vec<String>>>,
+}
+
+impl Handler for OneSlow {
+    type Item = longshore_rabbitmq::Bytes;
+    type Metadata = RabbitMqMetadata;
+
+    async fn handle_message(&self, message: &mut RabbitMqMessage) -> Result<(), BoxError> {
+        let payload = String::from_utf8(message.data().to_vec())?;
+        if payload == "slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        self.handled.lock().unwrap().push(payload);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_message_never_holds_the_prefetch_with_finished_ones() {
+    let server = RabbitMq::start();
+    let (_connection, channel) = channel(&server.url()).await;
+    declare(&channel, "small", FieldTable::default()).await;
+    let mut payloads = vec!["slow".to_owned()];
+    payloads.extend((0..200).map(|n| n.to_string()));
+    publish(&channel, "small", payloads).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    // A prefetch of 2: the slow message holds one; the other must keep coming, each
+    // acknowledged although the slow one, before it, is not finished.
+    let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "small").prefetch(2))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::builder(
+        source,
+        OneSlow {
+            handled: handled.clone(),
+        },
+    )
+    .processors(Processors::new(2).max_demand(1))
+    .start()
+    .unwrap();
+    let started = Instant::now();
+    until("the 200 fast ones handled while the slow one runs", || {
+        handled.lock().unwrap().len() >= 200
+    })
+    .await;
+    assert!(
+        !handled.lock().unwrap().contains(&"slow".to_owned()),
+        "the fast ones were handled only after the slow one ({:?})",
+        started.elapsed()
+    );
+    until("every message done", || server.counts("small") == Some((0, 0))).await;
+    pipeline.shutdown().await.unwrap();
+    assert_no_channel_error(&server);
+}
+
+/// The server closed no channel for an acknowledgement it did not expect (a tag acked
+/// twice, or on the wrong channel): its log says so.
+fn assert_no_channel_error(server: &RabbitMq) {
+    let log = server.log();
+    assert!(
+        !log.contains("PRECONDITION_FAILED"),
+        "the server closed a channel:\n{}",
+        log.lines().filter(|l| l.contains("PRECONDITION_FAILED")).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -226,6 +299,8 @@ async fn a_quorum_queues_delivery_count_is_the_attempt_and_gauges_are_documented
     .await;
     assert_eq!(value("longshore_rabbitmq_queue_ready_messages"), Some(0.0));
     assert_eq!(documented::assert_exactly_documented("longshore_rabbitmq_"), 2);
+    // The dashboard's panels of this source show it, through a real Prometheus.
+    prometheus::assert_panels_show("longshore_rabbitmq_", 2).await;
     acknowledger.flush().await;
     source.shutdown().await;
 

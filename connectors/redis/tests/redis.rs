@@ -5,6 +5,10 @@
 mod common;
 #[path = "../../../test-support/documented.rs"]
 mod documented;
+#[path = "../../../tests/common/mod.rs"]
+mod http;
+#[path = "../../../test-support/prometheus.rs"]
+mod prometheus;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -195,6 +199,8 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     assert_eq!(value("longshore_redis_stream_length"), Some(3.0));
     assert_eq!(value("longshore_redis_group_pending"), Some(0.0));
     assert_eq!(documented::assert_exactly_documented("longshore_redis_"), 3);
+    // The dashboard's panels of this source show it, through a real Prometheus.
+    prometheus::assert_panels_show("longshore_redis_", 2).await;
 
     let error = RedisStreamSource::connect(config(&server, "lag", "c").block(Duration::from_secs(5)))
         .await
