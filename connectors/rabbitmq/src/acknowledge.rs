@@ -16,9 +16,11 @@ use crate::source::Shared;
 /// Acknowledges a [`RabbitMqSource`](crate::RabbitMqSource)'s deliveries.
 ///
 /// - Handled, or taken by the pipeline's dead-letter destination: `basic.ack`. One ack
-///   with `multiple` covers each contiguous run of finished delivery tags; those that
-///   finish behind an unfinished one wait for it, up to half the prefetch, and are then
-///   acknowledged one by one (so that a slow message never holds the prefetch).
+///   with `multiple` covers each contiguous run of finished delivery tags. Those that
+///   finish behind an unfinished one wait for it while deliveries keep coming, but at
+///   most half the prefetch of them, and none once the source waits for the server
+///   (which counts them against the prefetch): then they are acknowledged one by one,
+///   so that a slow message never holds the prefetch.
 /// - Failed for good with no dead-letter destination: `basic.reject` without requeue
 ///   (to the queue's dead-letter exchange).
 /// - Released at shutdown: `basic.nack` with requeue.
@@ -84,12 +86,26 @@ fn submit(channel: &lapin::Channel, tag: u64, settle: Settle) -> (Settle, Sent) 
 
 /// Waits for the settlements handed to the channel.
 async fn sent(sends: Vec<(Settle, Sent)>) {
+    let mut failed = None;
+    let mut count = 0;
     for (settle, sent) in sends {
         if let Err(error) = sent.await {
-            // Its channel is gone: the server requeued the delivery and delivers it again.
-            tracing::debug!(%error, ?settle, "rabbitmq delivery not settled; it comes again");
+            count += 1;
+            failed.get_or_insert((settle, error));
         }
     }
+    if let Some((settle, error)) = failed {
+        // The channel is gone: the server requeued the deliveries and delivers them
+        // again, to be handled twice.
+        tracing::warn!(%error, ?settle, count, "rabbitmq deliveries not settled: their channel closed, they come again");
+    }
+}
+
+/// Acknowledges, one by one, the finished deliveries waiting behind an unfinished one.
+pub(crate) async fn send_waiting(shared: &Shared) {
+    let mut sends = Vec::new();
+    shared.unsettled().coalesce(&mut sends, true);
+    sent(sends).await;
 }
 
 impl Acknowledger<RabbitMqMetadata> for RabbitMqAcknowledger {
@@ -113,7 +129,7 @@ impl Acknowledger<RabbitMqMetadata> for RabbitMqAcknowledger {
             for message in &successful {
                 unsettled.acknowledged(message.metadata());
             }
-            unsettled.coalesce(&mut sends, false);
+            unsettled.coalesce(&mut sends, self.0.starved.load(Ordering::SeqCst));
             sends
         };
         // The messages (whose data need not be Sync) are not held across the sends.
@@ -139,9 +155,7 @@ impl Acknowledger<RabbitMqMetadata> for RabbitMqAcknowledger {
     /// Acknowledges what still waits, then closes the channel and the connection: what
     /// was delivered and never handed out goes back to the queue.
     async fn flush(&self) {
-        let mut sends = Vec::new();
-        self.0.unsettled().coalesce(&mut sends, true);
-        sent(sends).await;
+        send_waiting(&self.0).await;
         self.0.close().await;
     }
 

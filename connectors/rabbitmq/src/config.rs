@@ -23,11 +23,12 @@ use longshore::BuildError;
 /// "#).unwrap();
 /// assert_eq!((config.prefetch, config.lag_interval), (Some(50), Duration::from_secs(5)));
 /// ```
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RabbitMqConfig {
     /// The server: `amqp://user:password@host:port/vhost` (`%2f` is the default vhost).
+    /// TLS (`amqps://`) is not supported yet, and refused at start.
     pub url: String,
     /// The queue consumed. It must exist: the source declares nothing, so that the
     /// queue's arguments (durability, dead-letter exchange, type) stay the operator's.
@@ -40,6 +41,32 @@ pub struct RabbitMqConfig {
     /// How often the queue's depth is read for the metrics (default 15 s).
     #[serde(default = "default_lag_interval", with = "humantime_serde")]
     pub lag_interval: Duration,
+}
+
+/// The URL's password is not shown.
+impl std::fmt::Debug for RabbitMqConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqConfig")
+            .field("url", &redacted(&self.url))
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("lag_interval", &self.lag_interval)
+            .finish()
+    }
+}
+
+/// `url` with the password, if it has one, replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 fn default_lag_interval() -> Duration {
@@ -89,6 +116,12 @@ impl SourceSettings for RabbitMqConfig {
                 format!("not an amqp:// URL: {error}"),
             ));
         }
+        if self.url.starts_with("amqps:") {
+            return Err(BuildError::new(
+                "source.url",
+                "amqps:// (TLS) is not supported yet: connect over amqp:// (a TLS sidecar or a private network)",
+            ));
+        }
         if self.prefetch == Some(0) {
             // 0 is "no limit" to the server: everything in the queue would be delivered.
             return Err(BuildError::new(
@@ -119,8 +152,20 @@ mod tests {
             refused(RabbitMqConfig::new("amqp://h/%2f", "q").lag_interval(Duration::ZERO))
                 .contains("source.lag_interval")
         );
+        assert!(refused(RabbitMqConfig::new("amqps://h/%2f", "q")).contains("TLS"));
         RabbitMqConfig::new("amqp://h/%2f", "q").validate().unwrap();
         let unknown = toml::from_str::<RabbitMqConfig>("url = \"amqp://h\"\nqueue = \"q\"\nprefech = 5");
         assert!(unknown.unwrap_err().to_string().contains("prefech"));
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let config = RabbitMqConfig::new("amqp://orders:s3cret@rabbitmq:5672/%2f", "q");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("amqp://orders:***@rabbitmq:5672/%2f"),
+            "{shown}"
+        );
+        assert_eq!(redacted("amqp://rabbitmq/%2f"), "amqp://rabbitmq/%2f");
     }
 }

@@ -16,9 +16,29 @@ pub enum RabbitMqError {
         #[source]
         source: lapin::Error,
     },
+    /// The server did not answer in time.
+    #[error("rabbitmq {doing}: no answer within 30 s")]
+    Timeout {
+        /// What the source was doing.
+        doing: &'static str,
+    },
 }
 
 impl RabbitMqError {
+    /// Whether the server refused what was asked (the queue not found, access refused),
+    /// rather than being out of reach.
+    pub(crate) fn is_refusal(&self) -> bool {
+        use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+        let RabbitMqError::Server { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(error)
+                if matches!(error.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED))
+        )
+    }
+
     pub(crate) fn server(doing: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| RabbitMqError::Server { doing, source }
     }

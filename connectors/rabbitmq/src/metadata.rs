@@ -94,7 +94,10 @@ impl RabbitMqMetadata {
     }
 
     /// How many times a quorum queue delivered it before (`x-delivery-count`); `None`
-    /// on a classic queue, which does not count.
+    /// on a classic queue, which does not count. Requeues after a kill, a lost connection
+    /// or a shutdown count too: a handler may refuse a message delivered too often (a
+    /// [`Permanent`](longshore::Permanent) error), which a quorum queue's
+    /// `delivery-limit` also bounds.
     pub fn delivery_count(&self) -> Option<u32> {
         delivery_count(self.properties.headers().as_ref()?)
     }

@@ -2,9 +2,9 @@
 //! connected again after a loss.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -14,7 +14,7 @@ use longshore::source::{every, Plan, Source, SourceSettings};
 use longshore::{BoxError, BuildError, Message, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
-use crate::acknowledge::{requeue, RabbitMqAcknowledger, Unsettled};
+use crate::acknowledge::{requeue, send_waiting, RabbitMqAcknowledger, Unsettled};
 use crate::config::RabbitMqConfig;
 use crate::error::RabbitMqError;
 use crate::metadata::{RabbitMqMessage, RabbitMqMetadata};
@@ -26,6 +26,14 @@ const DEFAULT_PREFETCH: u16 = 64;
 /// The longest a graceful close, or the hand-back of what was delivered and not handed
 /// out, may take: the server away, the connection is dropped, and it requeues anyway.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest connecting and starting the consumer may take: a server that accepts the
+/// connection and never answers is tried again.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the server may refuse the consumer (the queue gone, the permission taken)
+/// before the source reports it can no longer deliver (`liveness`).
+const REFUSED_LIMIT: Duration = Duration::from_secs(60);
 
 /// Consumes a RabbitMQ queue.
 ///
@@ -91,6 +99,11 @@ pub(crate) struct Shared {
     pub(crate) held: AtomicUsize,
     /// Those of the running consumer, for coalesced acknowledgements.
     unsettled: Mutex<Unsettled>,
+    /// A receive waits for the server: finished deliveries are acknowledged at once, not
+    /// held for a longer run (the server may be waiting for them to deliver more).
+    pub(crate) starved: AtomicBool,
+    /// Since when, and why, the server refuses the consumer.
+    refused: Mutex<Option<(Instant, String)>>,
     metrics: QueueMetrics,
 }
 
@@ -117,9 +130,16 @@ impl RabbitMqSource {
             link: Mutex::default(),
             held: AtomicUsize::new(0),
             unsettled: Mutex::default(),
+            starved: AtomicBool::new(false),
+            refused: Mutex::default(),
         });
-        let link = shared.link().await?;
-        shared.declare_passive(&link.channel).await?;
+        let checked = async {
+            let link = shared.link().await?;
+            shared.declare_passive(&link.channel).await
+        };
+        tokio::time::timeout(CONNECT_WAIT, checked)
+            .await
+            .map_err(|_| RabbitMqError::Timeout { doing: "connecting" })??;
         let stop = CancellationToken::new();
         let measured = shared.clone();
         tokio::spawn(every(lag_interval, stop.clone(), move || {
@@ -180,16 +200,28 @@ impl Source for RabbitMqSource {
         let mut consumer = self.consumer.lock().await;
         let backoff = RetryPolicy::new(u32::MAX)
             .initial_backoff(Duration::from_millis(100))
-            .max_backoff(Duration::from_secs(5));
+            .max_backoff(Duration::from_secs(5))
+            .jitter(0.2);
+        // Failed starts and lost consumers since the last delivery: each waits its backoff,
+        // so that a consumer the server ends at once is not started in a tight loop.
         let mut failures = 0;
         loop {
             if self.stop.is_cancelled() {
                 return Ok(None);
             }
             let Some((number, running)) = consumer.as_mut() else {
+                if failures > 0 {
+                    tokio::time::sleep(backoff.backoff(failures)).await;
+                }
                 let prefetch = self.prefetch.load(Ordering::Relaxed);
-                match self.shared.consume(prefetch).await {
+                let started = tokio::time::timeout(CONNECT_WAIT, self.shared.consume(prefetch))
+                    .await
+                    .unwrap_or(Err(RabbitMqError::Timeout {
+                        doing: "starting the consumer",
+                    }));
+                match started {
                     Ok((channel, started)) => {
+                        self.shared.refused(None);
                         let number = self.started.fetch_add(1, Ordering::Relaxed) + 1;
                         self.shared.unsettled().start(number, channel, prefetch);
                         *consumer = Some((number, started));
@@ -197,13 +229,23 @@ impl Source for RabbitMqSource {
                     Err(error) => {
                         failures += 1;
                         tracing::warn!(error = %error, queue = %self.shared.config.queue, "rabbitmq consumer not started; trying again");
+                        self.shared.refused(Some(&error));
                         self.shared.drop_link();
-                        tokio::time::sleep(backoff.backoff(failures)).await;
                     }
                 }
                 continue;
             };
-            let lost = match running.next().await {
+            let next = match running.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    // Nothing delivered yet: the server may be holding back for finished
+                    // deliveries still to be acknowledged (the prefetch counts them).
+                    let _starved = Starved::set(&self.shared.starved);
+                    send_waiting(&self.shared).await;
+                    running.next().await
+                }
+            };
+            let lost = match next {
                 Some(Ok(delivery)) => {
                     let mut deliveries = Vec::with_capacity(demand.get().min(64));
                     deliveries.push(delivery);
@@ -232,7 +274,23 @@ impl Source for RabbitMqSource {
                 Some(Err(error)) => error.to_string(),
                 None => "consumer cancelled by the server".to_owned(),
             };
+            failures += 1;
             self.lose(&mut consumer, &lost);
+        }
+    }
+
+    /// `Err` once the server has refused the consumer (the queue gone, a permission
+    /// taken) for a minute: the pipeline stops and `/healthz` fails, so that the
+    /// process is restarted and the refusal seen. A server that cannot be reached only
+    /// makes the source not ready.
+    fn liveness(&self) -> Result<(), BoxError> {
+        match &*lock(&self.shared.refused) {
+            Some((since, why)) if since.elapsed() >= REFUSED_LIMIT => Err(format!(
+                "rabbitmq has refused the consumer for {:?}: {why}",
+                since.elapsed()
+            )
+            .into()),
+            _ => Ok(()),
         }
     }
 
@@ -269,7 +327,7 @@ impl Source for RabbitMqSource {
         let Some((_, mut consumer)) = self.consumer.lock().await.take() else {
             return;
         };
-        let link = self.shared.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let link = self.shared.lock_link().clone();
         let Some(link) = link else {
             // Closed or lost: the server has requeued what the channel had delivered.
             return;
@@ -370,10 +428,22 @@ impl Shared {
             .map_err(RabbitMqError::server("finding the queue"))
     }
 
+    /// The connection and its channel open: acknowledgements can be sent.
     fn connected(&self) -> bool {
         self.lock_link()
             .as_ref()
-            .is_some_and(|link| link.connection.status().connected())
+            .is_some_and(|link| link.connection.status().connected() && link.channel.status().connected())
+    }
+
+    /// Records that the server refuses the consumer (`Some`, the first time), or not.
+    fn refused(&self, error: Option<&RabbitMqError>) {
+        let mut refused = lock(&self.refused);
+        match error.filter(|error| error.is_refusal()) {
+            Some(error) => {
+                refused.get_or_insert_with(|| (Instant::now(), error.to_string()));
+            }
+            None => *refused = None,
+        }
     }
 
     /// Forgets the link: dropped, its channel closes and the server requeues what it had
@@ -424,7 +494,7 @@ impl Shared {
     }
 
     fn lock_link(&self) -> std::sync::MutexGuard<'_, Option<Link>> {
-        self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.link)
     }
 }
 
@@ -434,8 +504,26 @@ impl Shared {
     }
 
     pub(crate) fn unsettled(&self) -> std::sync::MutexGuard<'_, Unsettled> {
-        self.unsettled
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.unsettled)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sets a flag for as long as it lives (a receive dropped while it waits clears it too).
+struct Starved<'a>(&'a AtomicBool);
+
+impl<'a> Starved<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Starved(flag)
+    }
+}
+
+impl Drop for Starved<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }

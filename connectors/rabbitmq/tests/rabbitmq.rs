@@ -2,7 +2,8 @@
 //! queue's dead-letter exchange; the server never having more out than the pipeline's
 //! bound, and a larger prefetch refused; every connection closed by the server mid-run
 //! (a broker-side disconnect) losing nothing and acknowledging nothing on the wrong
-//! channel; a quorum queue's delivery count as the attempt; the lag gauges exactly those
+//! channel; a slow message never holding the prefetch with finished ones; a quorum
+//! queue's delivery count told to the handler; the lag gauges exactly those
 //! documented, and bad settings refused naming the field.
 
 mod common;
@@ -189,7 +190,42 @@ fn assert_no_channel_error(server: &RabbitMq) {
     assert!(
         !log.contains("PRECONDITION_FAILED"),
         "the server closed a channel:\n{}",
-        log.lines().filter(|l| l.contains("PRECONDITION_FAILED")).collect::<Vec<_>>().join("\n")
+        log.lines()
+            .filter(|l| l.contains("PRECONDITION_FAILED"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_under_the_consumer_fails_the_pipeline_after_a_minute() {
+    let server = RabbitMq::start();
+    let (_connection, channel) = channel(&server.url()).await;
+    declare(&channel, "doomed", FieldTable::default()).await;
+    publish(&channel, "doomed", ["1".to_owned()]).await;
+    let handler = Count::default();
+    let handled = handler.handled.clone();
+    let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "doomed"))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::builder(source, handler).start().unwrap();
+    until("the message handled", || handled.lock().unwrap().len() == 1).await;
+    let deleted = Instant::now();
+    channel
+        .queue_delete("doomed".into(), Default::default())
+        .await
+        .unwrap();
+    // The server cancels the consumer; each new one is refused (404). Not a passing
+    // outage: after a minute the source reports it can no longer deliver.
+    let ended = tokio::time::timeout(Duration::from_secs(120), pipeline.wait())
+        .await
+        .expect("the pipeline ends on its own");
+    let error = ended.unwrap_err().to_string();
+    assert!(error.contains("rabbitmq has refused the consumer"), "{error}");
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(60),
+        "after {:?}",
+        deleted.elapsed()
     );
 }
 
@@ -244,7 +280,7 @@ async fn connections_closed_by_the_server_mid_run_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quorum_queues_delivery_count_is_the_attempt_and_gauges_are_documented() {
+async fn a_quorum_queues_delivery_count_is_told_and_gauges_are_documented() {
     let server = RabbitMq::start();
     let (_connection, channel) = channel(&server.url()).await;
     let mut quorum = FieldTable::default();
