@@ -89,7 +89,48 @@ pub fn kill_restart_and_count(
     }
     let mut consumer = start();
     wait_for(wait, "the broker to count every message done", &mut quiescent);
-    terminate(&mut consumer);
+    stop_and_count(&mut consumer, produced, output)
+}
+
+impl Counted {
+    /// Prints case `case`'s CHAOS line for `kills` kills of a consumer, and asserts:
+    /// nothing lost, every message handled, and duplicates within what the consumer
+    /// could hold at each kill (its in-flight bound).
+    pub fn assert_kills(&self, case: &str, produced: usize, kills: usize) {
+        let bound = self.max_in_flight;
+        println!(
+            "CHAOS case={case} produced={produced} handled_unique={} lost={} duplicates={} inflight_bound={bound} kills={kills}",
+            self.unique, self.lost, self.duplicates
+        );
+        assert_eq!(self.lost, 0, "{case}: messages lost");
+        assert_eq!(self.unique, produced, "{case}: messages handled");
+        assert!(
+            self.duplicates <= kills * bound,
+            "{case}: duplicates {} over the bound {kills} × {bound}",
+            self.duplicates
+        );
+    }
+
+    /// Prints case `case`'s CHAOS line after a SIGTERM that took `took`, and asserts:
+    /// nothing lost, nothing handled twice.
+    pub fn assert_graceful(&self, case: &str, produced: usize, took: Duration) {
+        println!(
+            "CHAOS case={case} produced={produced} handled_unique={} lost={} duplicates={} inflight_bound={} exit_s={:.2}",
+            self.unique,
+            self.lost,
+            self.duplicates,
+            self.max_in_flight,
+            took.as_secs_f64()
+        );
+        assert_eq!(self.lost, 0, "{case}: messages lost");
+        assert_eq!(self.duplicates, 0, "{case}: duplicates after a graceful stop");
+    }
+}
+
+/// Stops `consumer` with SIGTERM (it must exit cleanly), then counts `output` against
+/// `0..produced`, with the bound the consumer reported.
+pub fn stop_and_count(consumer: &mut Consumer, produced: usize, output: &Path) -> Counted {
+    terminate(consumer);
     let mut stdout = String::new();
     std::io::Read::read_to_string(consumer.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let max_in_flight = stdout

@@ -35,3 +35,20 @@ pub fn assert_exactly_documented(prefix: &str) -> usize {
     assert_eq!(exposed, documented, "the {prefix} series against docs/metrics.md");
     documented.len()
 }
+
+/// The value of gauge `name` in the series whose label `label.0` is `label.1`, as
+/// longshore's registry holds it now.
+pub fn gauge(name: &str, label: (&str, &str)) -> Option<f64> {
+    longshore::metrics::registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().to_vec())
+        .find(|metric| {
+            metric
+                .get_label()
+                .iter()
+                .any(|l| l.name() == label.0 && l.value() == label.1)
+        })
+        .map(|metric| metric.get_gauge().get_value())
+}

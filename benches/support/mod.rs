@@ -130,3 +130,94 @@ impl Countdown {
         self.done.notified().await;
     }
 }
+
+/// The middle value.
+#[allow(dead_code)] // not every benchmark takes medians
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A connector benchmark's size from its arguments: under `cargo bench` (`--bench`)
+/// `full` messages in 5 rounds; under `cargo test` a smoke run of 2,000 in one.
+/// `LONGSHORE_BENCH_MESSAGES` sets the count.
+#[allow(dead_code)] // the connectors' benchmarks
+pub(crate) fn size(args: &[String], full: u64) -> (u64, usize) {
+    let bench = args.iter().any(|a| a == "--bench");
+    let count = std::env::var("LONGSHORE_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .unwrap_or(if bench { full } else { 2_000 });
+    (count, if bench { 5 } else { 1 })
+}
+
+/// Runs the cases `raw` and `longshore` (`--case <case> <url> <count>`, each reporting
+/// its rate and peak RSS) in child processes, in `rounds` rounds whose order
+/// alternates, and prints `BENCH case=<name> ratio=<median of the rounds' ratios>` with
+/// both sides' median rates and peak RSS.
+#[allow(dead_code)] // the connectors' benchmarks
+pub(crate) fn raw_against_longshore(name: &str, url: &str, count: u64, rounds: usize) {
+    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
+    for round in 0..rounds {
+        let mut this = [0.0; 2];
+        for turn in 0..2 {
+            let at = (turn + round) % 2;
+            let case = ["raw", "longshore"][at];
+            let v = run_child(&["--case", case, url, &count.to_string()], &[]);
+            this[at] = v[0];
+            rss[at] = rss[at].max(v[1]);
+        }
+        raw_rates.push(this[0]);
+        our_rates.push(this[1]);
+        ratios.push(this[1] / this[0]);
+    }
+    println!(
+        "BENCH case={name} ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} messages={count} rounds={rounds}",
+        median(ratios),
+        median(our_rates),
+        median(raw_rates),
+        rss[1],
+        rss[0],
+    );
+}
+
+/// A do-nothing handler, counting each message down.
+#[allow(dead_code)] // the connectors' benchmarks
+pub(crate) struct Nothing<D, M>(
+    std::sync::Arc<Countdown>,
+    std::marker::PhantomData<fn() -> (D, M)>,
+);
+
+impl<D: Send + 'static, M: Send + 'static> longshore::Handler for Nothing<D, M> {
+    type Item = D;
+    type Metadata = M;
+
+    async fn handle_message(
+        &self,
+        message: &mut longshore::Message<D, M>,
+    ) -> Result<(), longshore::BoxError> {
+        std::hint::black_box(message.data());
+        self.0.handled();
+        Ok(())
+    }
+}
+
+/// Consumes `count` messages of `source` (which does not end) through `tasks`
+/// processors of `max_demand` `demand` and the do-nothing handler, then shuts down (the
+/// last chunks acknowledged): how many succeeded.
+#[allow(dead_code)] // the connectors' benchmarks
+pub(crate) async fn consume<S>(source: S, count: u64, tasks: usize, demand: usize) -> u64
+where
+    S: longshore::Source,
+    S::Metadata: Sync,
+{
+    let countdown = std::sync::Arc::new(Countdown::new(count as usize));
+    let handler = Nothing::<S::Data, S::Metadata>(countdown.clone(), std::marker::PhantomData);
+    let pipeline = longshore::Pipeline::builder(source, handler)
+        .processors(longshore::Processors::new(tasks).max_demand(demand))
+        .start()
+        .unwrap();
+    countdown.finished().await;
+    pipeline.shutdown().await.unwrap().successful
+}

@@ -63,12 +63,7 @@ impl Broker for File {
     }
 
     fn identify(&self, message: &Message<Bytes, FileMetadata>) -> Published {
-        let text = std::str::from_utf8(message.data()).expect("text");
-        let (id, key) = text.split_once(',').expect("id,key");
-        Published {
-            id: id.parse().expect("an id"),
-            key: key.parse().expect("a key"),
-        }
+        Published::from_text(message.data())
     }
 
     async fn taken(&self, source: &FileSource) -> Result<usize, BoxError> {

@@ -21,27 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use longshore::{BoxError, Handler, Pipeline, Processors};
 use longshore_nats::async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
-use longshore_nats::{JetStreamConfig, JetStreamMessage, JetStreamMetadata, JetStreamSource};
-use support::Countdown;
+use longshore_nats::{JetStreamConfig, JetStreamSource};
 
 const DEMAND: usize = 64;
 const TASKS: usize = 2;
 const CONSUMER: &str = "bench";
-
-struct Nothing(Arc<Countdown>);
-
-impl Handler for Nothing {
-    type Item = longshore_nats::Bytes;
-    type Metadata = JetStreamMetadata;
-
-    async fn handle_message(&self, message: &mut JetStreamMessage) -> Result<(), BoxError> {
-        std::hint::black_box(message.data().len());
-        self.0.handled();
-        Ok(())
-    }
-}
 
 async fn raw(url: &str, stream: &str, count: u64) -> u64 {
     let context = common::context(url).await;
@@ -91,23 +76,13 @@ async fn raw(url: &str, stream: &str, count: u64) -> u64 {
 
 async fn longshore(url: &str, stream: &str, count: u64) -> u64 {
     let config = JetStreamConfig::new(url, stream, CONSUMER).expires(Duration::from_millis(200));
-    let countdown = Arc::new(Countdown::new(count as usize));
-    let pipeline = Pipeline::builder(
+    support::consume(
         JetStreamSource::connect(config).await.unwrap(),
-        Nothing(countdown.clone()),
+        count,
+        TASKS,
+        DEMAND,
     )
-    .processors(Processors::new(TASKS).max_demand(DEMAND))
-    .start()
-    .unwrap();
-    // The stream never ends: stop once every message is handled; the shutdown
-    // acknowledges the last chunks.
-    countdown.finished().await;
-    pipeline.shutdown().await.unwrap().successful
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    .await
 }
 
 fn main() {
@@ -134,35 +109,8 @@ fn main() {
         support::report(&[rate, support::peak_rss_mb()]);
         return;
     }
-    let full = args.iter().any(|a| a == "--bench");
-    let count: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
-        .ok()
-        .and_then(|n| n.replace('_', "").parse().ok())
-        .unwrap_or(if full { 200_000 } else { 2_000 });
-    let rounds = if full { 5 } else { 1 };
+    let (count, rounds) = support::size(&args, 200_000);
     let server = common::Nats::start();
     let url = server.url();
-    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
-    for round in 0..rounds {
-        let mut this = [0.0; 2];
-        for turn in 0..2 {
-            let at = (turn + round) % 2;
-            let case = ["raw", "longshore"][at];
-            let v = support::run_child(&["--case", case, &url, &count.to_string()], &[]);
-            this[at] = v[0];
-            rss[at] = rss[at].max(v[1]);
-        }
-        raw_rates.push(this[0]);
-        our_rates.push(this[1]);
-        ratios.push(this[1] / this[0]);
-    }
-    println!(
-        "BENCH case=nats ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} messages={count} rounds={rounds}",
-        median(ratios),
-        median(our_rates),
-        median(raw_rates),
-        rss[1],
-        rss[0],
-    );
+    support::raw_against_longshore("nats", &url, count, rounds);
 }

@@ -30,7 +30,7 @@ impl Broker for Stream {
     }
 
     async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
-        let payloads: Vec<String> = messages.iter().map(|m| format!("{},{}", m.id, m.key)).collect();
+        let payloads: Vec<String> = messages.iter().map(|m| m.to_text()).collect();
         publish(&self.context, STREAM, payloads).await;
         Ok(())
     }
@@ -42,12 +42,7 @@ impl Broker for Stream {
     }
 
     fn identify(&self, message: &Message<Bytes, JetStreamMetadata>) -> Published {
-        let text = std::str::from_utf8(message.data()).expect("text");
-        let (id, key) = text.split_once(',').expect("id,key");
-        Published {
-            id: id.parse().expect("an id"),
-            key: key.parse().expect("a key"),
-        }
+        Published::from_text(message.data())
     }
 
     async fn taken(&self, source: &JetStreamSource) -> Result<usize, BoxError> {

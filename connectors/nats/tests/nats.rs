@@ -110,20 +110,7 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     let _source = JetStreamSource::connect(config(&server, "LAG").lag_interval(Duration::from_millis(100)))
         .await
         .unwrap();
-    let value = |name: &str| {
-        longshore::metrics::registry()
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric().to_vec())
-            .find(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == "stream" && l.value() == "LAG")
-            })
-            .map(|metric| metric.get_gauge().get_value())
-    };
+    let value = |name: &str| documented::gauge(name, ("stream", "LAG"));
     until("the lag read", async || {
         value("longshore_nats_consumer_pending_messages") == Some(3.0)
     })

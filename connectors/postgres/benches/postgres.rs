@@ -16,30 +16,13 @@ mod postgres;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
 
-use support::Countdown;
-
-use std::sync::Arc;
 use std::time::Instant;
 
-use longshore::{BoxError, Handler, Pipeline, Processors};
 use longshore_postgres::tokio_postgres::{Client, NoTls};
-use longshore_postgres::{PgQueueConfig, PgQueueMessage, PgQueueMetadata, PgQueueSource};
+use longshore_postgres::{PgQueueConfig, PgQueueSource};
 
 const BATCH: i64 = 64;
 const TASKS: usize = 2;
-
-struct Nothing(Arc<Countdown>);
-
-impl Handler for Nothing {
-    type Item = longshore_postgres::Bytes;
-    type Metadata = PgQueueMetadata;
-
-    async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
-        std::hint::black_box(message.data().len());
-        self.0.handled();
-        Ok(())
-    }
-}
 
 async fn connect(url: &str) -> Client {
     let (client, connection) = longshore_postgres::tokio_postgres::connect(url, NoTls)
@@ -110,20 +93,7 @@ async fn raw(url: &str) -> u64 {
 async fn longshore(url: &str, rows: u64) -> u64 {
     let config = PgQueueConfig::new(url).queue("bench");
     let source = PgQueueSource::connect(config).await.unwrap();
-    let countdown = Arc::new(Countdown::new(rows as usize));
-    let pipeline = Pipeline::builder(source, Nothing(countdown.clone()))
-        .processors(Processors::new(TASKS).max_demand(BATCH as usize))
-        .start()
-        .unwrap();
-    // The queue never ends: stop once every row is handled; the shutdown deletes the
-    // last chunks.
-    countdown.finished().await;
-    pipeline.shutdown().await.unwrap().successful
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    support::consume(source, rows, TASKS, BATCH as usize).await
 }
 
 fn main() {
@@ -144,12 +114,7 @@ fn main() {
         support::report(&[rate, support::peak_rss_mb()]);
         return;
     }
-    let full = args.iter().any(|a| a == "--bench");
-    let rows: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
-        .ok()
-        .and_then(|n| n.replace('_', "").parse().ok())
-        .unwrap_or(if full { 50_000 } else { 2_000 });
-    let rounds = if full { 5 } else { 1 };
+    let (rows, rounds) = support::size(&args, 50_000);
     let server = postgres::Postgres::start();
     let url = server.url();
     support::runtime().block_on(async {
@@ -157,27 +122,5 @@ fn main() {
             .await
             .unwrap();
     });
-    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
-    for round in 0..rounds {
-        let mut this = [0.0; 2];
-        for turn in 0..2 {
-            let at = (turn + round) % 2;
-            let case = ["raw", "longshore"][at];
-            let v = support::run_child(&["--case", case, &url, &rows.to_string()], &[]);
-            this[at] = v[0];
-            rss[at] = rss[at].max(v[1]);
-        }
-        raw_rates.push(this[0]);
-        our_rates.push(this[1]);
-        ratios.push(this[1] / this[0]);
-    }
-    println!(
-        "BENCH case=postgres ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} rows={rows} rounds={rounds}",
-        median(ratios),
-        median(our_rates),
-        median(raw_rates),
-        rss[1],
-        rss[0],
-    );
+    support::raw_against_longshore("postgres", &url, rows, rounds);
 }

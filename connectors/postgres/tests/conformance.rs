@@ -27,10 +27,7 @@ impl Broker for Queue {
     }
 
     async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
-        let payloads = messages
-            .iter()
-            .map(|m| format!("{},{}", m.id, m.key).into_bytes())
-            .collect();
+        let payloads = messages.iter().map(|m| m.to_text().into_bytes()).collect();
         enqueue(&self.client, &self.name, payloads).await;
         Ok(())
     }
@@ -43,12 +40,7 @@ impl Broker for Queue {
     }
 
     fn identify(&self, message: &Message<Bytes, PgQueueMetadata>) -> Published {
-        let text = std::str::from_utf8(message.data()).expect("text");
-        let (id, key) = text.split_once(',').expect("id,key");
-        Published {
-            id: id.parse().expect("an id"),
-            key: key.parse().expect("a key"),
-        }
+        Published::from_text(message.data())
     }
 
     async fn taken(&self, source: &PgQueueSource) -> Result<usize, BoxError> {

@@ -244,20 +244,7 @@ async fn the_lag_gauges_are_exactly_those_documented() {
         .queue("lag")
         .lag_interval(Duration::from_millis(100));
     let _source = PgQueueSource::connect(config).await.unwrap();
-    let value = |name: &str| {
-        longshore::metrics::registry()
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric().to_vec())
-            .find(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == "queue" && l.value() == "lag")
-            })
-            .map(|metric| metric.get_gauge().get_value())
-    };
+    let value = |name: &str| documented::gauge(name, ("queue", "lag"));
     until("the depth read", async || {
         value("longshore_postgres_queue_ready_rows") == Some(2.0)
     })

@@ -21,15 +21,12 @@ mod common;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
-use longshore::{BoxError, Handler, Pipeline, Processors};
 use longshore_rabbitmq::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use longshore_rabbitmq::lapin::types::FieldTable;
-use longshore_rabbitmq::{RabbitMqConfig, RabbitMqMessage, RabbitMqMetadata, RabbitMqSource};
-use support::Countdown;
+use longshore_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 
 const DEMAND: usize = 64;
 const TASKS: usize = 2;
@@ -37,19 +34,6 @@ const TASKS: usize = 2;
 const PREFETCH: u16 = 128;
 /// The raw loop acknowledges this many deliveries at once.
 const ACK_EVERY: u64 = 32;
-
-struct Nothing(Arc<Countdown>);
-
-impl Handler for Nothing {
-    type Item = longshore_rabbitmq::Bytes;
-    type Metadata = RabbitMqMetadata;
-
-    async fn handle_message(&self, message: &mut RabbitMqMessage) -> Result<(), BoxError> {
-        std::hint::black_box(message.data().len());
-        self.0.handled();
-        Ok(())
-    }
-}
 
 /// The queue `queue` with `count` messages of 100 bytes.
 async fn fill(url: &str, queue: &str, count: u64) {
@@ -107,23 +91,13 @@ async fn raw(url: &str, queue: &str, count: u64) -> u64 {
 
 async fn longshore(url: &str, queue: &str, count: u64) -> u64 {
     let config = RabbitMqConfig::new(url, queue).prefetch(PREFETCH);
-    let countdown = Arc::new(Countdown::new(count as usize));
-    let pipeline = Pipeline::builder(
+    support::consume(
         RabbitMqSource::connect(config).await.unwrap(),
-        Nothing(countdown.clone()),
+        count,
+        TASKS,
+        DEMAND,
     )
-    .processors(Processors::new(TASKS).max_demand(DEMAND))
-    .start()
-    .unwrap();
-    // The queue never ends: stop once every message is handled; the shutdown
-    // acknowledges the last chunks.
-    countdown.finished().await;
-    pipeline.shutdown().await.unwrap().successful
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    .await
 }
 
 fn main() {
@@ -147,35 +121,8 @@ fn main() {
         support::report(&[rate, support::peak_rss_mb()]);
         return;
     }
-    let full = args.iter().any(|a| a == "--bench");
-    let count: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
-        .ok()
-        .and_then(|n| n.replace('_', "").parse().ok())
-        .unwrap_or(if full { 200_000 } else { 2_000 });
-    let rounds = if full { 5 } else { 1 };
+    let (count, rounds) = support::size(&args, 200_000);
     let server = common::RabbitMq::start();
     let url = server.url();
-    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
-    for round in 0..rounds {
-        let mut this = [0.0; 2];
-        for turn in 0..2 {
-            let at = (turn + round) % 2;
-            let case = ["raw", "longshore"][at];
-            let v = support::run_child(&["--case", case, &url, &count.to_string()], &[]);
-            this[at] = v[0];
-            rss[at] = rss[at].max(v[1]);
-        }
-        raw_rates.push(this[0]);
-        our_rates.push(this[1]);
-        ratios.push(this[1] / this[0]);
-    }
-    println!(
-        "BENCH case=rabbitmq ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} messages={count} rounds={rounds}",
-        median(ratios),
-        median(our_rates),
-        median(raw_rates),
-        rss[1],
-        rss[0],
-    );
+    support::raw_against_longshore("rabbitmq", &url, count, rounds);
 }

@@ -38,7 +38,7 @@ impl Broker for Queue {
 
     async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
         self.last_published.store(messages.len(), Ordering::Relaxed);
-        let payloads: Vec<String> = messages.iter().map(|m| format!("{},{}", m.id, m.key)).collect();
+        let payloads: Vec<String> = messages.iter().map(|m| m.to_text()).collect();
         publish(&self.channel, QUEUE, payloads).await;
         Ok(())
     }
@@ -49,12 +49,7 @@ impl Broker for Queue {
     }
 
     fn identify(&self, message: &Message<Bytes, RabbitMqMetadata>) -> Published {
-        let text = std::str::from_utf8(message.data()).expect("text");
-        let (id, key) = text.split_once(',').expect("id,key");
-        Published {
-            id: id.parse().expect("an id"),
-            key: key.parse().expect("a key"),
-        }
+        Published::from_text(message.data())
     }
 
     /// Delivered and not acknowledged, as the server counts it: the last publish less

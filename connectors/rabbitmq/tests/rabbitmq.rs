@@ -315,20 +315,7 @@ async fn a_quorum_queues_delivery_count_is_told_and_gauges_are_documented() {
     acknowledger.ack(again, Vec::new()).await;
     assert_eq!(source.held(), 0);
 
-    let value = |name: &str| {
-        longshore::metrics::registry()
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric().to_vec())
-            .find(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == "queue" && l.value() == "votes")
-            })
-            .map(|metric| metric.get_gauge().get_value())
-    };
+    let value = |name: &str| documented::gauge(name, ("queue", "votes"));
     until("the consumer counted", || {
         value("longshore_rabbitmq_queue_consumers") == Some(1.0)
     })

@@ -16,29 +16,13 @@ mod redis_server;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use longshore::{BoxError, Handler, Pipeline, Processors};
 use longshore_redis::redis::{self, aio::MultiplexedConnection};
-use longshore_redis::{RedisStreamConfig, RedisStreamMessage, RedisStreamMetadata, RedisStreamSource};
-use support::Countdown;
+use longshore_redis::{RedisStreamConfig, RedisStreamSource};
 
 const BATCH: usize = 64;
 const TASKS: usize = 2;
-
-struct Nothing(Arc<Countdown>);
-
-impl Handler for Nothing {
-    type Item = longshore_redis::Bytes;
-    type Metadata = RedisStreamMetadata;
-
-    async fn handle_message(&self, message: &mut RedisStreamMessage) -> Result<(), BoxError> {
-        std::hint::black_box(message.data().len());
-        self.0.handled();
-        Ok(())
-    }
-}
 
 async fn connect(url: &str) -> MultiplexedConnection {
     redis::Client::open(url)
@@ -130,23 +114,13 @@ async fn longshore(url: &str, stream: &str, entries: u64) -> u64 {
     let config = RedisStreamConfig::new(url, stream, "g")
         .consumer("longshore")
         .block(Duration::from_millis(100));
-    let countdown = Arc::new(Countdown::new(entries as usize));
-    let pipeline = Pipeline::builder(
+    support::consume(
         RedisStreamSource::connect(config).await.unwrap(),
-        Nothing(countdown.clone()),
+        entries,
+        TASKS,
+        BATCH,
     )
-    .processors(Processors::new(TASKS).max_demand(BATCH))
-    .start()
-    .unwrap();
-    // The stream never ends: stop once every entry is handled; the shutdown acknowledges
-    // the last chunks.
-    countdown.finished().await;
-    pipeline.shutdown().await.unwrap().successful
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    .await
 }
 
 fn main() {
@@ -175,35 +149,8 @@ fn main() {
         support::report(&[rate, support::peak_rss_mb()]);
         return;
     }
-    let full = args.iter().any(|a| a == "--bench");
-    let entries: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
-        .ok()
-        .and_then(|n| n.replace('_', "").parse().ok())
-        .unwrap_or(if full { 200_000 } else { 2_000 });
-    let rounds = if full { 5 } else { 1 };
+    let (entries, rounds) = support::size(&args, 200_000);
     let server = redis_server::Redis::start();
     let url = server.url();
-    let (mut ratios, mut raw_rates, mut our_rates, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), [0.0f64; 2]);
-    for round in 0..rounds {
-        let mut this = [0.0; 2];
-        for turn in 0..2 {
-            let at = (turn + round) % 2;
-            let case = ["raw", "longshore"][at];
-            let v = support::run_child(&["--case", case, &url, &entries.to_string()], &[]);
-            this[at] = v[0];
-            rss[at] = rss[at].max(v[1]);
-        }
-        raw_rates.push(this[0]);
-        our_rates.push(this[1]);
-        ratios.push(this[1] / this[0]);
-    }
-    println!(
-        "BENCH case=redis ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} entries={entries} rounds={rounds}",
-        median(ratios),
-        median(our_rates),
-        median(raw_rates),
-        rss[1],
-        rss[0],
-    );
+    support::raw_against_longshore("redis", &url, entries, rounds);
 }

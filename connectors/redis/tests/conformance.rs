@@ -31,12 +31,7 @@ impl Broker for Stream {
 
     async fn publish(&self, messages: Vec<Published>) -> Result<(), BoxError> {
         let mut connection = self.connection.clone();
-        add(
-            &mut connection,
-            STREAM,
-            messages.iter().map(|m| format!("{},{}", m.id, m.key)),
-        )
-        .await;
+        add(&mut connection, STREAM, messages.iter().map(|m| m.to_text())).await;
         Ok(())
     }
 
@@ -49,12 +44,7 @@ impl Broker for Stream {
     }
 
     fn identify(&self, message: &Message<Bytes, RedisStreamMetadata>) -> Published {
-        let text = std::str::from_utf8(message.data()).expect("text");
-        let (id, key) = text.split_once(',').expect("id,key");
-        Published {
-            id: id.parse().expect("an id"),
-            key: key.parse().expect("a key"),
-        }
+        Published::from_text(message.data())
     }
 
     async fn taken(&self, source: &RedisStreamSource) -> Result<usize, BoxError> {

@@ -12,8 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chaos::{
-    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, terminate, wait_for, Case,
-    Consumer,
+    kill_restart_and_count, lines, setting, sigterm_then_finish, start_consumer, wait_for, Case, Consumer,
 };
 use common::{add, connection, unfinished, Redis};
 use longshore_redis::redis::aio::MultiplexedConnection;
@@ -81,18 +80,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     );
     // What a killed consumer held (at most its in-flight bound) is taken back when it
     // starts again and handled again; an entry acknowledged is not.
-    let bound = counted.max_in_flight;
-    println!(
-        "CHAOS case=redis-kill9 produced={produced} handled_unique={} lost={} duplicates={} inflight_bound={bound} kills={kills}",
-        counted.unique, counted.lost, counted.duplicates
-    );
-    assert_eq!(counted.lost, 0, "entries lost");
-    assert_eq!(counted.unique, produced);
-    assert!(
-        counted.duplicates <= kills * bound,
-        "duplicates {} over the bound {kills} × {bound}",
-        counted.duplicates
-    );
+    counted.assert_kills("redis-kill9", produced, kills);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,20 +106,11 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
         "every entry done",
         drained(url.clone(), "restart"),
     );
-    terminate(&mut running);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(running.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let bound: usize = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("max_in_flight="))
-        .and_then(|n| n.parse().ok())
-        .expect("the consumer reports its bound");
-    let counts = chaos::handled(&case.output);
-    let lost = (0..produced).filter(|n| !counts.contains_key(n)).count();
-    let duplicates = counts.values().sum::<usize>() - counts.len();
+    let counted = chaos::stop_and_count(&mut running, produced, &case.output);
+    let (bound, lost, duplicates) = (counted.max_in_flight, counted.lost, counted.duplicates);
     println!(
         "CHAOS case=redis-server-restart produced={produced} handled_unique={} lost={lost} duplicates={duplicates} inflight_bound={bound}",
-        counts.len()
+        counted.unique
     );
     assert_eq!(lost, 0, "entries lost");
     assert!(
@@ -163,14 +142,5 @@ async fn sigterm_under_load_exits_within_the_deadline_and_loses_nothing() {
             )
         },
     );
-    println!(
-        "CHAOS case=redis-sigterm-under-load produced={produced} handled_unique={} lost={} duplicates={} inflight_bound={} exit_s={:.2}",
-        counted.unique,
-        counted.lost,
-        counted.duplicates,
-        counted.max_in_flight,
-        took.as_secs_f64()
-    );
-    assert_eq!(counted.lost, 0, "entries lost");
-    assert_eq!(counted.duplicates, 0, "duplicates after a graceful stop");
+    counted.assert_graceful("redis-sigterm-under-load", produced, took);
 }

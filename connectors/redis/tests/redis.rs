@@ -178,20 +178,7 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
         RedisStreamSource::connect(config(&server, "lag", "c").lag_interval(Duration::from_millis(100)))
             .await
             .unwrap();
-    let value = |name: &str| {
-        longshore::metrics::registry()
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric().to_vec())
-            .find(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == "stream" && l.value() == "lag")
-            })
-            .map(|metric| metric.get_gauge().get_value())
-    };
+    let value = |name: &str| documented::gauge(name, ("stream", "lag"));
     until("the lag read", async || {
         value("longshore_redis_group_lag") == Some(3.0)
     })

@@ -67,6 +67,35 @@ pub struct Published {
     pub key: u64,
 }
 
+impl Published {
+    /// As text, for a broker whose messages are bytes: `id,key`.
+    ///
+    /// ```
+    /// use longshore::testing::conformance::Published;
+    ///
+    /// let published = Published { id: 7, key: 3 };
+    /// assert_eq!(published.to_text(), "7,3");
+    /// assert_eq!(Published::from_text(b"7,3"), published);
+    /// ```
+    pub fn to_text(&self) -> String {
+        format!("{},{}", self.id, self.key)
+    }
+
+    /// Reads back what [`to_text`](Self::to_text) wrote.
+    ///
+    /// # Panics
+    ///
+    /// On anything else: a check's own data came back changed.
+    pub fn from_text(bytes: &[u8]) -> Self {
+        let text = std::str::from_utf8(bytes).expect("a published message is text");
+        let (id, key) = text.split_once(',').expect("id,key");
+        Published {
+            id: id.parse().expect("an id"),
+            key: key.parse().expect("a key"),
+        }
+    }
+}
+
 /// What a source promises, as its connector declares it for the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
