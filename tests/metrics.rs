@@ -70,16 +70,10 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
         // The connectors' own are checked by their tests; a source part's stall, which
         // appears once a part stalls, by tests/stall.rs.
         .filter(|(name, _)| {
-            let connectors = [
-                "longshore_kafka_",
-                "longshore_sqs_",
-                "longshore_file_",
-                "longshore_postgres_",
-                "longshore_redis_",
-                "longshore_nats_",
-                "longshore_rabbitmq_",
-            ];
-            !connectors.iter().any(|prefix| name.starts_with(prefix)) && name != "longshore_source_stalled"
+            !common::CONNECTOR_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                && name != "longshore_source_stalled"
         })
         .collect();
     assert!(documented.len() >= 15, "docs/metrics.md read: {documented:?}");

@@ -9,6 +9,18 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The prefixes of the connectors' own series, each checked by its connector's tests
+/// (against `docs/metrics.md` and the dashboard).
+pub const CONNECTOR_PREFIXES: [&str; 7] = [
+    "longshore_kafka_",
+    "longshore_sqs_",
+    "longshore_file_",
+    "longshore_postgres_",
+    "longshore_redis_",
+    "longshore_nats_",
+    "longshore_rabbitmq_",
+];
+
 /// `GET path` on `addr`: the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     request(addr, "GET", path, &[], "").await
