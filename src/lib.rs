@@ -97,6 +97,7 @@ mod pipeline;
 pub mod service;
 pub mod source;
 pub mod testing;
+pub mod trace;
 mod topology;
 
 pub use control::batching::Batching;

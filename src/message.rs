@@ -55,6 +55,9 @@ pub struct Message<T, M = ()> {
     batch_key: BatchKey,
     /// The `partition_by` key, computed once when the message is dispatched.
     order_key: Option<u64>,
+    /// Its span, from its first handling to its acknowledgement (with tracing on).
+    #[cfg(feature = "otel")]
+    span: Option<crate::trace::MessageSpan>,
 }
 
 impl<T> Message<T> {
@@ -81,6 +84,8 @@ impl<T, M> Message<T, M> {
             batcher: None,
             batch_key: BatchKey::None,
             order_key: None,
+            #[cfg(feature = "otel")]
+            span: None,
         }
     }
 
@@ -151,6 +156,8 @@ impl<T, M> Message<T, M> {
             batcher,
             batch_key,
             order_key,
+            #[cfg(feature = "otel")]
+            span,
         } = self;
         let message = Message {
             data,
@@ -164,6 +171,8 @@ impl<T, M> Message<T, M> {
             batcher,
             batch_key,
             order_key,
+            #[cfg(feature = "otel")]
+            span,
         };
         (old, message)
     }
@@ -249,12 +258,71 @@ impl<T, M> Message<T, M> {
 
     pub(crate) fn set_dead_lettered(&mut self) {
         self.dead_lettered = true;
+        #[cfg(feature = "otel")]
+        if let Some(span) = &self.span {
+            crate::trace::event(span, "dead_lettered", Vec::new());
+        }
     }
 
-    /// Readies a failed message for its next attempt.
-    pub(crate) fn retry(&mut self) {
+    /// Readies a failed message for its next attempt after `delay`.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn retry(&mut self, delay: Duration) {
+        #[cfg(feature = "otel")]
+        if let (Some(span), Status::Failed(failure)) = (&self.span, &self.status) {
+            use opentelemetry::KeyValue;
+            let attributes = vec![
+                KeyValue::new("longshore.attempt", i64::from(self.attempt)),
+                KeyValue::new("longshore.retry_in_ms", delay.as_millis() as i64),
+                KeyValue::new("error.type", failure.kind().to_string()),
+                KeyValue::new("exception.message", failure.error().to_string()),
+            ];
+            crate::trace::event(span, "retry", attributes);
+        }
         self.attempt += 1;
         self.status = Status::Ok;
+    }
+
+    /// The trace context headers (`traceparent`, `tracestate`, `baggage`) that continue
+    /// this message's trace from its span, for a copy of it written elsewhere: a
+    /// dead-letter destination puts them on its copy in place of the original ones.
+    /// Empty when the pipeline does not trace (feature `otel`, see [`crate::trace`]).
+    ///
+    /// ```
+    /// use longshore::Message;
+    ///
+    /// assert!(Message::new("not traced").trace_headers().is_empty());
+    /// ```
+    pub fn trace_headers(&self) -> Vec<(&'static str, String)> {
+        #[cfg(feature = "otel")]
+        if let Some(span) = &self.span {
+            return crate::trace::headers_of(span);
+        }
+        Vec::new()
+    }
+
+    /// The context of this message's span (feature `otel`, with tracing on): run work
+    /// within it, or inject it into an outgoing request, to continue the trace.
+    #[cfg(feature = "otel")]
+    pub fn trace_context(&self) -> Option<&opentelemetry::Context> {
+        self.span.as_ref()
+    }
+
+    /// Starts the message's span, unless a first attempt already did: the context a
+    /// handler runs within.
+    #[cfg(feature = "otel")]
+    pub(crate) fn start_span(&mut self, tracing: &dyn crate::trace::ErasedTracing<M>) -> opentelemetry::Context {
+        if self.span.is_none() {
+            self.span = Some(tracing.message(&self.metadata, self.attempt));
+        }
+        self.span.clone().unwrap_or_default()
+    }
+
+    /// Ends the message's span, if it has one, with `outcome`.
+    #[cfg(feature = "otel")]
+    pub(crate) fn end_span(&mut self, outcome: &'static str) {
+        if let Some(span) = self.span.take() {
+            crate::trace::end_span(&span, &self.status, outcome);
+        }
     }
 
     pub(crate) fn set_failure(&mut self, failure: Failure) {

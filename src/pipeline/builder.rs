@@ -45,6 +45,8 @@ pub struct PipelineBuilder<S: Source, H, C = Identity> {
     codec: C,
     partition_by: Option<PartitionBy<S::Data, S::Metadata>>,
     dead_letter: Option<Box<dyn ErasedDeadLetter<S::Metadata>>>,
+    #[cfg(feature = "otel")]
+    tracing: Option<std::sync::Arc<dyn crate::trace::ErasedTracing<S::Metadata>>>,
 }
 
 impl<S, H> PipelineBuilder<S, H>
@@ -60,6 +62,8 @@ where
             codec: Identity,
             partition_by: None,
             dead_letter: None,
+            #[cfg(feature = "otel")]
+            tracing: None,
         }
     }
 }
@@ -116,6 +120,8 @@ where
             codec,
             partition_by: self.partition_by,
             dead_letter: self.dead_letter,
+            #[cfg(feature = "otel")]
+            tracing: self.tracing,
         }
     }
 
@@ -207,6 +213,49 @@ where
         self
     }
 
+    /// Makes an OpenTelemetry span for every message and batch (feature `otel`; default:
+    /// none): each message's span continues the trace its producer put on it (see
+    /// [`crate::trace`]).
+    ///
+    /// ```
+    /// use longshore::source::memory::MemorySource;
+    /// use longshore::trace::Tracing;
+    /// use longshore::{BoxError, Handler, Message, Pipeline};
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    ///
+    /// struct Nothing;
+    /// impl Handler for Nothing {
+    ///     type Item = u32;
+    ///     type Metadata = ();
+    ///     async fn handle_message(&self, _: &mut Message<u32>) -> Result<(), BoxError> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let pipeline = Pipeline::builder(MemorySource::from_iter([1, 2, 3]), Nothing)
+    ///     .tracing(Tracing::new(provider.tracer("example")))
+    ///     .start()
+    ///     .unwrap();
+    /// pipeline.wait().await.unwrap();
+    /// let spans = exporter.get_finished_spans().unwrap();
+    /// assert_eq!(spans.len(), 3);
+    /// assert_eq!(spans[0].name, "process memory");
+    /// # }
+    /// ```
+    #[cfg(feature = "otel")]
+    pub fn tracing(mut self, tracing: crate::trace::Tracing) -> Self
+    where
+        S::Metadata: crate::trace::TraceMetadata,
+    {
+        self.tracing = Some(tracing.erase());
+        self
+    }
+
     /// When a stage counts as stalled (default: holding messages with none finished for
     /// 60 s; flagged in `longshore_stage_stalled`, `/healthz`'s body and `/topology`,
     /// failing liveness only if the watch says so).
@@ -275,6 +324,8 @@ where
             retry: config.retry,
             redelivery: self.source.redelivery(),
             dead_letter: self.dead_letter,
+            #[cfg(feature = "otel")]
+            tracing: self.tracing,
             meter: meter.clone(),
             fault: fault.clone(),
             abandon: abandon.clone(),

@@ -113,6 +113,20 @@ where
             return;
         }
         self.count(&successful, &failed);
+        #[cfg(feature = "otel")]
+        if self.tracing.is_some() {
+            successful.iter_mut().for_each(|m| m.end_span("success"));
+            for message in &mut failed {
+                let outcome = if message.is_dead_lettered() {
+                    "dead_lettered"
+                } else if message.redeliver_after().is_some() {
+                    "redelivered"
+                } else {
+                    "failed"
+                };
+                message.end_span(outcome);
+            }
+        }
         let acked = guarded(async {
             self.acknowledger.ack(successful, failed).await;
             Ok(())
@@ -161,11 +175,16 @@ where
 
     /// Hands messages that will not be finished back to the source, unacknowledged (see
     /// [`Acknowledger::release`]).
-    pub(crate) async fn release<T: Send + 'static>(&self, messages: Vec<Message<T, H::Metadata>>) {
+    pub(crate) async fn release<T: Send + 'static>(
+        &self,
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut messages: Vec<Message<T, H::Metadata>>,
+    ) {
         let n = messages.len();
         if n == 0 {
             return;
         }
+        #[cfg(feature = "otel")]
+        messages.iter_mut().for_each(|m| m.end_span("released"));
         tracing::info!(
             messages = n,
             "released unacknowledged at shutdown, for redelivery"

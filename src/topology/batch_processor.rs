@@ -225,12 +225,25 @@ where
             .meter
             .add_rate_limited(waited, &self.metrics.rate_limited);
         let mut timing = HandlingTimes::new(&self.metrics.batch_processor, true);
+        #[cfg(feature = "otel")]
+        let traced = self
+            .ctx
+            .tracing
+            .as_deref()
+            .map(|tracing| crate::trace::batch_span(tracing, &info, &batch));
         let span = tracing::debug_span!("batch", batcher = %info.batcher, size = batch.len(), trigger = info.trigger.as_str());
+        let call = guarded(self.ctx.handler.handle_batch(&mut batch, &info)).instrument(span);
+        #[cfg(feature = "otel")]
+        let call = crate::trace::within(traced.clone(), call);
         let handled = tokio::select! {
             biased;
-            handled = guarded(self.ctx.handler.handle_batch(&mut batch, &info)).instrument(span) => Some(handled),
+            handled = call => Some(handled),
             () = abandon.cancelled() => None,
         };
+        #[cfg(feature = "otel")]
+        if let Some(span) = traced {
+            crate::trace::end_batch_span(&span, handled.as_ref());
+        }
         let Some(handled) = handled else {
             return Err(batch);
         };
@@ -263,7 +276,7 @@ where
             match self.ctx.retry_delay(&mut message) {
                 Some(wait) => {
                     delay = delay.max(wait);
-                    message.retry();
+                    message.retry(wait);
                     again.push(message);
                 }
                 // A message failed for good leaves its key's order: it is finished.

@@ -60,6 +60,9 @@ pub(crate) struct Context<H: Handler, A> {
     pub(crate) retry: RetryPolicy,
     pub(crate) redelivery: Redelivery,
     pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Metadata>>>,
+    /// Makes the messages' and batches' spans, when the pipeline traces.
+    #[cfg(feature = "otel")]
+    pub(crate) tracing: Option<Arc<dyn crate::trace::ErasedTracing<H::Metadata>>>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) fault: Arc<Fault>,
     /// Cancelled when the shutdown deadline passes: every stage cuts short what it

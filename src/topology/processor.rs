@@ -474,8 +474,14 @@ where
                 staying.push((index, None));
             } else {
                 if message.is_ok() {
+                    #[cfg(feature = "otel")]
+                    let traced = self.ctx.tracing.as_deref().map(|tracing| message.start_span(tracing));
                     let span = tracing::debug_span!("message", attempt = message.attempt());
-                    let handled = guarded(handler.handle_message(message)).instrument(span).await;
+                    let call = guarded(handler.handle_message(message)).instrument(span);
+                    #[cfg(feature = "otel")]
+                    let handled = crate::trace::within(traced, call).await;
+                    #[cfg(not(feature = "otel"))]
+                    let handled = call.await;
                     timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
                     if let Err(failure) = handled {
                         message.set_failure(failure);
@@ -513,7 +519,7 @@ where
                 match staying.next_if(|&(at, _)| at == index) {
                     None => done.push(message),
                     Some((_, Some(delay))) => {
-                        message.retry();
+                        message.retry(delay);
                         retries.due.insert(message, delay);
                         retries.waiting.add(1);
                     }

@@ -92,11 +92,22 @@ impl DeadLetter<KafkaMetadata> for KafkaDeadLetter {
             let record = message.metadata();
             let (reason, attempts) = (message.status().to_string(), message.attempt().to_string());
             let (partition, offset) = (record.partition().to_string(), record.offset().to_string());
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers().len() + 5);
+            // The message span's context, when traced, in place of the producer's.
+            let trace = message.trace_headers();
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers().len() + 5 + trace.len());
             for (name, value) in record.headers() {
+                if trace.iter().any(|(traced, _)| traced == name) {
+                    continue;
+                }
                 headers = headers.insert(Header {
                     key: name,
                     value: value.as_ref(),
+                });
+            }
+            for (key, value) in &trace {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
                 });
             }
             for (key, value) in [

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use longshore::trace::Attribute;
 use longshore::Message;
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message as _};
 
@@ -80,6 +81,31 @@ pub struct KafkaMetadata {
     /// The partition's slot, and which assignment of it delivered the record: a record
     /// from an earlier assignment (revoked since) commits nothing.
     pub(crate) slot: Slot,
+}
+
+/// A record's span (feature `otel` of `longshore`): the trace context from its headers,
+/// and the attributes the messaging conventions give a Kafka record.
+impl longshore::trace::TraceMetadata for KafkaMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn destination(&self) -> &str {
+        &self.topic
+    }
+
+    fn trace_header(&self, name: &str) -> Option<&str> {
+        let (_, value) = self.headers.iter().find(|(header, _)| header == name)?;
+        std::str::from_utf8(value.as_deref()?).ok()
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        record("messaging.destination.partition.id", Attribute::Text(&self.partition.to_string()));
+        record("messaging.kafka.offset", Attribute::Int(self.offset));
+        if let Some(key) = self.key().and_then(|key| std::str::from_utf8(key).ok()) {
+            record("messaging.kafka.message.key", Attribute::Text(key));
+        }
+    }
 }
 
 impl KafkaMetadata {

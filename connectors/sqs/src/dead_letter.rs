@@ -97,7 +97,14 @@ impl SqsDeadLetter {
             ),
             ("longshore.message_id".to_owned(), string(data.message_id.clone())),
         ];
-        let mut own: Vec<_> = data.message_attributes.iter().collect();
+        // The message span's context, when traced, in place of the producer's.
+        let trace = message.trace_headers();
+        attributes.extend(trace.iter().map(|(name, value)| ((*name).to_owned(), string(value.clone()))));
+        let mut own: Vec<_> = data
+            .message_attributes
+            .iter()
+            .filter(|(name, _)| !trace.iter().any(|(traced, _)| traced == name))
+            .collect();
         own.sort_by(|a, b| a.0.cmp(b.0));
         let room = MAX_ATTRIBUTES - attributes.len();
         if own.len() > room {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use bytes::Bytes;
+use longshore::trace::Attribute;
 use longshore::Message;
 
 /// A message of the SQS source: its data (the body as received, or what a decode step
@@ -80,6 +81,29 @@ struct Body(Arc<str>);
 impl AsRef<[u8]> for Body {
     fn as_ref(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+}
+
+/// A message's span (feature `otel` of `longshore`): the trace context from its message
+/// attributes, and the attributes the messaging conventions give an SQS message.
+impl longshore::trace::TraceMetadata for SqsMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "aws_sqs"
+    }
+
+    fn destination(&self) -> &str {
+        &self.queue
+    }
+
+    fn trace_header(&self, name: &str) -> Option<&str> {
+        self.message_attribute_str(name)
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        record("messaging.message.id", Attribute::Text(&self.message_id));
+        if let Some(group) = self.group_id() {
+            record("messaging.message.conversation_id", Attribute::Text(group));
+        }
     }
 }
 
