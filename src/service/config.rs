@@ -72,6 +72,9 @@ pub struct ServiceConfig<S, A = ()> {
     pub control: ControlConfig,
     /// How the service logs.
     pub log: LogConfig,
+    /// Spans of every message, exported over OTLP (feature `otlp`; off by default).
+    #[cfg(feature = "otlp")]
+    pub tracing: crate::trace::TracingConfig,
 }
 
 /// The `[metrics]` section.

@@ -23,8 +23,13 @@
 //! [`PipelineBuilder::tracing`]: crate::PipelineBuilder
 //! [`Message::trace_headers`]: crate::Message::trace_headers
 
+#[cfg(feature = "otlp")]
+mod otlp;
 #[cfg(feature = "otel")]
 mod spans;
+
+#[cfg(feature = "otlp")]
+pub use otlp::{OtlpProtocol, TraceExport, TracingConfig};
 
 #[cfg(feature = "otel")]
 pub use spans::Tracing;
