@@ -97,8 +97,8 @@ mod pipeline;
 pub mod service;
 pub mod source;
 pub mod testing;
-pub mod trace;
 mod topology;
+pub mod trace;
 
 pub use control::batching::Batching;
 pub use control::changes::Change;

@@ -246,6 +246,8 @@ impl<T, M> Message<T, M> {
     }
 
     pub(crate) fn set_redeliver_after(&mut self, delay: Duration) {
+        #[cfg(feature = "otel")]
+        self.retry_event(delay);
         self.redeliver_after = Some(delay);
     }
 
@@ -268,6 +270,15 @@ impl<T, M> Message<T, M> {
     #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
     pub(crate) fn retry(&mut self, delay: Duration) {
         #[cfg(feature = "otel")]
+        self.retry_event(delay);
+        self.attempt += 1;
+        self.status = Status::Ok;
+    }
+
+    /// The `retry` event on the message's span: the attempt that failed, why, and when
+    /// the next one comes (in this process, or redelivered by the broker).
+    #[cfg(feature = "otel")]
+    fn retry_event(&self, delay: Duration) {
         if let (Some(span), Status::Failed(failure)) = (&self.span, &self.status) {
             use opentelemetry::KeyValue;
             let attributes = vec![
@@ -278,8 +289,6 @@ impl<T, M> Message<T, M> {
             ];
             crate::trace::event(span, "retry", attributes);
         }
-        self.attempt += 1;
-        self.status = Status::Ok;
     }
 
     /// The trace context headers (`traceparent`, `tracestate`, `baggage`) that continue
@@ -310,7 +319,10 @@ impl<T, M> Message<T, M> {
     /// Starts the message's span, unless a first attempt already did: the context a
     /// handler runs within.
     #[cfg(feature = "otel")]
-    pub(crate) fn start_span(&mut self, tracing: &dyn crate::trace::ErasedTracing<M>) -> opentelemetry::Context {
+    pub(crate) fn start_span(
+        &mut self,
+        tracing: &dyn crate::trace::ErasedTracing<M>,
+    ) -> opentelemetry::Context {
         if self.span.is_none() {
             self.span = Some(tracing.message(&self.metadata, self.attempt));
         }

@@ -5,15 +5,24 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use longshore::{BatchInfo, BoxError, Handler, Message};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Span as _, TraceContextExt, Tracer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use prost::Message as _;
 
 /// One span as received.
@@ -63,7 +72,10 @@ impl Receiver {
                     match ExportTraceServiceRequest::decode(body) {
                         Ok(request) => {
                             keep.lock().unwrap().extend(spans_of(request));
-                            (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+                            (
+                                StatusCode::OK,
+                                ExportTraceServiceResponse::default().encode_to_vec(),
+                            )
                         }
                         Err(error) => (StatusCode::BAD_REQUEST, error.to_string().into_bytes()),
                     }
@@ -166,4 +178,223 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<Span> {
         }
     }
     out
+}
+
+/// The producer's span of each message, by the test's key: trace id and span id.
+pub type Produced = HashMap<String, (String, String)>;
+
+/// A producer service's span around publishing one message: the trace context headers it
+/// puts on the message (W3C Trace Context, and `baggage` when given), and its ids.
+pub fn publish(
+    tracer: &opentelemetry_sdk::trace::SdkTracer,
+    baggage: Option<(&'static str, &'static str)>,
+) -> (HashMap<String, String>, (String, String)) {
+    let span = tracer.start("publish");
+    let ids = (
+        span.span_context().trace_id().to_string(),
+        span.span_context().span_id().to_string(),
+    );
+    let mut cx = opentelemetry::Context::current_with_span(span);
+    if let Some((name, value)) = baggage {
+        cx = opentelemetry::baggage::BaggageExt::with_baggage(
+            &cx,
+            [opentelemetry::KeyValue::new(name, value)],
+        );
+    }
+    let mut headers = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut headers);
+    BaggagePropagator::new().inject_context(&cx, &mut headers);
+    // As a producer must for SQS, which refuses empty attributes (`tracestate`).
+    headers.retain(|_, value| !value.is_empty());
+    (headers, ids)
+}
+
+fn span_id(cx: &opentelemetry::Context) -> String {
+    cx.span().span_context().span_id().to_string()
+}
+
+/// Fails the messages `poison` picks every time; records each batch with the span it ran
+/// in and its messages' spans, as the handler sees them, and any message not handled
+/// within its own span.
+pub struct Traced<T, M> {
+    poison: fn(&M) -> bool,
+    pub batches: Mutex<Vec<(String, BTreeSet<String>)>>,
+    pub outside_their_span: std::sync::atomic::AtomicUsize,
+    data: PhantomData<fn(T)>,
+}
+
+impl<T, M> Traced<T, M> {
+    pub fn new(poison: fn(&M) -> bool) -> Self {
+        Traced {
+            poison,
+            batches: Mutex::new(Vec::new()),
+            outside_their_span: Default::default(),
+            data: PhantomData,
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static, M: Send + Sync + 'static> Handler for Traced<T, M> {
+    type Item = T;
+    type Metadata = M;
+
+    async fn handle_message(&self, message: &mut Message<T, M>) -> Result<(), BoxError> {
+        let current = span_id(&opentelemetry::Context::current());
+        if Some(current) != message.trace_context().map(span_id) {
+            self.outside_their_span
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if (self.poison)(message.metadata()) {
+            return Err("poison".into());
+        }
+        Ok(())
+    }
+
+    async fn handle_batch(&self, batch: &mut [Message<T, M>], _: &BatchInfo) -> Result<(), BoxError> {
+        let messages = batch
+            .iter()
+            .map(|m| span_id(m.trace_context().expect("a traced message")))
+            .collect();
+        let current = span_id(&opentelemetry::Context::current());
+        self.batches.lock().unwrap().push((current, messages));
+        Ok(())
+    }
+}
+
+/// Checks what every traced pipeline's spans must show, for messages told apart by the
+/// attribute `key` (the producer's key of each in `produced`), one of them `poison`:
+/// - one consumer span `process {destination}` per message, in its producer's trace with
+///   the producer's span as parent, with the documented attributes and outcome;
+/// - the poison message's retry and dead-lettering as events, with an error status;
+/// - each batch's span (`process batch {batcher}`) linking exactly its messages' spans.
+///
+/// Returns the message spans by key.
+pub fn assert_traced<T, M>(
+    spans: &[Span],
+    handler: &Traced<T, M>,
+    expect: Expect<'_>,
+) -> HashMap<String, Span> {
+    assert_eq!(
+        handler
+            .outside_their_span
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a handler ran outside its message's span"
+    );
+    let name = format!("process {}", expect.destination);
+    let mut messages: Vec<&Span> = spans.iter().filter(|s| s.name == name).collect();
+    // Redelivered by the broker, the poison message comes back as a new delivery with a
+    // span of its own: the first ends `redelivered`, with the retry as its event.
+    if expect.redelivered_by_broker {
+        let first = messages
+            .iter()
+            .position(|s| s.attributes["longshore.outcome"] == "redelivered")
+            .expect("the poison message's first delivery");
+        let first = messages.remove(first);
+        assert_eq!(first.attributes[expect.key], expect.poison);
+        assert_eq!(first.attributes["longshore.attempt"], "1");
+        let events: Vec<&str> = first.events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(events, ["retry"]);
+        assert_eq!(first.status, 2, "an error status");
+        let (trace, parent) = &expect.produced[expect.poison];
+        assert_eq!((&first.trace_id, &first.parent_span_id), (trace, parent));
+    }
+    assert_eq!(messages.len(), expect.produced.len(), "one span per message");
+    let mut by_key = HashMap::new();
+    for span in &messages {
+        let attribute = |name: &str| span.attributes.get(name).map(String::as_str);
+        let key = attribute(expect.key).unwrap_or_else(|| panic!("{} recorded: {span:?}", expect.key));
+        let (trace, parent) = &expect.produced[key];
+        assert_eq!(&span.trace_id, trace, "{key}: the producer's trace");
+        assert_eq!(
+            &span.parent_span_id, parent,
+            "{key}: the producer's span is the parent"
+        );
+        assert_eq!(span.kind, 5, "a consumer span");
+        assert_eq!(span.service, expect.service);
+        assert_eq!(attribute("messaging.system"), Some(expect.system));
+        assert_eq!(attribute("messaging.destination.name"), Some(expect.destination));
+        assert_eq!(attribute("messaging.operation.type"), Some("process"));
+        let events: Vec<&str> = span.events.iter().map(|(name, _)| name.as_str()).collect();
+        if key == expect.poison && expect.redelivered_by_broker {
+            assert_eq!(attribute("longshore.attempt"), Some("2"));
+            assert_eq!(attribute("longshore.outcome"), Some("dead_lettered"));
+            assert_eq!(events, ["dead_lettered"]);
+            assert_eq!(span.status, 2, "an error status");
+        } else if key == expect.poison {
+            assert_eq!(attribute("longshore.attempt"), Some("1"));
+            assert_eq!(attribute("longshore.outcome"), Some("dead_lettered"));
+            assert_eq!(events, ["retry", "dead_lettered"]);
+            assert_eq!(span.events[0].1["longshore.attempt"], "1");
+            assert_eq!(span.events[0].1["exception.message"], "poison");
+            assert_eq!(span.status, 2, "an error status");
+            assert_eq!(attribute("error.type"), Some("error"));
+        } else {
+            assert_eq!(attribute("longshore.attempt"), Some("1"));
+            assert_eq!(attribute("longshore.outcome"), Some("success"), "{key}");
+            assert!(events.is_empty(), "{key}: {events:?}");
+            assert_ne!(span.status, 2);
+        }
+        assert!(
+            by_key.insert(key.to_owned(), (*span).clone()).is_none(),
+            "{key} has two spans"
+        );
+    }
+
+    let batches = handler.batches.lock().unwrap().clone();
+    let batch_name = format!("process batch {}", expect.batcher);
+    let batch_spans: HashMap<&str, &Span> = spans
+        .iter()
+        .filter(|s| s.name == batch_name)
+        .map(|s| (s.span_id.as_str(), s))
+        .collect();
+    assert_eq!(batch_spans.len(), batches.len());
+    assert_eq!(
+        batches.iter().map(|(_, m)| m.len()).sum::<usize>(),
+        expect.produced.len() - 1,
+        "every message but the poison one was batched once"
+    );
+    let traces: HashMap<&str, &str> = messages
+        .iter()
+        .map(|s| (s.span_id.as_str(), s.trace_id.as_str()))
+        .collect();
+    for (batch, members) in &batches {
+        let span = batch_spans[batch.as_str()];
+        assert_eq!(
+            span.attributes["messaging.batch.message_count"],
+            members.len().to_string()
+        );
+        let linked: BTreeSet<String> = span.links.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!(&linked, members, "batch {batch} links exactly its messages");
+        for (trace, id) in &span.links {
+            assert_eq!(traces[id.as_str()], trace);
+        }
+    }
+    by_key
+}
+
+/// What [`assert_traced`] expects of a source's spans.
+pub struct Expect<'a> {
+    pub produced: &'a Produced,
+    pub key: &'a str,
+    pub poison: &'a str,
+    pub system: &'a str,
+    pub destination: &'a str,
+    pub batcher: &'a str,
+    pub service: &'a str,
+    /// The source's failed messages come back from the broker (SQS), not from the
+    /// pipeline's own retry (Kafka).
+    pub redelivered_by_broker: bool,
+}
+
+/// The `[tracing]` settings exporting to `receiver` over `protocol`.
+pub fn settings(receiver: &Receiver, protocol: &str, service: &str) -> longshore::trace::TracingConfig {
+    let endpoint = match protocol {
+        "grpc" => receiver.grpc_endpoint(),
+        _ => receiver.http_endpoint(),
+    };
+    let text = format!(
+        "enabled = true\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nservice_name = \"{service}\""
+    );
+    toml::from_str(&text).unwrap()
 }

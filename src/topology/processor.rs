@@ -475,7 +475,11 @@ where
             } else {
                 if message.is_ok() {
                     #[cfg(feature = "otel")]
-                    let traced = self.ctx.tracing.as_deref().map(|tracing| message.start_span(tracing));
+                    let traced = self
+                        .ctx
+                        .tracing
+                        .as_deref()
+                        .map(|tracing| message.start_span(tracing));
                     let span = tracing::debug_span!("message", attempt = message.attempt());
                     let call = guarded(handler.handle_message(message)).instrument(span);
                     #[cfg(feature = "otel")]

@@ -34,7 +34,9 @@ pub use otlp::{OtlpProtocol, TraceExport, TracingConfig};
 #[cfg(feature = "otel")]
 pub use spans::Tracing;
 #[cfg(feature = "otel")]
-pub(crate) use spans::{batch_span, end_batch_span, end_span, event, headers_of, within, ErasedTracing, MessageSpan};
+pub(crate) use spans::{
+    batch_span, end_batch_span, end_span, event, headers_of, within, ErasedTracing, MessageSpan,
+};
 
 /// The names of the trace context headers a source's metadata is asked for: W3C Trace
 /// Context and W3C Baggage.

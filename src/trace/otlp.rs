@@ -178,8 +178,14 @@ mod tests {
     fn a_base_url_gets_the_traces_path_and_a_full_one_stays() {
         assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_url("http://c:4318/otlp/v1/traces"), "http://c:4318/otlp/v1/traces");
+        assert_eq!(
+            http_traces_url("http://c:4318/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            http_traces_url("http://c:4318/otlp/v1/traces"),
+            "http://c:4318/otlp/v1/traces"
+        );
     }
 
     #[test]

@@ -180,6 +180,10 @@ pub(crate) fn headers_of(span: &Context) -> Vec<(&'static str, String)> {
     struct Collect(Vec<(&'static str, String)>);
     impl Injector for Collect {
         fn set(&mut self, key: &str, value: String) {
+            // No empty `tracestate`: SQS refuses an attribute with an empty value.
+            if value.is_empty() {
+                return;
+            }
             if let Some(name) = TRACE_HEADERS.into_iter().find(|name| *name == key) {
                 self.0.push((name, value));
             }

@@ -100,7 +100,10 @@ impl longshore::trace::TraceMetadata for KafkaMetadata {
     }
 
     fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
-        record("messaging.destination.partition.id", Attribute::Text(&self.partition.to_string()));
+        record(
+            "messaging.destination.partition.id",
+            Attribute::Text(&self.partition.to_string()),
+        );
         record("messaging.kafka.offset", Attribute::Int(self.offset));
         if let Some(key) = self.key().and_then(|key| std::str::from_utf8(key).ok()) {
             record("messaging.kafka.message.key", Attribute::Text(key));

@@ -99,7 +99,11 @@ impl SqsDeadLetter {
         ];
         // The message span's context, when traced, in place of the producer's.
         let trace = message.trace_headers();
-        attributes.extend(trace.iter().map(|(name, value)| ((*name).to_owned(), string(value.clone()))));
+        attributes.extend(
+            trace
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), string(value.clone()))),
+        );
         let mut own: Vec<_> = data
             .message_attributes
             .iter()
