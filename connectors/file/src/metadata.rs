@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use longshore::trace::Attribute;
 use longshore::Message;
 
 /// A record of a [`FileSource`](crate::FileSource): its data is the record's bytes, or
@@ -31,6 +32,26 @@ pub struct FileMetadata {
     raw: Bytes,
     /// The record's number in this source's reading, for its acknowledgement.
     pub(crate) seq: u64,
+}
+
+/// A line's or record's span (feature `otel` of `longshore`): a file has no headers, so
+/// the span starts a trace of its own.
+impl longshore::trace::TraceMetadata for FileMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "file"
+    }
+
+    fn destination(&self) -> &str {
+        self.path.to_str().unwrap_or("(a path that is not UTF-8)")
+    }
+
+    fn trace_header(&self, _: &str) -> Option<&str> {
+        None
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        record("longshore.file.line", Attribute::Int(i64::try_from(self.line).unwrap_or(i64::MAX)));
+    }
 }
 
 impl FileMetadata {

@@ -2,6 +2,7 @@
 //! acknowledged through.
 
 use bytes::Bytes;
+use longshore::trace::Attribute;
 use longshore::Message;
 
 /// A message of a [`JetStreamSource`](crate::JetStreamSource): its data is the payload,
@@ -26,6 +27,27 @@ pub struct JetStreamMetadata {
     payload: Bytes,
     /// The server's message, to acknowledge it; `None` in a handler's unit test.
     pub(crate) handle: Option<async_nats::jetstream::Message>,
+}
+
+/// A message's span (feature `otel` of `longshore`): the trace context from its NATS
+/// headers, and the attributes the messaging conventions give a JetStream message.
+impl longshore::trace::TraceMetadata for JetStreamMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "nats"
+    }
+
+    fn destination(&self) -> &str {
+        &self.subject
+    }
+
+    fn trace_header(&self, name: &str) -> Option<&str> {
+        Some(self.headers.as_ref()?.get(name)?.as_str())
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        let sequence = i64::try_from(self.stream_sequence).unwrap_or(i64::MAX);
+        record("messaging.nats.stream_sequence", Attribute::Int(sequence));
+    }
 }
 
 impl JetStreamMetadata {

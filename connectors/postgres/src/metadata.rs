@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use longshore::trace::Attribute;
 use longshore::Message;
 
 use crate::queue::Lease;
@@ -30,6 +31,26 @@ pub struct PgQueueMetadata {
     payload: Bytes,
     /// The row's `attempts` when leased: names the lease in the acknowledger's statements.
     pub(crate) token: i32,
+}
+
+/// A row's span (feature `otel` of `longshore`): a queue table has no headers, so the
+/// span starts a trace of its own.
+impl longshore::trace::TraceMetadata for PgQueueMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn destination(&self) -> &str {
+        &self.queue
+    }
+
+    fn trace_header(&self, _: &str) -> Option<&str> {
+        None
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        record("messaging.message.id", Attribute::Int(self.id));
+    }
 }
 
 impl PgQueueMetadata {

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use longshore::trace::Attribute;
 use longshore::Message;
 
 /// A message of a [`RabbitMqSource`](crate::RabbitMqSource): its data is the body, or
@@ -32,6 +33,36 @@ pub struct RabbitMqMetadata {
     /// The number of the consumer (and so the channel) that gave it; 0 in a handler's
     /// unit test.
     pub(crate) consumer: u64,
+}
+
+/// A delivery's span (feature `otel` of `longshore`): the trace context from its AMQP
+/// headers, and the attributes the messaging conventions give a RabbitMQ message.
+impl longshore::trace::TraceMetadata for RabbitMqMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn destination(&self) -> &str {
+        match self.exchange.as_str() {
+            "" => "amq.default",
+            exchange => exchange,
+        }
+    }
+
+    fn trace_header(&self, name: &str) -> Option<&str> {
+        match self.properties.headers().as_ref()?.inner().get(name)? {
+            AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+            AMQPValue::ShortString(value) => Some(value.as_str()),
+            _ => None,
+        }
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        record("messaging.rabbitmq.destination.routing_key", Attribute::Text(&self.routing_key));
+        if let Some(id) = self.properties.message_id() {
+            record("messaging.message.id", Attribute::Text(id.as_str()));
+        }
+    }
 }
 
 impl RabbitMqMetadata {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use longshore::trace::Attribute;
 use longshore::Message;
 
 /// An entry of a [`RedisStreamSource`](crate::RedisStreamSource): its data is the
@@ -26,6 +27,26 @@ pub struct RedisStreamMetadata {
     stream: Arc<str>,
     id: String,
     fields: HashMap<String, Bytes>,
+}
+
+/// An entry's span (feature `otel` of `longshore`): the trace context from the entry's
+/// fields of those names (`traceparent`, `tracestate`, `baggage`), as a producer adds them.
+impl longshore::trace::TraceMetadata for RedisStreamMetadata {
+    fn messaging_system(&self) -> &'static str {
+        "redis"
+    }
+
+    fn destination(&self) -> &str {
+        &self.stream
+    }
+
+    fn trace_header(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.fields.get(name)?).ok()
+    }
+
+    fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
+        record("messaging.message.id", Attribute::Text(&self.id));
+    }
 }
 
 impl RedisStreamMetadata {
