@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
-use tracing::Instrument;
 
 use crate::failure::rate_limit::Limiter;
 use crate::handler::{BatchTrigger, Handler};
@@ -27,6 +26,7 @@ use crate::topology::guard::guarded;
 use crate::topology::pool::Retire;
 use crate::topology::processor::drain_delayed;
 use crate::topology::Context;
+use crate::trace::within;
 
 pub(crate) struct BatchProcessor<H: Handler, A> {
     pub(crate) ctx: Arc<Context<H, A>>,
@@ -225,25 +225,19 @@ where
             .meter
             .add_rate_limited(waited, &self.metrics.rate_limited);
         let mut timing = HandlingTimes::new(&self.metrics.batch_processor, true);
-        #[cfg(feature = "otel")]
-        let traced = self
-            .ctx
-            .tracing
-            .as_deref()
-            .map(|tracing| crate::trace::batch_span(tracing, &info, &batch));
-        let span = tracing::debug_span!("batch", batcher = %info.batcher, size = batch.len(), trigger = info.trigger.as_str());
-        let call = guarded(self.ctx.handler.handle_batch(&mut batch, &info)).instrument(span);
-        #[cfg(feature = "otel")]
-        let call = crate::trace::within(traced.clone(), call);
+        let otel = self.ctx.batch_span(&info, &batch);
+        let logs = tracing::debug_span!("batch", batcher = %info.batcher, size = batch.len(), trigger = info.trigger.as_str());
+        let call = within(
+            logs,
+            otel.clone(),
+            guarded(self.ctx.handler.handle_batch(&mut batch, &info)),
+        );
         let handled = tokio::select! {
             biased;
             handled = call => Some(handled),
             () = abandon.cancelled() => None,
         };
-        #[cfg(feature = "otel")]
-        if let Some(span) = traced {
-            crate::trace::end_batch_span(&span, handled.as_ref());
-        }
+        self.ctx.end_batch_span(otel, handled.as_ref());
         let Some(handled) = handled else {
             return Err(batch);
         };

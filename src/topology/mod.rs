@@ -46,6 +46,7 @@ pub(crate) use pool::Pool;
 pub(crate) use processor::{BatcherRoute, Input, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 
+use crate::trace::Within;
 pub(crate) use guard::guarded;
 
 use credits::Credits;
@@ -94,6 +95,43 @@ where
                 message.set_redeliver_after(delay);
                 None
             }
+        }
+    }
+}
+
+/// The spans of handler calls (see [`crate::trace`]): none unless the pipeline traces.
+impl<H: Handler, A> Context<H, A> {
+    /// Starts `message`'s span, unless an earlier attempt did: what its handler runs within.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn message_span(&self, message: &mut Message<H::Item, H::Metadata>) -> Within {
+        #[cfg(feature = "otel")]
+        return self.tracing.as_deref().map(|tracing| message.start_span(tracing));
+        #[cfg(not(feature = "otel"))]
+        None
+    }
+
+    /// Starts a batch's span, linked to its messages' spans.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn batch_span(
+        &self,
+        info: &crate::BatchInfo,
+        batch: &[Message<H::Item, H::Metadata>],
+    ) -> Within {
+        #[cfg(feature = "otel")]
+        return self
+            .tracing
+            .as_deref()
+            .map(|tracing| crate::trace::batch_span(tracing, info, batch));
+        #[cfg(not(feature = "otel"))]
+        None
+    }
+
+    /// Ends a batch's span with how its handler call went (`None`: cut short).
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn end_batch_span(&self, span: Within, handled: Option<&Result<(), crate::Failure>>) {
+        #[cfg(feature = "otel")]
+        if let Some(span) = span {
+            crate::trace::end_batch_span(&span, handled);
         }
     }
 }

@@ -14,7 +14,6 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
-use tracing::Instrument;
 
 use crate::decode::{Decode, Identity};
 use crate::error::BoxError;
@@ -27,6 +26,7 @@ use crate::topology::guard::{guarded, panic_message};
 use crate::topology::key_queue::{KeyQueue, Work};
 use crate::topology::pool::Retire;
 use crate::topology::Context;
+use crate::trace::within;
 
 /// Where a processor sends the messages routed to one batcher.
 pub(crate) struct BatcherRoute<T, M> {
@@ -474,18 +474,9 @@ where
                 staying.push((index, None));
             } else {
                 if message.is_ok() {
-                    #[cfg(feature = "otel")]
-                    let traced = self
-                        .ctx
-                        .tracing
-                        .as_deref()
-                        .map(|tracing| message.start_span(tracing));
-                    let span = tracing::debug_span!("message", attempt = message.attempt());
-                    let call = guarded(handler.handle_message(message)).instrument(span);
-                    #[cfg(feature = "otel")]
-                    let handled = crate::trace::within(traced, call).await;
-                    #[cfg(not(feature = "otel"))]
-                    let handled = call.await;
+                    let otel = self.ctx.message_span(message);
+                    let logs = tracing::debug_span!("message", attempt = message.attempt());
+                    let handled = within(logs, otel, guarded(handler.handle_message(message))).await;
                     timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
                     if let Err(failure) = handled {
                         message.set_failure(failure);

@@ -34,9 +34,38 @@ pub use otlp::{OtlpProtocol, TraceExport, TracingConfig};
 #[cfg(feature = "otel")]
 pub use spans::Tracing;
 #[cfg(feature = "otel")]
-pub(crate) use spans::{
-    batch_span, end_batch_span, end_span, event, headers_of, within, ErasedTracing, MessageSpan,
-};
+pub(crate) use spans::{batch_span, end_batch_span, end_span, event, headers_of, ErasedTracing, MessageSpan};
+
+/// The OpenTelemetry context a stage runs a handler call within: the message's or the
+/// batch's span, when the pipeline traces.
+#[cfg(feature = "otel")]
+pub(crate) type Within = Option<opentelemetry::Context>;
+/// Without the `otel` feature there is never one.
+#[cfg(not(feature = "otel"))]
+pub(crate) type Within = Option<NoContext>;
+
+/// What a context would be without the `otel` feature: nothing can be one.
+#[cfg(not(feature = "otel"))]
+#[derive(Clone)]
+pub(crate) enum NoContext {}
+
+/// Runs a handler call within its spans: the `tracing` span that logs carry, when its
+/// level is on, and the OpenTelemetry context, when the pipeline traces. With neither,
+/// the call itself: no wrapper polled on the hot path.
+pub(crate) async fn within<F: std::future::Future>(logs: tracing::Span, otel: Within, call: F) -> F::Output {
+    use tracing::Instrument;
+    #[cfg(feature = "otel")]
+    if let Some(context) = otel {
+        return opentelemetry::context::FutureExt::with_context(call.instrument(logs), context).await;
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = otel;
+    if logs.is_disabled() {
+        call.await
+    } else {
+        call.instrument(logs).await
+    }
+}
 
 /// The names of the trace context headers a source's metadata is asked for: W3C Trace
 /// Context and W3C Baggage.

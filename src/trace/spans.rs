@@ -195,15 +195,6 @@ pub(crate) fn headers_of(span: &Context) -> Vec<(&'static str, String)> {
     headers.0
 }
 
-/// Runs `call` within `span`'s context, when there is one: what the handler starts or
-/// injects then continues the message's (or batch's) trace.
-pub(crate) async fn within<F: std::future::Future>(span: Option<Context>, call: F) -> F::Output {
-    match span {
-        Some(span) => opentelemetry::context::FutureExt::with_context(call, span).await,
-        None => call.await,
-    }
-}
-
 /// The span of `batch`, linked to each of its messages' spans.
 pub(crate) fn batch_span<T, M>(
     tracing: &dyn ErasedTracing<M>,

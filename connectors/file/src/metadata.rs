@@ -50,7 +50,10 @@ impl longshore::trace::TraceMetadata for FileMetadata {
     }
 
     fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
-        record("longshore.file.line", Attribute::Int(i64::try_from(self.line).unwrap_or(i64::MAX)));
+        record(
+            "longshore.file.line",
+            Attribute::Int(i64::try_from(self.line).unwrap_or(i64::MAX)),
+        );
     }
 }
 

@@ -58,7 +58,10 @@ impl longshore::trace::TraceMetadata for RabbitMqMetadata {
     }
 
     fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
-        record("messaging.rabbitmq.destination.routing_key", Attribute::Text(&self.routing_key));
+        record(
+            "messaging.rabbitmq.destination.routing_key",
+            Attribute::Text(&self.routing_key),
+        );
         if let Some(id) = self.properties.message_id() {
             record("messaging.message.id", Attribute::Text(id.as_str()));
         }
