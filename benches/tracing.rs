@@ -58,7 +58,11 @@ const CASES: [&str; 3] = ["off", "unsampled", "on"];
 fn run_case(case: &str, messages: u64) -> f64 {
     let provider = match case {
         "off" => None,
-        "unsampled" => Some(SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOff).build()),
+        "unsampled" => Some(
+            SdkTracerProvider::builder()
+                .with_sampler(Sampler::AlwaysOff)
+                .build(),
+        ),
         "on" => Some(SdkTracerProvider::builder().with_batch_exporter(Drop).build()),
         other => panic!("no case {other}"),
     };

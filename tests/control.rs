@@ -93,6 +93,30 @@ async fn a_paused_pipeline_fetches_nothing_and_finishes_what_it_holds_then_resum
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pause_while_the_source_waits_for_messages_fetches_nothing() {
+    let (source, sender) = MemorySource::channel(100);
+    let pipeline = Pipeline::builder(source, Slow)
+        .name("control-pause-idle")
+        .processors(Processors::new(1).max_demand(10))
+        .start()
+        .unwrap();
+    let (stats, switch) = (pipeline.stats(), pipeline.pause_switch());
+    // Caught up: the producer waits in the source's receive for messages to come.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    switch.pause();
+    for i in 0..5 {
+        sender.send(i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(stats.get().received, 0, "fetched while paused");
+
+    switch.resume();
+    drop(sender);
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!((summary.received, summary.successful), (5, 5));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_pause_while_a_fetch_waits_for_the_rate_limit_fetches_nothing() {
     let receives = Arc::new(AtomicUsize::new(0));
     let source = Counted {

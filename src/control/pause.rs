@@ -72,8 +72,13 @@ impl PauseSwitch {
     }
 
     fn set(&self, paused: bool) {
-        let was = self.paused.send_replace(paused);
-        self.gauge.set(i64::from(paused));
+        let mut was = paused;
+        // The gauge is set under the switch's lock: concurrent calls leave it as the
+        // switch is.
+        self.paused.send_modify(|state| {
+            was = std::mem::replace(state, paused);
+            self.gauge.set(i64::from(paused));
+        });
         self.changes.record("paused", was, paused);
     }
 

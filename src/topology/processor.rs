@@ -476,7 +476,13 @@ where
                 if message.is_ok() {
                     let otel = self.ctx.message_span(message);
                     let logs = tracing::debug_span!("message", attempt = message.attempt());
-                    let handled = within(logs, otel, guarded(handler.handle_message(message))).await;
+                    // With no span to enter, the call alone: no wrapper made or polled. With
+                    // one, the wrapper is boxed, so that it does not grow every call's state.
+                    let handled = if otel.is_none() && logs.is_disabled() {
+                        guarded(handler.handle_message(message)).await
+                    } else {
+                        Box::pin(within(logs, otel, guarded(handler.handle_message(message)))).await
+                    };
                     timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
                     if let Err(failure) = handled {
                         message.set_failure(failure);

@@ -108,6 +108,13 @@ impl<S: Source> Producer<S> {
                     credits.give_back(demand);
                     return;
                 }
+                // Paused while the source waits for messages (a caught-up queue): the
+                // receive is dropped, as at a stop, so that nothing arriving meanwhile is
+                // fetched.
+                () = paused.paused() => {
+                    credits.give_back(demand);
+                    continue;
+                }
                 received = self.source.receive(NonZeroUsize::new(demand).expect("credits take at least one")) => received,
             };
             drop(demanded);
