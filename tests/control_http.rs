@@ -248,3 +248,114 @@ fn a_token_file_is_read_and_a_short_or_missing_one_refused() {
         .starts_with("invalid control.token_file: cannot read "));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What an unauthenticated or slow client can take from the server: no body is read
+/// before the token is checked, a request's headers must come within the timeout, and
+/// connections past the limit are closed at once, so that the probes on the same port
+/// keep being answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reads_nothing_for_a_stranger_and_no_client_holds_the_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let server = MetricsServer::builder("127.0.0.1:0".parse().unwrap())
+        .control(ControlSurface::new(TOKEN).unwrap())
+        .bind()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let pipeline = Pipeline::builder(MemorySource::channel(1).0, Sink)
+        .name("control-slow")
+        .start()
+        .unwrap();
+    server.add_pipeline(pipeline.control());
+
+    // A PATCH announcing a body it never sends: refused on its headers alone.
+    let mut stranger = TcpStream::connect(addr).await.unwrap();
+    stranger
+        .write_all(
+            b"PATCH /control/pipelines/control-slow HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), stranger.read_exact(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+
+    // The scheme's name in any case; a body over the limit with the token: refused.
+    let lower = format!("bearer {TOKEN}");
+    let (status, _) = common::request(
+        addr,
+        "GET",
+        "/control/pipelines/control-slow",
+        &[("Authorization", &lower)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let bearer = format!("Bearer {TOKEN}");
+    let huge = format!("{{\"processors\": 2, \"pad\": \"{}\"}}", "x".repeat(70_000));
+    let (status, body) = common::request(
+        addr,
+        "PATCH",
+        "/control/pipelines/control-slow",
+        &[("Authorization", &bearer)],
+        &huge,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+
+    // Half a request's headers: the connection is closed after the header timeout.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a client that never finished its headers still holds a connection"
+    );
+
+    // Idle connections up to the limit: the next is closed at once; once they go, the
+    // probe is answered again.
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    let _ = over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut nothing = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut nothing)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection past the limit was served: {:?}",
+        String::from_utf8_lossy(&nothing)
+    );
+    drop(idle);
+    let mut answered = false;
+    for _ in 0..50 {
+        if let Ok((200, _)) =
+            tokio::time::timeout(Duration::from_secs(1), common::get(addr, "/healthz")).await
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the probe is answered once the idle clients went");
+
+    drop(pipeline);
+    server.shutdown().await;
+}
+
+#[test]
+fn a_token_no_header_can_carry_is_refused() {
+    let error = ControlSurface::new("é-is-not-ascii-0123456789").unwrap_err();
+    assert!(error.to_string().contains("visible ASCII"), "{error}");
+    // A file's byte-order mark and newline are not part of the token.
+    assert!(ControlSurface::new("\u{feff}0123456789abcdef\n").is_ok());
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::de::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::control::batching::{self, Batching};
@@ -78,7 +79,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// ```
 #[derive(Clone)]
 pub struct ControlSurface {
-    token: Arc<[u8]>,
+    /// The token's SHA-256: a request's is compared with it, so that neither the token
+    /// nor its length shows in how long a comparison takes.
+    token: Arc<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ControlSurface {
@@ -103,7 +106,14 @@ impl ControlSurface {
     ///
     /// A [`BuildError`] on `control.token` when the token is too short.
     pub fn new(token: impl AsRef<str>) -> Result<Self, BuildError> {
-        let token = token.as_ref().trim();
+        let token = token.as_ref().trim_start_matches('\u{feff}').trim();
+        // An HTTP header carries visible ASCII only: another token could never match.
+        if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(BuildError::new(
+                "control.token",
+                format!("must be visible ASCII characters only, found {bad:?}"),
+            ));
+        }
         if token.chars().count() < MIN_TOKEN_LEN {
             return Err(BuildError::new(
                 "control.token",
@@ -114,7 +124,7 @@ impl ControlSurface {
             ));
         }
         Ok(ControlSurface {
-            token: Arc::from(token.as_bytes()),
+            token: Arc::new(Sha256::digest(token.as_bytes()).into()),
         })
     }
 
@@ -137,14 +147,19 @@ impl ControlSurface {
 
     /// Whether `headers` carry the token, compared in constant time.
     pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
+        let Some((scheme, given)) = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|value| value.trim().split_once(' '))
         else {
             return false;
         };
-        bool::from(given.trim().as_bytes().ct_eq(&self.token))
+        // The scheme's name is case-insensitive (RFC 9110).
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        bool::from(given.ct_eq(&*self.token))
     }
 
     /// The surface's routes over `pipelines`, for the metrics server.
@@ -437,15 +452,27 @@ async fn one(State(surface): State<Surface>, UrlPath(name): UrlPath<String>, hea
     }
 }
 
+/// The largest PATCH body read: a request names at most a few dozen settings.
+const MAX_BODY: usize = 64 * 1024;
+
 async fn change(
     State(surface): State<Surface>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
-    if !surface.surface.authorized(&headers) {
+    // The token before the body: an unauthenticated client gets nothing read for it.
+    if !surface.surface.authorized(request.headers()) {
         return refused();
     }
+    let body = match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
+        Ok(body) => body,
+        Err(failed) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body unread (at most {MAX_BODY} bytes): {failed}"),
+            )
+        }
+    };
     let Some(control) = surface.pipelines.find(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no pipeline named {name}"));
     };

@@ -124,12 +124,7 @@ impl MetricsServer {
             app = app.merge(surface.routes(pipelines.clone()));
         }
         let stop = CancellationToken::new();
-        let stopped = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-                tracing::error!(%error, "metrics server failed");
-            }
-        });
+        let task = tokio::spawn(super::connections::serve(listener, app, stop.clone()));
         tracing::info!(%local_addr, control = control.is_some(), "metrics and health endpoint listening");
         Ok(MetricsServer {
             local_addr,
