@@ -131,7 +131,7 @@ async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_re
     );
 
     // One invalid setting: nothing of the request applies.
-    let invalid: [(&str, &str, u16); 9] = [
+    let invalid: [(&str, &str, u16); 10] = [
         (
             r#"{"processors": {"concurrency": 5}, "source": {"pause": ["orders/1"], "resume": ["orders/1"]}}"#,
             "invalid source: orders/1 is both paused and resumed",
@@ -155,6 +155,11 @@ async fn the_control_surface_takes_only_requests_with_its_token_and_applies_a_re
         (
             r#"{"processors": {"concurrency": 5}, "batchers": {"db": {"batch_size": 0}}}"#,
             "invalid batchers.db.batch_size: must be at least 1, got 0",
+            400,
+        ),
+        (
+            r#"{"processors": {"concurrency": 5}, "batchers": {"db": {"batch_timeout": "100years"}}}"#,
+            "invalid batchers.db.batch_timeout: must be from 1ms to 15m, got 100years",
             400,
         ),
         (

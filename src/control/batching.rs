@@ -45,13 +45,19 @@ impl BatchSettings {
 /// its timer firing all the time.
 pub(crate) const MIN_BATCH_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// The longest batch timeout taken: a batch's messages stay unacknowledged while it
+/// waits, and brokers take back what is held too long (RabbitMQ closes the channel of a
+/// delivery unacknowledged for 30 minutes; a Kafka consumer's lag alerts fire), so a
+/// longer timeout would turn a slow trickle into redeliveries.
+pub(crate) const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// Checks a batch timeout set at `field`.
 pub(crate) fn check_timeout(field: &str, timeout: Duration) -> Result<(), BuildError> {
-    if timeout < MIN_BATCH_TIMEOUT {
+    if !(MIN_BATCH_TIMEOUT..=MAX_BATCH_TIMEOUT).contains(&timeout) {
         return Err(BuildError::new(
             field,
             format!(
-                "must be at least 1ms, got {}",
+                "must be from 1ms to 15m, got {}",
                 humantime::format_duration(timeout)
             ),
         ));

@@ -145,7 +145,8 @@ impl Batcher {
         self
     }
 
-    /// A partial batch is sent once its first message has waited this long (default 1 s).
+    /// A partial batch is sent once its first message has waited this long (default 1 s;
+    /// from 1 ms to 15 min: a batch's messages stay unacknowledged while it waits).
     pub fn batch_timeout(mut self, batch_timeout: Duration) -> Self {
         self.batch_timeout = batch_timeout;
         self

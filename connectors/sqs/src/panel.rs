@@ -9,6 +9,7 @@ use longshore::source::{SourcePanel, SourcePart};
 
 use crate::held::Held;
 use crate::queue::Queue;
+use crate::receiver::Receiver;
 
 /// When the source last made progress: acknowledged a message, or had nothing to do.
 #[derive(Debug)]
@@ -39,15 +40,18 @@ impl Progress {
 pub(crate) struct SqsPanel {
     pub(crate) queue: Arc<Queue>,
     pub(crate) held: Arc<Held>,
+    pub(crate) receiver: Arc<Receiver>,
 }
 
 impl SourcePanel for SqsPanel {
     fn parts(&self) -> Vec<SourcePart> {
         let metrics = &self.queue.metrics;
         let visible = u64::try_from(metrics.visible.get()).unwrap_or(0);
-        let held = self.held.len();
-        // What it holds, not what is visible: the queue's depth is every consumer's, and
-        // an idle replica (its FIFO groups taken by another) has nothing to finish.
+        // What the pipeline holds, not what is visible: the queue's depth is every
+        // consumer's, and an idle replica (its FIFO groups taken by another) has nothing
+        // to finish. Nor what a poll brought that waits for demand: a paused pipeline
+        // holding only those is no stall.
+        let held = self.held.len().saturating_sub(self.receiver.arrived());
         let stalled_for = self.queue.progress.stalled_for(held > 0);
         vec![SourcePart::new(&*self.queue.name)
             .waiting(visible)

@@ -178,6 +178,11 @@ impl Receiver {
         self.lock().arrived.drain(..).collect()
     }
 
+    /// How many messages arrived from polls and wait to be handed out (held already).
+    pub(crate) fn arrived(&self) -> usize {
+        self.lock().arrived.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -145,6 +145,7 @@ impl Source for SqsSource {
         Some(Arc::new(crate::panel::SqsPanel {
             queue: self.queue.clone(),
             held: self.held.clone(),
+            receiver: self.receiver.clone(),
         }))
     }
 
