@@ -348,12 +348,7 @@ impl Control {
             for (names, paused) in [(parts.pause, true), (parts.resume, false)] {
                 for name in names {
                     if source.set_paused(&name, paused) {
-                        self.changes.record_counted_as(
-                            "source.paused",
-                            &format!("source.{name}.paused"),
-                            !paused,
-                            paused,
-                        );
+                        crate::source::PartChanges(self.changes.clone()).paused(&name, paused);
                     }
                 }
             }

@@ -454,6 +454,9 @@ where
 
         let source = Arc::new(self.source);
         let source_panel = source.panel();
+        if let Some(panel) = &source_panel {
+            panel.attach(crate::source::PartChanges(changes.clone()));
+        }
         let max_fetch = match dispatch {
             // A fetch that fits one processor's chunk is dispatched without copying.
             Dispatch::Shared(_) => max_demand,

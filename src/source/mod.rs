@@ -13,7 +13,7 @@ mod panel;
 pub use ack_prefix::AckPrefix;
 pub use every::every;
 pub use kept_fetch::KeptFetch;
-pub use panel::{SourcePanel, SourcePart};
+pub use panel::{PartChanges, SourcePanel, SourcePart};
 
 use std::future::Future;
 use std::num::NonZeroUsize;

@@ -129,9 +129,39 @@ pub trait SourcePanel: Send + Sync + 'static {
     }
 
     /// Pauses or resumes `part`, which [`check_pause`](SourcePanel::check_pause) took;
-    /// returns whether that changed anything. Default: nothing.
+    /// returns whether that changed anything (the control surface then records it).
+    /// Default: nothing.
     fn set_paused(&self, part: &str, paused: bool) -> bool {
         let _ = (part, paused);
         false
+    }
+
+    /// Given once, when the pipeline starts: where a source records the pauses made
+    /// through its own API rather than the control surface (a Kafka partition paused
+    /// from code), so that the pipeline's change log and metric count them too.
+    /// Default: ignored, for a source with no such API.
+    fn attach(&self, changes: PartChanges) {
+        let _ = changes;
+    }
+}
+
+/// The pipeline's record of changes, as a [`SourcePanel`] writes to it (see
+/// [`SourcePanel::attach`]). Cheap to clone.
+#[derive(Clone)]
+pub struct PartChanges(pub(crate) std::sync::Arc<crate::control::changes::ChangeLog>);
+
+impl std::fmt::Debug for PartChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartChanges")
+    }
+}
+
+impl PartChanges {
+    /// Records that `part` was paused (`true`) or resumed, as `source.{part}.paused`
+    /// in [`Pipeline::changes`](crate::Pipeline::changes), counted under
+    /// `source.paused` in `longshore_control_changes_total`.
+    pub fn paused(&self, part: &str, paused: bool) {
+        self.0
+            .record_counted_as("source.paused", &format!("source.{part}.paused"), !paused, paused);
     }
 }

@@ -184,6 +184,9 @@ pub(crate) struct Shared {
     pub(crate) max_buffered_per_partition: usize,
     /// The pipeline's in-flight limit (unbounded until the pipeline says).
     max_in_flight: AtomicUsize,
+    /// Where pauses made through [`KafkaPause`](crate::KafkaPause) are recorded, once the
+    /// pipeline starts.
+    pub(crate) changes: std::sync::OnceLock<longshore::source::PartChanges>,
 }
 
 impl Shared {
@@ -195,6 +198,7 @@ impl Shared {
             room: Condvar::new(),
             max_buffered_per_partition,
             max_in_flight: AtomicUsize::new(usize::MAX),
+            changes: std::sync::OnceLock::new(),
         })
     }
 

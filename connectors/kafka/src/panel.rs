@@ -113,6 +113,10 @@ impl SourcePanel for KafkaPanel {
         };
         KafkaPause(self.shared.clone()).set(topic, partition, paused)
     }
+
+    fn attach(&self, changes: longshore::source::PartChanges) {
+        let _ = self.shared.changes.set(changes);
+    }
 }
 
 #[cfg(test)]

@@ -45,22 +45,22 @@ impl std::fmt::Debug for KafkaPause {
 impl KafkaPause {
     /// Stops fetching partition `partition` of `topic`.
     pub fn pause_partition(&self, topic: &str, partition: i32) {
-        self.set(topic, Some(partition), true);
+        self.set_recorded(topic, Some(partition), true);
     }
 
     /// Fetches partition `partition` of `topic` again (unless its topic is paused).
     pub fn resume_partition(&self, topic: &str, partition: i32) {
-        self.set(topic, Some(partition), false);
+        self.set_recorded(topic, Some(partition), false);
     }
 
     /// Stops fetching every partition of `topic`.
     pub fn pause_topic(&self, topic: &str) {
-        self.set(topic, None, true);
+        self.set_recorded(topic, None, true);
     }
 
     /// Fetches the partitions of `topic` again (those paused one by one stay paused).
     pub fn resume_topic(&self, topic: &str) {
-        self.set(topic, None, false);
+        self.set_recorded(topic, None, false);
     }
 
     /// Whether partition `partition` of `topic` is paused here, by itself or by its topic.
@@ -81,6 +81,20 @@ impl KafkaPause {
         partitions.sort_unstable();
         topics.sort_unstable();
         (partitions, topics)
+    }
+
+    /// As [`KafkaPause::set`], for a pause made through this API: recorded in the
+    /// pipeline's changes (the control surface records its own).
+    fn set_recorded(&self, topic: &str, partition: Option<i32>, pause: bool) {
+        if self.set(topic, partition, pause) {
+            if let Some(changes) = self.0.changes.get() {
+                let part = match partition {
+                    Some(partition) => format!("{topic}/{partition}"),
+                    None => topic.to_owned(),
+                };
+                changes.paused(&part, pause);
+            }
+        }
     }
 
     /// Pauses or resumes a partition (or with `None`, a topic); whether that changed

@@ -784,6 +784,26 @@ async fn a_partition_paused_over_http_lags_while_the_others_are_consumed_stays_p
     let (code, body) = patch(r#"{"source": {"resume": ["pausing/1"]}}"#).await;
     assert_eq!(code, 200, "{body}");
     assert!(!pause.is_paused("pausing", 1));
+    // Pauses made from code are recorded as the surface's are.
+    pause.pause_topic("pausing");
+    pause.pause_topic("pausing");
+    pause.resume_topic("pausing");
+    let recorded: Vec<(String, String, String)> = pipeline
+        .changes()
+        .into_iter()
+        .rev()
+        .take(3)
+        .map(|c| (c.setting, c.from, c.to))
+        .collect();
+    let change = |setting: &str, from: &str, to: &str| (setting.to_owned(), from.to_owned(), to.to_owned());
+    assert_eq!(
+        recorded,
+        [
+            change("source.pausing.paused", "true", "false"),
+            change("source.pausing.paused", "false", "true"),
+            change("source.pausing/1.paused", "true", "false"),
+        ]
+    );
     let written = stream.stop();
     let both = || {
         let mut payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
