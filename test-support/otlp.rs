@@ -43,6 +43,11 @@ pub struct Span {
     pub events: Vec<(String, HashMap<String, String>)>,
     /// The protocol's status code: 2 is error.
     pub status: i32,
+    /// Start and end, in nanoseconds since the epoch.
+    pub start: u64,
+    pub end: u64,
+    /// Each event's name and time.
+    pub event_times: Vec<(String, u64)>,
 }
 
 /// The receiver; its servers run until the test's runtime ends.
@@ -173,6 +178,13 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<Span> {
                         .map(|e| (e.name.clone(), attributes(&e.attributes)))
                         .collect(),
                     status: span.status.map_or(0, |s| s.code),
+                    start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    event_times: span
+                        .events
+                        .iter()
+                        .map(|e| (e.name.clone(), e.time_unix_nano))
+                        .collect(),
                 });
             }
         }
@@ -397,4 +409,90 @@ pub fn settings(receiver: &Receiver, protocol: &str, service: &str) -> longshore
         "enabled = true\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nservice_name = \"{service}\""
     );
     toml::from_str(&text).unwrap()
+}
+
+/// One trace drawn as a waterfall (SVG): the spans of `trace`, each a bar on the time
+/// axis under its service's name, events as ticks, and the spans linked to them (a
+/// batch's) drawn after, marked as links. The README's picture comes from it.
+pub fn waterfall(spans: &[Span], trace: &str) -> String {
+    let mut rows: Vec<(&Span, bool)> = spans.iter().filter(|s| s.trace_id == trace).map(|s| (s, false)).collect();
+    rows.sort_by_key(|(s, _)| s.start);
+    let ids: Vec<&str> = rows.iter().map(|(s, _)| s.span_id.as_str()).collect();
+    let linked: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.links.iter().any(|(_, id)| ids.contains(&id.as_str())))
+        .collect();
+    rows.extend(linked.into_iter().map(|s| (s, true)));
+    // The time axis is the consumer's: the wait in the queue before it (seconds, while a
+    // group forms) would squeeze its spans to nothing. The producer's spans are drawn at
+    // the start, with that wait in words.
+    let from = rows
+        .iter()
+        .filter(|(s, _)| s.service != "producer")
+        .map(|(s, _)| s.start)
+        .min()
+        .unwrap_or(0);
+    let to = rows.iter().map(|(s, _)| s.end).max().unwrap_or(1).max(from + 1);
+    let (label, width, row) = (330.0, 560.0, 34.0);
+    let x = |t: u64| label + (t.saturating_sub(from)) as f64 / (to - from) as f64 * width;
+    let height = 60.0 + row * rows.len() as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-weight=\"bold\">trace {trace}</text>\n\
+         <text x=\"{label}\" y=\"20\" fill=\"#555\">0 ms</text>\n\
+         <text x=\"{end}\" y=\"20\" fill=\"#555\" text-anchor=\"end\">{ms:.1} ms</text>\n",
+        w = label + width + 20.0,
+        end = label + width,
+        ms = (to - from) as f64 / 1e6,
+    );
+    for (i, (span, is_link)) in rows.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        let mut depth = 0;
+        if !is_link {
+            let mut parent = span.parent_span_id.as_str();
+            while let Some((up, _)) = rows.iter().find(|(s, link)| !link && s.span_id == parent) {
+                depth += 1;
+                parent = up.parent_span_id.as_str();
+            }
+        }
+        let indent = 10.0 + 14.0 * depth as f64;
+        let name = if *is_link {
+            format!("{} (links it)", span.name)
+        } else if span.end < from {
+            format!("{} ({:.0} ms before)", span.name, (from - span.end) as f64 / 1e6)
+        } else {
+            span.name.clone()
+        };
+        let color = match (span.status, is_link) {
+            (2, _) => "#d9534f",
+            (_, true) => "#999999",
+            _ if span.service == "producer" => "#5b8def",
+            _ => "#3aa76d",
+        };
+        let (x0, x1) = (x(span.start), x(span.end).max(x(span.start) + 3.0));
+        svg.push_str(&format!(
+            "<text x=\"{indent}\" y=\"{ty}\">{service}: {name}</text>\n\
+             <rect x=\"{x0:.1}\" y=\"{by}\" width=\"{bw:.1}\" height=\"16\" rx=\"3\" fill=\"{color}\"/>\n",
+            ty = y + 13.0,
+            service = span.service,
+            by = y + 1.0,
+            bw = x1 - x0,
+        ));
+        for (n, (event, at)) in span.event_times.iter().enumerate() {
+            let ex = x(*at);
+            let tyy = y + 30.0 + 10.0 * n as f64;
+            svg.push_str(&format!(
+                "<line x1=\"{ex:.1}\" y1=\"{y0}\" x2=\"{ex:.1}\" y2=\"{y1}\" stroke=\"black\" stroke-width=\"2\"/>\n\
+                 <text x=\"{tx:.1}\" y=\"{tyy}\" font-size=\"10\" text-anchor=\"{anchor}\">{event}</text>\n",
+                y0 = y - 2.0,
+                y1 = y + 19.0,
+                // Near the right edge, the label goes left of its tick.
+                tx = if ex > label + width - 100.0 { ex - 3.0 } else { ex + 3.0 },
+                anchor = if ex > label + width - 100.0 { "end" } else { "start" },
+            ));
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
 }

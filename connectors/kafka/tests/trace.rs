@@ -28,10 +28,8 @@ const POISON: &str = "k13";
 
 /// Produces the records `k{i}`, each inside a span of a producer service that puts its
 /// context on the record's headers (and baggage on the poison record).
-fn produce(bootstrap: &str) -> Produced {
-    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .build()
-        .tracer("producer");
+fn produce(bootstrap: &str, provider: &opentelemetry_sdk::trace::SdkTracerProvider) -> Produced {
+    let tracer = provider.tracer("producer");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -70,7 +68,10 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
     let cluster = cluster("orders", 2);
     cluster.create_topic("orders.dlq", 1, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let produced = produce(&bootstrap);
+    // The producer exports its spans too, for the picture of a whole trace.
+    let producer = otlp::settings(&receiver, "http/protobuf", "producer").start().unwrap().expect("enabled");
+    let produced = produce(&bootstrap, producer.provider());
+    tokio::task::spawn_blocking(move || producer.shutdown()).await.unwrap().unwrap();
 
     let export = otlp::settings(&receiver, protocol, "orders-consumer")
         .start()
@@ -104,8 +105,9 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
         .unwrap()
         .unwrap();
 
+    let received = receiver.spans();
     let spans = otlp::assert_traced(
-        &receiver.spans(),
+        &received,
         &handler,
         Expect {
             produced: &produced,
@@ -125,6 +127,19 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
             (i % 2).to_string()
         );
         assert_eq!(span.attributes["messaging.kafka.offset"], (i / 2).to_string());
+    }
+
+    // The producer's span is exported too: a trace shows both services.
+    let publish = received
+        .iter()
+        .find(|s| s.span_id == produced["k1"].1)
+        .expect("the producer's span");
+    assert_eq!((publish.service.as_str(), publish.name.as_str()), ("producer", "publish"));
+    for key in ["k1", POISON] {
+        let picture = otlp::waterfall(&received, &spans[key].trace_id);
+        let transport = protocol.split('/').next().unwrap_or(protocol);
+        let path = format!("{}/trace-{transport}-{key}.svg", env!("CARGO_TARGET_TMPDIR"));
+        std::fs::write(path, picture).unwrap();
     }
 
     // The dead-letter copy continues the trace from the message's span, baggage kept.
