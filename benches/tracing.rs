@@ -80,7 +80,9 @@ fn run_case(case: &str, messages: u64) -> f64 {
         started.elapsed()
     });
     if let Some(provider) = provider {
-        provider.shutdown().unwrap();
+        // The spans dropped when the processor's queue was full are not the figure; a
+        // flush that times out behind them is no failure of the case.
+        let _ = provider.shutdown();
     }
     messages as f64 / elapsed.as_secs_f64()
 }

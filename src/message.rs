@@ -285,7 +285,10 @@ impl<T, M> Message<T, M> {
                 KeyValue::new("longshore.attempt", i64::from(self.attempt)),
                 KeyValue::new("longshore.retry_in_ms", delay.as_millis() as i64),
                 KeyValue::new("error.type", failure.kind().to_string()),
-                KeyValue::new("exception.message", failure.error().to_string()),
+                KeyValue::new(
+                    "exception.message",
+                    crate::trace::capped(&failure.error().to_string(), crate::trace::MAX_MESSAGE),
+                ),
             ];
             crate::trace::event(span, "retry", attributes);
         }
@@ -324,17 +327,22 @@ impl<T, M> Message<T, M> {
         tracing: &dyn crate::trace::ErasedTracing<M>,
     ) -> opentelemetry::Context {
         if self.span.is_none() {
-            self.span = Some(tracing.message(&self.metadata, self.attempt));
+            self.span = Some(tracing.message(&self.metadata));
         }
         self.span.clone().unwrap_or_default()
     }
 
-    /// Ends the message's span, if it has one, with `outcome`.
+    /// Takes the message's span, if it has one, to be ended with `outcome` (see
+    /// [`crate::trace::Ending`]).
     #[cfg(feature = "otel")]
-    pub(crate) fn end_span(&mut self, outcome: &'static str) {
-        if let Some(span) = self.span.take() {
-            crate::trace::end_span(&span, &self.status, outcome);
-        }
+    pub(crate) fn take_span(&mut self, outcome: &'static str) -> Option<crate::trace::Ending> {
+        let span = self.span.take()?;
+        Some(crate::trace::Ending::new(
+            span,
+            &self.status,
+            self.attempt,
+            outcome,
+        ))
     }
 
     pub(crate) fn set_failure(&mut self, failure: Failure) {

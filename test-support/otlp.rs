@@ -334,7 +334,8 @@ pub fn assert_traced<T, M>(
             assert_eq!(events, ["dead_lettered"]);
             assert_eq!(span.status, 2, "an error status");
         } else if key == expect.poison {
-            assert_eq!(attribute("longshore.attempt"), Some("1"));
+            // Its last attempt: retried once in the pipeline.
+            assert_eq!(attribute("longshore.attempt"), Some("2"));
             assert_eq!(attribute("longshore.outcome"), Some("dead_lettered"));
             assert_eq!(events, ["retry", "dead_lettered"]);
             assert_eq!(span.events[0].1["longshore.attempt"], "1");
@@ -415,7 +416,11 @@ pub fn settings(receiver: &Receiver, protocol: &str, service: &str) -> longshore
 /// axis under its service's name, events as ticks, and the spans linked to them (a
 /// batch's) drawn after, marked as links. The README's picture comes from it.
 pub fn waterfall(spans: &[Span], trace: &str) -> String {
-    let mut rows: Vec<(&Span, bool)> = spans.iter().filter(|s| s.trace_id == trace).map(|s| (s, false)).collect();
+    let mut rows: Vec<(&Span, bool)> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace)
+        .map(|s| (s, false))
+        .collect();
     rows.sort_by_key(|(s, _)| s.start);
     let ids: Vec<&str> = rows.iter().map(|(s, _)| s.span_id.as_str()).collect();
     let linked: Vec<&Span> = spans

@@ -110,6 +110,9 @@ struct InFlight {
     /// The bound, from the configuration.
     bound: AtomicUsize,
     most: AtomicUsize,
+    /// What broke a property where it was seen: an assert there would be caught as a
+    /// handler's panic, failing the message for a retry that may then pass.
+    violations: Mutex<Vec<String>>,
 }
 
 impl InFlight {
@@ -120,8 +123,14 @@ impl InFlight {
         let finished = self.finished.load(Ordering::SeqCst);
         let now = received.saturating_sub(finished);
         let bound = self.bound.load(Ordering::SeqCst);
-        assert!(now <= bound, "{now} in flight over the bound {bound}");
+        if now > bound {
+            self.violate(format!("{now} in flight over the bound {bound}"));
+        }
         self.most.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn violate(&self, what: String) {
+        self.violations.lock().unwrap().push(what);
     }
 }
 
@@ -219,12 +228,13 @@ impl Handler for Recorder {
     async fn handle_batch(&self, messages: &mut [Message<Item>], info: &BatchInfo) -> Result<(), BoxError> {
         self.in_flight.sample();
         let largest = self.largest_size.lock().unwrap()[&*info.batcher];
-        assert!(
-            messages.len() <= largest,
-            "a batch of {} from {} whose size was never above {largest}",
-            messages.len(),
-            info.batcher
-        );
+        if messages.len() > largest {
+            self.in_flight.violate(format!(
+                "a batch of {} from {} whose size was never above {largest}",
+                messages.len(),
+                info.batcher
+            ));
+        }
         let work = messages.iter().map(|m| m.data().work_us).max().unwrap_or(0);
         tokio::time::sleep(Duration::from_micros(work)).await;
         let mut failed = self.failed_a_batch.lock().unwrap();
@@ -378,6 +388,8 @@ async fn run(case: Case) {
         );
         assert_eq!(outcome.data::<Item>().map(|data| data.seq), Some(item.seq));
     }
+    let violations = recorder.in_flight.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:?}");
     assert!(
         recorder.in_flight.most.load(Ordering::Relaxed) > 0,
         "the sample saw messages"

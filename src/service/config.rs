@@ -72,8 +72,8 @@ pub struct ServiceConfig<S, A = ()> {
     pub control: ControlConfig,
     /// How the service logs.
     pub log: LogConfig,
-    /// Spans of every message, exported over OTLP (feature `otlp`; off by default).
-    #[cfg(feature = "otlp")]
+    /// Spans of every message, exported over OTLP (off by default; exporting needs the
+    /// feature `otlp`).
     pub tracing: crate::trace::TracingConfig,
 }
 
@@ -286,6 +286,12 @@ where
             .map_err(|error| error.within("pipeline"))?;
         config.source.validate()?;
         config.control.check()?;
+        if config.tracing.enabled && !cfg!(feature = "otlp") {
+            return Err(BuildError::new(
+                "tracing.enabled",
+                "this service was built without longshore's feature `otlp`, which exports spans",
+            ));
+        }
         Ok(config)
     }
 }

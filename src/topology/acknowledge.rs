@@ -78,6 +78,14 @@ where
         finals: usize,
         handled: bool,
     ) {
+        // A message that never reached a handler (its data did not decode,
+        // `prepare_messages` failed it) gets its span here, before its dead-lettering.
+        #[cfg(feature = "otel")]
+        if let Some(tracing) = self.tracing.as_deref() {
+            for message in successful.iter_mut().chain(failed.iter_mut()) {
+                message.start_span(tracing);
+            }
+        }
         if finals > 0 {
             let rest = failed.split_off(finals);
             let (written, mut finished) = match handled {
@@ -114,24 +122,18 @@ where
         }
         self.count(&successful, &failed);
         #[cfg(feature = "otel")]
-        if self.tracing.is_some() {
-            successful.iter_mut().for_each(|m| m.end_span("success"));
-            for message in &mut failed {
-                let outcome = if message.is_dead_lettered() {
-                    "dead_lettered"
-                } else if message.redeliver_after().is_some() {
-                    "redelivered"
-                } else {
-                    "failed"
-                };
-                message.end_span(outcome);
-            }
-        }
+        let spans = self.ending_spans(&mut successful, &mut failed);
         let acked = guarded(async {
             self.acknowledger.ack(successful, failed).await;
             Ok(())
         });
-        if let Err(failure) = acked.await {
+        let acked = acked.await;
+        // The spans last to the acknowledgement, and say when it failed.
+        #[cfg(feature = "otel")]
+        for span in spans {
+            span.end(acked.is_ok());
+        }
+        if let Err(failure) = acked {
             // The messages' fate is unknown to the source: nothing past them may be
             // trusted, so the pipeline stops (they were not acknowledged: redelivered).
             self.fault
@@ -173,6 +175,33 @@ where
         (written, finals.collect())
     }
 
+    /// The spans of messages about to be acknowledged, with their outcomes.
+    #[cfg(feature = "otel")]
+    fn ending_spans<T>(
+        &self,
+        successful: &mut [Message<T, H::Metadata>],
+        failed: &mut [Message<T, H::Metadata>],
+    ) -> Vec<crate::trace::Ending> {
+        if self.tracing.is_none() {
+            return Vec::new();
+        }
+        let mut spans = Vec::with_capacity(successful.len() + failed.len());
+        for message in successful.iter_mut() {
+            spans.extend(message.take_span("success"));
+        }
+        for message in failed.iter_mut() {
+            let outcome = if message.is_dead_lettered() {
+                "dead_lettered"
+            } else if message.redeliver_after().is_some() {
+                "redelivered"
+            } else {
+                "failed"
+            };
+            spans.extend(message.take_span(outcome));
+        }
+        spans
+    }
+
     /// Hands messages that will not be finished back to the source, unacknowledged (see
     /// [`Acknowledger::release`]).
     pub(crate) async fn release<T: Send + 'static>(
@@ -184,7 +213,11 @@ where
             return;
         }
         #[cfg(feature = "otel")]
-        messages.iter_mut().for_each(|m| m.end_span("released"));
+        for message in &mut messages {
+            if let Some(span) = message.take_span("released") {
+                span.end(true);
+            }
+        }
         tracing::info!(
             messages = n,
             "released unacknowledged at shutdown, for redelivery"

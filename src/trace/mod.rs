@@ -23,18 +23,22 @@
 //! [`PipelineBuilder::tracing`]: crate::PipelineBuilder
 //! [`Message::trace_headers`]: crate::Message::trace_headers
 
+mod config;
 #[cfg(feature = "otlp")]
 mod otlp;
 #[cfg(feature = "otel")]
 mod spans;
 
+pub use config::{OtlpProtocol, TracingConfig};
 #[cfg(feature = "otlp")]
-pub use otlp::{OtlpProtocol, TraceExport, TracingConfig};
+pub use otlp::TraceExport;
 
 #[cfg(feature = "otel")]
 pub use spans::Tracing;
 #[cfg(feature = "otel")]
-pub(crate) use spans::{batch_span, end_batch_span, end_span, event, headers_of, ErasedTracing, MessageSpan};
+pub(crate) use spans::{
+    batch_span, capped, end_batch_span, event, headers_of, Ending, ErasedTracing, MessageSpan, MAX_MESSAGE,
+};
 
 /// The OpenTelemetry context a stage runs a handler call within: the message's or the
 /// batch's span, when the pipeline traces.

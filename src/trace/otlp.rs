@@ -1,76 +1,21 @@
-//! Export over OTLP (feature `otlp`): the `[tracing]` settings of a service, and the
-//! tracer provider they make.
+//! Export over OTLP (feature `otlp`): the tracer provider the `[tracing]` settings make.
 
-use std::time::Duration;
-
+use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use serde::Deserialize;
 
-use super::Tracing;
+use super::{OtlpProtocol, Tracing, TracingConfig};
 use crate::error::BuildError;
 
-/// How spans travel to the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub enum OtlpProtocol {
-    /// OTLP over HTTP, protobuf bodies (port 4318).
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-    /// OTLP over gRPC (port 4317).
-    #[serde(rename = "grpc")]
-    Grpc,
-}
-
-/// The `[tracing]` section of a service: spans of every message and batch, exported over
-/// OTLP (off by default). Unset fields follow the standard `OTEL_*` variables
-/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
-/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`), then OTLP's defaults.
-///
-/// ```toml
-/// [tracing]
-/// enabled = true
-/// endpoint = "http://otel-collector:4318"
-/// protocol = "http/protobuf"   # or "grpc" (then port 4317)
-/// service_name = "orders-consumer"
-/// ```
-///
-/// ```
-/// use longshore::trace::TracingConfig;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let config: TracingConfig = toml::from_str("enabled = false").unwrap();
-/// assert!(config.start().unwrap().is_none());
-/// # }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TracingConfig {
-    /// Export spans (default `false`).
-    pub enabled: bool,
-    /// The collector: a base URL (`http://host:4318`, to which `/v1/traces` is added) or
-    /// the traces URL itself for HTTP; `http://host:4317` for gRPC.
-    pub endpoint: Option<String>,
-    /// `http/protobuf` or `grpc` (default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else
-    /// `http/protobuf`).
-    pub protocol: Option<OtlpProtocol>,
-    /// The `service.name` resource attribute (default: `OTEL_SERVICE_NAME`).
-    pub service_name: Option<String>,
-    /// How long one export may take (default 10 s).
-    #[serde(with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-}
-
 /// A running OTLP export: give its [`Tracing`] to each pipeline, and
-/// [`shut it down`](TraceExport::shutdown) at exit so the last spans leave.
+/// [`shut it down`](TraceExport::shutdown) at exit so the last spans leave. Dropped
+/// without that, it shuts down on a thread of its own: never blocking the runtime.
 #[derive(Debug)]
 pub struct TraceExport {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl TracingConfig {
@@ -121,31 +66,56 @@ impl TracingConfig {
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource.build())
+            // A batch's span links every message of it: the default keeps 128.
+            .with_max_links_per_span(u32::MAX)
             .build();
-        Ok(Some(TraceExport { provider }))
+        // The service's own calls (a handler's HTTP client) propagate and trace through
+        // the globals: the same context and export as the pipelines'.
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok(Some(TraceExport {
+            provider: Some(provider),
+        }))
     }
 }
 
 impl TraceExport {
     /// The pipelines' tracer (see [`PipelineBuilder::tracing`](crate::PipelineBuilder::tracing)).
     pub fn tracing(&self) -> Tracing {
-        Tracing::new(self.provider.tracer("longshore"))
+        Tracing::new(self.provider().tracer("longshore"))
     }
 
-    /// The provider, to trace the service's own work with the same export.
+    /// The provider, to trace the service's own work with the same export (it is the
+    /// global one too).
     pub fn provider(&self) -> &SdkTracerProvider {
-        &self.provider
+        self.provider
+            .as_ref()
+            .expect("taken only by shutdown, which consumes the export")
     }
 
-    /// Exports the spans still buffered and stops. Blocks: call it from
-    /// `tokio::task::spawn_blocking` inside a runtime.
+    /// Exports the spans still buffered and stops, on a blocking thread.
     ///
     /// # Errors
     ///
     /// The exporter's error, when the last spans could not be sent.
-    pub fn shutdown(self) -> Result<(), crate::BoxError> {
-        self.provider.shutdown()?;
+    pub async fn shutdown(mut self) -> Result<(), crate::BoxError> {
+        let provider = self.provider.take().expect("shut down once");
+        tokio::task::spawn_blocking(move || provider.shutdown()).await??;
         Ok(())
+    }
+}
+
+impl Drop for TraceExport {
+    fn drop(&mut self) {
+        // Its shutdown waits for the exporter: never on a runtime's thread.
+        if let Some(provider) = self.provider.take() {
+            std::thread::spawn(move || {
+                let _ = provider.shutdown();
+            });
+        }
     }
 }
 
@@ -160,13 +130,14 @@ fn protocol_from_env() -> Result<OtlpProtocol, BuildError> {
     }
 }
 
-/// The traces URL of an HTTP collector given by its base URL (as
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` gives it), or the traces URL itself.
+/// The traces URL of an HTTP collector given by its base URL, as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` gives it: `/v1/traces` added, unless it is there already.
 fn http_traces_url(endpoint: &str) -> String {
-    let rest = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
-    match rest.find('/') {
-        Some(at) if rest[at..] != *"/" => endpoint.to_owned(),
-        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
     }
 }
 
@@ -176,6 +147,11 @@ mod tests {
 
     #[test]
     fn a_base_url_gets_the_traces_path_and_a_full_one_stays() {
+        // A gateway's path prefix is a base too.
+        assert_eq!(
+            http_traces_url("https://gateway/otlp"),
+            "https://gateway/otlp/v1/traces"
+        );
         assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
         assert_eq!(

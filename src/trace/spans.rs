@@ -20,7 +20,7 @@ use crate::message::Status;
 ///
 /// Any OpenTelemetry tracer will do: the service's own provider's, or the global one.
 /// The service entry point builds one that exports over OTLP from the `[tracing]`
-/// settings (feature `otlp`, [`TracingConfig`](crate::service::TracingConfig)).
+/// settings (feature `otlp`, [`TracingConfig`](crate::trace::TracingConfig)).
 ///
 /// ```
 /// use longshore::trace::Tracing;
@@ -76,8 +76,9 @@ impl Tracing {
 /// [`Tracing`] for a pipeline whose metadata is `M`, with no bound on `M` left in the
 /// pipeline's own types.
 pub(crate) trait ErasedTracing<M>: Send + Sync {
-    /// The span of a message about to be handled for the first time.
-    fn message(&self, metadata: &M, attempt: u32) -> MessageSpan;
+    /// The span of a message about to be handled for the first time (its attempt is set
+    /// when it ends: the last one).
+    fn message(&self, metadata: &M) -> MessageSpan;
 
     /// The span of a batch, linked to the spans of its messages.
     fn batch(&self, info: &BatchInfo, links: Vec<Link>) -> Context;
@@ -92,7 +93,7 @@ struct Typed<M> {
 pub(crate) type MessageSpan = Context;
 
 impl<M: TraceMetadata + Send + 'static> ErasedTracing<M> for Typed<M> {
-    fn message(&self, metadata: &M, attempt: u32) -> MessageSpan {
+    fn message(&self, metadata: &M) -> MessageSpan {
         let parent = self.tracing.propagator.extract(&Headers(metadata));
         let destination = metadata.destination();
         let mut attributes = vec![
@@ -100,7 +101,6 @@ impl<M: TraceMetadata + Send + 'static> ErasedTracing<M> for Typed<M> {
             KeyValue::new("messaging.destination.name", destination.to_owned()),
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.operation.name", "process"),
-            KeyValue::new("longshore.attempt", i64::from(attempt)),
         ];
         metadata.attributes(&mut |name, value| {
             attributes.push(KeyValue::new(name, attribute(value)));
@@ -135,7 +135,7 @@ impl<M: TraceMetadata + Send + 'static> ErasedTracing<M> for Typed<M> {
 
 fn attribute(value: Attribute<'_>) -> Value {
     match value {
-        Attribute::Text(text) => Value::String(text.to_owned().into()),
+        Attribute::Text(text) => Value::String(capped(text, MAX_TEXT).into()),
         Attribute::Int(n) => Value::I64(n),
     }
 }
@@ -156,17 +156,65 @@ impl<M: TraceMetadata> Extractor for Headers<'_, M> {
     }
 }
 
-/// Ends a message's span with its outcome: `success`, `failed` (discarded),
-/// `dead_lettered`, `redelivered` (by the broker, after a failure) or `released`
-/// (unfinished at shutdown).
-pub(crate) fn end_span(span: &Context, status: &Status, outcome: &'static str) {
-    let span = span.span();
-    span.set_attribute(KeyValue::new("longshore.outcome", outcome));
-    if let Status::Failed(failure) = status {
-        span.set_attribute(KeyValue::new("error.type", failure.kind().to_string()));
-        span.set_status(SpanStatus::error(failure.error().to_string()));
+/// A message's span about to end: taken out of the message before it is handed to the
+/// acknowledger (which takes the message), ended once that call returned.
+pub(crate) struct Ending {
+    span: Context,
+    status: Status,
+    attempt: u32,
+    outcome: &'static str,
+}
+
+impl Ending {
+    pub(crate) fn new(span: Context, status: &Status, attempt: u32, outcome: &'static str) -> Self {
+        Ending {
+            span,
+            status: status.clone(),
+            attempt,
+            outcome,
+        }
     }
-    span.end();
+
+    /// Ends the span with its outcome: `success`, `failed` (discarded), `dead_lettered`,
+    /// `redelivered` (by the broker, after a failure) or `released` (unfinished at
+    /// shutdown); `unacknowledged`, with an error status, when the acknowledger
+    /// panicked (the broker delivers the message again).
+    pub(crate) fn end(self, acknowledged: bool) {
+        let span = self.span.span();
+        span.set_attribute(KeyValue::new("longshore.attempt", i64::from(self.attempt)));
+        let outcome = if acknowledged {
+            self.outcome
+        } else {
+            "unacknowledged"
+        };
+        span.set_attribute(KeyValue::new("longshore.outcome", outcome));
+        if let Status::Failed(failure) = &self.status {
+            span.set_attribute(KeyValue::new("error.type", failure.kind().to_string()));
+            span.set_status(SpanStatus::error(capped(
+                &failure.error().to_string(),
+                MAX_MESSAGE,
+            )));
+        } else if !acknowledged {
+            span.set_status(SpanStatus::error("the acknowledger panicked"));
+        }
+        span.end();
+    }
+}
+
+/// The longest text attribute kept from a message (a key, an id): a span's attributes
+/// travel in export batches a collector caps (4 MiB over gRPC).
+const MAX_TEXT: usize = 256;
+
+/// The longest error message kept on a span or event.
+pub(crate) const MAX_MESSAGE: usize = 1024;
+
+/// `text`, cut to at most `max` bytes on a character boundary.
+pub(crate) fn capped(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// An event on a message's span.

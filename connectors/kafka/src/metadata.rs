@@ -95,7 +95,11 @@ impl longshore::trace::TraceMetadata for KafkaMetadata {
     }
 
     fn trace_header(&self, name: &str) -> Option<&str> {
-        let (_, value) = self.headers.iter().find(|(header, _)| header == name)?;
+        // Producers write them in lower case; a header's case is the producer's choice.
+        let (_, value) = self
+            .headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))?;
         std::str::from_utf8(value.as_deref()?).ok()
     }
 

@@ -23,7 +23,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
 const WAIT: Duration = Duration::from_secs(60);
-const RECORDS: usize = 40;
+/// Enough for batches over the SDK's default of 128 links a span.
+const RECORDS: usize = 400;
 const POISON: &str = "k13";
 
 /// Produces the records `k{i}`, each inside a span of a producer service that puts its
@@ -69,9 +70,12 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
     cluster.create_topic("orders.dlq", 1, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
     // The producer exports its spans too, for the picture of a whole trace.
-    let producer = otlp::settings(&receiver, "http/protobuf", "producer").start().unwrap().expect("enabled");
+    let producer = otlp::settings(&receiver, "http/protobuf", "producer")
+        .start()
+        .unwrap()
+        .expect("enabled");
     let produced = produce(&bootstrap, producer.provider());
-    tokio::task::spawn_blocking(move || producer.shutdown()).await.unwrap().unwrap();
+    producer.shutdown().await.unwrap();
 
     let export = otlp::settings(&receiver, protocol, "orders-consumer")
         .start()
@@ -82,11 +86,11 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
     }));
     let source = KafkaSource::new(config(&bootstrap, "traced", "orders")).unwrap();
     let pipeline = Pipeline::builder(source, handler.clone())
-        .processors(Processors::new(2).max_demand(8))
+        .processors(Processors::new(2).max_demand(100))
         .batcher(
             Batcher::new("sink")
-                .batch_size(5)
-                .batch_timeout(Duration::from_millis(50)),
+                .batch_size(200)
+                .batch_timeout(Duration::from_millis(200)),
         )
         .retry(RetryPolicy::new(2).initial_backoff(Duration::from_millis(5)))
         .dead_letter(KafkaDeadLetter::new(&bootstrap, "orders.dlq").unwrap())
@@ -100,10 +104,7 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
     .await;
     pipeline.shutdown().await.unwrap();
     // Sends what the batch exporter still holds: every span is in the receiver after it.
-    tokio::task::spawn_blocking(move || export.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
+    export.shutdown().await.unwrap();
 
     let received = receiver.spans();
     let spans = otlp::assert_traced(
@@ -120,6 +121,11 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
             service: "orders-consumer",
         },
     );
+    let largest = handler.batches.lock().unwrap().iter().map(|(_, m)| m.len()).max();
+    assert!(
+        largest > Some(128),
+        "a batch over the default link limit: {largest:?}"
+    );
     for (key, span) in &spans {
         let i: usize = key[1..].parse().unwrap();
         assert_eq!(
@@ -134,7 +140,10 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
         .iter()
         .find(|s| s.span_id == produced["k1"].1)
         .expect("the producer's span");
-    assert_eq!((publish.service.as_str(), publish.name.as_str()), ("producer", "publish"));
+    assert_eq!(
+        (publish.service.as_str(), publish.name.as_str()),
+        ("producer", "publish")
+    );
     for key in ["k1", POISON] {
         let picture = otlp::waterfall(&received, &spans[key].trace_id);
         let transport = protocol.split('/').next().unwrap_or(protocol);

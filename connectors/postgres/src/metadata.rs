@@ -49,7 +49,7 @@ impl longshore::trace::TraceMetadata for PgQueueMetadata {
     }
 
     fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
-        record("messaging.message.id", Attribute::Int(self.id));
+        record("messaging.message.id", Attribute::Text(&self.id.to_string()));
     }
 }
 

@@ -97,24 +97,29 @@ impl SqsDeadLetter {
             ),
             ("longshore.message_id".to_owned(), string(data.message_id.clone())),
         ];
-        // The message span's context, when traced, in place of the producer's.
+        // The message span's context, when traced, in place of the producer's: its
+        // `traceparent` first, then the producer's own attributes, then `tracestate` and
+        // `baggage` as room is left (SQS takes 10).
         let trace = message.trace_headers();
-        attributes.extend(
-            trace
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), string(value.clone()))),
-        );
+        let traced = |name: &str| trace.iter().any(|(traced, _)| *traced == name);
         let mut own: Vec<_> = data
             .message_attributes
             .iter()
-            .filter(|(name, _)| !trace.iter().any(|(traced, _)| traced == name))
+            .filter(|(name, _)| !traced(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
-        own.sort_by(|a, b| a.0.cmp(b.0));
+        own.sort_by(|a, b| a.0.cmp(&b.0));
+        let (parent, rest): (Vec<_>, Vec<_>) = trace
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), string(value.clone())))
+            .partition(|(name, _)| name == "traceparent");
+        let wanted: Vec<_> = parent.into_iter().chain(own).chain(rest).collect();
         let room = MAX_ATTRIBUTES - attributes.len();
-        if own.len() > room {
-            tracing::warn!(message_id = %data.message_id, dropped = own.len() - room, "message attributes over SQS's limit left out of the dead letter");
+        if wanted.len() > room {
+            let dropped: Vec<&str> = wanted[room..].iter().map(|(name, _)| name.as_str()).collect();
+            tracing::warn!(message_id = %data.message_id, ?dropped, "message attributes over SQS's limit left out of the dead letter");
         }
-        attributes.extend(own.into_iter().take(room).map(|(k, v)| (k.clone(), v.clone())));
+        attributes.extend(wanted.into_iter().take(room));
         let mut entry = SendMessageBatchRequestEntry::builder()
             .id(id.to_string())
             .message_body(data.body())
