@@ -45,6 +45,32 @@ async fn until(server: &MetricsServer, path: &str, done: impl Fn(u16, &str) -> b
     }
 }
 
+/// With 4 processors, one call that never returns while the other 3 keep finishing
+/// messages: the stage's finished count moves, and the hung call is flagged all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hung_call_among_busy_tasks_is_flagged() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let pipeline = Pipeline::builder(MemorySource::from_iter(0..u64::MAX), Hangs)
+        .name("stall-one-of-four")
+        .processors(Processors::new(4).max_demand(1))
+        .stall_watch(StallWatch::after(Duration::from_secs(2)))
+        .shutdown_deadline(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    server.add_pipeline(pipeline.control());
+    let stats = pipeline.stats();
+    let (_, body) = until(&server, "/healthz", |_, body| {
+        body.contains("stall-one-of-four processor")
+    })
+    .await;
+    assert!(body.contains("no progress for "), "{body}");
+    let before = stats.get().successful;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(stats.get().successful > before, "the other tasks go on meanwhile");
+    let _ = pipeline.shutdown().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_handler_is_flagged_after_the_watchs_time_and_fails_liveness_only_if_asked() {
     let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -358,6 +358,8 @@ pub(crate) struct StageMetrics {
     pub(crate) successful: IntCounter,
     pub(crate) failed: IntCounter,
     pub(crate) duration: Histogram,
+    /// The handler calls its tasks are in (for the stall watch).
+    pub(crate) calls: std::sync::Arc<super::calls::Calls>,
 }
 
 impl StageMetrics {
@@ -378,6 +380,7 @@ impl StageMetrics {
                 .stage_messages
                 .with_label_values(&[pipeline, stage.label(), batcher, "failed"]),
             duration: f.stage_duration.with_label_values(&labels),
+            calls: std::sync::Arc::default(),
         }
     }
 

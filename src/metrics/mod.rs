@@ -7,6 +7,7 @@
 //! Labels are bounded: `pipeline`, `stage`, `batcher`, `outcome`, `trigger`, `limiter`
 //! (and the connectors' `topic`, `partition`, ...), never a message key.
 
+pub(crate) mod calls;
 mod connections;
 mod families;
 mod feed;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::batching::BatchSettings;
 use crate::control::pause::PauseSwitch;
 use crate::error::BuildError;
+use crate::metrics::calls::CallsSeen;
 use crate::metrics::{SourceStalls, StageMetrics};
 use crate::source::SourcePanel;
 
@@ -162,7 +163,9 @@ impl Watch {
     pub(crate) async fn run(self, stop: CancellationToken) {
         // Per stage: attempts finished at the last look, and since when none finished
         // while it held messages.
-        let mut seen: Vec<(u64, Duration)> = vec![(0, Duration::ZERO); self.stages.len()];
+        let mut seen: Vec<(u64, Duration, CallsSeen)> = (0..self.stages.len())
+            .map(|_| (0, Duration::ZERO, CallsSeen::default()))
+            .collect();
         let mut source = SourceSeen::default();
         let mut every = tokio::time::interval(LOOK_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,9 +190,9 @@ impl Watch {
         self.stalls.set(StalledNow::default());
     }
 
-    fn look_at_stages(&self, seen: &mut [(u64, Duration)]) -> Vec<(String, Duration)> {
+    fn look_at_stages(&self, seen: &mut [(u64, Duration, CallsSeen)]) -> Vec<(String, Duration)> {
         let mut stalled = Vec::new();
-        for (stage, (finished_before, idle)) in self.stages.iter().zip(seen.iter_mut()) {
+        for (stage, (finished_before, idle, calls)) in self.stages.iter().zip(seen.iter_mut()) {
             let metrics = &stage.metrics;
             let finished = metrics.successful.get() + metrics.failed.get();
             // Messages waiting out a retry's backoff or a rate limit wait as configured.
@@ -203,13 +206,20 @@ impl Watch {
                 *idle = Duration::ZERO;
             }
             *finished_before = finished;
-            let is_stalled = *idle >= self.after;
+            // One task's call that never returns, while the others finish theirs.
+            let hung = metrics.calls.longest(calls, LOOK_EVERY);
+            let for_how_long = (*idle).max(hung);
+            let is_stalled = for_how_long >= self.after;
             if is_stalled && metrics.stalled.get() == 0 {
-                tracing::warn!(stage = %stage.name, held = metrics.in_flight.get(), after = ?self.after, "stage stalled: it holds messages and has finished none");
+                if *idle >= self.after {
+                    tracing::warn!(stage = %stage.name, held = metrics.in_flight.get(), after = ?self.after, "stage stalled: it holds messages and has finished none");
+                } else {
+                    tracing::warn!(stage = %stage.name, running = ?hung, "stage stalled: a handler call has not returned");
+                }
             }
             metrics.stalled.set(i64::from(is_stalled));
             if is_stalled {
-                stalled.push((stage.name.clone(), *idle));
+                stalled.push((stage.name.clone(), for_how_long));
             }
         }
         stalled

@@ -44,6 +44,8 @@ pub(crate) struct BatchProcessor<H: Handler, A> {
     /// Its notice to retire (the pool shrinks): it takes no more batches, finishes its
     /// retries, and ends.
     pub(crate) retire: Arc<Retire>,
+    /// Its handler calls, as the stall watch sees them.
+    pub(crate) call: Arc<crate::metrics::calls::CallSlot>,
 }
 
 /// Batches waiting for another attempt.
@@ -232,11 +234,13 @@ where
             otel.clone(),
             guarded(self.ctx.handler.handle_batch(&mut batch, &info)),
         );
+        let in_call = self.call.enter();
         let handled = tokio::select! {
             biased;
             handled = call => Some(handled),
             () = abandon.cancelled() => None,
         };
+        drop(in_call);
         self.ctx.end_batch_span(otel, handled.as_ref());
         let Some(handled) = handled else {
             return Err(batch);

@@ -118,6 +118,8 @@ pub(crate) struct Processor<H: Handler, A, D, C> {
     /// Its notice to retire (the pool shrinks): it takes no more input, finishes its
     /// retries (the keys they hold), and ends.
     pub(crate) retire: Arc<Retire>,
+    /// Its handler calls, as the stall watch sees them.
+    pub(crate) call: Arc<crate::metrics::calls::CallSlot>,
 }
 
 /// Takes everything out of `queue`, soonest first, without waiting.
@@ -478,6 +480,7 @@ where
                     let logs = tracing::debug_span!("message", attempt = message.attempt());
                     // With no span to enter, the call alone: no wrapper made or polled. With
                     // one, the wrapper is boxed, so that it does not grow every call's state.
+                    let _call = self.call.enter();
                     let handled = if otel.is_none() && logs.is_disabled() {
                         guarded(handler.handle_message(message)).await
                     } else {
