@@ -467,6 +467,8 @@ where
         reached: &mut usize,
     ) {
         let handler = &self.ctx.handler;
+        // Whether a log span would record: asked once a chunk, not once a message.
+        let logs = tracing::span_enabled!(tracing::Level::DEBUG);
         for (index, message) in messages.iter_mut().enumerate().skip(from) {
             let waits = !retries.held.is_empty()
                 && message
@@ -477,13 +479,13 @@ where
             } else {
                 if message.is_ok() {
                     let otel = self.ctx.message_span(message);
-                    let logs = tracing::debug_span!("message", attempt = message.attempt());
+                    let _call = self.call.enter();
                     // With no span to enter, the call alone: no wrapper made or polled. With
                     // one, the wrapper is boxed, so that it does not grow every call's state.
-                    let _call = self.call.enter();
-                    let handled = if otel.is_none() && logs.is_disabled() {
+                    let handled = if otel.is_none() && !logs {
                         guarded(handler.handle_message(message)).await
                     } else {
+                        let logs = tracing::debug_span!("message", attempt = message.attempt());
                         Box::pin(within(logs, otel, guarded(handler.handle_message(message)))).await
                     };
                     timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
