@@ -333,7 +333,7 @@ async fn a_batchers_size_and_timeout_change_while_it_runs() {
 async fn a_lowered_size_or_timeout_applies_to_the_batches_already_open() {
     use longshore::BatchTrigger::{Size, Timeout};
 
-    let (pipeline, sender, batches) = batching_pipeline(1_000, Duration::from_secs(3_600));
+    let (pipeline, sender, batches) = batching_pipeline(1_000, Duration::from_secs(900));
     let batching = pipeline.batching();
     // 25 open under a size of 1,000: cut into batches of the new size at once, in order.
     for i in 0..25 {
