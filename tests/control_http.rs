@@ -353,8 +353,18 @@ async fn the_server_reads_nothing_for_a_stranger_and_no_client_holds_the_port() 
     }
     assert!(answered, "the probe is answered once the idle clients went");
 
+    // A client that sends requests and never reads what it is sent: its connection's
+    // buffers fill, and the server's shutdown does not wait on it for ever.
+    let mut deaf = TcpStream::connect(addr).await.unwrap();
+    let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    let _ = tokio::time::timeout(Duration::from_secs(2), deaf.write_all(&requests)).await;
     drop(pipeline);
-    server.shutdown().await;
+    let stopped = tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "the shutdown waited on a client that does not read"
+    );
+    drop(deaf);
 }
 
 #[test]

@@ -144,11 +144,11 @@ impl Batching {
         Ok(())
     }
 
-    /// Sets batcher `batcher`'s batch timeout, at least 1 ms.
+    /// Sets batcher `batcher`'s batch timeout, from 1 ms to 15 min.
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] when no batcher has that name or the timeout is zero.
+    /// A [`BuildError`] when no batcher has that name or the timeout is out of bounds.
     pub fn set_batch_timeout(&self, batcher: &str, timeout: Duration) -> Result<(), BuildError> {
         let settings = self.settings(batcher, "batch_timeout")?;
         check_timeout(&format!("batchers.{batcher}.batch_timeout"), timeout)?;

@@ -9,9 +9,11 @@ use crate::control::changes::ChangeLog;
 /// Pauses and resumes a running pipeline's fetching; made by [`Pipeline::pause_switch`].
 /// Cheap to clone; usable from any task.
 ///
-/// While paused the pipeline asks its source for nothing (a fetch already under way
-/// completes), and everything it holds goes on to be handled and acknowledged, so that
-/// in flight drains to zero. Retries, batches and shutdown go on as usual; a shutdown
+/// While paused the pipeline asks its source for nothing, and a fetch waiting on the
+/// source is dropped (a caught-up queue hands out nothing more); everything it holds
+/// goes on to be handled and acknowledged, so that in flight drains to zero. What a
+/// broker's long poll under way still brings in stays in the source, its lease kept,
+/// and is handed out at the resume: at most one fetch's demand. Retries, batches and shutdown go on as usual; a shutdown
 /// while paused drains and stops. `longshore_paused` is 1 meanwhile.
 ///
 /// ```

@@ -57,5 +57,16 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, stop: Cancellation
             drop(slot);
         });
     }
-    graceful.shutdown().await;
+    // New connections are refused at once rather than left in the backlog; a client that
+    // stopped reading cannot hold the shutdown.
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_WAIT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(wait = ?SHUTDOWN_WAIT, "metrics server stopped with connections still open");
+    }
 }
+
+/// How long a shutdown waits for the requests under way.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);

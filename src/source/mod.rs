@@ -29,9 +29,10 @@ use crate::message::Message;
 /// - [`receive`](Source::receive) returns at most `demand` messages, waiting until it has
 ///   at least one. `Ok(None)` means the source is exhausted: the pipeline then drains and
 ///   stops by itself. An `Err` is logged and the call retried after a backoff.
-/// - `receive` may be dropped before it completes (at shutdown). It must then lose
-///   nothing: messages it already took from the broker stay in the source, and
-///   [`shutdown`](Source::shutdown) releases them.
+/// - `receive` may be dropped before it completes: at shutdown, and whenever the
+///   pipeline is paused while it waits. It must then lose nothing: messages it already
+///   took from the broker stay in the source, for the next `receive` (after a resume)
+///   or for [`shutdown`](Source::shutdown) to release.
 /// - Each message is acknowledged exactly once, through the acknowledger returned by
 ///   [`acknowledger`](Source::acknowledger), unless it is released at shutdown
 ///   ([`Acknowledger::release`]: it waited for a retry) or the pipeline missed its

@@ -467,8 +467,10 @@ where
         reached: &mut usize,
     ) {
         let handler = &self.ctx.handler;
-        // Whether a log span would record: asked once a chunk, not once a message.
-        let logs = tracing::span_enabled!(tracing::Level::DEBUG);
+        // Whether any log span at debug level may record (the subscriber's global
+        // level): asked once a chunk. When it may, each message's span asks its own
+        // callsite, so that filters by span name (`[message]=debug`) still work.
+        let logs = tracing::level_enabled!(tracing::Level::DEBUG);
         for (index, message) in messages.iter_mut().enumerate().skip(from) {
             let waits = !retries.held.is_empty()
                 && message
@@ -482,11 +484,14 @@ where
                     let _call = self.call.enter();
                     // With no span to enter, the call alone: no wrapper made or polled. With
                     // one, the wrapper is boxed, so that it does not grow every call's state.
-                    let handled = if otel.is_none() && !logs {
+                    let span = match logs {
+                        true => tracing::debug_span!("message", attempt = message.attempt()),
+                        false => tracing::Span::none(),
+                    };
+                    let handled = if otel.is_none() && span.is_disabled() {
                         guarded(handler.handle_message(message)).await
                     } else {
-                        let logs = tracing::debug_span!("message", attempt = message.attempt());
-                        Box::pin(within(logs, otel, guarded(handler.handle_message(message)))).await
+                        Box::pin(within(span, otel, guarded(handler.handle_message(message)))).await
                     };
                     timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
                     if let Err(failure) = handled {

@@ -113,6 +113,30 @@ struct Link {
     channel: Channel,
 }
 
+/// A consumer's start under way. Cut short (a pause or a timeout dropped the receive)
+/// after `basic.consume` left, the server may still register the consumer and deliver
+/// to it, up to the prefetch, with nobody reading: the link is closed instead, so that
+/// the server requeues what it delivered on it.
+struct Starting<'a> {
+    shared: &'a Shared,
+    link: Option<Link>,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        self.shared.drop_link();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = link.channel.close(200, "start cut short".into()).await;
+                let _ = link.connection.close(200, "start cut short".into()).await;
+            });
+        }
+    }
+}
+
 impl RabbitMqSource {
     /// Connects, and checks that the queue exists.
     ///
@@ -397,6 +421,16 @@ impl Shared {
     /// Starts the consumer, at most `prefetch` messages out unacknowledged.
     async fn consume(&self, prefetch: u16) -> Result<(Channel, Consumer), RabbitMqError> {
         let link = self.link().await?;
+        let mut starting = Starting {
+            shared: self,
+            link: Some(link.clone()),
+        };
+        let started = self.start_consumer(&link, prefetch).await;
+        starting.link = None;
+        started
+    }
+
+    async fn start_consumer(&self, link: &Link, prefetch: u16) -> Result<(Channel, Consumer), RabbitMqError> {
         link.channel
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await
@@ -411,7 +445,7 @@ impl Shared {
             )
             .await
             .map_err(RabbitMqError::server("starting the consumer"))?;
-        Ok((link.channel, consumer))
+        Ok((link.channel.clone(), consumer))
     }
 
     async fn declare_passive(&self, channel: &Channel) -> Result<lapin::Queue, RabbitMqError> {
