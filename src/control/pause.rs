@@ -10,10 +10,12 @@ use crate::control::changes::ChangeLog;
 /// Cheap to clone; usable from any task.
 ///
 /// While paused the pipeline asks its source for nothing, and a fetch waiting on the
-/// source is dropped (a caught-up queue hands out nothing more); everything it holds
-/// goes on to be handled and acknowledged, so that in flight drains to zero. What a
-/// broker's long poll under way still brings in stays in the source, its lease kept,
-/// and is handed out at the resume: at most one fetch's demand. Retries, batches and shutdown go on as usual; a shutdown
+/// source is dropped (Kafka, files, memory: a caught-up source hands out nothing
+/// more); everything it holds goes on to be handled and acknowledged, so that in flight
+/// drains to zero. A source whose fetch under way leases messages away from the other
+/// consumers (SQS, RabbitMQ, NATS, Redis, PostgreSQL: see
+/// [`Source::drops_fetch_on_pause`](crate::Source::drops_fetch_on_pause)) completes it,
+/// and what it brings, one fetch's demand at most, is handled. Retries, batches and shutdown go on as usual; a shutdown
 /// while paused drains and stops. `longshore_paused` is 1 meanwhile.
 ///
 /// ```

@@ -29,10 +29,11 @@ use crate::message::Message;
 /// - [`receive`](Source::receive) returns at most `demand` messages, waiting until it has
 ///   at least one. `Ok(None)` means the source is exhausted: the pipeline then drains and
 ///   stops by itself. An `Err` is logged and the call retried after a backoff.
-/// - `receive` may be dropped before it completes: at shutdown, and whenever the
-///   pipeline is paused while it waits. It must then lose nothing: messages it already
-///   took from the broker stay in the source, for the next `receive` (after a resume)
-///   or for [`shutdown`](Source::shutdown) to release.
+/// - `receive` may be dropped before it completes: at shutdown, and when the pipeline
+///   is paused while it waits (unless [`drops_fetch_on_pause`](Source::drops_fetch_on_pause)
+///   says not to). It must then lose nothing: messages it already took from the broker
+///   stay in the source, for the next `receive` (after a resume) or for
+///   [`shutdown`](Source::shutdown) to release.
 /// - Each message is acknowledged exactly once, through the acknowledger returned by
 ///   [`acknowledger`](Source::acknowledger), unless it is released at shutdown
 ///   ([`Acknowledger::release`]: it waited for a retry) or the pipeline missed its
@@ -102,6 +103,17 @@ pub trait Source: Send + Sync + 'static {
     /// way for Kafka), or the broker, by redelivering it (SQS's visibility timeout).
     fn redelivery(&self) -> Redelivery {
         Redelivery::InProcess
+    }
+
+    /// Whether a [`receive`](Source::receive) waiting for messages is dropped when the
+    /// pipeline pauses (default `true`: a caught-up queue then hands out nothing more).
+    ///
+    /// A source whose fetch under way takes messages out of every consumer's reach
+    /// (a long poll that leases them, deliveries pushed up to a prefetch) says `false`:
+    /// its fetch then completes and what it brings is handled, one fetch's demand at
+    /// most, rather than held out of the other replicas' reach for the whole pause.
+    fn drops_fetch_on_pause(&self) -> bool {
+        true
     }
 
     /// Whether the source is connected and can deliver (Kafka: it joined its group).

@@ -65,6 +65,7 @@ impl<S: Source> Producer<S> {
         let credits = &self.meter.credits;
         let mut retry = RETRY_MIN;
         let mut paused = self.paused.clone();
+        let drops_fetch = self.source.drops_fetch_on_pause();
         loop {
             tokio::select! {
                 biased;
@@ -110,8 +111,8 @@ impl<S: Source> Producer<S> {
                 }
                 // Paused while the source waits for messages (a caught-up queue): the
                 // receive is dropped, as at a stop, so that nothing arriving meanwhile is
-                // fetched.
-                () = paused.paused() => {
+                // fetched; unless the source's fetch leases messages away from others.
+                () = paused.paused(), if drops_fetch => {
                     credits.give_back(demand);
                     continue;
                 }

@@ -181,6 +181,12 @@ impl Source for JetStreamSource {
     type Metadata = JetStreamMetadata;
     type Acknowledger = JetStreamAcknowledger;
 
+    /// A fetch under way completes at a pause: a pull under way leases what it brings
+    /// (acknowledgement pending, kept in progress).
+    fn drops_fetch_on_pause(&self) -> bool {
+        false
+    }
+
     fn acknowledger(&self) -> JetStreamAcknowledger {
         JetStreamAcknowledger(self.shared.clone())
     }

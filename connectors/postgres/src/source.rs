@@ -203,6 +203,12 @@ impl Source for PgQueueSource {
     type Metadata = PgQueueMetadata;
     type Acknowledger = PgQueueAcknowledger;
 
+    /// A fetch under way completes at a pause: a lease under way takes rows from the other
+    /// consumers.
+    fn drops_fetch_on_pause(&self) -> bool {
+        false
+    }
+
     fn acknowledger(&self) -> PgQueueAcknowledger {
         PgQueueAcknowledger(self.queue.clone())
     }

@@ -216,6 +216,12 @@ impl Source for RabbitMqSource {
     type Metadata = RabbitMqMetadata;
     type Acknowledger = RabbitMqAcknowledger;
 
+    /// A fetch under way completes at a pause: the server pushes deliveries up to the prefetch
+    /// whether or not a receive waits.
+    fn drops_fetch_on_pause(&self) -> bool {
+        false
+    }
+
     fn acknowledger(&self) -> RabbitMqAcknowledger {
         RabbitMqAcknowledger(self.shared.clone())
     }

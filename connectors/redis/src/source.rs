@@ -172,6 +172,12 @@ impl Source for RedisStreamSource {
     type Metadata = RedisStreamMetadata;
     type Acknowledger = RedisStreamAcknowledger;
 
+    /// A fetch under way completes at a pause: a read under way claims entries into this
+    /// consumer's pending list.
+    fn drops_fetch_on_pause(&self) -> bool {
+        false
+    }
+
     fn acknowledger(&self) -> RedisStreamAcknowledger {
         RedisStreamAcknowledger(self.stream.clone())
     }

@@ -141,6 +141,12 @@ impl Source for SqsSource {
     type Metadata = SqsMetadata;
     type Acknowledger = SqsAcknowledger;
 
+    /// A fetch under way completes at a pause: a long poll under way leases what it brings
+    /// (invisible to the other consumers).
+    fn drops_fetch_on_pause(&self) -> bool {
+        false
+    }
+
     fn panel(&self) -> Option<Arc<dyn longshore::source::SourcePanel>> {
         Some(Arc::new(crate::panel::SqsPanel {
             queue: self.queue.clone(),
