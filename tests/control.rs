@@ -116,6 +116,56 @@ async fn a_pause_while_the_source_waits_for_messages_fetches_nothing() {
     assert_eq!((summary.received, summary.successful), (5, 5));
 }
 
+/// A source whose fetch under way leases what it brings (as SQS's long poll does).
+struct Leasing(MemorySource<usize>);
+
+impl Source for Leasing {
+    type Data = usize;
+    type Metadata = ();
+    type Acknowledger = AckCounts;
+
+    fn acknowledger(&self) -> AckCounts {
+        self.0.acknowledger()
+    }
+
+    fn drops_fetch_on_pause(&self) -> bool {
+        false
+    }
+
+    async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<usize>>>, BoxError> {
+        self.0.receive(demand).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_lets_a_leasing_sources_fetch_under_way_complete_and_fetches_no_more() {
+    let (source, sender) = MemorySource::channel(100);
+    let pipeline = Pipeline::builder(Leasing(source), Slow)
+        .name("control-pause-leasing")
+        .processors(Processors::new(1).max_demand(10))
+        .start()
+        .unwrap();
+    let (stats, switch) = (pipeline.stats(), pipeline.pause_switch());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    switch.pause();
+    for i in 0..3 {
+        sender.send(i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The fetch under way brought them and they were handled, not held for the pause.
+    assert_eq!((stats.get().received, stats.get().successful), (3, 3));
+    for i in 3..6 {
+        sender.send(i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(stats.get().received, 3, "no fetch after the one under way");
+
+    switch.resume();
+    drop(sender);
+    let summary = pipeline.wait().await.unwrap();
+    assert_eq!((summary.received, summary.successful), (6, 6));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pause_while_a_fetch_waits_for_the_rate_limit_fetches_nothing() {
     let receives = Arc::new(AtomicUsize::new(0));
