@@ -12,7 +12,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,24 +20,7 @@ use std::time::{Duration, Instant};
 
 use longshore::metrics::MetricsServer;
 use longshore::source::memory::MemorySource;
-use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
-
-struct Sink;
-
-impl Handler for Sink {
-    type Item = u64;
-    type Metadata = ();
-
-    async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
-        black_box(message.data());
-        Ok(())
-    }
-
-    async fn handle_batch(&self, batch: &mut [Message<u64>], _: &BatchInfo) -> Result<(), BoxError> {
-        black_box(batch.len());
-        Ok(())
-    }
-}
+use longshore::{Batcher, Pipeline, Processors};
 
 /// One page's reading: `GET /topology.json`, to the end of the response, within 5 s.
 fn read_feed(addr: SocketAddr) -> bool {
@@ -64,7 +46,7 @@ fn run_case(messages: u64, clients: usize) -> (f64, u64) {
         let source = MemorySource::from_iter(0..messages);
         // From the start to the last acknowledgement: not the pages' last sleep.
         let started = Instant::now();
-        let pipeline = Pipeline::builder(source, Sink)
+        let pipeline = Pipeline::builder(source, support::Sink)
             .name("bench")
             .processors(Processors::new(2))
             .batcher(Batcher::new("bench").batch_size(100).concurrency(2))

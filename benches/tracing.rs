@@ -19,27 +19,10 @@ use std::time::Instant;
 
 use longshore::source::memory::MemorySource;
 use longshore::trace::Tracing;
-use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
+use longshore::{Batcher, Pipeline, Processors};
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
-
-struct Sink;
-
-impl Handler for Sink {
-    type Item = u64;
-    type Metadata = ();
-
-    async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
-        black_box(message.data());
-        Ok(())
-    }
-
-    async fn handle_batch(&self, batch: &mut [Message<u64>], _: &BatchInfo) -> Result<(), BoxError> {
-        black_box(batch.len());
-        Ok(())
-    }
-}
 
 /// Takes every batch of spans and drops it.
 #[derive(Debug)]
@@ -70,7 +53,7 @@ fn run_case(case: &str, messages: u64) -> f64 {
     let elapsed = runtime.block_on(async {
         let source = MemorySource::from_iter(0..messages);
         let started = Instant::now();
-        let mut builder = Pipeline::builder(source, Sink)
+        let mut builder = Pipeline::builder(source, support::Sink)
             .processors(Processors::new(2))
             .batcher(Batcher::new("bench").batch_size(100).concurrency(2));
         if let Some(provider) = &provider {

@@ -501,3 +501,45 @@ pub fn waterfall(spans: &[Span], trace: &str) -> String {
     svg.push_str("</svg>\n");
     svg
 }
+
+/// Runs `builder`'s pipeline with a batcher `sink` of `batch_size`, two attempts a message,
+/// and the tracing of `export`, until `count` messages are finished; stops it, then the
+/// export (which sends what it still holds): every span is then in `receiver`.
+pub async fn run_traced<S, H, C>(
+    builder: longshore::PipelineBuilder<S, H, C>,
+    export: longshore::trace::TraceExport,
+    batch_size: usize,
+    count: u64,
+    receiver: &Receiver,
+) -> Vec<Span>
+where
+    S: longshore::Source,
+    S::Metadata: longshore::trace::TraceMetadata + Sync,
+    H: Handler<Metadata = S::Metadata>,
+    C: longshore::decode::Decode<S::Data, S::Metadata, Output = H::Item>,
+{
+    use std::time::Duration;
+    let pipeline = builder
+        .batcher(
+            longshore::Batcher::new("sink")
+                .batch_size(batch_size)
+                .batch_timeout(Duration::from_millis(200)),
+        )
+        .retry(longshore::RetryPolicy::new(2).initial_backoff(Duration::from_millis(5)))
+        .tracing(export.tracing())
+        .start()
+        .unwrap();
+    let stats = pipeline.stats();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stats.get().successful + stats.get().failed < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} messages not finished: {:?}",
+            stats.get()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipeline.shutdown().await.unwrap();
+    export.shutdown().await.unwrap();
+    receiver.spans()
+}

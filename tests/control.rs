@@ -92,21 +92,33 @@ async fn a_paused_pipeline_fetches_nothing_and_finishes_what_it_holds_then_resum
     assert_eq!((summary.received, summary.successful), (2_000, 2_000));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_pause_while_the_source_waits_for_messages_fetches_nothing() {
-    let (source, sender) = MemorySource::channel(100);
+/// A pipeline of one processor on `source`, caught up (its producer waiting in the
+/// source's receive for messages to come), then paused, then sent `sent` messages.
+async fn paused_while_waiting<S>(
+    source: S,
+    sender: &tokio::sync::mpsc::Sender<usize>,
+    sent: usize,
+) -> Pipeline
+where
+    S: Source<Data = usize, Metadata = ()>,
+{
     let pipeline = Pipeline::builder(source, Slow)
-        .name("control-pause-idle")
         .processors(Processors::new(1).max_demand(10))
         .start()
         .unwrap();
-    let (stats, switch) = (pipeline.stats(), pipeline.pause_switch());
-    // Caught up: the producer waits in the source's receive for messages to come.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    switch.pause();
-    for i in 0..5 {
+    pipeline.pause_switch().pause();
+    for i in 0..sent {
         sender.send(i).await.unwrap();
     }
+    pipeline
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_while_the_source_waits_for_messages_fetches_nothing() {
+    let (source, sender) = MemorySource::channel(100);
+    let pipeline = paused_while_waiting(source, &sender, 5).await;
+    let (stats, switch) = (pipeline.stats(), pipeline.pause_switch());
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(stats.get().received, 0, "fetched while paused");
 
@@ -140,17 +152,8 @@ impl Source for Leasing {
 #[tokio::test(start_paused = true)]
 async fn a_pause_lets_a_leasing_sources_fetch_under_way_complete_and_fetches_no_more() {
     let (source, sender) = MemorySource::channel(100);
-    let pipeline = Pipeline::builder(Leasing(source), Slow)
-        .name("control-pause-leasing")
-        .processors(Processors::new(1).max_demand(10))
-        .start()
-        .unwrap();
+    let pipeline = paused_while_waiting(Leasing(source), &sender, 3).await;
     let (stats, switch) = (pipeline.stats(), pipeline.pause_switch());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    switch.pause();
-    for i in 0..3 {
-        sender.send(i).await.unwrap();
-    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The fetch under way brought them and they were handled, not held for the pause.
     assert_eq!((stats.get().received, stats.get().successful), (3, 3));

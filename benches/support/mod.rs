@@ -221,3 +221,26 @@ where
     countdown.finished().await;
     pipeline.shutdown().await.unwrap().successful
 }
+
+/// Takes every message and batch, and does nothing with them: the core cases' handler.
+#[allow(dead_code)] // the core's benchmarks
+pub(crate) struct Sink;
+
+impl longshore::Handler for Sink {
+    type Item = u64;
+    type Metadata = ();
+
+    async fn handle_message(&self, message: &mut longshore::Message<u64>) -> Result<(), longshore::BoxError> {
+        std::hint::black_box(message.data());
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: &mut [longshore::Message<u64>],
+        _: &longshore::BatchInfo,
+    ) -> Result<(), longshore::BoxError> {
+        std::hint::black_box(batch.len());
+        Ok(())
+    }
+}

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cluster, config, eventually};
-use longshore::{Batcher, Pipeline, Processors, RetryPolicy};
+use common::{cluster, config};
+use longshore::{Pipeline, Processors};
 use longshore_kafka::{KafkaDeadLetter, KafkaMetadata, KafkaSource};
 use opentelemetry::trace::TracerProvider;
 use otlp::{Expect, Produced, Traced};
@@ -85,28 +85,10 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
         record.key() == Some(POISON.as_bytes())
     }));
     let source = KafkaSource::new(config(&bootstrap, "traced", "orders")).unwrap();
-    let pipeline = Pipeline::builder(source, handler.clone())
+    let builder = Pipeline::builder(source, handler.clone())
         .processors(Processors::new(2).max_demand(100))
-        .batcher(
-            Batcher::new("sink")
-                .batch_size(200)
-                .batch_timeout(Duration::from_millis(200)),
-        )
-        .retry(RetryPolicy::new(2).initial_backoff(Duration::from_millis(5)))
-        .dead_letter(KafkaDeadLetter::new(&bootstrap, "orders.dlq").unwrap())
-        .tracing(export.tracing())
-        .start()
-        .unwrap();
-    let stats = pipeline.stats();
-    eventually(WAIT, || {
-        stats.get().successful + stats.get().failed == RECORDS as u64
-    })
-    .await;
-    pipeline.shutdown().await.unwrap();
-    // Sends what the batch exporter still holds: every span is in the receiver after it.
-    export.shutdown().await.unwrap();
-
-    let received = receiver.spans();
+        .dead_letter(KafkaDeadLetter::new(&bootstrap, "orders.dlq").unwrap());
+    let received = otlp::run_traced(builder, export, 200, RECORDS as u64, &receiver).await;
     let spans = otlp::assert_traced(
         &received,
         &handler,

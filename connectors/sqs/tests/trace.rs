@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-use common::{client, config, create_queue, drain, eventually, unique, Watchdog, TEST_LIMIT};
-use longshore::{Batcher, Pipeline, Processors, RetryPolicy};
+use common::{client, config, create_queue, drain, unique, Watchdog, TEST_LIMIT};
+use longshore::{Pipeline, Processors};
 use longshore_sqs::{SqsDeadLetter, SqsMetadata, SqsSource};
 use opentelemetry::trace::TracerProvider;
 use otlp::{Expect, Produced, Traced};
@@ -92,29 +92,12 @@ async fn traces_continue_through_the_pipeline(protocol: &str) {
     let dead_letter = SqsDeadLetter::connect(&dlq_name, Some(&common::localstack().endpoint))
         .await
         .unwrap();
-    let pipeline = Pipeline::builder(source, handler.clone())
+    let builder = Pipeline::builder(source, handler.clone())
         .processors(Processors::new(2).max_demand(10))
-        .batcher(
-            Batcher::new("sink")
-                .batch_size(5)
-                .batch_timeout(Duration::from_millis(50)),
-        )
-        .retry(RetryPolicy::new(2).initial_backoff(Duration::from_millis(5)))
-        .dead_letter(dead_letter)
-        .tracing(export.tracing())
-        .start()
-        .unwrap();
-    let stats = pipeline.stats();
-    eventually(WAIT, || {
-        stats.get().successful + stats.get().failed == MESSAGES as u64
-    })
-    .await;
-    pipeline.shutdown().await.unwrap();
-    // Sends what the batch exporter still holds: every span is in the receiver after it.
-    export.shutdown().await.unwrap();
-
+        .dead_letter(dead_letter);
+    let received = otlp::run_traced(builder, export, 5, MESSAGES as u64, &receiver).await;
     let spans = otlp::assert_traced(
-        &receiver.spans(),
+        &received,
         &handler,
         Expect {
             produced: &produced,
