@@ -319,17 +319,12 @@ impl<T, M> Message<T, M> {
         self.span.as_ref()
     }
 
-    /// Starts the message's span, unless a first attempt already did: the context a
-    /// handler runs within.
+    /// Starts the message's span, unless an earlier attempt (or stage) already did.
     #[cfg(feature = "otel")]
-    pub(crate) fn start_span(
-        &mut self,
-        tracing: &dyn crate::trace::ErasedTracing<M>,
-    ) -> opentelemetry::Context {
+    pub(crate) fn start_span(&mut self, tracing: &dyn crate::trace::ErasedTracing<M>) {
         if self.span.is_none() {
             self.span = Some(tracing.message(&self.metadata));
         }
-        self.span.clone().unwrap_or_default()
     }
 
     /// Takes the message's span, if it has one, to be ended with `outcome` (see

@@ -105,7 +105,10 @@ impl<H: Handler, A> Context<H, A> {
     #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
     pub(crate) fn message_span(&self, message: &mut Message<H::Item, H::Metadata>) -> Within {
         #[cfg(feature = "otel")]
-        return self.tracing.as_deref().map(|tracing| message.start_span(tracing));
+        return self.tracing.as_deref().and_then(|tracing| {
+            message.start_span(tracing);
+            message.trace_context().cloned()
+        });
         #[cfg(not(feature = "otel"))]
         None
     }
