@@ -116,6 +116,7 @@ impl RedisStreamSource {
             field: config.field.clone(),
             claim_idle: config.claim_idle,
             held: Mutex::default(),
+            renewing: tokio::sync::Mutex::default(),
             claim_cursor: Mutex::new("0".to_owned()),
             metrics: StreamMetrics::new(&config.stream, &config.group),
         });

@@ -24,6 +24,10 @@ pub(crate) struct Stream {
     pub(crate) claim_idle: Duration,
     /// Entries delivered here and not yet acknowledged.
     pub(crate) held: Mutex<HashSet<String>>,
+    /// Taken across a renewal of the held entries and across a hand-back: a renewal
+    /// that read its entries before a hand-back would otherwise reset their idle time
+    /// after it, and they would wait `claim_idle` instead of being claimable at once.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
     /// Where the next claim scan starts.
     pub(crate) claim_cursor: Mutex<String>,
     pub(crate) metrics: StreamMetrics,
@@ -196,6 +200,7 @@ impl Stream {
     /// owns it (checked and claimed in one script: never taken back from a consumer that
     /// claimed it after a lapse here). Those another consumer took are let go.
     pub(crate) async fn keep_held(&self) -> redis::RedisResult<()> {
+        let _renewing = self.renewing.lock().await;
         let ids: Vec<String> = lock(&self.held).iter().cloned().collect();
         if ids.is_empty() {
             return Ok(());
@@ -227,6 +232,7 @@ impl Stream {
         if ids.is_empty() {
             return;
         }
+        let _renewing = self.renewing.lock().await;
         let mut connection = self.commands.clone();
         let handed: redis::RedisResult<Value> = redis::cmd("XCLAIM")
             .arg(&*self.key)
