@@ -204,10 +204,10 @@ impl<D: Send + 'static, M: Send + 'static> longshore::Handler for Nothing<D, M> 
 }
 
 /// Consumes `count` messages of `source` (which does not end) through `tasks`
-/// processors of `max_demand` `demand` and the do-nothing handler, then shuts down (the
-/// last chunks acknowledged): how many succeeded.
+/// processors of `max_demand` `demand` and the do-nothing handler, `producers` receives
+/// at once, then shuts down (the last chunks acknowledged): how many succeeded.
 #[allow(dead_code)] // the connectors' benchmarks
-pub(crate) async fn consume<S>(source: S, count: u64, tasks: usize, demand: usize) -> u64
+pub(crate) async fn consume<S>(source: S, count: u64, tasks: usize, demand: usize, producers: usize) -> u64
 where
     S: longshore::Source,
     S::Metadata: Sync,
@@ -216,6 +216,7 @@ where
     let handler = Nothing::<S::Data, S::Metadata>(countdown.clone(), std::marker::PhantomData);
     let pipeline = longshore::Pipeline::builder(source, handler)
         .processors(longshore::Processors::new(tasks).max_demand(demand))
+        .source_concurrency(producers)
         .start()
         .unwrap();
     countdown.finished().await;

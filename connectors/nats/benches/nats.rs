@@ -81,6 +81,7 @@ async fn longshore(url: &str, stream: &str, count: u64) -> u64 {
         count,
         TASKS,
         DEMAND,
+        1,
     )
     .await
 }

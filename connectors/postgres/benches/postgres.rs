@@ -93,7 +93,7 @@ async fn raw(url: &str) -> u64 {
 async fn longshore(url: &str, rows: u64) -> u64 {
     let config = PgQueueConfig::new(url).queue("bench");
     let source = PgQueueSource::connect(config).await.unwrap();
-    support::consume(source, rows, TASKS, BATCH as usize).await
+    support::consume(source, rows, TASKS, BATCH as usize, 1).await
 }
 
 fn main() {

@@ -96,6 +96,7 @@ async fn longshore(url: &str, queue: &str, count: u64) -> u64 {
         count,
         TASKS,
         DEMAND,
+        1,
     )
     .await
 }

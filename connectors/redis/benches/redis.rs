@@ -1,10 +1,12 @@
 //! The Redis Streams source against a raw redis-rs loop on the same server, in the same
 //! run, each in a process of its own, in alternated rounds (median ratio):
 //!
-//! - `raw`: two consumers of the group, each reading 64 entries at a time
-//!   (`XREADGROUP`) and acknowledging them in one `XACK`, until the stream is done: the
-//!   hand-written consumer, as tight as it gets;
-//! - `longshore`: `RedisStreamSource` under two processors of `max_demand` 64, a
+//! - `raw`: two consumers of the group, each on its connection reading 64 entries at a
+//!   time (`XREADGROUP`, the reply read as it comes, not through the crate's typed
+//!   reply) and acknowledging them in one `XACK` sent with its next read, until the
+//!   stream is done: the hand-written consumer, as tight as we could make it;
+//! - `longshore`: `RedisStreamSource` under two producers (`source_concurrency` 2, two
+//!   reads in flight like the raw side's) and two processors of `max_demand` 64, a
 //!   do-nothing handler, entries acknowledged per chunk.
 //!
 //! Each round adds a fresh stream first (not timed). Prints `BENCH case=redis ratio=<x>
@@ -65,39 +67,32 @@ async fn raw(url: &str, stream: &str, entries: u64) -> u64 {
             tokio::spawn(async move {
                 let mut connection = connect(&url).await;
                 let mut done = 0u64;
+                let mut read = redis::cmd("XREADGROUP");
+                read.arg("GROUP")
+                    .arg("g")
+                    .arg(format!("raw-{n}"))
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">");
+                let mut ids: Vec<String> = Vec::new();
                 loop {
-                    let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
-                        .arg("GROUP")
-                        .arg("g")
-                        .arg(format!("raw-{n}"))
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .arg("STREAMS")
-                        .arg(&stream)
-                        .arg(">")
+                    // The last read's XACK goes with the next read: one round trip each.
+                    let mut pipe = redis::pipe();
+                    if !ids.is_empty() {
+                        pipe.cmd("XACK").arg(&stream).arg("g").arg(&ids).ignore();
+                    }
+                    let (reply,): (redis::Value,) = pipe
+                        .add_command(read.clone())
                         .query_async(&mut connection)
                         .await
                         .unwrap();
-                    let ids: Vec<String> = reply
-                        .into_iter()
-                        .flat_map(|r| r.keys)
-                        .flat_map(|k| k.ids)
-                        .map(|entry| {
-                            std::hint::black_box(entry.map.len());
-                            entry.id
-                        })
-                        .collect();
+                    done += ids.len() as u64;
+                    ids = ids_of(reply);
                     if ids.is_empty() {
                         return done;
                     }
-                    redis::cmd("XACK")
-                        .arg(&stream)
-                        .arg("g")
-                        .arg(&ids)
-                        .query_async::<u64>(&mut connection)
-                        .await
-                        .unwrap();
-                    done += ids.len() as u64;
                 }
             })
         })
@@ -110,6 +105,29 @@ async fn raw(url: &str, stream: &str, entries: u64) -> u64 {
     done
 }
 
+/// The entry ids of an `XREADGROUP` reply (RESP2), each entry's fields looked at.
+fn ids_of(reply: redis::Value) -> Vec<String> {
+    use redis::Value;
+    let mut ids = Vec::new();
+    let Value::Array(streams) = reply else { return ids };
+    for stream in streams {
+        let Value::Array(mut pair) = stream else { continue };
+        let Some(Value::Array(entries)) = pair.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut entry) = entry else { continue };
+            if let Some(Value::Array(fields)) = entry.pop() {
+                std::hint::black_box(&fields);
+            }
+            if let Some(Value::BulkString(id)) = entry.pop() {
+                ids.push(String::from_utf8(id).unwrap());
+            }
+        }
+    }
+    ids
+}
+
 async fn longshore(url: &str, stream: &str, entries: u64) -> u64 {
     let config = RedisStreamConfig::new(url, stream, "g")
         .consumer("longshore")
@@ -119,6 +137,7 @@ async fn longshore(url: &str, stream: &str, entries: u64) -> u64 {
         entries,
         TASKS,
         BATCH,
+        TASKS,
     )
     .await
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use longshore::source::Acknowledger;
 
-use crate::metadata::{RedisStreamMessage, RedisStreamMetadata};
+use crate::metadata::{EntryId, RedisStreamMessage, RedisStreamMetadata};
 use crate::stream::Stream;
 
 /// Acknowledges a [`RedisStreamSource`](crate::RedisStreamSource)'s entries (`XACK`),
@@ -19,18 +19,19 @@ impl Acknowledger<RedisStreamMetadata> for RedisStreamAcknowledger {
         successful: Vec<RedisStreamMessage<T>>,
         failed: Vec<RedisStreamMessage<T>>,
     ) {
-        let ids: Vec<String> = successful
-            .iter()
-            .chain(&failed)
-            .map(|message| message.metadata().id().to_owned())
-            .collect();
-        self.0.acknowledge(&ids).await;
+        // No reference to the messages is held across the call: their data need not be
+        // `Sync`.
+        let acks = self
+            .0
+            .acks(successful.iter().chain(&failed).map(|message| message.metadata()));
+        drop((successful, failed));
+        self.0.acknowledge(acks).await;
     }
 
     /// Entries not to be handled here (waiting for a retry at shutdown): any consumer may
     /// claim them at once.
     async fn release<T: Send + 'static>(&self, messages: Vec<RedisStreamMessage<T>>) {
-        let ids: Vec<String> = messages.iter().map(|m| m.metadata().id().to_owned()).collect();
+        let ids: Vec<EntryId> = messages.iter().map(|m| m.metadata().key()).collect();
         drop(messages);
         self.0.hand_back(&ids).await;
     }

@@ -1,6 +1,5 @@
 //! What a stream entry carries beside its data.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,7 +25,35 @@ pub type RedisStreamMessage<T = Bytes> = Message<T, RedisStreamMetadata>;
 pub struct RedisStreamMetadata {
     stream: Arc<str>,
     id: String,
-    fields: HashMap<String, Bytes>,
+    /// The id parsed, to key what the source holds without a copy of the text.
+    key: EntryId,
+    /// In the entry's order: an entry has a few, searched faster in a list than hashed.
+    fields: Vec<(String, Bytes)>,
+}
+
+/// A stream entry's id, `<milliseconds>-<sequence>`, as numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) struct EntryId(u64, u64);
+
+impl EntryId {
+    /// `None` unless `id` is `<milliseconds>-<sequence>`, as every id Redis gives is.
+    pub(crate) fn parse(id: &str) -> Option<EntryId> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(EntryId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// Written into a command as its text, with no string made for it.
+impl redis::ToRedisArgs for EntryId {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self);
+    }
 }
 
 /// An entry's span (feature `otel` of `longshore`): the trace context from the entry's
@@ -41,7 +68,7 @@ impl longshore::trace::TraceMetadata for RedisStreamMetadata {
     }
 
     fn trace_header(&self, name: &str) -> Option<&str> {
-        std::str::from_utf8(self.fields.get(name)?).ok()
+        std::str::from_utf8(self.field(name)?).ok()
     }
 
     fn attributes(&self, record: &mut dyn FnMut(&'static str, Attribute<'_>)) {
@@ -60,16 +87,28 @@ impl RedisStreamMetadata {
         K: Into<String>,
         V: Into<Bytes>,
     {
+        let id = id.into();
         RedisStreamMetadata {
             stream: stream.into(),
-            id: id.into(),
+            key: EntryId::parse(&id).unwrap_or_default(),
+            id,
             fields: fields.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    /// Entry `id` (parsed as `key`) of `stream`, as the source reads it.
+    pub(crate) fn read(stream: Arc<str>, id: String, key: EntryId, fields: Vec<(String, Bytes)>) -> Self {
+        RedisStreamMetadata {
+            stream,
+            id,
+            key,
+            fields,
         }
     }
 
     /// A message of this entry, its data the value of `field` (empty if it has none).
     pub fn into_message(self, field: &str) -> RedisStreamMessage {
-        let data = self.fields.get(field).cloned().unwrap_or_default();
+        let data = self.field(field).cloned().unwrap_or_default();
         Message::with_metadata(data, self)
     }
 
@@ -83,13 +122,21 @@ impl RedisStreamMetadata {
         &self.id
     }
 
-    /// A field's value.
-    pub fn field(&self, name: &str) -> Option<&Bytes> {
-        self.fields.get(name)
+    pub(crate) fn key(&self) -> EntryId {
+        self.key
     }
 
-    /// Every field.
-    pub fn fields(&self) -> &HashMap<String, Bytes> {
-        &self.fields
+    /// A field's value (the last, if the entry repeats the name).
+    pub fn field(&self, name: &str) -> Option<&Bytes> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Every field, in the entry's order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.fields.iter().map(|(name, value)| (name.as_str(), value))
     }
 }

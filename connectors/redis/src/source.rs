@@ -58,26 +58,34 @@ const CLAIM_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct RedisStreamSource {
     stream: Arc<Stream>,
-    reads: tokio::sync::Mutex<Reads>,
+    /// One per `receive` under way at once (the pipeline's `source_concurrency`): a
+    /// blocking read holds its connection.
+    readers: Mutex<Vec<Arc<tokio::sync::Mutex<Reader>>>>,
+    /// Opens a reader's connection.
+    client: redis::Client,
+    read_timeouts: ConnectionManagerConfig,
+    /// Still taking back this consumer's own entries: after this id. Set by the read
+    /// itself, which may outlive the `receive` that started it.
+    own_after: Arc<Mutex<Option<String>>>,
+    /// Taken by the read of this consumer's own entries: one at a time, each after the
+    /// last one's entries, so that none is handed out twice.
+    own_read: Arc<tokio::sync::Mutex<()>>,
+    last_claim: Mutex<Option<Instant>>,
     block: Duration,
     /// Stops the idle-time keeper and the lag reader.
     stop: CancellationToken,
 }
 
-/// The read connection, where reading has got to, and what was read and not handed out
-/// (kept across a dropped `receive`, so that nothing read is left behind).
-struct Reads {
+/// A read connection, and what its reads brought and were not handed out (kept across a
+/// dropped `receive`, so that nothing read is left behind).
+struct Reader {
     connection: ConnectionManager,
-    /// Still taking back this consumer's own entries: after this id. Set by the read
-    /// itself, which may outlive the `receive` that started it.
-    own_after: Arc<Mutex<Option<String>>>,
-    last_claim: Option<Instant>,
     fetch: KeptFetch<RedisStreamMetadata>,
 }
 
-impl std::fmt::Debug for Reads {
+impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reads").finish_non_exhaustive()
+        f.debug_struct("Reader").finish_non_exhaustive()
     }
 }
 
@@ -104,8 +112,9 @@ impl RedisStreamSource {
             .get_connection_manager_with_config(timeouts((config.claim_idle / 3).min(Duration::from_secs(5))))
             .await
             .map_err(RedisStreamError::server("connecting"))?;
+        let read_timeouts = timeouts(config.block + Duration::from_secs(5));
         let reads = client
-            .get_connection_manager_with_config(timeouts(config.block + Duration::from_secs(5)))
+            .get_connection_manager_with_config(read_timeouts.clone())
             .await
             .map_err(RedisStreamError::server("connecting"))?;
         let stream = Arc::new(Stream {
@@ -145,15 +154,40 @@ impl RedisStreamSource {
         }));
         Ok(RedisStreamSource {
             stream,
-            reads: tokio::sync::Mutex::new(Reads {
+            readers: Mutex::new(vec![Arc::new(tokio::sync::Mutex::new(Reader {
                 connection: reads,
-                own_after: Arc::new(Mutex::new(Some("0".to_owned()))),
-                last_claim: None,
                 fetch: KeptFetch::default(),
-            }),
+            }))]),
+            client,
+            read_timeouts,
+            own_after: Arc::new(Mutex::new(Some("0".to_owned()))),
+            own_read: Arc::default(),
+            last_claim: Mutex::new(None),
             block: config.block,
             stop,
         })
+    }
+
+    /// A reader no other `receive` is using; a new one (its own connection) when every
+    /// one is busy.
+    async fn reader(&self) -> Result<tokio::sync::OwnedMutexGuard<Reader>, BoxError> {
+        let free = lock(&self.readers)
+            .iter()
+            .find_map(|reader| reader.clone().try_lock_owned().ok());
+        if let Some(reader) = free {
+            return Ok(reader);
+        }
+        let connection = self
+            .client
+            .get_connection_manager_with_config(self.read_timeouts.clone())
+            .await
+            .map_err(|error| format!("redis connecting for one more read: {error}"))?;
+        let reader = Arc::new(tokio::sync::Mutex::new(Reader {
+            connection,
+            fetch: KeptFetch::default(),
+        }));
+        lock(&self.readers).push(reader.clone());
+        Ok(reader.try_lock_owned().expect("a reader nobody else has seen"))
     }
 
     /// Entries delivered to this consumer and not yet acknowledged.
@@ -184,28 +218,37 @@ impl Source for RedisStreamSource {
     }
 
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RedisStreamMessage>>, BoxError> {
-        let mut reads = self.reads.lock().await;
+        let mut reader = self.reader().await?;
         loop {
-            let claim = lock(&reads.own_after).is_none()
-                && reads.last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
-            if claim {
-                reads.last_claim = Some(Instant::now());
-            }
-            let (stream, mut connection, own_after, block) = (
+            let claim = lock(&self.own_after).is_none() && {
+                let mut last = lock(&self.last_claim);
+                let due = last.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            let (stream, mut connection, own_after, own_read, block) = (
                 self.stream.clone(),
-                reads.connection.clone(),
-                reads.own_after.clone(),
+                reader.connection.clone(),
+                self.own_after.clone(),
+                self.own_read.clone(),
                 self.block,
             );
-            let read = reads.fetch.take(demand.get(), |count| async move {
-                let after = lock(&own_after).clone();
-                if let Some(after) = after {
-                    let entries = stream
-                        .read(&mut connection, ReadFrom::Own, &after, count, block)
-                        .await?;
-                    // Its own entries, oldest first, until there are none left.
-                    *lock(&own_after) = entries.last().map(|entry| entry.id().to_owned());
-                    return Ok(entries);
+            let read = reader.fetch.take(demand.get(), |count| async move {
+                if lock(&own_after).is_some() {
+                    let _own = own_read.lock().await;
+                    // Read after the last read of its own ended, which may have been the last.
+                    let after = lock(&own_after).clone();
+                    if let Some(after) = after {
+                        let read = stream
+                            .read(&mut connection, ReadFrom::Own, &after, count, block)
+                            .await?;
+                        // Its own entries, oldest first, until there are none left. A
+                        // reply of trimmed entries only is not the end.
+                        *lock(&own_after) = read.last;
+                        return Ok(read.entries);
+                    }
                 }
                 if claim {
                     let entries = stream.claim(count).await?;
@@ -215,7 +258,8 @@ impl Source for RedisStreamSource {
                 }
                 Ok(stream
                     .read(&mut connection, ReadFrom::New, ">", count, block)
-                    .await?)
+                    .await?
+                    .entries)
             });
             let entries = read
                 .await
@@ -232,12 +276,24 @@ impl Source for RedisStreamSource {
         }
     }
 
-    /// Hands back what was read and not handed out, a read under way included: any
+    /// Hands back what was read and not handed out, reads under way included: any
     /// consumer may claim it at once.
     async fn shutdown(&self) {
-        let left = self.reads.lock().await.fetch.drain().await;
-        let ids: Vec<String> = left.iter().map(|entry| entry.id().to_owned()).collect();
-        self.stream.hand_back(&ids).await;
+        let readers = lock(&self.readers).clone();
+        let mut left = Vec::new();
+        for reader in readers {
+            left.extend(
+                reader
+                    .lock()
+                    .await
+                    .fetch
+                    .drain()
+                    .await
+                    .iter()
+                    .map(RedisStreamMetadata::key),
+            );
+        }
+        self.stream.hand_back(&left).await;
     }
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {

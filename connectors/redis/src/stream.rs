@@ -1,16 +1,16 @@
 //! The commands on the stream, and the entries this consumer holds (delivered to it and
 //! not yet acknowledged), whose idle time it resets so that no other consumer claims them.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
-use redis::Value;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply};
+use redis::{ErrorKind, RedisError, Value};
 
-use crate::metadata::RedisStreamMetadata;
+use crate::metadata::{EntryId, RedisStreamMetadata};
 use crate::metrics::StreamMetrics;
 
 /// One stream, one group, one consumer, as this source works them.
@@ -23,7 +23,7 @@ pub(crate) struct Stream {
     pub(crate) field: String,
     pub(crate) claim_idle: Duration,
     /// Entries delivered here and not yet acknowledged.
-    pub(crate) held: Mutex<HashSet<String>>,
+    pub(crate) held: Mutex<HashSet<EntryId>>,
     /// Taken across a renewal of the held entries and across a hand-back: a renewal
     /// that read its entries before a hand-back would otherwise reset their idle time
     /// after it, and they would wait `claim_idle` instead of being claimable at once.
@@ -41,6 +41,21 @@ impl std::fmt::Debug for Stream {
             .field("consumer", &self.consumer)
             .finish_non_exhaustive()
     }
+}
+
+/// An `XACK`, and the entries it acknowledges.
+pub(crate) struct Acks {
+    command: redis::Cmd,
+    ids: Vec<EntryId>,
+}
+
+/// What a read brought.
+pub(crate) struct Read {
+    /// The entries to hand out.
+    pub(crate) entries: Vec<RedisStreamMetadata>,
+    /// The last id the reply had, of an entry trimmed since too: where the next read of
+    /// this consumer's own entries starts.
+    pub(crate) last: Option<String>,
 }
 
 /// What a read takes.
@@ -80,7 +95,7 @@ impl Stream {
         after: &str,
         count: usize,
         block: Duration,
-    ) -> redis::RedisResult<Vec<RedisStreamMetadata>> {
+    ) -> redis::RedisResult<Read> {
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -92,27 +107,33 @@ impl Stream {
             command.arg("BLOCK").arg(block.as_millis() as u64);
         }
         command.arg("STREAMS").arg(&*self.key).arg(after);
-        let reply: Option<StreamReadReply> = command.query_async(connection).await?;
-        let (entries, trimmed): (Vec<StreamId>, Vec<StreamId>) = reply
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| key.ids)
-            // An entry of its own trimmed from the stream since comes back with no fields:
-            // nothing to handle, only to acknowledge.
-            .partition(|entry| from == ReadFrom::New || !entry.map.is_empty());
+        // Read from the reply's values as they are: the crate's typed reply copies the
+        // whole reply and hashes each entry's fields, the most of a read's cost.
+        let reply: Value = command.query_async(connection).await?;
+        let mut entries = Vec::new();
+        let mut trimmed = Vec::new();
+        let mut last = None;
+        for (id, fields) in entries_of(reply)? {
+            last = Some(id.clone());
+            let key = EntryId::parse(&id).ok_or_else(|| malformed("an entry id", &id))?;
+            match fields {
+                Some(fields) => entries.push(RedisStreamMetadata::read(self.key.clone(), id, key, fields)),
+                // An entry of its own trimmed from the stream since comes back with no
+                // fields: nothing to handle, only to acknowledge.
+                None if from == ReadFrom::Own => trimmed.push(id),
+                None => entries.push(RedisStreamMetadata::read(self.key.clone(), id, key, Vec::new())),
+            }
+        }
         if !trimmed.is_empty() {
-            let ids: Vec<String> = trimmed.into_iter().map(|entry| entry.id).collect();
             redis::cmd("XACK")
                 .arg(&*self.key)
                 .arg(&self.group)
-                .arg(&ids)
+                .arg(&trimmed)
                 .query_async::<u64>(&mut self.commands.clone())
                 .await?;
         }
-        let entries: Vec<RedisStreamMetadata> =
-            entries.into_iter().map(|entry| self.metadata(entry)).collect();
-        self.hold(&entries);
-        Ok(entries)
+        lock(&self.held).extend(entries.iter().map(RedisStreamMetadata::key));
+        Ok(Read { entries, last })
     }
 
     /// Claims at most `count` entries other consumers were delivered and have not
@@ -134,33 +155,45 @@ impl Stream {
             .await?;
         *lock(&self.claim_cursor) = reply.next_stream_id;
         let mut held = lock(&self.held);
-        let entries: Vec<RedisStreamMetadata> = reply
-            .claimed
-            .into_iter()
-            .filter(|entry| !held.contains(&entry.id))
-            .map(|entry| self.metadata(entry))
-            .collect();
-        held.extend(entries.iter().map(|entry| entry.id().to_owned()));
+        let mut entries = Vec::new();
+        for entry in reply.claimed {
+            let key = EntryId::parse(&entry.id).ok_or_else(|| malformed("an entry id", &entry.id))?;
+            // Held here already: handed out once.
+            if held.insert(key) {
+                entries.push(self.metadata(entry, key));
+            }
+        }
         Ok(entries)
     }
 
-    fn metadata(&self, entry: StreamId) -> RedisStreamMetadata {
-        let fields = entry.map.into_iter().filter_map(|(name, value)| match value {
-            Value::BulkString(bytes) => Some((name, Bytes::from(bytes))),
-            Value::SimpleString(text) => Some((name, Bytes::from(text))),
-            _ => None,
-        });
-        RedisStreamMetadata::new(self.key.clone(), entry.id, fields)
+    fn metadata(&self, entry: StreamId, key: EntryId) -> RedisStreamMetadata {
+        let fields = entry
+            .map
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, field_value(value)?)))
+            .collect();
+        RedisStreamMetadata::read(self.key.clone(), entry.id, key, fields)
     }
 
-    fn hold(&self, entries: &[RedisStreamMetadata]) {
-        lock(&self.held).extend(entries.iter().map(|entry| entry.id().to_owned()));
+    /// The acknowledgement of `entries`, made at once: the caller holds no reference to
+    /// its messages while it is sent, and each id goes into the command as the text it
+    /// came as.
+    pub(crate) fn acks<'a>(&self, entries: impl Iterator<Item = &'a RedisStreamMetadata>) -> Acks {
+        let mut command = redis::cmd("XACK");
+        command.arg(&*self.key).arg(&self.group);
+        let ids = entries
+            .map(|entry| {
+                command.arg(entry.id());
+                entry.key()
+            })
+            .collect();
+        Acks { command, ids }
     }
 
     /// Acknowledges `ids`, trying again while the server is away for as long as
     /// `claim_idle`; then lets them go either way. An acknowledgement never sent loses
     /// nothing: the entries are claimed again and handled twice.
-    pub(crate) async fn acknowledge(&self, ids: &[String]) {
+    pub(crate) async fn acknowledge(&self, Acks { command, ids }: Acks) {
         if ids.is_empty() {
             return;
         }
@@ -172,12 +205,7 @@ impl Stream {
         loop {
             attempt += 1;
             let mut connection = self.commands.clone();
-            let acked: redis::RedisResult<u64> = redis::cmd("XACK")
-                .arg(&*self.key)
-                .arg(&self.group)
-                .arg(ids)
-                .query_async(&mut connection)
-                .await;
+            let acked: redis::RedisResult<u64> = command.query_async(&mut connection).await;
             match acked {
                 Ok(_) => break,
                 Err(error) if transient(&error) && tokio::time::Instant::now() < give_up => {
@@ -191,7 +219,7 @@ impl Stream {
             }
         }
         let mut held = lock(&self.held);
-        for id in ids {
+        for id in &ids {
             held.remove(id);
         }
     }
@@ -201,7 +229,7 @@ impl Stream {
     /// claimed it after a lapse here). Those another consumer took are let go.
     pub(crate) async fn keep_held(&self) -> redis::RedisResult<()> {
         let _renewing = self.renewing.lock().await;
-        let ids: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let ids: Vec<String> = lock(&self.held).iter().map(EntryId::to_string).collect();
         if ids.is_empty() {
             return Ok(());
         }
@@ -216,11 +244,13 @@ impl Stream {
             .query_async(&mut connection)
             .await?;
         if owned.len() < ids.len() {
-            let owned: HashSet<&String> = owned.iter().collect();
+            let owned: std::collections::HashSet<&String> = owned.iter().collect();
             let mut held = lock(&self.held);
             for id in ids.iter().filter(|id| !owned.contains(id)) {
                 tracing::warn!(stream = %self.key, id, "entry claimed by another consumer while handled here: it will be handled twice");
-                held.remove(id);
+                if let Some(key) = EntryId::parse(id) {
+                    held.remove(&key);
+                }
             }
         }
         Ok(())
@@ -228,7 +258,7 @@ impl Stream {
 
     /// Makes `ids` claimable by any consumer at once (their idle time set to
     /// `claim_idle`): what this consumer will not handle, at shutdown.
-    pub(crate) async fn hand_back(&self, ids: &[String]) {
+    pub(crate) async fn hand_back(&self, ids: &[EntryId]) {
         if ids.is_empty() {
             return;
         }
@@ -292,6 +322,101 @@ for i = 3, #ARGV do
 end
 return owned
 ";
+
+/// An entry's id and fields, as read.
+type ReadEntry = (String, Option<Vec<(String, Bytes)>>);
+
+/// The entries of an `XREADGROUP` reply (one stream), each its id and its fields, `None`
+/// for an entry trimmed since it was delivered. RESP2 gives the streams as an array of
+/// pairs, RESP3 as a map; no entries is nil.
+fn entries_of(reply: Value) -> redis::RedisResult<Vec<ReadEntry>> {
+    let streams: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        other => return Err(malformed("an XREADGROUP reply", &format!("{other:?}"))),
+    };
+    let mut read = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            return Err(malformed("a stream's entries", &format!("{entries:?}")));
+        };
+        read.reserve(entries.len());
+        for entry in entries {
+            let Value::Array(mut entry) = entry else {
+                return Err(malformed("an entry", &format!("{entry:?}")));
+            };
+            let (fields, id) = match (entry.pop(), entry.pop()) {
+                (Some(fields), Some(id)) if entry.is_empty() => (fields, id),
+                _ => return Err(malformed("an entry", &format!("{entry:?}"))),
+            };
+            let id = match id {
+                Value::BulkString(id) => String::from_utf8(id)
+                    .map_err(|id| malformed("an entry id", &format!("{:?}", id.as_bytes())))?,
+                Value::SimpleString(id) => id,
+                other => return Err(malformed("an entry id", &format!("{other:?}"))),
+            };
+            let fields = match fields {
+                Value::Nil => None,
+                Value::Array(values) => Some(field_pairs(values)),
+                Value::Map(pairs) => Some(
+                    pairs
+                        .into_iter()
+                        .filter_map(|(name, value)| Some((field_name(name)?, field_value(value)?)))
+                        .collect(),
+                ),
+                other => return Err(malformed("an entry's fields", &format!("{other:?}"))),
+            };
+            read.push((id, fields));
+        }
+    }
+    Ok(read)
+}
+
+/// `[name, value, name, value, ...]` as pairs; a name that is not text is read lossily.
+fn field_pairs(values: Vec<Value>) -> Vec<(String, Bytes)> {
+    let mut pairs = Vec::with_capacity(values.len() / 2);
+    let mut values = values.into_iter();
+    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+        if let (Some(name), Some(value)) = (field_name(name), field_value(value)) {
+            pairs.push((name, value));
+        }
+    }
+    pairs
+}
+
+fn field_name(name: Value) -> Option<String> {
+    match name {
+        Value::BulkString(name) => Some(
+            String::from_utf8(name)
+                .unwrap_or_else(|name| String::from_utf8_lossy(name.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(name) => Some(name),
+        _ => None,
+    }
+}
+
+fn field_value(value: Value) -> Option<Bytes> {
+    match value {
+        Value::BulkString(bytes) => Some(Bytes::from(bytes)),
+        Value::SimpleString(text) => Some(Bytes::from(text)),
+        _ => None,
+    }
+}
+
+fn malformed(what: &str, got: &str) -> RedisError {
+    RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        format!("{what}: {got}"),
+    ))
+}
 
 /// Whether trying again may help: the server away or slow, not a command it refused.
 fn transient(error: &redis::RedisError) -> bool {

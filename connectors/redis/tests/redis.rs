@@ -258,3 +258,91 @@ async fn entries_left_at_shutdown_are_claimable_by_another_consumer_at_once() {
     );
     pipeline.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_takes_back_its_own_entries_past_trimmed_ones() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "own", (0..30).map(|n| n.to_string())).await;
+    // No claim within the test: only the read of its own entries can bring them back.
+    let me = || config(&server, "own", "me").claim_idle(Duration::from_secs(60));
+    let first = RedisStreamSource::connect(me()).await.unwrap();
+    let taken = first
+        .receive(std::num::NonZeroUsize::new(30).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.len(), 30);
+    // Killed with all 30 unacknowledged; then the first 20 are deleted from the stream:
+    // the next reads of its own entries bring two pages of trimmed ones first.
+    let ids: Vec<String> = taken.iter().map(|m| m.metadata().id().to_owned()).collect();
+    drop((taken, first));
+    longshore_redis::redis::cmd("XDEL")
+        .arg("own")
+        .arg(&ids[..20])
+        .query_async::<u64>(&mut db)
+        .await
+        .unwrap();
+    let again = RedisStreamSource::connect(me()).await.unwrap();
+    let back = tokio::time::timeout(
+        Duration::from_secs(10),
+        again.receive(std::num::NonZeroUsize::new(10).unwrap()),
+    )
+    .await
+    .expect("its own entries after the trimmed ones, not a wait for claim_idle")
+    .unwrap()
+    .unwrap();
+    let back: Vec<String> = back.iter().map(|m| m.metadata().id().to_owned()).collect();
+    assert_eq!(back, ids[20..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_at_once_read_at_once_each_entry_handed_out_once() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "twice", ["first".to_owned()]).await;
+    let source = Arc::new(
+        RedisStreamSource::connect(
+            config(&server, "twice", "both")
+                .block(Duration::from_secs(20))
+                .claim_idle(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap(),
+    );
+    // The first entry read and handed out: the source is past its own entries.
+    let one = source
+        .receive(std::num::NonZeroUsize::new(1).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    let receive = |source: Arc<RedisStreamSource>| {
+        tokio::spawn(async move {
+            source
+                .receive(std::num::NonZeroUsize::new(5).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    // Two producers' receives: two blocking reads at the server at once, each on a
+    // connection of its own.
+    until("two reads waiting at the server", async || {
+        let clients: String = longshore_redis::redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut db)
+            .await
+            .unwrap();
+        clients.lines().filter(|l| l.contains("cmd=xreadgroup")).count() == 2
+    })
+    .await;
+    add(&mut db, "twice", ["second".to_owned()]).await;
+    add(&mut db, "twice", ["third".to_owned()]).await;
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut got: Vec<&[u8]> = a.iter().chain(&b).map(|m| &m.data()[..]).collect();
+    got.sort();
+    assert_eq!(got, [&b"second"[..], b"third"]);
+    assert_eq!((a.len(), b.len()), (1, 1), "each read its own entry");
+}
