@@ -6,12 +6,14 @@
 
 mod ack_prefix;
 mod every;
+mod fetch_slots;
 mod kept_fetch;
 pub mod memory;
 mod panel;
 
 pub use ack_prefix::AckPrefix;
 pub use every::every;
+pub use fetch_slots::FetchSlots;
 pub use kept_fetch::KeptFetch;
 pub use panel::{PartChanges, SourcePanel, SourcePart};
 

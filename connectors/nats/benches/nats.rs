@@ -4,7 +4,8 @@
 //! - `raw`: two tasks on one durable pull consumer (explicit acks, as the source's),
 //!   each fetching 64 messages at a time and acknowledging each: the hand-written
 //!   consumer, as tight as it gets;
-//! - `longshore`: `JetStreamSource` under two processors of `max_demand` 64, a
+//! - `longshore`: `JetStreamSource` under two producers (`source_concurrency` 2, two
+//!   fetches in flight like the raw side's) and two processors of `max_demand` 64, a
 //!   do-nothing handler.
 //!
 //! Each round fills a fresh stream first (not timed). Prints `BENCH case=nats ratio=<x>
@@ -81,7 +82,7 @@ async fn longshore(url: &str, stream: &str, count: u64) -> u64 {
         count,
         TASKS,
         DEMAND,
-        1,
+        TASKS,
     )
     .await
 }

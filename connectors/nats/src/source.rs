@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use longshore::source::{every, KeptFetch, Plan, Redelivery, Source, SourceSettings};
+use longshore::source::{every, FetchSlots, KeptFetch, Plan, Redelivery, Source, SourceSettings};
 use longshore::{BoxError, BuildError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +57,8 @@ use crate::metrics::ConsumerMetrics;
 #[derive(Debug)]
 pub struct JetStreamSource {
     shared: Arc<Shared>,
-    fetch: tokio::sync::Mutex<KeptFetch<jetstream::Message>>,
+    /// One per `receive` under way at once (the pipeline's `source_concurrency`).
+    fetches: FetchSlots<KeptFetch<jetstream::Message>>,
     expires: Duration,
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
@@ -148,7 +149,7 @@ impl JetStreamSource {
         }));
         Ok(JetStreamSource {
             shared,
-            fetch: tokio::sync::Mutex::default(),
+            fetches: FetchSlots::default(),
             expires: config.expires,
             stop,
         })
@@ -192,7 +193,7 @@ impl Source for JetStreamSource {
     }
 
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<JetStreamMessage>>, BoxError> {
-        let mut fetch = self.fetch.lock().await;
+        let mut fetch = self.fetches.take_or_default();
         loop {
             let (shared, expires) = (self.shared.clone(), self.expires);
             let fetched = fetch
@@ -267,7 +268,7 @@ impl Source for JetStreamSource {
     /// Naks what was fetched and not handed out, a fetch under way included: delivered
     /// again at once.
     async fn shutdown(&self) {
-        let left = self.fetch.lock().await.drain().await;
+        let left = self.fetches.drain().await;
         for message in &left {
             self.shared.settle(message, AckKind::Nak(None)).await;
         }

@@ -156,3 +156,45 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_at_once_fetch_at_once_each_message_handed_out_once() {
+    use longshore::source::Source;
+    let server = Nats::start();
+    let js = context(&server.url()).await;
+    make_stream(&js, "together").await;
+    // Pull requests that wait long enough to be seen waiting at the server.
+    let source = Arc::new(
+        JetStreamSource::connect(
+            config(&server, "together")
+                .expires(Duration::from_secs(20))
+                .ack_wait(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap(),
+    );
+    let receive = |source: Arc<JetStreamSource>| {
+        tokio::spawn(async move {
+            source
+                .receive(std::num::NonZeroUsize::new(1).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    until("two pull requests waiting at the server", async || {
+        js.get_stream("together")
+            .await
+            .unwrap()
+            .consumer_info("c")
+            .await
+            .is_ok_and(|info| info.num_waiting == 2)
+    })
+    .await;
+    publish(&js, "together", ["first".to_owned(), "second".to_owned()]).await;
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut got: Vec<&[u8]> = a.iter().chain(&b).map(|m| &m.data()[..]).collect();
+    got.sort();
+    assert_eq!(got, [&b"first"[..], b"second"]);
+}

@@ -4,8 +4,9 @@
 //! - `raw`: two tasks, each leasing 64 rows at a time with the source's own statement
 //!   (`FOR UPDATE SKIP LOCKED`) and deleting them in one statement, until the queue is
 //!   empty: the hand-written consumer, as tight as it gets;
-//! - `longshore`: `PgQueueSource` under two processors of `max_demand` 64, a do-nothing
-//!   handler, rows deleted per acknowledged chunk.
+//! - `longshore`: `PgQueueSource` under two producers (`source_concurrency` 2, two
+//!   leases in flight like the raw side's) and two processors of `max_demand` 64, a
+//!   do-nothing handler, rows deleted per acknowledged chunk.
 //!
 //! Each round fills the queue first (not timed). Prints `BENCH case=postgres ratio=<x>
 //! ...` with peak RSS; `LONGSHORE_BENCH_MESSAGES` sets the row count (default 50,000;
@@ -93,7 +94,7 @@ async fn raw(url: &str) -> u64 {
 async fn longshore(url: &str, rows: u64) -> u64 {
     let config = PgQueueConfig::new(url).queue("bench");
     let source = PgQueueSource::connect(config).await.unwrap();
-    support::consume(source, rows, TASKS, BATCH as usize, 1).await
+    support::consume(source, rows, TASKS, BATCH as usize, TASKS).await
 }
 
 fn main() {

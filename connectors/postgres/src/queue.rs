@@ -30,7 +30,7 @@ const ERROR_KEPT: usize = 2000;
 /// One queue of one table, as this consumer works it.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    /// Leases and settling statements.
+    /// Settling statements (the leases have connections of their own).
     pub(crate) db: Db,
     /// Lease extensions and depth readings, on a connection of their own so that a slow
     /// count never delays an extension behind it.
@@ -97,7 +97,7 @@ impl Queue {
     /// Leases at most `limit` rows visible now, in the order they became visible; they
     /// are invisible to every consumer until the lease passes (or is extended, or the
     /// row is settled).
-    pub(crate) async fn lease(&self, limit: usize) -> Result<Vec<Leased>, Failed> {
+    pub(crate) async fn lease(&self, db: &Db, limit: usize) -> Result<Vec<Leased>, Failed> {
         let sql = format!(
             "WITH next AS (SELECT id FROM {t} WHERE queue = $1 AND failed_at IS NULL AND visible_at <= now() \
                ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
@@ -107,7 +107,7 @@ impl Queue {
             t = self.table
         );
         let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
-        let rows = timed(self.db.query(&sql, &params)).await;
+        let rows = timed(db.query(&sql, &params)).await;
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
         let mut leased: Vec<Leased> = rows?.iter().map(leased).collect();
         leased.sort_unstable_by_key(|row| row.lease.id);

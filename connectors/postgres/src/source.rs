@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use longshore::source::{every, KeptFetch, Redelivery, Source, SourceSettings};
+use longshore::source::{every, FetchSlots, KeptFetch, Redelivery, Source, SourceSettings};
 use longshore::{BoxError, Message};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -64,10 +64,21 @@ use crate::queue::{lock, Lease, Leased, Queue};
 #[derive(Debug)]
 pub struct PgQueueSource {
     queue: Arc<Queue>,
-    fetch: tokio::sync::Mutex<KeptFetch<Leased>>,
+    /// One per `receive` under way at once (the pipeline's `source_concurrency`), each
+    /// leasing on a connection of its own: the database runs their leases side by side.
+    lessees: FetchSlots<Lessee>,
+    db_config: tokio_postgres::Config,
     poll_interval: Duration,
     /// Stops the listener, the lease extender and the depth reader.
     stop: CancellationToken,
+}
+
+/// A lease connection, and what its leases brought and were not handed out (kept across a
+/// dropped `receive`, so that no leased row is left behind).
+#[derive(Debug)]
+struct Lessee {
+    db: Arc<Db>,
+    fetch: KeptFetch<Leased>,
 }
 
 impl PgQueueSource {
@@ -105,6 +116,7 @@ impl PgQueueSource {
                 "reading the queue table (run PgQueueSource::migrate)",
             ))?;
         let stop = CancellationToken::new();
+        let db_config_kept = db_config.clone();
         tokio::spawn(listen(
             db_config,
             config.table.clone(),
@@ -132,7 +144,8 @@ impl PgQueueSource {
         }));
         Ok(PgQueueSource {
             queue,
-            fetch: tokio::sync::Mutex::default(),
+            lessees: FetchSlots::default(),
+            db_config: db_config_kept,
             poll_interval: config.poll_interval,
             stop,
         })
@@ -214,11 +227,24 @@ impl Source for PgQueueSource {
     }
 
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<PgQueueMessage>>, BoxError> {
-        let mut fetch = self.fetch.lock().await;
+        let mut lessee = self
+            .lessees
+            .take(|| async {
+                Ok::<_, std::convert::Infallible>(Lessee {
+                    db: Arc::new(Db::new(self.db_config.clone())),
+                    fetch: KeptFetch::default(),
+                })
+            })
+            .await
+            .unwrap_or_else(|never| match never {});
         loop {
-            let queue = self.queue.clone();
-            let rows = fetch
-                .take(demand.get(), |limit| async move { Ok(queue.lease(limit).await?) })
+            let (queue, db) = (self.queue.clone(), lessee.db.clone());
+            let rows = lessee
+                .fetch
+                .take(
+                    demand.get(),
+                    |limit| async move { Ok(queue.lease(&db, limit).await?) },
+                )
                 .await
                 .map_err(|error| format!("postgres leasing rows: {error}"))?;
             if !rows.is_empty() {
@@ -241,15 +267,10 @@ impl Source for PgQueueSource {
 
     /// Releases the rows leased and not handed out, a lease under way included.
     async fn shutdown(&self) {
-        let leases: Vec<Lease> = self
-            .fetch
-            .lock()
-            .await
-            .drain()
-            .await
-            .into_iter()
-            .map(|row| row.lease)
-            .collect();
+        let mut leases: Vec<Lease> = Vec::new();
+        for mut lessee in self.lessees.each().await {
+            leases.extend(lessee.fetch.drain().await.into_iter().map(|row| row.lease));
+        }
         // Never handed to the pipeline: their attempt is given back.
         self.queue.release(&leases, true).await;
     }

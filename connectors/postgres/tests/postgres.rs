@@ -255,3 +255,64 @@ async fn the_lag_gauges_are_exactly_those_documented() {
     // The dashboard's panels of this source show it, through a real Prometheus.
     prometheus::assert_panels_show("longshore_postgres_", 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_at_once_lease_at_once_on_connections_of_their_own() {
+    use longshore::source::Source;
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(
+        &db,
+        "together",
+        (0..4).map(|n| format!("{n}").into_bytes()).collect(),
+    )
+    .await;
+    let source = Arc::new(
+        PgQueueSource::connect(PgQueueConfig::new(server.url()).queue("together"))
+            .await
+            .unwrap(),
+    );
+    // The table locked against the leases' updates: each lease waits at the database,
+    // where one connection can run one statement at a time.
+    let mut locker = client(&server.url()).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute("LOCK TABLE longshore_queue IN EXCLUSIVE MODE", &[])
+        .await
+        .unwrap();
+    let receive = |source: Arc<PgQueueSource>| {
+        tokio::spawn(async move {
+            source
+                .receive(std::num::NonZeroUsize::new(2).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    // Well within the statement timeout (10 s), which would fail the receive first.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH next AS%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two leases waiting at the database at once: {waiting} within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lock.commit().await.unwrap();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut ids: Vec<i64> = a.iter().chain(&b).map(|m| m.metadata().id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "each row leased once: {ids:?}");
+}

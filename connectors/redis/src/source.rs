@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use longshore::source::{every, KeptFetch, Plan, Source, SourceSettings};
+use longshore::source::{every, FetchSlots, KeptFetch, Plan, Source, SourceSettings};
 use longshore::{BoxError, BuildError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ pub struct RedisStreamSource {
     stream: Arc<Stream>,
     /// One per `receive` under way at once (the pipeline's `source_concurrency`): a
     /// blocking read holds its connection.
-    readers: Mutex<Vec<Arc<tokio::sync::Mutex<Reader>>>>,
+    readers: FetchSlots<Reader>,
     /// Opens a reader's connection.
     client: redis::Client,
     read_timeouts: ConnectionManagerConfig,
@@ -154,10 +154,10 @@ impl RedisStreamSource {
         }));
         Ok(RedisStreamSource {
             stream,
-            readers: Mutex::new(vec![Arc::new(tokio::sync::Mutex::new(Reader {
+            readers: FetchSlots::new(Reader {
                 connection: reads,
                 fetch: KeptFetch::default(),
-            }))]),
+            }),
             client,
             read_timeouts,
             own_after: Arc::new(Mutex::new(Some("0".to_owned()))),
@@ -166,28 +166,6 @@ impl RedisStreamSource {
             block: config.block,
             stop,
         })
-    }
-
-    /// A reader no other `receive` is using; a new one (its own connection) when every
-    /// one is busy.
-    async fn reader(&self) -> Result<tokio::sync::OwnedMutexGuard<Reader>, BoxError> {
-        let free = lock(&self.readers)
-            .iter()
-            .find_map(|reader| reader.clone().try_lock_owned().ok());
-        if let Some(reader) = free {
-            return Ok(reader);
-        }
-        let connection = self
-            .client
-            .get_connection_manager_with_config(self.read_timeouts.clone())
-            .await
-            .map_err(|error| format!("redis connecting for one more read: {error}"))?;
-        let reader = Arc::new(tokio::sync::Mutex::new(Reader {
-            connection,
-            fetch: KeptFetch::default(),
-        }));
-        lock(&self.readers).push(reader.clone());
-        Ok(reader.try_lock_owned().expect("a reader nobody else has seen"))
     }
 
     /// Entries delivered to this consumer and not yet acknowledged.
@@ -218,7 +196,20 @@ impl Source for RedisStreamSource {
     }
 
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<RedisStreamMessage>>, BoxError> {
-        let mut reader = self.reader().await?;
+        let mut reader = self
+            .readers
+            .take(|| async {
+                let connection = self
+                    .client
+                    .get_connection_manager_with_config(self.read_timeouts.clone())
+                    .await
+                    .map_err(|error| format!("redis connecting for one more read: {error}"))?;
+                Ok::<_, BoxError>(Reader {
+                    connection,
+                    fetch: KeptFetch::default(),
+                })
+            })
+            .await?;
         loop {
             let claim = lock(&self.own_after).is_none() && {
                 let mut last = lock(&self.last_claim);
@@ -279,19 +270,9 @@ impl Source for RedisStreamSource {
     /// Hands back what was read and not handed out, reads under way included: any
     /// consumer may claim it at once.
     async fn shutdown(&self) {
-        let readers = lock(&self.readers).clone();
         let mut left = Vec::new();
-        for reader in readers {
-            left.extend(
-                reader
-                    .lock()
-                    .await
-                    .fetch
-                    .drain()
-                    .await
-                    .iter()
-                    .map(RedisStreamMetadata::key),
-            );
+        for mut reader in self.readers.each().await {
+            left.extend(reader.fetch.drain().await.iter().map(RedisStreamMetadata::key));
         }
         self.stream.hand_back(&left).await;
     }

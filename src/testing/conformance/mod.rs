@@ -509,6 +509,7 @@ where
         let started = handler.started.clone();
         let pipeline = Pipeline::builder(source, handler)
             .processors(Processors::new(1).max_demand(4).min_demand(0))
+            .source_concurrency(self.source_concurrency())
             .max_in_flight(8)
             .shutdown_deadline(Duration::from_secs(1))
             .start()
@@ -670,6 +671,17 @@ where
         self.settle(CHECK).await
     }
 
+    /// Two receives under way at once, unless the source keeps an order (which one fetch
+    /// at a time is needed for): each message must still be delivered and acknowledged
+    /// once, and released at shutdown, whichever fetch brought it.
+    fn source_concurrency(&self) -> usize {
+        if self.broker.declared().ordered {
+            1
+        } else {
+            2
+        }
+    }
+
     /// Runs a pipeline over `published` until each is acknowledged (or the timeout), then
     /// shuts it down; the outcome is `Err` when it did not finish in time or did not stop
     /// cleanly.
@@ -686,6 +698,7 @@ where
         let calls = handler.calls.clone();
         let pipeline = Pipeline::builder(source, handler)
             .processors(Processors::new(4).max_demand(8))
+            .source_concurrency(self.source_concurrency())
             .retry(retry)
             .start()
             .map_err(|error| violation(check, format!("the pipeline refused to start: {error}")))?;
