@@ -140,7 +140,7 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 
 /// A connector benchmark's size from its arguments: under `cargo bench` (`--bench`)
 /// `full` messages in 5 rounds; under `cargo test` a smoke run of 2,000 in one.
-/// `LONGSHORE_BENCH_MESSAGES` sets the count.
+/// `LONGSHORE_BENCH_MESSAGES` sets the count, `LONGSHORE_BENCH_ROUNDS` the rounds.
 #[allow(dead_code)] // the connectors' benchmarks
 pub(crate) fn size(args: &[String], full: u64) -> (u64, usize) {
     let bench = args.iter().any(|a| a == "--bench");
@@ -148,7 +148,11 @@ pub(crate) fn size(args: &[String], full: u64) -> (u64, usize) {
         .ok()
         .and_then(|n| n.replace('_', "").parse().ok())
         .unwrap_or(if bench { full } else { 2_000 });
-    (count, if bench { 5 } else { 1 })
+    let rounds = std::env::var("LONGSHORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if bench { 5 } else { 1 });
+    (count, rounds)
 }
 
 /// Runs the cases `raw` and `longshore` (`--case <case> <url> <count>`, each reporting
@@ -172,8 +176,10 @@ pub(crate) fn raw_against_longshore(name: &str, url: &str, count: u64, rounds: u
         our_rates.push(this[1]);
         ratios.push(this[1] / this[0]);
     }
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(0.0, f64::max);
     println!(
-        "BENCH case={name} ratio={:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} messages={count} rounds={rounds}",
+        "BENCH case={name} ratio={:.2} ratio_range={lowest:.2}-{highest:.2} msgs_per_s={:.0} raw_msgs_per_s={:.0} peak_rss_mb={:.1} raw_peak_rss_mb={:.1} messages={count} rounds={rounds}",
         median(ratios),
         median(our_rates),
         median(raw_rates),

@@ -7,7 +7,7 @@
 //! lease another consumer took since.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -30,8 +30,13 @@ const ERROR_KEPT: usize = 2000;
 /// One queue of one table, as this consumer works it.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    /// Settling statements (the leases have connections of their own).
-    pub(crate) db: Db,
+    /// Connections for settling statements, one per fetch slot, taken in turn: the
+    /// database commits them side by side (sharing its log flushes) as it runs the
+    /// leases, not one after the other on one connection. Not the leases' own
+    /// connections, where a delete would wait behind the next lease.
+    pub(crate) settlers: Mutex<Vec<Arc<Db>>>,
+    /// Which of `settlers` the next settling statement goes on.
+    pub(crate) turn: AtomicUsize,
     /// Lease extensions and depth readings, on a connection of their own so that a slow
     /// count never delays an extension behind it.
     pub(crate) side: Db,
@@ -186,7 +191,7 @@ impl Queue {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match timed(self.db.execute(sql, params)).await {
+            match timed(self.next_settler().execute(sql, params)).await {
                 Ok(_) => return,
                 Err(error) if error.is_transient() && tokio::time::Instant::now() < give_up => {
                     tracing::debug!(%error, rows = leases.len(), "postgres {doing} failed; trying again");
@@ -198,6 +203,16 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// One more connection for settling statements, with one more fetch slot.
+    pub(crate) fn add_settler(&self, db: Db) {
+        lock(&self.settlers).push(Arc::new(db));
+    }
+
+    fn next_settler(&self) -> Arc<Db> {
+        let settlers = lock(&self.settlers);
+        settlers[self.turn.fetch_add(1, Ordering::Relaxed) % settlers.len()].clone()
     }
 
     /// Extends the leases held here.

@@ -1,7 +1,7 @@
 //! The queue table source: rows leased only for the demand, woken by `NOTIFY`.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +66,7 @@ pub struct PgQueueSource {
     queue: Arc<Queue>,
     /// One per `receive` under way at once (the pipeline's `source_concurrency`), each
     /// leasing on a connection of its own: the database runs their leases side by side.
+    /// Each slot adds a connection for settling statements too.
     lessees: FetchSlots<Lessee>,
     db_config: tokio_postgres::Config,
     poll_interval: Duration,
@@ -92,8 +93,10 @@ impl PgQueueSource {
         config.validate()?;
         let db_config = db_config(&config.url)?;
         let wake = Arc::new(Notify::new());
+        let first = Arc::new(Db::new(db_config.clone()));
         let queue = Arc::new(Queue {
-            db: Db::new(db_config.clone()),
+            settlers: Mutex::new(vec![Arc::new(Db::new(db_config.clone()))]),
+            turn: AtomicUsize::new(0),
             side: Db::new(db_config.clone()),
             reachable: AtomicBool::new(true),
             table: config.table.clone(),
@@ -103,8 +106,7 @@ impl PgQueueSource {
             wake: wake.clone(),
             metrics: QueueMetrics::new(&config.table, &config.queue),
         });
-        let connected = queue
-            .db
+        let connected = first
             .connected()
             .await
             .map_err(PgQueueError::database("connecting"))?;
@@ -144,7 +146,10 @@ impl PgQueueSource {
         }));
         Ok(PgQueueSource {
             queue,
-            lessees: FetchSlots::default(),
+            lessees: FetchSlots::new(Lessee {
+                db: first,
+                fetch: KeptFetch::default(),
+            }),
             db_config: db_config_kept,
             poll_interval: config.poll_interval,
             stop,
@@ -230,8 +235,10 @@ impl Source for PgQueueSource {
         let mut lessee = self
             .lessees
             .take(|| async {
+                self.queue.add_settler(Db::new(self.db_config.clone()));
+                let db = Arc::new(Db::new(self.db_config.clone()));
                 Ok::<_, std::convert::Infallible>(Lessee {
-                    db: Arc::new(Db::new(self.db_config.clone())),
+                    db,
                     fetch: KeptFetch::default(),
                 })
             })
