@@ -21,24 +21,24 @@ impl Acknowledger<JetStreamMetadata> for JetStreamAcknowledger {
         successful: Vec<JetStreamMessage<T>>,
         failed: Vec<JetStreamMessage<T>>,
     ) {
-        let mut settled = handles(&successful, |_| AckKind::Ack);
-        settled.extend(handles(&failed, |message| match message.redeliver_after() {
+        let mut settled = replies(&successful, |_| AckKind::Ack);
+        settled.extend(replies(&failed, |message| match message.redeliver_after() {
             Some(after) => AckKind::Nak(Some(after)),
             None if message.is_dead_lettered() => AckKind::Ack,
             None => AckKind::Term,
         }));
         // The messages (whose data need not be Sync) are not held across the sends.
         drop((successful, failed));
-        for (handle, kind) in settled {
-            self.0.settle(&handle, kind).await;
+        for (reply, sequence, kind) in settled {
+            self.0.settle(Some(&reply), sequence, kind).await;
         }
     }
 
     async fn release<T: Send + 'static>(&self, messages: Vec<JetStreamMessage<T>>) {
-        let released = handles(&messages, |_| AckKind::Nak(None));
+        let released = replies(&messages, |_| AckKind::Nak(None));
         drop(messages);
-        for (handle, kind) in released {
-            self.0.settle(&handle, kind).await;
+        for (reply, sequence, kind) in released {
+            self.0.settle(Some(&reply), sequence, kind).await;
         }
     }
 
@@ -63,13 +63,21 @@ impl Acknowledger<JetStreamMetadata> for JetStreamAcknowledger {
     }
 }
 
-/// Each message's server handle (none in a handler's unit test) with what to send.
-fn handles<T>(
+/// Each message's reply subject (none in a handler's unit test) and stream sequence,
+/// with what to send.
+fn replies<T>(
     messages: &[JetStreamMessage<T>],
     kind: impl Fn(&JetStreamMessage<T>) -> AckKind,
-) -> Vec<(async_nats::jetstream::Message, AckKind)> {
+) -> Vec<(async_nats::Subject, Option<u64>, AckKind)> {
     messages
         .iter()
-        .filter_map(|message| Some((message.metadata().handle.clone()?, kind(message))))
+        .filter_map(|message| {
+            let metadata = message.metadata();
+            Some((
+                metadata.reply.clone()?,
+                Some(metadata.stream_sequence()),
+                kind(message),
+            ))
+        })
         .collect()
 }

@@ -1,5 +1,5 @@
-//! What a JetStream message carries beside its payload, and the handle it is
-//! acknowledged through.
+//! What a JetStream message carries beside its payload, and the reply subject it is
+//! acknowledged on.
 
 use bytes::Bytes;
 use longshore::trace::Attribute;
@@ -21,12 +21,14 @@ pub type JetStreamMessage<T = Bytes> = Message<T, JetStreamMetadata>;
 /// ```
 #[derive(Debug, Clone)]
 pub struct JetStreamMetadata {
-    subject: String,
+    subject: async_nats::Subject,
     stream_sequence: u64,
     headers: Option<async_nats::HeaderMap>,
     payload: Bytes,
-    /// The server's message, to acknowledge it; `None` in a handler's unit test.
-    pub(crate) handle: Option<async_nats::jetstream::Message>,
+    /// Where its acknowledgement goes; `None` in a handler's unit test. Only this is
+    /// kept of the server's message: the whole (with its client) is several hundred
+    /// bytes, copied at each move of the message through the pipeline.
+    pub(crate) reply: Option<async_nats::Subject>,
 }
 
 /// A message's span (feature `otel` of `longshore`): the trace context from its NATS
@@ -54,21 +56,21 @@ impl JetStreamMetadata {
     /// A message on `subject`, at `stream_sequence`, holding `payload`.
     pub fn new(subject: impl Into<String>, stream_sequence: u64, payload: impl Into<Bytes>) -> Self {
         JetStreamMetadata {
-            subject: subject.into(),
+            subject: async_nats::Subject::from(subject.into()),
             stream_sequence,
             headers: None,
             payload: payload.into(),
-            handle: None,
+            reply: None,
         }
     }
 
-    pub(crate) fn read(message: async_nats::jetstream::Message, stream_sequence: u64) -> Self {
+    pub(crate) fn read(message: async_nats::Message, stream_sequence: u64) -> Self {
         JetStreamMetadata {
-            subject: message.subject.to_string(),
+            subject: message.subject,
             stream_sequence,
-            headers: message.headers.clone(),
-            payload: message.payload.clone(),
-            handle: Some(message),
+            headers: message.headers,
+            payload: message.payload,
+            reply: message.reply,
         }
     }
 

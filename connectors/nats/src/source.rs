@@ -1,6 +1,5 @@
 //! The JetStream source: a durable pull consumer fetching the demand.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,7 +57,7 @@ use crate::metrics::ConsumerMetrics;
 pub struct JetStreamSource {
     shared: Arc<Shared>,
     /// One per `receive` under way at once (the pipeline's `source_concurrency`).
-    fetches: FetchSlots<KeptFetch<jetstream::Message>>,
+    fetches: FetchSlots<KeptFetch<Fetched>>,
     expires: Duration,
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
@@ -71,7 +70,7 @@ pub(crate) struct Shared {
     consumer: PullConsumer,
     pub(crate) stream: String,
     /// Messages fetched and not yet settled, by stream sequence: they get progress.
-    pub(crate) held: Mutex<HashMap<u64, jetstream::Message>>,
+    pub(crate) held: Mutex<foldhash::HashMap<u64, async_nats::Subject>>,
     metrics: ConsumerMetrics,
 }
 
@@ -160,15 +159,27 @@ impl JetStreamSource {
         lock(&self.shared.held).len()
     }
 
-    fn message(&self, message: jetstream::Message) -> JetStreamMessage {
-        let (sequence, delivered) = message
-            .info()
-            .map(|info| (info.stream_sequence, info.delivered))
-            .unwrap_or((0, 1));
-        let metadata = JetStreamMetadata::read(message, sequence);
+    fn message(
+        &self,
+        Fetched {
+            message,
+            sequence,
+            delivered,
+        }: Fetched,
+    ) -> JetStreamMessage {
+        let metadata = JetStreamMetadata::read(message, sequence.unwrap_or(0));
         let payload = metadata.payload().clone();
         Message::with_metadata(payload, metadata).with_attempt(u32::try_from(delivered).unwrap_or(1))
     }
+}
+
+/// A message fetched, with what its reply subject says: its stream sequence (`None` if
+/// the subject could not be read) and how many times it was delivered.
+#[derive(Debug)]
+struct Fetched {
+    message: async_nats::Message,
+    sequence: Option<u64>,
+    delivered: i64,
 }
 
 impl Drop for JetStreamSource {
@@ -219,23 +230,39 @@ impl Source for JetStreamSource {
                         }
                     }
                     let mut held = lock(&shared.held);
-                    fetched.retain(|message| {
-                        let Ok(info) = message.info() else {
-                            return true;
-                        };
-                        // Delivered again while its first copy is still handled here (a
-                        // lapse): the newest delivery gets the progress, and the copy is
-                        // not handed out twice; the first copy's ack covers both.
-                        let again = held.contains_key(&info.stream_sequence);
-                        held.insert(info.stream_sequence, message.clone());
-                        if again {
-                            tracing::warn!(
-                                sequence = info.stream_sequence,
-                                "nats delivered a message again while it was handled here"
-                            );
-                        }
-                        !again
-                    });
+                    // The reply subject is parsed once, here: the rest goes by its numbers.
+                    let fetched: Vec<Fetched> = fetched
+                        .into_iter()
+                        .filter_map(|message| {
+                            let message = message.message;
+                            let numbers = message.reply.as_deref().and_then(ack_numbers);
+                            // The reply subject not readable: handed out with attempt 1,
+                            // no progress (settling it logs why it cannot be acknowledged).
+                            let (Some((sequence, delivered)), Some(reply)) = (numbers, message.reply.clone())
+                            else {
+                                return Some(Fetched {
+                                    message,
+                                    sequence: None,
+                                    delivered: 1,
+                                });
+                            };
+                            // Delivered again while its first copy is still handled here (a
+                            // lapse): the newest delivery gets the progress, and the copy is
+                            // not handed out twice; the first copy's ack covers both.
+                            if held.insert(sequence, reply).is_some() {
+                                tracing::warn!(
+                                    sequence,
+                                    "nats delivered a message again while it was handled here"
+                                );
+                                return None;
+                            }
+                            Some(Fetched {
+                                message,
+                                sequence: Some(sequence),
+                                delivered,
+                            })
+                        })
+                        .collect();
                     drop(held);
                     Ok(fetched)
                 })
@@ -269,8 +296,14 @@ impl Source for JetStreamSource {
     /// again at once.
     async fn shutdown(&self) {
         let left = self.fetches.drain().await;
-        for message in &left {
-            self.shared.settle(message, AckKind::Nak(None)).await;
+        for fetched in &left {
+            self.shared
+                .settle(
+                    fetched.message.reply.as_ref(),
+                    fetched.sequence,
+                    AckKind::Nak(None),
+                )
+                .await;
         }
         self.shared.flush().await;
     }
@@ -283,9 +316,9 @@ const FLUSH_WAIT: Duration = Duration::from_secs(5);
 impl Shared {
     /// Sends progress for the messages held.
     async fn keep_in_progress(&self) {
-        let held: Vec<jetstream::Message> = lock(&self.held).values().cloned().collect();
-        for message in held {
-            if let Err(error) = message.ack_with(AckKind::Progress).await {
+        let held: Vec<async_nats::Subject> = lock(&self.held).values().cloned().collect();
+        for reply in held {
+            if let Err(error) = self.client.publish(reply, AckKind::Progress.into()).await {
                 tracing::warn!(%error, "nats progress not sent; trying again at the next tick");
             }
         }
@@ -316,16 +349,116 @@ impl Shared {
 
     /// Sends `kind` for `message` and lets it go. One never received by the server
     /// loses nothing: it is delivered again after `ack_wait`.
-    pub(crate) async fn settle(&self, message: &jetstream::Message, kind: AckKind) {
-        if let Ok(info) = message.info() {
-            lock(&self.held).remove(&info.stream_sequence);
+    pub(crate) async fn settle(
+        &self,
+        reply: Option<&async_nats::Subject>,
+        sequence: Option<u64>,
+        kind: AckKind,
+    ) {
+        if let Some(sequence) = sequence {
+            lock(&self.held).remove(&sequence);
         }
-        if let Err(error) = message.ack_with(kind).await {
-            tracing::warn!(%error, subject = %message.subject, "nats acknowledgement not sent; the message comes again after ack_wait");
+        let Some(reply) = reply else {
+            tracing::warn!(
+                ?sequence,
+                "nats message with no reply subject: it cannot be acknowledged"
+            );
+            return;
+        };
+        if let Err(error) = self.client.publish(reply.clone(), kind.into()).await {
+            tracing::warn!(%error, %reply, "nats acknowledgement not sent; the message comes again after ack_wait");
         }
     }
 }
 
+/// The stream sequence and the delivery count a JetStream reply subject gives: the
+/// client's own parse reads every token (the timestamp into a date), at several times the
+/// cost of the rest of a message's way through the pipeline.
+///
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
+/// or with `<domain>.<account hash>` before the stream and maybe a token after
+/// (ADR-15).
+fn ack_numbers(reply: &str) -> Option<(u64, i64)> {
+    let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    // Where each of the first six tokens starts, and how many tokens there are: one pass
+    // over the bytes (a `split` finds each dot with a search set up anew per token).
+    let mut starts = [0usize; 7];
+    let mut count = 1;
+    for (at, _) in rest.iter().enumerate().filter(|(_, &byte)| byte == b'.') {
+        if count < starts.len() {
+            starts[count] = at + 1;
+        }
+        count += 1;
+    }
+    let token = |n: usize| {
+        let end = if n + 1 < count {
+            starts[n + 1] - 1
+        } else {
+            rest.len()
+        };
+        std::str::from_utf8(&rest[starts[n]..end]).ok()
+    };
+    let at = match count {
+        7 => 2,
+        9 | 10 => 4,
+        _ => return None,
+    };
+    Some((token(at + 1)?.parse().ok()?, token(at)?.parse().ok()?))
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_numbers;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any names, numbers, domain and token: the numbers come back as written.
+        #[test]
+        fn any_reply_subject_gives_back_its_numbers(
+            stream in "[A-Za-z0-9_-]{1,12}",
+            consumer in "[A-Za-z0-9_-]{1,12}",
+            delivered in 1i64..i64::MAX,
+            sequence in any::<u64>(),
+            rest in (any::<u64>(), any::<u64>(), any::<u64>()),
+            domain in proptest::option::of(("[A-Za-z0-9_]{1,8}", "[A-Z0-9]{1,8}", proptest::option::of("[a-z0-9]{1,8}"))),
+        ) {
+            let (consumer_sequence, time, pending) = rest;
+            let numbers = format!("{delivered}.{sequence}.{consumer_sequence}.{time}.{pending}");
+            let reply = match &domain {
+                None => format!("$JS.ACK.{stream}.{consumer}.{numbers}"),
+                Some((domain, hash, None)) => format!("$JS.ACK.{domain}.{hash}.{stream}.{consumer}.{numbers}"),
+                Some((domain, hash, Some(token))) => format!("$JS.ACK.{domain}.{hash}.{stream}.{consumer}.{numbers}.{token}"),
+            };
+            prop_assert_eq!(ack_numbers(&reply), Some((sequence, delivered)));
+        }
+    }
+
+    #[test]
+    fn reply_subjects_give_their_sequence_and_delivery_count() {
+        // Both forms the server sends (ADR-15), and subjects that are not acks.
+        for (reply, numbers) in [
+            (
+                "$JS.ACK.ORDERS.billing.3.1042.1041.1700000000000000000.12",
+                Some((1042, 3)),
+            ),
+            (
+                "$JS.ACK._.ACCHASH.ORDERS.billing.1.7.7.1700000000000000000.0",
+                Some((7, 1)),
+            ),
+            (
+                "$JS.ACK.hub.ACCHASH.ORDERS.billing.2.9.8.1700000000000000000.4.tok",
+                Some((9, 2)),
+            ),
+            ("$JS.ACK.ORDERS.billing.x.9.8.1700000000000000000.4", None),
+            ("$JS.ACK.ORDERS.billing.2.9", None),
+            ("_INBOX.abc", None),
+            ("", None),
+        ] {
+            assert_eq!(ack_numbers(reply), numbers, "{reply}");
+        }
+    }
 }
