@@ -4,8 +4,8 @@
 //! Polls run as tasks of their own, so a pipeline that stops waiting (a shutdown)
 //! never cancels a poll that SQS has already answered: what it brings lands in
 //! `arrived`, and the shutdown releases it. Demand is never exceeded: the polls in
-//! flight never ask for more than the demand of the receive calls that started them,
-//! less what already arrived.
+//! flight never ask for more than the demand of the receive calls waiting, less what
+//! already arrived.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,9 @@ struct State {
     polls: usize,
     /// Messages asked for by the polls in flight.
     asked: usize,
+    /// The demand of the receive calls waiting, together: calls of several producers
+    /// (`source_concurrency`) each start polls for their own demand.
+    waiting: usize,
     error: Option<String>,
 }
 
@@ -62,6 +65,8 @@ impl Receiver {
 
     /// Waits for messages, at most `demand` of them.
     pub(crate) async fn receive(self: &Arc<Self>, demand: usize) -> Result<Vec<SqsMessage>, BoxError> {
+        // Counted while this call waits, dropped with it (a call cut short at shutdown).
+        let _waiting = Waiting::new(self, demand);
         loop {
             let polled = self.polled.notified();
             tokio::pin!(polled);
@@ -75,17 +80,18 @@ impl Receiver {
                     let n = demand.min(state.arrived.len());
                     return Ok(state.arrived.drain(..n).collect());
                 }
-                self.start_polls(&mut state, demand);
+                self.start_polls(&mut state);
             }
             polled.await;
         }
     }
 
-    /// Starts the polls that `demand` needs beyond those in flight: full ones of 10,
-    /// and a smaller one only when no other poll is in flight (the rest of the demand
-    /// waits for a full poll's worth, so each call brings as much as it can).
-    fn start_polls(self: &Arc<Self>, state: &mut State, demand: usize) {
-        let mut missing = demand.saturating_sub(state.asked);
+    /// Starts the polls that the waiting calls' demand needs beyond those in flight and
+    /// what arrived: full ones of 10, and a smaller one only when no other poll is in
+    /// flight (the rest of the demand waits for a full poll's worth, so each call brings
+    /// as much as it can).
+    fn start_polls(self: &Arc<Self>, state: &mut State) {
+        let mut missing = state.waiting.saturating_sub(state.asked + state.arrived.len());
         while missing > 0 && state.polls < self.polling.concurrency {
             if missing < MAX_BATCH && state.polls > 0 {
                 break;
@@ -185,5 +191,24 @@ impl Receiver {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A receive call's demand, counted in [`State::waiting`] for as long as the call lives.
+struct Waiting<'a> {
+    receiver: &'a Receiver,
+    demand: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(receiver: &'a Receiver, demand: usize) -> Self {
+        receiver.lock().waiting += demand;
+        Waiting { receiver, demand }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.receiver.lock().waiting -= self.demand;
     }
 }

@@ -827,3 +827,44 @@ async fn fifo_groups_keep_their_order_through_a_batcher_with_failing_batches() {
         assert_eq!(order, (0..per_group).collect::<Vec<_>>(), "group {group}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_at_once_each_start_polls_for_their_own_demand() {
+    let _watchdog = start();
+    let client = client().await;
+    let name = unique("together");
+    let url = create_queue(&client, &name, &[]).await;
+    // Long polls on an empty queue: each waits at the server until messages come.
+    let source = Arc::new(
+        SqsSource::connect(
+            config(&name)
+                .wait_time(Duration::from_secs(20))
+                .receive_concurrency(4),
+        )
+        .await
+        .unwrap(),
+    );
+    let receive = |source: Arc<SqsSource>| {
+        tokio::spawn(async move {
+            source
+                .receive(NonZeroUsize::new(10).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    // Two producers' calls (source_concurrency 2), a demand of 10 each: two polls.
+    let polls = || {
+        metric(
+            "longshore_sqs_api_calls_total",
+            &[("queue", &name), ("call", "ReceiveMessage")],
+        )
+        .unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(10), || polls() == 2.0).await;
+    send(&client, &url, bodies(20), None).await;
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(a.len() <= 10 && b.len() <= 10, "{} and {}", a.len(), b.len());
+    assert!(polls() <= 4.0, "no poll beyond the demand: {}", polls());
+}
