@@ -237,9 +237,11 @@ impl Source for JetStreamSource {
                             let message = message.message;
                             let numbers = message.reply.as_deref().and_then(ack_numbers);
                             // The reply subject not readable: handed out with attempt 1,
-                            // no progress (settling it logs why it cannot be acknowledged).
+                            // no progress, and said, since retries and the final failure
+                            // go by the attempt.
                             let (Some((sequence, delivered)), Some(reply)) = (numbers, message.reply.clone())
                             else {
+                                tracing::warn!(reply = ?message.reply, subject = %message.subject, "nats reply subject not understood: the message's attempt and progress are unknown");
                                 return Some(Fetched {
                                     message,
                                     sequence: None,
@@ -376,8 +378,7 @@ impl Shared {
 /// cost of the rest of a message's way through the pipeline.
 ///
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
-/// or with `<domain>.<account hash>` before the stream and maybe a token after
-/// (ADR-15).
+/// or with `<domain>.<account hash>` before the stream and any tokens after (ADR-15).
 fn ack_numbers(reply: &str) -> Option<(u64, i64)> {
     let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
     // Where each of the first six tokens starts, and how many tokens there are: one pass
@@ -398,9 +399,10 @@ fn ack_numbers(reply: &str) -> Option<(u64, i64)> {
         };
         std::str::from_utf8(&rest[starts[n]..end]).ok()
     };
+    // ADR-15 allows tokens after the known ones: they are not read.
     let at = match count {
         7 => 2,
-        9 | 10 => 4,
+        9.. => 4,
         _ => return None,
     };
     Some((token(at + 1)?.parse().ok()?, token(at)?.parse().ok()?))
@@ -424,7 +426,7 @@ mod tests {
             delivered in 1i64..i64::MAX,
             sequence in any::<u64>(),
             rest in (any::<u64>(), any::<u64>(), any::<u64>()),
-            domain in proptest::option::of(("[A-Za-z0-9_]{1,8}", "[A-Z0-9]{1,8}", proptest::option::of("[a-z0-9]{1,8}"))),
+            domain in proptest::option::of(("[A-Za-z0-9_]{1,8}", "[A-Z0-9]{1,8}", proptest::option::of("[a-z0-9]{1,8}(\\.[a-z0-9]{1,4}){0,3}"))),
         ) {
             let (consumer_sequence, time, pending) = rest;
             let numbers = format!("{delivered}.{sequence}.{consumer_sequence}.{time}.{pending}");

@@ -91,7 +91,8 @@ impl longshore::trace::TraceMetadata for RedisStreamMetadata {
 }
 
 impl RedisStreamMetadata {
-    /// Entry `id` of `stream`, with `fields`.
+    /// Entry `id` of `stream`, with `fields`: for a handler's unit test, whose entries
+    /// are never acknowledged (an `id` Redis would not give acknowledges nothing).
     pub fn new<K, V>(
         stream: impl Into<Arc<str>>,
         id: impl Into<String>,

@@ -90,8 +90,9 @@ impl std::fmt::Debug for Reader {
 }
 
 impl RedisStreamSource {
-    /// Connects (two connections: one for blocking reads, one for everything else) and
-    /// creates the group if it is missing, reading the stream from its start.
+    /// Connects (one connection for blocking reads, one for everything else; one more
+    /// read connection per `receive` under way at once beyond the first) and creates the
+    /// group if it is missing, reading the stream from its start.
     ///
     /// # Errors
     ///

@@ -154,16 +154,22 @@ impl Stream {
             .query_async(&mut connection)
             .await?;
         *lock(&self.claim_cursor) = reply.next_stream_id;
+        // Every id read before any is held: an error leaves nothing held and not handed out.
+        let claimed = reply
+            .claimed
+            .into_iter()
+            .map(|entry| match EntryId::parse(&entry.id) {
+                Some(key) => Ok((entry, key)),
+                None => Err(malformed("an entry id", &entry.id)),
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
         let mut held = lock(&self.held);
-        let mut entries = Vec::new();
-        for entry in reply.claimed {
-            let key = EntryId::parse(&entry.id).ok_or_else(|| malformed("an entry id", &entry.id))?;
-            // Held here already: handed out once.
-            if held.insert(key) {
-                entries.push(self.metadata(entry, key));
-            }
-        }
-        Ok(entries)
+        // Held here already: handed out once.
+        Ok(claimed
+            .into_iter()
+            .filter(|(_, key)| held.insert(*key))
+            .map(|(entry, key)| self.metadata(entry, key))
+            .collect())
     }
 
     fn metadata(&self, entry: StreamId, key: EntryId) -> RedisStreamMetadata {
@@ -334,11 +340,14 @@ fn entries_of(reply: Value) -> redis::RedisResult<Vec<ReadEntry>> {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams
             .into_iter()
-            .filter_map(|stream| match stream {
-                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
-                _ => None,
+            .map(|stream| match stream {
+                Value::Array(pair) => match <[Value; 2]>::try_from(pair) {
+                    Ok([_, entries]) => Ok(entries),
+                    Err(pair) => Err(malformed("a stream's key and entries", &format!("{pair:?}"))),
+                },
+                other => Err(malformed("a stream's key and entries", &format!("{other:?}"))),
             })
-            .collect(),
+            .collect::<redis::RedisResult<_>>()?,
         Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
         other => return Err(malformed("an XREADGROUP reply", &format!("{other:?}"))),
     };
@@ -349,12 +358,10 @@ fn entries_of(reply: Value) -> redis::RedisResult<Vec<ReadEntry>> {
         };
         read.reserve(entries.len());
         for entry in entries {
-            let Value::Array(mut entry) = entry else {
-                return Err(malformed("an entry", &format!("{entry:?}")));
-            };
-            let (fields, id) = match (entry.pop(), entry.pop()) {
-                (Some(fields), Some(id)) if entry.is_empty() => (fields, id),
-                _ => return Err(malformed("an entry", &format!("{entry:?}"))),
+            let [id, fields] = match entry {
+                Value::Array(entry) => <[Value; 2]>::try_from(entry)
+                    .map_err(|entry| malformed("an entry", &format!("{entry:?}")))?,
+                other => return Err(malformed("an entry", &format!("{other:?}"))),
             };
             let id = match id {
                 Value::BulkString(id) => String::from_utf8(id)

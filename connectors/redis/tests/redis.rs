@@ -335,7 +335,12 @@ async fn receives_at_once_read_at_once_each_entry_handed_out_once() {
             .query_async(&mut db)
             .await
             .unwrap();
-        clients.lines().filter(|l| l.contains("cmd=xreadgroup")).count() == 2
+        // Blocked (`flags=b`) in a read: not merely a connection whose last command was one.
+        clients
+            .lines()
+            .filter(|l| l.contains("cmd=xreadgroup") && l.split(' ').any(|f| f == "flags=b"))
+            .count()
+            == 2
     })
     .await;
     add(&mut db, "twice", ["second".to_owned()]).await;
@@ -345,4 +350,51 @@ async fn receives_at_once_read_at_once_each_entry_handed_out_once() {
     got.sort();
     assert_eq!(got, [&b"second"[..], b"third"]);
     assert_eq!((a.len(), b.len()), (1, 1), "each read its own entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumers_own_entries_go_once_to_receives_at_once() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "owntwice", (0..30).map(|n| n.to_string())).await;
+    let me = || config(&server, "owntwice", "me").claim_idle(Duration::from_secs(60));
+    let first = RedisStreamSource::connect(me()).await.unwrap();
+    let taken = first
+        .receive(std::num::NonZeroUsize::new(30).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.len(), 30);
+    drop((taken, first));
+    // Restarted: two producers' receives take back its own 30 entries, five at a time.
+    let again = Arc::new(RedisStreamSource::connect(me()).await.unwrap());
+    let takes: Vec<_> = (0..2)
+        .map(|_| {
+            let source = again.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..3 {
+                    let got = source
+                        .receive(std::num::NonZeroUsize::new(5).unwrap())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    ids.extend(got.iter().map(|m| m.metadata().id().to_owned()));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for take in takes {
+        ids.extend(take.await.unwrap());
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (count, ids.len()),
+        (30, 30),
+        "each of its own entries handed out once"
+    );
 }
