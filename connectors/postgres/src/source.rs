@@ -255,6 +255,11 @@ impl Source for PgQueueSource {
                 .await
                 .map_err(|error| format!("postgres leasing rows: {error}"))?;
             if !rows.is_empty() {
+                // A full lease may have left rows: the wake-up goes on to another lessee
+                // waiting (an insert of many rows notifies once).
+                if rows.len() == demand.get() {
+                    self.queue.wake.notify_one();
+                }
                 return Ok(Some(rows.into_iter().map(|row| self.message(row)).collect()));
             }
             // Nothing visible: an insert's NOTIFY (remembered if it came during the

@@ -316,3 +316,63 @@ async fn receives_at_once_lease_at_once_on_connections_of_their_own() {
     ids.dedup();
     assert_eq!(ids.len(), 4, "each row leased once: {ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_insert_of_many_rows_wakes_every_waiting_lease() {
+    use longshore::source::Source;
+    let server = server().await;
+    let db = client(&server.url()).await;
+    // Only a NOTIFY can wake a lease within the test: polls are a minute apart.
+    let source = Arc::new(
+        PgQueueSource::connect(
+            PgQueueConfig::new(server.url())
+                .queue("woken")
+                .poll_interval(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap(),
+    );
+    let receive = |source: Arc<PgQueueSource>| {
+        tokio::spawn(async move {
+            source
+                .receive(std::num::NonZeroUsize::new(10).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    // Both leased and found nothing: two lease connections idle after a lease.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle' AND query LIKE 'WITH next AS%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two leases waiting: {waiting} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One statement, one transaction: one notification for the 100 rows.
+    enqueue(
+        &db,
+        "woken",
+        (0..100).map(|n| format!("{n}").into_bytes()).collect(),
+    )
+    .await;
+    let both = tokio::time::timeout(Duration::from_secs(10), async {
+        (a.await.unwrap(), b.await.unwrap())
+    })
+    .await
+    .expect("both leases woken by the one insert, not by their poll a minute later");
+    assert_eq!((both.0.len(), both.1.len()), (10, 10));
+}
