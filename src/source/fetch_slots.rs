@@ -49,7 +49,7 @@ impl<S: Send + 'static> FetchSlots<S> {
         }
     }
 
-    /// A slot no `receive` holds; else a new one, `make`'s.
+    /// A slot no `receive` holds (the first free one); else a new one, `make`'s.
     ///
     /// # Errors
     ///
@@ -72,7 +72,9 @@ impl<S: Send + 'static> FetchSlots<S> {
         self.free().unwrap_or_else(|| self.add(S::default()))
     }
 
-    /// Every slot, each once the `receive` holding it lets go: to drain at shutdown.
+    /// Every slot, each once the `receive` holding it lets go: to drain at shutdown,
+    /// after the pipeline's producers have stopped (a `receive` still under way, waiting
+    /// on an idle broker, would hold its slot, and this would wait for it).
     pub async fn each(&self) -> Vec<OwnedMutexGuard<S>> {
         let slots = lock(&self.slots).clone();
         let mut each = Vec::with_capacity(slots.len());

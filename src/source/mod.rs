@@ -113,7 +113,8 @@ pub trait Source: Send + Sync + 'static {
     /// A source whose fetch under way takes messages out of every consumer's reach
     /// (a long poll that leases them, deliveries pushed up to a prefetch) says `false`:
     /// its fetch then completes and what it brings is handled, one fetch's demand at
-    /// most, rather than held out of the other replicas' reach for the whole pause.
+    /// most per producer (`source_concurrency`), rather than held out of the other
+    /// replicas' reach for the whole pause.
     fn drops_fetch_on_pause(&self) -> bool {
         true
     }

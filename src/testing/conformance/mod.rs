@@ -509,7 +509,6 @@ where
         let started = handler.started.clone();
         let pipeline = Pipeline::builder(source, handler)
             .processors(Processors::new(1).max_demand(4).min_demand(0))
-            .source_concurrency(self.source_concurrency())
             .max_in_flight(8)
             .shutdown_deadline(Duration::from_secs(1))
             .start()
@@ -671,9 +670,10 @@ where
         self.settle(CHECK).await
     }
 
-    /// Two receives under way at once, unless the source keeps an order (which one fetch
-    /// at a time is needed for): each message must still be delivered and acknowledged
-    /// once, and released at shutdown, whichever fetch brought it.
+    /// Two receives under way at once in the checks that run whole pipelines, unless the
+    /// source keeps an order (which one fetch at a time is needed for): each message must
+    /// still be delivered and acknowledged once, whichever fetch brought it. The shutdown
+    /// check runs with one, the default.
     fn source_concurrency(&self) -> usize {
         if self.broker.declared().ordered {
             1
