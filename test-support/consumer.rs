@@ -16,6 +16,14 @@ pub fn sink_latency() -> Duration {
     Duration::from_millis(millis.unwrap_or(0))
 }
 
+/// Receives at once (`LONGSHORE_CHAOS_PRODUCERS`, default 1).
+pub fn producers() -> usize {
+    std::env::var("LONGSHORE_CHAOS_PRODUCERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
 /// Prints `max_in_flight=<n>` for the test, then the pipeline's counts every 500 ms on
 /// stderr (the log beside the output).
 pub fn report(pipeline: &Pipeline) {
@@ -82,7 +90,8 @@ impl<M: Send + Sync + 'static> longshore::Handler for AppendIds<M> {
 }
 
 /// Runs the consumer processes' pipeline over `source` until SIGTERM: 4 processors of
-/// `max_demand` 20, batches of 50 (20 ms) into `AppendIds`, 3 attempts, a 10 s deadline.
+/// `max_demand` 20, batches of 50 (20 ms) into `AppendIds`, 3 attempts, a 10 s deadline,
+/// `LONGSHORE_CHAOS_PRODUCERS` receives at once (default 1).
 pub async fn run_until_signal<S>(source: S, output: &str) -> Result<(), longshore::BoxError>
 where
     S: longshore::Source<Data = bytes::Bytes>,
@@ -90,6 +99,7 @@ where
 {
     let pipeline = Pipeline::builder(source, AppendIds::<S::Metadata>::open(output)?)
         .processors(longshore::Processors::new(4).max_demand(20))
+        .source_concurrency(producers())
         .batcher(
             longshore::Batcher::new("file")
                 .batch_size(50)

@@ -57,6 +57,10 @@ async fn produce(context: &mut Context, stream: &str, count: usize) {
     publish(context, stream, (0..count).map(|n| n.to_string())).await;
 }
 
+/// The kill and server-restart cases run two receives at once: fetches side by side are
+/// what a kill cuts short most often.
+const TWO_PRODUCERS: (&str, &str) = ("LONGSHORE_CHAOS_PRODUCERS", "2");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let (produced, kills) = (
@@ -73,7 +77,14 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         kills,
         &case.output,
         drained(url.clone(), "KILL9"),
-        || consumer(&url, "KILL9", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]),
+        || {
+            consumer(
+                &url,
+                "KILL9",
+                &case.output,
+                &[("LONGSHORE_CHAOS_SINK_MS", "1"), TWO_PRODUCERS],
+            )
+        },
     );
     // What a killed consumer held (at most its in-flight bound) is delivered again after
     // ack_wait; a message acknowledged is not.
@@ -88,7 +99,12 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
     produce(&mut db, "RESTART", produced).await;
     let case = Case::new("nats", "restart");
     let url = server.url();
-    let mut running = consumer(&url, "RESTART", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]);
+    let mut running = consumer(
+        &url,
+        "RESTART",
+        &case.output,
+        &[("LONGSHORE_CHAOS_SINK_MS", "1"), TWO_PRODUCERS],
+    );
     wait_for(Duration::from_secs(120), "consumer progress", || {
         lines(&case.output) >= produced / 3
     });

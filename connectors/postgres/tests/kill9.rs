@@ -42,6 +42,10 @@ async fn produce(client: &tokio_postgres_client::Client, queue: &str, count: usi
     }
 }
 
+/// The kill and server-restart cases run two receives at once: fetches side by side are
+/// what a kill cuts short most often.
+const TWO_PRODUCERS: (&str, &str) = ("LONGSHORE_CHAOS_PRODUCERS", "2");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_queue_then_restart_loses_nothing() {
     let (produced, kills) = (
@@ -57,7 +61,7 @@ async fn kill_9_mid_queue_then_restart_loses_nothing() {
             &server,
             "kill9",
             &case.output,
-            &[("LONGSHORE_CHAOS_SINK_MS", "1")],
+            &[("LONGSHORE_CHAOS_SINK_MS", "1"), TWO_PRODUCERS],
         )
     });
     // What a killed consumer held (at most its in-flight bound) comes back after its
@@ -76,7 +80,7 @@ async fn the_server_crashed_and_restarted_mid_run_loses_nothing() {
         &server,
         "restart",
         &case.output,
-        &[("LONGSHORE_CHAOS_SINK_MS", "1")],
+        &[("LONGSHORE_CHAOS_SINK_MS", "1"), TWO_PRODUCERS],
     );
     wait_for(Duration::from_secs(120), "consumer progress", || {
         lines(&case.output) >= produced / 3

@@ -60,6 +60,10 @@ async fn produce(connection: &mut MultiplexedConnection, stream: &str, count: us
     }
 }
 
+/// The kill and server-restart cases run two receives at once: fetches side by side are
+/// what a kill cuts short most often.
+const TWO_PRODUCERS: (&str, &str) = ("LONGSHORE_CHAOS_PRODUCERS", "2");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let (produced, kills) = (
@@ -76,7 +80,14 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         kills,
         &case.output,
         drained(url.clone(), "kill9"),
-        || consumer(&url, "kill9", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]),
+        || {
+            consumer(
+                &url,
+                "kill9",
+                &case.output,
+                &[("LONGSHORE_CHAOS_SINK_MS", "1"), TWO_PRODUCERS],
+            )
+        },
     );
     // What a killed consumer held (at most its in-flight bound) is taken back when it
     // starts again and handled again; an entry acknowledged is not.
@@ -91,7 +102,12 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
     produce(&mut db, "restart", produced).await;
     let case = Case::new("redis", "restart");
     let url = server.url();
-    let mut running = consumer(&url, "restart", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]);
+    let mut running = consumer(
+        &url,
+        "restart",
+        &case.output,
+        &[("LONGSHORE_CHAOS_SINK_MS", "1"), TWO_PRODUCERS],
+    );
     wait_for(Duration::from_secs(120), "consumer progress", || {
         lines(&case.output) >= produced / 3
     });
