@@ -10,6 +10,8 @@ mod documented;
 mod http;
 #[path = "../../../test-support/prometheus.rs"]
 mod prometheus;
+#[path = "../../../test-support/receiving.rs"]
+mod receiving;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -159,7 +161,6 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receives_at_once_fetch_at_once_each_message_handed_out_once() {
-    use longshore::source::Source;
     let server = Nats::start();
     let js = context(&server.url()).await;
     make_stream(&js, "together").await;
@@ -173,16 +174,10 @@ async fn receives_at_once_fetch_at_once_each_message_handed_out_once() {
         .await
         .unwrap(),
     );
-    let receive = |source: Arc<JetStreamSource>| {
-        tokio::spawn(async move {
-            source
-                .receive(std::num::NonZeroUsize::new(1).unwrap())
-                .await
-                .unwrap()
-                .unwrap()
-        })
-    };
-    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    let (a, b) = (
+        receiving::receive_in_task(&source, 1),
+        receiving::receive_in_task(&source, 1),
+    );
     until("two pull requests waiting at the server", async || {
         js.get_stream("together")
             .await

@@ -11,6 +11,8 @@ mod documented;
 mod http;
 #[path = "../../../test-support/prometheus.rs"]
 mod prometheus;
+#[path = "../../../test-support/receiving.rs"]
+mod receiving;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -256,9 +258,26 @@ async fn the_lag_gauges_are_exactly_those_documented() {
     prometheus::assert_panels_show("longshore_postgres_", 2).await;
 }
 
+/// Waits, for at most `within`, until two connections' last statement is a lease and
+/// each is as `state` says (a `pg_stat_activity` condition).
+async fn leases_are(db: &longshore_postgres::tokio_postgres::Client, state: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {state} AND query LIKE 'WITH next AS%'");
+    loop {
+        let leases: i64 = db.query_one(&sql, &[]).await.unwrap().get(0);
+        if leases == 2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two leases with {state}: {leases} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receives_at_once_lease_at_once_on_connections_of_their_own() {
-    use longshore::source::Source;
     let server = server().await;
     let db = client(&server.url()).await;
     enqueue(
@@ -279,36 +298,12 @@ async fn receives_at_once_lease_at_once_on_connections_of_their_own() {
     lock.execute("LOCK TABLE longshore_queue IN EXCLUSIVE MODE", &[])
         .await
         .unwrap();
-    let receive = |source: Arc<PgQueueSource>| {
-        tokio::spawn(async move {
-            source
-                .receive(std::num::NonZeroUsize::new(2).unwrap())
-                .await
-                .unwrap()
-                .unwrap()
-        })
-    };
-    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    let (a, b) = (
+        receiving::receive_in_task(&source, 2),
+        receiving::receive_in_task(&source, 2),
+    );
     // Well within the statement timeout (10 s), which would fail the receive first.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH next AS%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "two leases waiting at the database at once: {waiting} within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    leases_are(&db, "wait_event_type = 'Lock'", Duration::from_secs(5)).await;
     lock.commit().await.unwrap();
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     let mut ids: Vec<i64> = a.iter().chain(&b).map(|m| m.metadata().id()).collect();
@@ -319,7 +314,6 @@ async fn receives_at_once_lease_at_once_on_connections_of_their_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_insert_of_many_rows_wakes_every_waiting_lease() {
-    use longshore::source::Source;
     let server = server().await;
     let db = client(&server.url()).await;
     // Only a NOTIFY can wake a lease within the test: polls are a minute apart.
@@ -332,36 +326,12 @@ async fn one_insert_of_many_rows_wakes_every_waiting_lease() {
         .await
         .unwrap(),
     );
-    let receive = |source: Arc<PgQueueSource>| {
-        tokio::spawn(async move {
-            source
-                .receive(std::num::NonZeroUsize::new(10).unwrap())
-                .await
-                .unwrap()
-                .unwrap()
-        })
-    };
-    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    let (a, b) = (
+        receiving::receive_in_task(&source, 10),
+        receiving::receive_in_task(&source, 10),
+    );
     // Both leased and found nothing: two lease connections idle after a lease.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle' AND query LIKE 'WITH next AS%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "two leases waiting: {waiting} within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    leases_are(&db, "state = 'idle'", Duration::from_secs(10)).await;
     // One statement, one transaction: one notification for the 100 rows.
     enqueue(
         &db,

@@ -9,6 +9,8 @@ mod documented;
 mod http;
 #[path = "../../../test-support/prometheus.rs"]
 mod prometheus;
+#[path = "../../../test-support/receiving.rs"]
+mod receiving;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use common::{add, connection, unfinished, Redis};
 use longshore::source::{Acknowledger, Source};
 use longshore::{BoxError, Handler, Pipeline};
 use longshore_redis::{RedisStreamConfig, RedisStreamMessage, RedisStreamMetadata, RedisStreamSource};
+use receiving::receive_in_task;
 
 /// Records each entry's id and the consumer that handled it, after `sleep`.
 struct Record {
@@ -259,24 +262,33 @@ async fn entries_left_at_shutdown_are_claimable_by_another_consumer_at_once() {
     pipeline.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_consumer_takes_back_its_own_entries_past_trimmed_ones() {
-    let server = Redis::start();
-    let mut db = connection(&server.url()).await;
-    add(&mut db, "own", (0..30).map(|n| n.to_string())).await;
-    // No claim within the test: only the read of its own entries can bring them back.
-    let me = || config(&server, "own", "me").claim_idle(Duration::from_secs(60));
-    let first = RedisStreamSource::connect(me()).await.unwrap();
+/// Adds 30 entries to `stream`, which a consumer of `config` (whose claim_idle is long:
+/// no claim brings them back within a test) reads and never acknowledges: killed. Their
+/// ids, in order.
+async fn taken_then_killed(
+    db: &mut longshore_redis::redis::aio::MultiplexedConnection,
+    stream: &str,
+    config: RedisStreamConfig,
+) -> Vec<String> {
+    add(db, stream, (0..30).map(|n| n.to_string())).await;
+    let first = RedisStreamSource::connect(config).await.unwrap();
     let taken = first
         .receive(std::num::NonZeroUsize::new(30).unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(taken.len(), 30);
+    taken.iter().map(|m| m.metadata().id().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_takes_back_its_own_entries_past_trimmed_ones() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    let me = || config(&server, "own", "me").claim_idle(Duration::from_secs(60));
     // Killed with all 30 unacknowledged; then the first 20 are deleted from the stream:
     // the next reads of its own entries bring two pages of trimmed ones first.
-    let ids: Vec<String> = taken.iter().map(|m| m.metadata().id().to_owned()).collect();
-    drop((taken, first));
+    let ids = taken_then_killed(&mut db, "own", me()).await;
     longshore_redis::redis::cmd("XDEL")
         .arg("own")
         .arg(&ids[..20])
@@ -317,16 +329,7 @@ async fn receives_at_once_read_at_once_each_entry_handed_out_once() {
         .unwrap()
         .unwrap();
     assert_eq!(one.len(), 1);
-    let receive = |source: Arc<RedisStreamSource>| {
-        tokio::spawn(async move {
-            source
-                .receive(std::num::NonZeroUsize::new(5).unwrap())
-                .await
-                .unwrap()
-                .unwrap()
-        })
-    };
-    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    let (a, b) = (receive_in_task(&source, 5), receive_in_task(&source, 5));
     // Two producers' receives: two blocking reads at the server at once, each on a
     // connection of its own.
     until("two reads waiting at the server", async || {
@@ -356,16 +359,8 @@ async fn receives_at_once_read_at_once_each_entry_handed_out_once() {
 async fn a_restarted_consumers_own_entries_go_once_to_receives_at_once() {
     let server = Redis::start();
     let mut db = connection(&server.url()).await;
-    add(&mut db, "owntwice", (0..30).map(|n| n.to_string())).await;
     let me = || config(&server, "owntwice", "me").claim_idle(Duration::from_secs(60));
-    let first = RedisStreamSource::connect(me()).await.unwrap();
-    let taken = first
-        .receive(std::num::NonZeroUsize::new(30).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(taken.len(), 30);
-    drop((taken, first));
+    taken_then_killed(&mut db, "owntwice", me()).await;
     // Restarted: two producers' receives take back its own 30 entries, five at a time.
     let again = Arc::new(RedisStreamSource::connect(me()).await.unwrap());
     let takes: Vec<_> = (0..2)

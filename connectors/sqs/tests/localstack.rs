@@ -4,6 +4,8 @@
 //! visibility extension, lag metrics and a missing queue.
 
 mod common;
+#[path = "../../../test-support/receiving.rs"]
+mod receiving;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -844,16 +846,10 @@ async fn receives_at_once_each_start_polls_for_their_own_demand() {
         .await
         .unwrap(),
     );
-    let receive = |source: Arc<SqsSource>| {
-        tokio::spawn(async move {
-            source
-                .receive(NonZeroUsize::new(10).unwrap())
-                .await
-                .unwrap()
-                .unwrap()
-        })
-    };
-    let (a, b) = (receive(source.clone()), receive(source.clone()));
+    let (a, b) = (
+        receiving::receive_in_task(&source, 10),
+        receiving::receive_in_task(&source, 10),
+    );
     // Two producers' calls (source_concurrency 2), a demand of 10 each: two polls.
     let polls = || {
         metric(
