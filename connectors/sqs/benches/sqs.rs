@@ -1,11 +1,15 @@
 //! Receive -> handle -> delete through longshore, against a raw aws-sdk loop (receive
-//! 10, batch delete) on the same server (LocalStack) in the same run. Each consumer runs
-//! in a process of its own, on a queue of its own holding the same messages, so that
-//! its peak RSS is its own; throughput is timed from its first receive to its last
-//! delete.
+//! 10, batch delete sent off without waiting for it) on the same server (LocalStack) in
+//! the same run. Each consumer runs in a process of its own, on a queue of its own
+//! holding the same messages, so that its peak RSS is its own; throughput is timed from
+//! its first receive to its last delete.
+//!
+//! Two settings: on loopback (`case=sqs`, 10 polls at once), and through a proxy adding
+//! 20 ms to every call, as a real network does (`case=sqs-delayed`, 2 and 10 polls at
+//! once on both sides: the ceiling is polls x 10 messages per round trip).
 //!
 //! Run with `scripts/bench sqs`. `LONGSHORE_BENCH_MESSAGES` sets the message count
-//! (default 20,000).
+//! (default 20,000 on loopback, a quarter of it delayed).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,22 +21,39 @@ use longshore_sqs::{SqsConfig, SqsMessage, SqsMetadata, SqsSource};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../../test-support/slow_proxy.rs"]
+mod slow_proxy;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
 
-/// Polls in flight at once, for both consumers.
+/// Polls in flight at once on loopback, for both consumers.
 const CONCURRENCY: usize = 10;
+
+/// What the delayed cases add to every call.
+const DELAY: Duration = Duration::from_millis(20);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let (imp, url) = (&args[i + 1], &args[i + 2]);
-        let count: usize = args[i + 3].parse().unwrap();
+        let [count, delay_ms, concurrency]: [usize; 3] =
+            std::array::from_fn(|n| args[i + 3 + n].parse().unwrap());
         let runtime = support::runtime();
-        let (rate, calls) = match imp.as_str() {
-            "raw" => runtime.block_on(raw(url, count)),
-            _ => runtime.block_on(ours(url, count)),
+        let calls_through = |delay_ms: usize| async move {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
+            if delay_ms == 0 {
+                return endpoint;
+            }
+            let upstream = endpoint.trim_start_matches("http://").to_owned();
+            slow_proxy::start(upstream, Duration::from_millis(delay_ms as u64)).await
         };
+        let (rate, calls) = runtime.block_on(async {
+            let endpoint = calls_through(delay_ms).await;
+            match imp.as_str() {
+                "raw" => raw(url, &endpoint, count, concurrency).await,
+                _ => ours(url, &endpoint, count, concurrency).await,
+            }
+        });
         let per_msg = |calls: usize| calls as f64 / count as f64;
         let [receives, deletes, changes] = calls;
         support::report(&[
@@ -52,7 +73,7 @@ fn main() {
     let endpoint = common::localstack().endpoint.clone();
     let runtime = support::runtime();
     let client = runtime.block_on(common::client());
-    let queue = |imp: &str| {
+    let queue = |imp: &str, count: usize| {
         runtime.block_on(async {
             let url = common::create_queue(&client, &common::unique(imp), &[]).await;
             let bodies = (0..count).map(|i| format!("{i:0>100}"));
@@ -61,31 +82,48 @@ fn main() {
         })
     };
     let envs = [("AWS_ENDPOINT_URL_SQS", endpoint)];
-    let run = |imp: &str| support::run_child(&["--case", imp, &queue(imp), &count.to_string()], &envs);
-    // Alternated, best of two each: the server's own speed drifts over a run.
-    let best = |a: Vec<f64>, b: Vec<f64>| if a[0] >= b[0] { a } else { b };
-    let (raw1, ours1) = (run("raw"), run("longshore"));
-    let (ours2, raw2) = (run("longshore"), run("raw"));
-    let (baseline, longshore) = (best(raw1, raw2), best(ours1, ours2));
-    println!(
-        "BENCH case=sqs msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} api_calls_per_msg={:.3} \
-         baseline_api_calls_per_msg={:.3} peak_rss_mb={:.1} baseline_peak_rss_mb={:.1} messages={count} \
-         receives_per_msg={:.3} deletes_per_msg={:.3}",
-        longshore[0],
-        baseline[0],
-        longshore[0] / baseline[0],
-        longshore[1],
-        baseline[1],
-        longshore[2],
-        baseline[2],
-        longshore[3],
-        longshore[4],
-    );
+    let case = |name: &str, count: usize, delay: Duration, concurrency: usize| {
+        let run = |imp: &str| {
+            let args = [count, delay.as_millis() as usize, concurrency].map(|n| n.to_string());
+            support::run_child(
+                &["--case", imp, &queue(imp, count), &args[0], &args[1], &args[2]],
+                &envs,
+            )
+        };
+        // Alternated, best of two each: the server's own speed drifts over a run.
+        let best = |a: Vec<f64>, b: Vec<f64>| if a[0] >= b[0] { a } else { b };
+        let (raw1, ours1) = (run("raw"), run("longshore"));
+        let (ours2, raw2) = (run("longshore"), run("raw"));
+        let (baseline, longshore) = (best(raw1, raw2), best(ours1, ours2));
+        println!(
+            "BENCH case={name} delay_ms={} receive_concurrency={concurrency} msgs_per_s={:.0} \
+             baseline_msgs_per_s={:.0} ratio={:.2} api_calls_per_msg={:.3} baseline_api_calls_per_msg={:.3} \
+             peak_rss_mb={:.1} baseline_peak_rss_mb={:.1} messages={count} receives_per_msg={:.3} \
+             deletes_per_msg={:.3}",
+            delay.as_millis(),
+            longshore[0],
+            baseline[0],
+            longshore[0] / baseline[0],
+            longshore[1],
+            baseline[1],
+            longshore[2],
+            baseline[2],
+            longshore[3],
+            longshore[4],
+        );
+    };
+    case("sqs", count, Duration::ZERO, CONCURRENCY);
+    for concurrency in [2, CONCURRENCY] {
+        case("sqs-delayed", (count / 4).max(100), DELAY, concurrency);
+    }
 }
 
-/// `CONCURRENCY` tasks, each: receive up to 10, then delete them in one batch call.
-async fn raw(url: &str, count: usize) -> (f64, [usize; 3]) {
+/// `concurrency` tasks, each: receive up to 10, then send their delete in one batch call
+/// off on its own (the next receive does not wait for it); timed until every delete is
+/// answered.
+async fn raw(url: &str, endpoint: &str, count: usize, concurrency: usize) -> (f64, [usize; 3]) {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
         .load()
         .await;
     let client = aws_sdk_sqs::Client::new(&config);
@@ -93,11 +131,12 @@ async fn raw(url: &str, count: usize) -> (f64, [usize; 3]) {
     let receives = Arc::new(AtomicUsize::new(0));
     let deletes = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
+    let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
             let (receives, deletes) = (receives.clone(), deletes.clone());
             tokio::spawn(async move {
+                let mut sent = Vec::new();
                 while done.load(Ordering::Relaxed) < count {
                     receives.fetch_add(1, Ordering::Relaxed);
                     let answer = client
@@ -121,20 +160,22 @@ async fn raw(url: &str, count: usize) -> (f64, [usize; 3]) {
                             .unwrap()
                     });
                     deletes.fetch_add(1, Ordering::Relaxed);
-                    client
+                    done.fetch_add(messages.len(), Ordering::Relaxed);
+                    let delete = client
                         .delete_message_batch()
                         .queue_url(&url)
                         .set_entries(Some(entries.collect()))
-                        .send()
-                        .await
-                        .expect("delete");
-                    done.fetch_add(messages.len(), Ordering::Relaxed);
+                        .send();
+                    sent.push(tokio::spawn(async move { delete.await.expect("delete") }));
                 }
+                sent
             })
         })
         .collect();
     for task in tasks {
-        task.await.unwrap();
+        for delete in task.await.unwrap() {
+            delete.await.unwrap();
+        }
     }
     let rate = count as f64 / start.elapsed().as_secs_f64();
     (
@@ -161,17 +202,21 @@ impl Handler for Touch {
 }
 
 /// The same work through a pipeline; timed until the last delete is sent.
-async fn ours(url: &str, count: usize) -> (f64, [usize; 3]) {
+async fn ours(url: &str, endpoint: &str, count: usize, concurrency: usize) -> (f64, [usize; 3]) {
     let config = SqsConfig::new(url)
-        .receive_concurrency(CONCURRENCY)
+        .endpoint_url(endpoint)
+        .receive_concurrency(concurrency)
         .wait_time(Duration::from_secs(1))
         // The bench counts its own calls: no depth reads.
         .lag_interval(Duration::from_secs(3600));
     let source = SqsSource::connect(config).await.expect("source");
     let start = Instant::now();
     let touch = Arc::new(Touch(support::Countdown::new(count)));
+    // A receive asks for one processor's demand (50: five polls); two producers keep
+    // ten polls in flight, as many as the raw side's tasks.
     let pipeline = Pipeline::builder(source, touch.clone())
         .processors(Processors::new(4).max_demand(50))
+        .source_concurrency(2)
         .start()
         .expect("pipeline");
     touch.0.finished().await;

@@ -4,6 +4,8 @@
 //! letter per poison message, and a missed deadline that strands nothing.
 
 mod common;
+#[path = "../../../test-support/slow_proxy.rs"]
+mod slow_proxy;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +19,6 @@ use common::{
 };
 use longshore::{BoxError, Handler, Pipeline, Processors, RetryPolicy};
 use longshore_sqs::{FinalFailure, SqsDeadLetter, SqsMessage, SqsMetadata, SqsSource};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -176,39 +177,6 @@ async fn long_jobs_never_run_twice_at_once_with_failing_extensions_under_cpu_loa
     );
 }
 
-/// A loopback TCP proxy to `upstream` that holds each request's bytes for `delay`
-/// before passing them on: every SQS call takes that much longer.
-async fn slow_proxy(upstream: String, delay: Duration) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let (mut from_client, mut to_client) = inbound.split();
-                let (mut from_server, mut to_server) = outbound.split();
-                let requests = async {
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = from_client.read(&mut buffer).await?;
-                        if n == 0 {
-                            return to_server.shutdown().await;
-                        }
-                        tokio::time::sleep(delay).await;
-                        to_server.write_all(&buffer[..n]).await?;
-                    }
-                };
-                let answers = tokio::io::copy(&mut from_server, &mut to_client);
-                let _ = tokio::try_join!(requests, answers);
-            });
-        }
-    });
-    format!("http://{address}")
-}
-
 /// Records the start and end of every handler call.
 struct Timed(Arc<Mutex<Vec<(Instant, Instant)>>>);
 
@@ -234,7 +202,7 @@ async fn overhead_per_message(n: usize, delay: Duration) -> Duration {
         .endpoint
         .trim_start_matches("http://")
         .to_owned();
-    let endpoint = slow_proxy(upstream, delay).await;
+    let endpoint = slow_proxy::start(upstream, delay).await;
     let source = SqsSource::connect(config(&name).endpoint_url(&endpoint).receive_concurrency(10))
         .await
         .unwrap();
