@@ -22,19 +22,32 @@ pub async fn start(upstream: String, delay: Duration) -> String {
                 };
                 let (mut from_client, mut to_client) = inbound.split();
                 let (mut from_server, mut to_server) = outbound.split();
-                let requests = async {
+                // Read as the bytes come, each chunk stamped; passed on `delay` after it
+                // came, as a network's latency: a request in several chunks is delayed
+                // once, not once a chunk.
+                let (chunks, mut delayed) = tokio::sync::mpsc::unbounded_channel();
+                let reading = async move {
                     let mut buffer = vec![0u8; 64 * 1024];
                     loop {
                         let n = from_client.read(&mut buffer).await?;
-                        if n == 0 {
-                            return to_server.shutdown().await;
+                        let at = tokio::time::Instant::now();
+                        if chunks.send((at, buffer[..n].to_vec())).is_err() || n == 0 {
+                            return Ok::<(), std::io::Error>(());
                         }
-                        tokio::time::sleep(delay).await;
-                        to_server.write_all(&buffer[..n]).await?;
                     }
                 };
+                let requests = async move {
+                    while let Some((at, chunk)) = delayed.recv().await {
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        tokio::time::sleep_until(at + delay).await;
+                        to_server.write_all(&chunk).await?;
+                    }
+                    to_server.shutdown().await
+                };
                 let answers = tokio::io::copy(&mut from_server, &mut to_client);
-                let _ = tokio::try_join!(requests, answers);
+                let _ = tokio::try_join!(reading, requests, answers);
             });
         }
     });

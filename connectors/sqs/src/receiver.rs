@@ -3,9 +3,12 @@
 //!
 //! Polls run as tasks of their own, so a pipeline that stops waiting (a shutdown)
 //! never cancels a poll that SQS has already answered: what it brings lands in
-//! `arrived`, and the shutdown releases it. Demand is never exceeded: the polls in
-//! flight never ask for more than the demand of the receive calls waiting, less what
-//! already arrived.
+//! `arrived`, and the shutdown releases it. New polls ask only for the demand of the
+//! receive calls waiting that the polls in flight do not cover, and only when nothing
+//! that arrived waits: `arrived` and the polls in flight hold at most
+//! `receive_concurrency` x 10. A call answers with the first poll's messages; what its
+//! other polls bring after is held (its visibility extended) for the next calls, and
+//! released at shutdown.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -65,8 +68,10 @@ impl Receiver {
 
     /// Waits for messages, at most `demand` of them.
     pub(crate) async fn receive(self: &Arc<Self>, demand: usize) -> Result<Vec<SqsMessage>, BoxError> {
-        // Counted while this call waits, dropped with it (a call cut short at shutdown).
-        let _waiting = Waiting::new(self, demand);
+        // Counted while this call waits: taken off under the same lock as its answer, so
+        // that no other call sees it after; or when the call is dropped (cut short at
+        // shutdown).
+        let mut waiting = Waiting::new(self, demand);
         loop {
             let polled = self.polled.notified();
             tokio::pin!(polled);
@@ -74,9 +79,11 @@ impl Receiver {
             {
                 let mut state = self.lock();
                 if let Some(error) = state.error.take() {
+                    waiting.settle(&mut state);
                     return Err(error.into());
                 }
                 if !state.arrived.is_empty() {
+                    waiting.settle(&mut state);
                     let n = demand.min(state.arrived.len());
                     return Ok(state.arrived.drain(..n).collect());
                 }
@@ -86,12 +93,12 @@ impl Receiver {
         }
     }
 
-    /// Starts the polls that the waiting calls' demand needs beyond those in flight and
-    /// what arrived: full ones of 10, and a smaller one only when no other poll is in
-    /// flight (the rest of the demand waits for a full poll's worth, so each call brings
-    /// as much as it can).
+    /// Starts the polls that the waiting calls' demand needs beyond those in flight
+    /// (called only when nothing that arrived waits): full ones of 10, and a smaller one
+    /// only when no other poll is in flight (the rest of the demand waits for a full
+    /// poll's worth, so each call brings as much as it can).
     fn start_polls(self: &Arc<Self>, state: &mut State) {
-        let mut missing = state.waiting.saturating_sub(state.asked + state.arrived.len());
+        let mut missing = state.waiting.saturating_sub(state.asked);
         while missing > 0 && state.polls < self.polling.concurrency {
             if missing < MAX_BATCH && state.polls > 0 {
                 break;
@@ -205,10 +212,18 @@ impl<'a> Waiting<'a> {
         receiver.lock().waiting += demand;
         Waiting { receiver, demand }
     }
+
+    /// The call answers: its demand is no longer waiting, from within the lock it
+    /// answers under.
+    fn settle(&mut self, state: &mut State) {
+        state.waiting -= std::mem::take(&mut self.demand);
+    }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.receiver.lock().waiting -= self.demand;
+        if self.demand > 0 {
+            self.receiver.lock().waiting -= self.demand;
+        }
     }
 }

@@ -858,9 +858,16 @@ async fn receives_at_once_each_start_polls_for_their_own_demand() {
         )
         .unwrap_or(0.0)
     };
-    eventually(Duration::from_secs(10), || polls() == 2.0).await;
-    send(&client, &url, bodies(20), None).await;
+    eventually(Duration::from_secs(10), || polls() >= 2.0).await;
+    // And no third: the two cover the demand. (Checking that nothing more happens takes
+    // a while of nothing happening.)
+    let quiet = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < quiet {
+        assert_eq!(polls(), 2.0, "polls beyond the two calls' demand");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // More than the demand waits in the queue: the calls take their polls' answers only.
+    send(&client, &url, bodies(30), None).await;
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
-    assert!(a.len() <= 10 && b.len() <= 10, "{} and {}", a.len(), b.len());
-    assert!(polls() <= 4.0, "no poll beyond the demand: {}", polls());
+    assert!(a.len() + b.len() <= 20, "{} and {}", a.len(), b.len());
 }
