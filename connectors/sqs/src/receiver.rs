@@ -37,15 +37,16 @@ pub(crate) struct Receiver {
     queue: Arc<Queue>,
     held: Arc<Held>,
     polling: Polling,
-    state: Mutex<State>,
+    state: Mutex<State<SqsMessage>>,
     /// Woken whenever a poll ends.
     polled: Notify,
 }
 
-#[derive(Debug, Default)]
-struct State {
+/// The receiver's bookkeeping, apart from the calls it makes (a proptest drives it).
+#[derive(Debug)]
+struct State<T> {
     /// Received, not yet handed out.
-    arrived: VecDeque<SqsMessage>,
+    arrived: VecDeque<T>,
     polls: usize,
     /// Messages asked for by the polls in flight.
     asked: usize,
@@ -53,6 +54,51 @@ struct State {
     /// (`source_concurrency`) each start polls for their own demand.
     waiting: usize,
     error: Option<String>,
+}
+
+impl<T> Default for State<T> {
+    fn default() -> Self {
+        State {
+            arrived: VecDeque::new(),
+            polls: 0,
+            asked: 0,
+            waiting: 0,
+            error: None,
+        }
+    }
+}
+
+impl<T> State<T> {
+    /// The polls to start, at most `concurrency` in flight, for the waiting calls'
+    /// demand beyond those in flight (called only when nothing that arrived waits): full
+    /// ones of 10, and a smaller one only when no other poll is in flight (the rest of the
+    /// demand waits for a full poll's worth, so each call brings as much as it can). Each
+    /// counted as in flight; their sizes.
+    fn start_polls(&mut self, concurrency: usize) -> Vec<usize> {
+        let mut missing = self.waiting.saturating_sub(self.asked);
+        let mut started = Vec::new();
+        while missing > 0 && self.polls < concurrency {
+            if missing < MAX_BATCH && self.polls > 0 {
+                break;
+            }
+            let n = missing.min(MAX_BATCH);
+            missing -= n;
+            self.polls += 1;
+            self.asked += n;
+            started.push(n);
+        }
+        started
+    }
+
+    /// A poll that asked for `n` ended with what it brought.
+    fn poll_ended(&mut self, n: usize, polled: Result<Vec<T>, String>) {
+        self.polls -= 1;
+        self.asked -= n;
+        match polled {
+            Ok(messages) => self.arrived.extend(messages),
+            Err(error) => self.error = Some(error),
+        }
+    }
 }
 
 impl Receiver {
@@ -93,34 +139,16 @@ impl Receiver {
         }
     }
 
-    /// Starts the polls that the waiting calls' demand needs beyond those in flight
-    /// (called only when nothing that arrived waits): full ones of 10, and a smaller one
-    /// only when no other poll is in flight (the rest of the demand waits for a full
-    /// poll's worth, so each call brings as much as it can).
-    fn start_polls(self: &Arc<Self>, state: &mut State) {
-        let mut missing = state.waiting.saturating_sub(state.asked);
-        while missing > 0 && state.polls < self.polling.concurrency {
-            if missing < MAX_BATCH && state.polls > 0 {
-                break;
-            }
-            let n = missing.min(MAX_BATCH);
-            missing -= n;
-            state.polls += 1;
-            state.asked += n;
+    /// Starts the polls [`State::start_polls`] says, each as a task of its own.
+    fn start_polls(self: &Arc<Self>, state: &mut State<SqsMessage>) {
+        for n in state.start_polls(self.polling.concurrency) {
             tokio::spawn(self.clone().poll(n));
         }
     }
 
     async fn poll(self: Arc<Self>, n: usize) {
         let polled = self.receive_message(n).await;
-        let mut state = self.lock();
-        state.polls -= 1;
-        state.asked -= n;
-        match polled {
-            Ok(messages) => state.arrived.extend(messages),
-            Err(error) => state.error = Some(error),
-        }
-        drop(state);
+        self.lock().poll_ended(n, polled);
         self.polled.notify_waiters();
     }
 
@@ -196,7 +224,7 @@ impl Receiver {
         self.lock().arrived.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<SqsMessage>> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -215,7 +243,7 @@ impl<'a> Waiting<'a> {
 
     /// The call answers: its demand is no longer waiting, from within the lock it
     /// answers under.
-    fn settle(&mut self, state: &mut State) {
+    fn settle<T>(&mut self, state: &mut State<T>) {
         state.waiting -= std::mem::take(&mut self.demand);
     }
 }
@@ -224,6 +252,119 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if self.demand > 0 {
             self.receiver.lock().waiting -= self.demand;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What happens to the receiver, in any order: a producer's call comes with its
+    /// demand, a poll in flight ends (with up to what it asked for, or failing), a waiting
+    /// call is dropped (a shutdown).
+    #[derive(Debug, Clone)]
+    enum Event {
+        Call(usize),
+        PollEnds { which: usize, got: usize, fails: bool },
+        Drop(usize),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (1usize..=60).prop_map(Event::Call),
+            (any::<usize>(), 0usize..=10, proptest::bool::weighted(0.05))
+                .prop_map(|(which, got, fails)| Event::PollEnds { which, got, fails }),
+            any::<usize>().prop_map(Event::Drop),
+        ]
+    }
+
+    /// A waiting call looks again, as `receive` does when woken: answers with what
+    /// arrived (its demand at most) or the error, else starts the polls it needs.
+    fn look(
+        state: &mut State<u32>,
+        demand: usize,
+        polls: &mut Vec<usize>,
+        concurrency: usize,
+    ) -> Option<usize> {
+        if state.error.take().is_some() {
+            state.waiting -= demand;
+            return Some(0);
+        }
+        if !state.arrived.is_empty() {
+            state.waiting -= demand;
+            let n = demand.min(state.arrived.len());
+            state.arrived.drain(..n);
+            return Some(n);
+        }
+        let waiting_before = state.waiting;
+        let started = state.start_polls(concurrency);
+        // Polls start for demand that is waiting and not covered, and only then.
+        if !started.is_empty() {
+            assert!(
+                state.asked <= waiting_before,
+                "asked {} for {waiting_before} waiting",
+                state.asked
+            );
+        }
+        polls.extend(started);
+        None
+    }
+
+    proptest! {
+        /// Polls never ask beyond the waiting calls' demand, what arrived and what is
+        /// asked stay within `receive_concurrency` x 10, no call gets more than its
+        /// demand, the counts add up, and a waiting call is never left with nothing in
+        /// flight to wake it.
+        #[test]
+        fn polls_follow_the_waiting_demand(
+            concurrency in 1usize..=10,
+            events in proptest::collection::vec(event(), 1..200),
+        ) {
+            let mut state: State<u32> = State::default();
+            let mut calls: Vec<usize> = Vec::new();
+            let mut polls: Vec<usize> = Vec::new();
+            for event in events {
+                match event {
+                    Event::Call(demand) => {
+                        state.waiting += demand;
+                        match look(&mut state, demand, &mut polls, concurrency) {
+                            Some(got) => prop_assert!(got <= demand),
+                            None => calls.push(demand),
+                        }
+                    }
+                    Event::PollEnds { which, got, fails } if !polls.is_empty() => {
+                        let n = polls.swap_remove(which % polls.len());
+                        let polled = if fails { Err("down".to_owned()) } else { Ok(vec![0u32; got.min(n)]) };
+                        state.poll_ended(n, polled);
+                        // Woken, every waiting call looks again, in turn.
+                        let mut still = Vec::new();
+                        for demand in calls.drain(..) {
+                            match look(&mut state, demand, &mut polls, concurrency) {
+                                Some(got) => prop_assert!(got <= demand),
+                                None => still.push(demand),
+                            }
+                        }
+                        calls = still;
+                    }
+                    Event::Drop(which) if !calls.is_empty() => {
+                        let demand = calls.swap_remove(which % calls.len());
+                        state.waiting -= demand;
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(state.waiting, calls.iter().sum::<usize>());
+                prop_assert_eq!(state.asked, polls.iter().sum::<usize>());
+                prop_assert_eq!(state.polls, polls.len());
+                prop_assert!(state.polls <= concurrency);
+                prop_assert!(state.asked + state.arrived.len() <= concurrency * MAX_BATCH);
+                prop_assert!(
+                    calls.is_empty() || !polls.is_empty() || state.error.is_some(),
+                    "{} calls wait with no poll in flight", calls.len()
+                );
+            }
         }
     }
 }
