@@ -74,8 +74,18 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
         server.crash_and_restart(Duration::from_secs(3));
         let handled_before = lines(&case.output);
         // What the server holds once back: every message not acknowledged before the
-        // crash, and those acknowledged that it had not yet written down.
-        let (ready, unacknowledged) = server.counts("restart").expect("the queue");
+        // crash, and those acknowledged that it had not yet written down. The server
+        // answers before it has recovered its queues: it lists this one a moment later.
+        let mut back = None;
+        wait_for(
+            Duration::from_secs(60),
+            "the queue listed after the restart",
+            || {
+                back = server.counts("restart");
+                back.is_some()
+            },
+        );
+        let (ready, unacknowledged) = back.expect("the queue");
         wait_for(
             Duration::from_secs(180),
             "every message done",
