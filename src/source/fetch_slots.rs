@@ -64,12 +64,18 @@ impl<S: Send + 'static> FetchSlots<S> {
         Ok(self.add(make().await?))
     }
 
+    /// A slot no `receive` holds; else a new one, `make`'s (made at once, connecting
+    /// later).
+    pub fn take_or_else(&self, make: impl FnOnce() -> S) -> OwnedMutexGuard<S> {
+        self.free().unwrap_or_else(|| self.add(make()))
+    }
+
     /// A slot no `receive` holds; else a new default one.
     pub fn take_or_default(&self) -> OwnedMutexGuard<S>
     where
         S: Default,
     {
-        self.free().unwrap_or_else(|| self.add(S::default()))
+        self.take_or_else(S::default)
     }
 
     /// Every slot, each once the `receive` holding it lets go: to drain at shutdown,

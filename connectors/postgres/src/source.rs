@@ -118,9 +118,8 @@ impl PgQueueSource {
                 "reading the queue table (run PgQueueSource::migrate)",
             ))?;
         let stop = CancellationToken::new();
-        let db_config_kept = db_config.clone();
         tokio::spawn(listen(
-            db_config,
+            db_config.clone(),
             config.table.clone(),
             queue.name.clone(),
             wake,
@@ -150,7 +149,7 @@ impl PgQueueSource {
                 db: first,
                 fetch: KeptFetch::default(),
             }),
-            db_config: db_config_kept,
+            db_config,
             poll_interval: config.poll_interval,
             stop,
         })
@@ -232,18 +231,13 @@ impl Source for PgQueueSource {
     }
 
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<PgQueueMessage>>, BoxError> {
-        let mut lessee = self
-            .lessees
-            .take(|| async {
-                self.queue.add_settler(Db::new(self.db_config.clone()));
-                let db = Arc::new(Db::new(self.db_config.clone()));
-                Ok::<_, std::convert::Infallible>(Lessee {
-                    db,
-                    fetch: KeptFetch::default(),
-                })
-            })
-            .await
-            .unwrap_or_else(|never| match never {});
+        let mut lessee = self.lessees.take_or_else(|| {
+            self.queue.add_settler(Db::new(self.db_config.clone()));
+            Lessee {
+                db: Arc::new(Db::new(self.db_config.clone())),
+                fetch: KeptFetch::default(),
+            }
+        });
         loop {
             let (queue, db) = (self.queue.clone(), lessee.db.clone());
             let rows = lessee

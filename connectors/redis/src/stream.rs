@@ -53,8 +53,8 @@ pub(crate) struct Acks {
 pub(crate) struct Read {
     /// The entries to hand out.
     pub(crate) entries: Vec<RedisStreamMetadata>,
-    /// The last id the reply had, of an entry trimmed since too: where the next read of
-    /// this consumer's own entries starts.
+    /// For a read of its own entries, the last id the reply had, of an entry trimmed
+    /// since too: where the next such read starts.
     pub(crate) last: Option<String>,
 }
 
@@ -114,7 +114,10 @@ impl Stream {
         let mut trimmed = Vec::new();
         let mut last = None;
         for (id, fields) in entries_of(reply)? {
-            last = Some(id.clone());
+            // Where the next read of its own entries starts; a read of new ones needs none.
+            if from == ReadFrom::Own {
+                last = Some(id.clone());
+            }
             let key = EntryId::parse(&id).ok_or_else(|| malformed("an entry id", &id))?;
             match fields {
                 Some(fields) => entries.push(RedisStreamMetadata::read(self.key.clone(), id, key, fields)),
