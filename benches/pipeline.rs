@@ -24,6 +24,8 @@ use longshore::source::memory::MemorySource;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
 use tokio::sync::mpsc;
 
+#[path = "pipeline/open_loop.rs"]
+mod open_loop;
 mod support;
 
 use support::Samples;
@@ -72,6 +74,12 @@ fn main() {
         .ok()
         .and_then(|n| n.replace('_', "").parse().ok())
         .unwrap_or(default_messages);
+    if let Some(i) = args.iter().position(|a| a == "--latency") {
+        let rate: f64 = args[i + 2].parse().expect("a rate");
+        let m = open_loop::run(args[i + 1] == "longshore", messages, rate);
+        support::report(&[m.msgs_per_s, m.p50_us, m.p99_us]);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let shape = match args[i + 1].as_str() {
             "batcher" => Shape::Batcher,
@@ -116,6 +124,9 @@ fn main() {
             naive.peak_rss_mb,
             chunked.peak_rss_mb,
         );
+    }
+    if filter.is_none_or(|f| "latency".contains(f.as_str())) {
+        open_loop::compare(messages);
     }
 }
 

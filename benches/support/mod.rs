@@ -84,7 +84,15 @@ pub(crate) struct Samples(Mutex<Vec<u32>>);
 #[allow(dead_code)]
 impl Samples {
     pub(crate) fn record(&self, since: Instant) {
-        let micros = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.record_between(since, Instant::now());
+    }
+
+    /// Records the time from `since` to `now`.
+    pub(crate) fn record_between(&self, since: Instant, now: Instant) {
+        let micros = now
+            .saturating_duration_since(since)
+            .as_micros()
+            .min(u32::MAX as u128) as u32;
         self.0.lock().unwrap().push(micros);
     }
 

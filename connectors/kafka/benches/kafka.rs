@@ -24,6 +24,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
+#[path = "kafka/latency.rs"]
+mod latency;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
 #[path = "../tests/common/tansu.rs"]
@@ -36,6 +38,12 @@ const TOPIC: &str = "bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--latency") {
+        let (bootstrap, group) = (&args[i + 1], &args[i + 2]);
+        let (count, rate) = (args[i + 3].parse().unwrap(), args[i + 4].parse().unwrap());
+        support::report(&latency::run(bootstrap, group, count, rate));
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let (imp, bootstrap, group) = (&args[i + 1], &args[i + 2], &args[i + 3]);
         let count: usize = args[i + 4].parse().unwrap();
@@ -60,7 +68,11 @@ fn main() {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic(TOPIC, 40, 1).expect("topic");
         produce(&cluster.bootstrap_servers(), 40, count, 10_000);
-        compare("kafka-mock", &cluster.bootstrap_servers(), count, smoke);
+        let peak = compare("kafka-mock", &cluster.bootstrap_servers(), count, smoke);
+        cluster
+            .create_topic(latency::TOPIC, latency::PARTITIONS, 1)
+            .expect("topic");
+        open_loop(&cluster.bootstrap_servers(), count, peak / 2.0);
     }
     if !only("tansu") {
         return;
@@ -73,8 +85,29 @@ fn main() {
     compare("kafka-tansu", &tansu.bootstrap, count, smoke);
 }
 
-/// Runs both consumers over the topic at `bootstrap` and prints the BENCH line.
-fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) {
+/// Consumes `count` records produced at `rate` a second (a child process, consumer and
+/// producer) and prints the BENCH line of the latency case.
+fn open_loop(bootstrap: &str, count: usize, rate: f64) {
+    let group = format!("latency-{}", std::process::id());
+    let v = support::run_child(
+        &[
+            "--latency",
+            bootstrap,
+            &group,
+            &count.to_string(),
+            &rate.to_string(),
+        ],
+        &[],
+    );
+    println!(
+        "BENCH case=kafka-mock-latency rate={rate:.0} msgs_per_s={:.0} p50_us={:.0} p99_us={:.0} messages={count}",
+        v[0], v[1], v[2]
+    );
+}
+
+/// Runs both consumers over the topic at `bootstrap` and prints the BENCH line; returns
+/// longshore's median rate.
+fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) -> f64 {
     // A fresh group per run: each reads the topic from its start.
     let runs = std::cell::Cell::new(0);
     let run = |imp: &str| {
@@ -129,6 +162,7 @@ fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) {
         of(2, 0),
         median(payload),
     );
+    of(1, 0)
 }
 
 /// Records of 100 bytes, round-robin over partitions.

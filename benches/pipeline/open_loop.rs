@@ -1,0 +1,245 @@
+//! The latency case: messages arrive at a fixed rate, half of the peak measured in the
+//! same run (an open loop: arrivals do not wait for the pipeline), and each sampled one
+//! is timed from its arrival in the source's channel to its acknowledgement, so waiting
+//! for demand counts too. No batcher, 2 processors of `max_demand` 64, against the
+//! chunked pipeline fed by the same arrivals.
+//!
+//! Arrivals come from a thread of their own, in bursts every [`TICK`]: what is due since
+//! the last burst, as a network delivers packets.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use longshore::source::{Acknowledger, Source};
+use longshore::{BoxError, Handler, Message, Pipeline, Processors};
+use tokio::sync::mpsc;
+
+use super::support::{self, Samples};
+use super::{CHUNK, PROCESSORS, SAMPLE_EVERY};
+
+/// How often the arrival thread sends what is due.
+const TICK: Duration = Duration::from_micros(50);
+/// The source channel's capacity: room for the bursts, never full at half the peak.
+const QUEUE: usize = 4096;
+
+/// A message as it arrives: its number, and its arrival time when it is sampled.
+struct Arrival {
+    n: u64,
+    at: Option<Instant>,
+}
+
+/// What one run measured.
+pub(crate) struct Measured {
+    pub(crate) msgs_per_s: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+}
+
+/// Measures the peak (longshore fed as fast as the arrival thread can send), then both
+/// pipelines at half of it, in `LONGSHORE_BENCH_ROUNDS` alternated rounds (default 3),
+/// and prints the medians.
+pub(crate) fn compare(messages: u64) {
+    let env = [("LONGSHORE_BENCH_MESSAGES", messages.to_string())];
+    let peak = support::run_child(&["--latency", "longshore", "0"], &env)[0];
+    let rate = peak / 2.0;
+    let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let mut runs: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for turn in 0..2 {
+            let at = (turn + round) % 2;
+            let imp = ["longshore", "chunked"][at];
+            runs[at].push(support::run_child(&["--latency", imp, &rate.to_string()], &env));
+        }
+    }
+    let of = |at: usize, field: usize| support::median(runs[at].iter().map(|v| v[field]).collect());
+    println!(
+        "BENCH case=latency rate={rate:.0} peak_msgs_per_s={peak:.0} msgs_per_s={:.0} p50_us={:.0} p99_us={:.0} \
+         chunked_msgs_per_s={:.0} chunked_p50_us={:.0} chunked_p99_us={:.0} rounds={rounds} messages={messages}",
+        of(0, 0),
+        of(0, 1),
+        of(0, 2),
+        of(1, 0),
+        of(1, 1),
+        of(1, 2),
+    );
+}
+
+/// One run in this process: `messages` arriving at `rate` a second (0: as fast as they
+/// can be sent) through longshore or the chunked pipeline.
+pub(crate) fn run(longshore: bool, messages: u64, rate: f64) -> Measured {
+    let runtime = support::runtime();
+    let samples = Arc::new(Samples::default());
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let started = Instant::now();
+    let arrivals = std::thread::spawn(move || arrive(&tx, messages, rate));
+    let done = runtime.block_on(async {
+        if longshore {
+            longshore_pipeline(rx, samples.clone()).await
+        } else {
+            chunked_pipeline(rx, samples.clone()).await
+        }
+    });
+    let elapsed = started.elapsed();
+    arrivals.join().expect("the arrival thread ends");
+    assert_eq!(done, messages, "every message acknowledged");
+    Measured {
+        msgs_per_s: messages as f64 / elapsed.as_secs_f64(),
+        p50_us: samples.percentile(0.50),
+        p99_us: samples.percentile(0.99),
+    }
+}
+
+/// Sends `messages`, at `rate` a second, in a burst every [`TICK`] of what is due.
+fn arrive(tx: &mpsc::Sender<Arrival>, messages: u64, rate: f64) {
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let due = if rate > 0.0 {
+            ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(messages)
+        } else {
+            messages
+        };
+        while sent < due {
+            let at = sent.is_multiple_of(SAMPLE_EVERY).then(Instant::now);
+            tx.blocking_send(Arrival { n: sent, at })
+                .expect("the pipeline takes every message");
+            sent += 1;
+        }
+        if rate > 0.0 {
+            std::thread::sleep(TICK);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- longshore
+
+/// The arrivals as a source: its messages carry their arrival time as metadata.
+struct Arrivals {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Arrival>>,
+    acked: Arc<Acked>,
+}
+
+/// Times each sampled message at its acknowledgement, and counts them.
+struct Acked {
+    samples: Arc<Samples>,
+    successful: AtomicU64,
+}
+
+impl Source for Arrivals {
+    type Data = u64;
+    type Metadata = Option<Instant>;
+    type Acknowledger = Arc<Acked>;
+
+    fn acknowledger(&self) -> Arc<Acked> {
+        self.acked.clone()
+    }
+
+    async fn receive(
+        &self,
+        demand: NonZeroUsize,
+    ) -> Result<Option<Vec<Message<u64, Option<Instant>>>>, BoxError> {
+        let mut rx = self.rx.lock().await;
+        let mut arrived = Vec::with_capacity(demand.get());
+        if rx.recv_many(&mut arrived, demand.get()).await == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            arrived
+                .into_iter()
+                .map(|a| Message::with_metadata(a.n, a.at))
+                .collect(),
+        ))
+    }
+}
+
+impl Acknowledger<Option<Instant>> for Acked {
+    async fn ack<T: Send + 'static>(
+        &self,
+        successful: Vec<Message<T, Option<Instant>>>,
+        failed: Vec<Message<T, Option<Instant>>>,
+    ) {
+        assert!(failed.is_empty(), "nothing fails");
+        for at in successful.iter().filter_map(|m| *m.metadata()) {
+            self.samples.record(at);
+        }
+        self.successful
+            .fetch_add(successful.len() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Touch;
+
+impl Handler for Touch {
+    type Item = u64;
+    type Metadata = Option<Instant>;
+
+    async fn handle_message(&self, message: &mut Message<u64, Option<Instant>>) -> Result<(), BoxError> {
+        black_box(message.data());
+        Ok(())
+    }
+}
+
+async fn longshore_pipeline(rx: mpsc::Receiver<Arrival>, samples: Arc<Samples>) -> u64 {
+    let acked = Arc::new(Acked {
+        samples,
+        successful: AtomicU64::new(0),
+    });
+    let source = Arrivals {
+        rx: tokio::sync::Mutex::new(rx),
+        acked: acked.clone(),
+    };
+    Pipeline::builder(source, Touch)
+        .processors(Processors::new(PROCESSORS))
+        .start()
+        .expect("valid")
+        .wait()
+        .await
+        .expect("the pipeline ends cleanly");
+    acked.successful.load(Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------- chunked
+
+/// The chunked baseline fed by the arrivals: chunks of what has arrived (at most
+/// [`CHUNK`]), round-robin to the processors, each acknowledging its chunk.
+async fn chunked_pipeline(mut rx: mpsc::Receiver<Arrival>, samples: Arc<Samples>) -> u64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut processors = Vec::new();
+    let mut txs = Vec::new();
+    for _ in 0..PROCESSORS {
+        let (tx, mut chunks) = mpsc::channel::<Vec<Arrival>>(4);
+        txs.push(tx);
+        let (acked, samples) = (acked.clone(), samples.clone());
+        processors.push(tokio::spawn(async move {
+            while let Some(chunk) = chunks.recv().await {
+                chunk.iter().for_each(|a| {
+                    black_box(a.n);
+                });
+                for at in chunk.iter().filter_map(|a| a.at) {
+                    samples.record(at);
+                }
+                acked.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut next = 0;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        if rx.recv_many(&mut chunk, CHUNK).await == 0 {
+            break;
+        }
+        txs[next % PROCESSORS].send(chunk).await.expect("processors run");
+        next += 1;
+    }
+    drop(txs);
+    for processor in processors {
+        processor.await.expect("a processor ends");
+    }
+    acked.load(Ordering::Relaxed)
+}
