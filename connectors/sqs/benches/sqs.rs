@@ -7,7 +7,7 @@
 //! keeps that share small).
 //!
 //! Two settings: on loopback (`case=sqs`, 10 polls at once), and through a proxy adding
-//! 20 ms to every call, as a real network does (`case=sqs-delayed`, 2 and 10 polls at
+//! 20 ms to every call, as a real network does (`case=sqs-delayed-2-polls` and `-10-polls`, at
 //! once on both sides: the ceiling is polls x 10 messages per round trip).
 //!
 //! Run with `scripts/bench sqs`. `LONGSHORE_BENCH_MESSAGES` sets the message count
@@ -116,7 +116,7 @@ fn main() {
     };
     case("sqs", count, Duration::ZERO, CONCURRENCY);
     for concurrency in [2, CONCURRENCY] {
-        case("sqs-delayed", count, DELAY, concurrency);
+        case(&format!("sqs-delayed-{concurrency}-polls"), count, DELAY, concurrency);
     }
 }
 
