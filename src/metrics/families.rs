@@ -4,14 +4,13 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use prometheus::local::LocalHistogram;
-
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts,
 };
 
 use super::registry;
+use super::weighted::{Tally, WeightedHistogram, WeightedHistogramVec};
 use crate::handler::BatchTrigger;
 
 /// The upper bound of the first duration bucket.
@@ -44,7 +43,7 @@ struct Families {
     max_in_flight: IntGaugeVec,
     paused: IntGaugeVec,
     changes: IntCounterVec,
-    message_duration: HistogramVec,
+    message_duration: WeightedHistogramVec,
     stage_demand: IntGaugeVec,
     stage_in_flight: IntGaugeVec,
     stage_tasks: IntGaugeVec,
@@ -53,7 +52,7 @@ struct Families {
     stage_limit_waiting: IntGaugeVec,
     source_stalled: IntGaugeVec,
     stage_messages: IntCounterVec,
-    stage_duration: HistogramVec,
+    stage_duration: WeightedHistogramVec,
     batches: IntCounterVec,
     batch_size: HistogramVec,
     batch_fill: HistogramVec,
@@ -112,7 +111,7 @@ fn families() -> &'static Families {
                 "Changes made to the running pipeline, by setting (processors.concurrency, batchers.NAME.batch_size, rate_limit, paused, ...).",
                 &["pipeline", "setting"],
             ),
-            message_duration: histogram(
+            message_duration: WeightedHistogramVec::new(
                 "longshore_message_duration_seconds",
                 "Time from receipt to acknowledgement, by outcome: the latency the pipeline adds, handling included.",
                 &["pipeline", "outcome"],
@@ -154,7 +153,7 @@ fn families() -> &'static Families {
                 "Handling attempts in a stage, by outcome (successful or failed).",
                 &["pipeline", "stage", "batcher", "outcome"],
             ),
-            stage_duration: histogram(
+            stage_duration: WeightedHistogramVec::new(
                 "longshore_stage_duration_seconds",
                 "Time in the handler: one handle_message (processor) or one handle_batch (batch_processor).",
                 &stage,
@@ -237,9 +236,9 @@ pub(crate) struct PipelineMetrics {
     max: i64,
     /// 1 while paused.
     pub(crate) paused: IntGauge,
-    pub(crate) successful_duration: Histogram,
-    pub(crate) failed_duration: Histogram,
-    pub(crate) redelivered_duration: Histogram,
+    pub(crate) successful_duration: WeightedHistogram,
+    pub(crate) failed_duration: WeightedHistogram,
+    pub(crate) redelivered_duration: WeightedHistogram,
     /// What the producers asked of the source and wait for.
     pub(crate) producer_demand: IntGauge,
 }
@@ -357,7 +356,7 @@ pub(crate) struct StageMetrics {
     pub(crate) limit_waiting: IntGauge,
     pub(crate) successful: IntCounter,
     pub(crate) failed: IntCounter,
-    pub(crate) duration: Histogram,
+    pub(crate) duration: WeightedHistogram,
     /// The handler calls its tasks are in (for the stall watch).
     pub(crate) calls: std::sync::Arc<super::calls::Calls>,
 }
@@ -413,7 +412,7 @@ impl StageMetrics {
 #[derive(Debug)]
 pub(crate) struct HandlingTimes<'a> {
     metrics: &'a StageMetrics,
-    local: LocalHistogram,
+    local: Tally<'a>,
     each: bool,
     started: Instant,
     since: Instant,
@@ -428,7 +427,7 @@ impl<'a> HandlingTimes<'a> {
         let now = Instant::now();
         HandlingTimes {
             metrics,
-            local: metrics.duration.local(),
+            local: metrics.duration.tally(),
             each,
             started: now,
             since: now,
@@ -443,7 +442,7 @@ impl<'a> HandlingTimes<'a> {
     pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
         if self.each {
             let now = Instant::now();
-            self.local.observe(now.duration_since(self.since).as_secs_f64());
+            self.local.observe_n(now.duration_since(self.since).as_secs_f64(), 1);
             self.since = now;
         } else {
             self.untimed += 1;
@@ -476,9 +475,7 @@ impl Drop for HandlingTimes<'_> {
     fn drop(&mut self) {
         if self.untimed > 0 {
             let mean = self.since.elapsed() / self.untimed;
-            for _ in 0..self.untimed {
-                self.local.observe(mean.as_secs_f64());
-            }
+            self.local.observe_n(mean.as_secs_f64(), u64::from(self.untimed));
         }
         self.local.flush();
         self.metrics.successful.inc_by(self.successful);
@@ -575,8 +572,9 @@ mod tests {
         }
         timing.handled(0, 1);
         assert!(!timing.finish(), "a pass of no work is quick");
-        assert_eq!(metrics.duration.get_sample_count(), 11);
-        assert!(metrics.duration.get_sample_sum() < FIRST_DURATION_BUCKET.as_secs_f64());
+        let (count, sum) = metrics.duration.count_and_sum();
+        assert_eq!(count, 11);
+        assert!(sum < FIRST_DURATION_BUCKET.as_secs_f64());
         assert_eq!((metrics.successful.get(), metrics.failed.get()), (10, 1));
     }
 
@@ -593,7 +591,8 @@ mod tests {
         std::thread::sleep(FIRST_DURATION_BUCKET * 2);
         timing.handled(1, 0);
         timing.finish();
-        assert_eq!(metrics.duration.get_sample_count(), 3);
-        assert!(metrics.duration.get_sample_sum() >= 4.0 * FIRST_DURATION_BUCKET.as_secs_f64());
+        let (count, sum) = metrics.duration.count_and_sum();
+        assert_eq!(count, 3);
+        assert!(sum >= 4.0 * FIRST_DURATION_BUCKET.as_secs_f64());
     }
 }

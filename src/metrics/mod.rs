@@ -14,6 +14,7 @@ mod feed;
 pub(crate) mod health;
 mod page;
 mod server;
+mod weighted;
 
 use std::sync::OnceLock;
 
@@ -21,6 +22,7 @@ pub(crate) use families::{
     BatcherMetrics, ChangeCounts, HandlingTimes, Held, PipelineMetrics, SourceStalls, Stage, StageMetrics,
     TIME_EACH_AFTER,
 };
+pub(crate) use weighted::WeightedHistogram;
 pub use server::{BindError, MetricsServer, MetricsServerBuilder};
 
 /// The process's metrics registry: longshore's metrics, and whatever a service or a

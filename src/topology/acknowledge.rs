@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use crate::failure::dead_letter::write_until_done;
 use crate::handler::Handler;
 use crate::message::Message;
+use crate::metrics::WeightedHistogram;
 use crate::source::Acknowledger;
 use crate::topology::guard::guarded;
 use crate::topology::Context;
@@ -270,28 +271,29 @@ where
     }
 }
 
-/// Observes the time since each of `messages` was received. Locally, published once: one
-/// atomic add per call, not per message; messages received together share their receipt
-/// time, so a run of them costs one subtraction.
+/// Observes the time since each of `messages` was received, a run of messages received
+/// together (a chunk shares its receipt time) as one weighted observation.
 fn observe<'a, T: 'a, M: 'a>(
     now: std::time::Instant,
     messages: impl Iterator<Item = &'a Message<T, M>>,
-    histogram: &prometheus::Histogram,
+    histogram: &WeightedHistogram,
 ) {
-    let mut messages = messages.filter_map(Message::received_at).peekable();
-    if messages.peek().is_none() {
+    let mut messages = messages.filter_map(Message::received_at);
+    let Some(first) = messages.next() else {
         return;
-    }
-    let local = histogram.local();
-    let mut last: Option<(std::time::Instant, f64)> = None;
+    };
+    let since = |at: std::time::Instant| now.saturating_duration_since(at).as_secs_f64();
+    let mut tally = histogram.tally();
+    let mut run = (first, 1);
     for at in messages {
-        let seconds = match last {
-            Some((same, seconds)) if same == at => seconds,
-            _ => now.saturating_duration_since(at).as_secs_f64(),
-        };
-        last = Some((at, seconds));
-        local.observe(seconds);
+        if at == run.0 {
+            run.1 += 1;
+        } else {
+            tally.observe_n(since(run.0), run.1);
+            run = (at, 1);
+        }
     }
+    tally.observe_n(since(run.0), run.1);
 }
 
 /// Successful messages, and failed ones.
