@@ -439,10 +439,12 @@ impl<'a> HandlingTimes<'a> {
 
     /// A handler call just ended with these outcomes; it started at the end of the last
     /// one (or when this was made).
+    #[inline]
     pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
         if self.each {
             let now = Instant::now();
-            self.local.observe_n(now.duration_since(self.since).as_secs_f64(), 1);
+            self.local
+                .observe_n(now.duration_since(self.since).as_secs_f64(), 1);
             self.since = now;
         } else {
             self.untimed += 1;

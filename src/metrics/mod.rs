@@ -22,8 +22,8 @@ pub(crate) use families::{
     BatcherMetrics, ChangeCounts, HandlingTimes, Held, PipelineMetrics, SourceStalls, Stage, StageMetrics,
     TIME_EACH_AFTER,
 };
-pub(crate) use weighted::WeightedHistogram;
 pub use server::{BindError, MetricsServer, MetricsServerBuilder};
+pub(crate) use weighted::WeightedHistogram;
 
 /// The process's metrics registry: longshore's metrics, and whatever a service or a
 /// connector registers next to them.

@@ -116,7 +116,12 @@ fn main() {
     };
     case("sqs", count, Duration::ZERO, CONCURRENCY);
     for concurrency in [2, CONCURRENCY] {
-        case(&format!("sqs-delayed-{concurrency}-polls"), count, DELAY, concurrency);
+        case(
+            &format!("sqs-delayed-{concurrency}-polls"),
+            count,
+            DELAY,
+            concurrency,
+        );
     }
 }
 
