@@ -48,16 +48,17 @@ pub struct Message<T, M = ()> {
     ack_ref: u64,
     attempt: u32,
     received_at: Option<Instant>,
-    redeliver_after: Option<Duration>,
-    dead_lettered: bool,
-    status: Status,
     batcher: Option<Cow<'static, str>>,
     batch_key: BatchKey,
     /// The `partition_by` key, computed once when the message is dispatched.
     order_key: Option<u64>,
-    /// Its span, from its first handling to its acknowledgement (with tracing on).
+    /// What only a failed message has, boxed: every stage moves each message, and a
+    /// message of 128 bytes or less moves in a few registers, not by a call to `memcpy`.
+    failed: Option<Box<Failed>>,
+    /// Its span, from its first handling to its acknowledgement (with tracing on); boxed
+    /// as `failed` is, a span costing allocations anyway.
     #[cfg(feature = "otel")]
-    span: Option<crate::trace::MessageSpan>,
+    span: Option<Box<crate::trace::MessageSpan>>,
 }
 
 impl<T> Message<T> {
@@ -78,12 +79,10 @@ impl<T, M> Message<T, M> {
             ack_ref: 0,
             attempt: 1,
             received_at: None,
-            redeliver_after: None,
-            dead_lettered: false,
-            status: Status::Ok,
             batcher: None,
             batch_key: BatchKey::None,
             order_key: None,
+            failed: None,
             #[cfg(feature = "otel")]
             span: None,
         }
@@ -150,12 +149,10 @@ impl<T, M> Message<T, M> {
             ack_ref,
             attempt,
             received_at,
-            redeliver_after,
-            dead_lettered,
-            status,
             batcher,
             batch_key,
             order_key,
+            failed,
             #[cfg(feature = "otel")]
             span,
         } = self;
@@ -165,12 +162,10 @@ impl<T, M> Message<T, M> {
             ack_ref,
             attempt,
             received_at,
-            redeliver_after,
-            dead_lettered,
-            status,
             batcher,
             batch_key,
             order_key,
+            failed,
             #[cfg(feature = "otel")]
             span,
         };
@@ -194,12 +189,13 @@ impl<T, M> Message<T, M> {
 
     /// Whether the message succeeded so far or failed, and why.
     pub fn status(&self) -> &Status {
-        &self.status
+        static OK: Status = Status::Ok;
+        self.failed.as_deref().map_or(&OK, |failed| &failed.status)
     }
 
     /// `true` while no stage has failed the message.
     pub fn is_ok(&self) -> bool {
-        matches!(self.status, Status::Ok)
+        matches!(self.status(), Status::Ok)
     }
 
     /// `true` once a stage has failed the message.
@@ -242,24 +238,24 @@ impl<T, M> Message<T, M> {
     /// ([`Redelivery::Broker`](crate::source::Redelivery::Broker)): how long the broker
     /// should wait before delivering it again. `None` when the failure is final.
     pub fn redeliver_after(&self) -> Option<Duration> {
-        self.redeliver_after
+        self.failed.as_ref().and_then(|failed| failed.redeliver_after)
     }
 
     pub(crate) fn set_redeliver_after(&mut self, delay: Duration) {
         #[cfg(feature = "otel")]
         self.retry_event(delay);
-        self.redeliver_after = Some(delay);
+        self.failed_mut().redeliver_after = Some(delay);
     }
 
     /// On a message acknowledged as failed: whether the pipeline's dead-letter
     /// destination took it. The source should then not keep it (SQS deletes it instead
     /// of redriving it, so that a poison message has one dead letter, not two).
     pub fn is_dead_lettered(&self) -> bool {
-        self.dead_lettered
+        self.failed.as_ref().is_some_and(|failed| failed.dead_lettered)
     }
 
     pub(crate) fn set_dead_lettered(&mut self) {
-        self.dead_lettered = true;
+        self.failed_mut().dead_lettered = true;
         #[cfg(feature = "otel")]
         if let Some(span) = &self.span {
             crate::trace::event(span, "dead_lettered", Vec::new());
@@ -272,14 +268,14 @@ impl<T, M> Message<T, M> {
         #[cfg(feature = "otel")]
         self.retry_event(delay);
         self.attempt += 1;
-        self.status = Status::Ok;
+        self.failed = None;
     }
 
     /// The `retry` event on the message's span: the attempt that failed, why, and when
     /// the next one comes (in this process, or redelivered by the broker).
     #[cfg(feature = "otel")]
     fn retry_event(&self, delay: Duration) {
-        if let (Some(span), Status::Failed(failure)) = (&self.span, &self.status) {
+        if let (Some(span), Status::Failed(failure)) = (&self.span, self.status()) {
             use opentelemetry::KeyValue;
             let attributes = vec![
                 KeyValue::new("longshore.attempt", i64::from(self.attempt)),
@@ -316,14 +312,14 @@ impl<T, M> Message<T, M> {
     /// within it, or inject it into an outgoing request, to continue the trace.
     #[cfg(feature = "otel")]
     pub fn trace_context(&self) -> Option<&opentelemetry::Context> {
-        self.span.as_ref()
+        self.span.as_deref()
     }
 
     /// Starts the message's span, unless an earlier attempt (or stage) already did.
     #[cfg(feature = "otel")]
     pub(crate) fn start_span(&mut self, tracing: &dyn crate::trace::ErasedTracing<M>) {
         if self.span.is_none() {
-            self.span = Some(tracing.message(&self.metadata));
+            self.span = Some(Box::new(tracing.message(&self.metadata)));
         }
     }
 
@@ -331,17 +327,21 @@ impl<T, M> Message<T, M> {
     /// [`crate::trace::Ending`]).
     #[cfg(feature = "otel")]
     pub(crate) fn take_span(&mut self, outcome: &'static str) -> Option<crate::trace::Ending> {
-        let span = self.span.take()?;
+        let span = *self.span.take()?;
         Some(crate::trace::Ending::new(
             span,
-            &self.status,
+            self.status(),
             self.attempt,
             outcome,
         ))
     }
 
     pub(crate) fn set_failure(&mut self, failure: Failure) {
-        self.status = Status::Failed(failure);
+        self.failed_mut().status = Status::Failed(failure);
+    }
+
+    fn failed_mut(&mut self) -> &mut Failed {
+        self.failed.get_or_insert_with(Default::default)
     }
 
     pub(crate) fn set_received_at(&mut self, at: Instant) {
@@ -371,7 +371,7 @@ impl<T: fmt::Debug, M: fmt::Debug> fmt::Debug for Message<T, M> {
         f.debug_struct("Message")
             .field("data", &self.data)
             .field("metadata", &self.metadata)
-            .field("status", &self.status)
+            .field("status", self.status())
             .field("attempt", &self.attempt)
             .field("batcher", &self.batcher)
             .field("batch_key", &self.batch_key)
@@ -380,10 +380,20 @@ impl<T: fmt::Debug, M: fmt::Debug> fmt::Debug for Message<T, M> {
     }
 }
 
+/// A failed message's state (see [`Message::status`], [`Message::redeliver_after`],
+/// [`Message::is_dead_lettered`]).
+#[derive(Debug, Default)]
+struct Failed {
+    status: Status,
+    redeliver_after: Option<Duration>,
+    dead_lettered: bool,
+}
+
 /// Whether a message succeeded so far, or failed and why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Status {
     /// No stage has failed the message.
+    #[default]
     Ok,
     /// A stage failed the message.
     Failed(Failure),
@@ -501,5 +511,15 @@ impl fmt::Display for BatchKey {
             BatchKey::Int(key) => write!(f, "{key}"),
             BatchKey::Str(key) => f.write_str(key),
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// A message moves by registers, not by `memcpy` (see [`Message::failed`]), at 128
+    /// bytes or less: what it carries beyond its data and metadata stays under it.
+    #[test]
+    fn a_message_of_a_word_of_data_moves_in_registers() {
+        assert!(std::mem::size_of::<super::Message<u64>>() <= 128);
     }
 }
