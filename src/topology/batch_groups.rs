@@ -36,20 +36,25 @@ impl<T, M> BatchGroups<T, M> {
         }
     }
 
-    /// Adds `message` to the group of its key, opening the group at `now` with a deadline
-    /// `timeout` later if it is new; returns the group's position and its size.
-    pub(crate) fn push(
+    /// Moves the run of messages at the front of `rest` that share the first one's batch
+    /// key into that key's group, as many as fit below `size` (at least one), opening the
+    /// group at `now()` with a deadline `timeout` later if it is new. Returns the group's
+    /// position and its size, or `None` when `rest` is empty. A run moves in one
+    /// extension of the group's vector, not message by message.
+    pub(crate) fn push_run(
         &mut self,
-        message: Message<T, M>,
+        rest: &mut std::vec::IntoIter<Message<T, M>>,
+        size: usize,
         now: impl FnOnce() -> Instant,
-        timeout: std::time::Duration,
-    ) -> (usize, usize) {
+        timeout: Duration,
+    ) -> Option<(usize, usize)> {
+        let key = rest.as_slice().first()?.batch_key();
         let position = match self.groups.get(self.last) {
-            Some(group) if group.key == *message.batch_key() => self.last,
-            _ => match self.index.get(message.batch_key()) {
+            Some(group) if group.key == *key => self.last,
+            _ => match self.index.get(key) {
                 Some(&position) => position,
                 None => {
-                    let key = message.batch_key().clone();
+                    let key = key.clone();
                     self.index.insert(key.clone(), self.groups.len());
                     let opened = now();
                     self.groups.push(Group {
@@ -64,8 +69,15 @@ impl<T, M> BatchGroups<T, M> {
         };
         self.last = position;
         let group = &mut self.groups[position];
-        group.messages.push(message);
-        (position, group.messages.len())
+        let room = size.saturating_sub(group.messages.len()).max(1);
+        let run = rest
+            .as_slice()
+            .iter()
+            .take(room)
+            .take_while(|message| *message.batch_key() == group.key)
+            .count();
+        group.messages.extend(rest.by_ref().take(run));
+        Some((position, group.messages.len()))
     }
 
     /// Takes the group at `position` out.
@@ -147,6 +159,76 @@ mod tests {
         let mut message = Message::new(key);
         message.put_batch_key(key);
         message
+    }
+
+    impl<T, M> BatchGroups<T, M> {
+        /// One message, into a group of any size.
+        fn push(
+            &mut self,
+            message: Message<T, M>,
+            now: impl FnOnce() -> Instant,
+            timeout: Duration,
+        ) -> (usize, usize) {
+            self.push_run(&mut vec![message].into_iter(), usize::MAX, now, timeout)
+                .expect("one message")
+        }
+    }
+
+    proptest::proptest! {
+        /// Runs of a key move into its group whole, up to the batch size: the batches and
+        /// what stays open are those of adding each message alone, in order.
+        #[test]
+        fn runs_batch_as_single_messages_do(
+            chunks in proptest::collection::vec(proptest::collection::vec(0u64..3, 0..20), 0..12),
+            size in 1usize..6,
+        ) {
+            let now = Instant::now();
+            let mut groups = BatchGroups::new(4);
+            let mut batches: Vec<(BatchKey, Vec<u64>)> = Vec::new();
+            let mut model: HashMap<u64, Vec<u64>> = HashMap::new();
+            let mut expected: Vec<(BatchKey, Vec<u64>)> = Vec::new();
+            let mut n = 0;
+            for chunk in chunks {
+                let messages: Vec<Message<u64>> = chunk
+                    .iter()
+                    .map(|&key| {
+                        n += 1;
+                        let mut message = Message::new(n);
+                        message.put_batch_key(key);
+                        message
+                    })
+                    .collect();
+                for (i, &key) in chunk.iter().enumerate() {
+                    let open = model.entry(key).or_default();
+                    open.push(*messages[i].data());
+                    if open.len() == size {
+                        expected.push((BatchKey::Int(key), std::mem::take(open)));
+                    }
+                }
+                let mut rest = messages.into_iter();
+                while let Some((position, len)) = groups.push_run(&mut rest, size, || now, Duration::ZERO) {
+                    proptest::prop_assert!(len <= size);
+                    if len == size {
+                        let group = groups.remove(position);
+                        batches.push((group.key, group.messages.iter().map(|m| *m.data()).collect()));
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(batches, expected);
+            let mut open: Vec<(BatchKey, Vec<u64>)> = groups
+                .drain()
+                .into_iter()
+                .map(|group| (group.key, group.messages.iter().map(|m| *m.data()).collect()))
+                .collect();
+            open.sort_by_key(|(key, _)| format!("{key:?}"));
+            let mut left: Vec<(BatchKey, Vec<u64>)> = model
+                .into_iter()
+                .filter(|(_, open)| !open.is_empty())
+                .map(|(key, open)| (BatchKey::Int(key), open))
+                .collect();
+            left.sort_by_key(|(key, _)| format!("{key:?}"));
+            proptest::prop_assert_eq!(open, left);
+        }
     }
 
     #[test]

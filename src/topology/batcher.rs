@@ -76,8 +76,8 @@ impl<T: Send + 'static, M: Send + 'static> BatcherStage<T, M> {
     async fn add(&mut self, holding: &mut Held, groups: &mut BatchGroups<T, M>, chunk: Vec<Message<T, M>>) {
         // Read once a chunk: a change applies from the next one.
         let (size, timeout) = (self.settings.size(), self.settings.timeout());
-        for message in chunk {
-            let (position, len) = groups.push(message, Instant::now, timeout);
+        let mut rest = chunk.into_iter();
+        while let Some((position, len)) = groups.push_run(&mut rest, size, Instant::now, timeout) {
             if len >= size {
                 self.send(holding, groups.remove(position), BatchTrigger::Size)
                     .await;
