@@ -457,7 +457,38 @@ where
 
     /// Handles `messages[from..]`, recording in `staying` those that stay and in `reached`
     /// how far it got (so that a cut-short call knows which messages were handled).
+    ///
+    /// A handler's panic fails its message, as an error does. The run of calls is guarded
+    /// once, not each call: a panic ends the run at the message `reached` points to, which
+    /// is failed, and a new run takes the messages after it.
     async fn handle(
+        &self,
+        messages: &mut [Message<H::Item, H::Metadata>],
+        from: usize,
+        retries: &mut Retries<H::Item, H::Metadata>,
+        staying: &mut Vec<(usize, Option<Duration>)>,
+        timing: &mut HandlingTimes<'_>,
+        reached: &mut usize,
+    ) {
+        let mut from = from;
+        loop {
+            let run = self.handle_run(messages, from, retries, staying, timing, reached);
+            // Unwind safety: after a panic, the message it came from is only marked
+            // failed, never read as if its handler had finished.
+            let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
+                return;
+            };
+            let index = *reached;
+            let failure = Failure::new(FailureKind::Panic, panic_message(panic).into());
+            timing.handled(0, 1);
+            self.handled(&mut messages[index], index, retries, staying, Err(failure));
+            *reached = index + 1;
+            from = index + 1;
+        }
+    }
+
+    /// The calls of [`Processor::handle`], unguarded.
+    async fn handle_run(
         &self,
         messages: &mut [Message<H::Item, H::Metadata>],
         from: usize,
@@ -479,6 +510,7 @@ where
             if waits {
                 staying.push((index, None));
             } else {
+                let mut handled = Ok(());
                 if message.is_ok() {
                     let otel = self.ctx.message_span(message);
                     let _call = self.call.enter();
@@ -488,24 +520,38 @@ where
                         true => tracing::debug_span!("message", attempt = message.attempt()),
                         false => tracing::Span::none(),
                     };
-                    let handled = if otel.is_none() && span.is_disabled() {
-                        guarded(handler.handle_message(message)).await
+                    let called = if otel.is_none() && span.is_disabled() {
+                        handler.handle_message(message).await
                     } else {
-                        Box::pin(within(span, otel, guarded(handler.handle_message(message)))).await
+                        Box::pin(within(span, otel, handler.handle_message(message))).await
                     };
-                    timing.handled(usize::from(handled.is_ok()), usize::from(handled.is_err()));
-                    if let Err(failure) = handled {
-                        message.set_failure(failure);
-                    }
+                    timing.handled(usize::from(called.is_ok()), usize::from(called.is_err()));
+                    handled = called.map_err(|error| Failure::new(FailureKind::Error, error));
                 }
-                if let Some(delay) = self.ctx.retry_delay(message) {
-                    if let Some(key) = message.order_key() {
-                        retries.held.entry(key).or_default();
-                    }
-                    staying.push((index, Some(delay)));
-                }
+                self.handled(message, index, retries, staying, handled);
             }
             *reached = index + 1;
+        }
+    }
+
+    /// Records a handled message's outcome: a failure on it, and whether it stays for a
+    /// retry.
+    fn handled(
+        &self,
+        message: &mut Message<H::Item, H::Metadata>,
+        index: usize,
+        retries: &mut Retries<H::Item, H::Metadata>,
+        staying: &mut Vec<(usize, Option<Duration>)>,
+        handled: Result<(), Failure>,
+    ) {
+        if let Err(failure) = handled {
+            message.set_failure(failure);
+        }
+        if let Some(delay) = self.ctx.retry_delay(message) {
+            if let Some(key) = message.order_key() {
+                retries.held.entry(key).or_default();
+            }
+            staying.push((index, Some(delay)));
         }
     }
 
