@@ -5,7 +5,9 @@
 //! chunked pipeline fed by the same arrivals.
 //!
 //! Arrivals come from a thread of their own, in bursts every [`TICK`]: what is due since
-//! the last burst, as a network delivers packets.
+//! the last burst, as a network delivers packets. An open loop never waits for the
+//! pipeline: should the queue of bursts fill, the pipeline fell behind and the run fails.
+//! The peak is measured with bursts of [`CHUNK`] sent as fast as the queue takes them.
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
@@ -22,14 +24,17 @@ use super::{CHUNK, PROCESSORS, SAMPLE_EVERY};
 
 /// How often the arrival thread sends what is due.
 const TICK: Duration = Duration::from_micros(50);
-/// The source channel's capacity: room for the bursts, never full at half the peak.
-const QUEUE: usize = 4096;
+/// The queue of bursts in front of the pipeline.
+const QUEUE: usize = 1024;
 
 /// A message as it arrives: its number, and its arrival time when it is sampled.
 struct Arrival {
     n: u64,
     at: Option<Instant>,
 }
+
+/// What arrived at one tick.
+type Burst = Vec<Arrival>;
 
 /// What one run measured.
 pub(crate) struct Measured {
@@ -95,25 +100,35 @@ pub(crate) fn run(longshore: bool, messages: u64, rate: f64) -> Measured {
     }
 }
 
-/// Sends `messages`, at `rate` a second, in a burst every [`TICK`] of what is due.
-fn arrive(tx: &mpsc::Sender<Arrival>, messages: u64, rate: f64) {
+/// Sends `messages`, at `rate` a second in a burst every [`TICK`] of what is due, or
+/// (`rate` 0) in bursts of [`CHUNK`] as fast as the queue takes them.
+fn arrive(tx: &mpsc::Sender<Burst>, messages: u64, rate: f64) {
     let start = Instant::now();
     let mut sent = 0;
     while sent < messages {
         let due = if rate > 0.0 {
             ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(messages)
         } else {
-            messages
+            (sent + CHUNK as u64).min(messages)
         };
-        while sent < due {
-            let at = sent.is_multiple_of(SAMPLE_EVERY).then(Instant::now);
-            tx.blocking_send(Arrival { n: sent, at })
-                .expect("the pipeline takes every message");
-            sent += 1;
+        let now = Instant::now();
+        let burst: Burst = (sent..due)
+            .map(|n| Arrival {
+                n,
+                at: n.is_multiple_of(SAMPLE_EVERY).then_some(now),
+            })
+            .collect();
+        sent = due;
+        if rate == 0.0 {
+            tx.blocking_send(burst).expect("the pipeline takes every message");
+            continue;
         }
-        if rate > 0.0 {
-            std::thread::sleep(TICK);
+        if let Err(error) = tx.try_send(burst) {
+            panic!(
+                "the open loop could not hand over a burst ({error}): the pipeline fell behind the arrivals"
+            );
         }
+        std::thread::sleep(TICK);
     }
 }
 
@@ -121,7 +136,8 @@ fn arrive(tx: &mpsc::Sender<Arrival>, messages: u64, rate: f64) {
 
 /// The arrivals as a source: its messages carry their arrival time as metadata.
 struct Arrivals {
-    rx: tokio::sync::Mutex<mpsc::Receiver<Arrival>>,
+    /// The bursts, and what is left of the one being taken.
+    queue: tokio::sync::Mutex<(mpsc::Receiver<Burst>, std::vec::IntoIter<Arrival>)>,
     acked: Arc<Acked>,
 }
 
@@ -144,14 +160,18 @@ impl Source for Arrivals {
         &self,
         demand: NonZeroUsize,
     ) -> Result<Option<Vec<Message<u64, Option<Instant>>>>, BoxError> {
-        let mut rx = self.rx.lock().await;
-        let mut arrived = Vec::with_capacity(demand.get());
-        if rx.recv_many(&mut arrived, demand.get()).await == 0 {
-            return Ok(None);
+        let mut queue = self.queue.lock().await;
+        let (bursts, left) = &mut *queue;
+        if left.len() == 0 {
+            // Cancel safe: a burst is either taken whole or left in the queue.
+            match bursts.recv().await {
+                Some(burst) => *left = burst.into_iter(),
+                None => return Ok(None),
+            }
         }
         Ok(Some(
-            arrived
-                .into_iter()
+            left.by_ref()
+                .take(demand.get())
                 .map(|a| Message::with_metadata(a.n, a.at))
                 .collect(),
         ))
@@ -185,13 +205,13 @@ impl Handler for Touch {
     }
 }
 
-async fn longshore_pipeline(rx: mpsc::Receiver<Arrival>, samples: Arc<Samples>) -> u64 {
+async fn longshore_pipeline(rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) -> u64 {
     let acked = Arc::new(Acked {
         samples,
         successful: AtomicU64::new(0),
     });
     let source = Arrivals {
-        rx: tokio::sync::Mutex::new(rx),
+        queue: tokio::sync::Mutex::new((rx, Vec::new().into_iter())),
         acked: acked.clone(),
     };
     Pipeline::builder(source, Touch)
@@ -206,9 +226,9 @@ async fn longshore_pipeline(rx: mpsc::Receiver<Arrival>, samples: Arc<Samples>) 
 
 // ---------------------------------------------------------------- chunked
 
-/// The chunked baseline fed by the arrivals: chunks of what has arrived (at most
-/// [`CHUNK`]), round-robin to the processors, each acknowledging its chunk.
-async fn chunked_pipeline(mut rx: mpsc::Receiver<Arrival>, samples: Arc<Samples>) -> u64 {
+/// The chunked baseline fed by the arrivals: each burst in chunks of at most [`CHUNK`],
+/// round-robin to the processors, each acknowledging its chunk.
+async fn chunked_pipeline(mut rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) -> u64 {
     let acked = Arc::new(AtomicU64::new(0));
     let mut processors = Vec::new();
     let mut txs = Vec::new();
@@ -229,13 +249,16 @@ async fn chunked_pipeline(mut rx: mpsc::Receiver<Arrival>, samples: Arc<Samples>
         }));
     }
     let mut next = 0;
-    loop {
-        let mut chunk = Vec::with_capacity(CHUNK);
-        if rx.recv_many(&mut chunk, CHUNK).await == 0 {
-            break;
+    while let Some(burst) = rx.recv().await {
+        let mut burst = burst.into_iter();
+        loop {
+            let chunk: Vec<Arrival> = burst.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            txs[next % PROCESSORS].send(chunk).await.expect("processors run");
+            next += 1;
         }
-        txs[next % PROCESSORS].send(chunk).await.expect("processors run");
-        next += 1;
     }
     drop(txs);
     for processor in processors {

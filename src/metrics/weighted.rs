@@ -114,8 +114,12 @@ pub(crate) struct Tally<'a> {
 impl Tally<'_> {
     /// `n` observations of `value`.
     pub(crate) fn observe_n(&mut self, value: f64, n: u64) {
-        // The first bucket whose bound is at least the value (prometheus's `le`).
-        let bucket = self.series.bounds.partition_point(|&bound| bound < value);
+        // The first bucket whose bound is at least the value (prometheus's `le`); NaN is
+        // in no bucket but `+Inf`, as prometheus counts it.
+        let bucket = match value.is_nan() {
+            true => self.series.bounds.len(),
+            false => self.series.bounds.partition_point(|&bound| bound < value),
+        };
         self.counts.add(bucket, n, value * n as f64);
     }
 
@@ -214,6 +218,33 @@ mod tests {
         prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .expect("encodes")
+    }
+
+    /// Values on a bound, and just either side of it, fall where prometheus puts them.
+    #[test]
+    fn bounds_are_inclusive_as_prometheus_les_are() {
+        let bounds = prometheus::exponential_buckets(0.0001, 2.5, 15).unwrap();
+        let ours = WeightedHistogramVec::new("edge_seconds", "A test.", &["p"], bounds.clone());
+        let theirs = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("edge_seconds", "A test.").buckets(bounds.clone()),
+            &["p"],
+        )
+        .unwrap();
+        let (ours_registry, theirs_registry) = (prometheus::Registry::new(), prometheus::Registry::new());
+        ours_registry.register(Box::new(ours.clone())).unwrap();
+        theirs_registry.register(Box::new(theirs.clone())).unwrap();
+        let series = ours.with_label_values(&["p"]);
+        let mut tally = series.tally();
+        for value in bounds
+            .iter()
+            .flat_map(|&b| [b.next_down(), b, b.next_up()])
+            .chain([-1.0, 1e9])
+        {
+            tally.observe_n(value, 1);
+            theirs.with_label_values(&["p"]).observe(value);
+        }
+        drop(tally);
+        assert_eq!(exposition(&ours_registry), exposition(&theirs_registry));
     }
 
     proptest! {

@@ -460,7 +460,8 @@ where
     ///
     /// A handler's panic fails its message, as an error does. The run of calls is guarded
     /// once, not each call: a panic ends the run at the message `reached` points to, which
-    /// is failed, and a new run takes the messages after it.
+    /// is failed, and a new run takes the messages after it. A panic of the pipeline's own
+    /// code between calls is not the handler's: it goes on unwinding.
     async fn handle(
         &self,
         messages: &mut [Message<H::Item, H::Metadata>],
@@ -472,12 +473,16 @@ where
     ) {
         let mut from = from;
         loop {
-            let run = self.handle_run(messages, from, retries, staying, timing, reached);
+            let mut calling = false;
+            let run = self.handle_run(messages, from, retries, staying, timing, reached, &mut calling);
             // Unwind safety: after a panic, the message it came from is only marked
             // failed, never read as if its handler had finished.
             let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
                 return;
             };
+            if !calling {
+                std::panic::resume_unwind(panic);
+            }
             let index = *reached;
             let failure = Failure::new(FailureKind::Panic, panic_message(panic).into());
             timing.handled(0, 1);
@@ -487,7 +492,9 @@ where
         }
     }
 
-    /// The calls of [`Processor::handle`], unguarded.
+    /// The calls of [`Processor::handle`], unguarded; `calling` is `true` while a handler
+    /// call is under way.
+    #[allow(clippy::too_many_arguments)] // the state of one pass, split for the guard
     async fn handle_run(
         &self,
         messages: &mut [Message<H::Item, H::Metadata>],
@@ -496,6 +503,7 @@ where
         staying: &mut Vec<(usize, Option<Duration>)>,
         timing: &mut HandlingTimes<'_>,
         reached: &mut usize,
+        calling: &mut bool,
     ) {
         let handler = &self.ctx.handler;
         // Whether any log span at debug level may record (the subscriber's global
@@ -520,11 +528,13 @@ where
                         true => tracing::debug_span!("message", attempt = message.attempt()),
                         false => tracing::Span::none(),
                     };
+                    *calling = true;
                     let called = if otel.is_none() && span.is_disabled() {
                         handler.handle_message(message).await
                     } else {
                         Box::pin(within(span, otel, handler.handle_message(message))).await
                     };
+                    *calling = false;
                     timing.handled(usize::from(called.is_ok()), usize::from(called.is_err()));
                     handled = called.map_err(|error| Failure::new(FailureKind::Error, error));
                 }

@@ -1,8 +1,10 @@
 //! The latency case on the mock cluster: records produced at a fixed rate, half of the
 //! throughput longshore reached in the same run (an open loop: production does not wait
-//! for the consumer), and each sampled record timed from its receipt from the source
-//! (`Message::received_at`) to its acknowledgement. The producer starts once the
-//! consumer holds every partition, in the consumer's process.
+//! for the consumer), and each sampled record timed to its acknowledgement from its
+//! receipt from the source (`Message::received_at`: the latency longshore adds) and from
+//! its production (end to end: the broker's and librdkafka's fetch included, and any
+//! wait for demand). The producer starts once the consumer holds every partition, in the
+//! consumer's process, and writes its clock into each payload.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use longshore::source::{Acknowledger, PartitionBy, Plan, Redelivery, Source, SourcePanel};
 use longshore::{BoxError, BuildError, Message, Pipeline, Processors};
-use longshore_kafka::{KafkaConfig, KafkaSource};
+use longshore_kafka::{KafkaConfig, KafkaMetadata, KafkaSource};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
@@ -26,10 +28,13 @@ const SAMPLE_EVERY: u64 = 64;
 /// How often the producer sends what is due.
 const TICK: Duration = Duration::from_micros(100);
 
-/// Consumes `count` records produced at `rate` a second: the rate reached, and the
-/// receipt-to-acknowledgement p50 and p99 in microseconds.
-pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64; 3] {
+/// Consumes `count` records produced at `rate` a second: the rate reached, the
+/// receipt-to-acknowledgement p50 and p99, and the production-to-acknowledgement p50 and
+/// p99, in microseconds.
+pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64; 5] {
     let samples = Arc::new(Samples::default());
+    let end_to_end = Arc::new(Samples::default());
+    let base = Instant::now();
     let countdown = Arc::new(Countdown::new(count));
     let runtime = support::runtime();
     runtime.block_on(async {
@@ -38,6 +43,8 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
         let timed = Timed {
             inner: source,
             samples: samples.clone(),
+            end_to_end: end_to_end.clone(),
+            base,
         };
         let pipeline = Pipeline::builder(timed, Counted(countdown.clone()))
             .processors(Processors::new(2))
@@ -54,7 +61,7 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
         }
         let bootstrap = bootstrap.to_owned();
         let started = Instant::now();
-        let producer = std::thread::spawn(move || produce(&bootstrap, count, rate));
+        let producer = std::thread::spawn(move || produce(&bootstrap, count, rate, base));
         if tokio::time::timeout(Duration::from_secs(300), countdown.finished())
             .await
             .is_err()
@@ -64,26 +71,34 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
         let reached = count as f64 / started.elapsed().as_secs_f64();
         producer.join().expect("the producer ends");
         pipeline.shutdown().await.expect("drains");
-        [reached, samples.percentile(0.50), samples.percentile(0.99)]
+        [
+            reached,
+            samples.percentile(0.50),
+            samples.percentile(0.99),
+            end_to_end.percentile(0.50),
+            end_to_end.percentile(0.99),
+        ]
     })
 }
 
 /// Produces `count` records of 100 bytes at `rate` a second, round-robin over the
-/// partitions, in a burst every [`TICK`] of what is due.
-fn produce(bootstrap: &str, count: usize, rate: f64) {
+/// partitions, in a burst every [`TICK`] of what is due; each payload starts with the
+/// nanoseconds since `base` at its send.
+fn produce(bootstrap: &str, count: usize, rate: f64, base: Instant) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "1")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
-    let payload = [b'x'; 100];
+    let mut payload = [b'x'; 100];
     let start = Instant::now();
     let mut sent = 0;
     while sent < count {
         let due = ((start.elapsed().as_secs_f64() * rate) as usize + 1).min(count);
         while sent < due {
             let key = (sent % 1000).to_string();
+            payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
             let mut record = BaseRecord::to(TOPIC)
                 .key(&key)
                 .payload(&payload[..])
@@ -120,25 +135,33 @@ impl longshore::Handler for Counted {
 struct Timed<S> {
     inner: S,
     samples: Arc<Samples>,
+    end_to_end: Arc<Samples>,
+    base: Instant,
 }
 
-/// Times one acknowledged message in [`SAMPLE_EVERY`] from its receipt, then passes
-/// the call on.
+/// Times one acknowledged record in [`SAMPLE_EVERY`] from its receipt and from its
+/// production, then passes the call on.
 struct TimedAck<A> {
     inner: A,
     samples: Arc<Samples>,
+    end_to_end: Arc<Samples>,
+    base: Instant,
     seen: AtomicU64,
 }
 
-impl<M: Send + 'static, A: Acknowledger<M>> Acknowledger<M> for TimedAck<A> {
+type M = KafkaMetadata;
+
+impl<A: Acknowledger<M>> Acknowledger<M> for TimedAck<A> {
     async fn ack<T: Send + 'static>(&self, successful: Vec<Message<T, M>>, failed: Vec<Message<T, M>>) {
         let first = self.seen.fetch_add(successful.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
         for (i, message) in successful.iter().enumerate() {
             if (first + i as u64).is_multiple_of(SAMPLE_EVERY) {
-                if let Some(at) = message.received_at() {
-                    self.samples.record_between(at, now);
-                }
+                let at = message.received_at().expect("set on receipt");
+                self.samples.record_between(at, now);
+                let stamp = message.metadata().payload().expect("a payload")[..8].try_into();
+                let produced = Duration::from_nanos(u64::from_le_bytes(stamp.expect("8 bytes")));
+                self.end_to_end.record_between(self.base + produced, now);
             }
         }
         self.inner.ack(successful, failed).await;
@@ -161,7 +184,7 @@ impl<M: Send + 'static, A: Acknowledger<M>> Acknowledger<M> for TimedAck<A> {
     }
 }
 
-impl<S: Source> Source for Timed<S> {
+impl<S: Source<Metadata = M>> Source for Timed<S> {
     type Data = S::Data;
     type Metadata = S::Metadata;
     type Acknowledger = Arc<TimedAck<S::Acknowledger>>;
@@ -170,6 +193,8 @@ impl<S: Source> Source for Timed<S> {
         Arc::new(TimedAck {
             inner: self.inner.acknowledger(),
             samples: self.samples.clone(),
+            end_to_end: self.end_to_end.clone(),
+            base: self.base,
             seen: AtomicU64::new(0),
         })
     }
