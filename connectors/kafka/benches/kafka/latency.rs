@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 use longshore::source::{Acknowledger, PartitionBy, Plan, Redelivery, Source, SourcePanel};
 use longshore::{BoxError, BuildError, Message, Pipeline, Processors};
 use longshore_kafka::{KafkaConfig, KafkaMetadata, KafkaSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
 use super::support::{self, Countdown, Samples};
 
-/// The topic of the latency case: empty until the consumer holds it.
-pub(crate) const TOPIC: &str = "latency";
+/// The topics of the latency case, one per consumer: empty until the consumer holds it.
+pub(crate) const TOPICS: [&str; 2] = ["latency", "latency-raw"];
 pub(crate) const PARTITIONS: i32 = 40;
 /// One record in this many is timed.
 const SAMPLE_EVERY: u64 = 64;
@@ -32,13 +34,14 @@ const TICK: Duration = Duration::from_micros(100);
 /// receipt-to-acknowledgement p50 and p99, and the production-to-acknowledgement p50 and
 /// p99, in microseconds.
 pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64; 5] {
+    let topic = TOPICS[0];
     let samples = Arc::new(Samples::default());
     let end_to_end = Arc::new(Samples::default());
     let base = Instant::now();
     let countdown = Arc::new(Countdown::new(count));
     let runtime = support::runtime();
     runtime.block_on(async {
-        let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [TOPIC])).expect("source");
+        let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [topic])).expect("source");
         let status = source.status();
         let timed = Timed {
             inner: source,
@@ -61,7 +64,7 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
         }
         let bootstrap = bootstrap.to_owned();
         let started = Instant::now();
-        let producer = std::thread::spawn(move || produce(&bootstrap, count, rate, base));
+        let producer = std::thread::spawn(move || produce(&bootstrap, topic, count, rate, base));
         if tokio::time::timeout(Duration::from_secs(300), countdown.finished())
             .await
             .is_err()
@@ -81,10 +84,61 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
     })
 }
 
+/// The baseline: the same production read by a raw rdkafka loop (longshore's fetch
+/// settings), each sampled record timed from its production to its receipt. The rate
+/// reached, and that latency's p50 and p99 in microseconds.
+pub(crate) fn raw(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64; 3] {
+    let topic = TOPICS[1];
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.queue.backoff.ms", "20")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).unwrap();
+    let joined = Instant::now();
+    while consumer.assignment().map_or(0, |a| a.count()) < PARTITIONS as usize {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "the consumer never joined"
+        );
+        assert!(
+            consumer.poll(Duration::from_millis(10)).is_none(),
+            "the topic is empty until now"
+        );
+    }
+    let base = Instant::now();
+    let samples = Samples::default();
+    let bootstrap = bootstrap.to_owned();
+    let started = Instant::now();
+    let producer = std::thread::spawn(move || produce(&bootstrap, topic, count, rate, base));
+    let mut seen = 0;
+    while seen < count {
+        if let Some(Ok(record)) = consumer.poll(Duration::from_millis(100)) {
+            if (seen as u64).is_multiple_of(SAMPLE_EVERY) {
+                let now = Instant::now();
+                samples.record_between(base + produced(record.payload().expect("a payload")), now);
+            }
+            seen += 1;
+        }
+    }
+    let reached = count as f64 / started.elapsed().as_secs_f64();
+    producer.join().expect("the producer ends");
+    [reached, samples.percentile(0.50), samples.percentile(0.99)]
+}
+
+/// When a payload was produced: the nanoseconds since the run's base at its start.
+fn produced(payload: &[u8]) -> Duration {
+    let stamp: [u8; 8] = payload[..8].try_into().expect("8 bytes");
+    Duration::from_nanos(u64::from_le_bytes(stamp))
+}
+
 /// Produces `count` records of 100 bytes at `rate` a second, round-robin over the
 /// partitions, in a burst every [`TICK`] of what is due; each payload starts with the
 /// nanoseconds since `base` at its send.
-fn produce(bootstrap: &str, count: usize, rate: f64, base: Instant) {
+fn produce(bootstrap: &str, topic: &'static str, count: usize, rate: f64, base: Instant) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "1")
@@ -99,7 +153,7 @@ fn produce(bootstrap: &str, count: usize, rate: f64, base: Instant) {
         while sent < due {
             let key = (sent % 1000).to_string();
             payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-            let mut record = BaseRecord::to(TOPIC)
+            let mut record = BaseRecord::to(topic)
                 .key(&key)
                 .payload(&payload[..])
                 .partition((sent % PARTITIONS as usize) as i32);
@@ -159,9 +213,8 @@ impl<A: Acknowledger<M>> Acknowledger<M> for TimedAck<A> {
             if (first + i as u64).is_multiple_of(SAMPLE_EVERY) {
                 let at = message.received_at().expect("set on receipt");
                 self.samples.record_between(at, now);
-                let stamp = message.metadata().payload().expect("a payload")[..8].try_into();
-                let produced = Duration::from_nanos(u64::from_le_bytes(stamp.expect("8 bytes")));
-                self.end_to_end.record_between(self.base + produced, now);
+                let payload = message.metadata().payload().expect("a payload");
+                self.end_to_end.record_between(self.base + produced(payload), now);
             }
         }
         self.inner.ack(successful, failed).await;
