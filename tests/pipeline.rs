@@ -391,8 +391,40 @@ impl Handler for Faulty {
     }
 }
 
+/// Enables every span and records nothing: each handler call then runs inside its debug
+/// span, on the processor's boxed path.
+struct EveryLevel;
+
+impl tracing::Subscriber for EveryLevel {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 #[tokio::test]
 async fn errors_and_panics_fail_messages_never_the_stage() {
+    errors_and_panics_fail_their_messages().await;
+}
+
+#[tokio::test]
+async fn a_panic_within_a_debug_span_fails_its_message_too() {
+    let _subscriber = tracing::subscriber::set_default(EveryLevel);
+    assert!(tracing::level_enabled!(tracing::Level::DEBUG));
+    errors_and_panics_fail_their_messages().await;
+}
+
+async fn errors_and_panics_fail_their_messages() {
     let (source, sender) = TestSource::new();
     let handler = Arc::new(Faulty {
         failed: AtomicUsize::new(0),

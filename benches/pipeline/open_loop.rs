@@ -76,22 +76,30 @@ pub(crate) fn compare(messages: u64) {
 }
 
 /// One run in this process: `messages` arriving at `rate` a second (0: as fast as they
-/// can be sent) through longshore or the chunked pipeline.
+/// can be sent) through longshore or the chunked pipeline. The arrivals start once the
+/// pipeline runs.
 pub(crate) fn run(longshore: bool, messages: u64, rate: f64) -> Measured {
     let runtime = support::runtime();
     let samples = Arc::new(Samples::default());
     let (tx, rx) = mpsc::channel(QUEUE);
-    let started = Instant::now();
-    let arrivals = std::thread::spawn(move || arrive(&tx, messages, rate));
+    let mut arrivals = None;
+    let mut started = None;
+    let start = || {
+        started = Some(Instant::now());
+        arrivals = Some(std::thread::spawn(move || arrive(&tx, messages, rate)));
+    };
     let done = runtime.block_on(async {
         if longshore {
-            longshore_pipeline(rx, samples.clone()).await
+            longshore_pipeline(rx, samples.clone(), start).await
         } else {
-            chunked_pipeline(rx, samples.clone()).await
+            chunked_pipeline(rx, samples.clone(), start).await
         }
     });
-    let elapsed = started.elapsed();
-    arrivals.join().expect("the arrival thread ends");
+    let elapsed = started.expect("arrivals started").elapsed();
+    arrivals
+        .expect("arrivals started")
+        .join()
+        .expect("the arrival thread ends");
     assert_eq!(done, messages, "every message acknowledged");
     Measured {
         msgs_per_s: messages as f64 / elapsed.as_secs_f64(),
@@ -101,7 +109,9 @@ pub(crate) fn run(longshore: bool, messages: u64, rate: f64) -> Measured {
 }
 
 /// Sends `messages`, at `rate` a second in a burst every [`TICK`] of what is due, or
-/// (`rate` 0) in bursts of [`CHUNK`] as fast as the queue takes them.
+/// (`rate` 0) in bursts of [`CHUNK`] as fast as the queue takes them. In the open loop a
+/// message's arrival is the time it was due, not the time it was sent: a thread that
+/// woke late does not hide the wait (coordinated omission).
 fn arrive(tx: &mpsc::Sender<Burst>, messages: u64, rate: f64) {
     let start = Instant::now();
     let mut sent = 0;
@@ -112,15 +122,23 @@ fn arrive(tx: &mpsc::Sender<Burst>, messages: u64, rate: f64) {
             (sent + CHUNK as u64).min(messages)
         };
         let now = Instant::now();
+        let due_at = |n: u64| match rate > 0.0 {
+            true => start + Duration::from_secs_f64(n as f64 / rate),
+            false => now,
+        };
         let burst: Burst = (sent..due)
             .map(|n| Arrival {
                 n,
-                at: n.is_multiple_of(SAMPLE_EVERY).then_some(now),
+                at: n.is_multiple_of(SAMPLE_EVERY).then(|| due_at(n)),
             })
             .collect();
         sent = due;
         if rate == 0.0 {
             tx.blocking_send(burst).expect("the pipeline takes every message");
+            continue;
+        }
+        if burst.is_empty() {
+            std::thread::sleep(TICK);
             continue;
         }
         if let Err(error) = tx.try_send(burst) {
@@ -205,7 +223,7 @@ impl Handler for Touch {
     }
 }
 
-async fn longshore_pipeline(rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) -> u64 {
+async fn longshore_pipeline(rx: mpsc::Receiver<Burst>, samples: Arc<Samples>, start: impl FnOnce()) -> u64 {
     let acked = Arc::new(Acked {
         samples,
         successful: AtomicU64::new(0),
@@ -214,13 +232,12 @@ async fn longshore_pipeline(rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) ->
         queue: tokio::sync::Mutex::new((rx, Vec::new().into_iter())),
         acked: acked.clone(),
     };
-    Pipeline::builder(source, Touch)
+    let pipeline = Pipeline::builder(source, Touch)
         .processors(Processors::new(PROCESSORS))
         .start()
-        .expect("valid")
-        .wait()
-        .await
-        .expect("the pipeline ends cleanly");
+        .expect("valid");
+    start();
+    pipeline.wait().await.expect("the pipeline ends cleanly");
     acked.successful.load(Ordering::Relaxed)
 }
 
@@ -228,7 +245,7 @@ async fn longshore_pipeline(rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) ->
 
 /// The chunked baseline fed by the arrivals: each burst in chunks of at most [`CHUNK`],
 /// round-robin to the processors, each acknowledging its chunk.
-async fn chunked_pipeline(mut rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) -> u64 {
+async fn chunked_pipeline(mut rx: mpsc::Receiver<Burst>, samples: Arc<Samples>, start: impl FnOnce()) -> u64 {
     let acked = Arc::new(AtomicU64::new(0));
     let mut processors = Vec::new();
     let mut txs = Vec::new();
@@ -248,6 +265,7 @@ async fn chunked_pipeline(mut rx: mpsc::Receiver<Burst>, samples: Arc<Samples>) 
             }
         }));
     }
+    start();
     let mut next = 0;
     while let Some(burst) = rx.recv().await {
         let mut burst = burst.into_iter();

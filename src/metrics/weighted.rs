@@ -238,7 +238,7 @@ mod tests {
         for value in bounds
             .iter()
             .flat_map(|&b| [b.next_down(), b, b.next_up()])
-            .chain([-1.0, 1e9])
+            .chain([-1.0, 1e9, f64::INFINITY, f64::NAN])
         {
             tally.observe_n(value, 1);
             theirs.with_label_values(&["p"]).observe(value);

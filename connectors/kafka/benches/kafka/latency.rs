@@ -104,10 +104,9 @@ pub(crate) fn raw(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
             joined.elapsed() < Duration::from_secs(60),
             "the consumer never joined"
         );
-        assert!(
-            consumer.poll(Duration::from_millis(10)).is_none(),
-            "the topic is empty until now"
-        );
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(10)) {
+            panic!("a record before any was produced");
+        }
     }
     let base = Instant::now();
     let samples = Samples::default();
@@ -115,8 +114,14 @@ pub(crate) fn raw(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
     let started = Instant::now();
     let producer = std::thread::spawn(move || produce(&bootstrap, topic, count, rate, base));
     let mut seen = 0;
+    let mut last = Instant::now();
     while seen < count {
+        assert!(
+            last.elapsed() < Duration::from_secs(300),
+            "the raw latency run consumed nothing more for 5 minutes"
+        );
         if let Some(Ok(record)) = consumer.poll(Duration::from_millis(100)) {
+            last = Instant::now();
             if (seen as u64).is_multiple_of(SAMPLE_EVERY) {
                 let now = Instant::now();
                 samples.record_between(base + produced(record.payload().expect("a payload")), now);
