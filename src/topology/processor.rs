@@ -545,7 +545,8 @@ where
     }
 
     /// Records a handled message's outcome: a failure on it, and whether it stays for a
-    /// retry.
+    /// retry. Inlined into the loop of calls, where it runs for every message.
+    #[inline]
     fn handled(
         &self,
         message: &mut Message<H::Item, H::Metadata>,
