@@ -208,19 +208,25 @@ enum Read {
     Payload,
 }
 
-/// The baseline: a plain rdkafka consumer loop, committing every 5 s (librdkafka's auto
-/// commit).
-fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
+/// The raw loops' consumer of `topic`, from its start, committing every 5 s
+/// (librdkafka's auto commit), with the fetch settings longshore uses, so that the
+/// baseline is the best raw loop.
+fn raw_consumer(bootstrap: &str, group: &str, topic: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
-        // The fetch settings longshore uses, so that the baseline is the best raw loop.
         .set("fetch.queue.backoff.ms", "20")
         .set("fetch.wait.max.ms", "100")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[TOPIC]).unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// The baseline: a plain rdkafka consumer loop.
+fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
+    let consumer = raw_consumer(bootstrap, group, TOPIC);
     let mut seen = 0;
     let mut started = None;
     while seen < count {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use longshore::source::{Acknowledger, PartitionBy, Plan, Redelivery, Source, SourcePanel};
 use longshore::{BoxError, BuildError, Message, Pipeline, Processors};
 use longshore_kafka::{KafkaConfig, KafkaMetadata, KafkaSource};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -89,15 +89,7 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
 /// reached, and that latency's p50 and p99 in microseconds.
 pub(crate) fn raw(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64; 3] {
     let topic = TOPICS[1];
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.queue.backoff.ms", "20")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = super::raw_consumer(bootstrap, group, topic);
     let joined = Instant::now();
     while consumer.assignment().map_or(0, |a| a.count()) < PARTITIONS as usize {
         assert!(
