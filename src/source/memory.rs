@@ -35,8 +35,12 @@ pub struct MemorySource<T> {
     counts: AckCounts,
 }
 
+/// Appends at most `n` new messages to the vector: the iterator, wrapped where its type is
+/// still known, so that each item is made a message without a dynamic call.
+type Fill<T> = Box<dyn FnMut(usize, &mut Vec<Message<T>>) + Send>;
+
 enum Feed<T> {
-    Iter(Mutex<Box<dyn Iterator<Item = T> + Send>>),
+    Iter(Mutex<Fill<T>>),
     Channel(tokio::sync::Mutex<mpsc::Receiver<T>>),
 }
 
@@ -49,8 +53,11 @@ impl<T: Send + 'static> MemorySource<T> {
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
+        let mut items = items.into_iter();
+        let fill =
+            move |n: usize, out: &mut Vec<Message<T>>| out.extend(items.by_ref().take(n).map(Message::new));
         MemorySource {
-            feed: Feed::Iter(Mutex::new(Box::new(items.into_iter()))),
+            feed: Feed::Iter(Mutex::new(Box::new(fill))),
             counts: AckCounts::default(),
         }
     }
@@ -97,9 +104,11 @@ impl<T: Send + 'static> Source for MemorySource<T> {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<T>>>, BoxError> {
         let demand = demand.get();
         let messages: Vec<Message<T>> = match &self.feed {
-            Feed::Iter(items) => {
-                let mut items = items.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                items.by_ref().take(demand).map(Message::new).collect()
+            Feed::Iter(fill) => {
+                let mut fill = fill.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut messages = Vec::new();
+                fill(demand, &mut messages);
+                messages
             }
             Feed::Channel(rx) => {
                 let mut rx = rx.lock().await;

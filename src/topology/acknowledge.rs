@@ -278,22 +278,24 @@ fn observe<'a, T: 'a, M: 'a>(
     messages: impl Iterator<Item = &'a Message<T, M>>,
     histogram: &WeightedHistogram,
 ) {
-    let mut messages = messages.filter_map(Message::received_at);
-    let Some(first) = messages.next() else {
-        return;
-    };
-    let since = |at: std::time::Instant| now.saturating_duration_since(at).as_secs_f64();
     let mut tally = histogram.tally();
-    let mut run = (first, 1);
-    for at in messages {
+    let mut observe = |at: Option<std::time::Instant>, n| {
+        // A message made outside a source has no receipt time: not observed.
+        if let Some(at) = at {
+            tally.observe_n(now.saturating_duration_since(at).as_secs_f64(), n);
+        }
+    };
+    // One comparison a message: the whole `Option` at once, not unwrapped first.
+    let mut run = (None, 0);
+    for at in messages.map(Message::received_at) {
         if at == run.0 {
             run.1 += 1;
         } else {
-            tally.observe_n(since(run.0), run.1);
+            observe(run.0, run.1);
             run = (at, 1);
         }
     }
-    tally.observe_n(since(run.0), run.1);
+    observe(run.0, run.1);
 }
 
 /// Successful messages, and failed ones.

@@ -113,6 +113,14 @@ impl<H: Handler, A> Context<H, A> {
         None
     }
 
+    /// Whether the pipeline traces: each message then has a span.
+    pub(crate) fn traces(&self) -> bool {
+        #[cfg(feature = "otel")]
+        return self.tracing.is_some();
+        #[cfg(not(feature = "otel"))]
+        false
+    }
+
     /// Starts a batch's span, linked to its messages' spans.
     #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
     pub(crate) fn batch_span(

@@ -486,7 +486,8 @@ where
             let index = *reached;
             let failure = Failure::new(FailureKind::Panic, panic_message(panic).into());
             timing.handled(0, 1);
-            self.handled(&mut messages[index], index, retries, staying, Err(failure));
+            messages[index].set_failure(failure);
+            self.failed(&mut messages[index], index, retries, staying);
             *reached = index + 1;
             from = index + 1;
         }
@@ -507,57 +508,72 @@ where
     ) {
         let handler = &self.ctx.handler;
         // Whether any log span at debug level may record (the subscriber's global
-        // level): asked once a chunk. When it may, each message's span asks its own
-        // callsite, so that filters by span name (`[message]=debug`) still work.
+        // level): asked once a chunk.
         let logs = tracing::level_enabled!(tracing::Level::DEBUG);
-        for (index, message) in messages.iter_mut().enumerate().skip(from) {
+        let spans = logs || self.ctx.traces();
+        for (message, index) in messages[from..].iter_mut().zip(from..) {
             let waits = !retries.held.is_empty()
                 && message
                     .order_key()
                     .is_some_and(|key| retries.held.contains_key(&key));
             if waits {
                 staying.push((index, None));
-            } else {
-                let mut handled = Ok(());
-                if message.is_ok() {
-                    let otel = self.ctx.message_span(message);
-                    let _call = self.call.enter();
-                    // With no span to enter, the call alone: no wrapper made or polled. With
-                    // one, the wrapper is boxed, so that it does not grow every call's state.
-                    let span = match logs {
-                        true => tracing::debug_span!("message", attempt = message.attempt()),
-                        false => tracing::Span::none(),
-                    };
-                    *calling = true;
-                    let called = if otel.is_none() && span.is_disabled() {
-                        handler.handle_message(message).await
-                    } else {
-                        Box::pin(within(span, otel, handler.handle_message(message))).await
-                    };
-                    *calling = false;
-                    timing.handled(usize::from(called.is_ok()), usize::from(called.is_err()));
-                    handled = called.map_err(|error| Failure::new(FailureKind::Error, error));
+                *reached = index + 1;
+                continue;
+            }
+            if message.is_ok() {
+                let _call = self.call.enter();
+                *calling = true;
+                // With no span to enter, the call alone: no wrapper made or polled.
+                let called = match spans {
+                    false => handler.handle_message(message).await,
+                    true => self.within_spans(message, logs).await,
+                };
+                *calling = false;
+                match called {
+                    Ok(()) => timing.handled(1, 0),
+                    Err(error) => {
+                        timing.handled(0, 1);
+                        message.set_failure(Failure::new(FailureKind::Error, error));
+                    }
                 }
-                self.handled(message, index, retries, staying, handled);
+            }
+            if message.is_failed() {
+                self.failed(message, index, retries, staying);
             }
             *reached = index + 1;
         }
     }
 
-    /// Records a handled message's outcome: a failure on it, and whether it stays for a
-    /// retry. Inlined into the loop of calls, where it runs for every message.
-    #[inline]
-    fn handled(
+    /// A handler call within the message's spans: its log span (when debug logs may
+    /// record) and its trace span (when the pipeline traces). The wrapper is boxed, so
+    /// that it does not grow every call's state.
+    async fn within_spans(
+        &self,
+        message: &mut Message<H::Item, H::Metadata>,
+        logs: bool,
+    ) -> Result<(), BoxError> {
+        let otel = self.ctx.message_span(message);
+        // When the subscriber's level lets debug spans record, each message's span asks
+        // its own callsite, so that filters by span name (`[message]=debug`) still work.
+        let span = match logs {
+            true => tracing::debug_span!("message", attempt = message.attempt()),
+            false => tracing::Span::none(),
+        };
+        if otel.is_none() && span.is_disabled() {
+            return self.ctx.handler.handle_message(message).await;
+        }
+        Box::pin(within(span, otel, self.ctx.handler.handle_message(message))).await
+    }
+
+    /// A failed message (by its handler, or before): whether it stays for a retry.
+    fn failed(
         &self,
         message: &mut Message<H::Item, H::Metadata>,
         index: usize,
         retries: &mut Retries<H::Item, H::Metadata>,
         staying: &mut Vec<(usize, Option<Duration>)>,
-        handled: Result<(), Failure>,
     ) {
-        if let Err(failure) = handled {
-            message.set_failure(failure);
-        }
         if let Some(delay) = self.ctx.retry_delay(message) {
             if let Some(key) = message.order_key() {
                 retries.held.entry(key).or_default();
