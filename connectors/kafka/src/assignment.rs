@@ -128,13 +128,15 @@ impl State {
             assert!(partition.offsets.received(record.offset(), record.timestamp_ms()));
         }
         let partition = self.partitions.at(record.slot).expect("assigned");
-        // Paused only when stalled: pausing drops librdkafka's prefetch, too dear for the
-        // ordinary ebb and flow of demand. Records that can be taken are bounded by the
-        // queue's own limit; a blocked partition's are not counted there, and would pile
-        // up without bound behind a record that never finishes.
-        // Not queued yet, so still counted as handed out.
+        // Paused only when stalled: pausing drops librdkafka's prefetch (a fetch round trip
+        // to get it back), too dear for the ordinary ebb and flow of demand. A busy
+        // partition's queued records count against the poll thread's bound (see
+        // [`Shared::unstalled`]); a stalled one's are not counted there, and would pile up
+        // without bound behind a record that never finishes.
+        // Not queued yet, so still counted as handed out: its cap is one more.
         let out = partition.handed_out() - 1;
-        let pause = !partition.paused && out >= cap && out + partition.queued() + 1 >= max_buffered;
+        let stalled = partition.is_stalled(cap + 1, Instant::now());
+        let pause = !partition.paused && stalled && out + partition.queued() + 1 >= max_buffered;
         partition.paused |= pause;
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
         self.partitions.enqueue(record.into_message());
@@ -348,28 +350,44 @@ impl Shared {
         taken
     }
 
-    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records that
-    /// can be taken; `false` if it is still full (or the source stopped or finished).
+    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records not held
+    /// by a stall (see [`Shared::unstalled`]); `false` if it is still full (or the source
+    /// stopped or finished).
     pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) -> bool {
         let state = self.lock();
         let (state, _) = self
             .room
             .wait_timeout_while(state, timeout, |s| {
-                self.takeable(s) >= limit && !s.stopped && !s.finished
+                self.unstalled(s) >= limit && !s.stopped && !s.finished
             })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.takeable(&state) < limit
+        self.unstalled(&state) < limit
     }
 
     /// Queued records that the pipeline may take: not those of a partition with its limit
-    /// handed out (paused once it holds `max_buffered_per_partition`), which would
-    /// otherwise fill the queue and starve every other partition.
+    /// handed out.
     pub(crate) fn takeable(&self, state: &State) -> usize {
         let limit = self.cap(state);
         state
             .partitions
             .values()
             .filter(|p| p.handed_out() < limit)
+            .map(Partition::queued)
+            .sum()
+    }
+
+    /// Queued records that the poll thread's bound counts: all but those of stalled
+    /// partitions (paused once they hold `max_buffered_per_partition`), which would
+    /// otherwise fill the queue and starve every other partition. A partition at its limit
+    /// that is still acknowledging records counts: its records are taken soon, and were
+    /// they not counted, the poll thread would queue more of them until it paused the
+    /// partition, dropping librdkafka's prefetch in the ordinary flow of records.
+    pub(crate) fn unstalled(&self, state: &State) -> usize {
+        let (limit, now) = (self.cap(state), Instant::now());
+        state
+            .partitions
+            .values()
+            .filter(|p| !p.is_stalled(limit, now))
             .map(Partition::queued)
             .sum()
     }
@@ -679,6 +697,7 @@ mod tests {
         (0..2).for_each(|offset| receive(&shared, 0, offset));
         let first = shared.take(10);
         assert_eq!(first.len(), 2);
+        stall(&shared, 0);
         // Blocked: what it queues now cannot be taken. Paused once it holds 8.
         (2..7).for_each(|offset| receive(&shared, 0, offset));
         assert!(!paused(&shared), "holds 7");
@@ -693,6 +712,52 @@ mod tests {
         shared.acknowledge(second.iter().map(Message::metadata));
         assert!(!paused(&shared), "holds 4, half its buffer");
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
+    }
+
+    /// Partition `partition` made its last progress long enough ago to be stalled.
+    fn stall(shared: &Shared, partition: i32) {
+        let mut state = shared.lock();
+        let partition = state.partitions.get_mut(&(Arc::from(TOPIC), partition)).unwrap();
+        partition.progressed_at -= crate::partitions::STALLED_AFTER;
+    }
+
+    #[test]
+    fn a_busy_partition_at_its_cap_is_not_paused_and_its_records_count_against_the_bound() {
+        let shared = Shared::new(8);
+        shared.set_max_in_flight(4);
+        shared.assign(&list(&[0, 1]), None);
+        let partition = |shared: &Shared| {
+            let state = shared.lock();
+            let p = state.partitions.get(&(Arc::from(TOPIC), 0)).unwrap();
+            (p.paused, p.queued())
+        };
+        (0..2).for_each(|offset| receive(&shared, 0, offset));
+        let first = shared.take(10);
+        assert_eq!(first.len(), 2);
+        // At its cap, but its records were just received: busy, not stalled. What it
+        // queues cannot be taken yet, but is counted, so the poll thread stops at the
+        // bound instead of pausing it (which would drop librdkafka's prefetch).
+        (2..12).for_each(|offset| receive(&shared, 0, offset));
+        assert_eq!(
+            partition(&shared),
+            (false, 10),
+            "busy, over its buffer, not paused"
+        );
+        assert_eq!(shared.takeable(&shared.lock()), 0);
+        assert_eq!(shared.unstalled(&shared.lock()), 10);
+        // Its records acknowledged: the next ones are taken.
+        shared.acknowledge(first.iter().map(Message::metadata));
+        assert_eq!(shared.take(10).len(), 2);
+        // No progress since long enough: stalled. Its records leave the count (the poll
+        // thread takes the other partitions' again), and the next one pauses it.
+        stall(&shared, 0);
+        assert_eq!(shared.unstalled(&shared.lock()), 0);
+        receive(&shared, 0, 12);
+        assert_eq!(
+            partition(&shared),
+            (true, 9),
+            "stalled and over its buffer: paused"
+        );
     }
 
     #[test]

@@ -6,12 +6,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::metadata::KafkaMessage;
 use crate::offsets::PartitionOffsets;
 use crate::slot::Slot;
 
 pub(crate) type TopicPartition = (Arc<str>, i32);
+
+/// How long a partition at its cap may go without progress before it counts as stalled
+/// (see [`Partition::is_stalled`]). Well under a second: meanwhile its queued records fill
+/// the poll thread's bound and the other partitions wait.
+pub(crate) const STALLED_AFTER: Duration = Duration::from_millis(250);
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -32,7 +38,7 @@ pub(crate) struct Partition {
     pub(crate) done_below: Option<i64>,
     /// When its committable offset last moved, or records arrived with none outstanding:
     /// a partition with records outstanding and no progress for long is stalled.
-    pub(crate) progressed_at: std::time::Instant,
+    pub(crate) progressed_at: Instant,
 }
 
 impl Partition {
@@ -46,7 +52,7 @@ impl Partition {
             paused: false,
             committed: None,
             done_below,
-            progressed_at: std::time::Instant::now(),
+            progressed_at: Instant::now(),
         }
     }
 
@@ -58,6 +64,14 @@ impl Partition {
     /// Received records not yet handed to the pipeline.
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether it is stalled: `cap` records handed out (its queued records cannot be
+    /// taken) and no progress for [`STALLED_AFTER`]. Only then may its records pile up
+    /// behind one that never finishes; a partition at its cap whose records are being
+    /// acknowledged is merely busy, its queued records taken as soon as those are.
+    pub(crate) fn is_stalled(&self, cap: usize, now: Instant) -> bool {
+        self.handed_out() >= cap && now.saturating_duration_since(self.progressed_at) >= STALLED_AFTER
     }
 
     /// Drops its queued records, unhanded.

@@ -20,7 +20,7 @@ use crate::assignment::Shared;
 use crate::client_errors::ClientErrors;
 use crate::lag::KafkaLag;
 use crate::metadata::{Blocks, KafkaMetadata};
-use crate::partitions::TopicPartition;
+use crate::partitions::{TopicPartition, STALLED_AFTER};
 use crate::slot::Slot;
 
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
@@ -28,6 +28,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How long a full queue waits for demand before the partitions are paused.
 const STALL: Duration = Duration::from_secs(1);
+// A partition's own stall is seen (its records leave the count of a full queue) well
+// before the whole pipeline's is taken for one.
+const _: () = assert!(STALLED_AFTER.as_millis() * 2 < STALL.as_millis());
 
 /// The most records handed from librdkafka to the queue at once.
 const HANDOFF: usize = 512;
@@ -251,7 +254,7 @@ impl Poller {
                 (
                     state.stopped,
                     state.finished,
-                    self.shared.takeable(&state),
+                    self.shared.unstalled(&state),
                     state.paused_all,
                     std::mem::take(&mut state.held.changed),
                 )
@@ -265,9 +268,10 @@ impl Poller {
             if stopped && !paused_all {
                 self.pause_all(true);
             }
-            // Back-pressure: with the queue full, stop taking records from librdkafka (it
-            // stops fetching once its own bounded prefetch is full). Only a stall longer
-            // than STALL pauses the partitions, so that polling can go on serving the
+            // Back-pressure: with the queue full (of records not held by a stalled
+            // partition), stop taking records from librdkafka (it stops fetching once its
+            // own bounded prefetch is full). Only a stall longer than STALL pauses the
+            // partitions, so that polling can go on serving the
             // group's callbacks; pausing drops librdkafka's prefetch, too dear for the
             // ordinary ebb and flow of demand.
             let limit = self.shared.max_buffered_per_partition;
@@ -277,10 +281,10 @@ impl Poller {
                 let left = STALL.saturating_sub(since.elapsed());
                 if !left.is_zero() {
                     // Woken as soon as the pipeline takes records; at the latest for a commit
-                    // (then polling once more serves the group's callbacks too).
-                    if self.shared.wait_for_room(limit, left.min(intervals.commit))
-                        || last_commit.elapsed() < intervals.commit
-                    {
+                    // (then polling once more serves the group's callbacks too), or when a
+                    // partition may have stalled since (its records then no longer count).
+                    let wait = left.min(intervals.commit).min(STALLED_AFTER);
+                    if self.shared.wait_for_room(limit, wait) || last_commit.elapsed() < intervals.commit {
                         continue;
                     }
                 } else if !paused_all {
@@ -293,7 +297,7 @@ impl Poller {
             // Whatever librdkafka has ready, up to a handoff, in one lock and one wake-up:
             // a wake-up per record would cost more than the record. Never more than the
             // queue has room for, so that it holds at most `max_buffered_per_partition`
-            // takeable records (a handoff of 512 used to overshoot it).
+            // records of partitions not stalled (a handoff of 512 used to overshoot it).
             let handoff = HANDOFF.min(limit.saturating_sub(queued).max(1));
             let mut ready = Vec::new();
             let mut timeout = POLL_INTERVAL;
