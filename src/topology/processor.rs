@@ -26,7 +26,7 @@ use crate::topology::guard::{guarded, panic_message};
 use crate::topology::key_queue::{KeyQueue, Work};
 use crate::topology::pool::Retire;
 use crate::topology::Context;
-use crate::trace::within;
+use crate::trace::{within, Within};
 
 /// Where a processor sends the messages routed to one batcher.
 pub(crate) struct BatcherRoute<T, M> {
@@ -523,11 +523,19 @@ where
             }
             if message.is_ok() {
                 let _call = self.call.enter();
-                *calling = true;
-                // With no span to enter, the call alone: no wrapper made or polled.
+                // With no span to enter, the call alone: no wrapper made or polled. The
+                // spans are made before the call is: a panic making them is not the
+                // handler's.
                 let called = match spans {
-                    false => handler.handle_message(message).await,
-                    true => self.within_spans(message, logs).await,
+                    false => {
+                        *calling = true;
+                        handler.handle_message(message).await
+                    }
+                    true => {
+                        let (span, otel) = self.spans(message, logs);
+                        *calling = true;
+                        self.call_within(message, span, otel).await
+                    }
                 };
                 *calling = false;
                 match called {
@@ -545,14 +553,9 @@ where
         }
     }
 
-    /// A handler call within the message's spans: its log span (when debug logs may
-    /// record) and its trace span (when the pipeline traces). The wrapper is boxed, so
-    /// that it does not grow every call's state.
-    async fn within_spans(
-        &self,
-        message: &mut Message<H::Item, H::Metadata>,
-        logs: bool,
-    ) -> Result<(), BoxError> {
+    /// The message's spans: its log span (when debug logs may record) and its trace span
+    /// (when the pipeline traces).
+    fn spans(&self, message: &mut Message<H::Item, H::Metadata>, logs: bool) -> (tracing::Span, Within) {
         let otel = self.ctx.message_span(message);
         // When the subscriber's level lets debug spans record, each message's span asks
         // its own callsite, so that filters by span name (`[message]=debug`) still work.
@@ -560,6 +563,17 @@ where
             true => tracing::debug_span!("message", attempt = message.attempt()),
             false => tracing::Span::none(),
         };
+        (span, otel)
+    }
+
+    /// A handler call within its spans (none may record: the call alone). The wrapper is
+    /// boxed, so that it does not grow every call's state.
+    async fn call_within(
+        &self,
+        message: &mut Message<H::Item, H::Metadata>,
+        span: tracing::Span,
+        otel: Within,
+    ) -> Result<(), BoxError> {
         if otel.is_none() && span.is_disabled() {
             return self.ctx.handler.handle_message(message).await;
         }

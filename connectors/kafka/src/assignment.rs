@@ -23,8 +23,8 @@ fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
 #[derive(Debug)]
 pub(crate) struct State {
     /// With the records fetched and not yet asked for, queued in each partition. Bounded:
-    /// what may be taken by the poll thread's limit, a blocked partition's by its pause
-    /// (see [`State::queue_record`]).
+    /// those of partitions not stalled by the poll thread's limit, a stalled partition's
+    /// by its pause (see [`State::queue_record`]).
     pub(crate) partitions: Partitions,
     pub(crate) next_generation: u64,
     /// Paused partitions that drained below half their limit.
@@ -95,10 +95,10 @@ impl Default for State {
 
 impl State {
     /// Queues a fetched record of the assigned partition at its slot, unless it was
-    /// acknowledged under an earlier assignment. Returns its partition if that must now be
-    /// paused: blocked (`cap`, its share of the in-flight budget, handed out and
-    /// unacknowledged, so its queued records cannot be taken) and holding `max_buffered`
-    /// records, queued and out.
+    /// acknowledged under an earlier assignment, at `now`. Returns its partition if that
+    /// must now be paused: stalled (see [`Partition::is_stalled`]: `cap`, its share of the
+    /// in-flight budget, handed out, and records queued for long) and holding
+    /// `max_buffered` records, queued and out.
     ///
     /// A record whose offset does not follow the partition's last (an offset reset after
     /// `OffsetOutOfRange`, a truncated log) starts the partition's tracking again, as a
@@ -110,6 +110,7 @@ impl State {
         mut record: KafkaMetadata,
         cap: usize,
         max_buffered: usize,
+        now: Instant,
     ) -> Option<TopicPartition> {
         let partition = self
             .partitions
@@ -120,7 +121,7 @@ impl State {
             return None;
         }
         if partition.offsets.in_flight() == 0 {
-            partition.progressed_at = Instant::now();
+            partition.progressed_at = now;
         }
         if !partition.offsets.received(record.offset(), record.timestamp_ms()) {
             record.slot = self.restart(&record);
@@ -135,11 +136,11 @@ impl State {
         // without bound behind a record that never finishes.
         // Not queued yet, so still counted as handed out: its cap is one more.
         let out = partition.handed_out() - 1;
-        let stalled = partition.is_stalled(cap + 1, Instant::now());
+        let stalled = partition.is_stalled(cap + 1, now);
         let pause = !partition.paused && stalled && out + partition.queued() + 1 >= max_buffered;
         partition.paused |= pause;
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
-        self.partitions.enqueue(record.into_message());
+        self.partitions.enqueue(record.into_message(), now);
         full
     }
 
@@ -246,8 +247,7 @@ impl Shared {
         pending
     }
 
-    /// The partitions of `tpl` that are not paused for having their limit handed out nor
-    /// by an operator.
+    /// The partitions of `tpl` that are not paused for a stall nor by an operator.
     pub(crate) fn not_paused(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
         let state = self.lock();
         let mut running = TopicPartitionList::new();
@@ -358,10 +358,10 @@ impl Shared {
         let (state, _) = self
             .room
             .wait_timeout_while(state, timeout, |s| {
-                self.unstalled(s) >= limit && !s.stopped && !s.finished
+                self.unstalled(s, Instant::now()) >= limit && !s.stopped && !s.finished
             })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.unstalled(&state) < limit
+        self.unstalled(&state, Instant::now()) < limit
     }
 
     /// Queued records that the pipeline may take: not those of a partition with its limit
@@ -382,8 +382,8 @@ impl Shared {
     /// that is still acknowledging records counts: its records are taken soon, and were
     /// they not counted, the poll thread would queue more of them until it paused the
     /// partition, dropping librdkafka's prefetch in the ordinary flow of records.
-    pub(crate) fn unstalled(&self, state: &State) -> usize {
-        let (limit, now) = (self.cap(state), Instant::now());
+    pub(crate) fn unstalled(&self, state: &State, now: Instant) -> usize {
+        let limit = self.cap(state);
         state
             .partitions
             .values()
@@ -575,6 +575,7 @@ mod tests {
     use tokio::sync::futures::Notified;
 
     use super::*;
+    use crate::partitions::STALLED_AFTER;
 
     const TOPIC: &str = "t";
 
@@ -601,6 +602,10 @@ mod tests {
 
     /// What the poll thread does with a fetched record of an assigned partition.
     fn receive(shared: &Shared, partition: i32, offset: i64) {
+        receive_at(shared, partition, offset, Instant::now());
+    }
+
+    fn receive_at(shared: &Shared, partition: i32, offset: i64, now: Instant) {
         let mut state = shared.lock();
         let mut record = KafkaMetadata::new(TOPIC, partition, offset);
         record.slot = state
@@ -608,7 +613,7 @@ mod tests {
             .slot(&(Arc::from(TOPIC), partition))
             .expect("assigned");
         let cap = shared.cap(&state);
-        state.queue_record(record, cap, shared.max_buffered_per_partition);
+        state.queue_record(record, cap, shared.max_buffered_per_partition, now);
     }
 
     #[test]
@@ -694,14 +699,15 @@ mod tests {
                 .unwrap()
                 .paused
         };
-        (0..2).for_each(|offset| receive(&shared, 0, offset));
+        let start = Instant::now();
+        (0..2).for_each(|offset| receive_at(&shared, 0, offset, start));
         let first = shared.take(10);
         assert_eq!(first.len(), 2);
-        stall(&shared, 0);
-        // Blocked: what it queues now cannot be taken. Paused once it holds 8.
-        (2..7).for_each(|offset| receive(&shared, 0, offset));
+        // Blocked: what it queues now cannot be taken. Once its records have been queued
+        // for long enough it is stalled, and paused once it holds 8.
+        (2..7).for_each(|offset| receive_at(&shared, 0, offset, start));
         assert!(!paused(&shared), "holds 7");
-        receive(&shared, 0, 7);
+        receive_at(&shared, 0, 7, start + STALLED_AFTER);
         assert!(paused(&shared), "holds 8");
         // One chunk acknowledged, its queue still full: no resume (it would refetch and be
         // paused again at once).
@@ -714,50 +720,45 @@ mod tests {
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
     }
 
-    /// Partition `partition` made its last progress long enough ago to be stalled.
-    fn stall(shared: &Shared, partition: i32) {
-        let mut state = shared.lock();
-        let partition = state.partitions.get_mut(&(Arc::from(TOPIC), partition)).unwrap();
-        partition.progressed_at -= crate::partitions::STALLED_AFTER;
-    }
-
     #[test]
-    fn a_busy_partition_at_its_cap_is_not_paused_and_its_records_count_against_the_bound() {
+    fn a_busy_partition_at_its_cap_is_not_paused_and_counts_against_the_bound_until_its_queue_lingers() {
         let shared = Shared::new(8);
         shared.set_max_in_flight(4);
         shared.assign(&list(&[0, 1]), None);
-        let partition = |shared: &Shared| {
+        let zero = |shared: &Shared| {
             let state = shared.lock();
             let p = state.partitions.get(&(Arc::from(TOPIC), 0)).unwrap();
             (p.paused, p.queued())
         };
-        (0..2).for_each(|offset| receive(&shared, 0, offset));
+        let start = Instant::now();
+        (0..2).for_each(|offset| receive_at(&shared, 0, offset, start));
         let first = shared.take(10);
         assert_eq!(first.len(), 2);
-        // At its cap, but its records were just received: busy, not stalled. What it
-        // queues cannot be taken yet, but is counted, so the poll thread stops at the
-        // bound instead of pausing it (which would drop librdkafka's prefetch).
-        (2..12).for_each(|offset| receive(&shared, 0, offset));
-        assert_eq!(
-            partition(&shared),
-            (false, 10),
-            "busy, over its buffer, not paused"
-        );
+        // At its cap, its records just queued: busy, not stalled. What it queues cannot be
+        // taken yet, but is counted against the bound, so that the poll thread stops there
+        // instead of pausing it (which would drop librdkafka's prefetch).
+        (2..12).for_each(|offset| receive_at(&shared, 0, offset, start));
+        assert_eq!(zero(&shared), (false, 10), "busy, over its buffer, not paused");
         assert_eq!(shared.takeable(&shared.lock()), 0);
-        assert_eq!(shared.unstalled(&shared.lock()), 10);
-        // Its records acknowledged: the next ones are taken.
+        assert_eq!(shared.unstalled(&shared.lock(), start), 10);
+        // Its records are acknowledged and the next ones taken, but its queue never
+        // empties: taken slower than it fills (or behind a record that never finishes).
         shared.acknowledge(first.iter().map(Message::metadata));
         assert_eq!(shared.take(10).len(), 2);
-        // No progress since long enough: stalled. Its records leave the count (the poll
-        // thread takes the other partitions' again), and the next one pauses it.
-        stall(&shared, 0);
-        assert_eq!(shared.unstalled(&shared.lock()), 0);
-        receive(&shared, 0, 12);
+        let later = start + STALLED_AFTER;
         assert_eq!(
-            partition(&shared),
-            (true, 9),
-            "stalled and over its buffer: paused"
+            shared.unstalled(&shared.lock(), later - Duration::from_millis(1)),
+            8
         );
+        // Queued without a break for long enough: stalled. Its records leave the count,
+        // so the poll thread takes the other partitions' records again, and its next one
+        // pauses it.
+        assert_eq!(shared.unstalled(&shared.lock(), later), 0);
+        receive_at(&shared, 1, 0, later);
+        assert_eq!(shared.unstalled(&shared.lock(), later), 1);
+        assert_eq!(shared.take(10).len(), 1, "the other partition's record");
+        receive_at(&shared, 0, 12, later);
+        assert_eq!(zero(&shared), (true, 9), "stalled and over its buffer: paused");
     }
 
     #[test]

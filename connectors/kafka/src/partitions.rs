@@ -14,9 +14,9 @@ use crate::slot::Slot;
 
 pub(crate) type TopicPartition = (Arc<str>, i32);
 
-/// How long a partition at its cap may go without progress before it counts as stalled
+/// How long a partition at its cap may keep records queued before it counts as stalled
 /// (see [`Partition::is_stalled`]). Well under a second: meanwhile its queued records fill
-/// the poll thread's bound and the other partitions wait.
+/// the poll thread's bound and the other partitions' records wait in librdkafka.
 pub(crate) const STALLED_AFTER: Duration = Duration::from_millis(250);
 
 /// One assigned partition.
@@ -26,6 +26,8 @@ pub(crate) struct Partition {
     pub(crate) offsets: PartitionOffsets,
     /// Of the received, those not yet handed to the pipeline, in offset order.
     queue: VecDeque<KafkaMessage>,
+    /// Since when `queue` has not been empty: `None` while it is.
+    queued_since: Option<Instant>,
     /// Of the received, how many were dropped from the queue unhanded (a revoke, a
     /// shutdown): never acknowledged, read again by whoever owns the partition next.
     pub(crate) dropped: usize,
@@ -48,6 +50,7 @@ impl Partition {
             generation,
             offsets: PartitionOffsets::default(),
             queue: VecDeque::new(),
+            queued_since: None,
             dropped: 0,
             paused: false,
             committed: None,
@@ -66,18 +69,23 @@ impl Partition {
         self.queue.len()
     }
 
-    /// Whether it is stalled: `cap` records handed out (its queued records cannot be
-    /// taken) and no progress for [`STALLED_AFTER`]. Only then may its records pile up
-    /// behind one that never finishes; a partition at its cap whose records are being
-    /// acknowledged is merely busy, its queued records taken as soon as those are.
+    /// Whether it is stalled at `now`: `cap` records handed out (its queued records cannot
+    /// be taken) and records queued without a break for [`STALLED_AFTER`] (its records
+    /// pile up behind one that never finishes, or are taken slower than they arrive). A
+    /// partition at its cap whose queue empties quickly is merely busy: its queued records
+    /// are taken as soon as the pipeline acknowledges the ones it has.
     pub(crate) fn is_stalled(&self, cap: usize, now: Instant) -> bool {
-        self.handed_out() >= cap && now.saturating_duration_since(self.progressed_at) >= STALLED_AFTER
+        self.handed_out() >= cap
+            && self
+                .queued_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= STALLED_AFTER)
     }
 
     /// Drops its queued records, unhanded.
     fn drop_queued(&mut self) {
         self.dropped += self.queue.len();
         self.queue.clear();
+        self.queued_since = None;
     }
 }
 
@@ -118,9 +126,9 @@ impl Partitions {
         self.slots[index as usize].take()
     }
 
-    /// Queues `message` behind the records of its partition, which must be assigned;
-    /// returns the partition.
-    pub(crate) fn enqueue(&mut self, message: KafkaMessage) -> &mut Partition {
+    /// Queues `message` behind the records of its partition, which must be assigned, at
+    /// `now`; returns the partition.
+    pub(crate) fn enqueue(&mut self, message: KafkaMessage, now: Instant) -> &mut Partition {
         let index = message.metadata().slot.index;
         let partition = self.slots[index as usize]
             .as_mut()
@@ -128,6 +136,7 @@ impl Partitions {
             .expect("an assigned partition's record");
         if partition.queue.is_empty() {
             self.ready.push_back(index);
+            partition.queued_since = Some(now);
         }
         partition.queue.push_back(message);
         partition
@@ -152,7 +161,9 @@ impl Partitions {
                 .min(wanted)
                 .min(partition.queue.len());
             taken.extend(partition.queue.drain(..n));
-            if !partition.queue.is_empty() {
+            if partition.queue.is_empty() {
+                partition.queued_since = None;
+            } else {
                 self.ready.push_back(index);
             }
         }

@@ -254,7 +254,7 @@ impl Poller {
                 (
                     state.stopped,
                     state.finished,
-                    self.shared.unstalled(&state),
+                    self.shared.unstalled(&state, Instant::now()),
                     state.paused_all,
                     std::mem::take(&mut state.held.changed),
                 )
@@ -296,8 +296,8 @@ impl Poller {
             }
             // Whatever librdkafka has ready, up to a handoff, in one lock and one wake-up:
             // a wake-up per record would cost more than the record. Never more than the
-            // queue has room for, so that it holds at most `max_buffered_per_partition`
-            // records of partitions not stalled (a handoff of 512 used to overshoot it).
+            // bound has room for, `max_buffered_per_partition` records of partitions not
+            // stalled (a handoff of 512 used to overshoot it).
             let handoff = HANDOFF.min(limit.saturating_sub(queued).max(1));
             let mut ready = Vec::new();
             let mut timeout = POLL_INTERVAL;
@@ -491,7 +491,7 @@ impl Intake {
         let mut full = Vec::new();
         let mut state = shared.lock();
         let state = &mut *state;
-        let cap = shared.cap(state);
+        let (cap, now) = (shared.cap(state), Instant::now());
         for mut record in records {
             if state.partitions.at(record.slot).is_none() {
                 let key = (record.topic_arc().clone(), record.partition());
@@ -506,7 +506,7 @@ impl Intake {
                 record.slot = slot;
                 self.last = Some((key, slot));
             }
-            full.extend(state.queue_record(record, cap, shared.max_buffered_per_partition));
+            full.extend(state.queue_record(record, cap, shared.max_buffered_per_partition, now));
         }
         shared.ready.notify_one();
         full
