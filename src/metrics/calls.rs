@@ -14,6 +14,7 @@ pub(crate) struct CallSlot(AtomicU64);
 impl CallSlot {
     /// Marks a handler call under way until the guard is dropped (also when the call is
     /// cut short).
+    #[inline]
     pub(crate) fn enter(&self) -> InCall<'_> {
         self.step();
         InCall(self)
@@ -21,6 +22,7 @@ impl CallSlot {
 
     /// One step on. Only its own task moves a slot, so a load and a store do: a locked
     /// add would cost as much as a quick handler call, twice a message.
+    #[inline]
     fn step(&self) {
         self.0.store(self.0.load(Relaxed).wrapping_add(1), Relaxed);
     }
@@ -30,6 +32,7 @@ impl CallSlot {
 pub(crate) struct InCall<'a>(&'a CallSlot);
 
 impl Drop for InCall<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.0.step();
     }

@@ -222,24 +222,16 @@ fn set_order_key<T, M>(message: &mut Message<T, M>, partition_by: &PartitionBy<T
 }
 
 /// Splits `messages` into chunks of at most `max` messages, in order. A vector that
-/// fits one chunk whole is passed on as it is.
-fn chunks<X>(messages: Vec<X>, max: usize) -> Vec<Vec<X>> {
-    if messages.len() <= max {
-        return if messages.is_empty() {
-            Vec::new()
-        } else {
-            vec![messages]
-        };
-    }
-    let mut out = Vec::with_capacity(messages.len().div_ceil(max));
-    let mut messages = messages.into_iter();
-    loop {
-        let chunk: Vec<X> = messages.by_ref().take(max).collect();
-        if chunk.is_empty() {
-            return out;
-        }
-        out.push(chunk);
-    }
+/// fits one chunk whole is passed on as it is, with nothing allocated to hold it.
+fn chunks<X>(messages: Vec<X>, max: usize) -> impl Iterator<Item = Vec<X>> {
+    let (whole, mut rest) = match messages.len() <= max {
+        true => (Some(messages).filter(|m| !m.is_empty()), None),
+        false => (None, Some(messages.into_iter())),
+    };
+    whole.into_iter().chain(std::iter::from_fn(move || {
+        let chunk: Vec<X> = rest.as_mut()?.take(max).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    }))
 }
 
 #[cfg(test)]
@@ -248,10 +240,12 @@ mod tests {
 
     #[test]
     fn chunks_keep_order_and_size() {
-        assert!(chunks(Vec::<u8>::new(), 3).is_empty());
-        assert_eq!(chunks(vec![1, 2], 3), vec![vec![1, 2]]);
+        let split = |messages: Vec<u8>| chunks(messages, 3).collect::<Vec<_>>();
+        assert!(split(Vec::new()).is_empty());
+        assert_eq!(split(vec![1, 2]), vec![vec![1, 2]]);
+        assert_eq!(split(vec![1, 2, 3]), vec![vec![1, 2, 3]]);
         assert_eq!(
-            chunks(vec![1, 2, 3, 4, 5, 6, 7], 3),
+            split(vec![1, 2, 3, 4, 5, 6, 7]),
             vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
         );
     }
