@@ -42,6 +42,9 @@ pub(crate) struct State {
     pub(crate) finished: bool,
     /// When the poll thread last went round its loop.
     pub(crate) polled_at: Instant,
+    /// Takes that handed out records, counted: the poll thread's sign that the pipeline
+    /// still takes records while its queue is full.
+    pub(crate) takes: u64,
     /// Partitions and topics an operator paused (see [`KafkaPause`](crate::KafkaPause)):
     /// kept across rebalances, so that a partition paused comes back paused.
     pub(crate) held: Held,
@@ -88,6 +91,7 @@ impl Default for State {
             stopped: false,
             finished: false,
             polled_at: Instant::now(),
+            takes: 0,
             held: Held::default(),
         }
     }
@@ -342,6 +346,7 @@ impl Shared {
         let limit = self.cap(&state);
         let taken = state.partitions.take(demand, limit);
         if !taken.is_empty() {
+            state.takes += 1;
             self.room.notify_one();
             if state.partitions.any_queued() {
                 self.ready.notify_one();
@@ -376,10 +381,11 @@ impl Shared {
             .sum()
     }
 
-    /// Queued records that the poll thread's bound counts: all but those of stalled
-    /// partitions (paused once they hold `max_buffered_per_partition`), which would
-    /// otherwise fill the queue and starve every other partition. A partition at its limit
-    /// that is still acknowledging records counts: its records are taken soon, and were
+    /// Queued records that the poll thread's bound counts: all but those of stalled and of
+    /// paused partitions, which would otherwise fill the queue and starve every other
+    /// partition (a stalled one is paused once it holds `max_buffered_per_partition`; a
+    /// paused one is sent nothing more, its queue bounded by that pause). A partition at
+    /// its limit whose queue empties quickly counts: its records are taken soon, and were
     /// they not counted, the poll thread would queue more of them until it paused the
     /// partition, dropping librdkafka's prefetch in the ordinary flow of records.
     pub(crate) fn unstalled(&self, state: &State, now: Instant) -> usize {
@@ -387,7 +393,7 @@ impl Shared {
         state
             .partitions
             .values()
-            .filter(|p| !p.is_stalled(limit, now))
+            .filter(|p| !p.paused && !p.is_stalled(limit, now))
             .map(Partition::queued)
             .sum()
     }
@@ -703,20 +709,29 @@ mod tests {
         (0..2).for_each(|offset| receive_at(&shared, 0, offset, start));
         let first = shared.take(10);
         assert_eq!(first.len(), 2);
-        // Blocked: what it queues now cannot be taken. Once its records have been queued
-        // for long enough it is stalled, and paused once it holds 8.
-        (2..7).for_each(|offset| receive_at(&shared, 0, offset, start));
-        assert!(!paused(&shared), "holds 7");
-        receive_at(&shared, 0, 7, start + STALLED_AFTER);
-        assert!(paused(&shared), "holds 8");
-        // One chunk acknowledged, its queue still full: no resume (it would refetch and be
-        // paused again at once).
+        // Blocked: what it queues now cannot be taken. Holding its buffer of 8 while its
+        // queue is young, it is busy, not paused; once its queue has not emptied for long
+        // enough, it is stalled, and paused.
+        (2..8).for_each(|offset| receive_at(&shared, 0, offset, start));
+        assert!(!paused(&shared), "holds 8, queued just now");
+        receive_at(&shared, 0, 8, start + STALLED_AFTER);
+        assert!(paused(&shared), "holds 9, stalled");
+        // A chunk acknowledged, its queue still full: no resume (it would refetch and be
+        // paused again at once). Paused, its queue is left out of the poll thread's bound
+        // even below its cap.
         shared.acknowledge(first.iter().map(Message::metadata));
-        assert!(paused(&shared), "holds 6");
-        let second = shared.take(10);
-        assert_eq!(second.len(), 2);
-        shared.acknowledge(second.iter().map(Message::metadata));
-        assert!(!paused(&shared), "holds 4, half its buffer");
+        assert!(paused(&shared), "holds 7");
+        assert_eq!(shared.unstalled(&shared.lock(), start), 0, "paused: not counted");
+        for held in [5, 3] {
+            let taken = shared.take(10);
+            assert_eq!(taken.len(), 2);
+            shared.acknowledge(taken.iter().map(Message::metadata));
+            assert_eq!(
+                paused(&shared),
+                held > 4,
+                "holds {held}; resumed at half its buffer"
+            );
+        }
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
     }
 

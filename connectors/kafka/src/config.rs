@@ -149,14 +149,16 @@ impl KafkaConfig {
     /// partition may hold between fetch and acknowledgement (default 1,000). A poll takes
     /// no more from librdkafka (whose prefetch is bounded too) than the queue has room
     /// for; once it is full, one record a commit interval while the poll thread serves
-    /// the group, until a second without demand pauses the partitions. A partition is
-    /// stalled when its share of the pipeline's `max_in_flight` is handed out and its
-    /// queue has not emptied for 250 ms (behind a record that never finishes, or taken
-    /// slower than it arrives); its queued records then leave the count of that bound, and
-    /// it is paused once it holds this many records, queued and out (past it, at most the
-    /// rest of two of the poll thread's handoffs of 512 records), until acknowledgements
-    /// bring it to half. A partition that is merely busy is not paused: pausing drops
-    /// librdkafka's prefetch, a fetch round trip to get back.
+    /// the group, until a second in which the pipeline takes nothing pauses the
+    /// partitions. A partition is stalled when its share of the pipeline's
+    /// `max_in_flight` is handed out and its queue has not emptied for 250 ms (behind a
+    /// record that never finishes, or handled slower than it is fetched): its queued
+    /// records then leave the count of that bound, and it is paused once it holds this
+    /// many records, queued and out, until acknowledgements bring it to half. A partition
+    /// whose queue empties within 250 ms is not paused: pausing drops librdkafka's
+    /// prefetch, a fetch round trip to get back. One partition holds at most this many
+    /// records queued and its share handed out, and past that at most two of the poll
+    /// thread's handoffs of 512 records.
     pub fn max_buffered_per_partition(mut self, max: usize) -> Self {
         self.max_buffered_per_partition = max;
         self

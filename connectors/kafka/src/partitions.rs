@@ -39,7 +39,7 @@ pub(crate) struct Partition {
     /// are skipped, not handled twice.
     pub(crate) done_below: Option<i64>,
     /// When its committable offset last moved, or records arrived with none outstanding:
-    /// a partition with records outstanding and no progress for long is stalled.
+    /// how long it has gone without progress, as the lag gauges report it.
     pub(crate) progressed_at: Instant,
 }
 
@@ -246,6 +246,9 @@ impl Partitions {
             })
             .collect();
         assert_eq!(ready, queued);
+        for partition in self.slots.iter().flatten() {
+            assert_eq!(partition.queued_since.is_some(), !partition.queue.is_empty());
+        }
     }
 }
 

@@ -245,9 +245,10 @@ impl Poller {
         let mut last_commit = Instant::now();
         let mut watermarks_read = Instant::now();
         let mut full_since: Option<Instant> = None;
+        let mut takes_seen = 0;
         let errors = ClientErrors::new(group);
         loop {
-            let (stopped, finished, queued, paused_all, held_changed) = {
+            let (stopped, finished, queued, paused_all, held_changed, takes) = {
                 let mut state = self.shared.lock();
                 // The liveness check's heartbeat.
                 state.polled_at = Instant::now();
@@ -257,6 +258,7 @@ impl Poller {
                     self.shared.unstalled(&state, Instant::now()),
                     state.paused_all,
                     std::mem::take(&mut state.held.changed),
+                    state.takes,
                 )
             };
             if finished {
@@ -268,14 +270,18 @@ impl Poller {
             if stopped && !paused_all {
                 self.pause_all(true);
             }
-            // Back-pressure: with the queue full (of records not held by a stalled
-            // partition), stop taking records from librdkafka (it stops fetching once its
-            // own bounded prefetch is full). Only a stall longer than STALL pauses the
-            // partitions, so that polling can go on serving the
-            // group's callbacks; pausing drops librdkafka's prefetch, too dear for the
+            // Back-pressure: with the queue full (of records not held by a stalled or
+            // paused partition), stop taking records from librdkafka (it stops fetching
+            // once its own bounded prefetch is full). Only a full queue from which nothing
+            // is taken for STALL pauses the partitions, so that polling can go on serving
+            // the group's callbacks; pausing drops librdkafka's prefetch, too dear for the
             // ordinary ebb and flow of demand.
             let limit = self.shared.max_buffered_per_partition;
             let full = queued >= limit;
+            if takes != takes_seen {
+                takes_seen = takes;
+                full_since = full_since.map(|_| Instant::now());
+            }
             if full && !stopped {
                 let since = *full_since.get_or_insert_with(Instant::now);
                 let left = STALL.saturating_sub(since.elapsed());
@@ -421,9 +427,9 @@ impl Poller {
         }
     }
 
-    /// Pauses every assigned partition, or resumes those not paused for having their cap
-    /// handed out: those stay paused until their records are acknowledged, so that a
-    /// stuck partition's records never pile up.
+    /// Pauses every assigned partition, or resumes those not paused for a stall: those
+    /// stay paused until their records are acknowledged, so that a stuck partition's
+    /// records never pile up.
     fn pause_all(&mut self, paused: bool) {
         match self.consumer.assignment() {
             Ok(assignment) => {
