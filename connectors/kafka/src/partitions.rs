@@ -146,7 +146,15 @@ impl Partitions {
     /// turn, none beyond `limit` handed out. A partition at its limit keeps its records
     /// where they are, and goes to the back of the turns like any other.
     pub(crate) fn take(&mut self, demand: usize, limit: usize) -> Vec<KafkaMessage> {
-        let mut taken = Vec::new();
+        // Sized first: grown by doubling, the vector would copy each record of a take once
+        // more on average, and a record is a few hundred bytes.
+        let takeable: usize = self
+            .ready
+            .iter()
+            .filter_map(|&index| self.slots[index as usize].as_ref())
+            .map(|p| limit.saturating_sub(p.handed_out()).min(p.queue.len()))
+            .sum();
+        let mut taken = Vec::with_capacity(takeable.min(demand));
         for _ in 0..self.ready.len() {
             let wanted = demand - taken.len();
             if wanted == 0 {
