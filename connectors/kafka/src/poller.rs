@@ -305,7 +305,7 @@ impl Poller {
             // bound has room for, `max_buffered_per_partition` records of partitions not
             // stalled (a handoff of 512 used to overshoot it).
             let handoff = HANDOFF.min(limit.saturating_sub(queued).max(1));
-            let mut ready = Vec::new();
+            let mut ready = Vec::with_capacity(handoff);
             let mut timeout = POLL_INTERVAL;
             while ready.len() < handoff {
                 match self.consumer.poll(timeout) {
