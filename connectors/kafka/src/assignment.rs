@@ -369,6 +369,17 @@ impl Shared {
         self.unstalled(&state, Instant::now()) < limit
     }
 
+    /// Partitions just marked paused whose pause librdkafka refused: they are still
+    /// fetched, so their queues count against the poll thread's bound again.
+    pub(crate) fn not_paused_after_all(&self, partitions: &[TopicPartition]) {
+        let mut state = self.lock();
+        for key in partitions {
+            if let Some(partition) = state.partitions.get_mut(key) {
+                partition.paused = false;
+            }
+        }
+    }
+
     /// Queued records that the pipeline may take: not those of a partition with its limit
     /// handed out.
     pub(crate) fn takeable(&self, state: &State) -> usize {
@@ -733,6 +744,30 @@ mod tests {
             );
         }
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
+    }
+
+    #[test]
+    fn a_pause_librdkafka_refused_leaves_the_partition_counted_and_paused_again_later() {
+        let shared = Shared::new(4);
+        shared.set_max_in_flight(2);
+        shared.assign(&list(&[0, 1]), None);
+        let start = Instant::now();
+        let later = start + STALLED_AFTER;
+        receive_at(&shared, 0, 0, start);
+        let out = shared.take(10);
+        assert_eq!(out.len(), 1, "its share of 2 among two partitions");
+        (1..4).for_each(|offset| receive_at(&shared, 0, offset, start));
+        receive_at(&shared, 0, 4, later);
+        let key = (Arc::from(TOPIC), 0);
+        let paused = |shared: &Shared| shared.lock().partitions.get(&key).unwrap().paused;
+        assert!(paused(&shared), "stalled, holding its buffer");
+        assert_eq!(shared.unstalled(&shared.lock(), start), 0);
+        // The pause refused: still fetched, so counted against the bound again.
+        shared.not_paused_after_all(std::slice::from_ref(&key));
+        assert!(!paused(&shared));
+        assert_eq!(shared.unstalled(&shared.lock(), start), 4);
+        receive_at(&shared, 0, 5, later);
+        assert!(paused(&shared), "paused again with its next record");
     }
 
     #[test]

@@ -321,8 +321,10 @@ impl Poller {
             // Once stopped, what arrives is not handed out, so it is read again later.
             if !stopped && !ready.is_empty() {
                 let full = self.intake.enqueue(&self.shared, &ready);
-                if !full.is_empty() {
-                    self.set_paused(&full, true);
+                if !full.is_empty() && !self.set_paused(&full, true) {
+                    // Still fetched: counted against the bound again (a paused partition's
+                    // queue is not), and paused with their next record.
+                    self.shared.not_paused_after_all(&full);
                 }
             }
             drop(ready);
@@ -447,7 +449,8 @@ impl Poller {
         self.shared.lock().paused_all = paused;
     }
 
-    fn set_paused(&self, partitions: &[(Arc<str>, i32)], paused: bool) {
+    /// `false` when librdkafka refused.
+    fn set_paused(&self, partitions: &[(Arc<str>, i32)], paused: bool) -> bool {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in partitions {
             tpl.add_partition(topic, *partition);
@@ -457,9 +460,10 @@ impl Poller {
         } else {
             self.consumer.resume(&tpl)
         };
-        if let Err(error) = result {
+        if let Err(error) = &result {
             tracing::warn!(%error, paused, "cannot pause or resume partitions");
         }
+        result.is_ok()
     }
 }
 
