@@ -53,6 +53,40 @@ async fn consumes_every_record_in_partition_order_and_commits_each_partition_to_
     assert_eq!(committed(&bootstrap, "g1", "orders", 4), vec![500; 4]);
 }
 
+/// The poll thread's global pause: a pipeline that takes nothing for a second (paused
+/// here) has its whole assignment paused, and fetching resumes once it takes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_takes_nothing_for_a_second_stops_fetching_until_it_takes_again() {
+    let _serial = common::serial().await;
+    let cluster = cluster("idle", 2);
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, "idle", 2, 2_000, 10);
+
+    let recorder = Arc::new(Recorder::default());
+    let config = config(&bootstrap, "g-idle", "idle").max_buffered_per_partition(50);
+    let source = KafkaSource::new(config).unwrap();
+    let status = source.status();
+    let pipeline = Pipeline::builder(source, recorder.clone())
+        .processors(Processors::new(2).max_demand(10).min_demand(5))
+        .start()
+        .unwrap();
+    let pause = pipeline.pause_switch();
+    pause.pause();
+    // Nothing taken: the queue fills to its bound of 50, and a second later the whole
+    // assignment is paused. No partition has its share out: none is stalled itself.
+    eventually(WAIT, || status.stalled()).await;
+    let queued: usize = status.partitions().iter().map(|p| p.queued).sum();
+    assert!(queued >= 50, "stalled with {queued} queued, under the bound");
+    pause.resume();
+    let stats = pipeline.stats();
+    eventually(WAIT, || stats.get().successful == 2_000).await;
+    assert!(!status.stalled(), "fetching resumed once records were taken");
+    pipeline.shutdown().await.unwrap();
+    let payloads: BTreeSet<usize> = recorder.payloads().into_iter().collect();
+    assert_eq!(payloads.len(), 2_000, "every record handled once");
+    assert_eq!(committed(&bootstrap, "g-idle", "idle", 2), vec![1_000; 2]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_from_the_committed_offsets() {
     let _serial = common::serial().await;
