@@ -23,8 +23,8 @@ fn key_of(element: &TopicPartitionListElem<'_>) -> TopicPartition {
 #[derive(Debug)]
 pub(crate) struct State {
     /// With the records fetched and not yet asked for, queued in each partition. Bounded:
-    /// those of partitions not stalled by the poll thread's limit, a stalled partition's
-    /// by its pause (see [`State::queue_record`]).
+    /// those of partitions neither stalled nor paused by the poll thread's limit, a
+    /// stalled partition's by its pause (see [`State::queue_record`]).
     pub(crate) partitions: Partitions,
     pub(crate) next_generation: u64,
     /// Paused partitions that drained below half their limit.
@@ -355,9 +355,9 @@ impl Shared {
         taken
     }
 
-    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records not held
-    /// by a stall (see [`Shared::unstalled`]); `false` if it is still full (or the source
-    /// stopped or finished).
+    /// Waits, at most `timeout`, until the queue holds fewer than `limit` records of
+    /// partitions neither stalled nor paused (see [`Shared::unstalled`]); `false` if it is
+    /// still full (or the source stopped or finished).
     pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) -> bool {
         let state = self.lock();
         let (state, _) = self

@@ -26,7 +26,8 @@ use crate::slot::Slot;
 /// How long one poll waits: the latency of resuming a paused partition, and of stopping.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// How long a full queue waits for demand before the partitions are paused.
+/// How long a full queue from which the pipeline takes nothing waits before the
+/// partitions are paused.
 const STALL: Duration = Duration::from_secs(1);
 // A partition's own stall is seen (its records leave the count of a full queue) well
 // before the whole pipeline's is taken for one.
@@ -302,8 +303,8 @@ impl Poller {
             }
             // Whatever librdkafka has ready, up to a handoff, in one lock and one wake-up:
             // a wake-up per record would cost more than the record. Never more than the
-            // bound has room for, `max_buffered_per_partition` records of partitions not
-            // stalled (a handoff of 512 used to overshoot it).
+            // bound has room for, `max_buffered_per_partition` records of partitions neither
+            // stalled nor paused (a handoff of 512 used to overshoot it).
             let handoff = HANDOFF.min(limit.saturating_sub(queued).max(1));
             let mut ready = Vec::with_capacity(handoff);
             let mut timeout = POLL_INTERVAL;
