@@ -81,6 +81,11 @@ impl Partition {
                 .is_some_and(|since| now.saturating_duration_since(since) >= STALLED_AFTER)
     }
 
+    /// How many of its queued records may be handed out now, with at most `limit` out.
+    fn may_hand_out(&self, limit: usize) -> usize {
+        limit.saturating_sub(self.handed_out()).min(self.queue.len())
+    }
+
     /// Drops its queued records, unhanded.
     fn drop_queued(&mut self) {
         self.dropped += self.queue.len();
@@ -152,7 +157,7 @@ impl Partitions {
             .ready
             .iter()
             .filter_map(|&index| self.slots[index as usize].as_ref())
-            .map(|p| limit.saturating_sub(p.handed_out()).min(p.queue.len()))
+            .map(|p| p.may_hand_out(limit))
             .sum();
         let mut taken = Vec::with_capacity(takeable.min(demand));
         for _ in 0..self.ready.len() {
@@ -164,10 +169,7 @@ impl Partitions {
             let partition = self.slots[index as usize]
                 .as_mut()
                 .expect("a partition with records queued is assigned");
-            let n = limit
-                .saturating_sub(partition.handed_out())
-                .min(wanted)
-                .min(partition.queue.len());
+            let n = partition.may_hand_out(limit).min(wanted);
             taken.extend(partition.queue.drain(..n));
             if partition.queue.is_empty() {
                 partition.queued_since = None;

@@ -251,12 +251,13 @@ impl Poller {
         loop {
             let (stopped, finished, queued, paused_all, held_changed, takes) = {
                 let mut state = self.shared.lock();
+                let now = Instant::now();
                 // The liveness check's heartbeat.
-                state.polled_at = Instant::now();
+                state.polled_at = now;
                 (
                     state.stopped,
                     state.finished,
-                    self.shared.unstalled(&state, Instant::now()),
+                    self.shared.unstalled(&state, now),
                     state.paused_all,
                     std::mem::take(&mut state.held.changed),
                     state.takes,
