@@ -67,18 +67,7 @@ fn kill_9_run(case: &str, bootstrap: &str, partitions: i32, produced: usize) {
     });
     // A kill replays what was in flight plus what was acknowledged since the last
     // confirmed commit.
-    let in_flight_bound = counted.max_in_flight + UNCOMMITTED_BOUND;
-    let (unique, lost, duplicates) = (counted.unique, counted.lost, counted.duplicates);
-    println!(
-        "CHAOS case={case} produced={produced} handled_unique={unique} lost={lost} \
-         duplicates={duplicates} inflight_bound={in_flight_bound} kills={kills}"
-    );
-    assert_eq!(lost, 0, "records lost");
-    assert_eq!(unique, produced);
-    assert!(
-        duplicates <= kills * in_flight_bound,
-        "duplicates {duplicates} over the bound {kills} × {in_flight_bound}"
-    );
+    counted.assert_kills_within(case, produced, kills, counted.max_in_flight + UNCOMMITTED_BOUND);
     // After the graceful stop everything is committed.
     let ends: i64 = committed(bootstrap, "chaos-group", TOPIC, partitions)
         .iter()

@@ -21,11 +21,18 @@ impl Acknowledger<RedisStreamMetadata> for RedisStreamAcknowledger {
     ) {
         // No reference to the messages is held across the call: their data need not be
         // `Sync`.
-        let acks = self
-            .0
-            .acks(successful.iter().chain(&failed).map(|message| message.metadata()));
+        let ids = successful
+            .iter()
+            .chain(&failed)
+            .map(|message| message.metadata().key())
+            .collect();
         drop((successful, failed));
-        self.0.acknowledge(acks).await;
+        self.0.ack(ids).await;
+    }
+
+    /// Sends the acknowledgements still queued to go with a read.
+    async fn flush(&self) {
+        self.0.flush_acks().await;
     }
 
     /// Entries not to be handled here (waiting for a retry at shutdown): any consumer may

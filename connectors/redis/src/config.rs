@@ -48,7 +48,8 @@ pub struct RedisStreamConfig {
     /// idle time of the entries it is handling three times per `claim_idle`.
     #[serde(default = "default_claim_idle", with = "humantime_serde")]
     pub claim_idle: Duration,
-    /// How long one read waits for new entries (default 2 s).
+    /// How long one read waits for new entries once a read found none (default 2 s); a
+    /// shutdown cuts the wait short.
     #[serde(default = "default_block", with = "humantime_serde")]
     pub block: Duration,
     /// How often the stream's length and the group's pending count and lag are read for

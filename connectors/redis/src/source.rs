@@ -16,16 +16,21 @@ use crate::config::RedisStreamConfig;
 use crate::error::RedisStreamError;
 use crate::metadata::{RedisStreamMessage, RedisStreamMetadata};
 use crate::metrics::StreamMetrics;
-use crate::stream::{lock, ReadFrom, Stream};
+use crate::stream::{lock, AckQueue, ReadFrom, Stream};
+
+/// How often shutdown cuts short again the reads waiting for new entries.
+const UNBLOCK_AGAIN: Duration = Duration::from_millis(100);
 
 /// How often a dead consumer's entries are looked for.
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Consumes a Redis stream as one consumer of a consumer group.
 ///
-/// Each `receive` reads at most the demand (`XREADGROUP ... COUNT demand BLOCK`). An
-/// entry is acknowledged (`XACK`) after its last stage, failed or not (the pipeline
-/// retries in process, and dead-letters what fails for good). Started again under the
+/// Each `receive` reads at most the demand (`XREADGROUP ... COUNT demand`, waiting with
+/// `BLOCK` when there is nothing). An entry is acknowledged (`XACK`) after its last
+/// stage, failed or not (the pipeline retries in process, and dead-letters what fails
+/// for good); the `XACK` goes with the next read, or on its own within milliseconds, so
+/// a kill may make handled again up to twice the pipeline's `max_in_flight`. Started again under the
 /// same [`consumer`](RedisStreamConfig::consumer) name, the source first takes back its
 /// own entries left unacknowledged (a kill, a shutdown cut short); another consumer's
 /// are claimed (`XAUTOCLAIM`) once idle for [`claim_idle`](RedisStreamConfig::claim_idle),
@@ -128,6 +133,9 @@ impl RedisStreamSource {
             held: Mutex::default(),
             renewing: tokio::sync::Mutex::default(),
             claim_cursor: Mutex::new("0".to_owned()),
+            acks: AckQueue::default(),
+            waiting: Mutex::default(),
+            reads_stopped: CancellationToken::new(),
             metrics: StreamMetrics::new(&config.stream, &config.group),
         });
         stream
@@ -144,6 +152,9 @@ impl RedisStreamSource {
                 }
             }
         }));
+        let acking = stream.clone();
+        let acks_stop = stop.clone();
+        tokio::spawn(async move { acking.send_acks(acks_stop).await });
         let measured = stream.clone();
         tokio::spawn(every(config.lag_interval, stop.clone(), move || {
             let stream = measured.clone();
@@ -271,14 +282,30 @@ impl Source for RedisStreamSource {
     /// Hands back what was read and not handed out, reads under way included: any
     /// consumer may claim it at once.
     async fn shutdown(&self) {
-        let mut left = Vec::new();
-        for mut reader in self.readers.each().await {
-            left.extend(reader.fetch.drain().await.iter().map(RedisStreamMetadata::key));
-        }
+        let drain = async {
+            let mut left = Vec::new();
+            for mut reader in self.readers.each().await {
+                left.extend(reader.fetch.drain().await.iter().map(RedisStreamMetadata::key));
+            }
+            left
+        };
+        // A read that began to wait just as the first unblock went out is cut short by
+        // the next.
+        let unblock = async {
+            loop {
+                self.stream.unblock_reads().await;
+                tokio::time::sleep(UNBLOCK_AGAIN).await;
+            }
+        };
+        let left = tokio::select! {
+            left = drain => left,
+            never = unblock => never,
+        };
         self.stream.hand_back(&left).await;
     }
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        self.stream.acks.allow(plan.max_in_flight);
         if !plan.dead_letter {
             tracing::warn!(stream = %self.stream.key, "no dead-letter destination: an entry failed for good is logged, counted and acknowledged; set one to keep it");
         }

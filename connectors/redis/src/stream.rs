@@ -5,6 +5,9 @@ use foldhash::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{Notify, RwLock, Semaphore};
+use tokio_util::sync::CancellationToken;
+
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply};
@@ -30,7 +33,105 @@ pub(crate) struct Stream {
     pub(crate) renewing: tokio::sync::Mutex<()>,
     /// Where the next claim scan starts.
     pub(crate) claim_cursor: Mutex<String>,
+    /// Acknowledgements made and not yet sent.
+    pub(crate) acks: AckQueue,
+    /// The client ids of the read connections waiting for new entries.
+    pub(crate) waiting: Mutex<Vec<i64>>,
+    /// Told at shutdown: reads no longer wait for new entries.
+    pub(crate) reads_stopped: CancellationToken,
     pub(crate) metrics: StreamMetrics,
+}
+
+/// A read connection's client id listed in [`Stream::waiting`] while its read waits.
+struct Waiting<'a> {
+    list: &'a Mutex<Vec<i64>>,
+    id: i64,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(list: &'a Mutex<Vec<i64>>, id: i64) -> Self {
+        lock(list).push(id);
+        Waiting { list, id }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut list = lock(self.list);
+        if let Some(at) = list.iter().position(|&id| id == self.id) {
+            list.swap_remove(at);
+        }
+    }
+}
+
+/// How long an acknowledgement waits for a read to go with before it is sent on its own.
+const ACK_LINGER: Duration = Duration::from_millis(2);
+
+/// Acknowledgements made and not yet sent. Each goes to the server with the next read, in
+/// the same round trip (as a hand-written consumer sends them, and on a server that syncs
+/// every write to disk, under the same sync), or on its own after [`ACK_LINGER`] when no
+/// read comes. The pipeline counts them done at once: its in-flight bound no longer
+/// waits for an `XACK` round trip, which would leave one read in flight where two fit.
+#[derive(Debug)]
+pub(crate) struct AckQueue {
+    queued: Mutex<Vec<EntryId>>,
+    /// Told when `queued` stops being empty.
+    queued_some: Notify,
+    /// How many more may be queued: the pipeline's `max_in_flight` (0 until the pipeline
+    /// says it). Past that, an acknowledgement is sent at once and waited for, so that
+    /// those counted done and not yet confirmed, what a kill makes handled again beside
+    /// the entries in flight, stay within that bound.
+    room: Semaphore,
+    room_given: std::sync::Once,
+    /// Held shared by whoever sends acknowledgements taken from `queued`; whole by
+    /// [`Stream::flush_acks`], which so waits for every one of them.
+    sending: RwLock<()>,
+}
+
+impl Default for AckQueue {
+    fn default() -> Self {
+        AckQueue {
+            queued: Mutex::default(),
+            queued_some: Notify::new(),
+            room: Semaphore::new(0),
+            room_given: std::sync::Once::new(),
+            sending: RwLock::default(),
+        }
+    }
+}
+
+impl AckQueue {
+    /// Lets `n` acknowledgements be queued (the pipeline's `max_in_flight`), once.
+    pub(crate) fn allow(&self, n: usize) {
+        self.room_given.call_once(|| self.room.add_permits(n));
+    }
+
+    /// Queues `ids`: `false`, nothing queued, when there is no room for them.
+    fn queue(&self, ids: &[EntryId]) -> bool {
+        let Ok(room) = self.room.try_acquire_many(ids.len() as u32) else {
+            return false;
+        };
+        room.forget();
+        let mut queued = lock(&self.queued);
+        if queued.is_empty() {
+            self.queued_some.notify_one();
+        }
+        queued.extend_from_slice(ids);
+        true
+    }
+
+    fn take(&self) -> Vec<EntryId> {
+        std::mem::take(&mut *lock(&self.queued))
+    }
+
+    /// Puts back `ids` taken and not sent.
+    fn put_back(&self, ids: Vec<EntryId>) {
+        let mut queued = lock(&self.queued);
+        if queued.is_empty() {
+            self.queued_some.notify_one();
+        }
+        queued.extend(ids);
+    }
 }
 
 impl std::fmt::Debug for Stream {
@@ -41,12 +142,6 @@ impl std::fmt::Debug for Stream {
             .field("consumer", &self.consumer)
             .finish_non_exhaustive()
     }
-}
-
-/// An `XACK`, and the entries it acknowledges.
-pub(crate) struct Acks {
-    command: redis::Cmd,
-    ids: Vec<EntryId>,
 }
 
 /// What a read brought.
@@ -96,20 +191,32 @@ impl Stream {
         count: usize,
         block: Duration,
     ) -> redis::RedisResult<Read> {
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if from == ReadFrom::New {
-            command.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        command.arg("STREAMS").arg(&*self.key).arg(after);
+        let command = |block: Option<Duration>| {
+            // Blocking only once a read found nothing: a read that waits is one that
+            // shutdown may have to cut short.
+            let mut command = redis::cmd("XREADGROUP");
+            command
+                .arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(count);
+            if let Some(block) = block {
+                command.arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            command.arg("STREAMS").arg(&*self.key).arg(after);
+            command
+        };
         // Read from the reply's values as they are: the crate's typed reply copies the
         // whole reply and hashes each entry's fields, the most of a read's cost.
-        let reply: Value = command.query_async(connection).await?;
+        let mut reply = match self.read_with_acks(connection, command(None)).await? {
+            Some(reply) => reply,
+            None => command(None).query_async(connection).await?,
+        };
+        // Nothing new: now wait for it, with no acknowledgement held up by the wait.
+        if from == ReadFrom::New && reply == Value::Nil {
+            reply = self.wait_for_new(connection, command(Some(block))).await?;
+        }
         let mut entries = Vec::new();
         let mut trimmed = Vec::new();
         let mut last = None;
@@ -137,6 +244,73 @@ impl Stream {
         }
         lock(&self.held).extend(entries.iter().map(RedisStreamMetadata::key));
         Ok(Read { entries, last })
+    }
+
+    /// Sends `read`, a read that blocks, unless reads were told to stop; the connection's
+    /// client id known meanwhile, so that [`Stream::unblock_reads`] can cut it short.
+    async fn wait_for_new(
+        &self,
+        connection: &mut ConnectionManager,
+        read: redis::Cmd,
+    ) -> redis::RedisResult<Value> {
+        // Unknown (the command refused, say by an ACL): the wait is not cut short.
+        let id: Option<i64> = redis::cmd("CLIENT").arg("ID").query_async(connection).await.ok();
+        let _waiting = id.map(|id| Waiting::new(&self.waiting, id));
+        if self.reads_stopped.is_cancelled() {
+            return Ok(Value::Nil);
+        }
+        read.query_async(connection).await
+    }
+
+    /// Stops reads from waiting for new entries, and cuts short those waiting (`CLIENT
+    /// UNBLOCK`: they end as if they had found nothing): at shutdown, which otherwise
+    /// waits up to `block` for them.
+    pub(crate) async fn unblock_reads(&self) {
+        self.reads_stopped.cancel();
+        let ids: Vec<i64> = lock(&self.waiting).clone();
+        let mut connection = self.commands.clone();
+        for id in ids {
+            let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async(&mut connection)
+                .await;
+            if let Err(error) = unblocked {
+                tracing::debug!(%error, "redis CLIENT UNBLOCK failed; the read ends after its block time");
+            }
+        }
+    }
+
+    /// Sends `read` (one that does not block) after an `XACK` of the acknowledgements
+    /// queued, in one round trip; `None`, nothing sent, when none is queued. On an error
+    /// the acknowledgements go back to the queue (sending one twice is harmless).
+    async fn read_with_acks(
+        &self,
+        connection: &mut ConnectionManager,
+        read: redis::Cmd,
+    ) -> redis::RedisResult<Option<Value>> {
+        let _sending = self.acks.sending.read().await;
+        let ids = self.acks.take();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let sent: redis::RedisResult<(Value,)> = redis::pipe()
+            .add_command(self.xack(&ids))
+            .ignore()
+            .add_command(read)
+            .query_async(connection)
+            .await;
+        match sent {
+            Ok((reply,)) => {
+                self.let_go(&ids);
+                self.acks.room.add_permits(ids.len());
+                Ok(Some(reply))
+            }
+            Err(error) => {
+                self.acks.put_back(ids);
+                Err(error)
+            }
+        }
     }
 
     /// Claims at most `count` entries other consumers were delivered and have not
@@ -184,28 +358,62 @@ impl Stream {
         RedisStreamMetadata::read(self.key.clone(), entry.id, key, fields)
     }
 
-    /// The acknowledgement of `entries`, made at once: the caller holds no reference to
-    /// its messages while it is sent, and each id goes into the command as the text it
-    /// came as.
-    pub(crate) fn acks<'a>(&self, entries: impl Iterator<Item = &'a RedisStreamMetadata>) -> Acks {
+    /// Acknowledges `ids`: queued to go with the next read, or, with no room in the
+    /// queue, sent now.
+    pub(crate) async fn ack(&self, ids: Vec<EntryId>) {
+        if !self.acks.queue(&ids) {
+            self.acknowledge(&ids).await;
+        }
+    }
+
+    /// Sends what is queued on its own when no read took it within [`ACK_LINGER`] of
+    /// its queueing, until `stop`.
+    pub(crate) async fn send_acks(&self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = self.acks.queued_some.notified() => {}
+                () = stop.cancelled() => return,
+            }
+            tokio::time::sleep(ACK_LINGER).await;
+            let _sending = self.acks.sending.read().await;
+            self.acknowledge_queued().await;
+        }
+    }
+
+    /// Sends every acknowledgement queued, once those being sent are sent: at shutdown.
+    pub(crate) async fn flush_acks(&self) {
+        let _sending = self.acks.sending.write().await;
+        self.acknowledge_queued().await;
+    }
+
+    async fn acknowledge_queued(&self) {
+        let ids = self.acks.take();
+        self.acknowledge(&ids).await;
+        self.acks.room.add_permits(ids.len());
+    }
+
+    fn xack(&self, ids: &[EntryId]) -> redis::Cmd {
         let mut command = redis::cmd("XACK");
-        command.arg(&*self.key).arg(&self.group);
-        let ids = entries
-            .map(|entry| {
-                command.arg(entry.id());
-                entry.key()
-            })
-            .collect();
-        Acks { command, ids }
+        command.arg(&*self.key).arg(&self.group).arg(ids);
+        command
+    }
+
+    /// No longer held: acknowledged, or given up on.
+    fn let_go(&self, ids: &[EntryId]) {
+        let mut held = lock(&self.held);
+        for id in ids {
+            held.remove(id);
+        }
     }
 
     /// Acknowledges `ids`, trying again while the server is away for as long as
     /// `claim_idle`; then lets them go either way. An acknowledgement never sent loses
     /// nothing: the entries are claimed again and handled twice.
-    pub(crate) async fn acknowledge(&self, Acks { command, ids }: Acks) {
+    async fn acknowledge(&self, ids: &[EntryId]) {
         if ids.is_empty() {
             return;
         }
+        let command = self.xack(ids);
         let backoff = longshore::RetryPolicy::new(u32::MAX)
             .initial_backoff(Duration::from_millis(50))
             .max_backoff(Duration::from_secs(2));
@@ -227,10 +435,7 @@ impl Stream {
                 }
             }
         }
-        let mut held = lock(&self.held);
-        for id in &ids {
-            held.remove(id);
-        }
+        self.let_go(ids);
     }
 
     /// Resets the idle time of the entries held here, each only while this consumer still
@@ -287,10 +492,7 @@ impl Stream {
         if let Err(error) = handed {
             tracing::warn!(%error, entries = ids.len(), "redis entries not handed back; claimable after claim_idle");
         }
-        let mut held = lock(&self.held);
-        for id in ids {
-            held.remove(id);
-        }
+        self.let_go(ids);
     }
 
     /// Reads the stream's length and the group's pending count and lag into the gauges.
@@ -435,4 +637,34 @@ fn transient(error: &redis::RedisError) -> bool {
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(from: u64, n: u64) -> Vec<EntryId> {
+        (from..from + n)
+            .map(|seq| EntryId::parse(&format!("1-{seq}")).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn acknowledgements_are_queued_only_within_the_room_the_pipeline_gives() {
+        let acks = AckQueue::default();
+        assert!(!acks.queue(&ids(0, 1)), "queued before the pipeline gave room");
+        acks.allow(10);
+        acks.allow(99);
+        assert!(acks.queue(&ids(0, 6)));
+        assert!(!acks.queue(&ids(6, 5)), "queued past the room");
+        assert!(acks.queue(&ids(6, 4)));
+        assert_eq!(acks.take(), ids(0, 10));
+        // Taken is not yet sent: the room comes back only once they are.
+        assert!(
+            !acks.queue(&ids(10, 1)),
+            "room back before the acknowledgements were sent"
+        );
+        acks.room.add_permits(10);
+        assert!(acks.queue(&ids(10, 10)));
+    }
 }

@@ -124,7 +124,7 @@ async fn a_job_longer_than_claim_idle_is_not_claimed_away() {
     add(&mut db, "long", ["job".to_owned()]).await;
     // Once the slow consumer holds it, a second consumer claims whatever is idle 1 s.
     until("the job delivered", async || {
-        unfinished(&mut db, "long", "g").await == 1 && pending(&mut db).await == 1
+        unfinished(&mut db, "long", "g").await == 1 && pending(&mut db, "long").await == 1
     })
     .await;
     let eager = Record {
@@ -155,10 +155,10 @@ async fn a_job_longer_than_claim_idle_is_not_claimed_away() {
     second.shutdown().await.unwrap();
 }
 
-/// Entries of stream `long` delivered and not acknowledged.
-async fn pending(db: &mut longshore_redis::redis::aio::MultiplexedConnection) -> i64 {
+/// Entries of `stream` delivered and not acknowledged.
+async fn pending(db: &mut longshore_redis::redis::aio::MultiplexedConnection, stream: &str) -> i64 {
     let reply: longshore_redis::redis::Value = longshore_redis::redis::cmd("XPENDING")
-        .arg("long")
+        .arg(stream)
         .arg("g")
         .query_async(db)
         .await
@@ -216,6 +216,69 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
     assert!(
         error.to_string().starts_with("redis creating the consumer group"),
         "{error}"
+    );
+}
+
+/// Reads waiting on the server for new entries (`blocked_clients` of `INFO clients`).
+async fn blocked_reads(db: &mut longshore_redis::redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = longshore_redis::redis::cmd("INFO")
+        .arg("clients")
+        .query_async(db)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_go_out_while_the_read_waits_and_shutdown_cuts_the_wait_short() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "idle", (0..5).map(|n| n.to_string())).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let slow = Record {
+        name: "slow",
+        sleep: Duration::from_millis(100),
+        handled: handled.clone(),
+    };
+    // A read waits up to 5 s for new entries: far longer than anything below may take.
+    let config = config(&server, "idle", "waiting")
+        .block(Duration::from_secs(5))
+        .claim_idle(Duration::from_secs(30));
+    let pipeline = Pipeline::builder(RedisStreamSource::connect(config).await.unwrap(), slow)
+        .start()
+        .unwrap();
+    until("all five handled", async || handled.lock().unwrap().len() == 5).await;
+    // The five were read at once and the next read waits on the empty stream: their
+    // acknowledgements cannot go with a read, and go on their own.
+    let handled_at = Instant::now();
+    until("every entry acknowledged", async || {
+        pending(&mut db, "idle").await == 0
+    })
+    .await;
+    assert!(
+        handled_at.elapsed() < Duration::from_secs(2),
+        "acknowledged only {:?} after being handled: behind the waiting read",
+        handled_at.elapsed()
+    );
+    until("a read waiting on the server", async || {
+        blocked_reads(&mut db).await > 0
+    })
+    .await;
+    let stopping = Instant::now();
+    let report = pipeline.shutdown().await.unwrap();
+    assert_eq!(report.successful, 5);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}: it waited for the read's block time",
+        stopping.elapsed()
+    );
+    assert_eq!(
+        blocked_reads(&mut db).await,
+        0,
+        "a read still waits after shutdown"
     );
 }
 
