@@ -49,7 +49,8 @@ pub struct RedisStreamConfig {
     #[serde(default = "default_claim_idle", with = "humantime_serde")]
     pub claim_idle: Duration,
     /// How long one read waits for new entries once a read found none (default 2 s); a
-    /// shutdown cuts the wait short.
+    /// shutdown cuts the wait short (where the server lets the source run `CLIENT
+    /// UNBLOCK`).
     #[serde(default = "default_block", with = "humantime_serde")]
     pub block: Duration,
     /// How often the stream's length and the group's pending count and lag are read for

@@ -2,6 +2,7 @@
 //! not yet acknowledged), whose idle time it resets so that no other consumer claims them.
 
 use foldhash::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::metrics::StreamMetrics;
 
 /// One stream, one group, one consumer, as this source works them.
 pub(crate) struct Stream {
-    /// For acknowledgements, claims and the lag: never blocked.
+    /// For claims, the lag, and acknowledgements that no read took: never blocked.
     pub(crate) commands: ConnectionManager,
     pub(crate) key: Arc<str>,
     pub(crate) group: String,
@@ -35,22 +36,23 @@ pub(crate) struct Stream {
     pub(crate) claim_cursor: Mutex<String>,
     /// Acknowledgements made and not yet sent.
     pub(crate) acks: AckQueue,
-    /// The client ids of the read connections waiting for new entries.
-    pub(crate) waiting: Mutex<Vec<i64>>,
+    /// The client ids and names of the read connections waiting for new entries.
+    pub(crate) waiting: Mutex<Vec<(i64, String)>>,
     /// Told at shutdown: reads no longer wait for new entries.
     pub(crate) reads_stopped: CancellationToken,
     pub(crate) metrics: StreamMetrics,
 }
 
-/// A read connection's client id listed in [`Stream::waiting`] while its read waits.
+/// A read connection's client id and name, listed in [`Stream::waiting`] while its read
+/// waits.
 struct Waiting<'a> {
-    list: &'a Mutex<Vec<i64>>,
+    list: &'a Mutex<Vec<(i64, String)>>,
     id: i64,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(list: &'a Mutex<Vec<i64>>, id: i64) -> Self {
-        lock(list).push(id);
+    fn new(list: &'a Mutex<Vec<(i64, String)>>, id: i64, name: String) -> Self {
+        lock(list).push((id, name));
         Waiting { list, id }
     }
 }
@@ -58,7 +60,7 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut list = lock(self.list);
-        if let Some(at) = list.iter().position(|&id| id == self.id) {
+        if let Some(at) = list.iter().position(|(id, _)| *id == self.id) {
             list.swap_remove(at);
         }
     }
@@ -253,9 +255,27 @@ impl Stream {
         connection: &mut ConnectionManager,
         read: redis::Cmd,
     ) -> redis::RedisResult<Value> {
-        // Unknown (the command refused, say by an ACL): the wait is not cut short.
-        let id: Option<i64> = redis::cmd("CLIENT").arg("ID").query_async(connection).await.ok();
-        let _waiting = id.map(|id| Waiting::new(&self.waiting, id));
+        if self.reads_stopped.is_cancelled() {
+            return Ok(Value::Nil);
+        }
+        // Named first: an id asked of a connection that then reconnects may be another
+        // client's (a restarted server numbers its clients again), and the name tells.
+        static READS: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "longshore-read-{}-{}",
+            std::process::id(),
+            READS.fetch_add(1, Ordering::Relaxed)
+        );
+        let named: redis::RedisResult<((), i64)> = redis::pipe()
+            .cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&name)
+            .cmd("CLIENT")
+            .arg("ID")
+            .query_async(connection)
+            .await;
+        // Unknown (the commands refused, say by an ACL): the wait is not cut short.
+        let _waiting = named.ok().map(|((), id)| Waiting::new(&self.waiting, id, name));
         if self.reads_stopped.is_cancelled() {
             return Ok(Value::Nil);
         }
@@ -267,9 +287,23 @@ impl Stream {
     /// waits up to `block` for them.
     pub(crate) async fn unblock_reads(&self) {
         self.reads_stopped.cancel();
-        let ids: Vec<i64> = lock(&self.waiting).clone();
+        let waiting: Vec<(i64, String)> = lock(&self.waiting).clone();
         let mut connection = self.commands.clone();
-        for id in ids {
+        for (id, name) in waiting {
+            // `CLIENT LIST ID` gives one line: `id=7 addr=... name=longshore-read-... ...`.
+            let listed: redis::RedisResult<String> = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut connection)
+                .await;
+            let ours = listed.is_ok_and(|line| {
+                line.split(' ')
+                    .any(|field| field.strip_prefix("name=") == Some(&name))
+            });
+            if !ours {
+                continue;
+            }
             let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
                 .arg(id)
@@ -294,23 +328,37 @@ impl Stream {
         if ids.is_empty() {
             return Ok(None);
         }
-        let sent: redis::RedisResult<(Value,)> = redis::pipe()
+        // Each reply on its own: a refused XACK does not throw away the entries the read
+        // claimed into this consumer's pending list.
+        let sent: redis::RedisResult<Vec<redis::RedisResult<Value>>> = redis::pipe()
+            .ignore_errors()
             .add_command(self.xack(&ids))
-            .ignore()
             .add_command(read)
             .query_async(connection)
             .await;
-        match sent {
-            Ok((reply,)) => {
-                self.let_go(&ids);
-                self.acks.room.add_permits(ids.len());
-                Ok(Some(reply))
+        let (acked, read) = match sent.map(<[_; 2]>::try_from) {
+            Ok(Ok([acked, read])) => (acked, read),
+            Ok(Err(replies)) => {
+                self.acks.put_back(ids);
+                return Err(malformed("an XACK and a read", &format!("{replies:?}")));
             }
             Err(error) => {
                 self.acks.put_back(ids);
-                Err(error)
+                return Err(error);
+            }
+        };
+        match acked {
+            Ok(_) => {
+                self.let_go(&ids);
+                self.acks.room.add_permits(ids.len());
+            }
+            // Sent again on their own, which lets go of them if the server refuses.
+            Err(error) => {
+                tracing::debug!(%error, entries = ids.len(), "redis XACK with a read failed; sending it on its own");
+                self.acks.put_back(ids);
             }
         }
+        read.map(Some)
     }
 
     /// Claims at most `count` entries other consumers were delivered and have not
@@ -388,8 +436,17 @@ impl Stream {
 
     async fn acknowledge_queued(&self) {
         let ids = self.acks.take();
-        self.acknowledge(&ids).await;
-        self.acks.room.add_permits(ids.len());
+        match self.send_xack(&ids).await {
+            // The server away all this while: kept, for a read or the next try to take.
+            Err(error) if transient(&error) => {
+                tracing::debug!(%error, entries = ids.len(), "redis XACK failed for long; kept to send again");
+                self.acks.put_back(ids);
+            }
+            _ => {
+                self.let_go(&ids);
+                self.acks.room.add_permits(ids.len());
+            }
+        }
     }
 
     fn xack(&self, ids: &[EntryId]) -> redis::Cmd {
@@ -410,8 +467,15 @@ impl Stream {
     /// `claim_idle`; then lets them go either way. An acknowledgement never sent loses
     /// nothing: the entries are claimed again and handled twice.
     async fn acknowledge(&self, ids: &[EntryId]) {
+        let _ = self.send_xack(ids).await;
+        self.let_go(ids);
+    }
+
+    /// Sends an `XACK` of `ids`, trying again while the server is away for a third of
+    /// `claim_idle` (logged: the entries may be handled again): the last error then.
+    async fn send_xack(&self, ids: &[EntryId]) -> redis::RedisResult<()> {
         if ids.is_empty() {
-            return;
+            return Ok(());
         }
         let command = self.xack(ids);
         let backoff = longshore::RetryPolicy::new(u32::MAX)
@@ -424,18 +488,17 @@ impl Stream {
             let mut connection = self.commands.clone();
             let acked: redis::RedisResult<u64> = command.query_async(&mut connection).await;
             match acked {
-                Ok(_) => break,
+                Ok(_) => return Ok(()),
                 Err(error) if transient(&error) && tokio::time::Instant::now() < give_up => {
                     tracing::debug!(%error, entries = ids.len(), "redis XACK failed; trying again");
                     tokio::time::sleep(backoff.backoff(attempt)).await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, entries = ids.len(), "redis XACK failed; the entries will be claimed and handled again");
-                    break;
+                    tracing::warn!(%error, entries = ids.len(), "redis XACK failed; unless sent later, the entries will be claimed and handled again");
+                    return Err(error);
                 }
             }
         }
-        self.let_go(ids);
     }
 
     /// Resets the idle time of the entries held here, each only while this consumer still

@@ -456,3 +456,44 @@ async fn a_restarted_consumers_own_entries_go_once_to_receives_at_once() {
         "each of its own entries handed out once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_xack_does_not_hold_back_the_entries_read_with_it() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    // A user who may do everything but acknowledge: each XACK is refused.
+    longshore_redis::redis::cmd("ACL")
+        .arg(&["SETUSER", "noack", "on", ">secret", "~*", "&*", "+@all", "-xack"])
+        .query_async::<()>(&mut db)
+        .await
+        .unwrap();
+    add(&mut db, "refused", (0..200).map(|n| n.to_string())).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let record = Record {
+        name: "noack",
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let url = server.url().replace("redis://", "redis://noack:secret@");
+    // claim_idle of 30 s: entries stuck unhandled in this consumer's pending list would
+    // come back only after it.
+    let config = RedisStreamConfig::new(url, "refused", "g")
+        .consumer("noack")
+        .block(Duration::from_millis(100))
+        .claim_idle(Duration::from_secs(30));
+    let source = RedisStreamSource::connect(config).await.unwrap();
+    let pipeline = Pipeline::builder(source, record)
+        .processors(longshore::Processors::new(1).max_demand(10))
+        .start()
+        .unwrap();
+    until("all 200 handled, the XACKs refused", async || {
+        handled.lock().unwrap().len() >= 200
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    let mut ids: Vec<String> = handled.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "each entry handled once");
+    assert_eq!(pending(&mut db, "refused").await, 200, "the XACKs were refused");
+}
