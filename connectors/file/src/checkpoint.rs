@@ -4,7 +4,7 @@
 //! over the old one: a kill at any moment leaves the old position or the new one. A lock
 //! beside it keeps a second reader of the same checkpoint out.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,30 +58,53 @@ pub(crate) fn read(path: &Path) -> Result<Recorded, FileSourceError> {
 }
 
 /// The fingerprint of the (up to) 64 bytes of `file` before `offset` (FNV-1a, 64 bits):
-/// what tells the file the checkpoint was written for from another.
-pub(crate) fn fingerprint(file: &mut std::fs::File, offset: u64) -> std::io::Result<u64> {
+/// what tells the file the checkpoint was written for from another. Read at their
+/// position: the file's own position (shared with the reader's handle) does not move.
+pub(crate) fn fingerprint(file: &std::fs::File, offset: u64) -> std::io::Result<u64> {
     let from = offset.saturating_sub(FINGERPRINTED);
-    let mut bytes = Vec::with_capacity(FINGERPRINTED as usize);
-    file.seek(SeekFrom::Start(from))?;
-    Read::by_ref(file).take(offset - from).read_to_end(&mut bytes)?;
-    if (bytes.len() as u64) < offset - from {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the file is shorter than the position",
-        ));
-    }
+    let mut bytes = vec![0; (offset - from) as usize];
+    read_exact_at(file, &mut bytes, from).map_err(|error| match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            std::io::Error::new(error.kind(), "the file is shorter than the position")
+        }
+        _ => error,
+    })?;
     Ok(bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash: u64, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     }))
 }
 
-/// Records `position` of `input` at `path`; with `sync`, durably (it survives the
-/// machine, not only the process: the file and its folder are synced).
-pub(crate) fn write(path: &Path, input: &Path, position: Position, sync: bool) -> std::io::Result<()> {
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, bytes: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, bytes, at)
+}
+
+/// Elsewhere a read at a position moves the file's position, which the reader's handle
+/// shares: refused, rather than reading records from the wrong place.
+#[cfg(not(unix))]
+fn read_exact_at(_: &std::fs::File, _: &mut [u8], _: u64) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "checkpoints need positional reads (Unix)",
+    ))
+}
+
+/// Records `position` of `input` (the file being read, by the handle it is read with:
+/// not whatever file has its name now, which may have been replaced since) at `path`;
+/// with `sync`, durably (it survives the machine, not only the process: the file and its
+/// folder are synced). Either way the new checkpoint's bytes are synced before it takes
+/// the old one's name, so that a machine crash leaves the old checkpoint or the new one,
+/// never an empty file.
+pub(crate) fn write(
+    path: &Path,
+    input: &std::fs::File,
+    position: Position,
+    sync: bool,
+) -> std::io::Result<()> {
     // A name of its own per write: a write abandoned by a cancelled flush never meets
     // the next one in the same temporary file.
     static WRITES: AtomicU64 = AtomicU64::new(0);
-    let fingerprint = fingerprint(&mut std::fs::File::open(input)?, position.offset)?;
+    let fingerprint = fingerprint(input, position.offset)?;
     let mut temporary = PathBuf::from(path);
     temporary.as_mut_os_string().push(format!(
         ".tmp.{}.{}",
@@ -94,18 +117,19 @@ pub(crate) fn write(path: &Path, input: &Path, position: Position, sync: bool) -
     );
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(text.as_bytes())?;
-    if sync {
-        file.sync_all()?;
-    }
+    file.sync_data()?;
     drop(file);
     if let Err(error) = std::fs::rename(&temporary, path) {
         let _ = std::fs::remove_file(&temporary);
         return Err(error);
     }
     if sync {
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(folder)?.sync_all()?;
-        }
+        // A bare file name's folder is the current one.
+        let folder = match path.parent() {
+            Some(folder) if !folder.as_os_str().is_empty() => folder,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(folder)?.sync_all()?;
     }
     Ok(())
 }
@@ -163,12 +187,12 @@ mod tests {
         std::fs::write(&input, "one\ntwo\n").unwrap();
         assert_eq!(read(&path).unwrap().position, Position { offset: 0, line: 1 });
         let position = Position { offset: 4, line: 2 };
-        write(&path, &input, position, true).unwrap();
+        let file = std::fs::File::open(&input).unwrap();
+        write(&path, &file, position, true).unwrap();
         let recorded = read(&path).unwrap();
         assert_eq!(recorded.position, position);
-        let mut file = std::fs::File::open(&input).unwrap();
-        assert_eq!(recorded.fingerprint, Some(fingerprint(&mut file, 4).unwrap()));
-        assert_ne!(recorded.fingerprint, Some(fingerprint(&mut file, 3).unwrap()));
+        assert_eq!(recorded.fingerprint, Some(fingerprint(&file, 4).unwrap()));
+        assert_ne!(recorded.fingerprint, Some(fingerprint(&file, 3).unwrap()));
         std::fs::write(&path, "offset twelve\n").unwrap();
         let error = read(&path).unwrap_err().to_string();
         assert!(error.contains("not a checkpoint"), "{error}");

@@ -3,6 +3,7 @@
 
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -109,6 +110,9 @@ pub(crate) enum Next {
 pub(crate) struct Reader {
     path: PathBuf,
     file: tokio::fs::File,
+    /// The same open file, for the checkpoint's fingerprint: read at positions, never
+    /// moving `file`'s.
+    input: Arc<std::fs::File>,
     buffer: BytesMut,
     splitter: Splitter,
     /// The position of `buffer[0]`.
@@ -155,18 +159,22 @@ impl Reader {
                 path.display()
             )));
         }
+        // A checkpoint between a `\r` and its `\n` (a CSV record ends at the `\r`): that
+        // `\n` ends no other line.
+        let mut after_cr = false;
         if offset > 0 {
             let (before, fingerprint, returned) = tokio::task::spawn_blocking(move || {
                 let mut byte = [0u8];
                 file.seek(SeekFrom::Start(offset - 1))?;
                 std::io::Read::read_exact(&mut file, &mut byte)?;
-                let fingerprint = checkpoint::fingerprint(&mut file, offset)?;
+                let fingerprint = checkpoint::fingerprint(&file, offset)?;
                 Ok::<_, std::io::Error>((byte[0], fingerprint, file))
             })
             .await
             .map_err(|panicked| opened(std::io::Error::other(panicked.to_string())))?
             .map_err(opened)?;
             file = returned;
+            after_cr = before == b'\r';
             if !matches!(before, b'\n' | b'\r') && offset < length {
                 return Err(misfit(format!(
                     "byte {offset} of {} does not follow a line's end",
@@ -180,16 +188,18 @@ impl Reader {
                 )));
             }
         }
+        let input = Arc::new(file.try_clone().map_err(opened)?);
         let mut file = tokio::fs::File::from_std(file);
         file.seek(SeekFrom::Start(offset)).await.map_err(opened)?;
         Ok(Reader {
             path: path.to_owned(),
             file,
+            input,
             buffer: BytesMut::new(),
             splitter: Splitter::new(format),
             at: from.position,
             at_end: false,
-            after_cr: false,
+            after_cr,
             follow,
             max_record_bytes,
         })
@@ -306,6 +316,11 @@ impl Reader {
     /// followed).
     pub(crate) async fn length(&self) -> Option<u64> {
         self.file.metadata().await.ok().map(|m| m.len())
+    }
+
+    /// The open file being read, for its checkpoint: not whatever file has its name now.
+    pub(crate) fn input(&self) -> Arc<std::fs::File> {
+        self.input.clone()
     }
 
     /// Whether the last read found the end of the file.

@@ -79,6 +79,8 @@ struct Reading {
 #[derive(Debug)]
 struct Shared {
     path: Arc<Path>,
+    /// The open file being read, whose bytes the checkpoint fingerprints.
+    input: Arc<std::fs::File>,
     checkpoint: PathBuf,
     progress: Mutex<Recorded>,
     /// Woken when a checkpoint is written: room to read more.
@@ -157,6 +159,7 @@ impl FileSource {
         let from = from.position;
         let shared = Arc::new(Shared {
             path: Arc::from(config.path()),
+            input: reader.input(),
             checkpoint: checkpoint_path,
             progress: Mutex::new(Recorded {
                 progress: Progress::new(from),
@@ -434,18 +437,20 @@ impl Shared {
         if position == *last && !sync {
             return;
         }
-        let (checkpoint, path) = (self.checkpoint.clone(), self.path.clone());
-        let written =
-            tokio::task::spawn_blocking(move || checkpoint::write(&checkpoint, &path, position, sync))
-                .await
-                .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked.to_string())));
+        let (checkpoint, input) = (self.checkpoint.clone(), self.input.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            checkpoint::write(&checkpoint, &input, position, sync)?;
+            Ok(input.metadata().map(|m| m.len()).ok())
+        })
+        .await
+        .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked.to_string())));
         match written {
-            Ok(()) => {
+            Ok(length) => {
                 *last = position;
                 lock(&self.progress).written = count;
                 self.room.notify_waiters();
                 self.metrics.checkpoint_line.set(gauge(position.line));
-                if let Ok(length) = tokio::fs::metadata(&*self.path).await.map(|m| m.len()) {
+                if let Some(length) = length {
                     self.metrics
                         .lag_bytes
                         .set(gauge(length.saturating_sub(position.offset)));

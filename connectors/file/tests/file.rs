@@ -367,3 +367,59 @@ async fn a_followed_file_cut_short_stops_the_pipeline_saying_so() {
         .to_string();
     assert!(error.contains("cut short"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_under_its_name_while_read_is_refused_at_the_next_start() {
+    let dir = Dir::new("replaced-while-read");
+    let path = dir.file("export.txt", "aaaa\nbbbb\ncccc\n");
+    let config = FileConfig::new(&path);
+    {
+        let source = FileSource::open(config.clone()).await.unwrap();
+        let acknowledger = source.acknowledger();
+        let records = source
+            .receive(NonZeroUsize::new(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        // A new export takes the name (written aside, renamed over), lines where the old
+        // one's were, while the old one is still read.
+        let aside = dir.file("export.txt.new", "1111\n2222\n3333\n4444\n");
+        std::fs::rename(&aside, &path).unwrap();
+        acknowledger.ack(records, Vec::new()).await;
+        acknowledger.flush().await;
+    }
+    assert_eq!(checkpoint_offset(&config), 5);
+    // The checkpoint is the old file's: read in the new one from byte 5, "1111" would be
+    // lost.
+    let error = FileSource::open(config.clone()).await.unwrap_err().to_string();
+    assert!(error.contains("are not those it recorded"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_a_carriage_return_and_its_line_feed_keeps_the_line_numbers() {
+    let dir = Dir::new("crlf-restart");
+    let path = dir.file("rows.csv", "1,a\r\n2,b\r\n3,c\r\n");
+    let config = FileConfig::new(&path).format(Format::Csv).headers(false);
+    let lines = |records: &[FileMessage]| records.iter().map(|r| r.metadata().line()).collect::<Vec<_>>();
+    {
+        let source = FileSource::open(config.clone()).await.unwrap();
+        let acknowledger = source.acknowledger();
+        let records = source
+            .receive(NonZeroUsize::new(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lines(&records), [1]);
+        acknowledger.ack(records, Vec::new()).await;
+        acknowledger.flush().await;
+    }
+    // A CSV record ends at its `\r`: the checkpoint sits before the `\n`.
+    assert_eq!(checkpoint_offset(&config), 4);
+    let source = FileSource::open(config.clone()).await.unwrap();
+    let records = source
+        .receive(NonZeroUsize::new(2).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lines(&records), [2, 3], "line numbers after the restart");
+}
