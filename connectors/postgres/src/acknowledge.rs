@@ -12,7 +12,7 @@ use crate::queue::{Lease, Queue};
 /// Acknowledges a [`PgQueueSource`](crate::PgQueueSource)'s rows. Made by the source.
 ///
 /// Each call runs its statements before it returns, trying again while the database is
-/// away for as long as a lease; what could not be settled comes back when its lease
+/// away for a third of a lease; what could not be settled comes back when its lease
 /// passes, to be handled again: never lost.
 #[derive(Debug, Clone)]
 pub struct PgQueueAcknowledger(pub(crate) Arc<Queue>);

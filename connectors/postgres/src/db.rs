@@ -70,6 +70,12 @@ impl Db {
         Ok(connected)
     }
 
+    /// Gives up the connection (a statement on it got no answer in time): the next
+    /// statement connects again. Statements under way on it keep it until they end.
+    pub(crate) async fn forget(&self) {
+        *self.connected.lock().await = None;
+    }
+
     /// Runs `sql` (prepared once per connection) with `params`: the rows.
     pub(crate) async fn query(
         &self,

@@ -37,9 +37,13 @@ pub(crate) struct Queue {
     pub(crate) settlers: Mutex<Vec<Arc<Db>>>,
     /// Which of `settlers` the next settling statement goes on.
     pub(crate) turn: AtomicUsize,
-    /// Lease extensions and depth readings, on a connection of their own so that a slow
-    /// count never delays an extension behind it.
+    /// Lease extensions, on a connection of their own so that no lease or delete
+    /// delays them.
     pub(crate) side: Db,
+    /// Depth readings, on a connection of their own too: a count over a large backlog
+    /// may take long, and on the extensions' connection it would hold them back until
+    /// leases lapse. The server cancels it after [`STATEMENT_TIMEOUT`].
+    pub(crate) depth: Db,
     pub(crate) table: String,
     pub(crate) name: Arc<str>,
     pub(crate) lease: Duration,
@@ -67,14 +71,20 @@ pub(crate) struct Leased {
     pub(crate) enqueued_at: SystemTime,
 }
 
-/// Runs `statement`, failing it after [`STATEMENT_TIMEOUT`].
+/// Runs `statement` on `db`, failing it after [`STATEMENT_TIMEOUT`]; then `db`'s
+/// connection is given up, so that the next statement does not queue behind this one on
+/// a connection that may be dead (TCP can take minutes to say so).
 async fn timed<T>(
+    db: &Db,
     statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, Failed> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(error)) => Err(Failed::Database(error)),
-        Err(_) => Err(Failed::TimedOut),
+        Err(_) => {
+            db.forget().await;
+            Err(Failed::TimedOut)
+        }
     }
 }
 
@@ -92,18 +102,20 @@ impl Failed {
     /// refused (a refused one would be refused again).
     fn is_transient(&self) -> bool {
         match self {
-            // A deadlock or a serialization failure is another statement's timing: the
-            // database asks for the statement again.
-            Failed::Database(error) => error.as_db_error().is_none_or(|db| {
-                matches!(
-                    db.code(),
-                    &tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
-                        | &tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
-                )
-            }),
+            Failed::Database(error) => error.as_db_error().is_none_or(|db| retried(db.code())),
             Failed::TimedOut => true,
         }
     }
+}
+
+/// Whether the database asks for a statement it refused with `code` again: another
+/// statement's timing (a deadlock, a serialization failure), or a database shutting
+/// down, starting, failing over (read only for now) or short of connections.
+fn retried(code: &tokio_postgres::error::SqlState) -> bool {
+    let code = code.code();
+    ["08", "53", "57P", "40001", "40P01", "25006"]
+        .iter()
+        .any(|class| code.starts_with(class))
 }
 
 impl Queue {
@@ -120,7 +132,7 @@ impl Queue {
             t = self.table
         );
         let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
-        let rows = timed(db.query(&sql, &params)).await;
+        let rows = timed(db, db.query(&sql, &params)).await;
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
         let mut leased: Vec<Leased> = rows?.iter().map(leased).collect();
         leased.sort_unstable_by_key(|row| row.lease.id);
@@ -199,7 +211,8 @@ impl Queue {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match timed(self.next_settler().execute(sql, params)).await {
+            let settler = self.next_settler();
+            match timed(&settler, settler.execute(sql, params)).await {
                 Ok(_) => return,
                 Err(error) if error.is_transient() && tokio::time::Instant::now() < give_up => {
                     tracing::debug!(%error, rows = leases.len(), "postgres {doing} failed; trying again");
@@ -240,6 +253,7 @@ impl Queue {
         );
         let (ids, tokens) = split(&leases);
         timed(
+            &self.side,
             self.side
                 .execute(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()]),
         )
@@ -257,7 +271,7 @@ impl Queue {
              FROM {} WHERE queue = $1",
             self.table
         );
-        let rows = timed(self.side.query(&sql, &[&&*self.name])).await?;
+        let rows = timed(&self.depth, self.depth.query(&sql, &[&&*self.name])).await?;
         let Some(row) = rows.first() else {
             return Ok(());
         };
@@ -302,5 +316,30 @@ mod tests {
     fn a_kept_error_has_no_nul_and_a_bounded_length() {
         assert_eq!(kept_error("bad\0byte"), "badbyte");
         assert_eq!(kept_error(&"é".repeat(5000)).chars().count(), ERROR_KEPT);
+    }
+
+    #[test]
+    fn a_database_going_away_or_busy_is_tried_again_and_a_refusal_is_not() {
+        use tokio_postgres::error::SqlState;
+        for code in [
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::CONNECTION_FAILURE,
+        ] {
+            assert!(retried(&code), "{code:?} not tried again");
+        }
+        for code in [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::QUERY_CANCELED,
+        ] {
+            assert!(!retried(&code), "{code:?} tried again");
+        }
     }
 }
