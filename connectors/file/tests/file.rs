@@ -69,6 +69,22 @@ impl Handler for &'static Collect {
     }
 }
 
+/// The next `n` records of `source`, as a pipeline's producer asks for them.
+async fn next(source: &FileSource, n: usize) -> Vec<FileMessage> {
+    source
+        .receive(NonZeroUsize::new(n).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Acknowledges `records` and writes the checkpoint, as a pipeline's end does.
+async fn finish(source: &FileSource, records: Vec<FileMessage>) {
+    let acknowledger = source.acknowledger();
+    acknowledger.ack(records, Vec::new()).await;
+    acknowledger.flush().await;
+}
+
 fn checkpoint_offset(config: &FileConfig) -> u64 {
     let text = std::fs::read_to_string(config.checkpoint_path()).unwrap();
     text.lines()
@@ -320,14 +336,8 @@ async fn a_checkpoint_is_refused_on_another_file_or_by_a_second_source() {
         // A second source on the same checkpoint, while the first lives.
         let error = FileSource::open(config.clone()).await.unwrap_err().to_string();
         assert!(error.contains("another source reads with it"), "{error}");
-        let acknowledger = source.acknowledger();
-        let records = source
-            .receive(NonZeroUsize::new(1).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        acknowledger.ack(records, Vec::new()).await;
-        acknowledger.flush().await;
+        let records = next(&source, 1).await;
+        finish(&source, records).await;
     }
     assert_eq!(checkpoint_offset(&config), 5);
     // Replaced by a file of the same shape, lines where they were: refused all the same.
@@ -375,18 +385,12 @@ async fn a_file_replaced_under_its_name_while_read_is_refused_at_the_next_start(
     let config = FileConfig::new(&path);
     {
         let source = FileSource::open(config.clone()).await.unwrap();
-        let acknowledger = source.acknowledger();
-        let records = source
-            .receive(NonZeroUsize::new(1).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let records = next(&source, 1).await;
         // A new export takes the name (written aside, renamed over), lines where the old
         // one's were, while the old one is still read.
         let aside = dir.file("export.txt.new", "1111\n2222\n3333\n4444\n");
         std::fs::rename(&aside, &path).unwrap();
-        acknowledger.ack(records, Vec::new()).await;
-        acknowledger.flush().await;
+        finish(&source, records).await;
     }
     assert_eq!(checkpoint_offset(&config), 5);
     // The checkpoint is the old file's: read in the new one from byte 5, "1111" would be
@@ -403,23 +407,16 @@ async fn a_restart_between_a_carriage_return_and_its_line_feed_keeps_the_line_nu
     let lines = |records: &[FileMessage]| records.iter().map(|r| r.metadata().line()).collect::<Vec<_>>();
     {
         let source = FileSource::open(config.clone()).await.unwrap();
-        let acknowledger = source.acknowledger();
-        let records = source
-            .receive(NonZeroUsize::new(1).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let records = next(&source, 1).await;
         assert_eq!(lines(&records), [1]);
-        acknowledger.ack(records, Vec::new()).await;
-        acknowledger.flush().await;
+        finish(&source, records).await;
     }
     // A CSV record ends at its `\r`: the checkpoint sits before the `\n`.
     assert_eq!(checkpoint_offset(&config), 4);
     let source = FileSource::open(config.clone()).await.unwrap();
-    let records = source
-        .receive(NonZeroUsize::new(2).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(lines(&records), [2, 3], "line numbers after the restart");
+    assert_eq!(
+        lines(&next(&source, 2).await),
+        [2, 3],
+        "line numbers after the restart"
+    );
 }
