@@ -117,6 +117,19 @@ impl JetStreamSource {
             )
             .into());
         }
+        // The server drops a message delivered max_deliver times (an advisory, nothing
+        // more): a retry the pipeline asked for, or a kill on the last delivery, would
+        // lose it without a dead-letter write or a log line.
+        if made.max_deliver > 0 {
+            return Err(BuildError::new(
+                "source.consumer",
+                format!(
+                    "{} has max_deliver {}: the server would drop a message delivered that often, unseen by the pipeline; remove the limit (max_deliver -1) and bound attempts with the retry policy",
+                    config.consumer, made.max_deliver
+                ),
+            )
+            .into());
+        }
         let ack_wait = made.ack_wait;
         if ack_wait != config.ack_wait {
             tracing::warn!(consumer = %config.consumer, server = ?ack_wait, set = ?config.ack_wait, "the consumer exists with another ack_wait: the server's is used");

@@ -150,6 +150,28 @@ async fn the_lag_gauges_are_exactly_those_documented_and_bad_settings_are_refuse
             .starts_with("invalid source.consumer: all acknowledges with All"),
         "{error}"
     );
+    // One made before with a delivery limit, which drops messages the server's way.
+    context
+        .get_stream("LAG")
+        .await
+        .unwrap()
+        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("limited".to_owned()),
+            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
+            max_deliver: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = JetStreamSource::connect(JetStreamConfig::new(server.url(), "LAG", "limited"))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("invalid source.consumer: limited has max_deliver 3"),
+        "{error}"
+    );
     let error = JetStreamSource::connect(config(&server, "MISSING"))
         .await
         .unwrap_err();
