@@ -454,6 +454,10 @@ pub enum FailureKind {
     /// [`PipelineBuilder::decode`](crate::PipelineBuilder::decode)): never retried, since
     /// the same bytes would fail again.
     Decode,
+    /// The message was delivered more often than
+    /// [`RetryPolicy::max_deliveries`](crate::RetryPolicy::max_deliveries) allows: never
+    /// handled again.
+    Deliveries,
 }
 
 impl fmt::Display for FailureKind {
@@ -463,6 +467,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Panic => "panic",
             FailureKind::Routing => "routing",
             FailureKind::Decode => "decode",
+            FailureKind::Deliveries => "deliveries",
         })
     }
 }

@@ -442,6 +442,50 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
     assert_eq!(recorder.calls.lock().unwrap().len(), 3);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandled() {
+    let recorder = Arc::new(Recorder::default());
+    let graveyard = Arc::new(Graveyard::default());
+    let (inner, sender) = TestSource::new();
+    let acks = Arc::default();
+    let source = Redelivering {
+        inner,
+        acks: Arc::clone(&acks),
+    };
+    let pipeline = Pipeline::builder(source, recorder.clone())
+        .retry(policy(3).with_max_deliveries(5))
+        .dead_letter(graveyard.clone())
+        .start()
+        .unwrap();
+    // Its 5th delivery, within the limit; another's 6th: its last five ended unseen (a
+    // consumer killed each time).
+    let outcomes = sender
+        .test_messages(with_metadata(vec![job(5, 0, Fate::Ok), job(6, 0, Fate::Ok)]))
+        .await;
+    drop(sender);
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
+
+    assert_eq!(outcomes.iter().filter(|o| o.successful).count(), 1);
+    assert_eq!(
+        (summary.successful, summary.failed, summary.dead_lettered),
+        (1, 1, 1)
+    );
+    // Never handed to the handler; to handle_failed and the dead letter, as a failure for
+    // good.
+    let called: Vec<u32> = recorder.calls.lock().unwrap().iter().map(|call| call.0).collect();
+    assert_eq!(called, vec![5]);
+    assert_eq!(*recorder.failed.lock().unwrap(), vec![6]);
+    let mut acks = acks.lock().unwrap().clone();
+    acks.sort_by_key(|a| a.0);
+    assert_eq!(acks, vec![(5, true, None), (6, false, None)]);
+    // A limit below the attempts is refused.
+    let error = policy(3).with_max_deliveries(2).validate().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid retry.max_deliveries: must be at least retry.max_attempts (3), got 2"
+    );
+}
+
 /// Counts what its source handed out and when.
 struct Nothing;
 

@@ -35,7 +35,11 @@ pub struct RetryPolicy {
     max_backoff: Duration,
     multiplier: f64,
     jitter: f64,
+    max_deliveries: Option<u32>,
 }
+
+/// Deliveries a message may have, unless set: as RabbitMQ's quorum queues allow.
+const DEFAULT_MAX_DELIVERIES: u32 = 20;
 
 impl Default for RetryPolicy {
     /// No retries: a failure is final at once.
@@ -54,6 +58,7 @@ impl RetryPolicy {
             max_backoff: Duration::from_secs(30),
             multiplier: 2.0,
             jitter: 0.2,
+            max_deliveries: None,
         }
     }
 
@@ -91,6 +96,48 @@ impl RetryPolicy {
         self.max_attempts
     }
 
+    /// The most deliveries of one message, from a source whose broker counts them (its
+    /// attempt is the delivery count: SQS, NATS, RabbitMQ's quorum queues, PostgreSQL).
+    /// A message delivered more often than this is failed for good without being handled
+    /// (to `handle_failed` and the dead-letter destination): its last deliveries ended
+    /// with no outcome at all (its consumer killed, out of memory, hung past its lease),
+    /// and handling it again would likely end the same, with every message in flight
+    /// beside it. At least `max_attempts`; default 20, or `max_attempts` if higher.
+    ///
+    /// ```
+    /// use longshore::RetryPolicy;
+    ///
+    /// assert_eq!(RetryPolicy::new(3).max_deliveries(), 20);
+    /// assert_eq!(RetryPolicy::new(3).with_max_deliveries(5).max_deliveries(), 5);
+    /// assert_eq!(RetryPolicy::new(50).max_deliveries(), 50);
+    /// assert!(RetryPolicy::new(5).with_max_deliveries(4).validate().is_err());
+    /// ```
+    pub fn max_deliveries(&self) -> u32 {
+        self.max_deliveries
+            .unwrap_or(DEFAULT_MAX_DELIVERIES.max(self.max_attempts))
+    }
+
+    /// Sets [`RetryPolicy::max_deliveries`].
+    pub fn with_max_deliveries(mut self, deliveries: u32) -> Self {
+        self.max_deliveries = Some(deliveries);
+        self
+    }
+
+    /// The failure of a message delivered `attempt` times, more than
+    /// [`RetryPolicy::max_deliveries`] allows: `None` within it.
+    pub(crate) fn over_deliveries(&self, attempt: u32) -> Option<Failure> {
+        let limit = self.max_deliveries();
+        (attempt > limit).then(|| {
+            Failure::new(
+                FailureKind::Deliveries,
+                Permanent::new(format!(
+                    "delivered {attempt} times, over retry.max_deliveries ({limit}): its last deliveries ended with no outcome (its consumer killed, out of memory or hung), so it is not handled again"
+                ))
+                .into(),
+            )
+        })
+    }
+
     /// The delay, before jitter, after failed attempt `attempt` (counted from 1).
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
@@ -106,8 +153,10 @@ impl RetryPolicy {
 
     /// What to do with a message that failed `failure` on attempt `attempt`.
     pub(crate) fn decide(&self, failure: &Failure, attempt: u32) -> Decision {
-        if matches!(failure.kind(), FailureKind::Routing | FailureKind::Decode)
-            || failure.error().is::<Permanent>()
+        if matches!(
+            failure.kind(),
+            FailureKind::Routing | FailureKind::Decode | FailureKind::Deliveries
+        ) || failure.error().is::<Permanent>()
         {
             return Decision::Final;
         }
@@ -124,6 +173,15 @@ impl RetryPolicy {
     pub fn validate(&self) -> Result<(), BuildError> {
         if self.max_attempts == 0 {
             return Err(BuildError::at_least("retry.max_attempts", 1, 0));
+        }
+        if let Some(deliveries) = self.max_deliveries.filter(|&d| d < self.max_attempts) {
+            return Err(BuildError::new(
+                "retry.max_deliveries",
+                format!(
+                    "must be at least retry.max_attempts ({}), got {deliveries}",
+                    self.max_attempts
+                ),
+            ));
         }
         if self.multiplier.is_nan() || self.multiplier < 1.0 {
             return Err(BuildError::new(

@@ -368,6 +368,16 @@ where
         if self.abandon.is_cancelled() {
             return Passed::Abandoned(messages);
         }
+        // Delivered more often than the policy allows (a broker's count): failed for good
+        // unhandled, as what ended its last deliveries would likely end this one.
+        let limit = self.ctx.retry.max_deliveries();
+        if messages.iter().any(|message| message.attempt() > limit) {
+            for message in messages.iter_mut().filter(|message| message.is_ok()) {
+                if let Some(failure) = self.ctx.retry.over_deliveries(message.attempt()) {
+                    message.set_failure(failure);
+                }
+            }
+        }
         let handler = &self.ctx.handler;
         let prepared = tokio::select! {
             biased;

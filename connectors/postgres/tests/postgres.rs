@@ -126,6 +126,49 @@ async fn failed_rows_are_kept_with_their_error_or_deleted_once_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_leased_too_often_without_an_outcome_is_kept_failed_unhandled() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(&db, "poison", vec![b"good 1".to_vec(), b"good 2".to_vec()]).await;
+    // The second row was leased 20 times, each lease ended by its consumer's death.
+    db.execute(
+        "UPDATE longshore_queue SET attempts = 20 WHERE queue = 'poison' AND payload = 'good 2'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let config = PgQueueConfig::new(server.url()).queue("poison");
+    let (handler, handled) = judge(Duration::ZERO);
+    let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
+        .retry(RetryPolicy::new(3))
+        .start()
+        .unwrap();
+    until("the first row handled and the other kept as failed", async || {
+        rows(&db, "poison").await == (0, 1)
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(
+        handled.lock().unwrap().len(),
+        1,
+        "the row leased too often was handled"
+    );
+    let kept = db
+        .query_one(
+            "SELECT last_error, attempts FROM longshore_queue WHERE queue = 'poison'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let error: String = kept.get(0);
+    assert!(
+        error.contains("delivered 21 times, over retry.max_deliveries (20)"),
+        "{error}"
+    );
+    assert_eq!(kept.get::<_, i32>(1), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insert_wakes_a_waiting_consumer_at_once() {
     let server = server().await;
     let db = client(&server.url()).await;

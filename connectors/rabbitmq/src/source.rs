@@ -195,7 +195,8 @@ impl RabbitMqSource {
                 let metadata = RabbitMqMetadata::read(delivery, consumer);
                 unsettled.received(&metadata);
                 // A quorum queue counts deliveries: one that keeps killing its consumers
-                // comes with its attempts used, and is dead-lettered rather than looping.
+                // comes with its attempts used, and past the retry policy's
+                // max_deliveries is failed for good unhandled rather than looping.
                 let attempt = metadata
                     .delivery_count()
                     .map_or(1, |count| count.saturating_add(1));
