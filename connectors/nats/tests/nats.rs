@@ -101,6 +101,24 @@ async fn a_long_job_is_not_delivered_twice_and_failures_go_as_declared() {
         ],
         "the long job once, the bad one once (terminated), the flaky one again with its count"
     );
+    // The server's own count: a copy of the long job delivered again while it ran would be
+    // dropped here, unseen by the handler, but counted there.
+    assert_eq!(deliveries(&context, "JOBS", "c").await, 4);
+}
+
+/// Deliveries `consumer` of `stream` made, redeliveries included.
+async fn deliveries(
+    context: &longshore_nats::async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> u64 {
+    let stream = context.get_stream(stream).await.unwrap();
+    stream
+        .consumer_info(consumer)
+        .await
+        .unwrap()
+        .delivered
+        .consumer_sequence
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
