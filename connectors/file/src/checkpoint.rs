@@ -17,7 +17,7 @@ const HEADER: &str = "# longshore file checkpoint: every record before this byte
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many bytes before the position the fingerprint covers.
-const FINGERPRINTED: u64 = 64;
+pub(crate) const FINGERPRINTED: u64 = 64;
 
 /// A position as recorded, with the fingerprint of the bytes before it (none before the
 /// file's start, or in a checkpoint of an older version).
@@ -69,9 +69,17 @@ pub(crate) fn fingerprint(file: &std::fs::File, offset: u64) -> std::io::Result<
         }
         _ => error,
     })?;
-    Ok(bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash: u64, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    }))
+    Ok(fingerprint_of(&bytes))
+}
+
+/// The fingerprint of the (up to) 64 bytes at the end of `bytes` (FNV-1a, 64 bits).
+pub(crate) fn fingerprint_of(bytes: &[u8]) -> u64 {
+    let from = bytes.len().saturating_sub(FINGERPRINTED as usize);
+    bytes[from..]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash: u64, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 #[cfg(unix)]

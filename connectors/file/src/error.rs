@@ -38,6 +38,15 @@ pub enum FileSourceError {
         /// What happened to it.
         reason: String,
     },
+    /// The file changed under the reader: cut short, or rewritten in place (the bytes
+    /// before where reading has got to are no longer those read).
+    #[error("reading {path}: {reason}")]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        reason: String,
+    },
     /// The CSV header does not parse (not UTF-8, say): no record could be read by it.
     #[error("{path}: the CSV header at line 1 does not parse: {reason}")]
     Header {

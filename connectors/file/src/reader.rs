@@ -121,6 +121,10 @@ pub(crate) struct Reader {
     at_end: bool,
     /// The last record taken ended in `\r`: a `\n` first in the next is its ending.
     after_cr: bool,
+    /// The fingerprint of the bytes just before `read_to`, as read: compared with the
+    /// file's before each read, so that a file rewritten in place (or cut short and grown
+    /// again) under the reader is noticed, not read on from the middle of other data.
+    read_tail: Option<u64>,
     follow: bool,
     max_record_bytes: usize,
 }
@@ -162,6 +166,7 @@ impl Reader {
         // A checkpoint between a `\r` and its `\n` (a CSV record ends at the `\r`): that
         // `\n` ends no other line.
         let mut after_cr = false;
+        let mut read_tail = None;
         if offset > 0 {
             let (before, fingerprint, returned) = tokio::task::spawn_blocking(move || {
                 let mut byte = [0u8];
@@ -175,6 +180,7 @@ impl Reader {
             .map_err(opened)?;
             file = returned;
             after_cr = before == b'\r';
+            read_tail = Some(fingerprint);
             if !matches!(before, b'\n' | b'\r') && offset < length {
                 return Err(misfit(format!(
                     "byte {offset} of {} does not follow a line's end",
@@ -200,6 +206,7 @@ impl Reader {
             at: from.position,
             at_end: false,
             after_cr,
+            read_tail,
             follow,
             max_record_bytes,
         })
@@ -266,6 +273,7 @@ impl Reader {
             tokio::time::sleep(poll).await;
             self.check_still_followed().await?;
         }
+        self.check_unchanged().await?;
         self.buffer.reserve(BLOCK);
         let read = self
             .file
@@ -273,7 +281,49 @@ impl Reader {
             .await
             .map_err(|error| FileSourceError::io("reading", &self.path, error))?;
         self.at_end = read == 0;
+        if read > 0 {
+            let read_to = self.read_to();
+            let tail = read_to.min(checkpoint::FINGERPRINTED) as usize;
+            self.read_tail = Some(if self.buffer.len() >= tail {
+                checkpoint::fingerprint_of(&self.buffer)
+            } else {
+                // Most of it taken out already: read again, at once.
+                self.fingerprint_at(read_to).await?
+            });
+        }
         Ok(())
+    }
+
+    /// Fails if the bytes just before `read_to` are no longer those read (the file
+    /// rewritten in place, or cut short and grown again) or are gone (cut short).
+    async fn check_unchanged(&self) -> Result<(), FileSourceError> {
+        let Some(read) = self.read_tail else {
+            return Ok(());
+        };
+        let read_to = self.read_to();
+        let changed = |reason: String| FileSourceError::Changed {
+            path: self.path.clone(),
+            reason,
+        };
+        match self.fingerprint_at(read_to).await {
+            Ok(now) if now == read => Ok(()),
+            Ok(_) => Err(changed(format!(
+                "the bytes before byte {read_to} are no longer those read: rewritten in place while read? (the records after the checkpoint are read again once the pipeline starts over)"
+            ))),
+            Err(FileSourceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(changed(format!("cut short under the {read_to} bytes read")))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The fingerprint of the file's bytes just before `offset`, read now.
+    async fn fingerprint_at(&self, offset: u64) -> Result<u64, FileSourceError> {
+        let input = self.input.clone();
+        tokio::task::spawn_blocking(move || checkpoint::fingerprint(&input, offset))
+            .await
+            .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked.to_string())))
+            .map_err(|error| FileSourceError::io("reading", &self.path, error))
     }
 
     /// A followed file cut short (a `copytruncate` rotation) or renamed away (the name now

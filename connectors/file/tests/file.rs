@@ -420,3 +420,32 @@ async fn a_restart_between_a_carriage_return_and_its_line_feed_keeps_the_line_nu
         "line numbers after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_place_while_read_stops_the_source_saying_so() {
+    let dir = Dir::new("rewritten-in-place");
+    // Lines of 100 bytes, enough for several blocks of reading.
+    let lines = |tag: char| -> String { (0..8_000).map(|n| format!("{tag}{n:098}\n")).collect() };
+    let path = dir.file("export.txt", &lines('a'));
+    let source = FileSource::open(FileConfig::new(&path)).await.unwrap();
+    let first = next(&source, 100).await;
+    assert!(first[0].data().starts_with(b"a"));
+    // Rewritten under the same file (truncated, then written: `cp`, `>`), other data.
+    std::fs::write(&path, lines('b')).unwrap();
+    let mut read = first.len();
+    let error = loop {
+        match source.receive(NonZeroUsize::new(1_000).unwrap()).await {
+            Ok(Some(records)) => {
+                assert!(
+                    records.iter().all(|r| r.data().starts_with(b"a")),
+                    "read on into the rewritten data after {read} records"
+                );
+                read += records.len();
+                finish(&source, records).await;
+            }
+            Ok(None) => panic!("read to the end ({read} records) without noticing the rewrite"),
+            Err(error) => break error.to_string(),
+        }
+    };
+    assert!(error.contains("no longer those read"), "{error}");
+}
