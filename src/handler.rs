@@ -90,7 +90,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Runs once on each chunk a processor receives, before
     /// [`handle_message`](Handler::handle_message): the place to load what many
-    /// messages need in one round trip. An error fails the whole chunk. Default: nothing.
+    /// messages need in one round trip. An error fails the whole chunk. Messages failed
+    /// already (routed to an unknown batcher, delivered more often than
+    /// [`max_deliveries`](crate::RetryPolicy::max_deliveries)) come too, their status
+    /// saying so: they reach no other method. Default: nothing.
     fn prepare_messages(
         &self,
         messages: &mut [Message<Self::Item, Self::Metadata>],

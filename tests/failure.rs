@@ -334,6 +334,7 @@ type AckLog = Arc<Mutex<Vec<(u32, bool, Option<Duration>)>>>;
 struct Redelivering {
     inner: TestSource<Job, Job>,
     acks: AckLog,
+    redelivery: Redelivery,
 }
 
 struct RedeliveringAcks {
@@ -373,7 +374,7 @@ impl Source for Redelivering {
     }
 
     fn redelivery(&self) -> Redelivery {
-        Redelivery::Broker
+        self.redelivery
     }
 
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<Message<Job, Job>>>, BoxError> {
@@ -399,6 +400,7 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
     let source = Redelivering {
         inner,
         acks: Arc::clone(&acks),
+        redelivery: Redelivery::Broker,
     };
     let pipeline = Pipeline::builder(source, recorder.clone())
         .retry(policy(3))
@@ -451,6 +453,7 @@ async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandle
     let source = Redelivering {
         inner,
         acks: Arc::clone(&acks),
+        redelivery: Redelivery::Broker,
     };
     let pipeline = Pipeline::builder(source, recorder.clone())
         .retry(policy(3).with_max_deliveries(5))
@@ -478,6 +481,30 @@ async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandle
     let mut acks = acks.lock().unwrap().clone();
     acks.sort_by_key(|a| a.0);
     assert_eq!(acks, vec![(5, true, None), (6, false, None)]);
+
+    // A source whose attempt is not its broker's delivery count (in-process redelivery)
+    // is not judged by it.
+    let recorder = Arc::new(Recorder::default());
+    let (inner, sender) = TestSource::new();
+    let source = Redelivering {
+        inner,
+        acks: Arc::default(),
+        redelivery: Redelivery::InProcess,
+    };
+    let pipeline = Pipeline::builder(source, recorder.clone())
+        .retry(policy(3).with_max_deliveries(5))
+        .start()
+        .unwrap();
+    let outcomes = sender
+        .test_messages(with_metadata(vec![job(6, 0, Fate::Ok)]))
+        .await;
+    drop(sender);
+    pipeline.wait().await.expect("the pipeline ends cleanly");
+    assert!(
+        outcomes[0].successful,
+        "judged by a count that is not a delivery count"
+    );
+
     // A limit below the attempts is refused.
     let error = policy(3).with_max_deliveries(2).validate().unwrap_err();
     assert_eq!(

@@ -96,13 +96,15 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    /// The most deliveries of one message, from a source whose broker counts them (its
-    /// attempt is the delivery count: SQS, NATS, RabbitMQ's quorum queues, PostgreSQL).
-    /// A message delivered more often than this is failed for good without being handled
-    /// (to `handle_failed` and the dead-letter destination): its last deliveries ended
-    /// with no outcome at all (its consumer killed, out of memory, hung past its lease),
-    /// and handling it again would likely end the same, with every message in flight
-    /// beside it. At least `max_attempts`; default 20, or `max_attempts` if higher.
+    /// The most deliveries of one message, from a source whose broker redelivers and
+    /// counts (its [`Redelivery`](crate::source::Redelivery) is `Broker`, its attempt the
+    /// delivery count: SQS standard queues, NATS, PostgreSQL). A message delivered more
+    /// often is failed for good before `prepare_messages` and `handle_message` (to
+    /// `handle_failed` and the dead-letter destination): its last deliveries ended with
+    /// no outcome at all (its consumer killed, out of memory, hung past its lease), and
+    /// handling it again would likely end the same, with every message in flight beside
+    /// it. A decode step that kills the process runs before this check. At least
+    /// `max_attempts`; default 20, or `max_attempts` if higher.
     ///
     /// ```
     /// use longshore::RetryPolicy;

@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::handler::Handler;
 use crate::message::{Failure, FailureKind, Message};
 use crate::metrics::{HandlingTimes, Held, StageMetrics, TIME_EACH_AFTER};
-use crate::source::Acknowledger;
+use crate::source::{Acknowledger, Redelivery};
 use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::{guarded, panic_message};
 use crate::topology::key_queue::{KeyQueue, Work};
@@ -368,10 +368,13 @@ where
         if self.abandon.is_cancelled() {
             return Passed::Abandoned(messages);
         }
-        // Delivered more often than the policy allows (a broker's count): failed for good
-        // unhandled, as what ended its last deliveries would likely end this one.
+        // Delivered more often than the policy allows (a broker's count, which its attempt
+        // is): failed for good unhandled, as what ended its last deliveries would likely
+        // end this one.
         let limit = self.ctx.retry.max_deliveries();
-        if messages.iter().any(|message| message.attempt() > limit) {
+        if self.ctx.redelivery == Redelivery::Broker
+            && messages.iter().any(|message| message.attempt() > limit)
+        {
             for message in messages.iter_mut().filter(|message| message.is_ok()) {
                 if let Some(failure) = self.ctx.retry.over_deliveries(message.attempt()) {
                     message.set_failure(failure);

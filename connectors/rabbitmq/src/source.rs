@@ -195,8 +195,7 @@ impl RabbitMqSource {
                 let metadata = RabbitMqMetadata::read(delivery, consumer);
                 unsettled.received(&metadata);
                 // A quorum queue counts deliveries: one that keeps killing its consumers
-                // comes with its attempts used, and past the retry policy's
-                // max_deliveries is failed for good unhandled rather than looping.
+                // comes with its attempts used, and the queue's delivery-limit ends it.
                 let attempt = metadata
                     .delivery_count()
                     .map_or(1, |count| count.saturating_add(1));
