@@ -70,10 +70,17 @@ impl Db {
         Ok(connected)
     }
 
-    /// Gives up the connection (a statement on it got no answer in time): the next
-    /// statement connects again. Statements under way on it keep it until they end.
-    pub(crate) async fn forget(&self) {
-        *self.connected.lock().await = None;
+    /// Asks the server to cancel what runs on the connection now (a statement whose
+    /// caller stopped waiting), so that it does not run on, holding the connection.
+    /// Only for a connection that runs one kind of statement, one at a time: another
+    /// statement running by then would be the one cancelled.
+    pub(crate) async fn cancel(&self) {
+        let connected = self.connected.lock().await.clone();
+        if let Some(connected) = connected {
+            if let Err(error) = connected.client.cancel_token().cancel_query(NoTls).await {
+                tracing::debug!(%error, "postgres statement not cancelled");
+            }
+        }
     }
 
     /// Runs `sql` (prepared once per connection) with `params`: the rows.

@@ -42,7 +42,7 @@ pub(crate) struct Queue {
     pub(crate) side: Db,
     /// Depth readings, on a connection of their own too: a count over a large backlog
     /// may take long, and on the extensions' connection it would hold them back until
-    /// leases lapse. The server cancels it after [`STATEMENT_TIMEOUT`].
+    /// leases lapse. One unanswered after [`STATEMENT_TIMEOUT`] is cancelled.
     pub(crate) depth: Db,
     pub(crate) table: String,
     pub(crate) name: Arc<str>,
@@ -71,20 +71,14 @@ pub(crate) struct Leased {
     pub(crate) enqueued_at: SystemTime,
 }
 
-/// Runs `statement` on `db`, failing it after [`STATEMENT_TIMEOUT`]; then `db`'s
-/// connection is given up, so that the next statement does not queue behind this one on
-/// a connection that may be dead (TCP can take minutes to say so).
+/// Runs `statement`, failing it after [`STATEMENT_TIMEOUT`].
 async fn timed<T>(
-    db: &Db,
     statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, Failed> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(error)) => Err(Failed::Database(error)),
-        Err(_) => {
-            db.forget().await;
-            Err(Failed::TimedOut)
-        }
+        Err(_) => Err(Failed::TimedOut),
     }
 }
 
@@ -132,7 +126,7 @@ impl Queue {
             t = self.table
         );
         let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
-        let rows = timed(db, db.query(&sql, &params)).await;
+        let rows = timed(db.query(&sql, &params)).await;
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
         let mut leased: Vec<Leased> = rows?.iter().map(leased).collect();
         leased.sort_unstable_by_key(|row| row.lease.id);
@@ -211,8 +205,7 @@ impl Queue {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let settler = self.next_settler();
-            match timed(&settler, settler.execute(sql, params)).await {
+            match timed(self.next_settler().execute(sql, params)).await {
                 Ok(_) => return,
                 Err(error) if error.is_transient() && tokio::time::Instant::now() < give_up => {
                     tracing::debug!(%error, rows = leases.len(), "postgres {doing} failed; trying again");
@@ -253,7 +246,6 @@ impl Queue {
         );
         let (ids, tokens) = split(&leases);
         timed(
-            &self.side,
             self.side
                 .execute(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()]),
         )
@@ -271,7 +263,15 @@ impl Queue {
              FROM {} WHERE queue = $1",
             self.table
         );
-        let rows = timed(&self.depth, self.depth.query(&sql, &[&&*self.name])).await?;
+        let rows = match timed(self.depth.query(&sql, &[&&*self.name])).await {
+            // Cancelled at the server too: counts left running would pile up behind each
+            // other on this connection, one more every lag_interval.
+            Err(Failed::TimedOut) => {
+                self.depth.cancel().await;
+                return Err(Failed::TimedOut);
+            }
+            rows => rows?,
+        };
         let Some(row) = rows.first() else {
             return Ok(());
         };

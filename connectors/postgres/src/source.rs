@@ -17,7 +17,7 @@ use crate::db::{listen, Db};
 use crate::error::PgQueueError;
 use crate::metadata::{PgQueueMessage, PgQueueMetadata};
 use crate::metrics::QueueMetrics;
-use crate::queue::{lock, Lease, Leased, Queue, STATEMENT_TIMEOUT};
+use crate::queue::{lock, Lease, Leased, Queue};
 
 /// Consumes one queue of a PostgreSQL queue table (see [`migration`](crate::migration)).
 ///
@@ -98,7 +98,7 @@ impl PgQueueSource {
             settlers: Mutex::new(vec![Arc::new(Db::new(db_config.clone()))]),
             turn: AtomicUsize::new(0),
             side: Db::new(db_config.clone()),
-            depth: Db::new(cancelled_after(db_config.clone(), STATEMENT_TIMEOUT)),
+            depth: Db::new(db_config.clone()),
             reachable: AtomicBool::new(true),
             table: config.table.clone(),
             name: Arc::from(config.queue.as_str()),
@@ -206,29 +206,20 @@ fn db_config(url: &str) -> Result<tokio_postgres::Config, PgQueueError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    // A peer gone without a word (a failover, a dropped route) is noticed in about 20 s
-    // whether the connection is idle (keepalives) or has data unanswered.
-    config
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(3))
-        .keepalives_retries(3);
+    // A peer gone without a word (a failover, a dropped route) is noticed in about 20 s,
+    // idle (keepalives) or with data unanswered (the user timeout, on Linux): its
+    // connection closes, and the next statement connects again.
+    config.keepalives(true).keepalives_idle(Duration::from_secs(10));
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(3));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(Duration::from_secs(20));
     }
     Ok(config)
-}
-
-/// `config` with statements the server itself cancels after `timeout`: one that outlives
-/// the client's wait does not run on, holding its connection, behind the next.
-fn cancelled_after(mut config: tokio_postgres::Config, timeout: Duration) -> tokio_postgres::Config {
-    let options = format!(
-        "{} -c statement_timeout={}",
-        config.get_options().unwrap_or_default(),
-        timeout.as_millis()
-    );
-    config.options(options.trim_start());
-    config
 }
 
 impl Drop for PgQueueSource {
