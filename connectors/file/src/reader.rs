@@ -282,6 +282,9 @@ impl Reader {
             .map_err(|error| FileSourceError::io("reading", &self.path, error))?;
         self.at_end = read == 0;
         if read > 0 {
+            // Unknown until taken again below: a read dropped at the wait checks nothing
+            // next, rather than the bytes before where reading had got to.
+            self.read_tail = None;
             let read_to = self.read_to();
             let tail = read_to.min(checkpoint::FINGERPRINTED) as usize;
             self.read_tail = Some(if self.buffer.len() >= tail {
