@@ -391,22 +391,49 @@ impl Source for Redelivering {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backoff() {
+/// A pipeline over a [`Redelivering`] source of `redelivery`, with `retry` and a
+/// dead-letter destination.
+struct Redelivered {
+    pipeline: Pipeline,
+    sender: longshore::testing::TestSender<Job, Job>,
+    recorder: Arc<Recorder>,
+    graveyard: Arc<Graveyard>,
+    acks: AckLog,
+}
+
+fn redelivered(redelivery: Redelivery, retry: RetryPolicy) -> Redelivered {
     let recorder = Arc::new(Recorder::default());
     let graveyard = Arc::new(Graveyard::default());
     let (inner, sender) = TestSource::new();
-    let acks = Arc::default();
+    let acks = AckLog::default();
     let source = Redelivering {
         inner,
         acks: Arc::clone(&acks),
-        redelivery: Redelivery::Broker,
+        redelivery,
     };
     let pipeline = Pipeline::builder(source, recorder.clone())
-        .retry(policy(3))
+        .retry(retry)
         .dead_letter(graveyard.clone())
         .start()
         .unwrap();
+    Redelivered {
+        pipeline,
+        sender,
+        recorder,
+        graveyard,
+        acks,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backoff() {
+    let Redelivered {
+        pipeline,
+        sender,
+        recorder,
+        graveyard,
+        acks,
+    } = redelivered(Redelivery::Broker, policy(3));
     // Deliveries 1 and 2 of a failing message, then its third and last.
     let outcomes = sender
         .test_messages(with_metadata(vec![
@@ -446,27 +473,16 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
 
 #[tokio::test(start_paused = true)]
 async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandled() {
-    let recorder = Arc::new(Recorder::default());
-    let graveyard = Arc::new(Graveyard::default());
-    let (inner, sender) = TestSource::new();
-    let acks = Arc::default();
-    let source = Redelivering {
-        inner,
-        acks: Arc::clone(&acks),
-        redelivery: Redelivery::Broker,
-    };
-    let pipeline = Pipeline::builder(source, recorder.clone())
-        .retry(policy(3).with_max_deliveries(5))
-        .dead_letter(graveyard.clone())
-        .start()
-        .unwrap();
+    let run = redelivered(Redelivery::Broker, policy(3).with_max_deliveries(5));
     // Its 5th delivery, within the limit; another's 6th: its last five ended unseen (a
     // consumer killed each time).
-    let outcomes = sender
+    let outcomes = run
+        .sender
         .test_messages(with_metadata(vec![job(5, 0, Fate::Ok), job(6, 0, Fate::Ok)]))
         .await;
-    drop(sender);
-    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
+    drop(run.sender);
+    let summary = run.pipeline.wait().await.expect("the pipeline ends cleanly");
+    let (recorder, acks) = (run.recorder, run.acks);
 
     assert_eq!(outcomes.iter().filter(|o| o.successful).count(), 1);
     assert_eq!(
@@ -478,23 +494,15 @@ async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandle
     let called: Vec<u32> = recorder.calls.lock().unwrap().iter().map(|call| call.0).collect();
     assert_eq!(called, vec![5]);
     assert_eq!(*recorder.failed.lock().unwrap(), vec![6]);
+    assert_eq!(run.graveyard.graves.lock().unwrap().len(), 1);
     let mut acks = acks.lock().unwrap().clone();
     acks.sort_by_key(|a| a.0);
     assert_eq!(acks, vec![(5, true, None), (6, false, None)]);
 
     // A source whose attempt is not its broker's delivery count (in-process redelivery)
     // is not judged by it.
-    let recorder = Arc::new(Recorder::default());
-    let (inner, sender) = TestSource::new();
-    let source = Redelivering {
-        inner,
-        acks: Arc::default(),
-        redelivery: Redelivery::InProcess,
-    };
-    let pipeline = Pipeline::builder(source, recorder.clone())
-        .retry(policy(3).with_max_deliveries(5))
-        .start()
-        .unwrap();
+    let Redelivered { pipeline, sender, .. } =
+        redelivered(Redelivery::InProcess, policy(3).with_max_deliveries(5));
     let outcomes = sender
         .test_messages(with_metadata(vec![job(6, 0, Fate::Ok)]))
         .await;
