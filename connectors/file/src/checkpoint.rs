@@ -45,15 +45,62 @@ pub(crate) fn read(path: &Path) -> Result<Recorded, FileSourceError> {
             u64::from_str_radix(value, radix).ok()
         })
     };
-    match (field("offset", 10), field("line", 10)) {
-        (Some(offset), Some(line)) if line >= 1 => Ok(Recorded {
-            position: Position { offset, line },
-            fingerprint: field("before", 16),
-        }),
-        _ => Err(FileSourceError::Checkpoint {
-            path: path.to_owned(),
-            reason: format!("not a checkpoint (expected `offset N` and `line N`): {text:?}"),
-        }),
+    let (Some(offset), Some(line)) = (field("offset", 10), field("line", 10)) else {
+        return Err(not_a_checkpoint(path, &text));
+    };
+    if line < 1 {
+        return Err(not_a_checkpoint(path, &text));
+    }
+    // A fingerprint that does not read is refused, not taken as none: with none, a file
+    // replaced since would be read from the recorded offset.
+    let fingerprint = match text.lines().find_map(|line| line.strip_prefix("before ")) {
+        Some(value) => {
+            Some(u64::from_str_radix(value.trim(), 16).map_err(|_| not_a_checkpoint(path, &text))?)
+        }
+        None => {
+            if offset > 0 {
+                tracing::warn!(checkpoint = %path.display(), "the checkpoint has no fingerprint (written by an older version): a file replaced since would not be noticed this once");
+            }
+            None
+        }
+    };
+    Ok(Recorded {
+        position: Position { offset, line },
+        fingerprint,
+    })
+}
+
+fn not_a_checkpoint(path: &Path, text: &str) -> FileSourceError {
+    FileSourceError::Checkpoint {
+        path: path.to_owned(),
+        reason: format!("not a checkpoint (expected `offset N`, `line N` and `before <hex>`): {text:?}"),
+    }
+}
+
+/// Removes the temporary files of writes a kill cut short (`<checkpoint>.tmp.<pid>.<n>`):
+/// called holding the checkpoint's lock, so no write of another source is under way.
+pub(crate) fn remove_leftovers(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp.");
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(prefix.as_encoded_bytes())
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -204,6 +251,16 @@ mod tests {
         std::fs::write(&path, "offset twelve\n").unwrap();
         let error = read(&path).unwrap_err().to_string();
         assert!(error.contains("not a checkpoint"), "{error}");
+        // A fingerprint that does not read is not taken as none.
+        std::fs::write(&path, "offset 4\nline 2\nbefore xyz\n").unwrap();
+        let error = read(&path).unwrap_err().to_string();
+        assert!(error.contains("not a checkpoint"), "{error}");
+        // Temporary files a kill left behind go; the checkpoint and others stay.
+        let leftover = dir.join("data.checkpoint.tmp.7.0");
+        std::fs::write(&leftover, "offset 9\n").unwrap();
+        remove_leftovers(&path);
+        assert!(!leftover.exists(), "a leftover temporary file stayed");
+        assert!(path.exists() && input.exists());
         let lock = Lock::take(&path).unwrap();
         let error = Lock::take(&path).unwrap_err().to_string();
         assert!(error.contains("another source reads with it"), "{error}");

@@ -119,7 +119,9 @@ impl FileSource {
         refuse_same_file(config.path(), &checkpoint_path)?;
         let at = checkpoint_path.clone();
         let (lock, from) = tokio::task::spawn_blocking(move || {
-            Ok::<_, FileSourceError>((Lock::take(&at)?, checkpoint::read(&at)?))
+            let lock = Lock::take(&at)?;
+            checkpoint::remove_leftovers(&at);
+            Ok::<_, FileSourceError>((lock, checkpoint::read(&at)?))
         })
         .await
         .map_err(|panicked| {
