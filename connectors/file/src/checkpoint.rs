@@ -77,20 +77,23 @@ fn not_a_checkpoint(path: &Path, text: &str) -> FileSourceError {
     }
 }
 
+/// The folder `path` is in: the current one for a bare file name.
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    }
+}
+
 /// Removes the temporary files of writes a kill cut short (`<checkpoint>.tmp.<pid>.<n>`):
 /// called holding the checkpoint's lock, so no write of another source is under way.
 pub(crate) fn remove_leftovers(path: &Path) {
-    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(name) = path.file_name() else {
         return;
-    };
-    let folder = if folder.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        folder
     };
     let mut prefix = name.to_os_string();
     prefix.push(".tmp.");
-    let Ok(entries) = std::fs::read_dir(folder) else {
+    let Ok(entries) = std::fs::read_dir(folder_of(path)) else {
         return;
     };
     for entry in entries.flatten() {
@@ -179,12 +182,7 @@ pub(crate) fn write(
         return Err(error);
     }
     if sync {
-        // A bare file name's folder is the current one.
-        let folder = match path.parent() {
-            Some(folder) if !folder.as_os_str().is_empty() => folder,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(folder)?.sync_all()?;
+        std::fs::File::open(folder_of(path))?.sync_all()?;
     }
     Ok(())
 }

@@ -348,10 +348,7 @@ impl Stream {
             }
         };
         match acked {
-            Ok(_) => {
-                self.let_go(&ids);
-                self.acks.room.add_permits(ids.len());
-            }
+            Ok(_) => self.confirmed(&ids),
             // Sent again on their own, which lets go of them if the server refuses.
             Err(error) => {
                 tracing::debug!(%error, entries = ids.len(), "redis XACK with a read failed; sending it on its own");
@@ -442,10 +439,7 @@ impl Stream {
                 tracing::debug!(%error, entries = ids.len(), "redis XACK failed for long; kept to send again");
                 self.acks.put_back(ids);
             }
-            _ => {
-                self.let_go(&ids);
-                self.acks.room.add_permits(ids.len());
-            }
+            _ => self.confirmed(&ids),
         }
     }
 
@@ -453,6 +447,13 @@ impl Stream {
         let mut command = redis::cmd("XACK");
         command.arg(&*self.key).arg(&self.group).arg(ids);
         command
+    }
+
+    /// Queued acknowledgements sent (or given up on): no longer held, and their room
+    /// free again.
+    fn confirmed(&self, ids: &[EntryId]) {
+        self.let_go(ids);
+        self.acks.room.add_permits(ids.len());
     }
 
     /// No longer held: acknowledged, or given up on.
