@@ -69,9 +69,9 @@ pub struct RedisStreamSource {
     /// Opens a reader's connection.
     client: redis::Client,
     read_timeouts: ConnectionManagerConfig,
-    /// Still taking back this consumer's own entries: after this id. Set by the read
-    /// itself, which may outlive the `receive` that started it.
-    own_after: Arc<Mutex<Option<String>>>,
+    /// How far taking back this consumer's own entries got. Moved on by the read itself,
+    /// which may outlive the `receive` that started it.
+    own: Arc<Mutex<OwnEntries>>,
     /// Taken by the read of this consumer's own entries: one at a time, each after the
     /// last one's entries, so that none is handed out twice.
     own_read: Arc<tokio::sync::Mutex<()>>,
@@ -79,6 +79,35 @@ pub struct RedisStreamSource {
     block: Duration,
     /// Stops the idle-time keeper and the lag reader.
     stop: CancellationToken,
+}
+
+/// Where taking back this consumer's own entries (delivered to it, not acknowledged)
+/// stands: at start, and again after a read whose reply may have been lost.
+#[derive(Debug)]
+struct OwnEntries {
+    /// Still taking them back: after this id.
+    after: Option<String>,
+    /// How many times they were to be taken back from the start again: a read of them
+    /// that began before such a restart does not move `after` on.
+    restarts: u64,
+}
+
+impl OwnEntries {
+    fn from_start() -> Self {
+        OwnEntries {
+            after: Some("0".to_owned()),
+            restarts: 0,
+        }
+    }
+
+    /// From the start again: a read or claim failed, and its entries may have reached
+    /// this consumer's pending list with the reply lost (a dropped connection, a server
+    /// killed and restarted). Those it holds are left out; the others would otherwise
+    /// wait `claim_idle` for a claim.
+    fn restart(&mut self) {
+        self.after = Some("0".to_owned());
+        self.restarts += 1;
+    }
 }
 
 /// A read connection, and what its reads brought and were not handed out (kept across a
@@ -172,7 +201,7 @@ impl RedisStreamSource {
             }),
             client,
             read_timeouts,
-            own_after: Arc::new(Mutex::new(Some("0".to_owned()))),
+            own: Arc::new(Mutex::new(OwnEntries::from_start())),
             own_read: Arc::default(),
             last_claim: Mutex::new(None),
             block: config.block,
@@ -223,7 +252,7 @@ impl Source for RedisStreamSource {
             })
             .await?;
         loop {
-            let claim = lock(&self.own_after).is_none() && {
+            let claim = lock(&self.own).after.is_none() && {
                 let mut last = lock(&self.last_claim);
                 let due = last.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
                 if due {
@@ -231,38 +260,51 @@ impl Source for RedisStreamSource {
                 }
                 due
             };
-            let (stream, mut connection, own_after, own_read, block) = (
+            let (stream, mut connection, own, own_read, block) = (
                 self.stream.clone(),
                 reader.connection.clone(),
-                self.own_after.clone(),
+                self.own.clone(),
                 self.own_read.clone(),
                 self.block,
             );
             let read = reader.fetch.take(demand.get(), |count| async move {
-                if lock(&own_after).is_some() {
-                    let _own = own_read.lock().await;
-                    // Read after the last read of its own ended, which may have been the last.
-                    let after = lock(&own_after).clone();
-                    if let Some(after) = after {
-                        let read = stream
-                            .read(&mut connection, ReadFrom::Own, &after, count, block)
-                            .await?;
-                        // Its own entries, oldest first, until there are none left. A
-                        // reply of trimmed entries only is not the end.
-                        *lock(&own_after) = read.last;
-                        return Ok(read.entries);
+                let taken = async {
+                    if lock(&own).after.is_some() {
+                        let _own = own_read.lock().await;
+                        // Read after the last read of its own ended, which may have been the last.
+                        let (after, restarts) = {
+                            let own = lock(&own);
+                            (own.after.clone(), own.restarts)
+                        };
+                        if let Some(after) = after {
+                            let read = stream
+                                .read(&mut connection, ReadFrom::Own, &after, count, block)
+                                .await?;
+                            // Its own entries, oldest first, until there are none left. A
+                            // reply of trimmed entries only is not the end.
+                            let mut own = lock(&own);
+                            if own.restarts == restarts {
+                                own.after = read.last;
+                            }
+                            return Ok(read.entries);
+                        }
                     }
-                }
-                if claim {
-                    let entries = stream.claim(count).await?;
-                    if !entries.is_empty() {
-                        return Ok(entries);
+                    if claim {
+                        let entries = stream.claim(count).await?;
+                        if !entries.is_empty() {
+                            return Ok(entries);
+                        }
                     }
+                    Ok(stream
+                        .read(&mut connection, ReadFrom::New, ">", count, block)
+                        .await?
+                        .entries)
                 }
-                Ok(stream
-                    .read(&mut connection, ReadFrom::New, ">", count, block)
-                    .await?
-                    .entries)
+                .await;
+                if taken.is_err() {
+                    lock(&own).restart();
+                }
+                taken
             });
             let entries = read
                 .await

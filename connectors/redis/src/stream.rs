@@ -244,7 +244,10 @@ impl Stream {
                 .query_async::<u64>(&mut self.commands.clone())
                 .await?;
         }
-        lock(&self.held).extend(entries.iter().map(RedisStreamMetadata::key));
+        // Held here already (a read of its own entries after a lost reply): handed out once.
+        let mut held = lock(&self.held);
+        entries.retain(|entry| held.insert(entry.key()));
+        drop(held);
         Ok(Read { entries, last })
     }
 

@@ -1,8 +1,11 @@
 //! The Redis Streams source against a real Redis: a dead consumer's entries claimed by
-//! another once idle, a job longer than `claim_idle` not claimed away, the lag gauges
+//! another once idle, a job longer than `claim_idle` not claimed away, a read whose reply
+//! was lost taken back at once, the lag gauges
 //! exactly those documented, and bad settings refused naming the field.
 
 mod common;
+#[path = "../../../test-support/cut_proxy.rs"]
+mod cut_proxy;
 #[path = "../../../test-support/documented.rs"]
 mod documented;
 #[path = "../../../tests/common/mod.rs"]
@@ -496,4 +499,45 @@ async fn a_refused_xack_does_not_hold_back_the_entries_read_with_it() {
     ids.dedup();
     assert_eq!(ids.len(), 200, "each entry handled once");
     assert_eq!(pending(&mut db, "refused").await, 200, "the XACKs were refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_read_whose_reply_was_lost_are_taken_back_without_waiting_for_claim_idle() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "lostreply", (0..100).map(|n| n.to_string())).await;
+    let upstream = server.url().trim_start_matches("redis://").to_owned();
+    let (proxy, cuts) = cut_proxy::start(upstream).await;
+    // The first read of new entries (`>`) delivers them to this consumer's pending list,
+    // and its reply never arrives.
+    cuts.arm(&[b"XREADGROUP", b"$1\r\n>\r\n"]);
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let record = Record {
+        name: "me",
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    // claim_idle of 60 s: entries left in this consumer's pending list unseen would come
+    // back only after it.
+    let config = RedisStreamConfig::new(format!("redis://{proxy}"), "lostreply", "g")
+        .consumer("me")
+        .block(Duration::from_millis(100))
+        .claim_idle(Duration::from_secs(60));
+    let source = RedisStreamSource::connect(config).await.unwrap();
+    let pipeline = Pipeline::builder(source, record).start().unwrap();
+    until("all 100 handled after the lost reply", async || {
+        handled.lock().unwrap().len() >= 100
+    })
+    .await;
+    assert_eq!(cuts.made(), 1, "a read's reply was cut");
+    until("all acknowledged", async || {
+        unfinished(&mut db, "lostreply", "g").await == 0
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    let mut ids: Vec<String> = handled.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100, "each entry handled once");
+    assert_eq!(handled.lock().unwrap().len(), 100, "none handled twice");
 }
