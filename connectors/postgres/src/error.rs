@@ -16,6 +16,19 @@ pub enum PgQueueError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The queue table's column has another type than the migration gives it (a table
+    /// made by hand, or altered): refused at start rather than failing each lease.
+    #[error("postgres queue table {table}: column {column} is {found}, expected {expected} (see longshore_postgres::migration)")]
+    Schema {
+        /// The table.
+        table: String,
+        /// The column.
+        column: &'static str,
+        /// Its type in the table.
+        found: String,
+        /// Its type in the migration.
+        expected: &'static str,
+    },
 }
 
 impl PgQueueError {

@@ -89,6 +89,13 @@ pub(crate) enum Failed {
     Database(tokio_postgres::Error),
     #[error("no answer within {STATEMENT_TIMEOUT:?}")]
     TimedOut,
+    /// A leased row's column did not read as the migration makes it: the table was
+    /// altered since the start, which checked it.
+    #[error("the queue table's column {column} does not read as the migration makes it ({}); its rows come back when their lease passes", std::error::Error::source(.source).map_or_else(|| source.to_string(), ToString::to_string))]
+    Column {
+        column: &'static str,
+        source: tokio_postgres::Error,
+    },
 }
 
 impl Failed {
@@ -98,6 +105,7 @@ impl Failed {
         match self {
             Failed::Database(error) => error.as_db_error().is_none_or(|db| retried(db.code())),
             Failed::TimedOut => true,
+            Failed::Column { .. } => false,
         }
     }
 }
@@ -128,7 +136,7 @@ impl Queue {
         let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
         let rows = timed(db.query(&sql, &params)).await;
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
-        let mut leased: Vec<Leased> = rows?.iter().map(leased).collect();
+        let mut leased = rows?.iter().map(leased).collect::<Result<Vec<Leased>, _>>()?;
         leased.sort_unstable_by_key(|row| row.lease.id);
         lock(&self.held).extend(leased.iter().map(|row| row.lease));
         Ok(leased)
@@ -293,15 +301,25 @@ fn kept_error(error: &str) -> String {
     error.chars().filter(|&c| c != '\0').take(ERROR_KEPT).collect()
 }
 
-fn leased(row: &Row) -> Leased {
-    Leased {
-        lease: Lease {
-            id: row.get(0),
-            token: row.get(2),
-        },
-        payload: Bytes::from(row.get::<_, Vec<u8>>(1)),
-        enqueued_at: row.get(3),
+/// A leased row; an error, not a panic, for a table altered since the start (checked
+/// then): its rows come back when their lease passes.
+fn leased(row: &Row) -> Result<Leased, Failed> {
+    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+        row: &'a Row,
+        index: usize,
+        column: &'static str,
+    ) -> Result<T, Failed> {
+        row.try_get(index)
+            .map_err(|source| Failed::Column { column, source })
     }
+    Ok(Leased {
+        lease: Lease {
+            id: get(row, 0, "id")?,
+            token: get(row, 2, "attempts")?,
+        },
+        payload: Bytes::from(get::<Vec<u8>>(row, 1, "payload")?),
+        enqueued_at: get(row, 3, "enqueued_at")?,
+    })
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

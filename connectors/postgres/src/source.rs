@@ -9,6 +9,7 @@ use bytes::Bytes;
 use longshore::source::{every, FetchSlots, KeptFetch, Redelivery, Source, SourceSettings};
 use longshore::{BoxError, Message};
 use tokio::sync::Notify;
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::acknowledge::PgQueueAcknowledger;
@@ -111,13 +112,7 @@ impl PgQueueSource {
             .connected()
             .await
             .map_err(PgQueueError::database("connecting"))?;
-        connected
-            .client
-            .execute(&format!("SELECT 1 FROM {} LIMIT 0", config.table), &[])
-            .await
-            .map_err(PgQueueError::database(
-                "reading the queue table (run PgQueueSource::migrate)",
-            ))?;
+        check_columns(&connected.client, &config.table).await?;
         let stop = CancellationToken::new();
         tokio::spawn(listen(
             db_config.clone(),
@@ -226,6 +221,41 @@ impl Drop for PgQueueSource {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The queue table's columns and their types, as the migration makes them.
+const COLUMNS: [(&str, Type); 8] = [
+    ("id", Type::INT8),
+    ("queue", Type::TEXT),
+    ("payload", Type::BYTEA),
+    ("enqueued_at", Type::TIMESTAMPTZ),
+    ("visible_at", Type::TIMESTAMPTZ),
+    ("attempts", Type::INT4),
+    ("failed_at", Type::TIMESTAMPTZ),
+    ("last_error", Type::TEXT),
+];
+
+/// Refuses a queue table that is missing or whose columns the source cannot read as it
+/// leases (read from the statement's description: nothing runs).
+async fn check_columns(client: &tokio_postgres::Client, table: &str) -> Result<(), PgQueueError> {
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let statement = client
+        .prepare(&format!("SELECT {} FROM {table} LIMIT 0", names.join(", ")))
+        .await
+        .map_err(PgQueueError::database(
+            "reading the queue table (run PgQueueSource::migrate)",
+        ))?;
+    for ((column, expected), found) in COLUMNS.iter().zip(statement.columns()) {
+        if found.type_() != expected {
+            return Err(PgQueueError::Schema {
+                table: table.to_owned(),
+                column,
+                found: found.type_().name().to_owned(),
+                expected: expected.name(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Source for PgQueueSource {

@@ -389,3 +389,46 @@ async fn one_insert_of_many_rows_wakes_every_waiting_lease() {
     .expect("both leases woken by the one insert, not by their poll a minute later");
     assert_eq!((both.0.len(), both.1.len()), (10, 10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_the_wrong_shape_is_refused_at_start_and_one_altered_later_fails_leases_without_a_panic() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    // Made by hand, the payload as text.
+    db.batch_execute(
+        "CREATE TABLE text_queue (id bigserial PRIMARY KEY, queue text NOT NULL DEFAULT 'default', \
+         payload text NOT NULL, enqueued_at timestamptz NOT NULL DEFAULT now(), \
+         visible_at timestamptz NOT NULL DEFAULT now(), attempts integer NOT NULL DEFAULT 0, \
+         failed_at timestamptz, last_error text)",
+    )
+    .await
+    .unwrap();
+    let error = PgQueueSource::connect(PgQueueConfig::new(server.url()).table("text_queue"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "postgres queue table text_queue: column payload is text, expected bytea (see longshore_postgres::migration)"
+    );
+    // Altered once the source runs: the lease fails, and says why.
+    let config = PgQueueConfig::new(server.url()).table("altered_queue").queue("q");
+    PgQueueSource::migrate(&config).await.unwrap();
+    let source = PgQueueSource::connect(config).await.unwrap();
+    db.batch_execute(
+        "ALTER TABLE altered_queue ALTER COLUMN attempts TYPE bigint; \
+         INSERT INTO altered_queue (queue, payload) VALUES ('q', 'x')",
+    )
+    .await
+    .unwrap();
+    use longshore::source::Source;
+    let error = source
+        .receive(std::num::NonZeroUsize::new(10).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("column attempts does not read as the migration makes it"),
+        "{error}"
+    );
+}
