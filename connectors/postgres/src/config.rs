@@ -42,7 +42,8 @@ pub struct PgQueueConfig {
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
     /// How often to look for rows when no notification came (default 5 s): a fallback,
-    /// since inserts wake the source through `LISTEN`/`NOTIFY`.
+    /// since inserts wake the source through `LISTEN`/`NOTIFY`, and a row becoming
+    /// visible later (a retry's backoff ending) is looked for when it does.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How often the queue's depth and oldest age are read for the metrics (default

@@ -142,6 +142,23 @@ impl Queue {
         Ok(leased)
     }
 
+    /// How long until a row of the queue not visible now becomes visible (a retry's
+    /// backoff ending, a lapsed lease), if any will: a consumer that found nothing to
+    /// lease waits that long at most, as no `NOTIFY` tells of it.
+    pub(crate) async fn next_visible(&self, db: &Db) -> Result<Option<Duration>, Failed> {
+        let sql = format!(
+            "SELECT EXTRACT(EPOCH FROM min(visible_at) - now())::float8 FROM {} \
+             WHERE queue = $1 AND failed_at IS NULL AND visible_at > now()",
+            self.table
+        );
+        let rows = timed(db.query(&sql, &[&&*self.name])).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let seconds: Option<f64> = row.try_get(0).map_err(Failed::Database)?;
+        Ok(seconds.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
+    }
+
     /// Rows handled (or dead-lettered elsewhere): gone, whoever holds them now (a late
     /// delete is a row handled twice, never one lost).
     pub(crate) async fn delete(&self, leases: &[Lease]) {
@@ -161,6 +178,11 @@ impl Queue {
         let (ids, tokens) = split(leases);
         self.settle("scheduling retries", leases, &sql, &[&ids, &tokens, &delays])
             .await;
+        // A consumer waiting for a NOTIFY looks again, and then waits only until the
+        // first of them is visible.
+        if !leases.is_empty() {
+            self.wake.notify_one();
+        }
     }
 
     /// Rows failed for good with no dead-letter destination: kept, never delivered again.

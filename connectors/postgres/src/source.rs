@@ -300,8 +300,17 @@ impl Source for PgQueueSource {
                 return Ok(Some(rows.into_iter().map(|row| self.message(row)).collect()));
             }
             // Nothing visible: an insert's NOTIFY (remembered if it came during the
-            // lease), or the poll interval.
-            let _ = tokio::time::timeout(self.poll_interval, self.queue.wake.notified()).await;
+            // lease), a retry scheduled here, the next row becoming visible (another
+            // consumer's retry, a lapsed lease), or the poll interval.
+            let next = match self.queue.next_visible(&lessee.db).await {
+                Ok(next) => next,
+                Err(error) => {
+                    tracing::debug!(%error, queue = %self.queue.name, "cannot read when the next postgres row is visible");
+                    None
+                }
+            };
+            let wait = next.map_or(self.poll_interval, |next| next.min(self.poll_interval));
+            let _ = tokio::time::timeout(wait, self.queue.wake.notified()).await;
         }
     }
 

@@ -432,3 +432,54 @@ async fn a_table_of_the_wrong_shape_is_refused_at_start_and_one_altered_later_fa
         "{error}"
     );
 }
+
+/// Fails each row's first attempt; records each attempt.
+struct FailFirst(Handled);
+
+impl Handler for FailFirst {
+    type Item = longshore_postgres::Bytes;
+    type Metadata = PgQueueMetadata;
+
+    async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((message.metadata().id(), message.attempt(), Instant::now()));
+        match message.attempt() {
+            1 => Err("not yet".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_leased_when_its_backoff_ends_not_at_the_next_poll() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    // Polls once a minute, and a retry makes no NOTIFY.
+    let config = PgQueueConfig::new(server.url())
+        .queue("backoff")
+        .poll_interval(Duration::from_secs(60));
+    let handled = Handled::default();
+    let pipeline = Pipeline::builder(
+        PgQueueSource::connect(config).await.unwrap(),
+        FailFirst(handled.clone()),
+    )
+    .retry(RetryPolicy::new(3).initial_backoff(Duration::from_millis(300)))
+    .start()
+    .unwrap();
+    until("the source ready", async || pipeline_ready(&db).await).await;
+    enqueue(&db, "backoff", vec![b"job".to_vec()]).await;
+    until("the row tried twice", async || handled.lock().unwrap().len() == 2).await;
+    let attempts = handled.lock().unwrap().clone();
+    let waited = attempts[1].2 - attempts[0].2;
+    assert_eq!((attempts[0].1, attempts[1].1), (1, 2));
+    // The backoff starts at the database's clock, a little after the first attempt
+    // began by this one's: a few milliseconds either way.
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "tried again {waited:?} after its first attempt, with a backoff of 300 ms"
+    );
+    until("the row deleted", async || rows(&db, "backoff").await == (0, 0)).await;
+    pipeline.shutdown().await.unwrap();
+}
