@@ -303,9 +303,19 @@ async fn the_lag_gauges_are_exactly_those_documented() {
 
 /// Waits, for at most `within`, until two connections' last statement is a lease and
 /// each is as `state` says (a `pg_stat_activity` condition).
-async fn leases_are(db: &longshore_postgres::tokio_postgres::Client, state: &str, within: Duration) {
+/// The start of the lease statement, and of the look for the next row to be visible.
+const LEASE: &str = "WITH next AS";
+const NEXT_VISIBLE: &str = "SELECT EXTRACT(EPOCH FROM min(visible_at)";
+
+/// Waits until two connections in `state` ran last a statement starting with `query`.
+async fn leases_are(
+    db: &longshore_postgres::tokio_postgres::Client,
+    state: &str,
+    query: &str,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
-    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {state} AND query LIKE 'WITH next AS%'");
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {state} AND query LIKE '{query}%'");
     loop {
         let leases: i64 = db.query_one(&sql, &[]).await.unwrap().get(0);
         if leases == 2 {
@@ -346,7 +356,7 @@ async fn receives_at_once_lease_at_once_on_connections_of_their_own() {
         receiving::receive_in_task(&source, 2),
     );
     // Well within the statement timeout (10 s), which would fail the receive first.
-    leases_are(&db, "wait_event_type = 'Lock'", Duration::from_secs(5)).await;
+    leases_are(&db, "wait_event_type = 'Lock'", LEASE, Duration::from_secs(5)).await;
     lock.commit().await.unwrap();
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     let mut ids: Vec<i64> = a.iter().chain(&b).map(|m| m.metadata().id()).collect();
@@ -373,8 +383,9 @@ async fn one_insert_of_many_rows_wakes_every_waiting_lease() {
         receiving::receive_in_task(&source, 10),
         receiving::receive_in_task(&source, 10),
     );
-    // Both leased and found nothing: two lease connections idle after a lease.
-    leases_are(&db, "state = 'idle'", Duration::from_secs(10)).await;
+    // Both leased and found nothing: two lease connections idle after looking for the
+    // next row to become visible (there is none).
+    leases_are(&db, "state = 'idle'", NEXT_VISIBLE, Duration::from_secs(10)).await;
     // One statement, one transaction: one notification for the 100 rows.
     enqueue(
         &db,
