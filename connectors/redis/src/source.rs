@@ -1,6 +1,7 @@
 //! The Redis Streams source: entries read for the demand, a dead consumer's claimed.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,45 +70,20 @@ pub struct RedisStreamSource {
     /// Opens a reader's connection.
     client: redis::Client,
     read_timeouts: ConnectionManagerConfig,
-    /// How far taking back this consumer's own entries got. Moved on by the read itself,
-    /// which may outlive the `receive` that started it.
-    own: Arc<Mutex<OwnEntries>>,
+    /// Still taking back this consumer's own entries: after this id. Set by the read
+    /// itself, which may outlive the `receive` that started it.
+    own_after: Arc<Mutex<Option<String>>>,
     /// Taken by the read of this consumer's own entries: one at a time, each after the
     /// last one's entries, so that none is handed out twice.
     own_read: Arc<tokio::sync::Mutex<()>>,
+    /// Set when a read or claim failed: its reply may have been lost, with entries
+    /// delivered to this consumer that it never saw; taken back by the next fetch
+    /// ([`Stream::take_back_unseen`]).
+    unseen: Arc<AtomicBool>,
     last_claim: Mutex<Option<Instant>>,
     block: Duration,
     /// Stops the idle-time keeper and the lag reader.
     stop: CancellationToken,
-}
-
-/// Where taking back this consumer's own entries (delivered to it, not acknowledged)
-/// stands: at start, and again after a read whose reply may have been lost.
-#[derive(Debug)]
-struct OwnEntries {
-    /// Still taking them back: after this id.
-    after: Option<String>,
-    /// How many times they were to be taken back from the start again: a read of them
-    /// that began before such a restart does not move `after` on.
-    restarts: u64,
-}
-
-impl OwnEntries {
-    fn from_start() -> Self {
-        OwnEntries {
-            after: Some("0".to_owned()),
-            restarts: 0,
-        }
-    }
-
-    /// From the start again: a read or claim failed, and its entries may have reached
-    /// this consumer's pending list with the reply lost (a dropped connection, a server
-    /// killed and restarted). Those it holds are left out; the others would otherwise
-    /// wait `claim_idle` for a claim.
-    fn restart(&mut self) {
-        self.after = Some("0".to_owned());
-        self.restarts += 1;
-    }
 }
 
 /// A read connection, and what its reads brought and were not handed out (kept across a
@@ -201,8 +177,9 @@ impl RedisStreamSource {
             }),
             client,
             read_timeouts,
-            own: Arc::new(Mutex::new(OwnEntries::from_start())),
+            own_after: Arc::new(Mutex::new(Some("0".to_owned()))),
             own_read: Arc::default(),
+            unseen: Arc::default(),
             last_claim: Mutex::new(None),
             block: config.block,
             stop,
@@ -252,7 +229,7 @@ impl Source for RedisStreamSource {
             })
             .await?;
         loop {
-            let claim = lock(&self.own).after.is_none() && {
+            let claim = lock(&self.own_after).is_none() && {
                 let mut last = lock(&self.last_claim);
                 let due = last.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
                 if due {
@@ -260,33 +237,37 @@ impl Source for RedisStreamSource {
                 }
                 due
             };
-            let (stream, mut connection, own, own_read, block) = (
+            let (stream, mut connection, own_after, own_read, unseen, block) = (
                 self.stream.clone(),
                 reader.connection.clone(),
-                self.own.clone(),
+                self.own_after.clone(),
                 self.own_read.clone(),
+                self.unseen.clone(),
                 self.block,
             );
             let read = reader.fetch.take(demand.get(), |count| async move {
                 let taken = async {
-                    if lock(&own).after.is_some() {
+                    if lock(&own_after).is_some() {
                         let _own = own_read.lock().await;
                         // Read after the last read of its own ended, which may have been the last.
-                        let (after, restarts) = {
-                            let own = lock(&own);
-                            (own.after.clone(), own.restarts)
-                        };
+                        let after = lock(&own_after).clone();
                         if let Some(after) = after {
                             let read = stream
                                 .read(&mut connection, ReadFrom::Own, &after, count, block)
                                 .await?;
                             // Its own entries, oldest first, until there are none left. A
                             // reply of trimmed entries only is not the end.
-                            let mut own = lock(&own);
-                            if own.restarts == restarts {
-                                own.after = read.last;
-                            }
+                            *lock(&own_after) = read.last;
                             return Ok(read.entries);
+                        }
+                    }
+                    if unseen.swap(false, Ordering::SeqCst) {
+                        let (entries, more) = stream.take_back_unseen(count).await?;
+                        if more {
+                            unseen.store(true, Ordering::SeqCst);
+                        }
+                        if !entries.is_empty() {
+                            return Ok(entries);
                         }
                     }
                     if claim {
@@ -302,7 +283,7 @@ impl Source for RedisStreamSource {
                 }
                 .await;
                 if taken.is_err() {
-                    lock(&own).restart();
+                    unseen.store(true, Ordering::SeqCst);
                 }
                 taken
             });

@@ -11,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply};
 use redis::{ErrorKind, RedisError, Value};
 
 use crate::metadata::{EntryId, RedisStreamMetadata};
 use crate::metrics::StreamMetrics;
+
+/// The most pending entries listed by one `XPENDING` when looking for unseen ones.
+const PENDING_PAGE: usize = 1000;
 
 /// One stream, one group, one consumer, as this source works them.
 pub(crate) struct Stream {
@@ -397,6 +400,71 @@ impl Stream {
             .collect())
     }
 
+    /// Takes back at most `count` of this consumer's pending entries that it does not
+    /// hold: those a read or claim whose reply was lost (a dropped connection, a server
+    /// killed mid-reply) delivered to it unseen, which would otherwise wait `claim_idle`
+    /// for a claim. Only ids are listed (`XPENDING`); the unseen ones are claimed
+    /// (`XCLAIM`), which passes over any acknowledged since the listing, so that an
+    /// entry finished meanwhile is not handed out again. Also whether more may be left.
+    pub(crate) async fn take_back_unseen(
+        &self,
+        count: usize,
+    ) -> redis::RedisResult<(Vec<RedisStreamMetadata>, bool)> {
+        let mut connection = self.commands.clone();
+        let mut start = "-".to_owned();
+        loop {
+            let page: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&*self.key)
+                .arg(&self.group)
+                .arg(&start)
+                .arg("+")
+                .arg(PENDING_PAGE)
+                .arg(&self.consumer)
+                .query_async(&mut connection)
+                .await?;
+            let full = page.ids.len() >= PENDING_PAGE;
+            let unseen: Vec<String> = {
+                let held = lock(&self.held);
+                page.ids
+                    .iter()
+                    .filter(|pending| EntryId::parse(&pending.id).is_some_and(|key| !held.contains(&key)))
+                    .map(|pending| pending.id.clone())
+                    .collect()
+            };
+            if !unseen.is_empty() {
+                let more = full || unseen.len() > count;
+                let reply: Value = redis::cmd("XCLAIM")
+                    .arg(&*self.key)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg(0)
+                    .arg(&unseen[..unseen.len().min(count)])
+                    .query_async(&mut connection)
+                    .await?;
+                let claimed = stream_entries(reply)?
+                    .into_iter()
+                    .map(|(id, fields)| match EntryId::parse(&id) {
+                        Some(key) => Ok((id, key, fields)),
+                        None => Err(malformed("an entry id", &id)),
+                    })
+                    .collect::<redis::RedisResult<Vec<_>>>()?;
+                let mut held = lock(&self.held);
+                let entries = claimed
+                    .into_iter()
+                    .filter(|(_, key, _)| held.insert(*key))
+                    .map(|(id, key, fields)| {
+                        RedisStreamMetadata::read(self.key.clone(), id, key, fields.unwrap_or_default())
+                    })
+                    .collect();
+                return Ok((entries, more));
+            }
+            match page.ids.last() {
+                Some(last) if full => start = format!("({}", last.id),
+                _ => return Ok((Vec::new(), false)),
+            }
+        }
+    }
+
     fn metadata(&self, entry: StreamId, key: EntryId) -> RedisStreamMetadata {
         let fields = entry
             .map
@@ -625,35 +693,44 @@ fn entries_of(reply: Value) -> redis::RedisResult<Vec<ReadEntry>> {
     };
     let mut read = Vec::new();
     for entries in streams {
-        let Value::Array(entries) = entries else {
-            return Err(malformed("a stream's entries", &format!("{entries:?}")));
+        read.extend(stream_entries(entries)?);
+    }
+    Ok(read)
+}
+
+/// One stream's entries, as `[id, fields]` pairs: a read's part for a stream, or an
+/// `XCLAIM` reply (where an entry deleted meanwhile may come as nil: left out).
+fn stream_entries(entries: Value) -> redis::RedisResult<Vec<ReadEntry>> {
+    let Value::Array(entries) = entries else {
+        return Err(malformed("a stream's entries", &format!("{entries:?}")));
+    };
+    let mut read = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let [id, fields] = match entry {
+            Value::Nil => continue,
+            Value::Array(entry) => {
+                <[Value; 2]>::try_from(entry).map_err(|entry| malformed("an entry", &format!("{entry:?}")))?
+            }
+            other => return Err(malformed("an entry", &format!("{other:?}"))),
         };
-        read.reserve(entries.len());
-        for entry in entries {
-            let [id, fields] = match entry {
-                Value::Array(entry) => <[Value; 2]>::try_from(entry)
-                    .map_err(|entry| malformed("an entry", &format!("{entry:?}")))?,
-                other => return Err(malformed("an entry", &format!("{other:?}"))),
-            };
-            let id = match id {
-                Value::BulkString(id) => String::from_utf8(id)
-                    .map_err(|id| malformed("an entry id", &format!("{:?}", id.as_bytes())))?,
-                Value::SimpleString(id) => id,
-                other => return Err(malformed("an entry id", &format!("{other:?}"))),
-            };
-            let fields = match fields {
-                Value::Nil => None,
-                Value::Array(values) => Some(field_pairs(values)),
-                Value::Map(pairs) => Some(
-                    pairs
-                        .into_iter()
-                        .filter_map(|(name, value)| Some((field_name(name)?, field_value(value)?)))
-                        .collect(),
-                ),
-                other => return Err(malformed("an entry's fields", &format!("{other:?}"))),
-            };
-            read.push((id, fields));
-        }
+        let id = match id {
+            Value::BulkString(id) => String::from_utf8(id)
+                .map_err(|id| malformed("an entry id", &format!("{:?}", id.as_bytes())))?,
+            Value::SimpleString(id) => id,
+            other => return Err(malformed("an entry id", &format!("{other:?}"))),
+        };
+        let fields = match fields {
+            Value::Nil => None,
+            Value::Array(values) => Some(field_pairs(values)),
+            Value::Map(pairs) => Some(
+                pairs
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((field_name(name)?, field_value(value)?)))
+                    .collect(),
+            ),
+            other => return Err(malformed("an entry's fields", &format!("{other:?}"))),
+        };
+        read.push((id, fields));
     }
     Ok(read)
 }
