@@ -40,6 +40,25 @@ impl Connected {
             .insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
+
+    /// `result`, and `sql` prepared again next time if the server refused its prepared
+    /// form: the table was altered since ("cached plan must not change result type"),
+    /// which a new preparation reads as it is now.
+    fn forget_if_stale<T>(
+        &self,
+        sql: &str,
+        result: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, tokio_postgres::Error> {
+        if let Err(error) = &result {
+            if error.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+                self.prepared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(sql);
+            }
+        }
+        result
+    }
 }
 
 impl Db {
@@ -91,7 +110,13 @@ impl Db {
     ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
         let connected = self.connected().await?;
         let statement = connected.statement(sql).await?;
-        connected.client.query(&statement, params).await
+        let queried = connected.client.query(&statement, params).await;
+        connected.forget_if_stale(sql, queried)
+    }
+
+    /// `sql` as prepared on the connection (once per connection).
+    pub(crate) async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.connected().await?.statement(sql).await
     }
 
     /// Runs `sql` (prepared once per connection) with `params`: the rows changed.
@@ -102,7 +127,8 @@ impl Db {
     ) -> Result<u64, tokio_postgres::Error> {
         let connected = self.connected().await?;
         let statement = connected.statement(sql).await?;
-        connected.client.execute(&statement, params).await
+        let executed = connected.client.execute(&statement, params).await;
+        connected.forget_if_stale(sql, executed)
     }
 }
 

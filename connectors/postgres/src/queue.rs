@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use longshore::RetryPolicy;
 use tokio::sync::Notify;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::{Column, Row};
 
 use crate::db::Db;
 use crate::metrics::QueueMetrics;
@@ -85,16 +85,19 @@ async fn timed<T>(
 /// Why a statement did not run.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Failed {
-    #[error(transparent)]
-    Database(tokio_postgres::Error),
+    /// The driver's own text of a server's refusal is only "db error": the server's
+    /// words are shown instead.
+    #[error("{}", .0.as_db_error().map_or_else(|| .0.to_string(), |db| format!("{} ({})", db.message(), db.code().code())))]
+    Database(#[source] tokio_postgres::Error),
     #[error("no answer within {STATEMENT_TIMEOUT:?}")]
     TimedOut,
-    /// A leased row's column did not read as the migration makes it: the table was
-    /// altered since the start, which checked it.
-    #[error("the queue table's column {column} does not read as the migration makes it ({}); its rows come back when their lease passes", std::error::Error::source(.source).map_or_else(|| source.to_string(), ToString::to_string))]
+    /// The lease's columns do not read as the source's types: the table was altered
+    /// since the start, which checked it. Nothing was leased.
+    #[error("the queue table's column {column} is {found} now, expected {expected}; nothing leased")]
     Column {
         column: &'static str,
-        source: tokio_postgres::Error,
+        found: String,
+        expected: &'static str,
     },
 }
 
@@ -134,9 +137,37 @@ impl Queue {
             t = self.table
         );
         let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
+        // Checked before it runs (the statement as prepared tells the columns' types): a
+        // table altered since the start is refused with nothing leased.
+        let statement = timed(db.statement(&sql)).await;
+        self.reachable.store(statement.is_ok(), Ordering::Relaxed);
+        if let Some((column, found)) = unreadable_column(statement?.columns()) {
+            return Err(Failed::Column {
+                column: column.name,
+                found,
+                expected: column.expected,
+            });
+        }
         let rows = timed(db.query(&sql, &params)).await;
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
-        let mut leased = rows?.iter().map(leased).collect::<Result<Vec<Leased>, _>>()?;
+        let rows = rows?;
+        let mut leased = Vec::with_capacity(rows.len());
+        let (mut unreadable, mut errors) = (Vec::new(), Vec::new());
+        for row in &rows {
+            match read_row(row) {
+                Ok(row) => leased.push(row),
+                Err((lease, error)) => {
+                    unreadable.push(lease);
+                    errors.push(error);
+                }
+            }
+        }
+        if !unreadable.is_empty() {
+            // A row with a value that cannot be read (a NULL where the migration allows
+            // none) would be leased and fail again and again: kept failed, saying why.
+            tracing::warn!(rows = unreadable.len(), first = %errors[0], table = %self.table, "postgres rows that cannot be read kept as failed");
+            self.fail(&unreadable, &errors).await;
+        }
         leased.sort_unstable_by_key(|row| row.lease.id);
         lock(&self.held).extend(leased.iter().map(|row| row.lease));
         Ok(leased)
@@ -148,7 +179,7 @@ impl Queue {
     pub(crate) async fn next_visible(&self, db: &Db) -> Result<Option<Duration>, Failed> {
         let sql = format!(
             "SELECT EXTRACT(EPOCH FROM min(visible_at) - now())::float8 FROM {} \
-             WHERE queue = $1 AND failed_at IS NULL AND visible_at > now()",
+             WHERE queue = $1 AND failed_at IS NULL AND visible_at > now() AND isfinite(visible_at)",
             self.table
         );
         let rows = timed(db.query(&sql, &[&&*self.name])).await?;
@@ -156,7 +187,7 @@ impl Queue {
             return Ok(None);
         };
         let seconds: Option<f64> = row.try_get(0).map_err(Failed::Database)?;
-        Ok(seconds.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
+        Ok(seconds.and_then(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).ok()))
     }
 
     /// Rows handled (or dead-lettered elsewhere): gone, whoever holds them now (a late
@@ -178,10 +209,18 @@ impl Queue {
         let (ids, tokens) = split(leases);
         self.settle("scheduling retries", leases, &sql, &[&ids, &tokens, &delays])
             .await;
-        // A consumer waiting for a NOTIFY looks again, and then waits only until the
-        // first of them is visible.
+        // The consumers waiting for a NOTIFY look again, then wait only until the first
+        // of them is visible: this one's at once, the others' through the channel.
         if !leases.is_empty() {
             self.wake.notify_one();
+            let notified = timed(
+                self.next_settler()
+                    .execute("SELECT pg_notify($1, $2)", &[&self.table, &&*self.name]),
+            )
+            .await;
+            if let Err(error) = notified {
+                tracing::debug!(%error, "postgres NOTIFY of retries failed; other consumers see them at their next poll");
+            }
         }
     }
 
@@ -323,24 +362,83 @@ fn kept_error(error: &str) -> String {
     error.chars().filter(|&c| c != '\0').take(ERROR_KEPT).collect()
 }
 
-/// A leased row; an error, not a panic, for a table altered since the start (checked
-/// then): its rows come back when their lease passes.
-fn leased(row: &Row) -> Result<Leased, Failed> {
-    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
-        row: &'a Row,
-        index: usize,
-        column: &'static str,
-    ) -> Result<T, Failed> {
-        row.try_get(index)
-            .map_err(|source| Failed::Column { column, source })
-    }
+/// A column a lease reads: its name, whether the source's type reads it, and the type
+/// the migration gives it.
+pub(crate) struct ReadColumn {
+    pub(crate) name: &'static str,
+    accepts: fn(&Type) -> bool,
+    pub(crate) expected: &'static str,
+}
+
+/// The lease's columns, in the order it returns them.
+pub(crate) const READ_COLUMNS: [ReadColumn; 4] = [
+    ReadColumn {
+        name: "id",
+        accepts: <i64 as FromSql>::accepts,
+        expected: "bigint",
+    },
+    ReadColumn {
+        name: "payload",
+        accepts: <Vec<u8> as FromSql>::accepts,
+        expected: "bytea",
+    },
+    ReadColumn {
+        name: "attempts",
+        accepts: <i32 as FromSql>::accepts,
+        expected: "integer",
+    },
+    ReadColumn {
+        name: "enqueued_at",
+        accepts: <SystemTime as FromSql>::accepts,
+        expected: "timestamptz",
+    },
+];
+
+/// The first of the lease's columns (`columns`, in [`READ_COLUMNS`]'s order) whose type
+/// the source cannot read, and that type.
+pub(crate) fn unreadable_column(columns: &[Column]) -> Option<(&'static ReadColumn, String)> {
+    READ_COLUMNS
+        .iter()
+        .zip(columns)
+        .find(|(column, found)| !(column.accepts)(found.type_()))
+        .map(|(column, found)| (column, found.type_().name().to_owned()))
+}
+
+/// The lease of a row as leased: its id (the primary key) and `attempts`, NULL only
+/// where a table made by hand allows it.
+fn lease_of(row: &Row) -> Option<Lease> {
+    Some(Lease {
+        id: row.try_get(0).ok()?,
+        token: row.try_get(2).ok()?,
+    })
+}
+
+/// A leased row, its columns' types readable; one with a value that still does not read
+/// (a NULL) is its lease and why, to keep it failed.
+fn read_row(row: &Row) -> Result<Leased, (Lease, String)> {
+    let Some(lease) = lease_of(row) else {
+        // No lease names it (its attempts NULL, which a table made by hand allows): it
+        // cannot be kept failed either, and comes back with each lease, said each time.
+        let id = row.try_get(0).unwrap_or_default();
+        return Err((
+            Lease { id, token: -1 },
+            "the queue table's attempts is NULL".to_owned(),
+        ));
+    };
+    let unread = |column: &str, error: tokio_postgres::Error| {
+        let cause = std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string);
+        (
+            lease,
+            format!("the queue table's column {column} does not read: {cause}"),
+        )
+    };
     Ok(Leased {
-        lease: Lease {
-            id: get(row, 0, "id")?,
-            token: get(row, 2, "attempts")?,
-        },
-        payload: Bytes::from(get::<Vec<u8>>(row, 1, "payload")?),
-        enqueued_at: get(row, 3, "enqueued_at")?,
+        lease,
+        payload: Bytes::from(
+            row.try_get::<_, Vec<u8>>(1)
+                .map_err(|error| unread("payload", error))?,
+        ),
+        enqueued_at: row.try_get(3).map_err(|error| unread("enqueued_at", error))?,
     })
 }
 

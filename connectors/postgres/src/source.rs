@@ -9,7 +9,6 @@ use bytes::Bytes;
 use longshore::source::{every, FetchSlots, KeptFetch, Redelivery, Source, SourceSettings};
 use longshore::{BoxError, Message};
 use tokio::sync::Notify;
-use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::acknowledge::PgQueueAcknowledger;
@@ -18,7 +17,7 @@ use crate::db::{listen, Db};
 use crate::error::PgQueueError;
 use crate::metadata::{PgQueueMessage, PgQueueMetadata};
 use crate::metrics::QueueMetrics;
-use crate::queue::{lock, Lease, Leased, Queue};
+use crate::queue::{lock, unreadable_column, Lease, Leased, Queue, READ_COLUMNS};
 
 /// Consumes one queue of a PostgreSQL queue table (see [`migration`](crate::migration)).
 ///
@@ -30,7 +29,8 @@ use crate::queue::{lock, Lease, Leased, Queue};
 /// column is the attempt); one failed for good is deleted if the pipeline's dead-letter
 /// destination took it, else kept with `failed_at` and `last_error`, never delivered
 /// again. Rows not started at shutdown are released at once. With nothing to lease, the
-/// source waits for an insert's `NOTIFY` (or `poll_interval`).
+/// source waits for a `NOTIFY` (an insert's, or a retry's), at most until the next row
+/// becomes visible or `poll_interval`.
 ///
 /// ```no_run
 /// use longshore::decode::Json;
@@ -223,39 +223,33 @@ impl Drop for PgQueueSource {
     }
 }
 
-/// The queue table's columns and their types, as the migration makes them.
-const COLUMNS: [(&str, Type); 8] = [
-    ("id", Type::INT8),
-    ("queue", Type::TEXT),
-    ("payload", Type::BYTEA),
-    ("enqueued_at", Type::TIMESTAMPTZ),
-    ("visible_at", Type::TIMESTAMPTZ),
-    ("attempts", Type::INT4),
-    ("failed_at", Type::TIMESTAMPTZ),
-    ("last_error", Type::TEXT),
-];
+/// The queue table's columns: those a lease reads must read as the source's types
+/// (checked at start, and on each lease: the table may be altered meanwhile); the
+/// others need only exist.
+const OTHER_COLUMNS: [&str; 4] = ["queue", "visible_at", "failed_at", "last_error"];
 
-/// Refuses a queue table that is missing or whose columns the source cannot read as it
-/// leases (read from the statement's description: nothing runs).
+/// Refuses a queue table that is missing, lacks a column, or has one the source cannot
+/// read as it leases (read from the statement's description: nothing runs).
 async fn check_columns(client: &tokio_postgres::Client, table: &str) -> Result<(), PgQueueError> {
-    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let names: Vec<&str> = READ_COLUMNS
+        .iter()
+        .map(|column| column.name)
+        .chain(OTHER_COLUMNS)
+        .collect();
     let statement = client
         .prepare(&format!("SELECT {} FROM {table} LIMIT 0", names.join(", ")))
         .await
         .map_err(PgQueueError::database(
             "reading the queue table (run PgQueueSource::migrate)",
         ))?;
-    for ((column, expected), found) in COLUMNS.iter().zip(statement.columns()) {
-        if found.type_() != expected {
-            return Err(PgQueueError::Schema {
-                table: table.to_owned(),
-                column,
-                found: found.type_().name().to_owned(),
-                expected: expected.name(),
-            });
-        }
-    }
-    Ok(())
+    unreadable_column(statement.columns()).map_or(Ok(()), |(column, found)| {
+        Err(PgQueueError::Schema {
+            table: table.to_owned(),
+            column: column.name,
+            found,
+            expected: column.expected,
+        })
+    })
 }
 
 impl Source for PgQueueSource {

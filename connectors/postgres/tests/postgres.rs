@@ -402,18 +402,21 @@ async fn one_insert_of_many_rows_wakes_every_waiting_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_of_the_wrong_shape_is_refused_at_start_and_one_altered_later_fails_leases_without_a_panic() {
+async fn a_table_the_source_cannot_read_is_refused_and_one_altered_or_with_a_null_fails_no_other_row() {
     let server = server().await;
     let db = client(&server.url()).await;
-    // Made by hand, the payload as text.
-    db.batch_execute(
-        "CREATE TABLE text_queue (id bigserial PRIMARY KEY, queue text NOT NULL DEFAULT 'default', \
-         payload text NOT NULL, enqueued_at timestamptz NOT NULL DEFAULT now(), \
-         visible_at timestamptz NOT NULL DEFAULT now(), attempts integer NOT NULL DEFAULT 0, \
-         failed_at timestamptz, last_error text)",
-    )
-    .await
-    .unwrap();
+    let make = |table: &str, payload: &str, enqueued_at: &str| {
+        format!(
+            "CREATE TABLE {table} (id bigserial PRIMARY KEY, queue varchar(100) NOT NULL DEFAULT 'default', \
+             payload {payload}, enqueued_at {enqueued_at} NOT NULL DEFAULT now(), \
+             visible_at timestamptz NOT NULL DEFAULT now(), attempts integer NOT NULL DEFAULT 0, \
+             failed_at timestamptz, last_error varchar(1000))"
+        )
+    };
+    // Made by hand, the payload as text: refused at start, naming the column.
+    db.batch_execute(&make("text_queue", "text NOT NULL", "timestamptz"))
+        .await
+        .unwrap();
     let error = PgQueueSource::connect(PgQueueConfig::new(server.url()).table("text_queue"))
         .await
         .unwrap_err();
@@ -421,26 +424,80 @@ async fn a_table_of_the_wrong_shape_is_refused_at_start_and_one_altered_later_fa
         error.to_string(),
         "postgres queue table text_queue: column payload is text, expected bytea (see longshore_postgres::migration)"
     );
-    // Altered once the source runs: the lease fails, and says why.
+
+    // Made by hand with types the source reads all the same (varchar, a timestamp
+    // without time zone), and no NOT NULL on the payload: a NULL payload keeps its row
+    // failed, saying why, and the rows leased with it are handled.
+    db.batch_execute(&make("lenient_queue", "bytea", "timestamp"))
+        .await
+        .unwrap();
+    db.batch_execute("INSERT INTO lenient_queue (payload) VALUES ('a'), (NULL), ('b')")
+        .await
+        .unwrap();
+    let config = PgQueueConfig::new(server.url()).table("lenient_queue");
+    let (handler, handled) = judge(Duration::ZERO);
+    let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
+        .start()
+        .unwrap();
+    until("the two readable rows handled", async || {
+        handled.lock().unwrap().len() == 2
+    })
+    .await;
+    let left = db
+        .query(
+            "SELECT failed_at IS NOT NULL, last_error, attempts FROM lenient_queue",
+            &[],
+        )
+        .await
+        .unwrap();
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(left.len(), 1, "the readable rows deleted once handled");
+    let (failed, error, attempts): (bool, String, i32) = (left[0].get(0), left[0].get(1), left[0].get(2));
+    assert!(failed, "the row with a NULL payload kept failed");
+    assert!(
+        error.starts_with("the queue table's column payload does not read"),
+        "{error}"
+    );
+    assert_eq!(attempts, 1);
+
+    // Altered while the source runs, after its lease was prepared: the lease is refused
+    // with nothing leased, saying why, never a panic.
     let config = PgQueueConfig::new(server.url()).table("altered_queue").queue("q");
     PgQueueSource::migrate(&config).await.unwrap();
     let source = PgQueueSource::connect(config).await.unwrap();
+    db.batch_execute("INSERT INTO altered_queue (queue, payload) VALUES ('q', 'first')")
+        .await
+        .unwrap();
+    use longshore::source::Source;
+    let demand = std::num::NonZeroUsize::new(10).unwrap();
+    assert_eq!(source.receive(demand).await.unwrap().unwrap().len(), 1);
     db.batch_execute(
         "ALTER TABLE altered_queue ALTER COLUMN attempts TYPE bigint; \
-         INSERT INTO altered_queue (queue, payload) VALUES ('q', 'x')",
+         INSERT INTO altered_queue (queue, payload) VALUES ('q', 'second')",
     )
     .await
     .unwrap();
-    use longshore::source::Source;
-    let error = source
-        .receive(std::num::NonZeroUsize::new(10).unwrap())
-        .await
-        .unwrap_err();
+    // The first lease may meet the statement prepared before the change ("cached plan
+    // must not change result type"); the next one prepares it again and reads the table.
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        errors.push(source.receive(demand).await.unwrap_err().to_string());
+    }
     assert!(
-        error
-            .to_string()
-            .contains("column attempts does not read as the migration makes it"),
-        "{error}"
+        errors[1].contains("the queue table's column attempts is int8 now, expected integer; nothing leased"),
+        "{errors:?}"
+    );
+    let second = db
+        .query_one(
+            "SELECT attempts, visible_at <= now() FROM altered_queue WHERE payload = 'second'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.get::<_, i64>(0), second.get::<_, bool>(1)),
+        (0, true),
+        "the row after the change was not leased"
     );
 }
 
