@@ -198,6 +198,16 @@ impl Unsettled {
         };
     }
 
+    /// Whether consumer number `consumer`'s channel is still open: the deliveries it
+    /// buffered are worth handing out (else the server has requeued them already).
+    pub(crate) fn channel_open(&self, consumer: u64) -> bool {
+        self.consumer == consumer
+            && self
+                .channel
+                .as_ref()
+                .is_some_and(|channel| channel.status().connected())
+    }
+
     /// Tracks a delivery handed out.
     pub(crate) fn received(&mut self, metadata: &RabbitMqMetadata) {
         if metadata.consumer == self.consumer {

@@ -295,11 +295,21 @@ impl Source for RabbitMqSource {
                             None => break,
                         }
                     }
-                    let batch = self.messages(deliveries, *number);
-                    if let Some(reason) = lost {
+                    // The channel died (the stream ended after them, or its status
+                    // says so): the server requeued these with everything else it had
+                    // delivered on it and delivers them again. Handed out, each would be
+                    // handled twice.
+                    let open = lost.is_none() && self.shared.unsettled().channel_open(*number);
+                    if !open {
+                        let reason = lost.unwrap_or_else(|| "channel closed".to_owned());
+                        tracing::debug!(
+                            deliveries = deliveries.len(),
+                            "rabbitmq deliveries of a closed channel dropped; the server delivers them again"
+                        );
                         self.lose(&mut consumer, &reason);
+                        continue;
                     }
-                    return Ok(Some(batch));
+                    return Ok(Some(self.messages(deliveries, *number)));
                 }
                 Some(Err(error)) => error.to_string(),
                 None => "consumer cancelled by the server".to_owned(),

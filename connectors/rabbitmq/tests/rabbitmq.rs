@@ -2,7 +2,8 @@
 //! queue's dead-letter exchange; the server never having more out than the pipeline's
 //! bound, and a larger prefetch refused; every connection closed by the server mid-run
 //! (a broker-side disconnect) losing nothing and acknowledging nothing on the wrong
-//! channel; a slow message never holding the prefetch with finished ones; a quorum
+//! channel, and deliveries buffered from the closed channel not handed out; a slow
+//! message never holding the prefetch with finished ones; a quorum
 //! queue's delivery count told to the handler; the lag gauges exactly those
 //! documented, and bad settings refused naming the field.
 
@@ -249,6 +250,64 @@ async fn a_queue_deleted_under_the_consumer_fails_the_pipeline_after_a_minute() 
     );
 }
 
+/// The server closes every client connection, as an operator or a broker-side
+/// disconnect would.
+fn close_all_connections(server: &RabbitMq) {
+    let closed = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        .args(["-n", &server.node(), "close_all_connections", "test"])
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        closed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_buffered_from_a_closed_channel_are_not_handed_out() {
+    let server = RabbitMq::start();
+    let (_connection, channel) = channel(&server.url()).await;
+    declare(&channel, "buffered", FieldTable::default()).await;
+    publish(&channel, "buffered", (0..20).map(|n| n.to_string())).await;
+    let source = RabbitMqSource::connect(RabbitMqConfig::new(server.url(), "buffered").prefetch(10))
+        .await
+        .unwrap();
+    let demand = |n| NonZeroUsize::new(n).unwrap();
+    assert_eq!(source.receive(demand(1)).await.unwrap().unwrap().len(), 1);
+    // The server has pushed the whole prefetch: nine more wait in the client, unread.
+    until("the prefetch delivered", || {
+        server.counts("buffered") == Some((10, 10))
+    })
+    .await;
+    close_all_connections(&server);
+    until("the deliveries requeued", || {
+        server.counts("buffered") == Some((20, 0))
+    })
+    .await;
+    // From now on each message comes once: the nine buffered ones only as the server
+    // delivers them again, not also from the dead channel's buffer.
+    let acknowledger = source.acknowledger();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    while seen.len() < 20 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), source.receive(demand(10)))
+            .await
+            .expect("the messages delivered again")
+            .unwrap()
+            .unwrap();
+        for message in &batch {
+            *seen
+                .entry(String::from_utf8(message.data().to_vec()).unwrap())
+                .or_default() += 1;
+        }
+        acknowledger.ack(batch, Vec::new()).await;
+    }
+    let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(p, _)| p).collect();
+    assert!(twice.is_empty(), "handed out twice after the close: {twice:?}");
+    until("every message done", || server.counts("buffered") == Some((0, 0))).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_by_the_server_mid_run_lose_nothing() {
     let server = RabbitMq::start();
@@ -276,16 +335,7 @@ async fn connections_closed_by_the_server_mid_run_lose_nothing() {
     // server delivers them again.
     for cut in 1..=3 {
         until("progress", || total() >= cut * count / 4).await;
-        let closed = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
-            .args(["-n", &server.node(), "close_all_connections", "test"])
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .output()
-            .unwrap();
-        assert!(
-            closed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&closed.stderr)
-        );
+        close_all_connections(&server);
     }
     until("every message done", || server.counts("cut") == Some((0, 0))).await;
     pipeline.shutdown().await.unwrap();
