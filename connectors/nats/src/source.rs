@@ -59,6 +59,8 @@ pub struct JetStreamSource {
     /// One per `receive` under way at once (the pipeline's `source_concurrency`).
     fetches: FetchSlots<KeptFetch<Fetched>>,
     expires: Duration,
+    /// The most messages one fetch asks for: the consumer's `max_batch`, if it has one.
+    max_batch: usize,
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
 }
@@ -130,6 +132,23 @@ impl JetStreamSource {
             )
             .into());
         }
+        // Request limits of a consumer made before: a fetch over them is refused by the
+        // server, every time, and the pipeline would never get a message.
+        if !made.max_expires.is_zero() && config.expires > made.max_expires {
+            return Err(BuildError::new(
+                "source.expires",
+                format!(
+                    "must be at most the consumer's max_expires ({:?})",
+                    made.max_expires
+                ),
+            )
+            .into());
+        }
+        // Fetches ask for no more than the consumer takes in one request.
+        let max_batch = usize::try_from(made.max_batch)
+            .ok()
+            .filter(|&most| most > 0)
+            .unwrap_or(usize::MAX);
         let ack_wait = made.ack_wait;
         if ack_wait != config.ack_wait {
             tracing::warn!(consumer = %config.consumer, server = ?ack_wait, set = ?config.ack_wait, "the consumer exists with another ack_wait: the server's is used");
@@ -163,6 +182,7 @@ impl JetStreamSource {
             shared,
             fetches: FetchSlots::default(),
             expires: config.expires,
+            max_batch,
             stop,
         })
     }
@@ -219,13 +239,13 @@ impl Source for JetStreamSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<JetStreamMessage>>, BoxError> {
         let mut fetch = self.fetches.take_or_default();
         loop {
-            let (shared, expires) = (self.shared.clone(), self.expires);
+            let (shared, expires, max_batch) = (self.shared.clone(), self.expires, self.max_batch);
             let fetched = fetch
                 .take(demand.get(), |count| async move {
                     let mut batch = shared
                         .consumer
                         .fetch()
-                        .max_messages(count)
+                        .max_messages(count.min(max_batch))
                         .expires(expires)
                         .messages()
                         .await

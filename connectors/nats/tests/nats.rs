@@ -233,3 +233,62 @@ async fn receives_at_once_fetch_at_once_each_message_handed_out_once() {
     got.sort();
     assert_eq!(got, [&b"first"[..], b"second"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_before_with_request_limits_is_fetched_within_them() {
+    let server = Nats::start();
+    let context = context(&server.url()).await;
+    make_stream(&context, "CAPPED").await;
+    publish(&context, "CAPPED", (0..40).map(|n| n.to_string())).await;
+    // Made before, taking at most 5 messages and 1 s of waiting per request.
+    context
+        .get_stream("CAPPED")
+        .await
+        .unwrap()
+        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("c".to_owned()),
+            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            max_batch: 5,
+            max_expires: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = JetStreamSource::connect(
+        JetStreamConfig::new(server.url(), "CAPPED", "c")
+            .ack_wait(Duration::from_secs(5))
+            .expires(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid source.expires: must be at most the consumer's max_expires (1s)"
+    );
+    // Within them, every message comes, though the pipeline asks for 64 at a time.
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = Record {
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let pipeline = Pipeline::builder(
+        JetStreamSource::connect(
+            JetStreamConfig::new(server.url(), "CAPPED", "c")
+                .ack_wait(Duration::from_secs(5))
+                .expires(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap(),
+        handler,
+    )
+    .start()
+    .unwrap();
+    until("all 40 handled", async || handled.lock().unwrap().len() >= 40).await;
+    until("all acknowledged", async || {
+        unfinished(&context, "CAPPED", "c").await == 0
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(handled.lock().unwrap().len(), 40, "each once");
+}
