@@ -57,7 +57,8 @@ pub struct Message<T, M = ()> {
     /// when `keyed`.
     order_key: u64,
     keyed: bool,
-    /// What only a failed message has, boxed as `route` is.
+    /// What only a failed message has, boxed: every stage moves each message, so that
+    /// each byte of it costs (see the `size` test below).
     failed: Option<Box<Failed>>,
     /// Its span, from its first handling to its acknowledgement (with tracing on); boxed
     /// as `failed` is, a span costing allocations anyway.

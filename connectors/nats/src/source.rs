@@ -58,9 +58,6 @@ pub struct JetStreamSource {
     shared: Arc<Shared>,
     /// One per `receive` under way at once (the pipeline's `source_concurrency`).
     fetches: FetchSlots<KeptFetch<Fetched>>,
-    expires: Duration,
-    /// The most messages one fetch asks for: the consumer's `max_batch`, if it has one.
-    max_batch: usize,
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
 }
@@ -74,6 +71,34 @@ pub(crate) struct Shared {
     /// Messages fetched and not yet settled, by stream sequence: they get progress.
     pub(crate) held: Mutex<foldhash::HashMap<u64, async_nats::Subject>>,
     metrics: ConsumerMetrics,
+    /// What one fetch asks for, within the consumer's request limits.
+    fetch: Mutex<FetchLimits>,
+    /// The `expires` set: what a fetch waits, unless the consumer's limit is lower.
+    expires: Duration,
+}
+
+/// What one fetch asks for: at most the consumer's `max_batch` messages, waiting at most
+/// its `max_expires`. Read at start, and again when a fetch fails: the server refuses
+/// every fetch over them, and an operator may lower them while the source runs.
+#[derive(Debug, Clone, Copy)]
+struct FetchLimits {
+    max_batch: usize,
+    expires: Duration,
+}
+
+impl FetchLimits {
+    /// Within the consumer's `max_batch` and `max_expires` (none when zero or less).
+    fn of(max_batch: i64, max_expires: Duration, expires: Duration) -> Self {
+        let max_batch = usize::try_from(max_batch)
+            .ok()
+            .filter(|&most| most > 0)
+            .unwrap_or(usize::MAX);
+        let expires = match max_expires.is_zero() {
+            true => expires,
+            false => expires.min(max_expires),
+        };
+        FetchLimits { max_batch, expires }
+    }
 }
 
 impl JetStreamSource {
@@ -144,11 +169,7 @@ impl JetStreamSource {
             )
             .into());
         }
-        // Fetches ask for no more than the consumer takes in one request.
-        let max_batch = usize::try_from(made.max_batch)
-            .ok()
-            .filter(|&most| most > 0)
-            .unwrap_or(usize::MAX);
+        let fetch = Mutex::new(FetchLimits::of(made.max_batch, made.max_expires, config.expires));
         let ack_wait = made.ack_wait;
         if ack_wait != config.ack_wait {
             tracing::warn!(consumer = %config.consumer, server = ?ack_wait, set = ?config.ack_wait, "the consumer exists with another ack_wait: the server's is used");
@@ -166,6 +187,8 @@ impl JetStreamSource {
             stream: config.stream.clone(),
             held: Mutex::default(),
             metrics: ConsumerMetrics::new(&config.stream, &config.consumer),
+            fetch,
+            expires: config.expires,
         });
         let stop = CancellationToken::new();
         let kept = shared.clone();
@@ -181,8 +204,6 @@ impl JetStreamSource {
         Ok(JetStreamSource {
             shared,
             fetches: FetchSlots::default(),
-            expires: config.expires,
-            max_batch,
             stop,
         })
     }
@@ -239,17 +260,24 @@ impl Source for JetStreamSource {
     async fn receive(&self, demand: NonZeroUsize) -> Result<Option<Vec<JetStreamMessage>>, BoxError> {
         let mut fetch = self.fetches.take_or_default();
         loop {
-            let (shared, expires, max_batch) = (self.shared.clone(), self.expires, self.max_batch);
+            let shared = self.shared.clone();
             let fetched = fetch
                 .take(demand.get(), |count| async move {
-                    let mut batch = shared
+                    let limits = *lock(&shared.fetch);
+                    let batch = shared
                         .consumer
                         .fetch()
-                        .max_messages(count.min(max_batch))
-                        .expires(expires)
+                        .max_messages(count.min(limits.max_batch))
+                        .expires(limits.expires)
                         .messages()
-                        .await
-                        .map_err(|error| error.to_string())?;
+                        .await;
+                    let mut batch = match batch {
+                        Ok(batch) => batch,
+                        Err(error) => {
+                            shared.read_limits().await;
+                            return Err(error.to_string().into());
+                        }
+                    };
                     let mut fetched = Vec::with_capacity(count);
                     while let Some(message) = batch.next().await {
                         match message {
@@ -259,7 +287,10 @@ impl Source for JetStreamSource {
                                 tracing::warn!(%error, "nats fetch ended early");
                                 break;
                             }
-                            Err(error) => return Err(error),
+                            Err(error) => {
+                                shared.read_limits().await;
+                                return Err(error);
+                            }
                         }
                     }
                     let mut held = lock(&shared.held);
@@ -349,6 +380,22 @@ impl Source for JetStreamSource {
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 impl Shared {
+    /// Reads the consumer's request limits again, after a fetch failed: an operator may
+    /// have lowered them, and the server refuses every fetch over them.
+    async fn read_limits(&self) {
+        match self.consumer.get_info().await {
+            Ok(info) => {
+                let limits = FetchLimits::of(info.config.max_batch, info.config.max_expires, self.expires);
+                let mut fetch = lock(&self.fetch);
+                if (limits.max_batch, limits.expires) != (fetch.max_batch, fetch.expires) {
+                    tracing::warn!(max_batch = limits.max_batch, expires = ?limits.expires, "the nats consumer's request limits changed; fetches follow them");
+                    *fetch = limits;
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the nats consumer's request limits"),
+        }
+    }
+
     /// Sends progress for the messages held.
     async fn keep_in_progress(&self) {
         let held: Vec<async_nats::Subject> = lock(&self.held).values().cloned().collect();

@@ -51,13 +51,18 @@ impl Connected {
     ) -> Result<T, tokio_postgres::Error> {
         if let Err(error) = &result {
             if error.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
-                self.prepared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(sql);
+                self.forget(sql);
             }
         }
         result
+    }
+
+    /// `sql` prepared again next time.
+    fn forget(&self, sql: &str) {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sql);
     }
 }
 
@@ -114,9 +119,24 @@ impl Db {
         connected.forget_if_stale(sql, queried)
     }
 
-    /// `sql` as prepared on the connection (once per connection).
-    pub(crate) async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        self.connected().await?.statement(sql).await
+    /// Runs `sql` with `params` once `check` found nothing wrong with the statement as
+    /// prepared (its columns' types), both on one connection: the statement checked is
+    /// the one run. What `check` found, else the rows; a statement refused is prepared
+    /// again next time (the table may be altered back).
+    pub(crate) async fn query_checked<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        check: impl FnOnce(&Statement) -> Option<T>,
+    ) -> Result<Result<Vec<tokio_postgres::Row>, T>, tokio_postgres::Error> {
+        let connected = self.connected().await?;
+        let statement = connected.statement(sql).await?;
+        if let Some(found) = check(&statement) {
+            connected.forget(sql);
+            return Ok(Err(found));
+        }
+        let queried = connected.client.query(&statement, params).await;
+        connected.forget_if_stale(sql, queried).map(Ok)
     }
 
     /// Runs `sql` (prepared once per connection) with `params`: the rows changed.

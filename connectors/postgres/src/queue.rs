@@ -137,39 +137,44 @@ impl Queue {
             t = self.table
         );
         let params: [&(dyn ToSql + Sync); 3] = [&&*self.name, &(limit as i64), &self.lease.as_secs_f64()];
-        // Checked before it runs (the statement as prepared tells the columns' types): a
-        // table altered since the start is refused with nothing leased.
-        let statement = timed(db.statement(&sql)).await;
-        self.reachable.store(statement.is_ok(), Ordering::Relaxed);
-        if let Some((column, found)) = unreadable_column(statement?.columns()) {
-            return Err(Failed::Column {
-                column: column.name,
-                found,
-                expected: column.expected,
-            });
-        }
-        let rows = timed(db.query(&sql, &params)).await;
+        // Checked before it runs, on the statement it runs (as prepared, it tells the
+        // columns' types): a table altered since the start is refused with nothing leased.
+        let rows =
+            timed(db.query_checked(&sql, &params, |statement| unreadable_column(statement.columns()))).await;
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
-        let rows = rows?;
+        let rows = match rows? {
+            Ok(rows) => rows,
+            Err((column, found)) => {
+                return Err(Failed::Column {
+                    column: column.name,
+                    found,
+                    expected: column.expected,
+                })
+            }
+        };
         let mut leased = Vec::with_capacity(rows.len());
         let (mut unreadable, mut errors) = (Vec::new(), Vec::new());
         for row in &rows {
             match read_row(row) {
                 Ok(row) => leased.push(row),
-                Err((lease, error)) => {
+                Err((Some(lease), error)) => {
                     unreadable.push(lease);
                     errors.push(error);
                 }
+                Err((None, error)) => {
+                    tracing::warn!(%error, table = %self.table, "postgres row that cannot be leased by its attempts; it comes back with each lease");
+                }
             }
         }
+        leased.sort_unstable_by_key(|row| row.lease.id);
+        // Held (extended) before anything else is waited for.
+        lock(&self.held).extend(leased.iter().map(|row| row.lease));
         if !unreadable.is_empty() {
             // A row with a value that cannot be read (a NULL where the migration allows
             // none) would be leased and fail again and again: kept failed, saying why.
             tracing::warn!(rows = unreadable.len(), first = %errors[0], table = %self.table, "postgres rows that cannot be read kept as failed");
             self.fail(&unreadable, &errors).await;
         }
-        leased.sort_unstable_by_key(|row| row.lease.id);
-        lock(&self.held).extend(leased.iter().map(|row| row.lease));
         Ok(leased)
     }
 
@@ -414,21 +419,17 @@ fn lease_of(row: &Row) -> Option<Lease> {
 }
 
 /// A leased row, its columns' types readable; one with a value that still does not read
-/// (a NULL) is its lease and why, to keep it failed.
-fn read_row(row: &Row) -> Result<Leased, (Lease, String)> {
+/// (a NULL) is its lease, to keep it failed, and why. No lease names a row whose
+/// attempts is NULL (which a table made by hand allows): it cannot be kept failed.
+fn read_row(row: &Row) -> Result<Leased, (Option<Lease>, String)> {
     let Some(lease) = lease_of(row) else {
-        // No lease names it (its attempts NULL, which a table made by hand allows): it
-        // cannot be kept failed either, and comes back with each lease, said each time.
-        let id = row.try_get(0).unwrap_or_default();
-        return Err((
-            Lease { id, token: -1 },
-            "the queue table's attempts is NULL".to_owned(),
-        ));
+        let id: i64 = row.try_get(0).unwrap_or_default();
+        return Err((None, format!("the queue table's row {id} has no attempts")));
     };
     let unread = |column: &str, error: tokio_postgres::Error| {
         let cause = std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string);
         (
-            lease,
+            Some(lease),
             format!("the queue table's column {column} does not read: {cause}"),
         )
     };

@@ -439,8 +439,14 @@ async fn a_table_the_source_cannot_read_is_refused_and_one_altered_or_with_a_nul
     let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
         .start()
         .unwrap();
-    until("the two readable rows handled", async || {
+    until("the two readable rows handled and deleted", async || {
         handled.lock().unwrap().len() == 2
+            && db
+                .query_one("SELECT count(*) FROM lenient_queue", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
     })
     .await;
     let left = db
@@ -499,6 +505,19 @@ async fn a_table_the_source_cannot_read_is_refused_and_one_altered_or_with_a_nul
         (0, true),
         "the row after the change was not leased"
     );
+    // Altered back: leased again, not refused on the statement prepared meanwhile.
+    db.batch_execute("ALTER TABLE altered_queue ALTER COLUMN attempts TYPE integer")
+        .await
+        .unwrap();
+    let mut leased = None;
+    for _ in 0..2 {
+        if let Ok(batch) = source.receive(demand).await {
+            leased = batch;
+            break;
+        }
+    }
+    let leased = leased.expect("the row leased once the table reads again");
+    assert_eq!(leased[0].data().as_ref(), b"second");
 }
 
 /// Fails each row's first attempt; records each attempt.

@@ -201,11 +201,13 @@ impl Unsettled {
     /// Whether consumer number `consumer`'s channel is still open: the deliveries it
     /// buffered are worth handing out (else the server has requeued them already).
     pub(crate) fn channel_open(&self, consumer: u64) -> bool {
-        self.consumer == consumer
-            && self
-                .channel
-                .as_ref()
-                .is_some_and(|channel| channel.status().connected())
+        self.channel_of(consumer)
+            .is_some_and(|channel| channel.status().connected())
+    }
+
+    /// Consumer number `consumer`'s channel, if it is the one tracked.
+    pub(crate) fn channel_of(&self, consumer: u64) -> Option<lapin::Channel> {
+        self.channel.clone().filter(|_| self.consumer == consumer)
     }
 
     /// Tracks a delivery handed out.

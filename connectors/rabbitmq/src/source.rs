@@ -306,6 +306,14 @@ impl Source for RabbitMqSource {
                             deliveries = deliveries.len(),
                             "rabbitmq deliveries of a closed channel dropped; the server delivers them again"
                         );
+                        // Closed for sure: a consumer the server cancelled leaves its
+                        // channel open, and only the close requeues what was dropped.
+                        if let Some(channel) = self.shared.unsettled().channel_of(*number) {
+                            tokio::spawn(async move {
+                                let _ = channel.close(200, "consumer lost".into()).await;
+                            });
+                        }
+                        failures += 1;
                         self.lose(&mut consumer, &reason);
                         continue;
                     }

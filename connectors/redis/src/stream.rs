@@ -403,9 +403,10 @@ impl Stream {
     /// Takes back at most `count` of this consumer's pending entries that it does not
     /// hold: those a read or claim whose reply was lost (a dropped connection, a server
     /// killed mid-reply) delivered to it unseen, which would otherwise wait `claim_idle`
-    /// for a claim. Only ids are listed (`XPENDING`); the unseen ones are claimed
-    /// (`XCLAIM`), which passes over any acknowledged since the listing, so that an
-    /// entry finished meanwhile is not handed out again. Also whether more may be left.
+    /// for a claim. Only ids are listed (`XPENDING`); the unseen ones are claimed back
+    /// each while still this consumer's (one script), which passes over any acknowledged
+    /// or claimed by another since the listing, so that an entry finished meanwhile is
+    /// not handed out again. Also whether more may be left.
     pub(crate) async fn take_back_unseen(
         &self,
         count: usize,
@@ -433,28 +434,41 @@ impl Stream {
             };
             if !unseen.is_empty() {
                 let more = full || unseen.len() > count;
-                let reply: Value = redis::cmd("XCLAIM")
+                // Each claimed only while still this consumer's: another may have claimed
+                // it since the listing (after a lapse here), and keeps it.
+                let reply: Value = redis::cmd("EVAL")
+                    .arg(TAKE_BACK_OWNED)
+                    .arg(1)
                     .arg(&*self.key)
                     .arg(&self.group)
                     .arg(&self.consumer)
-                    .arg(0)
                     .arg(&unseen[..unseen.len().min(count)])
                     .query_async(&mut connection)
                     .await?;
-                let claimed = stream_entries(reply)?
-                    .into_iter()
-                    .map(|(id, fields)| match EntryId::parse(&id) {
-                        Some(key) => Ok((id, key, fields)),
-                        None => Err(malformed("an entry id", &id)),
-                    })
-                    .collect::<redis::RedisResult<Vec<_>>>()?;
+                let mut claimed = Vec::new();
+                let mut trimmed = Vec::new();
+                for (id, fields) in stream_entries(reply)? {
+                    let key = EntryId::parse(&id).ok_or_else(|| malformed("an entry id", &id))?;
+                    match fields {
+                        Some(fields) => claimed.push((id, key, fields)),
+                        // Trimmed from the stream since: nothing to handle, only to
+                        // acknowledge (as a read of its own entries does).
+                        None => trimmed.push(id),
+                    }
+                }
+                if !trimmed.is_empty() {
+                    redis::cmd("XACK")
+                        .arg(&*self.key)
+                        .arg(&self.group)
+                        .arg(&trimmed)
+                        .query_async::<u64>(&mut connection)
+                        .await?;
+                }
                 let mut held = lock(&self.held);
                 let entries = claimed
                     .into_iter()
                     .filter(|(_, key, _)| held.insert(*key))
-                    .map(|(id, key, fields)| {
-                        RedisStreamMetadata::read(self.key.clone(), id, key, fields.unwrap_or_default())
-                    })
+                    .map(|(id, key, fields)| RedisStreamMetadata::read(self.key.clone(), id, key, fields))
                     .collect();
                 return Ok((entries, more));
             }
@@ -667,6 +681,22 @@ for i = 3, #ARGV do
   end
 end
 return owned
+";
+
+/// Claims back (with their fields) the entries among `ARGV[3..]` still pending for
+/// consumer `ARGV[2]` of group `ARGV[1]`, one by one, each checked and claimed in one
+/// step: never one another consumer claimed meanwhile. An array of entries.
+const TAKE_BACK_OWNED: &str = r"
+local claimed = {}
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #pending > 0 then
+    for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i])) do
+      table.insert(claimed, entry)
+    end
+  end
+end
+return claimed
 ";
 
 /// An entry's id and fields, as read.
