@@ -240,21 +240,25 @@ async fn a_consumer_made_before_with_request_limits_is_fetched_within_them() {
     let context = context(&server.url()).await;
     make_stream(&context, "CAPPED").await;
     publish(&context, "CAPPED", (0..40).map(|n| n.to_string())).await;
+    // Made (or, with the same name, updated) with request limits.
+    let limit = async |max_batch: i64, max_expires: Duration| {
+        context
+            .get_stream("CAPPED")
+            .await
+            .unwrap()
+            .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("c".to_owned()),
+                ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(5),
+                max_batch,
+                max_expires,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    };
     // Made before, taking at most 5 messages and 1 s of waiting per request.
-    context
-        .get_stream("CAPPED")
-        .await
-        .unwrap()
-        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("c".to_owned()),
-            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(5),
-            max_batch: 5,
-            max_expires: Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    limit(5, Duration::from_secs(1)).await;
     let error = JetStreamSource::connect(
         JetStreamConfig::new(server.url(), "CAPPED", "c")
             .ack_wait(Duration::from_secs(5))
@@ -285,22 +289,8 @@ async fn a_consumer_made_before_with_request_limits_is_fetched_within_them() {
     .start()
     .unwrap();
     until("all 40 handled", async || handled.lock().unwrap().len() >= 40).await;
-    // Lowered while the source runs (a create with the same name updates it), below
-    // what it asks for: it follows them.
-    context
-        .get_stream("CAPPED")
-        .await
-        .unwrap()
-        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("c".to_owned()),
-            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(5),
-            max_batch: 2,
-            max_expires: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // Lowered while the source runs, below what it asks for: it follows them.
+    limit(2, Duration::from_millis(100)).await;
     publish(&context, "CAPPED", (40..60).map(|n| n.to_string())).await;
     until("all 60 handled", async || handled.lock().unwrap().len() >= 60).await;
     until("all acknowledged", async || {
