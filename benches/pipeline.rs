@@ -5,7 +5,9 @@
 //! process of its own so that its peak RSS is its own. Topology (Broadway's benchmark):
 //! one producer over an in-memory source, 2 processors, then either no batcher or one
 //! batcher (batch size 100, timeout 1 s, concurrency 2), acknowledging to a counter. The
-//! `keyed` case has no batcher and orders 64 keys (`partition_by`).
+//! `keyed` case has no batcher and orders 64 keys (`partition_by`); the `routed` case is
+//! the batcher one with each message named its batcher and given one of 4 batch keys by
+//! the handler (`put_batcher`, `put_batch_key`), Broadway's usual use of batchers.
 //!
 //! Baselines, no framework:
 //! - `naive`: one message per channel send, round-robin to per-processor bounded channels;
@@ -36,6 +38,8 @@ const BATCH_CONCURRENCY: usize = 2;
 const CHUNK: usize = 64;
 /// Keys of the `keyed` case.
 const KEYS: u64 = 64;
+/// Batch keys of the `routed` case.
+const ROUTE_KEYS: u64 = 4;
 /// One message in this many is timed from its receipt to its last stage.
 const SAMPLE_EVERY: u64 = 64;
 
@@ -44,6 +48,22 @@ enum Shape {
     Batcher,
     NoBatcher,
     Keyed,
+    Routed,
+}
+
+impl Shape {
+    /// Whether the messages go through a batcher.
+    fn batches(self) -> bool {
+        matches!(self, Shape::Batcher | Shape::Routed)
+    }
+
+    /// The batch (its key's index) a baseline's batcher puts `msg` in.
+    fn batch_of(self, msg: &Msg) -> usize {
+        match self {
+            Shape::Routed => (msg.data % ROUTE_KEYS) as usize,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +104,7 @@ fn main() {
         let shape = match args[i + 1].as_str() {
             "batcher" => Shape::Batcher,
             "keyed" => Shape::Keyed,
+            "routed" => Shape::Routed,
             _ => Shape::NoBatcher,
         };
         let imp = match args[i + 2].as_str() {
@@ -97,7 +118,7 @@ fn main() {
     }
     // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
-    for name in ["batcher", "no-batcher", "keyed"] {
+    for name in ["batcher", "no-batcher", "keyed", "routed"] {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
@@ -167,6 +188,8 @@ fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
 
 struct Bench {
     samples: Arc<Samples>,
+    /// Names each message's batcher and batch key (the `routed` case).
+    route: bool,
 }
 
 impl Handler for Bench {
@@ -174,6 +197,10 @@ impl Handler for Bench {
     type Metadata = ();
 
     async fn handle_message(&self, message: &mut Message<u64>) -> Result<(), BoxError> {
+        if self.route {
+            let key = *message.data() % ROUTE_KEYS;
+            message.put_batcher("bench").put_batch_key(key);
+        }
         black_box(message.data());
         Ok(())
     }
@@ -212,15 +239,21 @@ async fn longshore_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) 
     let counts = source.counts();
     let processors = Processors::new(PROCESSORS);
     let pipeline = match shape {
-        Shape::Batcher => Pipeline::builder(source, Bench { samples })
-            .processors(processors)
-            .batcher(
-                Batcher::new("bench")
-                    .batch_size(BATCH_SIZE)
-                    .batch_timeout(Duration::from_secs(1))
-                    .concurrency(BATCH_CONCURRENCY),
-            )
-            .start(),
+        Shape::Batcher | Shape::Routed => Pipeline::builder(
+            source,
+            Bench {
+                samples,
+                route: shape == Shape::Routed,
+            },
+        )
+        .processors(processors)
+        .batcher(
+            Batcher::new("bench")
+                .batch_size(BATCH_SIZE)
+                .batch_timeout(Duration::from_secs(1))
+                .concurrency(BATCH_CONCURRENCY),
+        )
+        .start(),
         Shape::NoBatcher => Pipeline::builder(source, BenchNoBatcher { samples })
             .processors(processors)
             .start(),
@@ -278,6 +311,47 @@ fn batch_processors(
         .collect()
 }
 
+/// A baseline's batcher: a batch filling per key (one without keys), each sent when
+/// full to the batch processors in turn, the rest at the end.
+struct Batches {
+    shape: Shape,
+    filling: Vec<Vec<Msg>>,
+    to: Vec<mpsc::Sender<Vec<Msg>>>,
+    next: usize,
+}
+
+impl Batches {
+    fn new(shape: Shape, to: Vec<mpsc::Sender<Vec<Msg>>>) -> Self {
+        let keys = if shape == Shape::Routed {
+            ROUTE_KEYS as usize
+        } else {
+            1
+        };
+        Batches {
+            shape,
+            filling: (0..keys).map(|_| Vec::with_capacity(BATCH_SIZE)).collect(),
+            to,
+            next: 0,
+        }
+    }
+
+    async fn push(&mut self, msg: Msg) {
+        let batch = &mut self.filling[self.shape.batch_of(&msg)];
+        batch.push(msg);
+        if batch.len() == BATCH_SIZE {
+            let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
+            self.to[self.next % BATCH_CONCURRENCY].send(full).await.unwrap();
+            self.next += 1;
+        }
+    }
+
+    async fn flush(self) {
+        for batch in self.filling.into_iter().filter(|batch| !batch.is_empty()) {
+            self.to[0].send(batch).await.unwrap();
+        }
+    }
+}
+
 async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u64 {
     let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -285,22 +359,14 @@ async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u
         .map(|_| mpsc::channel::<Vec<Msg>>(1))
         .unzip();
     let (batcher_tx, mut batcher_rx) = mpsc::channel::<Msg>(CHUNK);
-    if shape == Shape::Batcher {
+    if shape.batches() {
         tasks.extend(batch_processors(batch_rxs, &acked, &samples));
         tasks.push(tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH_SIZE);
-            let mut next = 0;
+            let mut batches = Batches::new(shape, batch_txs);
             while let Some(msg) = batcher_rx.recv().await {
-                batch.push(msg);
-                if batch.len() == BATCH_SIZE {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
-                    batch_txs[next % BATCH_CONCURRENCY].send(full).await.unwrap();
-                    next += 1;
-                }
+                batches.push(msg).await;
             }
-            if !batch.is_empty() {
-                batch_txs[0].send(batch).await.unwrap();
-            }
+            batches.flush().await;
         }));
     }
     let mut processor_txs = Vec::new();
@@ -311,7 +377,7 @@ async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u
         tasks.push(tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 black_box(msg.data);
-                if shape == Shape::Batcher {
+                if shape.batches() {
                     batcher_tx.send(msg).await.unwrap();
                 } else {
                     finish(&msg, &samples);
@@ -344,24 +410,16 @@ async fn chunked_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) ->
         .map(|_| mpsc::channel::<Vec<Msg>>(1))
         .unzip();
     let (batcher_tx, mut batcher_rx) = mpsc::channel::<Vec<Msg>>(4);
-    if shape == Shape::Batcher {
+    if shape.batches() {
         tasks.extend(batch_processors(batch_rxs, &acked, &samples));
         tasks.push(tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH_SIZE);
-            let mut next = 0;
+            let mut batches = Batches::new(shape, batch_txs);
             while let Some(chunk) = batcher_rx.recv().await {
                 for msg in chunk {
-                    batch.push(msg);
-                    if batch.len() == BATCH_SIZE {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
-                        batch_txs[next % BATCH_CONCURRENCY].send(full).await.unwrap();
-                        next += 1;
-                    }
+                    batches.push(msg).await;
                 }
             }
-            if !batch.is_empty() {
-                batch_txs[0].send(batch).await.unwrap();
-            }
+            batches.flush().await;
         }));
     }
     let mut processor_txs = Vec::new();
@@ -374,7 +432,7 @@ async fn chunked_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) ->
                 chunk.iter().for_each(|m| {
                     black_box(m.data);
                 });
-                if shape == Shape::Batcher {
+                if shape.batches() {
                     batcher_tx.send(chunk).await.unwrap();
                 } else {
                     chunk.iter().for_each(|m| finish(m, &samples));
