@@ -335,14 +335,18 @@ impl Batches {
         }
     }
 
-    async fn push(&mut self, msg: Msg) {
+    /// Adds `msg` to its batch: the batch if that filled it.
+    #[inline]
+    fn push(&mut self, msg: Msg) -> Option<Vec<Msg>> {
         let batch = &mut self.filling[self.shape.batch_of(&msg)];
         batch.push(msg);
-        if batch.len() == BATCH_SIZE {
-            let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
-            self.to[self.next % BATCH_CONCURRENCY].send(full).await.unwrap();
-            self.next += 1;
-        }
+        (batch.len() == BATCH_SIZE).then(|| std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE)))
+    }
+
+    /// Sends a full batch to the next batch processor.
+    async fn send(&mut self, full: Vec<Msg>) {
+        self.to[self.next % BATCH_CONCURRENCY].send(full).await.unwrap();
+        self.next += 1;
     }
 
     async fn flush(self) {
@@ -364,7 +368,9 @@ async fn naive_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) -> u
         tasks.push(tokio::spawn(async move {
             let mut batches = Batches::new(shape, batch_txs);
             while let Some(msg) = batcher_rx.recv().await {
-                batches.push(msg).await;
+                if let Some(full) = batches.push(msg) {
+                    batches.send(full).await;
+                }
             }
             batches.flush().await;
         }));
@@ -416,7 +422,9 @@ async fn chunked_pipeline(shape: Shape, messages: u64, samples: Arc<Samples>) ->
             let mut batches = Batches::new(shape, batch_txs);
             while let Some(chunk) = batcher_rx.recv().await {
                 for msg in chunk {
-                    batches.push(msg).await;
+                    if let Some(full) = batches.push(msg) {
+                        batches.send(full).await;
+                    }
                 }
             }
             batches.flush().await;
