@@ -80,7 +80,7 @@ pub(crate) struct Shared {
 /// What one fetch asks for: at most the consumer's `max_batch` messages, waiting at most
 /// its `max_expires`. Read at start, and again when a fetch fails: the server refuses
 /// every fetch over them, and an operator may lower them while the source runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FetchLimits {
     max_batch: usize,
     expires: Duration,
@@ -387,7 +387,7 @@ impl Shared {
             Ok(info) => {
                 let limits = FetchLimits::of(info.config.max_batch, info.config.max_expires, self.expires);
                 let mut fetch = lock(&self.fetch);
-                if (limits.max_batch, limits.expires) != (fetch.max_batch, fetch.expires) {
+                if limits != *fetch {
                     tracing::warn!(max_batch = limits.max_batch, expires = ?limits.expires, "the nats consumer's request limits changed; fetches follow them");
                     *fetch = limits;
                 }

@@ -16,8 +16,8 @@ pub enum PgQueueError {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// The queue table's column has another type than the migration gives it (a table
-    /// made by hand, or altered): refused at start rather than failing each lease.
+    /// A column of the queue table has a type the source cannot read as it leases (a
+    /// table made by hand, or altered): refused at start rather than failing each lease.
     #[error("postgres queue table {table}: column {column} is {found}, expected {expected} (see longshore_postgres::migration)")]
     Schema {
         /// The table.

@@ -239,19 +239,26 @@ impl Stream {
                 None => entries.push(RedisStreamMetadata::read(self.key.clone(), id, key, Vec::new())),
             }
         }
-        if !trimmed.is_empty() {
-            redis::cmd("XACK")
-                .arg(&*self.key)
-                .arg(&self.group)
-                .arg(&trimmed)
-                .query_async::<u64>(&mut self.commands.clone())
-                .await?;
-        }
+        self.ack_trimmed(&trimmed).await?;
         // Held here already (a read of its own entries after a lost reply): handed out once.
         let mut held = lock(&self.held);
         entries.retain(|entry| held.insert(entry.key()));
         drop(held);
         Ok(Read { entries, last })
+    }
+
+    /// Acknowledges entries of its own trimmed from the stream since they were delivered:
+    /// nothing to handle (their ids as the reply gave them).
+    async fn ack_trimmed(&self, ids: &[String]) -> redis::RedisResult<()> {
+        if !ids.is_empty() {
+            redis::cmd("XACK")
+                .arg(&*self.key)
+                .arg(&self.group)
+                .arg(ids)
+                .query_async::<u64>(&mut self.commands.clone())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends `read`, a read that blocks, unless reads were told to stop; the connection's
@@ -456,14 +463,7 @@ impl Stream {
                         None => trimmed.push(id),
                     }
                 }
-                if !trimmed.is_empty() {
-                    redis::cmd("XACK")
-                        .arg(&*self.key)
-                        .arg(&self.group)
-                        .arg(&trimmed)
-                        .query_async::<u64>(&mut connection)
-                        .await?;
-                }
+                self.ack_trimmed(&trimmed).await?;
                 let mut held = lock(&self.held);
                 let entries = claimed
                     .into_iter()
