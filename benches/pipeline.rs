@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 #[path = "pipeline/open_loop.rs"]
 mod open_loop;
 mod support;
+#[path = "support/callgrind.rs"]
+mod callgrind;
 
 use support::Samples;
 
@@ -85,7 +87,8 @@ struct Measured {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; `cargo test` runs this as a smoke test, briefly.
-    let default_messages = if args.iter().any(|a| a == "--bench") {
+    let bench = args.iter().any(|a| a == "--bench");
+    let default_messages = if bench {
         5_000_000
     } else {
         20_000
@@ -125,11 +128,20 @@ fn main() {
         let ours = in_child(name, "longshore", messages);
         let naive = in_child(name, "naive", messages);
         let chunked = in_child(name, "chunked", messages);
+        // Counted under `cargo bench` only: callgrind takes a while.
+        let instructions = match bench {
+            true => format!(
+                " instructions_per_msg={:.0} chunked_instructions_per_msg={:.0}",
+                instructions_per_message(name, "longshore"),
+                instructions_per_message(name, "chunked"),
+            ),
+            false => String::new(),
+        };
         println!(
             "BENCH case={name} msgs_per_s={:.0} naive_msgs_per_s={:.0} chunked_msgs_per_s={:.0} \
              vs_naive={:.2} vs_chunked={:.2} peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} \
              naive_p50_us={:.0} naive_p99_us={:.0} chunked_p50_us={:.0} chunked_p99_us={:.0} \
-             naive_peak_rss_mb={:.1} chunked_peak_rss_mb={:.1} messages={messages}",
+             naive_peak_rss_mb={:.1} chunked_peak_rss_mb={:.1} messages={messages}{instructions}",
             ours.msgs_per_s,
             naive.msgs_per_s,
             chunked.msgs_per_s,
@@ -151,6 +163,14 @@ fn main() {
     }
 }
 
+/// The instructions one case runs per message, over 200,000 messages, counted by
+/// callgrind from the pipeline's start to its end.
+fn instructions_per_message(shape: &str, imp: &str) -> f64 {
+    const COUNTED: u64 = 200_000;
+    let env = [("LONGSHORE_BENCH_MESSAGES", COUNTED.to_string())];
+    callgrind::instructions(&["--case", shape, imp], &env) / COUNTED as f64
+}
+
 /// Runs one case in a child process.
 fn in_child(shape: &str, imp: &str, messages: u64) -> Measured {
     let env = [("LONGSHORE_BENCH_MESSAGES", messages.to_string())];
@@ -167,6 +187,7 @@ fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
     let runtime = support::runtime();
     let samples = Arc::new(Samples::default());
     let started = Instant::now();
+    callgrind::start();
     let done = runtime.block_on(async {
         match imp {
             Impl::Longshore => longshore_pipeline(shape, messages, samples.clone()).await,
@@ -174,6 +195,7 @@ fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
             Impl::Chunked => chunked_pipeline(shape, messages, samples.clone()).await,
         }
     });
+    callgrind::end();
     let elapsed = started.elapsed();
     assert_eq!(done, messages, "every message acknowledged");
     Measured {

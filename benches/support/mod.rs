@@ -9,9 +9,20 @@ use std::time::Instant;
 /// `RESULT` line it prints. `LONGSHORE_BENCH_WRAP` runs each child under a command, to
 /// profile it: `LONGSHORE_BENCH_WRAP="perf stat -e context-switches"`.
 pub(crate) fn run_child(args: &[&str], envs: &[(&str, String)]) -> Vec<f64> {
-    let exe = std::env::current_exe().expect("own path");
     let wrap = std::env::var("LONGSHORE_BENCH_WRAP").unwrap_or_default();
-    let mut command = match wrap.split_whitespace().collect::<Vec<_>>().split_first() {
+    let wrap: Vec<&str> = wrap.split_whitespace().collect();
+    let (result, stderr) = run_wrapped(&wrap, args, envs);
+    if !wrap.is_empty() {
+        eprintln!("{args:?}\n{stderr}");
+    }
+    result
+}
+
+/// Runs this same binary under `wrap` (a command and its arguments; none: directly);
+/// returns the numbers of its `RESULT` line, and what it wrote to stderr.
+pub(crate) fn run_wrapped(wrap: &[&str], args: &[&str], envs: &[(&str, String)]) -> (Vec<f64>, String) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut command = match wrap.split_first() {
         Some((program, wrap_args)) => {
             let mut command = Command::new(program);
             command.args(wrap_args).arg(exe);
@@ -23,16 +34,17 @@ pub(crate) fn run_child(args: &[&str], envs: &[(&str, String)]) -> Vec<f64> {
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
-        .expect("bench child runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .unwrap_or_else(|error| panic!("cannot run the bench child under {wrap:?}: {error}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("case {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
-    if !wrap.is_empty() {
-        eprintln!("{args:?}\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    line.split(' ').map(|x| x.parse().expect("a number")).collect()
+        .unwrap_or_else(|| panic!("case {args:?} failed: {stderr}"));
+    let result = line.split(' ').map(|x| x.parse().expect("a number")).collect();
+    (result, stderr)
 }
 
 /// Prints the `RESULT` line a child reports to its parent.

@@ -10,7 +10,10 @@
 //! `LONGSHORE_BENCH_ROUNDS` the rounds of adjacent runs (default 5; the median is reported).
 //! `scripts/bench kafka mock` (or `tansu`) runs one broker only.
 //! `cpu_ratio` is the consumer process's CPU time (user and system) against the raw
-//! loop's, for the same records.
+//! loop's, for the same records; `instructions_per_record`, on both sides, is counted by
+//! callgrind (librdkafka's threads included) from the consumer's creation to its last
+//! record (its prefetch included, which starts before the first record), over a topic a
+//! tenth as large, read whole.
 
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
@@ -28,6 +31,8 @@ use rdkafka::ClientConfig;
 mod latency;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
+#[path = "../../../benches/support/callgrind.rs"]
+mod callgrind;
 #[path = "../tests/common/tansu.rs"]
 mod tansu;
 
@@ -35,6 +40,10 @@ use support::{Countdown, Samples};
 use tansu::{create_topic, Tansu};
 
 const TOPIC: &str = "bench";
+/// A tenth of `TOPIC`'s records, which each counted run (under callgrind) reads whole:
+/// a run stopped partway would count, on the side that prefetches more, records read
+/// ahead and never handled.
+const COUNTED_TOPIC: &str = "bench-counted";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -50,10 +59,11 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let (imp, bootstrap, group) = (&args[i + 1], &args[i + 2], &args[i + 3]);
         let count: usize = args[i + 4].parse().unwrap();
+        let topic = args.get(i + 5).map_or(TOPIC, String::as_str);
         let [rate, p50, p99] = match imp.as_str() {
-            "raw" => [raw(bootstrap, group, count, Read::Record), 0.0, 0.0],
-            "raw-payload" => [raw(bootstrap, group, count, Read::Payload), 0.0, 0.0],
-            _ => ours(bootstrap, group, count),
+            "raw" => [raw(bootstrap, group, topic, count, Read::Record), 0.0, 0.0],
+            "raw-payload" => [raw(bootstrap, group, topic, count, Read::Payload), 0.0, 0.0],
+            _ => ours(bootstrap, group, topic, count),
         };
         support::report(&[rate, support::peak_rss_mb(), p50, p99, support::cpu_seconds()]);
         return;
@@ -69,8 +79,10 @@ fn main() {
         |broker: &str| !args.iter().any(|a| a == "mock" || a == "tansu") || args.iter().any(|a| a == broker);
     if only("mock") {
         let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic(TOPIC, 40, 1).expect("topic");
-        produce(&cluster.bootstrap_servers(), 40, count, 10_000);
+        for (topic, records) in [(TOPIC, count), (COUNTED_TOPIC, count / 10)] {
+            cluster.create_topic(topic, 40, 1).expect("topic");
+            produce(&cluster.bootstrap_servers(), topic, 40, records, 10_000);
+        }
         let peak = compare("kafka-mock", &cluster.bootstrap_servers(), count, smoke);
         cluster
             .create_topic(latency::TOPICS[0], latency::PARTITIONS, 1)
@@ -86,8 +98,10 @@ fn main() {
     let tansu = Tansu::start();
     let count = count / 5;
     create_topic(&tansu.bootstrap, TOPIC, 4);
+    create_topic(&tansu.bootstrap, COUNTED_TOPIC, 4);
     // One record per batch: tansu 0.6 does not serve fetches starting inside a batch.
-    produce(&tansu.bootstrap, 4, count, 1);
+    produce(&tansu.bootstrap, TOPIC, 4, count, 1);
+    produce(&tansu.bootstrap, COUNTED_TOPIC, 4, count / 10, 1);
     compare("kafka-tansu", &tansu.bootstrap, count, smoke);
 }
 
@@ -153,10 +167,29 @@ fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) -> f64 {
     // CPU time per record against the whole-record loop: steadier than throughput on a
     // machine whose cores the broker shares.
     let cpu = median(measured.iter().map(|m| m[1][4] / m[0][4]).collect());
+    // Counted under `cargo bench` only, over the tenth as large topic: callgrind takes a while.
+    let instructions = match smoke {
+        true => String::new(),
+        false => {
+            let counted = |imp: &str| {
+                runs.set(runs.get() + 1);
+                let group = format!("{imp}-counted-{}-{}", std::process::id(), runs.get());
+                let records = (count / 10).to_string();
+                let args = ["--case", imp, bootstrap, &group, &records, COUNTED_TOPIC];
+                callgrind::instructions(&args, &[]) / (count / 10) as f64
+            };
+            let (ours, raw) = (counted("longshore"), counted("raw"));
+            format!(
+                " instructions_per_record={ours:.0} baseline_instructions_per_record={raw:.0} \
+                 instructions_ratio={:.2}",
+                ours / raw
+            )
+        }
+    };
     println!(
         "BENCH case={case} msgs_per_s={:.0} baseline_msgs_per_s={:.0} ratio={:.2} peak_rss_mb={:.1} \
          baseline_peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} ratio_min={:.2} ratio_max={:.2} \
-         payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} cpu_ratio={cpu:.2} rounds={rounds} messages={count}",
+         payload_only_baseline_msgs_per_s={:.0} payload_only_ratio={:.2} cpu_ratio={cpu:.2} rounds={rounds} messages={count}{instructions}",
         of(1, 0),
         of(0, 0),
         median(full.clone()),
@@ -173,7 +206,7 @@ fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) -> f64 {
 }
 
 /// Records of 100 bytes, round-robin over partitions.
-fn produce(bootstrap: &str, partitions: i32, count: usize, per_batch: usize) {
+fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, per_batch: usize) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -184,7 +217,7 @@ fn produce(bootstrap: &str, partitions: i32, count: usize, per_batch: usize) {
     let payload = [b'x'; 100];
     for i in 0..count {
         let key = (i % 1000).to_string();
-        let mut record = BaseRecord::to(TOPIC)
+        let mut record = BaseRecord::to(topic)
             .key(&key)
             .payload(&payload[..])
             .partition((i % partitions as usize) as i32);
@@ -225,8 +258,9 @@ fn raw_consumer(bootstrap: &str, group: &str, topic: &str) -> BaseConsumer {
 }
 
 /// The baseline: a plain rdkafka consumer loop.
-fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
-    let consumer = raw_consumer(bootstrap, group, TOPIC);
+fn raw(bootstrap: &str, group: &str, topic: &str, count: usize, read: Read) -> f64 {
+    callgrind::start();
+    let consumer = raw_consumer(bootstrap, group, topic);
     let mut seen = 0;
     let mut started = None;
     while seen < count {
@@ -240,6 +274,7 @@ fn raw(bootstrap: &str, group: &str, count: usize, read: Read) -> f64 {
             seen += 1;
         }
     }
+    callgrind::end();
     count as f64 / started.expect("records").elapsed().as_secs_f64()
 }
 
@@ -269,7 +304,7 @@ impl Handler for Touch {
 }
 
 /// longshore: the Kafka source, 2 processors in partition order, commits every 5 s.
-fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
+fn ours(bootstrap: &str, group: &str, topic: &str, count: usize) -> [f64; 3] {
     let touch = Arc::new(Touch {
         samples: Samples::default(),
         first: OnceLock::new(),
@@ -277,7 +312,8 @@ fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
     });
     let runtime = support::runtime();
     runtime.block_on(async {
-        let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [TOPIC])).expect("source");
+        callgrind::start();
+        let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [topic])).expect("source");
         let pipeline = Pipeline::builder(source, touch.clone())
             .processors(Processors::new(2))
             .start()
@@ -290,6 +326,7 @@ fn ours(bootstrap: &str, group: &str, count: usize) -> [f64; 3] {
         {
             panic!("longshore consumed nothing more for 5 minutes: {:?}", stats.get());
         }
+        callgrind::end();
         let rate = count as f64 / touch.first.get().expect("records").elapsed().as_secs_f64();
         pipeline.shutdown().await.expect("drains");
         [
