@@ -176,15 +176,22 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     intervals: Intervals,
     group: String,
+    topics: &[String],
 ) -> std::io::Result<PollThread> {
     let close_timeout = intervals.close;
+    let intake = Intake::subscribed_to(topics);
     let (done, finished) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("longshore-kafka".to_owned())
         .spawn(move || {
             // Dropped when the thread ends, even by a panic: that is the signal.
             let _done = done;
-            Poller::new(consumer, shared).run(intervals, &group);
+            Poller {
+                consumer,
+                shared,
+                intake,
+            }
+            .run(intervals, &group);
         })?;
     Ok(PollThread {
         handle,
@@ -234,14 +241,6 @@ struct Poller {
 }
 
 impl Poller {
-    fn new(consumer: BaseConsumer<Context>, shared: Arc<Shared>) -> Self {
-        Poller {
-            consumer,
-            shared,
-            intake: Intake::default(),
-        }
-    }
-
     fn run(mut self, intervals: Intervals, group: &str) {
         let mut last_commit = Instant::now();
         let mut watermarks_read = Instant::now();
@@ -472,6 +471,9 @@ impl Poller {
 /// Turns librdkafka's messages into queued records.
 #[derive(Default)]
 struct Intake {
+    /// The one topic subscribed to by name (no pattern): every record's, so that no
+    /// record's topic name is read (and checked as UTF-8) from librdkafka.
+    only_topic: Option<Arc<str>>,
     /// One shared name per topic: records hold a reference, not a copy.
     topics: HashMap<String, Arc<str>>,
     /// The partition of the last record queued, and its slot (a hint).
@@ -480,6 +482,19 @@ struct Intake {
 }
 
 impl Intake {
+    /// The intake of a consumer subscribed to `topics` (a name starting with `^` is a
+    /// pattern, matching any number of topics).
+    fn subscribed_to(topics: &[String]) -> Self {
+        let only_topic = match topics {
+            [topic] if !topic.starts_with('^') => Some(Arc::from(topic.as_str())),
+            _ => None,
+        };
+        Intake {
+            only_topic,
+            ..Intake::default()
+        }
+    }
+
     /// Queues `messages` for the pipeline; returns the partitions to pause.
     fn enqueue(&mut self, shared: &Shared, messages: &[BorrowedMessage<'_>]) -> Vec<TopicPartition> {
         // Copied before taking the lock, which the pipeline's takes and acknowledgements
@@ -488,11 +503,17 @@ impl Intake {
         let records: Vec<KafkaMetadata> = messages
             .iter()
             .map(|message| {
-                let (topic, partition) = (message.topic(), message.partition());
-                let (topic, hint) = match &self.last {
-                    Some((tp, slot)) if tp.1 == partition && *tp.0 == *topic => (tp.0.clone(), *slot),
+                let partition = message.partition();
+                let (topic, hint) = match (&self.last, &self.only_topic) {
+                    (Some((tp, slot)), Some(_)) if tp.1 == partition => (tp.0.clone(), *slot),
+                    (Some((tp, slot)), None) if tp.1 == partition && *tp.0 == *message.topic() => {
+                        (tp.0.clone(), *slot)
+                    }
                     _ => {
-                        let topic = self.topic(topic);
+                        let topic = match &self.only_topic {
+                            Some(topic) => topic.clone(),
+                            None => self.topic(message.topic()),
+                        };
                         self.last = Some(((topic.clone(), partition), Slot::NONE));
                         (topic, Slot::NONE)
                     }

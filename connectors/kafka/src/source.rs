@@ -73,7 +73,7 @@ impl KafkaSource {
             lag: config.lag_interval,
         };
         let wedged_after = config.rebalance_timeout()?;
-        let poller = poller::spawn(consumer, shared.clone(), intervals, config.group_id)?;
+        let poller = poller::spawn(consumer, shared.clone(), intervals, config.group_id, &topics)?;
         Ok(KafkaSource {
             shared,
             lag,
