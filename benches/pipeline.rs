@@ -26,11 +26,11 @@ use longshore::source::memory::MemorySource;
 use longshore::{BatchInfo, Batcher, BoxError, Handler, Message, Pipeline, Processors};
 use tokio::sync::mpsc;
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
 #[path = "pipeline/open_loop.rs"]
 mod open_loop;
 mod support;
-#[path = "support/callgrind.rs"]
-mod callgrind;
 
 use support::Samples;
 
@@ -88,11 +88,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; `cargo test` runs this as a smoke test, briefly.
     let bench = args.iter().any(|a| a == "--bench");
-    let default_messages = if bench {
-        5_000_000
-    } else {
-        20_000
-    };
+    let default_messages = if bench { 5_000_000 } else { 20_000 };
     let messages: u64 = std::env::var("LONGSHORE_BENCH_MESSAGES")
         .ok()
         .and_then(|n| n.replace('_', "").parse().ok())
@@ -118,6 +114,9 @@ fn main() {
         let m = run_case(shape, imp, messages);
         support::report(&[m.msgs_per_s, m.p50_us, m.p99_us, m.peak_rss_mb]);
         return;
+    }
+    if bench {
+        callgrind::require();
     }
     // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
@@ -168,7 +167,7 @@ fn main() {
 fn instructions_per_message(shape: &str, imp: &str) -> f64 {
     const COUNTED: u64 = 200_000;
     let env = [("LONGSHORE_BENCH_MESSAGES", COUNTED.to_string())];
-    callgrind::instructions(&["--case", shape, imp], &env) / COUNTED as f64
+    callgrind::instructions(&format!("{shape}-{imp}"), &["--case", shape, imp], &env) / COUNTED as f64
 }
 
 /// Runs one case in a child process.

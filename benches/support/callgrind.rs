@@ -1,18 +1,39 @@
-//! Instructions counted by callgrind over a benchmark's measured part only: the same
-//! count run after run, where times on these shared machines are noisy. A child run
-//! under callgrind marks where its measured part starts ([`start`]: the counts so far
-//! are dropped) and ends ([`end`]: what was counted since is written out), by monitor
-//! commands sent through valgrind's `vgdb`; run natively, both marks do nothing. Every
-//! thread is counted, a client library's own included.
+//! Instructions counted by callgrind over a benchmark's measured part: a count that
+//! repeats within a few percent run to run, where times on these shared machines do not.
+//! A child run under callgrind marks where its measured part starts ([`start`]: the
+//! counts so far are dropped) and ends ([`end`]: what was counted since is written out),
+//! by monitor commands sent through valgrind's `vgdb`; run natively, both marks do
+//! nothing. Every thread is counted, a client library's own included, and so is work on a
+//! timer, which callgrind's slower run gives more time to.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Set in the environment of a child run under callgrind: its marks then act.
 const COUNTED: &str = "LONGSHORE_BENCH_CALLGRIND";
 
-/// The measured part starts: what callgrind counted so far (start-up, connecting,
-/// joining a group) is dropped.
+/// How long a mark may take: `vgdb` reaches a process whose threads all wait in the
+/// kernel through ptrace, which a container may forbid.
+const MARK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Fails at once, before anything is measured, if callgrind and `vgdb` cannot be run.
+pub(crate) fn require() {
+    for tool in ["valgrind", "vgdb"] {
+        let ran = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            ran.is_ok(),
+            "{tool} cannot be run ({ran:?}): the benchmark counts instructions with callgrind \
+             (Debian's package valgrind)"
+        );
+    }
+}
+
+/// The measured part starts: what callgrind counted so far is dropped.
 pub(crate) fn start() {
     monitor("zero");
 }
@@ -28,33 +49,54 @@ fn monitor(command: &str) {
     if std::env::var_os(COUNTED).is_none() {
         return;
     }
-    let status = std::process::Command::new("vgdb")
+    let mut vgdb = Command::new("vgdb")
         .arg(format!("--pid={}", std::process::id()))
         .arg(command)
-        .stdout(std::process::Stdio::null())
-        .status();
-    assert!(
-        status.as_ref().is_ok_and(std::process::ExitStatus::success),
-        "vgdb {command} failed: {status:?}"
-    );
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run vgdb {command}: {error}"));
+    let deadline = Instant::now() + MARK_TIMEOUT;
+    loop {
+        match vgdb.try_wait() {
+            Ok(Some(status)) if status.success() => return,
+            Ok(Some(status)) => panic!("vgdb {command} failed: {status}"),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = vgdb.kill();
+                panic!("vgdb {command} did not finish within {MARK_TIMEOUT:?} (is ptrace allowed?)");
+            }
+        }
+    }
 }
 
 /// Runs this same binary with `args` (and `envs`) under callgrind and returns the
-/// instructions of its measured part, the one between [`start`] and [`end`].
-pub(crate) fn instructions(args: &[&str], envs: &[(&str, String)]) -> f64 {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, Ordering::Relaxed);
-    let out = std::env::temp_dir().join(format!("longshore-callgrind-{}-{run}", std::process::id()));
+/// instructions of its measured part, the one between [`start`] and [`end`]. The dump is
+/// kept as `longshore-callgrind/<name>.1` in the temporary directory (replaced by the
+/// next run of the same name), for `callgrind_annotate`.
+pub(crate) fn instructions(name: &str, args: &[&str], envs: &[(&str, String)]) -> f64 {
+    let dir = std::env::temp_dir().join("longshore-callgrind");
+    std::fs::create_dir_all(&dir).expect("a folder for callgrind's files");
+    let out = dir.join(name);
+    // The first dump asked for is the file's first numbered one.
+    let dump = PathBuf::from(format!("{}.1", out.display()));
+    let _ = std::fs::remove_file(&dump);
     let out_arg = format!("--callgrind-out-file={}", out.display());
     let mut envs = envs.to_vec();
     envs.push((COUNTED, "1".to_owned()));
-    crate::support::run_wrapped(&["valgrind", "--tool=callgrind", &out_arg], args, &envs);
-    // The dump `end` asked for is the file's first numbered one.
-    let dump = PathBuf::from(format!("{}.1", out.display()));
-    let text = std::fs::read_to_string(&dump)
-        .unwrap_or_else(|error| panic!("no callgrind dump at {} ({error}): the child never ended its measured part", dump.display()));
-    // The whole run's file goes; the dump is kept for `callgrind_annotate`.
+    let ran = std::panic::catch_unwind(|| {
+        crate::support::run_wrapped(&["valgrind", "--tool=callgrind", &out_arg], args, &envs)
+    });
+    // The whole run's file goes (the dump holds the measured part), whatever happened.
     let _ = std::fs::remove_file(&out);
+    if let Err(panic) = ran {
+        std::panic::resume_unwind(panic);
+    }
+    let text = std::fs::read_to_string(&dump).unwrap_or_else(|error| {
+        panic!(
+            "no callgrind dump at {} ({error}): the child never ended its measured part",
+            dump.display()
+        )
+    });
     eprintln!("callgrind: {args:?}: {}", dump.display());
     // `summary:` holds the dump's instruction count.
     text.lines()

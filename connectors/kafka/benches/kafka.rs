@@ -27,12 +27,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
+#[path = "../../../benches/support/callgrind.rs"]
+mod callgrind;
 #[path = "kafka/latency.rs"]
 mod latency;
 #[path = "../../../benches/support/mod.rs"]
 mod support;
-#[path = "../../../benches/support/callgrind.rs"]
-mod callgrind;
 #[path = "../tests/common/tansu.rs"]
 mod tansu;
 
@@ -73,6 +73,9 @@ fn main() {
         .ok()
         .and_then(|n| n.replace('_', "").parse().ok())
         .unwrap_or(if smoke { 20_000 } else { 1_000_000 });
+    if !smoke {
+        callgrind::require();
+    }
 
     // `scripts/bench kafka tansu` (or `mock`) runs one broker's case only.
     let only =
@@ -176,7 +179,7 @@ fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) -> f64 {
                 let group = format!("{imp}-counted-{}-{}", std::process::id(), runs.get());
                 let records = (count / 10).to_string();
                 let args = ["--case", imp, bootstrap, &group, &records, COUNTED_TOPIC];
-                callgrind::instructions(&args, &[]) / (count / 10) as f64
+                callgrind::instructions(&format!("{case}-{imp}"), &args, &[]) / (count / 10) as f64
             };
             let (ours, raw) = (counted("longshore"), counted("raw"));
             format!(

@@ -6,6 +6,7 @@
 //! revoked partitions' messages are acknowledged, and must not block a runtime worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,6 +50,30 @@ pub(crate) struct Context {
     pub(crate) revoke_drain_timeout: Duration,
     pub(crate) lag: KafkaLag,
     pub(crate) group: String,
+    /// The one topic subscribed to by name ([`only_topic`]).
+    pub(crate) only_topic: Option<Arc<str>>,
+    /// Set once an assignment held a topic other than `only_topic`: a group's leader
+    /// (another client's assignor) may hand out topics a member never subscribed to.
+    pub(crate) assigned_unsubscribed: AtomicBool,
+}
+
+impl Context {
+    /// The topic of every record, when it is known without reading it from librdkafka
+    /// (which measures and checks the name as UTF-8 for each record).
+    fn every_records_topic(&self) -> Option<&Arc<str>> {
+        self.only_topic
+            .as_ref()
+            .filter(|_| !self.assigned_unsubscribed.load(Ordering::Relaxed))
+    }
+}
+
+/// The one topic a consumer subscribed to `topics` reads, if it subscribed to exactly one
+/// by name (a name starting with `^` is a pattern, matching any number of topics).
+pub(crate) fn only_topic(topics: &[String]) -> Option<Arc<str>> {
+    match topics {
+        [topic] if !topic.starts_with('^') => Some(Arc::from(topic.as_str())),
+        _ => None,
+    }
 }
 
 impl ClientContext for Context {
@@ -100,6 +125,14 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // Seen here, on the poll thread, before any record of the new partitions
+                // is polled: the intake reads each record's topic from then on.
+                let unsubscribed = |only: &Arc<str>| tpl.elements().iter().any(|e| e.topic() != &**only);
+                if self.only_topic.as_ref().is_some_and(unsubscribed)
+                    && !self.assigned_unsubscribed.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!("assigned partitions of a topic this consumer did not subscribe to");
+                }
                 // New partitions run, whatever was paused before: librdkafka may keep a
                 // partition's pause across a revoke and a re-assign, and a resume made
                 // in between (of an empty assignment) reaches nothing. After a stall
@@ -176,10 +209,8 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     intervals: Intervals,
     group: String,
-    topics: &[String],
 ) -> std::io::Result<PollThread> {
     let close_timeout = intervals.close;
-    let intake = Intake::subscribed_to(topics);
     let (done, finished) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("longshore-kafka".to_owned())
@@ -189,7 +220,7 @@ pub(crate) fn spawn(
             Poller {
                 consumer,
                 shared,
-                intake,
+                intake: Intake::default(),
             }
             .run(intervals, &group);
         })?;
@@ -321,7 +352,8 @@ impl Poller {
             }
             // Once stopped, what arrives is not handed out, so it is read again later.
             if !stopped && !ready.is_empty() {
-                let full = self.intake.enqueue(&self.shared, &ready);
+                let only_topic = self.consumer.context().every_records_topic();
+                let full = self.intake.enqueue(&self.shared, &ready, only_topic);
                 if !full.is_empty() && !self.set_paused(&full, true) {
                     // Still fetched: counted against the bound again (a paused partition's
                     // queue is not), and paused with their next record.
@@ -471,9 +503,6 @@ impl Poller {
 /// Turns librdkafka's messages into queued records.
 #[derive(Default)]
 struct Intake {
-    /// The one topic subscribed to by name (no pattern): every record's, so that no
-    /// record's topic name is read (and checked as UTF-8) from librdkafka.
-    only_topic: Option<Arc<str>>,
     /// One shared name per topic: records hold a reference, not a copy.
     topics: HashMap<String, Arc<str>>,
     /// The partition of the last record queued, and its slot (a hint).
@@ -482,21 +511,14 @@ struct Intake {
 }
 
 impl Intake {
-    /// The intake of a consumer subscribed to `topics` (a name starting with `^` is a
-    /// pattern, matching any number of topics).
-    fn subscribed_to(topics: &[String]) -> Self {
-        let only_topic = match topics {
-            [topic] if !topic.starts_with('^') => Some(Arc::from(topic.as_str())),
-            _ => None,
-        };
-        Intake {
-            only_topic,
-            ..Intake::default()
-        }
-    }
-
-    /// Queues `messages` for the pipeline; returns the partitions to pause.
-    fn enqueue(&mut self, shared: &Shared, messages: &[BorrowedMessage<'_>]) -> Vec<TopicPartition> {
+    /// Queues `messages` for the pipeline; returns the partitions to pause. `only_topic`:
+    /// every message's topic, when known (see [`Context`]).
+    fn enqueue(
+        &mut self,
+        shared: &Shared,
+        messages: &[BorrowedMessage<'_>],
+        only_topic: Option<&Arc<str>>,
+    ) -> Vec<TopicPartition> {
         // Copied before taking the lock, which the pipeline's takes and acknowledgements
         // need meanwhile. librdkafka hands out runs of one partition: the last record's
         // slot is mostly this one's, a hint checked under the lock.
@@ -504,13 +526,13 @@ impl Intake {
             .iter()
             .map(|message| {
                 let partition = message.partition();
-                let (topic, hint) = match (&self.last, &self.only_topic) {
+                let (topic, hint) = match (&self.last, only_topic) {
                     (Some((tp, slot)), Some(_)) if tp.1 == partition => (tp.0.clone(), *slot),
                     (Some((tp, slot)), None) if tp.1 == partition && *tp.0 == *message.topic() => {
                         (tp.0.clone(), *slot)
                     }
                     _ => {
-                        let topic = match &self.only_topic {
+                        let topic = match only_topic {
                             Some(topic) => topic.clone(),
                             None => self.topic(message.topic()),
                         };
@@ -553,5 +575,19 @@ impl Intake {
         let interned: Arc<str> = Arc::from(topic);
         self.topics.insert(topic.to_owned(), interned.clone());
         interned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_topic;
+
+    #[test]
+    fn only_one_topic_named_is_every_records_topic() {
+        let topics = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(only_topic(&topics(&["orders"])).as_deref(), Some("orders"));
+        assert_eq!(only_topic(&topics(&["^orders-.*"])), None);
+        assert_eq!(only_topic(&topics(&["orders", "refunds"])), None);
+        assert_eq!(only_topic(&topics(&[])), None);
     }
 }

@@ -63,6 +63,8 @@ impl KafkaSource {
             revoke_drain_timeout: config.revoke_drain_timeout,
             lag: lag.clone(),
             group: config.group_id.clone(),
+            only_topic: poller::only_topic(&config.topics),
+            assigned_unsubscribed: Default::default(),
         };
         let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
         let topics: Arc<[String]> = config.topics.iter().cloned().collect();
@@ -73,7 +75,7 @@ impl KafkaSource {
             lag: config.lag_interval,
         };
         let wedged_after = config.rebalance_timeout()?;
-        let poller = poller::spawn(consumer, shared.clone(), intervals, config.group_id, &topics)?;
+        let poller = poller::spawn(consumer, shared.clone(), intervals, config.group_id)?;
         Ok(KafkaSource {
             shared,
             lag,
