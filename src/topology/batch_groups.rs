@@ -3,12 +3,12 @@
 //! Messages mostly arrive in runs of one key (often the only key), so the group of the
 //! previous message is checked first and the hash index only on a change of key.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::message::{BatchKey, Message};
+use crate::topology::FastMap;
 
 pub(crate) struct Group<T, M> {
     pub(crate) key: BatchKey,
@@ -20,7 +20,7 @@ pub(crate) struct Group<T, M> {
 
 pub(crate) struct BatchGroups<T, M> {
     groups: Vec<Group<T, M>>,
-    index: HashMap<BatchKey, usize>,
+    index: FastMap<BatchKey, usize>,
     last: usize,
     capacity: usize,
 }
@@ -30,7 +30,7 @@ impl<T, M> BatchGroups<T, M> {
     pub(crate) fn new(capacity: usize) -> Self {
         BatchGroups {
             groups: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             last: 0,
             capacity,
         }
@@ -185,7 +185,7 @@ mod tests {
             let now = Instant::now();
             let mut groups = BatchGroups::new(4);
             let mut batches: Vec<(BatchKey, Vec<u64>)> = Vec::new();
-            let mut model: HashMap<u64, Vec<u64>> = HashMap::new();
+            let mut model: std::collections::HashMap<u64, Vec<u64>> = Default::default();
             let mut expected: Vec<(BatchKey, Vec<u64>)> = Vec::new();
             let mut n = 0;
             for chunk in chunks {

@@ -8,7 +8,7 @@
 //! batch is tried again with it, the successful ones included (handled again: at least
 //! once), so that no message of the key is finished ahead of an earlier one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::topology::guard::guarded;
 use crate::topology::pool::Retire;
 use crate::topology::processor::drain_delayed;
 use crate::topology::Context;
+use crate::topology::FastMap;
 use crate::trace::within;
 
 pub(crate) struct BatchProcessor<H: Handler, A> {
@@ -52,7 +53,7 @@ pub(crate) struct BatchProcessor<H: Handler, A> {
 struct Retries<T, M> {
     due: DelayQueue<Batch<T, M>>,
     /// Ordered: per batch key with a batch in `due`, its later batches, in order.
-    held: HashMap<BatchKey, VecDeque<Batch<T, M>>>,
+    held: FastMap<BatchKey, VecDeque<Batch<T, M>>>,
     /// Ordered: keys whose retry was released at shutdown; their later batches follow it.
     released: HashSet<BatchKey>,
     /// The stage's count of messages in `due` and `held`: waiting out a backoff.
@@ -91,7 +92,7 @@ where
     pub(crate) async fn run(self) {
         let mut retries = Retries {
             due: DelayQueue::new(),
-            held: HashMap::new(),
+            held: FastMap::default(),
             released: HashSet::new(),
             waiting: self.metrics.batch_processor.retry_waiting(),
         };

@@ -9,12 +9,13 @@
 //!
 //! Bounded by the pipeline's credits: nothing is pushed that was not asked for.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
 use crate::message::Message;
+use crate::topology::FastMap;
 
 /// What a processor takes from the queue.
 #[derive(Debug)]
@@ -34,12 +35,9 @@ pub(crate) struct KeyQueue<T, M> {
     max_chunk: usize,
 }
 
-/// The queue's maps are keyed by order keys, already hashes: a fast hasher is enough.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 struct State<T, M> {
     /// Keys with messages waiting or held by a processor.
-    keys: Map<u64, Key<T, M>>,
+    keys: FastMap<u64, Key<T, M>>,
     /// Messages waiting, of every key.
     waiting: usize,
     /// Keys with messages waiting that no processor holds, in the order they became free.
@@ -84,7 +82,7 @@ impl<T, M> KeyQueue<T, M> {
     pub(crate) fn new(max_chunk: usize) -> (KeySender<T, M>, Arc<Self>) {
         let queue = Arc::new(KeyQueue {
             state: Mutex::new(State {
-                keys: Map::default(),
+                keys: FastMap::default(),
                 waiting: 0,
                 free: VecDeque::new(),
                 released: HashSet::default(),
