@@ -10,7 +10,7 @@
 //! batches of keys it still holds, and its queue closes once it holds none.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -105,6 +105,10 @@ pub(crate) struct ByKey<T, M> {
     count: usize,
     /// The keys placed, each with its lease (dead once its batches are finished).
     leases: HashMap<BatchKey, Weak<Lease>>,
+    /// Places a new key: seeded at random, so that which keys share a batch processor
+    /// cannot be worked out from outside (a fixed hash would let chosen keys crowd onto
+    /// another key's processor).
+    placement: RandomState,
     /// `leases.len()` after the last sweep of dead leases.
     swept: usize,
     idle: Arc<Notify>,
@@ -128,6 +132,7 @@ impl<T, M> ByKey<T, M> {
             slots: Vec::with_capacity(count),
             count: 0,
             leases: HashMap::new(),
+            placement: RandomState::new(),
             swept: 0,
             idle: Arc::new(Notify::new()),
             tasks: JoinSet::new(),
@@ -158,9 +163,7 @@ impl<T, M> ByKey<T, M> {
         if let Some(lease) = self.leases.get(key).and_then(Weak::upgrade) {
             return lease;
         }
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let index = (hasher.finish() % self.count as u64) as usize;
+        let index = (self.placement.hash_one(key) % self.count as u64) as usize;
         let holds = self.slots[index]
             .as_ref()
             .expect("the batch processors asked for are open")

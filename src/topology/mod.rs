@@ -51,11 +51,15 @@ pub(crate) use guard::guarded;
 
 use credits::Credits;
 
-/// The stages' maps keyed by order keys (already hashes) or batch keys: foldhash,
-/// seeded at random per map, hashes such short keys several times faster than the
-/// standard library's SipHash, which a batcher paid on every message whose key differs
-/// from the one before.
+/// The stages' maps keyed by order keys (already hashes) or batch keys: foldhash hashes
+/// such short keys several times faster than the standard library's SipHash, which a
+/// batcher paid on every message whose key differs from the one before. foldhash resists
+/// chosen colliding keys only minimally (its seeds are not the system's randomness);
+/// these maps hold only keys with messages in flight (at most `max_in_flight`), and the
+/// batcher scans its groups once a chunk anyway, so colliding keys would cost a chunk's
+/// lookups a scan each, not quadratic time.
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub(crate) use fault::Fault;
 pub(crate) use log_limit::LogLimit;
 
