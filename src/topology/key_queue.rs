@@ -9,6 +9,7 @@
 //!
 //! Bounded by the pipeline's credits: nothing is pushed that was not asked for.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -36,8 +37,11 @@ pub(crate) struct KeyQueue<T, M> {
 }
 
 struct State<T, M> {
-    /// Keys with messages waiting or held by a processor.
+    /// Keys with messages waiting or held by a processor, and idle ones (neither) kept
+    /// for their next messages.
     keys: FastMap<u64, Key<T, M>>,
+    /// Idle keys in `keys`: at most [`IDLE_KEYS`].
+    idle: usize,
     /// Messages waiting, of every key.
     waiting: usize,
     /// Keys with messages waiting that no processor holds, in the order they became free.
@@ -65,8 +69,27 @@ struct Key<T, M> {
 const SPARE: usize = 256;
 const SPARE_CAPACITY: usize = 64;
 
+/// Idle keys kept at most: the same keys come back with chunk after chunk, and removing
+/// each from the map and inserting it again cost more than a message does.
+const IDLE_KEYS: usize = 1024;
+
 impl<T, M> State<T, M> {
-    /// Forgets a key that is neither held nor waiting, keeping its queue for another.
+    /// A key no longer held, with no message waiting: kept idle while few are and its
+    /// queue is small, else forgotten.
+    fn let_go(&mut self, key: u64) {
+        let small = self
+            .keys
+            .get(&key)
+            .is_some_and(|entry| entry.waiting.capacity() <= SPARE_CAPACITY);
+        if small && self.idle < IDLE_KEYS {
+            self.idle += 1;
+        } else {
+            self.forget(key);
+        }
+    }
+
+    /// Forgets a key that is neither held nor waiting (and not counted idle), keeping its
+    /// queue for another.
     fn forget(&mut self, key: u64) {
         if let Some(Key { waiting, .. }) = self.keys.remove(&key) {
             if self.spare.len() < SPARE && waiting.capacity() <= SPARE_CAPACITY {
@@ -83,6 +106,7 @@ impl<T, M> KeyQueue<T, M> {
         let queue = Arc::new(KeyQueue {
             state: Mutex::new(State {
                 keys: FastMap::default(),
+                idle: 0,
                 waiting: 0,
                 free: VecDeque::new(),
                 released: HashSet::default(),
@@ -114,11 +138,19 @@ impl<T, M> KeyQueue<T, M> {
                 wake = true;
                 continue;
             }
-            let spare = &mut state.spare;
-            let entry = state.keys.entry(key).or_insert_with(|| Key {
-                waiting: spare.pop().unwrap_or_default(),
-                held: false,
-            });
+            let entry = match state.keys.entry(key) {
+                Entry::Occupied(entry) => {
+                    let entry = entry.into_mut();
+                    if entry.waiting.is_empty() && !entry.held {
+                        state.idle -= 1;
+                    }
+                    entry
+                }
+                Entry::Vacant(entry) => entry.insert(Key {
+                    waiting: state.spare.pop().unwrap_or_default(),
+                    held: false,
+                }),
+            };
             if entry.waiting.is_empty() && !entry.held {
                 state.free.push_back(key);
                 wake = true;
@@ -200,7 +232,7 @@ impl<T, M> KeyQueue<T, M> {
             };
             entry.held = false;
             if entry.waiting.is_empty() {
-                state.forget(key);
+                state.let_go(key);
             } else {
                 state.free.push_back(key);
                 wake = true;
@@ -220,6 +252,9 @@ impl<T, M> KeyQueue<T, M> {
         for key in keys {
             state.released.insert(key);
             if let Some(entry) = state.keys.get_mut(&key) {
+                if !entry.held && entry.waiting.is_empty() {
+                    state.idle -= 1;
+                }
                 state.waiting -= entry.waiting.len();
                 state.to_release.extend(entry.waiting.drain(..));
                 if !entry.held {
@@ -358,6 +393,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_keys_are_kept_up_to_a_bound_and_released_ones_forgotten() {
+        let (sender, queue) = KeyQueue::new(1);
+        let keys = IDLE_KEYS as u64 + 100;
+        sender.push((0..keys).map(|key| keyed(key, 0)).collect());
+        for _ in 0..keys {
+            let chunk = handle(queue.next(true).await);
+            queue.finish([chunk[0].0]);
+        }
+        {
+            let state = queue.lock();
+            assert_eq!(state.idle, IDLE_KEYS);
+            assert_eq!(state.keys.len(), IDLE_KEYS, "keys beyond the bound are forgotten");
+        }
+        // An idle key's next message is handed out as any other.
+        sender.push(vec![keyed(0, 1)]);
+        assert_eq!(handle(queue.next(true).await), vec![(0, 1)]);
+        queue.finish([0]);
+        // Releasing an idle key forgets it, and its later messages go back.
+        queue.release_keys([0]);
+        assert_eq!(queue.lock().idle, IDLE_KEYS - 1);
+        sender.push(vec![keyed(0, 2)]);
+        match queue.next(true).await {
+            Some(Work::Release(messages)) => assert_eq!(messages.len(), 1),
+            other => panic!("expected the released key's message back, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn once_abandoned_everything_goes_back_whichever_key_holds_it() {
         let (sender, queue) = KeyQueue::new(10);
         sender.push(vec![keyed(1, 0), keyed(1, 1)]);
@@ -475,6 +538,9 @@ mod tests {
                         && holding.iter().all(|keys| !keys.contains(key))
                 });
                 prop_assert!(!(free && waiting.iter().any(Option::is_some)), "a free key waits, every processor asleep");
+                let state = queue.lock();
+                let idle = state.keys.values().filter(|k| !k.held && k.waiting.is_empty()).count();
+                prop_assert_eq!(state.idle, idle, "idle keys miscounted");
             }
             // Waiting processors stop waiting (a wait is cancel safe).
             waiting.iter_mut().for_each(|w| *w = None);
