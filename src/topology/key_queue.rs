@@ -69,9 +69,12 @@ struct Key<T, M> {
 const SPARE: usize = 256;
 const SPARE_CAPACITY: usize = 64;
 
-/// Idle keys kept at most: the same keys come back with chunk after chunk, and removing
-/// each from the map and inserting it again cost more than a message does.
+/// Idle keys kept at most, and the largest queue capacity an idle key may keep (the
+/// memory of a few messages each, never of a burst): the same keys come back with chunk
+/// after chunk, and removing each from the map and inserting it again cost more than a
+/// message does.
 const IDLE_KEYS: usize = 1024;
+const IDLE_CAPACITY: usize = 16;
 
 impl<T, M> State<T, M> {
     /// A key no longer held, with no message waiting: kept idle while few are and its
@@ -80,7 +83,7 @@ impl<T, M> State<T, M> {
         let small = self
             .keys
             .get(&key)
-            .is_some_and(|entry| entry.waiting.capacity() <= SPARE_CAPACITY);
+            .is_some_and(|entry| entry.waiting.capacity() <= IDLE_CAPACITY);
         if small && self.idle < IDLE_KEYS {
             self.idle += 1;
         } else {
@@ -194,11 +197,13 @@ impl<T, M> KeyQueue<T, M> {
             return Some(Work::Release(std::mem::take(&mut state.to_release)));
         }
         if state.abandoned {
-            let all: Vec<_> = state
-                .keys
-                .values_mut()
-                .flat_map(|key| key.waiting.drain(..))
-                .collect();
+            // Every key not held is let go (none is idle any more), its messages with it.
+            let mut all = Vec::new();
+            state.keys.retain(|_, key| {
+                all.extend(key.waiting.drain(..));
+                key.held
+            });
+            state.idle = 0;
             state.waiting = 0;
             state.free.clear();
             return (!all.is_empty()).then_some(Work::Release(all));
@@ -412,12 +417,51 @@ mod tests {
         queue.finish([0]);
         // Releasing an idle key forgets it, and its later messages go back.
         queue.release_keys([0]);
-        assert_eq!(queue.lock().idle, IDLE_KEYS - 1);
+        {
+            let state = queue.lock();
+            assert_eq!(state.idle, IDLE_KEYS - 1);
+            assert!(!state.keys.contains_key(&0), "a released idle key is forgotten");
+        }
         sender.push(vec![keyed(0, 2)]);
         match queue.next(true).await {
             Some(Work::Release(messages)) => assert_eq!(messages.len(), 1),
             other => panic!("expected the released key's message back, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_queue_grew_is_not_kept_idle_and_none_is_after_the_deadline() {
+        let (sender, queue) = KeyQueue::new(1000);
+        sender.push((0..100).map(|n| keyed(7, n)).collect());
+        assert_eq!(handle(queue.next(true).await).len(), 100);
+        queue.finish([7]);
+        {
+            let state = queue.lock();
+            assert_eq!((state.idle, state.keys.len()), (0, 0), "a grown queue is let go");
+        }
+        // An idle key, a free one and a held one; then the deadline.
+        sender.push(vec![keyed(1, 0), keyed(2, 0)]);
+        assert_eq!(handle(queue.next(true).await), vec![(1, 0)]);
+        queue.finish([1]);
+        sender.push(vec![keyed(3, 0)]);
+        let held = handle(queue.next(true).await)[0].0;
+        queue.abandon();
+        match queue.next(false).await {
+            Some(Work::Release(messages)) => assert_eq!(messages.len(), 1),
+            other => panic!("expected the waiting message back, got {other:?}"),
+        }
+        {
+            let state = queue.lock();
+            assert_eq!(state.idle, 0);
+            assert_eq!(
+                state.keys.keys().copied().collect::<Vec<_>>(),
+                vec![held],
+                "only the held key stays"
+            );
+        }
+        // Releasing keys after the deadline keeps the count whole.
+        queue.release_keys([1, 2, 3]);
+        assert_eq!(queue.lock().idle, 0);
     }
 
     #[tokio::test]
