@@ -64,6 +64,13 @@ struct Key<T, M> {
     held: bool,
 }
 
+impl<T, M> Key<T, M> {
+    /// Neither held nor with a message waiting: idle if kept, free once a message comes.
+    fn is_idle(&self) -> bool {
+        !self.held && self.waiting.is_empty()
+    }
+}
+
 /// Spare queues kept at most, and the largest capacity one may keep: enough for the keys
 /// of a few chunks, never the memory of a burst.
 const SPARE: usize = 256;
@@ -144,7 +151,7 @@ impl<T, M> KeyQueue<T, M> {
             let entry = match state.keys.entry(key) {
                 Entry::Occupied(entry) => {
                     let entry = entry.into_mut();
-                    if entry.waiting.is_empty() && !entry.held {
+                    if entry.is_idle() {
                         state.idle -= 1;
                     }
                     entry
@@ -154,7 +161,7 @@ impl<T, M> KeyQueue<T, M> {
                     held: false,
                 }),
             };
-            if entry.waiting.is_empty() && !entry.held {
+            if entry.is_idle() {
                 state.free.push_back(key);
                 wake = true;
             }
@@ -257,7 +264,7 @@ impl<T, M> KeyQueue<T, M> {
         for key in keys {
             state.released.insert(key);
             if let Some(entry) = state.keys.get_mut(&key) {
-                if !entry.held && entry.waiting.is_empty() {
+                if entry.is_idle() {
                     state.idle -= 1;
                 }
                 state.waiting -= entry.waiting.len();
@@ -583,7 +590,7 @@ mod tests {
                 });
                 prop_assert!(!(free && waiting.iter().any(Option::is_some)), "a free key waits, every processor asleep");
                 let state = queue.lock();
-                let idle = state.keys.values().filter(|k| !k.held && k.waiting.is_empty()).count();
+                let idle = state.keys.values().filter(|k| k.is_idle()).count();
                 prop_assert_eq!(state.idle, idle, "idle keys miscounted");
             }
             // Waiting processors stop waiting (a wait is cancel safe).
