@@ -246,9 +246,9 @@ where
             .add_settled(successful.len(), finals.len(), redelivered.len());
         let metrics = &self.meter.metrics;
         let now = std::time::Instant::now();
-        observe(now, successful.iter(), &metrics.successful_duration);
-        observe(now, finals.into_iter(), &metrics.failed_duration);
-        observe(now, redelivered.into_iter(), &metrics.redelivered_duration);
+        observe(now, successful, &metrics.successful_duration);
+        observe(now, finals, &metrics.failed_duration);
+        observe(now, redelivered, &metrics.redelivered_duration);
     }
 
     /// Final failures with nowhere to go: acknowledged as failed, so the source moves past
@@ -275,9 +275,13 @@ where
 /// together (a chunk shares its receipt time) as one weighted observation.
 fn observe<'a, T: 'a, M: 'a>(
     now: std::time::Instant,
-    messages: impl Iterator<Item = &'a Message<T, M>>,
+    messages: impl IntoIterator<Item = &'a Message<T, M>, IntoIter: ExactSizeIterator>,
     histogram: &WeightedHistogram,
 ) {
+    let messages = messages.into_iter();
+    if messages.len() == 0 {
+        return;
+    }
     let mut tally = histogram.tally();
     let mut observe = |at: Option<std::time::Instant>, n| {
         // A message made outside a source has no receipt time: not observed.

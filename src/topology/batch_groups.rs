@@ -40,7 +40,7 @@ impl<T, M> BatchGroups<T, M> {
     /// key into that key's group, as many as fit below `size` (at least one), opening the
     /// group at `now()` with a deadline `timeout` later if it is new. Returns the group's
     /// position and its size, or `None` when `rest` is empty. A run moves in one
-    /// extension of the group's vector, not message by message.
+    /// extension of the group's vector, not message by message; the whole rest in one copy.
     pub(crate) fn push_run(
         &mut self,
         rest: &mut std::vec::IntoIter<Message<T, M>>,
@@ -70,13 +70,24 @@ impl<T, M> BatchGroups<T, M> {
         self.last = position;
         let group = &mut self.groups[position];
         let room = size.saturating_sub(group.messages.len()).max(1);
-        let run = rest
-            .as_slice()
-            .iter()
-            .take(room)
-            .take_while(|message| *message.batch_key() == group.key)
-            .count();
-        group.messages.extend(rest.by_ref().take(run));
+        let ahead = rest.as_slice().iter().take(room);
+        // Compared by the group's kind of key: no key (the common case) and integer keys
+        // without a full comparison of the enum each message.
+        let run = match &group.key {
+            BatchKey::None => ahead
+                .take_while(|message| matches!(message.batch_key(), BatchKey::None))
+                .count(),
+            BatchKey::Int(key) => ahead
+                .take_while(|message| matches!(message.batch_key(), BatchKey::Int(k) if k == key))
+                .count(),
+            key => ahead.take_while(|message| message.batch_key() == key).count(),
+        };
+        if run == rest.len() {
+            // The whole rest (most often a whole chunk of one key): moved in one copy.
+            group.messages.extend(std::mem::take(rest));
+        } else {
+            group.messages.extend(rest.by_ref().take(run));
+        }
         Some((position, group.messages.len()))
     }
 

@@ -181,14 +181,7 @@ impl<T, M> KeyQueue<T, M> {
             let ready = self.ready.notified();
             {
                 let mut state = self.lock();
-                if let Some(work) = self.take(&mut state, one_key) {
-                    if state.senders == 0 && state.waiting == 0 {
-                        // The last of it: every other processor waiting must see the end.
-                        self.ready.notify_waiters();
-                    } else if !state.free.is_empty() || !state.to_release.is_empty() {
-                        // Another processor may take what is left.
-                        self.ready.notify_one();
-                    }
+                if let Some(work) = self.take_ready(&mut state, one_key) {
                     return Some(work);
                 }
                 if state.senders == 0 && state.waiting == 0 {
@@ -197,6 +190,25 @@ impl<T, M> KeyQueue<T, M> {
             }
             ready.await;
         }
+    }
+
+    /// [`next`](KeyQueue::next)'s work if some is ready now, without waiting: `None`
+    /// says nothing of the end.
+    pub(crate) fn try_next(&self, one_key: bool) -> Option<Work<T, M>> {
+        self.take_ready(&mut self.lock(), one_key)
+    }
+
+    /// Takes work, and wakes the other processors that may go on from what it leaves.
+    fn take_ready(&self, state: &mut State<T, M>, one_key: bool) -> Option<Work<T, M>> {
+        let work = self.take(state, one_key)?;
+        if state.senders == 0 && state.waiting == 0 {
+            // The last of it: every other processor waiting must see the end.
+            self.ready.notify_waiters();
+        } else if !state.free.is_empty() || !state.to_release.is_empty() {
+            // Another processor may take what is left.
+            self.ready.notify_one();
+        }
+        Some(work)
     }
 
     fn take(&self, state: &mut State<T, M>, one_key: bool) -> Option<Work<T, M>> {
@@ -214,6 +226,10 @@ impl<T, M> KeyQueue<T, M> {
             state.waiting = 0;
             state.free.clear();
             return (!all.is_empty()).then_some(Work::Release(all));
+        }
+        if state.free.is_empty() {
+            // Every key with messages waiting is held: nothing to take.
+            return None;
         }
         let mut chunk = Vec::with_capacity(self.max_chunk.min(state.waiting));
         while chunk.len() < self.max_chunk {

@@ -69,6 +69,14 @@ impl<T, M> Input<T, M> {
         }
     }
 
+    /// The next work if some is ready now, without waiting: `None` says nothing of the end.
+    fn try_next(&self, one_key: bool) -> Option<Work<T, M>> {
+        match self {
+            Input::Shared(queue) => queue.try_recv().ok().map(Work::Handle),
+            Input::Keyed(queue) => queue.try_next(one_key),
+        }
+    }
+
     /// This processor is done with `keys`: other processors may take their messages.
     fn finish(&self, keys: impl IntoIterator<Item = u64>) {
         if let Input::Keyed(queue) = self {
@@ -178,6 +186,20 @@ fn keys_of<T, M>(messages: &[Message<T, M>]) -> Vec<u64> {
 /// redeliver them). Quicker passes keep one acknowledgement call per chunk.
 const SETTLE_EACH_AFTER: Duration = Duration::from_millis(50);
 
+/// What a processor's wait ended with.
+enum Woken<D, T, M> {
+    /// Work from the input; `None` once it is closed and empty.
+    Input(Option<Work<D, M>>),
+    /// A retry due: the message, and the later ones of its key held behind it.
+    Retry(Vec<Message<T, M>>),
+    /// The deadline passed.
+    Abandoned,
+    /// Nothing to do with: wait again.
+    Again,
+    /// The input closed and no retry pending.
+    Drained,
+}
+
 /// How a pass ended.
 enum Passed<T, M> {
     /// Every message was handled.
@@ -207,67 +229,95 @@ where
             if open && self.retire.is_requested() {
                 open = false;
             }
-            let waiting = self.metrics.demanding(self.max_demand);
-            // Retries first: they are older than anything still queued.
-            let passed = tokio::select! {
-                biased;
-                // At shutdown a retry is not waited for: released unacknowledged, so that
-                // the drain keeps its deadline and the broker redelivers it.
-                () = self.stop.cancelled(), if !retries.is_empty() => {
-                    let (released, keys) = retries.take_all();
-                    // The keys stay held: their later messages are released too, so that
-                    // none is finished ahead of the released one.
-                    self.input.release_keys(keys);
-                    holding.release(released.len());
-                    self.ctx.release(released).await;
+            let one_key = self.slow.load(Relaxed);
+            // Work that is ready, with no retry to come first, is taken without the waits
+            // below: their futures would be made and dropped on every pass.
+            let ready = match open && retries.is_empty() {
+                true => self.input.try_next(one_key),
+                false => None,
+            };
+            let woken = match ready {
+                Some(work) => Woken::Input(Some(work)),
+                None => self.wait(&mut retries, &mut holding, open, one_key).await,
+            };
+            let passed = match woken {
+                Woken::Input(Some(Work::Handle(chunk))) => {
+                    holding.add(chunk.len());
+                    let keys = keys_of(&chunk);
+                    let passed = match self.decode(chunk, &mut holding).await {
+                        None => Passed::Abandoned(Vec::new()),
+                        // Nothing decoded: no pass, and no timing taken from it.
+                        Some(chunk) if chunk.is_empty() => Passed::Done,
+                        Some(chunk) => self.pass(&mut retries, &mut holding, chunk).await,
+                    };
+                    self.input.finish(retries.done_with(keys));
+                    passed
+                }
+                Woken::Input(Some(Work::Release(messages))) => {
+                    self.ctx.release(messages).await;
                     continue;
                 }
-                Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
-                    retries.waiting.release(1);
-                    let message = expired.into_inner();
-                    // The key is free for its head; the messages behind it follow it.
-                    let key = message.order_key();
-                    let behind = key.and_then(|key| retries.held.remove(&key));
-                    retries.waiting.release(behind.as_ref().map_or(0, VecDeque::len));
-                    let mut messages = vec![message];
-                    messages.extend(behind.into_iter().flatten());
+                Woken::Input(None) => {
+                    open = false;
+                    continue;
+                }
+                Woken::Retry(messages) => {
+                    let key = messages[0].order_key();
                     let passed = self.pass(&mut retries, &mut holding, messages).await;
                     self.input.finish(retries.done_with(key.into_iter().collect()));
                     passed
                 }
-                work = self.input.next(self.slow.load(Relaxed)), if open => match work {
-                    Some(Work::Handle(chunk)) => {
-                        holding.add(chunk.len());
-                        let keys = keys_of(&chunk);
-                        let passed = match self.decode(chunk, &mut holding).await {
-                            None => Passed::Abandoned(Vec::new()),
-                            // Nothing decoded: no pass, and no timing taken from it.
-                            Some(chunk) if chunk.is_empty() => Passed::Done,
-                            Some(chunk) => self.pass(&mut retries, &mut holding, chunk).await,
-                        };
-                        self.input.finish(retries.done_with(keys));
-                        passed
-                    }
-                    Some(Work::Release(messages)) => {
-                        self.ctx.release(messages).await;
-                        continue;
-                    }
-                    None => {
-                        open = false;
-                        continue;
-                    }
-                },
-                // After the input, so that it costs nothing while work is ready: each pass
-                // checks for it first.
-                () = self.retire.requested(), if open => continue,
-                () = self.abandon.cancelled(), if open || !retries.is_empty() => Passed::Abandoned(Vec::new()),
-                // Input closed and no retry pending: drained.
-                else => break,
+                Woken::Abandoned => Passed::Abandoned(Vec::new()),
+                Woken::Again => continue,
+                Woken::Drained => break,
             };
-            drop(waiting);
             if let Passed::Abandoned(unfinished) = passed {
                 return self.hand_back(retries, holding, unfinished).await;
             }
+        }
+    }
+
+    /// Waits for what comes first, demanding input meanwhile: retries before anything
+    /// still queued (they are older), then the input, a notice to retire, the deadline.
+    async fn wait(
+        &self,
+        retries: &mut Retries<H::Item, H::Metadata>,
+        holding: &mut Held,
+        open: bool,
+        one_key: bool,
+    ) -> Woken<D, H::Item, H::Metadata> {
+        let _waiting = self.metrics.demanding(self.max_demand);
+        tokio::select! {
+            biased;
+            // At shutdown a retry is not waited for: released unacknowledged, so that
+            // the drain keeps its deadline and the broker redelivers it.
+            () = self.stop.cancelled(), if !retries.is_empty() => {
+                let (released, keys) = retries.take_all();
+                // The keys stay held: their later messages are released too, so that
+                // none is finished ahead of the released one.
+                self.input.release_keys(keys);
+                holding.release(released.len());
+                self.ctx.release(released).await;
+                Woken::Again
+            }
+            Some(expired) = retries.due.next(), if !retries.due.is_empty() => {
+                retries.waiting.release(1);
+                let message = expired.into_inner();
+                // The key is free for its head; the messages behind it follow it.
+                let key = message.order_key();
+                let behind = key.and_then(|key| retries.held.remove(&key));
+                retries.waiting.release(behind.as_ref().map_or(0, VecDeque::len));
+                let mut messages = vec![message];
+                messages.extend(behind.into_iter().flatten());
+                Woken::Retry(messages)
+            }
+            work = self.input.next(one_key), if open => Woken::Input(work),
+            // After the input, so that it costs nothing while work is ready: each pass
+            // checks for it first.
+            () = self.retire.requested(), if open => Woken::Again,
+            () = self.abandon.cancelled(), if open || !retries.is_empty() => Woken::Abandoned,
+            // Input closed and no retry pending: drained.
+            else => Woken::Drained,
         }
     }
 
@@ -306,9 +356,11 @@ where
         }
         // No decode step: the chunk is passed on as it is, not rebuilt message by message.
         if TypeId::of::<C>() == TypeId::of::<Identity>() {
-            let chunk: Box<dyn Any> = Box::new(chunk);
-            if let Ok(same) = chunk.downcast::<Vec<Message<H::Item, H::Metadata>>>() {
-                return Some(*same);
+            // Through a reference to an `Option`: nothing allocated to change the type.
+            let mut chunk = Some(chunk);
+            let chunk: &mut dyn Any = &mut chunk;
+            if let Some(same) = chunk.downcast_mut::<Option<Vec<Message<H::Item, H::Metadata>>>>() {
+                return same.take();
             }
             unreachable!("the identity decode step keeps the data's type");
         }
@@ -524,8 +576,11 @@ where
         // level): asked once a chunk.
         let logs = tracing::level_enabled!(tracing::Level::DEBUG);
         let spans = logs || self.ctx.traces();
-        for (message, index) in messages[from..].iter_mut().zip(from..) {
-            let waits = !retries.held.is_empty()
+        // Whether any key waits for a retry here: changes only when a message fails.
+        let mut any_held = !retries.held.is_empty();
+        for index in from..messages.len() {
+            let message = &mut messages[index];
+            let waits = any_held
                 && message
                     .order_key()
                     .is_some_and(|key| retries.held.contains_key(&key));
@@ -561,6 +616,7 @@ where
             }
             if message.is_failed() {
                 self.failed(message, index, retries, staying);
+                any_held = !retries.held.is_empty();
             }
             *reached = index + 1;
         }
