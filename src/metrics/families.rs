@@ -416,6 +416,9 @@ pub(crate) struct HandlingTimes<'a> {
     each: bool,
     started: Instant,
     since: Instant,
+    /// The clock's reading by [`HandlingTimes::elapsed`]: where the untimed calls ended
+    /// (what follows, settling them, is not theirs).
+    ended: Option<Instant>,
     untimed: u32,
     successful: u64,
     failed: u64,
@@ -431,6 +434,7 @@ impl<'a> HandlingTimes<'a> {
             each,
             started: now,
             since: now,
+            ended: None,
             untimed: 0,
             successful: 0,
             failed: 0,
@@ -453,9 +457,16 @@ impl<'a> HandlingTimes<'a> {
         self.failed += failed as u64;
     }
 
-    /// Time since the pass started.
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+    /// Time since the pass started; the untimed calls so far end here.
+    pub(crate) fn elapsed(&mut self) -> Duration {
+        let now = Instant::now();
+        self.ended = Some(now);
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Where the untimed calls ended: at the last [`HandlingTimes::elapsed`], else now.
+    fn end(&self) -> Instant {
+        self.ended.unwrap_or_else(Instant::now)
     }
 
     /// The next call starts now, not at the end of the last one: the stage did other
@@ -469,14 +480,14 @@ impl<'a> HandlingTimes<'a> {
     /// Publishes; returns whether the next pass should time each call: this one was
     /// slow enough for calls to fall beyond the first bucket.
     pub(crate) fn finish(self) -> bool {
-        self.started.elapsed() >= FIRST_DURATION_BUCKET
+        self.end().saturating_duration_since(self.started) >= FIRST_DURATION_BUCKET
     }
 }
 
 impl Drop for HandlingTimes<'_> {
     fn drop(&mut self) {
         if self.untimed > 0 {
-            let mean = self.since.elapsed() / self.untimed;
+            let mean = self.end().saturating_duration_since(self.since) / self.untimed;
             self.local.observe_n(mean.as_secs_f64(), u64::from(self.untimed));
         }
         self.local.flush();
@@ -578,6 +589,26 @@ mod tests {
         assert_eq!(count, 11);
         assert!(sum < FIRST_DURATION_BUCKET.as_secs_f64());
         assert_eq!((metrics.successful.get(), metrics.failed.get()), (10, 1));
+    }
+
+    #[test]
+    fn untimed_calls_end_where_the_pass_read_the_clock_not_when_settled() {
+        let metrics = StageMetrics::new("unit-settled", Stage::Processor, "");
+        let mut timing = HandlingTimes::new(&metrics, false);
+        for _ in 0..4 {
+            timing.handled(1, 0);
+        }
+        let handling = timing.elapsed();
+        // Settling the pass (acknowledging, waiting for a full batcher) is not handling.
+        let settle = Duration::from_millis(50);
+        std::thread::sleep(settle);
+        drop(timing);
+        let (count, sum) = metrics.duration.count_and_sum();
+        assert_eq!(count, 4);
+        assert!(
+            sum <= handling.as_secs_f64() + 1e-6,
+            "the calls took {handling:?} but were observed as {sum} s: the settling counted"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::message::Message;
 use crate::metrics::WeightedHistogram;
 use crate::source::Acknowledger;
 use crate::topology::guard::guarded;
-use crate::topology::Context;
+use crate::topology::{until_cancelled, Context};
 
 impl<H, A> Context<H, A>
 where
@@ -57,16 +57,13 @@ where
             hook.await;
             Ok(())
         });
-        tokio::select! {
-            biased;
-            hooked = hooked => {
-                if let Err(failure) = hooked {
-                    tracing::error!(%failure, messages, "a failure hook failed; going on to dead-letter");
-                }
-                true
-            }
-            () = self.abandon.cancelled() => false,
+        let Some(hooked) = until_cancelled(&self.abandon, hooked).await else {
+            return false;
+        };
+        if let Err(failure) = hooked {
+            tracing::error!(%failure, messages, "a failure hook failed; going on to dead-letter");
         }
+        true
     }
 
     /// The common end: the first `finals` of `failed` to the dead-letter destination (when
@@ -160,11 +157,12 @@ where
         };
         let (data, mut bare): (Vec<T>, Vec<Message<(), H::Metadata>>) =
             finals.into_iter().map(Message::take_data).unzip();
-        let written = tokio::select! {
-            biased;
-            () = write_until_done(&**destination, &mut bare, &self.meter.metrics.dead_letter_failures) => true,
-            () = self.abandon.cancelled() => false,
-        };
+        let writing = write_until_done(
+            &**destination,
+            &mut bare,
+            &self.meter.metrics.dead_letter_failures,
+        );
+        let written = until_cancelled(&self.abandon, writing).await.is_some();
         if written {
             bare.iter_mut().for_each(Message::set_dead_lettered);
             self.meter.add_dead_lettered(bare.len());

@@ -25,8 +25,8 @@ use crate::topology::batch_dispatch::Batch;
 use crate::topology::guard::guarded;
 use crate::topology::pool::Retire;
 use crate::topology::processor::drain_delayed;
-use crate::topology::Context;
 use crate::topology::FastMap;
+use crate::topology::{until_cancelled, Context};
 use crate::trace::within;
 
 pub(crate) struct BatchProcessor<H: Handler, A> {
@@ -218,10 +218,8 @@ where
         }
         // Waiting as configured, not stalled (see the stall watch).
         let limit_waiting = Held::new(&self.metrics.batch_processor.limit_waiting, batch.len());
-        let waited = tokio::select! {
-            biased;
-            waited = self.rate_limit.acquire(batch.len()) => waited,
-            () = abandon.cancelled() => return Err(batch),
+        let Some(waited) = until_cancelled(abandon, self.rate_limit.acquire(batch.len())).await else {
+            return Err(batch);
         };
         drop(limit_waiting);
         self.ctx
@@ -236,11 +234,7 @@ where
             guarded(self.ctx.handler.handle_batch(&mut batch, &info)),
         );
         let in_call = self.call.enter();
-        let handled = tokio::select! {
-            biased;
-            handled = call => Some(handled),
-            () = abandon.cancelled() => None,
-        };
+        let handled = until_cancelled(abandon, call).await;
         drop(in_call);
         self.ctx.end_batch_span(otel, handled.as_ref());
         let Some(handled) = handled else {

@@ -238,7 +238,18 @@ impl<T, M> KeyQueue<T, M> {
             };
             let entry = state.keys.get_mut(&key).expect("a free key has messages waiting");
             let n = entry.waiting.len().min(self.max_chunk - chunk.len());
-            chunk.extend(entry.waiting.drain(..n));
+            match n {
+                // One message (many keys, a message each) without a drain's setup.
+                1 => chunk.extend(entry.waiting.pop_front()),
+                // All of them in one copy, the key keeping its queue's room: a vector
+                // made of a deque, and a deque of a vector, reuse its allocation.
+                n if n == entry.waiting.len() => {
+                    let mut all = Vec::from(std::mem::take(&mut entry.waiting));
+                    chunk.append(&mut all);
+                    entry.waiting = VecDeque::from(all);
+                }
+                _ => chunk.extend(entry.waiting.drain(..n)),
+            }
             entry.held = true;
             state.waiting -= n;
             state.free.pop_front();

@@ -16,6 +16,7 @@ mod batch_dispatch;
 mod batch_groups;
 mod batch_processor;
 mod batcher;
+mod cancel;
 pub(crate) mod credits;
 pub(crate) mod fault;
 mod guard;
@@ -47,6 +48,7 @@ pub(crate) use processor::{BatcherRoute, Input, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 
 use crate::trace::Within;
+pub(crate) use cancel::until_cancelled;
 pub(crate) use guard::guarded;
 
 use credits::Credits;

@@ -25,7 +25,7 @@ use crate::topology::acknowledge::split_failed;
 use crate::topology::guard::{guarded, panic_message};
 use crate::topology::key_queue::{KeyQueue, Work};
 use crate::topology::pool::Retire;
-use crate::topology::Context;
+use crate::topology::{until_cancelled, Context};
 use crate::trace::{within, Within};
 
 /// Where a processor sends the messages routed to one batcher.
@@ -164,18 +164,26 @@ impl<T, M> Retries<T, M> {
         (all, keys)
     }
 
-    /// Of `keys`, those with no message waiting for a retry here: done with.
-    fn done_with(&self, mut keys: Vec<u64>) -> impl Iterator<Item = u64> + '_ {
-        keys.sort_unstable();
-        keys.dedup();
+    /// Of `keys`, those with no message waiting for a retry here: done with. (A key given
+    /// twice would do no harm: the queue finishes only keys held.)
+    fn done_with(&self, keys: Vec<u64>) -> impl Iterator<Item = u64> + '_ {
         keys.into_iter().filter(|key| !self.held.contains_key(key))
     }
 }
 
-/// The distinct order keys of `messages` (none without `partition_by`).
+/// The order keys of `messages`, one for each run of a key (none without
+/// `partition_by`): the key queue hands out each key's messages together, so a chunk's
+/// keys come once each.
 fn keys_of<T, M>(messages: &[Message<T, M>]) -> Vec<u64> {
-    let mut keys: Vec<u64> = messages.iter().filter_map(Message::order_key).collect();
-    keys.dedup();
+    if messages.first().and_then(Message::order_key).is_none() {
+        return Vec::new();
+    }
+    let mut keys = Vec::with_capacity(messages.len());
+    for key in messages.iter().filter_map(Message::order_key) {
+        if keys.last() != Some(&key) {
+            keys.push(key);
+        }
+    }
     keys
 }
 
@@ -370,11 +378,8 @@ where
         while let Some(message) = rest.next() {
             let (data, mut message) = message.take_data();
             // A decode step may wait (a schema registry): cut short at the deadline.
-            let result = tokio::select! {
-                biased;
-                result = AssertUnwindSafe(self.codec.decode(data, message.metadata())).catch_unwind() => Some(result),
-                () = self.abandon.cancelled() => None,
-            };
+            let decoding = AssertUnwindSafe(self.codec.decode(data, message.metadata())).catch_unwind();
+            let result = until_cancelled(&self.abandon, decoding).await;
             let error: BoxError = match result {
                 Some(Ok(Ok(item))) => {
                     decoded.push(message.with_data(item));
@@ -434,10 +439,9 @@ where
             }
         }
         let handler = &self.ctx.handler;
-        let prepared = tokio::select! {
-            biased;
-            prepared = guarded(handler.prepare_messages(&mut messages)) => prepared,
-            () = self.abandon.cancelled() => return Passed::Abandoned(messages),
+        let preparing = guarded(handler.prepare_messages(&mut messages));
+        let Some(prepared) = until_cancelled(&self.abandon, preparing).await else {
+            return Passed::Abandoned(messages);
         };
         if let Err(failure) = prepared {
             // A message failed already (a routing failure) keeps its own reason.
@@ -462,7 +466,11 @@ where
             // short at the deadline.
             let end = if each { next + 1 } else { messages.len() };
             let mut reached = next;
-            let started = timing.elapsed();
+            // The first part starts with the timing, made just before it.
+            let started = match first {
+                true => Duration::ZERO,
+                false => timing.elapsed(),
+            };
             // Checked before each later part too: a part settled before may have been
             // released at the deadline, and its key's later messages must not be finished
             // after it.
@@ -475,11 +483,7 @@ where
                     &mut timing,
                     &mut reached,
                 );
-                tokio::select! {
-                    biased;
-                    () = handled => false,
-                    () = self.abandon.cancelled() => true,
-                }
+                until_cancelled(&self.abandon, handled).await.is_none()
             };
             handling += timing.elapsed().saturating_sub(started);
             first = false;

@@ -14,7 +14,7 @@ use crate::metrics::Held;
 use crate::source::Source;
 use crate::topology::guard::panic_message;
 use crate::topology::key_queue::KeySender;
-use crate::topology::Meter;
+use crate::topology::{until_cancelled, Meter};
 
 pub(crate) use crate::source::PartitionBy;
 
@@ -82,10 +82,9 @@ impl<S: Source> Producer<S> {
                     () = paused.resumed() => {}
                 }
             }
-            let mut demand = tokio::select! {
-                biased;
-                demand = credits.take(self.min_fetch, self.max_fetch) => demand,
-                () = self.stop.cancelled() => return,
+            let taking = credits.take(self.min_fetch, self.max_fetch);
+            let Some(mut demand) = until_cancelled(&self.stop, taking).await else {
+                return;
             };
             // Stopped or paused while it waited for credits: they go back.
             if self.stop.is_cancelled() || paused.is_paused() {
