@@ -49,23 +49,24 @@ impl<T, M> BatchGroups<T, M> {
         timeout: Duration,
     ) -> Option<(usize, usize)> {
         let key = rest.as_slice().first()?.batch_key();
-        let position = match self.groups.get(self.last) {
-            Some(group) if group.key == *key => self.last,
-            _ => match self.index.get(key) {
-                Some(&position) => position,
-                None => {
-                    let key = key.clone();
-                    self.index.insert(key.clone(), self.groups.len());
-                    let opened = now();
-                    self.groups.push(Group {
-                        key,
-                        messages: Vec::with_capacity(self.capacity),
-                        opened,
-                        deadline: opened + timeout,
-                    });
-                    self.groups.len() - 1
-                }
-            },
+        let found = match self.groups.get(self.last) {
+            Some(group) if group.key == *key => Some(self.last),
+            _ => self.index.get(key).copied(),
+        };
+        let position = match found {
+            Some(position) => position,
+            None => {
+                let key = key.clone();
+                self.index.insert(key.clone(), self.groups.len());
+                let opened = now();
+                self.groups.push(Group {
+                    key,
+                    messages: Vec::with_capacity(self.capacity),
+                    opened,
+                    deadline: opened + timeout,
+                });
+                self.groups.len() - 1
+            }
         };
         self.last = position;
         let group = &mut self.groups[position];
@@ -85,6 +86,9 @@ impl<T, M> BatchGroups<T, M> {
         if run == rest.len() {
             // The whole rest (most often a whole chunk of one key): moved in one copy.
             group.messages.extend(std::mem::take(rest));
+        } else if run == 1 {
+            // Keys that change at every message: without an iterator's setup.
+            group.messages.extend(rest.next());
         } else {
             group.messages.extend(rest.by_ref().take(run));
         }
