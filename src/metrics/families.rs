@@ -414,27 +414,28 @@ pub(crate) struct HandlingTimes<'a> {
     metrics: &'a StageMetrics,
     local: Tally<'a>,
     each: bool,
-    started: Instant,
+    /// When the current part of the pass started (`None`: paused, between parts).
+    part: Option<Instant>,
+    /// The time of the parts so far: handling, not what the stage did between them
+    /// (settling what was handled).
+    handling: Duration,
     since: Instant,
-    /// The clock's reading by [`HandlingTimes::elapsed`]: where the untimed calls ended
-    /// (what follows, settling them, is not theirs).
-    ended: Option<Instant>,
     untimed: u32,
     successful: u64,
     failed: u64,
 }
 
 impl<'a> HandlingTimes<'a> {
-    /// `each`: read the clock around every call.
+    /// `each`: read the clock around every call. The pass's first part starts now.
     pub(crate) fn new(metrics: &'a StageMetrics, each: bool) -> Self {
         let now = Instant::now();
         HandlingTimes {
             metrics,
             local: metrics.duration.tally(),
             each,
-            started: now,
+            part: Some(now),
+            handling: Duration::ZERO,
             since: now,
-            ended: None,
             untimed: 0,
             successful: 0,
             failed: 0,
@@ -442,7 +443,7 @@ impl<'a> HandlingTimes<'a> {
     }
 
     /// A handler call just ended with these outcomes; it started at the end of the last
-    /// one (or when this was made).
+    /// one (or when the part started).
     #[inline]
     pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
         if self.each {
@@ -457,37 +458,33 @@ impl<'a> HandlingTimes<'a> {
         self.failed += failed as u64;
     }
 
-    /// Time since the pass started; the untimed calls so far end here.
-    pub(crate) fn elapsed(&mut self) -> Duration {
-        let now = Instant::now();
-        self.ended = Some(now);
-        now.saturating_duration_since(self.started)
-    }
-
-    /// Where the untimed calls ended: at the last [`HandlingTimes::elapsed`], else now.
-    fn end(&self) -> Instant {
-        self.ended.unwrap_or_else(Instant::now)
-    }
-
-    /// The next call starts now, not at the end of the last one: the stage did other
-    /// work in between (acknowledging what was done so far).
-    pub(crate) fn resume(&mut self) {
-        if self.each {
-            self.since = Instant::now();
+    /// The part's calls are done: what the stage does next (settling them) is not
+    /// handling. Returns the handling time of the pass so far.
+    pub(crate) fn pause(&mut self) -> Duration {
+        if let Some(part) = self.part.take() {
+            self.handling += part.elapsed();
         }
+        self.handling
+    }
+
+    /// The next part starts now, not at the end of the last one.
+    pub(crate) fn resume(&mut self) {
+        let now = Instant::now();
+        self.part = Some(now);
+        self.since = now;
     }
 
     /// Publishes; returns whether the next pass should time each call: this one was
     /// slow enough for calls to fall beyond the first bucket.
-    pub(crate) fn finish(self) -> bool {
-        self.end().saturating_duration_since(self.started) >= FIRST_DURATION_BUCKET
+    pub(crate) fn finish(mut self) -> bool {
+        self.pause() >= FIRST_DURATION_BUCKET
     }
 }
 
 impl Drop for HandlingTimes<'_> {
     fn drop(&mut self) {
         if self.untimed > 0 {
-            let mean = self.end().saturating_duration_since(self.since) / self.untimed;
+            let mean = self.pause() / self.untimed;
             self.local.observe_n(mean.as_secs_f64(), u64::from(self.untimed));
         }
         self.local.flush();
@@ -598,13 +595,18 @@ mod tests {
         for _ in 0..4 {
             timing.handled(1, 0);
         }
-        let handling = timing.elapsed();
-        // Settling the pass (acknowledging, waiting for a full batcher) is not handling.
+        let first = timing.pause();
+        // Settling a part (acknowledging, waiting for a full batcher) is not handling.
         let settle = Duration::from_millis(50);
+        std::thread::sleep(settle);
+        timing.resume();
+        timing.handled(1, 0);
+        let handling = timing.pause();
+        assert!(handling >= first);
         std::thread::sleep(settle);
         drop(timing);
         let (count, sum) = metrics.duration.count_and_sum();
-        assert_eq!(count, 4);
+        assert_eq!(count, 5);
         assert!(
             sum <= handling.as_secs_f64() + 1e-6,
             "the calls took {handling:?} but were observed as {sum} s: the settling counted"

@@ -191,16 +191,24 @@ mod tests {
 
     proptest::proptest! {
         /// Runs of a key move into its group whole, up to the batch size: the batches and
-        /// what stays open are those of adding each message alone, in order.
+        /// what stays open are those of adding each message alone, in order. Keys of every
+        /// kind: none, integers, and strings borrowed or owned (the same key either way).
         #[test]
         fn runs_batch_as_single_messages_do(
-            chunks in proptest::collection::vec(proptest::collection::vec(0u64..3, 0..20), 0..12),
+            chunks in proptest::collection::vec(proptest::collection::vec(0u64..6, 0..20), 0..12),
             size in 1usize..6,
         ) {
+            let key_of = |k: u64| match k {
+                0 => BatchKey::None,
+                1 | 2 => BatchKey::Int(k),
+                3 => BatchKey::from("three"),
+                4 => BatchKey::from(String::from("three")),
+                _ => BatchKey::from(String::from("five")),
+            };
             let now = Instant::now();
             let mut groups = BatchGroups::new(4);
             let mut batches: Vec<(BatchKey, Vec<u64>)> = Vec::new();
-            let mut model: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+            let mut model: std::collections::HashMap<BatchKey, Vec<u64>> = Default::default();
             let mut expected: Vec<(BatchKey, Vec<u64>)> = Vec::new();
             let mut n = 0;
             for chunk in chunks {
@@ -209,15 +217,15 @@ mod tests {
                     .map(|&key| {
                         n += 1;
                         let mut message = Message::new(n);
-                        message.put_batch_key(key);
+                        message.put_batch_key(key_of(key));
                         message
                     })
                     .collect();
                 for (i, &key) in chunk.iter().enumerate() {
-                    let open = model.entry(key).or_default();
+                    let open = model.entry(key_of(key)).or_default();
                     open.push(*messages[i].data());
                     if open.len() == size {
-                        expected.push((BatchKey::Int(key), std::mem::take(open)));
+                        expected.push((key_of(key), std::mem::take(open)));
                     }
                 }
                 let mut rest = messages.into_iter();
@@ -239,7 +247,6 @@ mod tests {
             let mut left: Vec<(BatchKey, Vec<u64>)> = model
                 .into_iter()
                 .filter(|(_, open)| !open.is_empty())
-                .map(|(key, open)| (BatchKey::Int(key), open))
                 .collect();
             left.sort_by_key(|(key, _)| format!("{key:?}"));
             proptest::prop_assert_eq!(open, left);

@@ -4,22 +4,27 @@
 use std::future::Future;
 use std::task::Poll;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Runs `work` to its end, or until `token` is cancelled first: `None` then. Like a
-/// biased `select!` of the two, the work is polled first; unlike one, while the work is
-/// ready at its first poll no wait on the token is made and dropped (a stage pays that
-/// on every chunk otherwise).
+/// biased `select!` of the two, the work is polled first each time; unlike one, the wait
+/// on the token is made only once the work is pending: work ready at once (a stage's
+/// every chunk, often) makes and drops none.
 pub(crate) async fn until_cancelled<F: Future>(token: &CancellationToken, work: F) -> Option<F::Output> {
     let mut work = std::pin::pin!(work);
-    if let Poll::Ready(out) = futures_util::poll!(work.as_mut()) {
-        return Some(out);
-    }
-    tokio::select! {
-        biased;
-        out = work => Some(out),
-        () = token.cancelled() => None,
-    }
+    // Made at the work's first `Pending`, and polled after it each time.
+    let mut cancelled = std::pin::pin!(None::<WaitForCancellationFuture<'_>>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if cancelled.is_none() {
+            cancelled.set(Some(token.cancelled()));
+        }
+        let cancelled = cancelled.as_mut().as_pin_mut().expect("made above");
+        cancelled.poll(cx).map(|()| None)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -241,8 +241,9 @@ impl<T, M> KeyQueue<T, M> {
             match n {
                 // One message (many keys, a message each) without a drain's setup.
                 1 => chunk.extend(entry.waiting.pop_front()),
-                // All of them in one copy, the key keeping its queue's room: a vector
-                // made of a deque, and a deque of a vector, reuse its allocation.
+                // All of them in bulk, the key keeping its queue's room: a vector made
+                // of a deque (moving them to its front, unless they are there already),
+                // and a deque of a vector, reuse its allocation.
                 n if n == entry.waiting.len() => {
                     let mut all = Vec::from(std::mem::take(&mut entry.waiting));
                     chunk.append(&mut all);
@@ -525,6 +526,8 @@ mod tests {
         Push(Vec<u64>),
         /// An idle processor asks for work (of one key only, or not).
         Take(usize, bool),
+        /// An idle processor takes work if some is ready, without waiting.
+        TryTake(usize, bool),
         /// A processor is done with the keys it holds.
         Finish(usize),
     }
@@ -533,6 +536,7 @@ mod tests {
         prop_oneof![
             proptest::collection::vec(0..6u64, 1..8).prop_map(Op::Push),
             (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::Take(p, one)),
+            (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::TryTake(p, one)),
             (0..3usize).prop_map(Op::Finish),
         ]
     }
@@ -578,8 +582,19 @@ mod tests {
                         let flag = Arc::new(Woken(AtomicBool::new(true)));
                         waiting[p] = Some((Box::pin(queue.next(one_key)), flag, one_key));
                     }
+                    Op::TryTake(p, one_key) if holding[p].is_empty() && waiting[p].is_none() => {
+                        match queue.try_next(one_key) {
+                            Some(Work::Handle(chunk)) => {
+                                let first = chunk[0].data().0;
+                                assert!(!one_key || chunk.iter().all(|m| m.data().0 == first));
+                                check(chunk, p, &mut holding, &mut taken);
+                            }
+                            Some(other) => panic!("unexpected {other:?}"),
+                            None => {}
+                        }
+                    }
                     Op::Finish(p) => queue.finish(std::mem::take(&mut holding[p])),
-                    Op::Take(..) => {}
+                    Op::Take(..) | Op::TryTake(..) => {}
                 }
                 // Each woken processor polls its wait again, until none is woken.
                 loop {

@@ -294,12 +294,15 @@ where
         open: bool,
         one_key: bool,
     ) -> Woken<D, H::Item, H::Metadata> {
-        let _waiting = self.metrics.demanding(self.max_demand);
+        // Only an open input is asked for more: a closed or retiring one waits for its
+        // retries alone.
+        let waiting = open.then(|| self.metrics.demanding(self.max_demand));
         tokio::select! {
             biased;
             // At shutdown a retry is not waited for: released unacknowledged, so that
             // the drain keeps its deadline and the broker redelivers it.
             () = self.stop.cancelled(), if !retries.is_empty() => {
+                drop(waiting);
                 let (released, keys) = retries.take_all();
                 // The keys stay held: their later messages are released too, so that
                 // none is finished ahead of the released one.
@@ -457,20 +460,12 @@ where
         // copies nothing.
         let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
         let mut next = 0;
-        // Time in handler calls only: waiting to settle (a full batcher, say) is no
-        // reason to settle each message.
-        let mut handling = Duration::ZERO;
         let mut first = true;
         let passed = loop {
             // One message at a time when settling each, else the rest of the chunk; cut
             // short at the deadline.
             let end = if each { next + 1 } else { messages.len() };
             let mut reached = next;
-            // The first part starts with the timing, made just before it.
-            let started = match first {
-                true => Duration::ZERO,
-                false => timing.elapsed(),
-            };
             // Checked before each later part too: a part settled before may have been
             // released at the deadline, and its key's later messages must not be finished
             // after it.
@@ -485,7 +480,7 @@ where
                 );
                 until_cancelled(&self.abandon, handled).await.is_none()
             };
-            handling += timing.elapsed().saturating_sub(started);
+            timing.pause();
             first = false;
             next = reached;
             let unfinished = if abandoned {
@@ -513,8 +508,10 @@ where
             next = 0;
             timing.resume();
         };
-        // Both from the handler calls' time alone: settling (acknowledging) is no reason
-        // to read the clock around every call.
+        // Both from the handler calls' time alone: settling (acknowledging, waiting for a
+        // full batcher) is no reason to read the clock around every call, or to settle
+        // each message.
+        let handling = timing.pause();
         drop(timing);
         self.time_each.store(handling >= TIME_EACH_AFTER, Relaxed);
         let slow = handling >= SETTLE_EACH_AFTER;
