@@ -408,7 +408,9 @@ impl StageMetrics {
 /// less than the first bucket's bound, so did every call in it, and giving each the mean
 /// puts the same counts in the same buckets, with the same sum. A slower pass is
 /// approximated that way once, and [`HandlingTimes::finish`] says to time each call of
-/// the next one.
+/// the next one. Timed, a call is one clock reading and one comparison: only a call past
+/// the first bucket is measured alone; those within it share their total, which the
+/// readings give, calls following each other.
 #[derive(Debug)]
 pub(crate) struct HandlingTimes<'a> {
     metrics: &'a StageMetrics,
@@ -419,7 +421,15 @@ pub(crate) struct HandlingTimes<'a> {
     /// The time of the parts so far: handling, not what the stage did between them
     /// (settling what was handled).
     handling: Duration,
+    /// Timed: when the last call ended (or the part started), and the end a call within
+    /// the first bucket has at the latest.
     since: Instant,
+    quick_until: Instant,
+    /// Timed calls within the first bucket; the time of all timed calls, and of those
+    /// past the first bucket (measured alone).
+    quick: u32,
+    timed: Duration,
+    slow: Duration,
     untimed: u32,
     successful: u64,
     failed: u64,
@@ -436,6 +446,10 @@ impl<'a> HandlingTimes<'a> {
             part: Some(now),
             handling: Duration::ZERO,
             since: now,
+            quick_until: now + FIRST_DURATION_BUCKET,
+            quick: 0,
+            timed: Duration::ZERO,
+            slow: Duration::ZERO,
             untimed: 0,
             successful: 0,
             failed: 0,
@@ -448,9 +462,15 @@ impl<'a> HandlingTimes<'a> {
     pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
         if self.each {
             let now = Instant::now();
-            self.local
-                .observe_n(now.duration_since(self.since).as_secs_f64(), 1);
+            if now <= self.quick_until {
+                self.quick += 1;
+            } else {
+                let took = now.duration_since(self.since);
+                self.slow += took;
+                self.local.observe_n(took.as_secs_f64(), 1);
+            }
             self.since = now;
+            self.quick_until = now + FIRST_DURATION_BUCKET;
         } else {
             self.untimed += 1;
         }
@@ -463,6 +483,10 @@ impl<'a> HandlingTimes<'a> {
     pub(crate) fn pause(&mut self) -> Duration {
         if let Some(part) = self.part.take() {
             self.handling += part.elapsed();
+            if self.each {
+                // The part's timed calls followed each other from its start.
+                self.timed += self.since.saturating_duration_since(part);
+            }
         }
         self.handling
     }
@@ -472,6 +496,7 @@ impl<'a> HandlingTimes<'a> {
         let now = Instant::now();
         self.part = Some(now);
         self.since = now;
+        self.quick_until = now + FIRST_DURATION_BUCKET;
     }
 
     /// Publishes; returns whether the next pass should time each call: this one was
@@ -483,8 +508,14 @@ impl<'a> HandlingTimes<'a> {
 
 impl Drop for HandlingTimes<'_> {
     fn drop(&mut self) {
+        let handling = self.pause();
+        if self.quick > 0 {
+            // Each within the first bucket: their mean is too.
+            let mean = self.timed.saturating_sub(self.slow) / self.quick;
+            self.local.observe_n(mean.as_secs_f64(), u64::from(self.quick));
+        }
         if self.untimed > 0 {
-            let mean = self.pause() / self.untimed;
+            let mean = handling / self.untimed;
             self.local.observe_n(mean.as_secs_f64(), u64::from(self.untimed));
         }
         self.local.flush();
@@ -611,6 +642,29 @@ mod tests {
             sum <= handling.as_secs_f64() + 1e-6,
             "the calls took {handling:?} but were observed as {sum} s: the settling counted"
         );
+    }
+
+    #[test]
+    fn timed_calls_within_the_first_bucket_share_their_time_and_a_slow_one_has_its_own() {
+        let metrics = StageMetrics::new("unit-timed", Stage::Processor, "");
+        let mut timing = HandlingTimes::new(&metrics, true);
+        for _ in 0..3 {
+            timing.handled(1, 0);
+        }
+        std::thread::sleep(FIRST_DURATION_BUCKET * 3);
+        timing.handled(1, 0);
+        let handling = timing.pause();
+        drop(timing);
+        let (count, sum) = metrics.duration.count_and_sum();
+        assert_eq!(count, 4);
+        assert!(sum >= 3.0 * FIRST_DURATION_BUCKET.as_secs_f64());
+        assert!(
+            sum <= handling.as_secs_f64() + 1e-6,
+            "{sum} s observed of {handling:?}"
+        );
+        let buckets = metrics.duration.buckets();
+        assert_eq!(buckets[0], 3, "the quick calls in the first bucket: {buckets:?}");
+        assert_eq!(buckets.iter().sum::<u64>(), 4);
     }
 
     #[test]

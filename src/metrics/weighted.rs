@@ -102,6 +102,13 @@ impl WeightedHistogram {
         let counts = lock(&self.0.counts);
         (counts.count, counts.sum)
     }
+
+    /// The observations so far in each bucket (the last past every bound).
+    #[cfg(test)]
+    pub(crate) fn buckets(&self) -> Vec<u64> {
+        let counts = lock(&self.0.counts);
+        counts.buckets[..=self.0.bounds.len()].to_vec()
+    }
 }
 
 /// Observations not yet added to their series.
