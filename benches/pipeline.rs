@@ -75,13 +75,16 @@ enum Impl {
     Chunked,
 }
 
-/// What one case measured, in its own process.
+/// What one case measured, in its own process; over rounds, the medians (and for
+/// longshore its median ratios to the baselines).
 #[derive(Debug, Default)]
 struct Measured {
     msgs_per_s: f64,
     p50_us: f64,
     p99_us: f64,
     peak_rss_mb: f64,
+    vs_naive: f64,
+    vs_chunked: f64,
 }
 
 fn main() {
@@ -118,15 +121,17 @@ fn main() {
     if bench {
         callgrind::require();
     }
+    let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if bench { 5 } else { 1 });
     // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
     for name in ["batcher", "no-batcher", "keyed", "routed"] {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
-        let ours = in_child(name, "longshore", messages);
-        let naive = in_child(name, "naive", messages);
-        let chunked = in_child(name, "chunked", messages);
+        let (ours, naive, chunked, range) = in_rounds(name, messages, rounds);
         // Counted under `cargo bench` only: callgrind takes a while.
         let instructions = match bench {
             true => format!(
@@ -138,14 +143,14 @@ fn main() {
         };
         println!(
             "BENCH case={name} msgs_per_s={:.0} naive_msgs_per_s={:.0} chunked_msgs_per_s={:.0} \
-             vs_naive={:.2} vs_chunked={:.2} peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} \
+             vs_naive={:.2} vs_chunked={:.2} ratio_range={range} peak_rss_mb={:.1} p50_us={:.0} p99_us={:.0} \
              naive_p50_us={:.0} naive_p99_us={:.0} chunked_p50_us={:.0} chunked_p99_us={:.0} \
-             naive_peak_rss_mb={:.1} chunked_peak_rss_mb={:.1} messages={messages}{instructions}",
+             naive_peak_rss_mb={:.1} chunked_peak_rss_mb={:.1} messages={messages} rounds={rounds}{instructions}",
             ours.msgs_per_s,
             naive.msgs_per_s,
             chunked.msgs_per_s,
-            ours.msgs_per_s / naive.msgs_per_s,
-            ours.msgs_per_s / chunked.msgs_per_s,
+            ours.vs_naive,
+            ours.vs_chunked,
             ours.peak_rss_mb,
             ours.p50_us,
             ours.p99_us,
@@ -170,6 +175,45 @@ fn instructions_per_message(shape: &str, imp: &str) -> f64 {
     callgrind::instructions(&format!("{shape}-{imp}"), &["--case", shape, imp], &env) / COUNTED as f64
 }
 
+/// Runs one case's three sides, each in a child process, in `rounds` rounds whose
+/// order rotates: the median of each figure over the rounds (the ratios are taken within
+/// each round, then their median), and the lowest and highest round's ratio to the
+/// chunked pipeline.
+fn in_rounds(shape: &str, messages: u64, rounds: usize) -> (Measured, Measured, Measured, String) {
+    let sides = ["longshore", "naive", "chunked"];
+    let mut runs: [Vec<Measured>; 3] = Default::default();
+    for round in 0..rounds {
+        for turn in 0..sides.len() {
+            let side = (turn + round) % sides.len();
+            runs[side].push(in_child(shape, sides[side], messages));
+        }
+    }
+    let ratios = |to: usize| -> Vec<f64> {
+        runs[0]
+            .iter()
+            .zip(&runs[to])
+            .map(|(ours, theirs)| ours.msgs_per_s / theirs.msgs_per_s)
+            .collect()
+    };
+    let vs_chunked = ratios(2);
+    let lowest = vs_chunked.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = vs_chunked.iter().copied().fold(0.0, f64::max);
+    let vs_naive = support::median(ratios(1));
+    let [ours, naive, chunked] = runs.map(|runs| Measured {
+        msgs_per_s: support::median(runs.iter().map(|m| m.msgs_per_s).collect()),
+        p50_us: support::median(runs.iter().map(|m| m.p50_us).collect()),
+        p99_us: support::median(runs.iter().map(|m| m.p99_us).collect()),
+        peak_rss_mb: runs.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
+        ..Measured::default()
+    });
+    let ours = Measured {
+        vs_naive,
+        vs_chunked: support::median(vs_chunked),
+        ..ours
+    };
+    (ours, naive, chunked, format!("{lowest:.2}-{highest:.2}"))
+}
+
 /// Runs one case in a child process.
 fn in_child(shape: &str, imp: &str, messages: u64) -> Measured {
     let env = [("LONGSHORE_BENCH_MESSAGES", messages.to_string())];
@@ -179,6 +223,7 @@ fn in_child(shape: &str, imp: &str, messages: u64) -> Measured {
         p50_us: v[1],
         p99_us: v[2],
         peak_rss_mb: v[3],
+        ..Measured::default()
     }
 }
 
@@ -202,6 +247,7 @@ fn run_case(shape: Shape, imp: Impl, messages: u64) -> Measured {
         p50_us: samples.percentile(0.50),
         p99_us: samples.percentile(0.99),
         peak_rss_mb: support::peak_rss_mb(),
+        ..Measured::default()
     }
 }
 

@@ -60,7 +60,15 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
     produce(&server, "restart", produced).await;
     let case = Case::new("rabbitmq", "restart");
     let url = server.url();
-    let mut running = consumer(&url, "restart", &case.output, &[("LONGSHORE_CHAOS_SINK_MS", "1")]);
+    // A sink of 10 ms a batch of 50 (about 5,000 messages a second): the server is
+    // killed mid-run, the consumer holding messages. At 1 ms the rest of the queue could
+    // be done before `rabbitmqctl` had counted it (a CI run saw none unacknowledged).
+    let mut running = consumer(
+        &url,
+        "restart",
+        &case.output,
+        &[("LONGSHORE_CHAOS_SINK_MS", "10")],
+    );
     let (handled_before, held_after) = tokio::task::block_in_place(|| {
         wait_for(Duration::from_secs(120), "consumer progress", || {
             lines(&case.output) >= produced / 3
