@@ -75,8 +75,8 @@ enum Impl {
     Chunked,
 }
 
-/// What one case measured, in its own process; over rounds, the medians (and for
-/// longshore its median ratios to the baselines).
+/// What one case measured, in its own process; over rounds, the medians and the highest
+/// peak RSS (and for longshore its median ratios to the baselines).
 #[derive(Debug, Default)]
 struct Measured {
     msgs_per_s: f64,
@@ -124,7 +124,8 @@ fn main() {
     let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(if bench { 5 } else { 1 });
+        .unwrap_or(if bench { 5 } else { 1 })
+        .max(1);
     // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
     for name in ["batcher", "no-batcher", "keyed", "routed"] {
@@ -176,9 +177,9 @@ fn instructions_per_message(shape: &str, imp: &str) -> f64 {
 }
 
 /// Runs one case's three sides, each in a child process, in `rounds` rounds whose
-/// order rotates: the median of each figure over the rounds (the ratios are taken within
-/// each round, then their median), and the lowest and highest round's ratio to the
-/// chunked pipeline.
+/// order rotates: the median of each rate and latency over the rounds (the ratios are
+/// taken within each round, then their median), the highest peak RSS, and the lowest
+/// and highest round's ratio to the chunked pipeline.
 fn in_rounds(shape: &str, messages: u64, rounds: usize) -> (Measured, Measured, Measured, String) {
     let sides = ["longshore", "naive", "chunked"];
     let mut runs: [Vec<Measured>; 3] = Default::default();

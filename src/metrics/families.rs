@@ -460,6 +460,7 @@ impl<'a> HandlingTimes<'a> {
     /// one (or when the part started).
     #[inline]
     pub(crate) fn handled(&mut self, successful: usize, failed: usize) {
+        debug_assert!(self.part.is_some(), "a call handled between parts");
         if self.each {
             let now = Instant::now();
             if now <= self.quick_until {
@@ -493,6 +494,7 @@ impl<'a> HandlingTimes<'a> {
 
     /// The next part starts now, not at the end of the last one.
     pub(crate) fn resume(&mut self) {
+        debug_assert!(self.part.is_none(), "resumed without a pause");
         let now = Instant::now();
         self.part = Some(now);
         self.since = now;
@@ -665,6 +667,32 @@ mod tests {
         let buckets = metrics.duration.buckets();
         assert_eq!(buckets[0], 3, "the quick calls in the first bucket: {buckets:?}");
         assert_eq!(buckets.iter().sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn timed_parts_settled_between_keep_their_calls_in_the_first_bucket() {
+        let metrics = StageMetrics::new("unit-timed-parts", Stage::Processor, "");
+        let mut timing = HandlingTimes::new(&metrics, true);
+        timing.handled(1, 0);
+        timing.pause();
+        // Settling the first part, longer than the first bucket.
+        std::thread::sleep(FIRST_DURATION_BUCKET * 10);
+        timing.resume();
+        timing.handled(1, 0);
+        timing.handled(1, 0);
+        let handling = timing.pause();
+        drop(timing);
+        let (count, sum) = metrics.duration.count_and_sum();
+        assert_eq!(count, 3);
+        assert!(
+            sum <= handling.as_secs_f64() + 1e-6,
+            "{sum} s observed of {handling:?}"
+        );
+        assert_eq!(
+            metrics.duration.buckets()[0],
+            3,
+            "the settling counted as a call's time"
+        );
     }
 
     #[test]

@@ -60,9 +60,8 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
     produce(&server, "restart", produced).await;
     let case = Case::new("rabbitmq", "restart");
     let url = server.url();
-    // A sink of 10 ms a batch of 50 (about 5,000 messages a second): the server is
-    // killed mid-run, the consumer holding messages. At 1 ms the rest of the queue could
-    // be done before `rabbitmqctl` had counted it (a CI run saw none unacknowledged).
+    // A sink of 10 ms a batch of 50 (about 5,000 messages a second): most of the queue
+    // is still to come when the server is killed.
     let mut running = consumer(
         &url,
         "restart",
@@ -73,10 +72,12 @@ async fn the_server_killed_and_restarted_mid_run_loses_nothing() {
         wait_for(Duration::from_secs(120), "consumer progress", || {
             lines(&case.output) >= produced / 3
         });
-        let (_, unacknowledged) = server.counts("restart").expect("the queue");
+        // Killed at once, mid-run: messages not yet handled are not acknowledged, so the
+        // server holds some still. (Counting them with `rabbitmqctl` first took a second
+        // or more, in which the consumer could finish the queue.)
         assert!(
-            unacknowledged > 0,
-            "the consumer held messages when the server was killed"
+            lines(&case.output) < produced,
+            "the run was over before the server was killed"
         );
         // Down for 3 s: the consumer connects again once it is back.
         server.crash_and_restart(Duration::from_secs(3));
