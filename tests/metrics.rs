@@ -134,3 +134,49 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
     }
     server.shutdown().await;
 }
+
+/// Holds each handler call until the gate lets it go, saying when one has begun.
+struct Gated {
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    entered: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Handler for Gated {
+    type Item = u64;
+    type Metadata = ();
+
+    async fn handle_message(&self, _: &mut Message<u64>) -> Result<(), BoxError> {
+        self.entered.notify_one();
+        self.gate.acquire().await?.forget();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_in_a_handler_call_demands_nothing() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = Gated {
+        gate: gate.clone(),
+        entered: entered.clone(),
+    };
+    let pipeline = Pipeline::builder(MemorySource::from_iter(0..8u64), handler)
+        .name("demand-test")
+        .processors(Processors::new(1).max_demand(4))
+        .start()
+        .unwrap();
+    entered.notified().await;
+    let (_, body) = common::get(server.local_addr(), "/metrics").await;
+    let demand = common::sample(
+        &body,
+        r#"longshore_stage_demand_messages{batcher="",pipeline="demand-test",stage="processor"}"#,
+    );
+    // "Messages a stage has asked for and not yet received": a processor busy with a
+    // chunk asks for none.
+    assert_eq!(demand, Some(0.0), "the processor's demand during a handler call");
+    gate.add_permits(8);
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
+    assert_eq!(summary.received, 8);
+    server.shutdown().await;
+}
