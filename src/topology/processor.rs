@@ -579,8 +579,7 @@ where
         let spans = logs || self.ctx.traces();
         // Whether any key waits for a retry here: changes only when a message fails.
         let mut any_held = !retries.held.is_empty();
-        for index in from..messages.len() {
-            let message = &mut messages[index];
+        for (message, index) in messages[from..].iter_mut().zip(from..) {
             let waits = any_held
                 && message
                     .order_key()
