@@ -121,11 +121,7 @@ fn main() {
     if bench {
         callgrind::require();
     }
-    let rounds: usize = std::env::var("LONGSHORE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(if bench { 5 } else { 1 })
-        .max(1);
+    let rounds = support::rounds(bench);
     // A filter selects cases by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with("--"));
     for name in ["batcher", "no-batcher", "keyed", "routed"] {

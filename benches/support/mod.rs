@@ -167,11 +167,18 @@ pub(crate) fn size(args: &[String], full: u64) -> (u64, usize) {
         .ok()
         .and_then(|n| n.replace('_', "").parse().ok())
         .unwrap_or(if bench { full } else { 2_000 });
-    let rounds = std::env::var("LONGSHORE_BENCH_ROUNDS")
+    (count, rounds(bench))
+}
+
+/// The rounds of a benchmark: `LONGSHORE_BENCH_ROUNDS`, else 5 under `cargo bench` and
+/// 1 in a smoke run; at least 1.
+#[allow(dead_code)] // the core cases' and the connectors' benchmarks
+pub(crate) fn rounds(bench: bool) -> usize {
+    std::env::var("LONGSHORE_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(if bench { 5 } else { 1 });
-    (count, rounds)
+        .unwrap_or(if bench { 5 } else { 1 })
+        .max(1)
 }
 
 /// Runs the cases `raw` and `longshore` (`--case <case> <url> <count>`, each reporting

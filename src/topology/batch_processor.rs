@@ -25,8 +25,7 @@ use crate::topology::batch_dispatch::Batch;
 use crate::topology::guard::guarded;
 use crate::topology::pool::Retire;
 use crate::topology::processor::drain_delayed;
-use crate::topology::FastMap;
-use crate::topology::{until_cancelled, Context};
+use crate::topology::{until_cancelled, Context, FastMap};
 use crate::trace::within;
 
 pub(crate) struct BatchProcessor<H: Handler, A> {

@@ -577,10 +577,8 @@ where
         // level): asked once a chunk.
         let logs = tracing::level_enabled!(tracing::Level::DEBUG);
         let spans = logs || self.ctx.traces();
-        // Whether any key waits for a retry here: changes only when a message fails.
-        let mut any_held = !retries.held.is_empty();
         for (message, index) in messages[from..].iter_mut().zip(from..) {
-            let waits = any_held
+            let waits = !retries.held.is_empty()
                 && message
                     .order_key()
                     .is_some_and(|key| retries.held.contains_key(&key));
@@ -616,7 +614,6 @@ where
             }
             if message.is_failed() {
                 self.failed(message, index, retries, staying);
-                any_held = !retries.held.is_empty();
             }
             *reached = index + 1;
         }
