@@ -261,10 +261,10 @@ async fn run(case: Case) {
         inner: source,
         in_flight: recorder.in_flight.clone(),
     };
-    // The bound as documented: each processor's demand, and per batcher one batch filling
-    // and one per batch processor.
+    // The bound as documented: each processor's demand (8) and its next fetch (8 - 4),
+    // and per batcher one batch filling and one per batch processor.
     let bound = case.max_in_flight.unwrap_or(
-        case.processors * 8
+        case.processors * (2 * 8 - 4)
             + case
                 .batchers
                 .iter()

@@ -88,8 +88,8 @@ impl Handler for Slow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_is_never_asked_for_more_than_outstanding_demand() {
-    // 3 processors × 10 + batch 50 × (concurrency 2 + 1) = 180
-    let limit = 180;
+    // 3 processors × (2 × 10 - 5) + batch 50 × (concurrency 2 + 1) = 195
+    let limit = 195;
     let ledger = Arc::new(Ledger::default());
     let source = CheckedSource {
         next: AtomicUsize::new(0),
@@ -157,7 +157,7 @@ async fn with_zero_demand_the_source_is_not_asked() {
     let source = CheckedSource {
         next: AtomicUsize::new(0),
         backlog: 10_000_000,
-        limit: 8,
+        limit: 12,
         ledger: ledger.clone(),
     };
     let gate = Arc::new(Semaphore::new(0));
@@ -167,22 +167,23 @@ async fn with_zero_demand_the_source_is_not_asked() {
         .unwrap();
     let stats = pipeline.stats();
 
-    // Everything stalls with all demand used: time passes, nothing more is asked for.
+    // Everything stalls with all demand used (2 × (2 × 4 - 2): each processor's chunk and
+    // the next fetched): time passes, nothing more is asked for.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(stats.get().in_flight, 8);
+    assert_eq!(stats.get().in_flight, 12);
     assert_eq!(stats.get().demand, 0);
     let receives = ledger.receives.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(ledger.receives.load(Ordering::SeqCst), receives);
-    assert_eq!(ledger.outstanding.load(Ordering::SeqCst), 8);
+    assert_eq!(ledger.outstanding.load(Ordering::SeqCst), 12);
 
     // Messages handled (and acknowledged, chunk by chunk): demand comes back and the
     // source is asked again, up to the bound and no further.
     gate.add_permits(8);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(ledger.receives.load(Ordering::SeqCst) > receives);
-    assert_eq!(ledger.outstanding.load(Ordering::SeqCst), 8);
-    assert_eq!(ledger.max_outstanding.load(Ordering::SeqCst), 8);
+    assert_eq!(ledger.outstanding.load(Ordering::SeqCst), 12);
+    assert_eq!(ledger.max_outstanding.load(Ordering::SeqCst), 12);
 
     gate.add_permits(1_000_000);
     pipeline.stop_token().cancel();
@@ -356,7 +357,8 @@ async fn a_missed_deadline_leaves_unfinished_messages_unacknowledged() {
         panic!("the deadline passes");
     };
     assert_eq!(started.elapsed(), Duration::from_secs(5));
-    assert_eq!(error.in_flight, 1);
+    // Message 5, and 6: fetched while 5 is handled (`2 × max_demand - min_demand`).
+    assert_eq!(error.in_flight, 2);
     assert_eq!(counts.successful(), 5);
     assert_eq!(counts.failed(), 0);
 }

@@ -190,8 +190,14 @@ where
     }
 
     /// The most messages received and not yet acknowledged. Default: enough for every
-    /// processor's `max_demand` plus, per batcher, one batch filling and one per
-    /// concurrent batch task: `processors × max_demand + Σ batch_size × (concurrency + 1)`.
+    /// processor's `max_demand` and, per processor, the smallest fetch more
+    /// (`max_demand - min_demand`: fetched while the chunks are handled, so that a
+    /// processor done with one finds the next ready), plus, per batcher, one batch
+    /// filling and one per concurrent batch task:
+    /// `processors × (2 × max_demand - min_demand) + Σ batch_size × (concurrency + 1)`.
+    ///
+    /// A lower limit holds less (and redelivers less after a crash); at
+    /// `processors × max_demand` each processor waits for the source between chunks.
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.config.max_in_flight = Some(limit);
         self

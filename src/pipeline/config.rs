@@ -70,6 +70,14 @@ impl Processors {
         self.min_demand.unwrap_or(self.max_demand / 2)
     }
 
+    /// The in-flight share the processors add to the pipeline's limit: each processor's
+    /// chunk (`max_demand`), and per processor one fetch more (`max_demand - min_demand`,
+    /// the smallest), made while the chunks are handled, so that a processor done with
+    /// one finds the next ready instead of waiting for the source.
+    pub(crate) fn in_flight_share(&self) -> usize {
+        self.concurrency * (2 * self.max_demand - self.effective_min_demand())
+    }
+
     /// Checks the settings, naming the field at fault.
     pub fn validate(&self) -> Result<(), BuildError> {
         if self.concurrency == 0 {
@@ -286,7 +294,7 @@ impl PipelineConfig {
         if self.shutdown_deadline.is_zero() {
             return Err(BuildError::new("shutdown_deadline", "must be above zero"));
         }
-        let default_limit = self.processors.concurrency * self.processors.max_demand
+        let default_limit = self.processors.in_flight_share()
             + self.batchers.iter().map(Batcher::in_flight_share).sum::<usize>();
         match self.max_in_flight {
             Some(limit) if limit < self.processors.max_demand => Err(BuildError::at_least(

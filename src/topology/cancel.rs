@@ -2,7 +2,8 @@
 //! work is ready at once.
 
 use std::future::Future;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -27,6 +28,17 @@ pub(crate) async fn until_cancelled<F: Future>(token: &CancellationToken, work: 
     .await
 }
 
+/// Polls `work` once, without a task to wake: its output if it is ready now. Work still
+/// pending is polled again later with the task's own waker (a future wakes only the
+/// waker of its latest poll), so that a `select!` over it and the waits that may cut it
+/// short is made only when it has to wait.
+pub(crate) fn ready_now<F: Future>(work: Pin<&mut F>) -> Option<F::Output> {
+    match work.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +57,24 @@ mod tests {
         // Cancelled already: work that is ready still ends, as in a biased select.
         assert_eq!(until_cancelled(&token, async { 8 }).await, Some(8));
         assert_eq!(until_cancelled(&token, std::future::pending::<()>()).await, None);
+    }
+
+    #[tokio::test]
+    async fn work_ready_now_is_taken_and_pending_work_is_left_to_be_awaited() {
+        assert_eq!(ready_now(std::pin::pin!(async { 7 })), Some(7));
+
+        let notify = tokio::sync::Notify::new();
+        let mut waiting = std::pin::pin!(async {
+            notify.notified().await;
+            8
+        });
+        assert_eq!(ready_now(waiting.as_mut()), None);
+        // Polled again with the task's waker, it is woken by what it waits for.
+        let woken = async {
+            tokio::task::yield_now().await;
+            notify.notify_waiters();
+        };
+        let (out, ()) = tokio::join!(waiting, woken);
+        assert_eq!(out, 8);
     }
 }

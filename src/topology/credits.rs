@@ -28,13 +28,25 @@ impl Credits {
             unreachable!("the credit semaphore is never closed");
         };
         taken.forget();
+        min + self.take_extra(min, max)
+    }
+
+    /// Takes up to `max` credits if at least `min` are free now, without waiting.
+    pub(crate) fn try_take(&self, min: usize, max: usize) -> Option<usize> {
+        let min = min.clamp(1, self.limit);
+        self.free.try_acquire_many(min as u32).ok()?.forget();
+        Some(min + self.take_extra(min, max))
+    }
+
+    /// Takes what is free of the `max - min` credits beyond the `min` taken.
+    fn take_extra(&self, min: usize, max: usize) -> usize {
         let extra = self.free.available_permits().min(max.saturating_sub(min));
         match self.free.try_acquire_many(extra as u32) {
             Ok(more) if extra > 0 => {
                 more.forget();
-                min + extra
+                extra
             }
-            _ => min,
+            _ => 0,
         }
     }
 
@@ -79,5 +91,16 @@ mod tests {
         assert!(futures_util::poll!(waiting.as_mut()).is_pending());
         credits.give_back(1);
         assert_eq!(waiting.await, 3);
+
+        assert_eq!(credits.try_take(1, 1), None);
+        credits.give_back(5);
+        assert_eq!(
+            credits.try_take(6, 6),
+            None,
+            "fewer free than the least asked for"
+        );
+        assert_eq!(credits.try_take(2, 4), Some(4));
+        assert_eq!(credits.try_take(1, 4), Some(1));
+        assert_eq!(credits.in_flight(), 10);
     }
 }

@@ -48,7 +48,7 @@ pub(crate) use processor::{BatcherRoute, Input, Processor};
 pub(crate) use producer::{Dispatch, PartitionBy, Producer};
 
 use crate::trace::Within;
-pub(crate) use cancel::until_cancelled;
+pub(crate) use cancel::{ready_now, until_cancelled};
 pub(crate) use guard::guarded;
 
 use credits::Credits;

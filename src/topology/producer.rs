@@ -2,6 +2,7 @@
 //! dispatches them to the processors.
 
 use std::num::NonZeroUsize;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::metrics::Held;
 use crate::source::Source;
 use crate::topology::guard::panic_message;
 use crate::topology::key_queue::KeySender;
-use crate::topology::{until_cancelled, Meter};
+use crate::topology::{ready_now, until_cancelled, Meter};
 
 pub(crate) use crate::source::PartitionBy;
 
@@ -67,10 +68,11 @@ impl<S: Source> Producer<S> {
         let mut paused = self.paused.clone();
         let drops_fetch = self.source.drops_fetch_on_pause();
         let watching = self.paused.clone();
-        // Each wait below polls its own work first and the stop (or pause) after it:
-        // work that is ready costs no registration with the stop token or the pause
-        // switch, which a fetch of a quick pipeline would otherwise pay three times. A
-        // stop or pause that came meanwhile is seen by the checks between the waits.
+        // Each wait below polls its own work first and the stop (or pause) after it: work
+        // that is ready now (`ready_now`) costs no wait on the stop token or the pause
+        // switch, not even one made and dropped, which a fetch of a quick pipeline would
+        // otherwise pay three times. A stop or pause that came meanwhile is seen by the
+        // checks between the waits.
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -82,9 +84,16 @@ impl<S: Source> Producer<S> {
                     () = paused.resumed() => {}
                 }
             }
-            let taking = credits.take(self.min_fetch, self.max_fetch);
-            let Some(mut demand) = until_cancelled(&self.stop, taking).await else {
-                return;
+            let free = credits.try_take(self.min_fetch, self.max_fetch);
+            let mut demand = match free {
+                Some(demand) => demand,
+                None => {
+                    let taking = credits.take(self.min_fetch, self.max_fetch);
+                    let Some(demand) = until_cancelled(&self.stop, taking).await else {
+                        return;
+                    };
+                    demand
+                }
             };
             // Stopped or paused while it waited for credits: they go back.
             if self.stop.is_cancelled() || paused.is_paused() {
@@ -98,19 +107,27 @@ impl<S: Source> Producer<S> {
                 credits.give_back(demand - burst);
                 demand = burst;
             }
-            tokio::select! {
-                biased;
-                waited = limit.acquire(demand) => self.meter.add_rate_limited(waited, &self.meter.metrics.rate_limited),
-                () = self.stop.cancelled() => {
-                    credits.give_back(demand);
-                    return;
+            let waited = {
+                let mut acquiring = pin!(limit.acquire(demand));
+                match ready_now(acquiring.as_mut()) {
+                    Some(waited) => waited,
+                    None => tokio::select! {
+                        biased;
+                        waited = acquiring => waited,
+                        () = self.stop.cancelled() => {
+                            credits.give_back(demand);
+                            return;
+                        }
+                        // Paused while it waits for the limit: nothing is fetched.
+                        () = paused.paused() => {
+                            credits.give_back(demand);
+                            continue;
+                        }
+                    },
                 }
-                // Paused while it waits for the limit: nothing is fetched.
-                () = paused.paused() => {
-                    credits.give_back(demand);
-                    continue;
-                }
-            }
+            };
+            self.meter
+                .add_rate_limited(waited, &self.meter.metrics.rate_limited);
             if self.stop.is_cancelled() || paused.is_paused() {
                 credits.give_back(demand);
                 continue;
@@ -121,21 +138,27 @@ impl<S: Source> Producer<S> {
             // fetched; unless the source's fetch leases messages away from others. Once
             // woken, the receive is polled again only after both are checked.
             let pause_drops = |paused: &Paused| drops_fetch && paused.is_paused();
-            let received = tokio::select! {
-                biased;
-                () = already(|| self.stop.is_cancelled() || pause_drops(&watching)) => {
-                    credits.give_back(demand);
-                    continue;
-                }
-                received = self.source.receive(NonZeroUsize::new(demand).expect("credits take at least one")) => received,
-                () = self.stop.cancelled() => {
-                    credits.give_back(demand);
-                    return;
-                }
-                () = paused.paused(), if drops_fetch => {
-                    credits.give_back(demand);
-                    continue;
-                }
+            let asked = NonZeroUsize::new(demand).expect("credits take at least one");
+            let mut receiving = pin!(self.source.receive(asked));
+            // Both were checked just above: what the select's first turn would check.
+            let received = match ready_now(receiving.as_mut()) {
+                Some(received) => received,
+                None => tokio::select! {
+                    biased;
+                    () = already(|| self.stop.is_cancelled() || pause_drops(&watching)) => {
+                        credits.give_back(demand);
+                        continue;
+                    }
+                    received = receiving => received,
+                    () = self.stop.cancelled() => {
+                        credits.give_back(demand);
+                        return;
+                    }
+                    () = paused.paused(), if drops_fetch => {
+                        credits.give_back(demand);
+                        continue;
+                    }
+                },
             };
             drop(demanded);
             match received {

@@ -119,7 +119,7 @@ async fn a_slow_broker_never_stops_consumption_for_a_lag_refresh() {
 async fn others_per_second(group: &str, bootstrap: &str, failing: Option<i32>) -> f64 {
     let handler = Timed::new(failing);
     let source = KafkaSource::new(config(bootstrap, group, "stuck")).unwrap();
-    // The defaults: a processor per core (2 here), max_demand 64, max_in_flight 128.
+    // The defaults: a processor per core (2 here), max_demand 64, max_in_flight 192.
     let mut builder = Pipeline::builder(source, handler.clone()).processors(Processors::new(2));
     if failing.is_some() {
         builder = builder.retry(RetryPolicy::new(5).initial_backoff(Duration::from_secs(5)));

@@ -320,9 +320,10 @@ async fn joining_and_leaving(strategy: &str) {
     let total: usize = all.iter().map(|r| r.payloads().len()).sum();
     let duplicates = total - produced;
     // At each of the (at most) 4 rebalances, each of the 3 consumers may replay what it
-    // had in flight (6 processors x max_demand 10) and what it acknowledged since its
-    // last commit (200 ms at its highest rate: 6 processors, 1 ms a record).
-    let bound = 4 * 3 * (6 * 10 + 6_000 / 5);
+    // had in flight (6 processors x (2 x max_demand 10 - min_demand 5)) and what it
+    // acknowledged since its last commit (200 ms at its highest rate: 6 processors, 1 ms
+    // a record).
+    let bound = 4 * 3 * (6 * 15 + 6_000 / 5);
     assert!(duplicates <= bound, "duplicates {duplicates}, bound {bound}");
     eprintln!("{strategy}: handled {total} of {produced}, duplicates {duplicates}");
 }
@@ -584,10 +585,11 @@ async fn rebalance_storm(strategy: &str) {
     let duplicates = total - handled;
     let rebalances = 2 * cycles + 3;
     // At each rebalance, each consumer running (at most three) may replay what it had in
-    // flight (processors x max_demand) and what it acknowledged since its last commit
-    // (the commit interval at its highest rate: 6 processors, 1 ms a record). A commit
-    // refused mid-rebalance carries into the next interval: the bound is per rebalance.
-    let (in_flight, rate, interval) = (6 * 10, 6_000, 0.2);
+    // flight (processors x (2 x max_demand - min_demand)) and what it acknowledged since
+    // its last commit (the commit interval at its highest rate: 6 processors, 1 ms a
+    // record). A commit refused mid-rebalance carries into the next interval: the bound
+    // is per rebalance.
+    let (in_flight, rate, interval) = (6 * 15, 6_000, 0.2);
     let bound = rebalances * 3 * (in_flight + (rate as f64 * interval) as usize);
     println!(
         "CHAOS case=kafka-rebalance-storm-{strategy} produced={produced} handled_unique={handled} lost={} \
