@@ -126,10 +126,17 @@ async fn metrics_exposes_exactly_the_documented_metrics_with_their_counts() {
         value(r#"longshore_control_changes_total{pipeline="metrics-test",setting="processors.concurrency"}"#),
         1.0
     );
-    // Every stage has drained: nothing left inside one, no task still running.
-    for line in body.lines().filter(|l| {
-        l.starts_with("longshore_stage_in_flight_messages{") || l.starts_with("longshore_stage_tasks{")
-    }) {
+    // Every stage has drained: nothing left inside one, no task still running. (Of this
+    // pipeline: the registry also shows the other tests' pipelines, running beside it.)
+    let stages: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            (l.starts_with("longshore_stage_in_flight_messages{") || l.starts_with("longshore_stage_tasks{"))
+                && l.contains(r#"pipeline="metrics-test""#)
+        })
+        .collect();
+    assert!(stages.len() >= 4, "every stage's series shown: {stages:?}");
+    for line in stages {
         assert!(line.ends_with(" 0"), "{line}");
     }
     server.shutdown().await;
