@@ -131,6 +131,34 @@ impl Stalls {
 /// How often the watch looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// A stage's clock of no progress, read at each look.
+#[derive(Debug, Default)]
+struct StageClock {
+    /// Attempts finished at the last look.
+    finished: u64,
+    /// How long it held messages and finished none, as seen so far: `None` when it held
+    /// none at the last look.
+    idle: Option<Duration>,
+}
+
+impl StageClock {
+    /// Looks again: whether the stage holds messages (not waiting as configured), and its
+    /// count of attempts finished. Returns how long it has held messages without
+    /// finishing any: the time between looks is counted only when both saw it hold, so
+    /// that one look landing as a message comes out of a wait (and before it is handled)
+    /// is not taken for a second without progress.
+    fn look(&mut self, held: bool, finished: u64) -> Duration {
+        let progressed = finished != self.finished;
+        self.finished = finished;
+        self.idle = match (held, self.idle) {
+            (false, _) => None,
+            (true, Some(idle)) if !progressed => Some(idle + LOOK_EVERY),
+            (true, _) => Some(Duration::ZERO),
+        };
+        self.idle.unwrap_or_default()
+    }
+}
+
 /// What the watch looks at, and where it says what it finds.
 pub(crate) struct Watch {
     pub(crate) stages: Vec<Watched>,
@@ -161,10 +189,9 @@ struct Clock {
 impl Watch {
     /// Looks every second until `stop`, publishing what is stalled.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        // Per stage: attempts finished at the last look, and since when none finished
-        // while it held messages.
-        let mut seen: Vec<(u64, Duration, CallsSeen)> = (0..self.stages.len())
-            .map(|_| (0, Duration::ZERO, CallsSeen::default()))
+        // Per stage: its clock of no progress, and its calls at the last look.
+        let mut seen: Vec<(StageClock, CallsSeen)> = (0..self.stages.len())
+            .map(|_| (StageClock::default(), CallsSeen::default()))
             .collect();
         let mut source = SourceSeen::default();
         let mut every = tokio::time::interval(LOOK_EVERY);
@@ -190,9 +217,9 @@ impl Watch {
         self.stalls.set(StalledNow::default());
     }
 
-    fn look_at_stages(&self, seen: &mut [(u64, Duration, CallsSeen)]) -> Vec<(String, Duration)> {
+    fn look_at_stages(&self, seen: &mut [(StageClock, CallsSeen)]) -> Vec<(String, Duration)> {
         let mut stalled = Vec::new();
-        for (stage, (finished_before, idle, calls)) in self.stages.iter().zip(seen.iter_mut()) {
+        for (stage, (clock, calls)) in self.stages.iter().zip(seen.iter_mut()) {
             let metrics = &stage.metrics;
             let finished = metrics.successful.get() + metrics.failed.get();
             // Messages waiting out a retry's backoff or a rate limit wait as configured.
@@ -200,18 +227,13 @@ impl Watch {
             // never in neither, so a hung task is not hidden by its siblings' traffic.
             let waiting = metrics.retry_waiting.get() + metrics.limit_waiting.get();
             let held = metrics.in_flight.get() - waiting;
-            if held > 0 && finished == *finished_before {
-                *idle += LOOK_EVERY;
-            } else {
-                *idle = Duration::ZERO;
-            }
-            *finished_before = finished;
+            let idle = clock.look(held > 0, finished);
             // One task's call that never returns, while the others finish theirs.
             let hung = metrics.calls.longest(calls, LOOK_EVERY);
-            let for_how_long = (*idle).max(hung);
+            let for_how_long = idle.max(hung);
             let is_stalled = for_how_long >= self.after;
             if is_stalled && metrics.stalled.get() == 0 {
-                if *idle >= self.after {
+                if idle >= self.after {
                     tracing::warn!(stage = %stage.name, held = metrics.in_flight.get(), after = ?self.after, "stage stalled: it holds messages and has finished none");
                 } else {
                     tracing::warn!(stage = %stage.name, running = ?hung, "stage stalled: a handler call has not returned");
@@ -285,5 +307,26 @@ impl Watch {
         }
         seen.flagged = flagged;
         stalled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_is_idle_from_the_first_look_that_sees_it_hold_until_one_sees_progress() {
+        let mut clock = StageClock::default();
+        assert_eq!(clock.look(false, 0), Duration::ZERO);
+        // A look that lands as a message comes out of a wait, before it is handled: the
+        // clock starts; no time without progress is seen yet.
+        assert_eq!(clock.look(true, 0), Duration::ZERO, "one look is no second");
+        assert_eq!(clock.look(true, 0), LOOK_EVERY);
+        assert_eq!(clock.look(true, 0), LOOK_EVERY * 2);
+        // Something finished since: the clock starts again.
+        assert_eq!(clock.look(true, 1), Duration::ZERO);
+        assert_eq!(clock.look(true, 1), LOOK_EVERY);
+        assert_eq!(clock.look(false, 1), Duration::ZERO);
+        assert_eq!(clock.look(true, 1), Duration::ZERO);
     }
 }

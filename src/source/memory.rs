@@ -106,7 +106,8 @@ impl<T: Send + 'static> Source for MemorySource<T> {
         let messages: Vec<Message<T>> = match &self.feed {
             Feed::Iter(fill) => {
                 let mut fill = fill.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut messages = Vec::new();
+                // Sized once: the fill's iterator may not know its length.
+                let mut messages = Vec::with_capacity(demand);
                 fill(demand, &mut messages);
                 messages
             }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -28,15 +28,15 @@ pub(crate) async fn until_cancelled<F: Future>(token: &CancellationToken, work: 
     .await
 }
 
-/// Polls `work` once, without a task to wake: its output if it is ready now. Work still
-/// pending is polled again later with the task's own waker (a future wakes only the
-/// waker of its latest poll), so that a `select!` over it and the waits that may cut it
-/// short is made only when it has to wait.
-pub(crate) fn ready_now<F: Future>(work: Pin<&mut F>) -> Option<F::Output> {
-    match work.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => Some(out),
-        Poll::Pending => None,
-    }
+/// Polls `work` once, with the task's own waker: its output if it is ready now. Work
+/// still pending is left to a `select!` over it and the waits that may cut it short, so
+/// that those are made only when it has to wait.
+pub(crate) async fn ready_now<F: Future>(mut work: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -61,15 +61,15 @@ mod tests {
 
     #[tokio::test]
     async fn work_ready_now_is_taken_and_pending_work_is_left_to_be_awaited() {
-        assert_eq!(ready_now(std::pin::pin!(async { 7 })), Some(7));
+        assert_eq!(ready_now(std::pin::pin!(async { 7 })).await, Some(7));
 
         let notify = tokio::sync::Notify::new();
         let mut waiting = std::pin::pin!(async {
             notify.notified().await;
             8
         });
-        assert_eq!(ready_now(waiting.as_mut()), None);
-        // Polled again with the task's waker, it is woken by what it waits for.
+        assert_eq!(ready_now(waiting.as_mut()).await, None);
+        // Left pending, it is awaited: woken by what it waits for.
         let woken = async {
             tokio::task::yield_now().await;
             notify.notify_waiters();

@@ -109,7 +109,7 @@ impl<S: Source> Producer<S> {
             }
             let waited = {
                 let mut acquiring = pin!(limit.acquire(demand));
-                match ready_now(acquiring.as_mut()) {
+                match ready_now(acquiring.as_mut()).await {
                     Some(waited) => waited,
                     None => tokio::select! {
                         biased;
@@ -141,7 +141,7 @@ impl<S: Source> Producer<S> {
             let asked = NonZeroUsize::new(demand).expect("credits take at least one");
             let mut receiving = pin!(self.source.receive(asked));
             // Both were checked just above: what the select's first turn would check.
-            let received = match ready_now(receiving.as_mut()) {
+            let received = match ready_now(receiving.as_mut()).await {
                 Some(received) => received,
                 None => tokio::select! {
                     biased;
