@@ -93,6 +93,7 @@ mod handler;
 mod message;
 pub mod metrics;
 mod pipeline;
+mod receipt;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod source;

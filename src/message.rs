@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::BoxError;
+use crate::receipt::Receipt;
 
 /// One message from a source, as seen by every stage and finally by the acknowledger.
 ///
@@ -47,7 +48,7 @@ pub struct Message<T, M = ()> {
     metadata: M,
     ack_ref: u64,
     attempt: u32,
-    received_at: Option<Instant>,
+    received: Option<Receipt>,
     /// Inline, not boxed with `batch_key` (which would save 40 bytes a message): a
     /// handler that routes every message then paid an allocation each, 1.8 times the CPU
     /// of the batcher benchmark.
@@ -83,7 +84,7 @@ impl<T, M> Message<T, M> {
             metadata,
             ack_ref: 0,
             attempt: 1,
-            received_at: None,
+            received: None,
             batcher: None,
             batch_key: BatchKey::None,
             order_key: 0,
@@ -154,7 +155,7 @@ impl<T, M> Message<T, M> {
             metadata,
             ack_ref,
             attempt,
-            received_at,
+            received,
             batcher,
             batch_key,
             order_key,
@@ -168,7 +169,7 @@ impl<T, M> Message<T, M> {
             metadata,
             ack_ref,
             attempt,
-            received_at,
+            received,
             batcher,
             batch_key,
             order_key,
@@ -192,7 +193,12 @@ impl<T, M> Message<T, M> {
 
     /// When the pipeline received the message from its source (`None` before that).
     pub fn received_at(&self) -> Option<Instant> {
-        self.received_at
+        self.received.map(Receipt::instant)
+    }
+
+    /// When it was received, as the pipeline keeps it.
+    pub(crate) fn receipt(&self) -> Option<Receipt> {
+        self.received
     }
 
     /// Whether the message succeeded so far or failed, and why.
@@ -355,8 +361,8 @@ impl<T, M> Message<T, M> {
         self.failed.get_or_insert_with(Default::default)
     }
 
-    pub(crate) fn set_received_at(&mut self, at: Instant) {
-        self.received_at = Some(at);
+    pub(crate) fn set_receipt(&mut self, receipt: Receipt) {
+        self.received = Some(receipt);
     }
 
     /// The ordering key: messages with the same one are handled in order. `None` in an
@@ -541,6 +547,6 @@ mod size {
     fn a_message_of_a_word_of_data_stays_small() {
         // Tracing adds its span's box.
         let span = if cfg!(feature = "otel") { 8 } else { 0 };
-        assert!(std::mem::size_of::<super::Message<u64>>() <= 104 + span);
+        assert!(std::mem::size_of::<super::Message<u64>>() <= 96 + span);
     }
 }

@@ -7,6 +7,7 @@ use crate::failure::dead_letter::write_until_done;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::metrics::WeightedHistogram;
+use crate::receipt::Receipt;
 use crate::source::Acknowledger;
 use crate::topology::guard::guarded;
 use crate::topology::{until_cancelled, Context};
@@ -243,7 +244,7 @@ where
         self.meter
             .add_settled(successful.len(), finals.len(), redelivered.len());
         let metrics = &self.meter.metrics;
-        let now = std::time::Instant::now();
+        let now = Receipt::at(std::time::Instant::now());
         observe(now, successful, &metrics.successful_duration);
         observe(now, finals, &metrics.failed_duration);
         observe(now, redelivered, &metrics.redelivered_duration);
@@ -270,9 +271,9 @@ where
 }
 
 /// Observes the time since each of `messages` was received, a run of messages received
-/// together (a chunk shares its receipt time) as one weighted observation.
+/// together (a chunk shares its receipt) as one weighted observation.
 fn observe<'a, T: 'a, M: 'a>(
-    now: std::time::Instant,
+    now: Receipt,
     messages: impl IntoIterator<Item = &'a Message<T, M>, IntoIter: ExactSizeIterator>,
     histogram: &WeightedHistogram,
 ) {
@@ -281,15 +282,15 @@ fn observe<'a, T: 'a, M: 'a>(
         return;
     }
     let mut tally = histogram.tally();
-    let mut observe = |at: Option<std::time::Instant>, n| {
-        // A message made outside a source has no receipt time: not observed.
+    let mut observe = |at: Option<Receipt>, n| {
+        // A message made outside a source has no receipt: not observed.
         if let Some(at) = at {
-            tally.observe_n(now.saturating_duration_since(at).as_secs_f64(), n);
+            tally.observe_n(at.seconds_to(now), n);
         }
     };
-    // One comparison a message: the whole `Option` at once, not unwrapped first.
+    // One comparison of a word a message.
     let mut run = (None, 0);
-    for at in messages.map(Message::received_at) {
+    for at in messages.map(Message::receipt) {
         if at == run.0 {
             run.1 += 1;
         } else {

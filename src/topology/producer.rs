@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::pause::Paused;
 use crate::message::{Failure, FailureKind, Message};
 use crate::metrics::Held;
+use crate::receipt::Receipt;
 use crate::source::Source;
 use crate::topology::guard::panic_message;
 use crate::topology::key_queue::KeySender;
@@ -195,10 +196,8 @@ impl<S: Source> Producer<S> {
 
     /// Sends messages to the processors; `Err` only when they are gone (aborted).
     async fn dispatch(&self, mut messages: Vec<Message<S::Data, S::Metadata>>) -> Result<(), ()> {
-        let now = Instant::now().into_std();
-        messages
-            .iter_mut()
-            .for_each(|message| message.set_received_at(now));
+        let now = Receipt::at(Instant::now().into_std());
+        messages.iter_mut().for_each(|message| message.set_receipt(now));
         match &self.dispatch {
             Dispatch::Shared(queue) => {
                 for chunk in chunks(messages, self.max_chunk) {
