@@ -29,14 +29,19 @@ impl Receipt {
     }
 }
 
-/// A day before the process first took a receipt (or then, on a platform whose clock
-/// cannot go back that far): the instants a process gives its messages come after it,
-/// a paused test clock's too, which starts before the first receipt.
+/// A day before the process first took a receipt, or as long before as the platform's
+/// clock goes back (Linux's and macOS's go back a day; Windows' only as far as the
+/// machine's start): the instants a process gives its messages come after it, a paused
+/// test clock's too, which starts before the first receipt. An instant before it is
+/// taken as the epoch.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(|| {
         let now = Instant::now();
-        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+        [86_400, 3_600, 60, 1]
+            .into_iter()
+            .find_map(|seconds| now.checked_sub(Duration::from_secs(seconds)))
+            .unwrap_or(now)
     })
 }
 

@@ -553,6 +553,21 @@ async fn bad_configuration_fails_at_start_naming_the_field() {
             .start()),
         "invalid max_in_flight: must be at least 10, got 3"
     );
+    // A bound past what credits count, set or from settings that overflow it.
+    assert_eq!(
+        build_error(|| Pipeline::builder(source(), Stuck)
+            .processors(Processors::new(2).max_demand(usize::MAX))
+            .start()),
+        format!(
+            "invalid max_in_flight: must be at most {}, got {} (set, or from the stages' settings)",
+            u32::MAX,
+            usize::MAX
+        )
+    );
+    assert!(build_error(|| Pipeline::builder(source(), Stuck)
+        .max_in_flight(u32::MAX as usize + 1)
+        .start())
+    .starts_with("invalid max_in_flight: must be at most"));
     assert_eq!(
         build_error(|| Pipeline::builder(source(), Stuck).source_concurrency(0).start()),
         "invalid source_concurrency: must be at least 1, got 0"

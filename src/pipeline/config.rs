@@ -75,7 +75,9 @@ impl Processors {
     /// the smallest), made while the chunks are handled, so that a processor done with
     /// one finds the next ready instead of waiting for the source.
     pub(crate) fn in_flight_share(&self) -> usize {
-        self.concurrency * (2 * self.max_demand - self.effective_min_demand())
+        let next_fetch = self.max_demand - self.effective_min_demand();
+        self.concurrency
+            .saturating_mul(self.max_demand.saturating_add(next_fetch))
     }
 
     /// Checks the settings, naming the field at fault.
@@ -201,9 +203,12 @@ impl Batcher {
     /// The in-flight share this batcher adds to the pipeline's limit: one batch filling
     /// and one being handled per concurrent task.
     pub(crate) fn in_flight_share(&self) -> usize {
-        self.batch_size * (self.concurrency + 1)
+        self.batch_size.saturating_mul(self.concurrency.saturating_add(1))
     }
 }
+
+/// The most messages a pipeline may hold: credits are counted in `u32`.
+const MAX_IN_FLIGHT: usize = u32::MAX as usize;
 
 /// Every setting of a pipeline but its source, handler, `partition_by` and dead-letter
 /// destination: what [`PipelineBuilder`](crate::PipelineBuilder) sets one by one, or
@@ -294,16 +299,26 @@ impl PipelineConfig {
         if self.shutdown_deadline.is_zero() {
             return Err(BuildError::new("shutdown_deadline", "must be above zero"));
         }
-        let default_limit = self.processors.in_flight_share()
-            + self.batchers.iter().map(Batcher::in_flight_share).sum::<usize>();
-        match self.max_in_flight {
-            Some(limit) if limit < self.processors.max_demand => Err(BuildError::at_least(
+        let default_limit = self
+            .batchers
+            .iter()
+            .map(Batcher::in_flight_share)
+            .fold(self.processors.in_flight_share(), usize::saturating_add);
+        let limit = self.max_in_flight.unwrap_or(default_limit);
+        if limit < self.processors.max_demand {
+            return Err(BuildError::at_least(
                 "max_in_flight",
                 self.processors.max_demand,
                 limit,
-            )),
-            Some(limit) => Ok(limit),
-            None => Ok(default_limit),
+            ));
         }
+        // Credits are taken in `u32` counts.
+        if limit > MAX_IN_FLIGHT {
+            return Err(BuildError::new(
+                "max_in_flight",
+                format!("must be at most {MAX_IN_FLIGHT}, got {limit} (set, or from the stages' settings)"),
+            ));
+        }
+        Ok(limit)
     }
 }

@@ -21,7 +21,9 @@ use crate::source::SourcePanel;
 /// When a stage counts as stalled: holding messages with no handling finished for
 /// `after` (default 60 s), not counting those waiting out a retry's backoff or a rate
 /// limit (and, ordered, those of their key behind them), which wait as configured. A
-/// hung handler (a call without a timeout) is what it finds. A part of the source (see
+/// hung handler (a call without a timeout) is what it finds. The watch looks every
+/// second and counts the time between two looks that both saw the stage hold, so a
+/// stage is flagged within a second after `after` has passed. A part of the source (see
 /// [`SourcePanel`]) stalls when it has messages outstanding and none finished for
 /// `after` plus the longest batch timeout; the count stops while a stage holds messages
 /// waiting out a backoff or a rate limit, and starts again while the part or the

@@ -106,8 +106,9 @@ impl<T: Send + 'static> Source for MemorySource<T> {
         let messages: Vec<Message<T>> = match &self.feed {
             Feed::Iter(fill) => {
                 let mut fill = fill.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                // Sized once: the fill's iterator may not know its length.
-                let mut messages = Vec::with_capacity(demand);
+                // Sized once (the fill's iterator may not know its length), up to a
+                // bound: with `partition_by` the demand may be the whole in-flight limit.
+                let mut messages = Vec::with_capacity(demand.min(1024));
                 fill(demand, &mut messages);
                 messages
             }

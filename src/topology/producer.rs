@@ -69,11 +69,12 @@ impl<S: Source> Producer<S> {
         let mut paused = self.paused.clone();
         let drops_fetch = self.source.drops_fetch_on_pause();
         let watching = self.paused.clone();
-        // Each wait below polls its own work first and the stop (or pause) after it: work
-        // that is ready now (`ready_now`) costs no wait on the stop token or the pause
-        // switch, not even one made and dropped, which a fetch of a quick pipeline would
-        // otherwise pay three times. A stop or pause that came meanwhile is seen by the
-        // checks between the waits.
+        // Each wait below first polls its own work once (`ready_now`), right after the
+        // stop and pause were checked: work ready now costs no wait on the stop token or
+        // the pause switch, not even one made and dropped, which a fetch of a quick
+        // pipeline would otherwise pay three times. Work that has to wait goes into a
+        // select with them. A stop or pause that came meanwhile is seen by the checks
+        // between the waits.
         loop {
             if self.stop.is_cancelled() {
                 return;

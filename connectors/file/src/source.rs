@@ -378,7 +378,9 @@ impl Source for FileSource {
             return Err(BuildError::new(
                 "source.max_unrecorded",
                 format!(
-                    "must be at least the pipeline's in-flight bound ({}), got {}",
+                    "must be at least the pipeline's in-flight bound ({}), got {}: raise it, or \
+                     lower the pipeline's max_in_flight (by default processors × (2 × max_demand \
+                     − min_demand) plus the batchers' share)",
                     plan.max_in_flight, self.shared.max_unrecorded
                 ),
             ));
