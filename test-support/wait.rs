@@ -17,6 +17,23 @@ pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// As [`eventually`]; on failure, says what `explain()` says of the state then.
+pub async fn eventually_explained(
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    explain: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}: {}",
+            explain()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `value()` equals `expected`, for at most `timeout`; on failure, says what
 /// it was last.
 pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    cluster, committed, config, config_with, eventually, eventually_eq, per_partition, produce, Keep,
-    Recorder, Stream,
+    cluster, committed, config, config_with, eventually, eventually_eq, eventually_explained, per_partition,
+    produce, Keep, Recorder, Stream,
 };
 use longshore::control::ControlSurface;
 use longshore::metrics::MetricsServer;
@@ -507,7 +507,21 @@ async fn a_stalled_consumer_that_loses_and_regains_its_partitions_consumes_again
             .collect::<BTreeSet<usize>>()
             .len()
     };
-    eventually(WAIT, || unique() == 10_000).await;
+    // What the consumer held when it did not get there: whether it fetched nothing, or
+    // skipped records.
+    let explain = || {
+        let payloads = handler.recorder.payloads();
+        let seen: BTreeSet<usize> = payloads.iter().copied().collect();
+        let missing: Vec<usize> = (0..10_000).filter(|p| !seen.contains(p)).take(5).collect();
+        format!(
+            "{} of 10000 handled ({} calls, first missing {missing:?}); stalled: {}; {:?}",
+            seen.len(),
+            payloads.len(),
+            status.stalled(),
+            status.partitions()
+        )
+    };
+    eventually_explained(WAIT, || unique() == 10_000, explain).await;
     pipeline.shutdown().await.unwrap();
 }
 

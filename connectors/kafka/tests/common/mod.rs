@@ -13,7 +13,7 @@ mod wait;
 #[allow(unused_imports)] // each test binary uses its own part
 pub use registry::metric;
 #[allow(unused_imports)]
-pub use wait::{eventually, eventually_eq, Watchdog};
+pub use wait::{eventually, eventually_eq, eventually_explained, Watchdog};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
