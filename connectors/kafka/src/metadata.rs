@@ -67,20 +67,35 @@ pub type KafkaMessage<T = Bytes> = Message<T, KafkaMetadata>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaMetadata {
     topic: Arc<str>,
-    partition: i32,
-    offset: i64,
     /// The key, then the payload: one buffer, most often a slice of a block shared with
     /// the records copied just before and after it (see [`Blocks`]).
     bytes: Bytes,
-    key_len: Option<u32>,
-    has_payload: bool,
-    headers: Vec<KafkaHeader>,
-    /// Headers whose name could not be read (not UTF-8): left out of `headers`.
-    unreadable_headers: usize,
-    timestamp_ms: Option<i64>,
+    offset: i64,
+    /// [`NO_TIMESTAMP`] when the record has none.
+    timestamp_ms: i64,
+    /// Boxed, and only when the record has headers: most have none, and every stage moves
+    /// each record (a record's every byte is copied about ten times on its way).
+    headers: Option<Box<RecordHeaders>>,
     /// The partition's slot, and which assignment of it delivered the record: a record
     /// from an earlier assignment (revoked since) commits nothing.
     pub(crate) slot: Slot,
+    partition: i32,
+    /// [`NO_KEY`] when the record has no key.
+    key_len: u32,
+    has_payload: bool,
+}
+
+/// `key_len` of a record without a key: a key fills at most `u32::MAX - 1` bytes.
+const NO_KEY: u32 = u32::MAX;
+/// `timestamp_ms` of a record without a timestamp.
+const NO_TIMESTAMP: i64 = i64::MIN;
+
+/// A record's headers, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecordHeaders {
+    read: Vec<KafkaHeader>,
+    /// Headers whose name could not be read (not UTF-8): left out of `read`.
+    unreadable: usize,
 }
 
 /// A record's span (feature `otel` of `longshore`): the trace context from its headers,
@@ -97,7 +112,7 @@ impl longshore::trace::TraceMetadata for KafkaMetadata {
     fn trace_header(&self, name: &str) -> Option<&str> {
         // Producers write them in lower case; a header's case is the producer's choice.
         let (_, value) = self
-            .headers
+            .headers()
             .iter()
             .find(|(header, _)| header.eq_ignore_ascii_case(name))?;
         std::str::from_utf8(value.as_deref()?).ok()
@@ -128,15 +143,14 @@ impl KafkaMetadata {
     pub fn new(topic: &str, partition: i32, offset: i64) -> Self {
         KafkaMetadata {
             topic: Arc::from(topic),
-            partition,
-            offset,
             bytes: Bytes::new(),
-            key_len: None,
-            has_payload: false,
-            headers: Vec::new(),
-            unreadable_headers: 0,
-            timestamp_ms: None,
+            offset,
+            timestamp_ms: NO_TIMESTAMP,
+            headers: None,
             slot: Slot::NONE,
+            partition,
+            key_len: NO_KEY,
+            has_payload: false,
         }
     }
 
@@ -161,21 +175,36 @@ impl KafkaMetadata {
     /// `bytes` holds the key (if any), then the payload (if any).
     fn with_bytes(mut self, key: Option<&[u8]>, has_payload: bool, bytes: Bytes) -> Self {
         self.bytes = bytes;
-        self.key_len = key.map(|key| u32::try_from(key.len()).expect("a key below 4 GiB"));
+        self.key_len = key.map_or(NO_KEY, |key| {
+            u32::try_from(key.len())
+                .ok()
+                .filter(|&len| len != NO_KEY)
+                .expect("a key below 4 GiB")
+        });
         self.has_payload = has_payload;
         self
     }
 
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((name.into(), Some(value.into())));
+        self.headers_mut().push((name.into(), Some(value.into())));
         self
     }
 
     /// Adds a header whose value is null (not empty).
     pub fn with_null_header(mut self, name: impl Into<String>) -> Self {
-        self.headers.push((name.into(), None));
+        self.headers_mut().push((name.into(), None));
         self
+    }
+
+    fn headers_mut(&mut self) -> &mut Vec<KafkaHeader> {
+        let headers = self.headers.get_or_insert_with(|| {
+            Box::new(RecordHeaders {
+                read: Vec::new(),
+                unreadable: 0,
+            })
+        });
+        &mut headers.read
     }
 
     pub(crate) fn from_borrowed(
@@ -184,18 +213,16 @@ impl KafkaMetadata {
         slot: Slot,
         blocks: &mut Blocks,
     ) -> Self {
-        let (headers, unreadable_headers) = message.headers().map(read_headers).unwrap_or_default();
         let record = KafkaMetadata {
             topic,
-            partition: message.partition(),
-            offset: message.offset(),
             bytes: Bytes::new(),
-            key_len: None,
-            has_payload: false,
-            headers,
-            unreadable_headers,
-            timestamp_ms: message.timestamp().to_millis(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(NO_TIMESTAMP),
+            headers: message.headers().and_then(read_headers),
             slot,
+            partition: message.partition(),
+            key_len: NO_KEY,
+            has_payload: false,
         };
         let bytes = blocks.copy(message.key(), message.payload());
         record.with_bytes(message.key(), message.payload().is_some(), bytes)
@@ -218,21 +245,27 @@ impl KafkaMetadata {
 
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key_len.map(|len| &self.bytes[..len as usize])
+        (self.key_len != NO_KEY).then(|| &self.bytes[..self.key_len as usize])
+    }
+
+    /// Where the payload starts in `bytes`: after the key.
+    fn payload_start(&self) -> usize {
+        match self.key_len {
+            NO_KEY => 0,
+            len => len as usize,
+        }
     }
 
     /// The payload as received, if any (`None` for a tombstone).
     pub fn payload(&self) -> Option<&[u8]> {
-        let start = self.key_len.unwrap_or(0) as usize;
-        self.has_payload.then(|| &self.bytes[start..])
+        self.has_payload.then(|| &self.bytes[self.payload_start()..])
     }
 
     /// A message of this record, as the source delivers it: its data is the payload
     /// (empty for a tombstone: [`KafkaMetadata::payload`] tells them apart), sharing this
     /// record's buffer.
     pub fn into_message(self) -> KafkaMessage {
-        let start = self.key_len.unwrap_or(0) as usize;
-        let payload = self.bytes.slice(start..);
+        let payload = self.bytes.slice(self.payload_start()..);
         Message::with_metadata(payload, self)
     }
 
@@ -245,18 +278,18 @@ impl KafkaMetadata {
     /// apart from an empty one). A header whose name is not UTF-8 is left out and counted
     /// in [`KafkaMetadata::unreadable_headers`]; the record is delivered all the same.
     pub fn headers(&self) -> &[KafkaHeader] {
-        &self.headers
+        self.headers.as_ref().map_or(&[], |headers| &headers.read)
     }
 
     /// How many headers were left out of [`KafkaMetadata::headers`] because their name is
     /// not UTF-8.
     pub fn unreadable_headers(&self) -> usize {
-        self.unreadable_headers
+        self.headers.as_ref().map_or(0, |headers| headers.unreadable)
     }
 
     /// The record's timestamp in milliseconds since the epoch, if it has one.
     pub fn timestamp_ms(&self) -> Option<i64> {
-        self.timestamp_ms
+        (self.timestamp_ms != NO_TIMESTAMP).then_some(self.timestamp_ms)
     }
 
     /// This record as if read from `partition` of the same topic, sharing its name.
@@ -305,11 +338,14 @@ impl Blocks {
     }
 }
 
-/// A record's headers, and how many could not be read. rust-rdkafka panics on a header
-/// name that is not UTF-8 (`to_str().unwrap()` in `try_get`); caught per header, so that
-/// one bad name costs that header, never the poll thread (the panic hook still prints
-/// the panic once per such header).
-fn read_headers(headers: &BorrowedHeaders) -> (Vec<KafkaHeader>, usize) {
+/// A record's headers, and how many could not be read (`None` when it has none).
+/// rust-rdkafka panics on a header name that is not UTF-8 (`to_str().unwrap()` in
+/// `try_get`); caught per header, so that one bad name costs that header, never the poll
+/// thread (the panic hook still prints the panic once per such header).
+fn read_headers(headers: &BorrowedHeaders) -> Option<Box<RecordHeaders>> {
+    if headers.count() == 0 {
+        return None;
+    }
     let mut read = Vec::with_capacity(headers.count());
     let mut unreadable = 0;
     for index in 0..headers.count() {
@@ -322,12 +358,18 @@ fn read_headers(headers: &BorrowedHeaders) -> (Vec<KafkaHeader>, usize) {
     if unreadable > 0 {
         tracing::warn!(unreadable, "record headers whose name is not UTF-8 left out");
     }
-    (read, unreadable)
+    Some(Box::new(RecordHeaders { read, unreadable }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_stays_small() {
+        // Moved whole between stages, each byte copied on every move.
+        assert!(std::mem::size_of::<KafkaMetadata>() <= 96);
+    }
 
     #[test]
     fn keys_and_payloads_keep_their_presence_and_bytes() {
