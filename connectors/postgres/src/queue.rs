@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use longshore::RetryPolicy;
 use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Column, Row};
 
@@ -101,7 +102,26 @@ pub(crate) enum Failed {
     },
 }
 
+/// How many times a settling statement that lost to another's locks is tried again once
+/// its window has passed (see [`Queue::settle`]).
+const CONTENDED_TRIES: u32 = 5;
+
 impl Failed {
+    /// Whether another statement's locks made the database refuse it: a deadlock or a
+    /// serialization failure.
+    fn is_contention(&self) -> bool {
+        let Failed::Database(error) = self else {
+            return false;
+        };
+        error.as_db_error().is_some_and(|db| {
+            [
+                &SqlState::T_R_DEADLOCK_DETECTED,
+                &SqlState::T_R_SERIALIZATION_FAILURE,
+            ]
+            .contains(&db.code())
+        })
+    }
+
     /// Whether trying again may help: the database away or slow, not a statement it
     /// refused (a refused one would be refused again).
     fn is_transient(&self) -> bool {
@@ -260,8 +280,9 @@ impl Queue {
 
     /// Runs a statement settling `leases`, which are no longer extended from now on
     /// (an extension landing after it would undo a retry's delay or a release). A
-    /// statement the database is away for is tried again for a third of a lease, then
-    /// given up: its rows come back when their lease passes, to be handled again.
+    /// statement the database is away for is tried again for a third of a lease (one
+    /// that lost to another's locks, a few times more), then given up: its rows come
+    /// back when their lease passes, to be handled again.
     async fn settle(&self, doing: &str, leases: &[Lease], sql: &str, params: &[&(dyn ToSql + Sync)]) {
         if leases.is_empty() {
             return;
@@ -276,20 +297,25 @@ impl Queue {
             .initial_backoff(Duration::from_millis(50))
             .max_backoff(Duration::from_secs(2));
         let give_up = tokio::time::Instant::now() + self.lease / 3;
-        let mut attempt = 0;
+        let (mut attempt, mut contended) = (0, 0);
         loop {
             attempt += 1;
-            match timed(self.next_settler().execute(sql, params)).await {
-                Ok(_) => return,
-                Err(error) if error.is_transient() && tokio::time::Instant::now() < give_up => {
-                    tracing::debug!(%error, rows = leases.len(), "postgres {doing} failed; trying again");
-                    tokio::time::sleep(backoff.backoff(attempt)).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, rows = leases.len(), "postgres {doing} failed; the rows come back when their lease passes");
-                    return;
-                }
+            let Err(error) = timed(self.next_settler().execute(sql, params)).await else {
+                return;
+            };
+            // A statement that lost to another's locks is tried again past the window,
+            // a few times: the database answered, and its deadlock check alone
+            // (`deadlock_timeout`, a second by default) may outlast a short lease's third.
+            contended += u32::from(error.is_contention());
+            let again = error.is_transient()
+                && (tokio::time::Instant::now() < give_up
+                    || error.is_contention() && contended <= CONTENDED_TRIES);
+            if !again {
+                tracing::warn!(%error, rows = leases.len(), "postgres {doing} failed; the rows come back when their lease passes");
+                return;
             }
+            tracing::debug!(%error, rows = leases.len(), "postgres {doing} failed; trying again");
+            tokio::time::sleep(backoff.backoff(attempt)).await;
         }
     }
 
@@ -306,16 +332,22 @@ impl Queue {
     /// Extends the leases held here.
     pub(crate) async fn extend(&self) -> Result<(), Failed> {
         let mut leases: Vec<Lease> = lock(&self.held).iter().copied().collect();
-        // In id order, as the leases and deletes take theirs: fewer deadlocks with them
-        // (and a deadlock is tried again).
         leases.sort_unstable_by_key(|lease| lease.id);
         if leases.is_empty() {
             return Ok(());
         }
+        // Rows locked by another statement are skipped, never waited for: a settling
+        // statement of this consumer has them (being deleted, released or failed, they
+        // need no more time), or another consumer's lapsed lease. Waiting, the extension
+        // deadlocked with a delete taking its rows in another order, held every other
+        // lease back until the deadlock was found (a second, by default), and the delete
+        // could lose: its rows, handled, were handled again.
         let sql = format!(
             "UPDATE {t} SET visible_at = now() + make_interval(secs => $3) \
-             FROM unnest($1::bigint[], $2::int[]) AS d(id, token) \
-             WHERE {t}.id = d.id AND {t}.attempts = d.token AND {t}.failed_at IS NULL",
+             WHERE id IN (SELECT q.id FROM {t} q \
+                          JOIN unnest($1::bigint[], $2::int[]) AS d(id, token) ON q.id = d.id \
+                          WHERE q.attempts = d.token AND q.failed_at IS NULL \
+                          FOR UPDATE OF q SKIP LOCKED)",
             t = self.table
         );
         let (ids, tokens) = split(&leases);

@@ -233,6 +233,67 @@ async fn a_job_longer_than_its_lease_is_not_leased_to_another_consumer() {
     second.shutdown().await.unwrap();
 }
 
+/// A row another transaction holds locked does not hold up the extension of the other
+/// leases. The lock stands for this consumer's own delete: the extension waited for its
+/// rows, deadlocked with it, and the delete could lose and be given up, its rows, handled,
+/// handled again after a graceful stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_elsewhere_does_not_hold_up_the_extension_of_the_other_leases() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(&db, "locked", vec![b"a".to_vec(), b"b".to_vec()]).await;
+    // Leases of 1 s, extended every third of it, for jobs of 4 s.
+    let config = PgQueueConfig::new(server.url())
+        .queue("locked")
+        .lease(Duration::from_secs(1));
+    let (handler, handled) = judge(Duration::from_secs(4));
+    let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
+        .start()
+        .unwrap();
+    let leased_now = async || {
+        let row = db
+            .query_one(
+                "SELECT count(*) FROM longshore_queue WHERE queue = 'locked' AND visible_at > now()",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    until("both leased", async || leased_now().await == 2).await;
+    // Another transaction locks one of them for longer than a lease.
+    let mut other = client(&server.url()).await;
+    let locking = other.transaction().await.unwrap();
+    let locked: i64 = locking
+        .query_one(
+            "SELECT id FROM longshore_queue WHERE queue = 'locked' ORDER BY id LIMIT 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Still on its first lease: extended all along, never let go to be leased again.
+    let other = db
+        .query_one(
+            "SELECT id, visible_at > now(), attempts FROM longshore_queue WHERE queue = 'locked' AND id <> $1",
+            &[&locked],
+        )
+        .await
+        .unwrap();
+    let (other_id, other_leased, attempts): (i64, bool, i32) = (other.get(0), other.get(1), other.get(2));
+    locking.rollback().await.unwrap();
+    assert!(
+        other_leased && attempts == 1,
+        "the other row's lease lapsed while the extension waited for the locked one \
+         (leased now: {other_leased}, leased {attempts} times)"
+    );
+    until("both done", async || rows(&db, "locked").await == (0, 0)).await;
+    let handled_other = handled.lock().unwrap().iter().filter(|h| h.0 == other_id).count();
+    assert_eq!(handled_other, 1, "the other row was handled twice");
+    pipeline.shutdown().await.unwrap();
+}
+
 /// Whether a row of `queue` is leased now.
 async fn leased(db: &longshore_postgres::tokio_postgres::Client, queue: &str) -> bool {
     db.query_one(
