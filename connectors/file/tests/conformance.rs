@@ -88,6 +88,8 @@ impl Broker for File {
     fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_file-count-consumer"));
         command
+            // Slow enough that the kill lands mid-stream (see `Broker::consumer`).
+            .env("LONGSHORE_CHAOS_SINK_MS", "20")
             .arg(&self.path)
             .arg(output)
             .arg("follow")

@@ -101,6 +101,8 @@ impl Broker for Topic {
         }
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_count-consumer"));
         command
+            // Slow enough that the kill lands mid-stream (see `Broker::consumer`).
+            .env("LONGSHORE_CHAOS_SINK_MS", "20")
             .args([self.bootstrap.as_str(), TOPIC, GROUP])
             .arg(output)
             .stdout(std::process::Stdio::null())

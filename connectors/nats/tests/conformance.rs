@@ -56,6 +56,8 @@ impl Broker for Stream {
     fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_nats-count-consumer"));
         command
+            // Slow enough that the kill lands mid-stream (see `Broker::consumer`).
+            .env("LONGSHORE_CHAOS_SINK_MS", "20")
             .arg(self.server.url())
             .arg(STREAM)
             .arg(CONSUMER)

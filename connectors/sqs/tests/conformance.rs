@@ -74,6 +74,8 @@ impl Broker for Queue {
     fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-count-consumer"));
         command
+            // Slow enough that the kill lands mid-stream (see `Broker::consumer`).
+            .env("LONGSHORE_CHAOS_SINK_MS", "20")
             .arg(&self.url)
             .arg(output)
             .stdout(std::process::Stdio::null())

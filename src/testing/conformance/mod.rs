@@ -180,6 +180,10 @@ pub trait Broker: Send + Sync + 'static {
     /// published (the same group, the same queue) and appends the id of each message it
     /// handled, one per line, to `output`. `None` (the default) when the source has no
     /// process to kill (the in-memory source): the check does not apply.
+    ///
+    /// It must handle at a pace a kill can land in: the check looks at `output` every
+    /// 20 ms, and fails as proving nothing if the process handled everything before it was
+    /// killed. Longshore's own consumers wait 20 ms on each batch of 50 for this.
     fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
         let _ = output;
         None
