@@ -64,14 +64,14 @@ pub type KafkaMessage<T = Bytes> = Message<T, KafkaMetadata>;
 /// # pipeline.wait().await.unwrap();
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaMetadata {
     topic: Arc<str>,
     /// The key, then the payload: one buffer, most often a slice of a block shared with
     /// the records copied just before and after it (see [`Blocks`]).
     bytes: Bytes,
     offset: i64,
-    /// [`NO_TIMESTAMP`] when the record has none.
+    /// Read only with `has_timestamp`.
     timestamp_ms: i64,
     /// Boxed, and only when the record has headers: most have none, and every stage moves
     /// each record (a record's every byte is copied about ten times on its way).
@@ -80,15 +80,28 @@ pub struct KafkaMetadata {
     /// from an earlier assignment (revoked since) commits nothing.
     pub(crate) slot: Slot,
     partition: i32,
-    /// [`NO_KEY`] when the record has no key.
+    /// Zero with no key.
     key_len: u32,
+    has_key: bool,
     has_payload: bool,
+    has_timestamp: bool,
 }
 
-/// `key_len` of a record without a key: a key fills at most `u32::MAX - 1` bytes.
-const NO_KEY: u32 = u32::MAX;
-/// `timestamp_ms` of a record without a timestamp.
-const NO_TIMESTAMP: i64 = i64::MIN;
+impl std::fmt::Debug for KafkaMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaMetadata")
+            .field("topic", &self.topic())
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("key", &self.key())
+            .field("payload", &self.payload())
+            .field("headers", &self.headers())
+            .field("unreadable_headers", &self.unreadable_headers())
+            .field("timestamp_ms", &self.timestamp_ms())
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
 
 /// A record's headers, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,12 +158,14 @@ impl KafkaMetadata {
             topic: Arc::from(topic),
             bytes: Bytes::new(),
             offset,
-            timestamp_ms: NO_TIMESTAMP,
+            timestamp_ms: 0,
             headers: None,
             slot: Slot::NONE,
             partition,
-            key_len: NO_KEY,
+            key_len: 0,
+            has_key: false,
             has_payload: false,
+            has_timestamp: false,
         }
     }
 
@@ -175,12 +190,8 @@ impl KafkaMetadata {
     /// `bytes` holds the key (if any), then the payload (if any).
     fn with_bytes(mut self, key: Option<&[u8]>, has_payload: bool, bytes: Bytes) -> Self {
         self.bytes = bytes;
-        self.key_len = key.map_or(NO_KEY, |key| {
-            u32::try_from(key.len())
-                .ok()
-                .filter(|&len| len != NO_KEY)
-                .expect("a key below 4 GiB")
-        });
+        self.key_len = key.map_or(0, |key| u32::try_from(key.len()).expect("a key below 4 GiB"));
+        self.has_key = key.is_some();
         self.has_payload = has_payload;
         self
     }
@@ -213,16 +224,19 @@ impl KafkaMetadata {
         slot: Slot,
         blocks: &mut Blocks,
     ) -> Self {
+        let timestamp_ms = message.timestamp().to_millis();
         let record = KafkaMetadata {
             topic,
             bytes: Bytes::new(),
             offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis().unwrap_or(NO_TIMESTAMP),
+            timestamp_ms: timestamp_ms.unwrap_or_default(),
             headers: message.headers().and_then(read_headers),
             slot,
             partition: message.partition(),
-            key_len: NO_KEY,
+            key_len: 0,
+            has_key: false,
             has_payload: false,
+            has_timestamp: timestamp_ms.is_some(),
         };
         let bytes = blocks.copy(message.key(), message.payload());
         record.with_bytes(message.key(), message.payload().is_some(), bytes)
@@ -245,15 +259,12 @@ impl KafkaMetadata {
 
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
-        (self.key_len != NO_KEY).then(|| &self.bytes[..self.key_len as usize])
+        self.has_key.then(|| &self.bytes[..self.key_len as usize])
     }
 
     /// Where the payload starts in `bytes`: after the key.
     fn payload_start(&self) -> usize {
-        match self.key_len {
-            NO_KEY => 0,
-            len => len as usize,
-        }
+        self.key_len as usize
     }
 
     /// The payload as received, if any (`None` for a tombstone).
@@ -289,7 +300,7 @@ impl KafkaMetadata {
 
     /// The record's timestamp in milliseconds since the epoch, if it has one.
     pub fn timestamp_ms(&self) -> Option<i64> {
-        (self.timestamp_ms != NO_TIMESTAMP).then_some(self.timestamp_ms)
+        self.has_timestamp.then_some(self.timestamp_ms)
     }
 
     /// This record as if read from `partition` of the same topic, sharing its name.
@@ -358,7 +369,8 @@ fn read_headers(headers: &BorrowedHeaders) -> Option<Box<RecordHeaders>> {
     if unreadable > 0 {
         tracing::warn!(unreadable, "record headers whose name is not UTF-8 left out");
     }
-    Some(Box::new(RecordHeaders { read, unreadable }))
+    // Nothing read (every header gone between the count and the read): as none.
+    (!read.is_empty() || unreadable > 0).then(|| Box::new(RecordHeaders { read, unreadable }))
 }
 
 #[cfg(test)]

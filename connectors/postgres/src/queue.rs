@@ -102,8 +102,8 @@ pub(crate) enum Failed {
     },
 }
 
-/// How many times a settling statement that lost to another's locks is tried again once
-/// its window has passed (see [`Queue::settle`]).
+/// How many times in all a settling statement may lose to another's locks and still be
+/// tried again once its window has passed (see [`Queue::settle`]).
 const CONTENDED_TRIES: u32 = 5;
 
 impl Failed {
@@ -281,8 +281,8 @@ impl Queue {
     /// Runs a statement settling `leases`, which are no longer extended from now on
     /// (an extension landing after it would undo a retry's delay or a release). A
     /// statement the database is away for is tried again for a third of a lease (one
-    /// that lost to another's locks, a few times more), then given up: its rows come
-    /// back when their lease passes, to be handled again.
+    /// that lost to another's locks, also past it, up to five such losses in all), then
+    /// given up: its rows come back when their lease passes, to be handled again.
     async fn settle(&self, doing: &str, leases: &[Lease], sql: &str, params: &[&(dyn ToSql + Sync)]) {
         if leases.is_empty() {
             return;
@@ -338,24 +338,42 @@ impl Queue {
         }
         // Rows locked by another statement are skipped, never waited for: a settling
         // statement of this consumer has them (being deleted, released or failed, they
-        // need no more time), or another consumer's lapsed lease. Waiting, the extension
+        // need no more time), or another transaction does. Waiting, the extension
         // deadlocked with a delete taking its rows in another order, held every other
         // lease back until the deadlock was found (a second, by default), and the delete
-        // could lose: its rows, handled, were handled again.
+        // could lose: its rows, handled, were handled again. `NO KEY`: the lock an update
+        // of `visible_at` takes anyway, which a row referenced by a foreign key being
+        // written elsewhere does not block.
         let sql = format!(
             "UPDATE {t} SET visible_at = now() + make_interval(secs => $3) \
              WHERE id IN (SELECT q.id FROM {t} q \
                           JOIN unnest($1::bigint[], $2::int[]) AS d(id, token) ON q.id = d.id \
                           WHERE q.attempts = d.token AND q.failed_at IS NULL \
-                          FOR UPDATE OF q SKIP LOCKED)",
+                          FOR NO KEY UPDATE OF q SKIP LOCKED) \
+             RETURNING id",
             t = self.table
         );
         let (ids, tokens) = split(&leases);
-        timed(
-            self.side
-                .execute(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()]),
-        )
-        .await?;
+        let extended = timed(self.side.query(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()])).await?;
+        let extended: HashSet<i64> = extended.iter().map(|row| row.get(0)).collect();
+        // Not extended and still held (not settled meanwhile): a lease about to lapse
+        // while its row is handled, never silently.
+        let missed = {
+            let held = lock(&self.held);
+            leases
+                .iter()
+                .filter(|lease| !extended.contains(&lease.id) && held.contains(lease))
+                .map(|lease| lease.id)
+                .collect::<Vec<_>>()
+        };
+        if let Some(first) = missed.first() {
+            tracing::warn!(
+                rows = missed.len(),
+                first,
+                queue = %self.name,
+                "postgres leases not extended: their rows are locked by another transaction, or were leased again once their lease lapsed; if it lapses, a row is handled again"
+            );
+        }
         Ok(())
     }
 

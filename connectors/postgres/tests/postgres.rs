@@ -233,20 +233,46 @@ async fn a_job_longer_than_its_lease_is_not_leased_to_another_consumer() {
     second.shutdown().await.unwrap();
 }
 
+/// Holds every message until `open` is `true`, then records it as [`Judge`] does.
+struct Held {
+    open: tokio::sync::watch::Receiver<bool>,
+    handled: Handled,
+}
+
+impl Handler for Held {
+    type Item = longshore_postgres::Bytes;
+    type Metadata = PgQueueMetadata;
+
+    async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
+        self.open.clone().wait_for(|&open| open).await?;
+        self.handled
+            .lock()
+            .unwrap()
+            .push((message.metadata().id(), message.attempt(), Instant::now()));
+        Ok(())
+    }
+}
+
 /// A row another transaction holds locked does not hold up the extension of the other
 /// leases. The lock stands for this consumer's own delete: the extension waited for its
 /// rows, deadlocked with it, and the delete could lose and be given up, its rows, handled,
-/// handled again after a graceful stop.
+/// handled again after a graceful stop. (The locked row itself is not extended meanwhile,
+/// and is said to be: its lease may lapse, and the row be handled again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_locked_elsewhere_does_not_hold_up_the_extension_of_the_other_leases() {
     let server = server().await;
     let db = client(&server.url()).await;
     enqueue(&db, "locked", vec![b"a".to_vec(), b"b".to_vec()]).await;
-    // Leases of 1 s, extended every third of it, for jobs of 4 s.
+    // Leases of 1 s, extended every third of it, for jobs held until the check is done.
     let config = PgQueueConfig::new(server.url())
         .queue("locked")
         .lease(Duration::from_secs(1));
-    let (handler, handled) = judge(Duration::from_secs(4));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let handled = Handled::default();
+    let handler = Held {
+        open: gate,
+        handled: handled.clone(),
+    };
     let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
         .start()
         .unwrap();
@@ -275,14 +301,16 @@ async fn a_row_locked_elsewhere_does_not_hold_up_the_extension_of_the_other_leas
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Still on its first lease: extended all along, never let go to be leased again.
     let other = db
-        .query_one(
+        .query_opt(
             "SELECT id, visible_at > now(), attempts FROM longshore_queue WHERE queue = 'locked' AND id <> $1",
             &[&locked],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the other row, held by the handler, is still in the table");
     let (other_id, other_leased, attempts): (i64, bool, i32) = (other.get(0), other.get(1), other.get(2));
     locking.rollback().await.unwrap();
+    open.send_replace(true);
     assert!(
         other_leased && attempts == 1,
         "the other row's lease lapsed while the extension waited for the locked one \
