@@ -22,9 +22,11 @@ use common::{client, enqueue, rows, server};
 use longshore::{BoxError, DeadLetter, Handler, Message, Permanent, Pipeline, RetryPolicy};
 use longshore_postgres::{PgQueueConfig, PgQueueMessage, PgQueueMetadata, PgQueueSource};
 
-/// Fails payloads starting with `bad` for good; sleeps `sleep` on each other.
+/// Fails payloads starting with `bad` for good; sleeps `sleep` on each other, and first
+/// waits for `open` (when set) to be `true`.
 struct Judge {
     sleep: Duration,
+    open: Option<tokio::sync::watch::Receiver<bool>>,
     handled: Handled,
 }
 
@@ -35,6 +37,9 @@ impl Handler for Judge {
     async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
         if message.data().starts_with(b"bad") {
             return Err(Permanent::new("a bad row").into());
+        }
+        if let Some(open) = &self.open {
+            open.clone().wait_for(|&open| open).await?;
         }
         tokio::time::sleep(self.sleep).await;
         self.handled
@@ -53,6 +58,7 @@ fn judge(sleep: Duration) -> (Judge, Handled) {
     (
         Judge {
             sleep,
+            open: None,
             handled: handled.clone(),
         },
         handled,
@@ -233,26 +239,6 @@ async fn a_job_longer_than_its_lease_is_not_leased_to_another_consumer() {
     second.shutdown().await.unwrap();
 }
 
-/// Holds every message until `open` is `true`, then records it as [`Judge`] does.
-struct Held {
-    open: tokio::sync::watch::Receiver<bool>,
-    handled: Handled,
-}
-
-impl Handler for Held {
-    type Item = longshore_postgres::Bytes;
-    type Metadata = PgQueueMetadata;
-
-    async fn handle_message(&self, message: &mut PgQueueMessage) -> Result<(), BoxError> {
-        self.open.clone().wait_for(|&open| open).await?;
-        self.handled
-            .lock()
-            .unwrap()
-            .push((message.metadata().id(), message.attempt(), Instant::now()));
-        Ok(())
-    }
-}
-
 /// A row another transaction holds locked does not hold up the extension of the other
 /// leases. The lock stands for this consumer's own delete: the extension waited for its
 /// rows, deadlocked with it, and the delete could lose and be given up, its rows, handled,
@@ -268,11 +254,8 @@ async fn a_row_locked_elsewhere_does_not_hold_up_the_extension_of_the_other_leas
         .queue("locked")
         .lease(Duration::from_secs(1));
     let (open, gate) = tokio::sync::watch::channel(false);
-    let handled = Handled::default();
-    let handler = Held {
-        open: gate,
-        handled: handled.clone(),
-    };
+    let (mut handler, handled) = judge(Duration::ZERO);
+    handler.open = Some(gate);
     let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
         .start()
         .unwrap();
