@@ -50,6 +50,9 @@ pub(crate) struct Queue {
     pub(crate) lease: Duration,
     /// Leases held here and not yet settled: extended while their rows are handled.
     pub(crate) held: Mutex<HashSet<Lease>>,
+    /// Held leases the last extension could not extend, already warned of: a warning
+    /// each, not one every tick.
+    pub(crate) unextended: Mutex<HashSet<Lease>>,
     /// Woken by the listener when rows are inserted.
     pub(crate) wake: Arc<Notify>,
     /// Whether the last lease statement was answered: `/readyz`.
@@ -355,20 +358,34 @@ impl Queue {
         );
         let (ids, tokens) = split(&leases);
         let extended = timed(self.side.query(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()])).await?;
-        let extended: HashSet<i64> = extended.iter().map(|row| row.get(0)).collect();
+        let extended = extended
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<HashSet<i64>, _>>()
+            .map_err(Failed::Database)?;
         // Not extended and still held (not settled meanwhile): a lease about to lapse
-        // while its row is handled, never silently.
-        let missed = {
+        // while its row is handled, never silently; said once a lease.
+        let missed: HashSet<Lease> = {
             let held = lock(&self.held);
             leases
                 .iter()
                 .filter(|lease| !extended.contains(&lease.id) && held.contains(lease))
-                .map(|lease| lease.id)
-                .collect::<Vec<_>>()
+                .copied()
+                .collect()
         };
-        if let Some(first) = missed.first() {
+        let new = {
+            let mut unextended = lock(&self.unextended);
+            let new: Vec<i64> = missed
+                .iter()
+                .filter(|lease| !unextended.contains(lease))
+                .map(|lease| lease.id)
+                .collect();
+            *unextended = missed;
+            new
+        };
+        if let Some(first) = new.iter().min() {
             tracing::warn!(
-                rows = missed.len(),
+                rows = new.len(),
                 first,
                 queue = %self.name,
                 "postgres leases not extended: their rows are locked by another transaction, or were leased again once their lease lapsed; if it lapses, a row is handled again"

@@ -105,6 +105,7 @@ impl PgQueueSource {
             name: Arc::from(config.queue.as_str()),
             lease: config.lease,
             held: Mutex::default(),
+            unextended: Mutex::default(),
             wake: wake.clone(),
             metrics: QueueMetrics::new(&config.table, &config.queue),
         });

@@ -183,7 +183,8 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// It must handle at a pace a kill can land in: the check looks at `output` every
     /// 20 ms, and fails as proving nothing if the process handled everything before it was
-    /// killed. Longshore's own consumers wait 20 ms on each batch of 50 for this.
+    /// killed. Longshore's own consumers wait 20 ms on each batch (of 50; Kafka's, of 100) for
+    /// this.
     fn consumer(&self, output: &std::path::Path) -> Option<std::process::Command> {
         let _ = output;
         None
