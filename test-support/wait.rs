@@ -6,18 +6,12 @@
 use std::time::Duration;
 
 /// Waits until `done` holds, checking every 10 ms, for at most `timeout`.
-pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+pub async fn eventually(timeout: Duration, done: impl FnMut() -> bool) {
+    eventually_explained(timeout, done, String::new).await;
 }
 
-/// As [`eventually`]; on failure, says what `explain()` says of the state then.
+/// As [`eventually`]; on failure, says what `explain()` says of the state then (nothing
+/// when it is empty).
 pub async fn eventually_explained(
     timeout: Duration,
     mut done: impl FnMut() -> bool,
@@ -25,11 +19,12 @@ pub async fn eventually_explained(
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}: {}",
-            explain()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            match explain() {
+                said if said.is_empty() => panic!("condition not met within {timeout:?}"),
+                said => panic!("condition not met within {timeout:?}: {said}"),
+            }
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -80,7 +80,7 @@ pub struct KafkaMetadata {
     /// from an earlier assignment (revoked since) commits nothing.
     pub(crate) slot: Slot,
     partition: i32,
-    /// Zero with no key.
+    /// Where the payload starts in `bytes`: zero with no key.
     key_len: u32,
     has_key: bool,
     has_payload: bool,
@@ -262,21 +262,16 @@ impl KafkaMetadata {
         self.has_key.then(|| &self.bytes[..self.key_len as usize])
     }
 
-    /// Where the payload starts in `bytes`: after the key.
-    fn payload_start(&self) -> usize {
-        self.key_len as usize
-    }
-
     /// The payload as received, if any (`None` for a tombstone).
     pub fn payload(&self) -> Option<&[u8]> {
-        self.has_payload.then(|| &self.bytes[self.payload_start()..])
+        self.has_payload.then(|| &self.bytes[self.key_len as usize..])
     }
 
     /// A message of this record, as the source delivers it: its data is the payload
     /// (empty for a tombstone: [`KafkaMetadata::payload`] tells them apart), sharing this
     /// record's buffer.
     pub fn into_message(self) -> KafkaMessage {
-        let payload = self.bytes.slice(self.payload_start()..);
+        let payload = self.bytes.slice(self.key_len as usize..);
         Message::with_metadata(payload, self)
     }
 

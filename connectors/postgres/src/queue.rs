@@ -309,10 +309,10 @@ impl Queue {
             // A statement that lost to another's locks is tried again past the window,
             // a few times: the database answered, and its deadlock check alone
             // (`deadlock_timeout`, a second by default) may outlast a short lease's third.
-            contended += u32::from(error.is_contention());
+            let contention = error.is_contention();
+            contended += u32::from(contention);
             let again = error.is_transient()
-                && (tokio::time::Instant::now() < give_up
-                    || error.is_contention() && contended <= CONTENDED_TRIES);
+                && (tokio::time::Instant::now() < give_up || contention && contended <= CONTENDED_TRIES);
             if !again {
                 tracing::warn!(%error, rows = leases.len(), "postgres {doing} failed; the rows come back when their lease passes");
                 return;
