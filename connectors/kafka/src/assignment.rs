@@ -45,9 +45,22 @@ pub(crate) struct State {
     /// Takes that handed out records, counted: the poll thread's sign that the pipeline
     /// still takes records while its queue is full.
     pub(crate) takes: u64,
+    /// Threads waiting on [`Shared`]'s condition variables, counted so that a signal is
+    /// sent only to a waiter: std's signal is a system call even when none waits, and
+    /// takes and acknowledgements, a few a chunk, almost never have one.
+    pub(crate) waiting: Waiting,
     /// Partitions and topics an operator paused (see [`KafkaPause`](crate::KafkaPause)):
     /// kept across rebalances, so that a partition paused comes back paused.
     pub(crate) held: Held,
+}
+
+/// Threads waiting, counted under the lock their condition is read under.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    /// For acknowledgements: a revoke draining its partitions.
+    acknowledged: u32,
+    /// For room in the queue: the poll thread with the queue full.
+    room: u32,
 }
 
 /// What an operator paused.
@@ -92,6 +105,7 @@ impl Default for State {
             finished: false,
             polled_at: Instant::now(),
             takes: 0,
+            waiting: Waiting::default(),
             held: Held::default(),
         }
     }
@@ -347,7 +361,9 @@ impl Shared {
         let taken = state.partitions.take(demand, limit);
         if !taken.is_empty() {
             state.takes += 1;
-            self.room.notify_one();
+            if state.waiting.room > 0 {
+                self.room.notify_one();
+            }
             if state.partitions.any_queued() {
                 self.ready.notify_one();
             }
@@ -359,13 +375,15 @@ impl Shared {
     /// partitions neither stalled nor paused (see [`Shared::unstalled`]); `false` if it is
     /// still full (or the source stopped or finished).
     pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) -> bool {
-        let state = self.lock();
-        let (state, _) = self
+        let mut state = self.lock();
+        state.waiting.room += 1;
+        let (mut state, _) = self
             .room
             .wait_timeout_while(state, timeout, |s| {
                 self.unstalled(s, Instant::now()) >= limit && !s.stopped && !s.finished
             })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.waiting.room -= 1;
         self.unstalled(&state, Instant::now()) < limit
     }
 
@@ -469,11 +487,13 @@ impl Shared {
                 );
                 break;
             }
+            state.waiting.acknowledged += 1;
             state = self
                 .acknowledged
                 .wait_timeout(state, left)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            state.waiting.acknowledged -= 1;
         }
         let mut commits = TopicPartitionList::new();
         for tp in &revoked {
@@ -549,8 +569,11 @@ impl Shared {
         }
         state.to_resume.extend(resume);
         self.wake_if_takeable(&state);
+        let waiting = state.waiting.acknowledged > 0;
         drop(state);
-        self.acknowledged.notify_all();
+        if waiting {
+            self.acknowledged.notify_all();
+        }
     }
 
     /// Wakes a receive waiting for records if some queued ones may now be taken. Queued
@@ -631,6 +654,33 @@ mod tests {
             .expect("assigned");
         let cap = shared.cap(&state);
         state.queue_record(record, cap, shared.max_buffered_per_partition, now);
+    }
+
+    #[test]
+    fn a_poll_thread_waiting_for_room_is_woken_by_the_take_that_makes_it() {
+        let shared = Arc::new(Shared::new(100));
+        shared.assign(&list(&[0]), None);
+        (0..3).for_each(|offset| receive(&shared, 0, offset));
+        // The queue is full at 3: the poll thread waits (signals go only to a waiter).
+        let timeout = Duration::from_secs(30);
+        let waiter = std::thread::spawn({
+            let shared = shared.clone();
+            move || {
+                let started = Instant::now();
+                (shared.wait_for_room(3, timeout), started.elapsed())
+            }
+        });
+        while shared.lock().waiting.room == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(shared.take(1).len(), 1);
+        let (room, took) = waiter.join().expect("the waiter");
+        assert!(room, "a take made room");
+        assert!(
+            took < timeout / 2,
+            "the waiter slept {took:?}: the take did not wake it"
+        );
+        assert_eq!(shared.lock().waiting.room, 0);
     }
 
     #[test]
