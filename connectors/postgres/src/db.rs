@@ -67,6 +67,12 @@ impl Connected {
 }
 
 impl Db {
+    /// Keeps the connection busy while the guard lives: a statement on it waits.
+    #[cfg(test)]
+    pub(crate) async fn hold(&self) -> tokio::sync::MutexGuard<'_, Option<Arc<Connected>>> {
+        self.connected.lock().await
+    }
+
     pub(crate) fn new(config: Config) -> Self {
         Db {
             config,

@@ -53,6 +53,9 @@ pub(crate) struct Queue {
     /// Held leases the last extension could not extend, already warned of: a warning
     /// each, not one every tick.
     pub(crate) unextended: Mutex<HashSet<Lease>>,
+    /// Held by an extension from its copy of `held` to its statement's end: a settling
+    /// statement waits for the extension under way, which may have copied its leases.
+    pub(crate) extending: tokio::sync::Mutex<()>,
     /// Woken by the listener when rows are inserted.
     pub(crate) wake: Arc<Notify>,
     /// Whether the last lease statement was answered: `/readyz`.
@@ -281,8 +284,9 @@ impl Queue {
             .await;
     }
 
-    /// Runs a statement settling `leases`, which are no longer extended from now on
-    /// (an extension landing after it would undo a retry's delay or a release). A
+    /// Runs a statement settling `leases`, which are no longer extended from now on:
+    /// it runs once no extension that copied them is under way (one landing after it
+    /// would undo a retry's delay or a release, pushing the row a lease out). A
     /// statement the database is away for is tried again for a third of a lease (one
     /// that lost to another's locks, also past it, up to five such losses in all), then
     /// given up: its rows come back when their lease passes, to be handled again.
@@ -296,6 +300,8 @@ impl Queue {
                 held.remove(lease);
             }
         }
+        // An extension starting from now on does not see them.
+        drop(self.extending.lock().await);
         let backoff = RetryPolicy::new(u32::MAX)
             .initial_backoff(Duration::from_millis(50))
             .max_backoff(Duration::from_secs(2));
@@ -334,6 +340,7 @@ impl Queue {
 
     /// Extends the leases held here.
     pub(crate) async fn extend(&self) -> Result<(), Failed> {
+        let _extending = self.extending.lock().await;
         let mut leases: Vec<Lease> = lock(&self.held).iter().copied().collect();
         leases.sort_unstable_by_key(|lease| lease.id);
         if leases.is_empty() {
@@ -514,9 +521,89 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A server of its own for the tests below.
+#[cfg(test)]
+#[path = "../../../test-support/postgres.rs"]
+mod test_postgres;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::test_postgres as postgres;
+
+    /// A queue of the table in the server at `url`, as a source makes it, with nothing
+    /// running on its own (no extension ticks).
+    fn queue(url: &str, lease: Duration) -> Queue {
+        let config: tokio_postgres::Config = url.parse().expect("a url");
+        Queue {
+            settlers: Mutex::new(vec![Arc::new(Db::new(config.clone()))]),
+            turn: AtomicUsize::new(0),
+            side: Db::new(config.clone()),
+            depth: Db::new(config),
+            table: "longshore_queue".to_owned(),
+            name: Arc::from("extension-race"),
+            lease,
+            held: Mutex::default(),
+            unextended: Mutex::default(),
+            extending: tokio::sync::Mutex::default(),
+            wake: Arc::new(Notify::new()),
+            reachable: AtomicBool::new(true),
+            metrics: QueueMetrics::new("longshore_queue", "extension-race"),
+        }
+    }
+
+    /// An extension that copied the held leases before a release of one of them, and
+    /// reached the database after it, pushed the released row a lease out: it must not.
+    #[tokio::test]
+    async fn an_extension_under_way_does_not_undo_a_release_made_meanwhile() {
+        let server = postgres::Postgres::start();
+        crate::PgQueueSource::migrate(&crate::PgQueueConfig::new(server.url()))
+            .await
+            .expect("the table");
+        let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+            .await
+            .expect("a client");
+        tokio::spawn(connection);
+        client
+            .execute(
+                "INSERT INTO longshore_queue (queue, payload) VALUES ('extension-race', 'x')",
+                &[],
+            )
+            .await
+            .expect("a row");
+        let queue = queue(&server.url(), Duration::from_secs(60));
+        let fetch = Db::new(server.url().parse().expect("a url"));
+        let leased = queue.lease(&fetch, 1).await.expect("a lease");
+        let lease = leased[0].lease;
+        // The extension copies the held leases, then waits for its connection, busy.
+        let busy = queue.side.hold().await;
+        let mut extending = Box::pin(queue.extend());
+        assert!(futures_util::poll!(extending.as_mut()).is_pending());
+        // The row is released meanwhile (its handling given up: visible again at once).
+        let released = [lease];
+        let mut releasing = Box::pin(queue.release(&released, false));
+        let released_first = tokio::time::timeout(Duration::from_secs(1), releasing.as_mut())
+            .await
+            .is_ok();
+        drop(busy);
+        extending.await.expect("the extension");
+        if !released_first {
+            releasing.await;
+        }
+        let visible_in: f64 = client
+            .query_one(
+                "SELECT EXTRACT(EPOCH FROM visible_at - now())::float8 FROM longshore_queue WHERE id = $1",
+                &[&lease.id],
+            )
+            .await
+            .expect("the row")
+            .get(0);
+        assert!(
+            visible_in <= 0.0,
+            "the released row is visible only in {visible_in:.0} s: the extension under way pushed it a lease out"
+        );
+    }
 
     #[test]
     fn a_kept_error_has_no_nul_and_a_bounded_length() {

@@ -106,6 +106,7 @@ impl PgQueueSource {
             lease: config.lease,
             held: Mutex::default(),
             unextended: Mutex::default(),
+            extending: tokio::sync::Mutex::default(),
             wake: wake.clone(),
             metrics: QueueMetrics::new(&config.table, &config.queue),
         });
