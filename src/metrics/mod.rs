@@ -24,6 +24,8 @@ pub(crate) use families::{
 };
 pub use server::{BindError, MetricsServer, MetricsServerBuilder};
 pub(crate) use weighted::WeightedHistogram;
+#[cfg(test)]
+pub(crate) use weighted::WeightedHistogramVec;
 
 /// The process's metrics registry: longshore's metrics, and whatever a service or a
 /// connector registers next to them.

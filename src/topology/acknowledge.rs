@@ -274,7 +274,7 @@ where
 /// together (a chunk shares its receipt) as one weighted observation.
 fn observe<'a, T: 'a, M: 'a>(
     now: Receipt,
-    messages: impl IntoIterator<Item = &'a Message<T, M>, IntoIter: ExactSizeIterator>,
+    messages: impl IntoIterator<Item = &'a Message<T, M>, IntoIter: ExactSizeIterator + Clone>,
     histogram: &WeightedHistogram,
 ) {
     let messages = messages.into_iter();
@@ -282,6 +282,15 @@ fn observe<'a, T: 'a, M: 'a>(
         return;
     }
     let mut tally = histogram.tally();
+    // Mostly one run: a chunk dispatched whole, all received at once.
+    let mut rest = messages.clone().map(Message::receipt);
+    let first = rest.next().flatten();
+    if rest.all(|at| at == first) {
+        if let Some(at) = first {
+            tally.observe_n(at.seconds_to(now), messages.len() as u64);
+        }
+        return;
+    }
     let mut observe = |at: Option<Receipt>, n| {
         // A message made outside a source has no receipt: not observed.
         if let Some(at) = at {
@@ -310,4 +319,43 @@ pub(crate) fn split_failed<T, M>(messages: Vec<Message<T, M>>) -> Split<T, M> {
         return (messages, Vec::new());
     }
     messages.into_iter().partition(Message::is_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::WeightedHistogramVec;
+
+    #[test]
+    fn each_message_with_a_receipt_is_observed_once_in_runs_or_alone() {
+        let histogram = WeightedHistogramVec::new("observe_seconds", "A test.", &["p"], vec![1.0, 10.0]);
+        let histogram = histogram.with_label_values(&["p"]);
+        let epoch = std::time::Instant::now();
+        let at = |seconds: u64| Some(Receipt::at(epoch + std::time::Duration::from_secs(seconds)));
+        let now = at(20).expect("a receipt");
+        let messages = |receipts: &[Option<Receipt>]| -> Vec<Message<u8>> {
+            receipts
+                .iter()
+                .map(|&receipt| {
+                    let mut message = Message::new(0);
+                    if let Some(receipt) = receipt {
+                        message.set_receipt(receipt);
+                    }
+                    message
+                })
+                .collect()
+        };
+        // One run; then runs, with messages made outside a source (no receipt) between.
+        observe(now, &messages(&[at(15); 4]), &histogram);
+        assert_eq!(histogram.count_and_sum(), (4, 20.0));
+        observe(
+            now,
+            &messages(&[at(19), at(19), None, at(5), None, at(5), at(19)]),
+            &histogram,
+        );
+        assert_eq!(histogram.count_and_sum(), (9, 20.0 + 3.0 + 30.0));
+        assert_eq!(histogram.buckets(), vec![3, 4, 2], "per bucket: 1 s, 5 s, 15 s");
+        observe(now, &messages(&[None, None]), &histogram);
+        assert_eq!(histogram.count_and_sum().0, 9);
+    }
 }
