@@ -427,6 +427,15 @@ impl Shared {
             .sum()
     }
 
+    /// The pipeline has stopped: the poll thread commits a last time and closes. A
+    /// revoke draining its partitions, or the poll thread waiting for room, stops
+    /// waiting for acknowledgements that will not come.
+    pub(crate) fn finish(&self) {
+        self.lock().finished = true;
+        self.acknowledged.notify_all();
+        self.room.notify_all();
+    }
+
     /// The source stops fetching: every queued record is dropped (unacknowledged: never
     /// committed, read again), and a poll thread waiting for room sees the stop at once.
     pub(crate) fn stop(&self) {
@@ -478,7 +487,9 @@ impl Shared {
                 .iter()
                 .any(|tp| state.partitions.get(tp).is_some_and(|p| p.handed_out() > 0))
         };
-        while busy(&state) {
+        // Once finished (the pipeline has stopped), nothing more is acknowledged: what
+        // was is committed at once.
+        while busy(&state) && !state.finished {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::warn!(
@@ -681,6 +692,35 @@ mod tests {
             "the waiter slept {took:?}: the take did not wake it"
         );
         assert_eq!(shared.lock().waiting.room, 0);
+    }
+
+    #[test]
+    fn a_revoke_draining_its_partitions_ends_once_the_pipeline_has_finished() {
+        let shared = Arc::new(Shared::new(100));
+        shared.assign(&list(&[0]), None);
+        (0..2).for_each(|offset| receive(&shared, 0, offset));
+        let taken = shared.take(2);
+        shared.acknowledge(taken[..1].iter().map(Message::metadata));
+        // One record in flight: the revoke waits for it, up to its timeout.
+        let timeout = Duration::from_secs(30);
+        let revoke = std::thread::spawn({
+            let shared = shared.clone();
+            move || {
+                let started = Instant::now();
+                (offsets(&shared.revoke(&list(&[0]), timeout)), started.elapsed())
+            }
+        });
+        while shared.lock().waiting.acknowledged == 0 {
+            std::thread::yield_now();
+        }
+        // The pipeline stops: the record in flight will never be acknowledged.
+        shared.finish();
+        let (commits, took) = revoke.join().expect("the revoke");
+        assert_eq!(commits, BTreeMap::from([(0, 1)]), "what was acknowledged");
+        assert!(
+            took < timeout / 2,
+            "the revoke waited {took:?} after the pipeline finished"
+        );
     }
 
     #[test]

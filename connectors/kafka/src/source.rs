@@ -231,7 +231,7 @@ impl Drop for KafkaSource {
     fn drop(&mut self) {
         if !self.acknowledger_taken.load(std::sync::atomic::Ordering::SeqCst) {
             // No pipeline ever ran: close the consumer now.
-            self.shared.lock().finished = true;
+            self.shared.finish();
         }
     }
 }
@@ -247,7 +247,7 @@ impl KafkaAcknowledger {
     /// Tells the poll thread to make its final commit and close; returns it, unless
     /// already told.
     fn finish(&self) -> Option<PollThread> {
-        self.shared.lock().finished = true;
+        self.shared.finish();
         self.poller.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

@@ -53,8 +53,9 @@ pub(crate) struct Queue {
     /// Held leases the last extension could not extend, already warned of: a warning
     /// each, not one every tick.
     pub(crate) unextended: Mutex<HashSet<Lease>>,
-    /// Held by an extension from its copy of `held` to its statement's end: a settling
-    /// statement waits for the extension under way, which may have copied its leases.
+    /// Held by an extension from its copy of `held` until its statement is answered (or
+    /// cancelled, timed out): a retry or release waits for the extension under way,
+    /// which may have copied its leases.
     pub(crate) extending: tokio::sync::Mutex<()>,
     /// Woken by the listener when rows are inserted.
     pub(crate) wake: Arc<Notify>,
@@ -226,7 +227,9 @@ impl Queue {
     pub(crate) async fn delete(&self, leases: &[Lease]) {
         let sql = format!("DELETE FROM {} WHERE id = ANY($1)", self.table);
         let ids: Vec<i64> = leases.iter().map(|lease| lease.id).collect();
-        self.settle("deleting handled rows", leases, &sql, &[&ids]).await;
+        // No wait for an extension under way: one landing after the delete matches nothing.
+        self.settle("deleting handled rows", leases, false, &sql, &[&ids])
+            .await;
     }
 
     /// Rows to be tried again after their delays.
@@ -238,8 +241,14 @@ impl Queue {
             t = self.table
         );
         let (ids, tokens) = split(leases);
-        self.settle("scheduling retries", leases, &sql, &[&ids, &tokens, &delays])
-            .await;
+        self.settle(
+            "scheduling retries",
+            leases,
+            true,
+            &sql,
+            &[&ids, &tokens, &delays],
+        )
+        .await;
         // The consumers waiting for a NOTIFY look again, then wait only until the first
         // of them is visible: this one's at once, the others' through the channel.
         if !leases.is_empty() {
@@ -265,8 +274,15 @@ impl Queue {
         );
         let (ids, tokens) = split(leases);
         let errors: Vec<String> = errors.iter().map(|error| kept_error(error)).collect();
-        self.settle("keeping failed rows", leases, &sql, &[&ids, &tokens, &errors])
-            .await;
+        // No wait: an extension skips failed rows.
+        self.settle(
+            "keeping failed rows",
+            leases,
+            false,
+            &sql,
+            &[&ids, &tokens, &errors],
+        )
+        .await;
     }
 
     /// Rows for another consumer at once. Those never handed to the pipeline (`unused`)
@@ -280,17 +296,25 @@ impl Queue {
         );
         let (ids, tokens) = split(leases);
         let give_back = i32::from(unused);
-        self.settle("releasing rows", leases, &sql, &[&ids, &tokens, &give_back])
+        self.settle("releasing rows", leases, true, &sql, &[&ids, &tokens, &give_back])
             .await;
     }
 
-    /// Runs a statement settling `leases`, which are no longer extended from now on:
-    /// it runs once no extension that copied them is under way (one landing after it
-    /// would undo a retry's delay or a release, pushing the row a lease out). A
-    /// statement the database is away for is tried again for a third of a lease (one
-    /// that lost to another's locks, also past it, up to five such losses in all), then
-    /// given up: its rows come back when their lease passes, to be handled again.
-    async fn settle(&self, doing: &str, leases: &[Lease], sql: &str, params: &[&(dyn ToSql + Sync)]) {
+    /// Runs a statement settling `leases`, which are no longer extended from now on.
+    /// With `after_extension` (a statement that makes a row visible sooner, which an
+    /// extension landing after it would undo, pushing the row a lease out), it runs once
+    /// the extension under way, which may have copied its leases, is done. A statement
+    /// the database is away for is tried again for a third of a lease (one that lost to
+    /// another's locks, also past it, up to five such losses in all), then given up: its
+    /// rows come back when their lease passes, to be handled again.
+    async fn settle(
+        &self,
+        doing: &str,
+        leases: &[Lease],
+        after_extension: bool,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) {
         if leases.is_empty() {
             return;
         }
@@ -300,12 +324,15 @@ impl Queue {
                 held.remove(lease);
             }
         }
-        // An extension starting from now on does not see them.
-        drop(self.extending.lock().await);
+        // Their leases run out from now on: the window starts before any wait.
+        let give_up = tokio::time::Instant::now() + self.lease / 3;
+        if after_extension {
+            // An extension starting from now on does not see them.
+            drop(self.extending.lock().await);
+        }
         let backoff = RetryPolicy::new(u32::MAX)
             .initial_backoff(Duration::from_millis(50))
             .max_backoff(Duration::from_secs(2));
-        let give_up = tokio::time::Instant::now() + self.lease / 3;
         let (mut attempt, mut contended) = (0, 0);
         loop {
             attempt += 1;
@@ -364,7 +391,17 @@ impl Queue {
             t = self.table
         );
         let (ids, tokens) = split(&leases);
-        let extended = timed(self.side.query(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()])).await?;
+        let extended = match timed(self.side.query(&sql, &[&ids, &tokens, &self.lease.as_secs_f64()])).await {
+            // Cancelled at the server before the settles waiting for it go on: left
+            // running, it could land after them. (Not yet started when the cancel comes,
+            // it still may: a delay of a lease for the rows settled meanwhile, never a
+            // row lost.)
+            Err(Failed::TimedOut) => {
+                self.side.cancel().await;
+                return Err(Failed::TimedOut);
+            }
+            extended => extended?,
+        };
         let extended = extended
             .iter()
             .map(|row| row.try_get(0))
@@ -531,6 +568,7 @@ mod tests {
     use super::*;
 
     use super::test_postgres as postgres;
+    use futures_util::FutureExt;
 
     /// A queue of the table in the server at `url`, as a source makes it, with nothing
     /// running on its own (no extension ticks).
@@ -553,10 +591,10 @@ mod tests {
         }
     }
 
-    /// An extension that copied the held leases before a release of one of them, and
-    /// reached the database after it, pushed the released row a lease out: it must not.
+    /// An extension that copied the held leases before a release or a retry of one of
+    /// them, and reached the database after it, pushed the row a lease out: it must not.
     #[tokio::test]
-    async fn an_extension_under_way_does_not_undo_a_release_made_meanwhile() {
+    async fn an_extension_under_way_does_not_undo_a_release_or_a_retry_made_meanwhile() {
         let server = postgres::Postgres::start();
         crate::PgQueueSource::migrate(&crate::PgQueueConfig::new(server.url()))
             .await
@@ -565,44 +603,52 @@ mod tests {
             .await
             .expect("a client");
         tokio::spawn(connection);
-        client
-            .execute(
-                "INSERT INTO longshore_queue (queue, payload) VALUES ('extension-race', 'x')",
-                &[],
-            )
-            .await
-            .expect("a row");
         let queue = queue(&server.url(), Duration::from_secs(60));
         let fetch = Db::new(server.url().parse().expect("a url"));
-        let leased = queue.lease(&fetch, 1).await.expect("a lease");
-        let lease = leased[0].lease;
-        // The extension copies the held leases, then waits for its connection, busy.
-        let busy = queue.side.hold().await;
-        let mut extending = Box::pin(queue.extend());
-        assert!(futures_util::poll!(extending.as_mut()).is_pending());
-        // The row is released meanwhile (its handling given up: visible again at once).
-        let released = [lease];
-        let mut releasing = Box::pin(queue.release(&released, false));
-        let released_first = tokio::time::timeout(Duration::from_secs(1), releasing.as_mut())
-            .await
-            .is_ok();
-        drop(busy);
-        extending.await.expect("the extension");
-        if !released_first {
-            releasing.await;
+        for retry in [false, true] {
+            client
+                .execute(
+                    "INSERT INTO longshore_queue (queue, payload) VALUES ('extension-race', 'x')",
+                    &[],
+                )
+                .await
+                .expect("a row");
+            let leased = [queue.lease(&fetch, 1).await.expect("a lease")[0].lease];
+            // The extension copies the held leases, then waits for its connection, busy.
+            let busy = queue.side.hold().await;
+            let mut extending = Box::pin(queue.extend());
+            assert!((&mut extending).now_or_never().is_none());
+            // The row is settled meanwhile, to be visible again at once.
+            let mut settling = match retry {
+                false => queue.release(&leased, false).boxed(),
+                true => queue.retry_later(&leased, &[0.0]).boxed(),
+            };
+            let settled_first = tokio::time::timeout(Duration::from_secs(1), settling.as_mut())
+                .await
+                .is_ok();
+            drop(busy);
+            extending.await.expect("the extension");
+            if !settled_first {
+                settling.await;
+            }
+            let visible_in: f64 = client
+                .query_one(
+                    "SELECT EXTRACT(EPOCH FROM visible_at - now())::float8 FROM longshore_queue WHERE id = $1",
+                    &[&leased[0].id],
+                )
+                .await
+                .expect("the row")
+                .get(0);
+            let settled = if retry { "retried" } else { "released" };
+            assert!(
+                visible_in <= 0.0,
+                "the {settled} row is visible only in {visible_in:.0} s: the extension under way pushed it a lease out"
+            );
+            client
+                .execute("DELETE FROM longshore_queue", &[])
+                .await
+                .expect("emptied");
         }
-        let visible_in: f64 = client
-            .query_one(
-                "SELECT EXTRACT(EPOCH FROM visible_at - now())::float8 FROM longshore_queue WHERE id = $1",
-                &[&lease.id],
-            )
-            .await
-            .expect("the row")
-            .get(0);
-        assert!(
-            visible_in <= 0.0,
-            "the released row is visible only in {visible_in:.0} s: the extension under way pushed it a lease out"
-        );
     }
 
     #[test]
