@@ -428,8 +428,8 @@ impl Shared {
     }
 
     /// The pipeline has stopped: the poll thread commits a last time and closes. A
-    /// revoke draining its partitions, or the poll thread waiting for room, stops
-    /// waiting for acknowledgements that will not come.
+    /// revoke draining its partitions stops waiting for acknowledgements that will not
+    /// come, and the poll thread waiting for room for takes that will not come.
     pub(crate) fn finish(&self) {
         self.lock().finished = true;
         self.acknowledged.notify_all();

@@ -324,7 +324,8 @@ impl Queue {
                 held.remove(lease);
             }
         }
-        // Their leases run out from now on: the window starts before any wait.
+        // No longer extended past the extension under way: the window starts now,
+        // before any wait for it.
         let give_up = tokio::time::Instant::now() + self.lease / 3;
         if after_extension {
             // An extension starting from now on does not see them.
