@@ -581,14 +581,14 @@ mod tests {
             side: Db::new(config.clone()),
             depth: Db::new(config),
             table: "longshore_queue".to_owned(),
-            name: Arc::from("extension-race"),
+            name: Arc::from("queue-tests"),
             lease,
             held: Mutex::default(),
             unextended: Mutex::default(),
             extending: tokio::sync::Mutex::default(),
             wake: Arc::new(Notify::new()),
             reachable: AtomicBool::new(true),
-            metrics: QueueMetrics::new("longshore_queue", "extension-race"),
+            metrics: QueueMetrics::new("longshore_queue", "queue-tests"),
         }
     }
 
@@ -609,7 +609,7 @@ mod tests {
         for retry in [false, true] {
             client
                 .execute(
-                    "INSERT INTO longshore_queue (queue, payload) VALUES ('extension-race', 'x')",
+                    "INSERT INTO longshore_queue (queue, payload) VALUES ('queue-tests', 'x')",
                     &[],
                 )
                 .await
@@ -647,6 +647,69 @@ mod tests {
             );
             client
                 .execute("DELETE FROM longshore_queue", &[])
+                .await
+                .expect("emptied");
+        }
+    }
+
+    /// A delete that loses to another statement's locks (here a trigger refusing it as
+    /// a serialization failure, as a deadlock's loser is refused) is tried again past its
+    /// window, a bounded number of times: its handled row is not handled again for a
+    /// refusal the next try would not meet, and a refusal that lasts is given up.
+    #[tokio::test]
+    async fn a_settle_that_loses_to_other_locks_is_tried_again_past_its_window_a_bounded_number_of_times() {
+        let server = postgres::Postgres::start();
+        crate::PgQueueSource::migrate(&crate::PgQueueConfig::new(server.url()))
+            .await
+            .expect("the table");
+        let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+            .await
+            .expect("a client");
+        tokio::spawn(connection);
+        // Refuses the first `refusals` deletes; a sequence, which a refusal's rollback
+        // does not undo, counts the tries.
+        client
+            .batch_execute(
+                "CREATE SEQUENCE tries; CREATE TABLE refusals (n bigint); \
+                 CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF nextval('tries') <= (SELECT n FROM refusals) THEN \
+                 RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; \
+                 END IF; RETURN OLD; END $$; \
+                 CREATE TRIGGER refuse BEFORE DELETE ON longshore_queue FOR EACH ROW EXECUTE FUNCTION refuse();",
+            )
+            .await
+            .expect("the trigger");
+        // A lease of 150 ms: the window, a third of it, is over after the first try.
+        let queue = queue(&server.url(), Duration::from_millis(150));
+        let fetch = Db::new(server.url().parse().expect("a url"));
+        for (refusals, deleted, tries) in [(3, true, 4), (100, false, i64::from(CONTENDED_TRIES) + 1)] {
+            client
+                .batch_execute(&format!(
+                    "DELETE FROM refusals; INSERT INTO refusals VALUES ({refusals}); \
+                     ALTER SEQUENCE tries RESTART; \
+                     INSERT INTO longshore_queue (queue, payload) VALUES ('queue-tests', 'x');"
+                ))
+                .await
+                .expect("a row");
+            let leased = [queue.lease(&fetch, 1).await.expect("a lease")[0].lease];
+            queue.delete(&leased).await;
+            let left: i64 = client
+                .query_one("SELECT count(*) FROM longshore_queue", &[])
+                .await
+                .expect("the count")
+                .get(0);
+            let tried: i64 = client
+                .query_one("SELECT last_value FROM tries", &[])
+                .await
+                .expect("the tries")
+                .get(0);
+            assert_eq!(
+                (left == 0, tried),
+                (deleted, tries),
+                "{refusals} refusals: (deleted, tries)"
+            );
+            client
+                .batch_execute("ALTER TABLE longshore_queue DISABLE TRIGGER refuse; DELETE FROM longshore_queue; ALTER TABLE longshore_queue ENABLE TRIGGER refuse;")
                 .await
                 .expect("emptied");
         }
