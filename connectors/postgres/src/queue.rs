@@ -305,8 +305,8 @@ impl Queue {
     /// extension landing after it would undo, pushing the row a lease out), it runs once
     /// the extension under way, which may have copied its leases, is done. A statement
     /// the database is away for is tried again for a third of a lease (one that lost to
-    /// another's locks, also past it, up to five such losses in all), then given up: its
-    /// rows come back when their lease passes, to be handled again.
+    /// another's locks also past it, after each of its first five such losses), then
+    /// given up: its rows come back when their lease passes, to be handled again.
     async fn settle(
         &self,
         doing: &str,
