@@ -592,10 +592,8 @@ mod tests {
         }
     }
 
-    /// An extension that copied the held leases before a release or a retry of one of
-    /// them, and reached the database after it, pushed the row a lease out: it must not.
-    #[tokio::test]
-    async fn an_extension_under_way_does_not_undo_a_release_or_a_retry_made_meanwhile() {
+    /// A server of its own with the queue table, and a plain client of it.
+    async fn started() -> (postgres::Postgres, tokio_postgres::Client) {
         let server = postgres::Postgres::start();
         crate::PgQueueSource::migrate(&crate::PgQueueConfig::new(server.url()))
             .await
@@ -604,6 +602,14 @@ mod tests {
             .await
             .expect("a client");
         tokio::spawn(connection);
+        (server, client)
+    }
+
+    /// An extension that copied the held leases before a release or a retry of one of
+    /// them, and reached the database after it, pushed the row a lease out: it must not.
+    #[tokio::test]
+    async fn an_extension_under_way_does_not_undo_a_release_or_a_retry_made_meanwhile() {
+        let (server, client) = started().await;
         let queue = queue(&server.url(), Duration::from_secs(60));
         let fetch = Db::new(server.url().parse().expect("a url"));
         for retry in [false, true] {
@@ -658,14 +664,7 @@ mod tests {
     /// refusal the next try would not meet, and a refusal that lasts is given up.
     #[tokio::test]
     async fn a_settle_that_loses_to_other_locks_is_tried_again_past_its_window_a_bounded_number_of_times() {
-        let server = postgres::Postgres::start();
-        crate::PgQueueSource::migrate(&crate::PgQueueConfig::new(server.url()))
-            .await
-            .expect("the table");
-        let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-            .await
-            .expect("a client");
-        tokio::spawn(connection);
+        let (server, client) = started().await;
         // Refuses the first `refusals` deletes; a sequence, which a refusal's rollback
         // does not undo, counts the tries.
         client
