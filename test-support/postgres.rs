@@ -18,8 +18,19 @@ pub struct Postgres {
 static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs a PostgreSQL tool, as the `postgres` user when this runs as root (initdb refuses
-/// root).
+/// root); fails the test if it fails.
 fn pg(tool: &str, args: &[&str]) {
+    let output = pg_output(tool, args);
+    assert!(
+        output.status.success(),
+        "{tool} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs a PostgreSQL tool as [`pg`] does, and returns what it did.
+fn pg_output(tool: &str, args: &[&str]) -> std::process::Output {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -31,16 +42,22 @@ fn pg(tool: &str, args: &[&str]) {
     } else {
         Command::new(tool)
     };
-    let output = command.args(args).output().unwrap_or_else(|error| {
+    command.args(args).output().unwrap_or_else(|error| {
         panic!("{tool} cannot run ({error}): PostgreSQL 15's binaries must be on PATH")
-    });
-    assert!(
-        output.status.success(),
-        "{tool} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    })
 }
+
+/// A loopback port free now; another process may take it before the server binds it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How many ports a server is tried on before its start fails the test.
+const PORT_TRIES: usize = 5;
 
 impl Postgres {
     pub fn start() -> Self {
@@ -51,40 +68,43 @@ impl Postgres {
         // World-writable for the postgres user when running as root; a test folder only.
         let _ = Command::new("chmod").args(["777"]).arg(&dir).status();
         let data = dir.join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         pg(
             "initdb",
             &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust"],
         );
-        let postgres = Postgres { dir, data, port };
-        postgres.run();
-        postgres
+        // A port picked free may be taken meanwhile (initdb takes seconds, and tests
+        // run side by side): then another is tried. Made only once it runs, the server
+        // is never stopped unstarted.
+        let log = dir.join("postgres.log");
+        for tried in 1..=PORT_TRIES {
+            let logged = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+            let port = free_port();
+            let output = start_on(&data, &dir, port);
+            if output.status.success() {
+                return Postgres { dir, data, port };
+            }
+            let said = std::fs::read(&log).unwrap_or_default();
+            let taken =
+                String::from_utf8_lossy(&said[logged.min(said.len())..]).contains("Address already in use");
+            assert!(
+                taken && tried < PORT_TRIES,
+                "pg_ctl start on port {port} (try {tried}): {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        unreachable!("the last try's failure fails the test")
     }
 
     /// Starts the server on its folder and port.
     fn run(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+        let output = start_on(&self.data, &self.dir, self.port);
+        assert!(
+            output.status.success(),
+            "pg_ctl start on port {}: {}{}",
             self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("postgres.log");
-        pg(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
         );
     }
 
@@ -102,6 +122,25 @@ impl Postgres {
     pub fn url(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
     }
+}
+
+/// Starts the server of `data` on `port`, its socket and log in `dir`.
+fn start_on(data: &std::path::Path, dir: &std::path::Path, port: u16) -> std::process::Output {
+    let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
+    let log = dir.join("postgres.log");
+    pg_output(
+        "pg_ctl",
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ],
+    )
 }
 
 impl Drop for Postgres {
