@@ -209,6 +209,30 @@ enum Woken<D, T, M> {
 }
 
 /// How a pass ended.
+/// How far the handler calls of a pass got, and what they leave to settle.
+#[derive(Default)]
+struct Progress {
+    /// The messages before this index were handled (for a call cut short: which were).
+    reached: usize,
+    /// The handled messages that stay, by index: with a retry delay, or `None` to wait
+    /// behind their key. Taken out when the handled part is settled, so that the common
+    /// case copies nothing.
+    staying: Vec<(usize, Option<Duration>)>,
+    /// Whether a handled message failed (for good or for a retry): with none, what is
+    /// settled is passed on whole, not looked through for failures.
+    failed: bool,
+}
+
+impl Progress {
+    /// The part handled so far, to settle; the next part starts with none staying.
+    fn take_settled(&mut self) -> (Vec<(usize, Option<Duration>)>, bool) {
+        (
+            std::mem::take(&mut self.staying),
+            std::mem::take(&mut self.failed),
+        )
+    }
+}
+
 enum Passed<T, M> {
     /// Every message was handled.
     Done,
@@ -360,12 +384,8 @@ where
         chunk: Vec<Message<D, H::Metadata>>,
         holding: &mut Held,
     ) -> Option<Vec<Message<H::Item, H::Metadata>>> {
-        if self.abandon.is_cancelled() {
-            holding.release(chunk.len());
-            self.ctx.release(chunk).await;
-            return None;
-        }
-        // No decode step: the chunk is passed on as it is, not rebuilt message by message.
+        // No decode step: the chunk is passed on as it is, not rebuilt message by message
+        // (the pass checks the deadline first thing).
         if TypeId::of::<C>() == TypeId::of::<Identity>() {
             // Through a reference to an `Option`: nothing allocated to change the type.
             let mut chunk = Some(chunk);
@@ -374,6 +394,11 @@ where
                 return same.take();
             }
             unreachable!("the identity decode step keeps the data's type");
+        }
+        if self.abandon.is_cancelled() {
+            holding.release(chunk.len());
+            self.ctx.release(chunk).await;
+            return None;
         }
         let mut decoded = Vec::with_capacity(chunk.len());
         let mut undecoded = Vec::new();
@@ -455,41 +480,32 @@ where
         }
         let each = self.settle_each.load(Relaxed);
         let mut timing = HandlingTimes::new(&self.metrics, self.time_each.load(Relaxed));
-        // Handled in place; the few that stay (index, retry delay or `None` to wait behind
-        // their key) are taken out when the handled part is settled, so the common case
-        // copies nothing.
-        let mut staying: Vec<(usize, Option<Duration>)> = Vec::new();
-        let mut next = 0;
+        // Handled in place.
+        let mut progress = Progress::default();
         let mut first = true;
         let passed = loop {
             // One message at a time when settling each, else the rest of the chunk; cut
             // short at the deadline.
-            let end = if each { next + 1 } else { messages.len() };
-            let mut reached = next;
+            let from = progress.reached;
+            let end = if each { from + 1 } else { messages.len() };
             // Checked before each later part too: a part settled before may have been
             // released at the deadline, and its key's later messages must not be finished
             // after it.
             let abandoned = (!first && self.abandon.is_cancelled()) || {
-                let handled = self.handle(
-                    &mut messages[..end],
-                    next,
-                    retries,
-                    &mut staying,
-                    &mut timing,
-                    &mut reached,
-                );
+                let handled = self.handle(&mut messages[..end], from, retries, &mut progress, &mut timing);
                 until_cancelled(&self.abandon, handled).await.is_none()
             };
             timing.pause();
             first = false;
-            next = reached;
+            let next = progress.reached;
             let unfinished = if abandoned {
                 messages.split_off(next)
             } else {
                 Vec::new()
             };
             if abandoned || next == messages.len() {
-                self.settle(retries, holding, messages, staying).await;
+                let (staying, failed) = progress.take_settled();
+                self.settle(retries, holding, messages, staying, failed).await;
                 break if abandoned {
                     Passed::Abandoned(unfinished)
                 } else {
@@ -498,14 +514,16 @@ where
             }
             // Settling each: what is handled goes on now, the rest is handled after.
             let rest = messages.split_off(next);
+            let (staying, failed) = progress.take_settled();
             self.settle(
                 retries,
                 holding,
                 std::mem::replace(&mut messages, rest),
-                std::mem::take(&mut staying),
+                staying,
+                failed,
             )
             .await;
-            next = 0;
+            progress.reached = 0;
             timing.resume();
         };
         // Both from the handler calls' time alone: settling (acknowledging, waiting for a
@@ -521,26 +539,25 @@ where
         passed
     }
 
-    /// Handles `messages[from..]`, recording in `staying` those that stay and in `reached`
-    /// how far it got (so that a cut-short call knows which messages were handled).
+    /// Handles `messages[from..]`, recording in `progress` how far it got (so that a
+    /// cut-short call knows which messages were handled) and what stays.
     ///
     /// A handler's panic fails its message, as an error does. The run of calls is guarded
-    /// once, not each call: a panic ends the run at the message `reached` points to, which
-    /// is failed, and a new run takes the messages after it. A panic of the pipeline's own
+    /// once, not each call: a panic ends the run at the message `progress.reached` points
+    /// to, which is failed, and a new run takes the messages after it. A panic of the pipeline's own
     /// code between calls is not the handler's: it goes on unwinding.
     async fn handle(
         &self,
         messages: &mut [Message<H::Item, H::Metadata>],
         from: usize,
         retries: &mut Retries<H::Item, H::Metadata>,
-        staying: &mut Vec<(usize, Option<Duration>)>,
+        progress: &mut Progress,
         timing: &mut HandlingTimes<'_>,
-        reached: &mut usize,
     ) {
         let mut from = from;
         loop {
             let mut calling = false;
-            let run = self.handle_run(messages, from, retries, staying, timing, reached, &mut calling);
+            let run = self.handle_run(messages, from, retries, progress, timing, &mut calling);
             // Unwind safety: after a panic, the message it came from is only marked
             // failed, never read as if its handler had finished.
             let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
@@ -549,27 +566,25 @@ where
             if !calling {
                 std::panic::resume_unwind(panic);
             }
-            let index = *reached;
+            let index = progress.reached;
             let failure = Failure::new(FailureKind::Panic, panic_message(panic).into());
             timing.handled(0, 1);
             messages[index].set_failure(failure);
-            self.failed(&mut messages[index], index, retries, staying);
-            *reached = index + 1;
+            self.failed(&mut messages[index], index, retries, progress);
+            progress.reached = index + 1;
             from = index + 1;
         }
     }
 
     /// The calls of [`Processor::handle`], unguarded; `calling` is `true` while a handler
     /// call is under way.
-    #[allow(clippy::too_many_arguments)] // the state of one pass, split for the guard
     async fn handle_run(
         &self,
         messages: &mut [Message<H::Item, H::Metadata>],
         from: usize,
         retries: &mut Retries<H::Item, H::Metadata>,
-        staying: &mut Vec<(usize, Option<Duration>)>,
+        progress: &mut Progress,
         timing: &mut HandlingTimes<'_>,
-        reached: &mut usize,
         calling: &mut bool,
     ) {
         let handler = &self.ctx.handler;
@@ -583,8 +598,8 @@ where
                     .order_key()
                     .is_some_and(|key| retries.held.contains_key(&key));
             if waits {
-                staying.push((index, None));
-                *reached = index + 1;
+                progress.staying.push((index, None));
+                progress.reached = index + 1;
                 continue;
             }
             if message.is_ok() {
@@ -613,9 +628,9 @@ where
                 }
             }
             if message.is_failed() {
-                self.failed(message, index, retries, staying);
+                self.failed(message, index, retries, progress);
             }
-            *reached = index + 1;
+            progress.reached = index + 1;
         }
     }
 
@@ -652,24 +667,26 @@ where
         message: &mut Message<H::Item, H::Metadata>,
         index: usize,
         retries: &mut Retries<H::Item, H::Metadata>,
-        staying: &mut Vec<(usize, Option<Duration>)>,
+        progress: &mut Progress,
     ) {
+        progress.failed = true;
         if let Some(delay) = self.ctx.retry_delay(message) {
             if let Some(key) = message.order_key() {
                 retries.held.entry(key).or_default();
             }
-            staying.push((index, Some(delay)));
+            progress.staying.push((index, Some(delay)));
         }
     }
 
     /// Takes the messages that stay out of handled `messages` (into `retries`) and routes
-    /// the rest on.
+    /// the rest on; `failed`: whether any of them failed.
     async fn settle(
         &self,
         retries: &mut Retries<H::Item, H::Metadata>,
         holding: &mut Held,
         messages: Vec<Message<H::Item, H::Metadata>>,
         staying: Vec<(usize, Option<Duration>)>,
+        failed: bool,
     ) {
         if messages.is_empty() {
             return;
@@ -697,7 +714,7 @@ where
             done
         };
         holding.release(done.len());
-        self.route(done).await;
+        self.route(done, failed).await;
     }
 
     /// The index of the batcher a successful message goes to: the one it names, else the first.
@@ -708,9 +725,14 @@ where
         }
     }
 
-    async fn route(&self, chunk: Vec<Message<H::Item, H::Metadata>>) {
+    /// Routes `chunk` to its batchers, or with none to the acknowledger; `failed`: whether
+    /// any of its messages may have failed (without, none is looked at for it).
+    async fn route(&self, chunk: Vec<Message<H::Item, H::Metadata>>, failed: bool) {
         if self.batchers.is_empty() {
-            let (successful, failed) = split_failed(chunk);
+            let (successful, failed) = match failed {
+                false => (chunk, Vec::new()),
+                true => split_failed(chunk),
+            };
             return self.ctx.acknowledge(successful, failed).await;
         }
         // The common case moves the whole chunk on without copying it.
@@ -718,7 +740,7 @@ where
         if let Some(only) = first {
             if chunk
                 .iter()
-                .all(|m| m.is_ok() && self.batcher_of(m) == Some(only))
+                .all(|m| (!failed || m.is_ok()) && self.batcher_of(m) == Some(only))
             {
                 return self.forward(only, chunk).await;
             }

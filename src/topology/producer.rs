@@ -94,14 +94,14 @@ impl<S: Source> Producer<S> {
                     let Some(demand) = until_cancelled(&self.stop, taking).await else {
                         return;
                     };
+                    // Stopped or paused while it waited for credits: they go back.
+                    if self.stop.is_cancelled() || paused.is_paused() {
+                        credits.give_back(demand);
+                        continue;
+                    }
                     demand
                 }
             };
-            // Stopped or paused while it waited for credits: they go back.
-            if self.stop.is_cancelled() || paused.is_paused() {
-                credits.give_back(demand);
-                continue;
-            }
             // The rate limit comes before the fetch: a throttled pipeline waits with
             // nothing fetched, holding only its credits.
             let limit = &self.meter.rate_limit;
@@ -109,28 +109,34 @@ impl<S: Source> Producer<S> {
                 credits.give_back(demand - burst);
                 demand = burst;
             }
-            let waited = {
+            let (waited, had_to_wait) = {
                 let mut acquiring = pin!(limit.acquire(demand));
                 match ready_now(acquiring.as_mut()).await {
-                    Some(waited) => waited,
-                    None => tokio::select! {
-                        biased;
-                        waited = acquiring => waited,
-                        () = self.stop.cancelled() => {
-                            credits.give_back(demand);
-                            return;
-                        }
-                        // Paused while it waits for the limit: nothing is fetched.
-                        () = paused.paused() => {
-                            credits.give_back(demand);
-                            continue;
-                        }
-                    },
+                    Some(waited) => (waited, false),
+                    None => (
+                        tokio::select! {
+                            biased;
+                            waited = acquiring => waited,
+                            () = self.stop.cancelled() => {
+                                credits.give_back(demand);
+                                return;
+                            }
+                            // Paused while it waits for the limit: nothing is fetched.
+                            () = paused.paused() => {
+                                credits.give_back(demand);
+                                continue;
+                            }
+                        },
+                        true,
+                    ),
                 }
             };
             self.meter
                 .add_rate_limited(waited, &self.meter.metrics.rate_limited);
-            if self.stop.is_cancelled() || paused.is_paused() {
+            // Stopped or paused while it waited for the limit. (With no wait since the
+            // checks at the top, a stop or pause coming now is no different from one
+            // coming during the fetch: the fetch's own wait sees it.)
+            if had_to_wait && (self.stop.is_cancelled() || paused.is_paused()) {
                 credits.give_back(demand);
                 continue;
             }
