@@ -208,7 +208,6 @@ enum Woken<D, T, M> {
     Drained,
 }
 
-/// How a pass ended.
 /// How far the handler calls of a pass got, and what they leave to settle.
 #[derive(Default)]
 struct Progress {
@@ -233,6 +232,7 @@ impl Progress {
     }
 }
 
+/// How a pass ended.
 enum Passed<T, M> {
     /// Every message was handled.
     Done,
@@ -272,7 +272,7 @@ where
                 Some(work) => Woken::Input(Some(work)),
                 None => self.wait(&mut retries, &mut holding, open, one_key).await,
             };
-            let passed = match woken {
+            let (passed, keys) = match woken {
                 Woken::Input(Some(Work::Handle(chunk))) => {
                     holding.add(chunk.len());
                     let keys = keys_of(&chunk);
@@ -282,8 +282,7 @@ where
                         Some(chunk) if chunk.is_empty() => Passed::Done,
                         Some(chunk) => self.pass(&mut retries, &mut holding, chunk).await,
                     };
-                    self.input.finish(retries.done_with(keys));
-                    passed
+                    (passed, keys)
                 }
                 Woken::Input(Some(Work::Release(messages))) => {
                     self.ctx.release(messages).await;
@@ -294,17 +293,20 @@ where
                     continue;
                 }
                 Woken::Retry(messages) => {
-                    let key = messages[0].order_key();
-                    let passed = self.pass(&mut retries, &mut holding, messages).await;
-                    self.input.finish(retries.done_with(key.into_iter().collect()));
-                    passed
+                    let keys = messages[0].order_key().into_iter().collect();
+                    (self.pass(&mut retries, &mut holding, messages).await, keys)
                 }
-                Woken::Abandoned => Passed::Abandoned(Vec::new()),
+                Woken::Abandoned => (Passed::Abandoned(Vec::new()), Vec::new()),
                 Woken::Again => continue,
                 Woken::Drained => break,
             };
-            if let Passed::Abandoned(unfinished) = passed {
-                return self.hand_back(retries, holding, unfinished).await;
+            match passed {
+                Passed::Done => self.input.finish(retries.done_with(keys)),
+                // An abandoned pass keeps its keys held: their later messages go back with
+                // everything else (`hand_back` abandons the input first), never taken
+                // meanwhile by a processor yet to see the deadline, and finished ahead of
+                // the ones handed back here.
+                Passed::Abandoned(unfinished) => return self.hand_back(retries, holding, unfinished).await,
             }
         }
     }
@@ -378,7 +380,8 @@ where
     /// and are acknowledged at once: like every final failure, they leave their key's
     /// order (they are done with), ahead of the earlier messages of their key still to be
     /// handled. `None` when the pipeline was abandoned at its deadline: the whole chunk
-    /// was then handed back unfinished.
+    /// was then handed back unfinished (with no decode step, the chunk goes on as it is,
+    /// and the pass sees the deadline).
     async fn decode(
         &self,
         chunk: Vec<Message<D, H::Metadata>>,
@@ -726,8 +729,13 @@ where
     }
 
     /// Routes `chunk` to its batchers, or with none to the acknowledger; `failed`: whether
-    /// any of its messages may have failed (without, none is looked at for it).
+    /// any of its messages may have failed (without, the chunk is not searched for
+    /// failures on its way whole).
     async fn route(&self, chunk: Vec<Message<H::Item, H::Metadata>>, failed: bool) {
+        debug_assert!(
+            failed || chunk.iter().all(Message::is_ok),
+            "a failed message settled as if none had failed"
+        );
         if self.batchers.is_empty() {
             let (successful, failed) = match failed {
                 false => (chunk, Vec::new()),

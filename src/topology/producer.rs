@@ -134,8 +134,8 @@ impl<S: Source> Producer<S> {
             self.meter
                 .add_rate_limited(waited, &self.meter.metrics.rate_limited);
             // Stopped or paused while it waited for the limit. (With no wait since the
-            // checks at the top, a stop or pause coming now is no different from one
-            // coming during the fetch: the fetch's own wait sees it.)
+            // checks at the top, the task has not been suspended since them: checking
+            // again would only narrow a race with the other threads, never close it.)
             if had_to_wait && (self.stop.is_cancelled() || paused.is_paused()) {
                 credits.give_back(demand);
                 continue;
@@ -148,7 +148,8 @@ impl<S: Source> Producer<S> {
             let pause_drops = |paused: &Paused| drops_fetch && paused.is_paused();
             let asked = NonZeroUsize::new(demand).expect("credits take at least one");
             let mut receiving = pin!(self.source.receive(asked));
-            // Both were checked just above: what the select's first turn would check.
+            // Both were checked with no suspension since (at the top, or after a wait): what
+            // the select's first turn would check.
             let received = match ready_now(receiving.as_mut()).await {
                 Some(received) => received,
                 None => tokio::select! {
