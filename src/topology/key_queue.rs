@@ -85,12 +85,9 @@ const IDLE_CAPACITY: usize = 16;
 
 impl<T, M> State<T, M> {
     /// A key no longer held, with no message waiting: kept idle while few are and its
-    /// queue is small, else forgotten.
-    fn let_go(&mut self, key: u64) {
-        let small = self
-            .keys
-            .get(&key)
-            .is_some_and(|entry| entry.waiting.capacity() <= IDLE_CAPACITY);
+    /// queue is `small`, else forgotten. (Told by the caller, who has the key's entry:
+    /// looked up again here, each key finished would cost a second lookup.)
+    fn let_go(&mut self, key: u64, small: bool) {
         if small && self.idle < IDLE_KEYS {
             self.idle += 1;
         } else {
@@ -141,31 +138,35 @@ impl<T, M> KeyQueue<T, M> {
         let mut state = self.lock();
         let state = &mut *state;
         let mut wake = false;
-        for message in messages {
-            let key = message.order_key().unwrap_or_default();
+        let mut messages = messages.into_iter();
+        // Each message is moved out of the vector only into its key's queue: taken out
+        // first, it was copied twice more on the way, and a message is a hundred bytes.
+        while let Some(key) = messages
+            .as_slice()
+            .first()
+            .map(|m| m.order_key().unwrap_or_default())
+        {
             if state.abandoned || state.released.contains(&key) {
-                state.to_release.push(message);
+                state.to_release.push(messages.next().expect("looked at"));
                 wake = true;
                 continue;
             }
-            let entry = match state.keys.entry(key) {
-                Entry::Occupied(entry) => {
-                    let entry = entry.into_mut();
-                    if entry.is_idle() {
-                        state.idle -= 1;
-                    }
-                    entry
+            let (entry, new) = match state.keys.entry(key) {
+                Entry::Occupied(entry) => (entry.into_mut(), false),
+                Entry::Vacant(entry) => {
+                    let waiting = state.spare.pop().unwrap_or_default();
+                    (entry.insert(Key { waiting, held: false }), true)
                 }
-                Entry::Vacant(entry) => entry.insert(Key {
-                    waiting: state.spare.pop().unwrap_or_default(),
-                    held: false,
-                }),
             };
+            // An idle key (counted so) or a new one: free from now on.
             if entry.is_idle() {
+                if !new {
+                    state.idle -= 1;
+                }
                 state.free.push_back(key);
                 wake = true;
             }
-            entry.waiting.push_back(message);
+            entry.waiting.push_back(messages.next().expect("looked at"));
             state.waiting += 1;
         }
         if wake {
@@ -272,7 +273,8 @@ impl<T, M> KeyQueue<T, M> {
             };
             entry.held = false;
             if entry.waiting.is_empty() {
-                state.let_go(key);
+                let small = entry.waiting.capacity() <= IDLE_CAPACITY;
+                state.let_go(key, small);
             } else {
                 state.free.push_back(key);
                 wake = true;
