@@ -3,7 +3,9 @@
 //!
 //! A key is held by one processor from the moment it takes the key's messages until it
 //! is done with them (their retries included), so a key's messages are handled one after
-//! the other, in order; but no key is tied to a processor. A fixed placement (the key's
+//! the other, in order; but no key is tied to a processor. A key whose messages go back
+//! unfinished (at shutdown, or at the deadline) stays held for good: none of its later
+//! messages may be finished after them. A fixed placement (the key's
 //! hash modulo the processors) put two busy partitions on one processor while another
 //! idled, and made every key sharing a processor wait behind one slow message.
 //!
@@ -133,7 +135,8 @@ impl<T, M> KeyQueue<T, M> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues messages whose order key is set, each behind its key's earlier ones.
+    /// Queues messages, each behind its key's earlier ones (a message with no order key
+    /// counts as key 0).
     pub(crate) fn push(&self, messages: Vec<Message<T, M>>) {
         let mut state = self.lock();
         let state = &mut *state;
@@ -217,7 +220,8 @@ impl<T, M> KeyQueue<T, M> {
             return Some(Work::Release(std::mem::take(&mut state.to_release)));
         }
         if state.abandoned {
-            // Every key not held is let go (none is idle any more), its messages with it.
+            // Every key's waiting messages go back; only the held keys stay (none is idle
+            // any more).
             let mut all = Vec::new();
             state.keys.retain(|_, key| {
                 all.extend(key.waiting.drain(..));
