@@ -314,6 +314,7 @@ where
         self.source.prepare(&Plan {
             max_in_flight: limit,
             dead_letter: self.dead_letter.is_some(),
+            source_concurrency: config.source_concurrency,
         })?;
         let meter = Meter::new(
             limit,

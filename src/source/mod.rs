@@ -197,7 +197,7 @@ pub trait SourceSettings {
 /// use longshore::source::Plan;
 ///
 /// let plan = Plan::default();
-/// assert_eq!((plan.max_in_flight, plan.dead_letter), (0, false));
+/// assert_eq!((plan.max_in_flight, plan.dead_letter, plan.source_concurrency), (0, false, 0));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -206,6 +206,9 @@ pub struct Plan {
     pub max_in_flight: usize,
     /// Whether the pipeline has a dead-letter destination for final failures.
     pub dead_letter: bool,
+    /// How many calls of [`Source::receive`] may be under way at once (the pipeline's
+    /// `source_concurrency`).
+    pub source_concurrency: usize,
 }
 
 /// A function from a message, as received (before any decode step), to its ordering key:

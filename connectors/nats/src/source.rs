@@ -60,6 +60,9 @@ pub struct JetStreamSource {
     fetches: FetchSlots<KeptFetch<Fetched>>,
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
+    /// The consumer's `max_waiting` at connect: the pull requests the server keeps
+    /// waiting at once (zero or less: its default).
+    max_waiting: i64,
 }
 
 /// What the source and its acknowledger share.
@@ -170,6 +173,7 @@ impl JetStreamSource {
             .into());
         }
         let fetch = Mutex::new(FetchLimits::of(made.max_batch, made.max_expires, config.expires));
+        let max_waiting = made.max_waiting;
         let ack_wait = made.ack_wait;
         if ack_wait != config.ack_wait {
             tracing::warn!(consumer = %config.consumer, server = ?ack_wait, set = ?config.ack_wait, "the consumer exists with another ack_wait: the server's is used");
@@ -205,6 +209,7 @@ impl JetStreamSource {
             shared,
             fetches: FetchSlots::default(),
             stop,
+            max_waiting,
         })
     }
 
@@ -352,6 +357,19 @@ impl Source for JetStreamSource {
     }
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        // Each receive under way is one pull request waiting at the server, which answers
+        // those beyond the consumer's max_waiting with an error: once caught up, the
+        // fetches over it would fail every time.
+        let concurrency = i64::try_from(plan.source_concurrency).unwrap_or(i64::MAX);
+        if self.max_waiting > 0 && concurrency > self.max_waiting {
+            return Err(BuildError::new(
+                "source_concurrency",
+                format!(
+                    "must be at most the consumer's max_waiting ({}): the server refuses the pull requests beyond it",
+                    self.max_waiting
+                ),
+            ));
+        }
         if !plan.dead_letter {
             tracing::warn!(stream = %self.shared.stream, "no dead-letter destination: a message failed for good is terminated (+TERM, an advisory) and logged; set one to keep it");
         }

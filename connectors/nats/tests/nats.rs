@@ -300,3 +300,51 @@ async fn a_consumer_made_before_with_request_limits_is_fetched_within_them() {
     pipeline.shutdown().await.unwrap();
     assert_eq!(handled.lock().unwrap().len(), 60, "each once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_fetches_at_once_than_the_consumers_max_waiting_are_refused_at_start() {
+    let server = Nats::start();
+    let context = context(&server.url()).await;
+    make_stream(&context, "WAITING").await;
+    // Made before, keeping at most 2 pull requests waiting.
+    context
+        .get_stream("WAITING")
+        .await
+        .unwrap()
+        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("c".to_owned()),
+            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            max_waiting: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let start = async |concurrency: usize| {
+        let source = JetStreamSource::connect(
+            JetStreamConfig::new(server.url(), "WAITING", "c")
+                .ack_wait(Duration::from_secs(5))
+                .expires(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+        let handler = Record {
+            sleep: Duration::ZERO,
+            handled: handled.clone(),
+        };
+        Pipeline::builder(source, handler)
+            .source_concurrency(concurrency)
+            .start()
+    };
+    let error = start(3).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid source_concurrency: must be at most the consumer's max_waiting (2): the server refuses the pull requests beyond it"
+    );
+    // At the limit, it runs.
+    let pipeline = start(2).await.unwrap();
+    publish(&context, "WAITING", (0..20).map(|n| n.to_string())).await;
+    until("all 20 handled", async || handled.lock().unwrap().len() >= 20).await;
+    pipeline.shutdown().await.unwrap();
+}

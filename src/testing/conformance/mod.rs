@@ -366,6 +366,7 @@ where
         let plan = Plan {
             max_in_flight: 64,
             dead_letter: false,
+            source_concurrency: 1,
         };
         source
             .prepare(&plan)
