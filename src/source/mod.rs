@@ -132,7 +132,8 @@ pub trait Source: Send + Sync + 'static {
     }
 
     /// Told once, before the first [`receive`](Source::receive), how the pipeline is
-    /// set up; an `Err` (naming the source's setting that conflicts) refuses the start.
+    /// set up; an `Err` (naming the setting that conflicts, the source's or the
+    /// pipeline's) refuses the start.
     /// A source that keeps order per partition uses [`Plan::max_in_flight`] to bound what
     /// one partition may hold, so that a partition stuck behind a retry never takes every
     /// credit and starves the others (Kafka does). Default: accepts anything.

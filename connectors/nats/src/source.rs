@@ -61,7 +61,8 @@ pub struct JetStreamSource {
     /// Stops the progress keeper and the lag reader.
     stop: CancellationToken,
     /// The consumer's `max_waiting` at connect: the pull requests the server keeps
-    /// waiting at once (zero or less: its default).
+    /// waiting at once (the server cannot change it later; zero or less, not known:
+    /// not checked).
     max_waiting: i64,
 }
 
@@ -358,8 +359,9 @@ impl Source for JetStreamSource {
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
         // Each receive under way is one pull request waiting at the server, which answers
-        // those beyond the consumer's max_waiting with an error: once caught up, the
-        // fetches over it would fail every time.
+        // those beyond the consumer's max_waiting with an error: once caught up, fetches
+        // would keep failing while the others wait. (The limit is the consumer's, shared
+        // with other processes reading it, which this one cannot see.)
         let concurrency = i64::try_from(plan.source_concurrency).unwrap_or(i64::MAX);
         if self.max_waiting > 0 && concurrency > self.max_waiting {
             return Err(BuildError::new(

@@ -342,7 +342,8 @@ async fn more_fetches_at_once_than_the_consumers_max_waiting_are_refused_at_star
         error.to_string(),
         "invalid source_concurrency: must be at most the consumer's max_waiting (2): the server refuses the pull requests beyond it"
     );
-    // At the limit, it runs.
+    // At the limit, it starts and runs (a smoke check: a 409 there would be retried
+    // unseen here).
     let pipeline = start(2).await.unwrap();
     publish(&context, "WAITING", (0..20).map(|n| n.to_string())).await;
     until("all 20 handled", async || handled.lock().unwrap().len() >= 20).await;
