@@ -16,8 +16,9 @@ mod receiving;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{context, make_stream, publish, unfinished, Nats};
+use common::{context, make_consumer, make_stream, publish, unfinished, Nats};
 use longshore::{BoxError, Handler, Permanent, Pipeline, RetryPolicy};
+use longshore_nats::async_nats::jetstream::consumer::pull;
 use longshore_nats::{JetStreamConfig, JetStreamMessage, JetStreamMetadata, JetStreamSource};
 
 /// Records (payload, attempt); fails `bad` for good and `flaky` on its first attempt;
@@ -242,20 +243,12 @@ async fn a_consumer_made_before_with_request_limits_is_fetched_within_them() {
     publish(&context, "CAPPED", (0..40).map(|n| n.to_string())).await;
     // Made (or, with the same name, updated) with request limits.
     let limit = async |max_batch: i64, max_expires: Duration| {
-        context
-            .get_stream("CAPPED")
-            .await
-            .unwrap()
-            .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("c".to_owned()),
-                ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(5),
-                max_batch,
-                max_expires,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let settings = pull::Config {
+            max_batch,
+            max_expires,
+            ..Default::default()
+        };
+        make_consumer(&context, "CAPPED", settings).await;
     };
     // Made before, taking at most 5 messages and 1 s of waiting per request.
     limit(5, Duration::from_secs(1)).await;
@@ -307,19 +300,11 @@ async fn more_fetches_at_once_than_the_consumers_max_waiting_are_refused_at_star
     let context = context(&server.url()).await;
     make_stream(&context, "WAITING").await;
     // Made before, keeping at most 2 pull requests waiting.
-    context
-        .get_stream("WAITING")
-        .await
-        .unwrap()
-        .create_consumer(longshore_nats::async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("c".to_owned()),
-            ack_policy: longshore_nats::async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(5),
-            max_waiting: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let settings = pull::Config {
+        max_waiting: 2,
+        ..Default::default()
+    };
+    make_consumer(&context, "WAITING", settings).await;
     let handled = Arc::new(Mutex::new(Vec::new()));
     let start = async |concurrency: usize| {
         let source = JetStreamSource::connect(

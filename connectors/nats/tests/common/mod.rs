@@ -8,6 +8,9 @@ mod nats_server;
 
 pub use nats_server::Nats;
 
+use std::time::Duration;
+
+use longshore_nats::async_nats::jetstream::consumer::{pull, AckPolicy};
 use longshore_nats::async_nats::jetstream::{self, stream};
 
 pub async fn context(url: &str) -> jetstream::Context {
@@ -58,4 +61,21 @@ pub async fn unfinished(context: &jetstream::Context, stream: &str, consumer: &s
         Ok(info) => info.num_pending + info.num_ack_pending as u64,
         Err(_) => u64::MAX,
     }
+}
+
+/// Makes (or, with the same name, updates) the durable consumer `c` of `stream` before a
+/// source does, with explicit acks, an `ack_wait` of 5 s and `settings`' other fields.
+pub async fn make_consumer(context: &jetstream::Context, stream: &str, settings: pull::Config) {
+    context
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            durable_name: Some("c".to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            ..settings
+        })
+        .await
+        .unwrap();
 }
