@@ -3,11 +3,12 @@
 //!
 //! A key is held by one processor from the moment it takes the key's messages until it
 //! is done with them (their retries included), so a key's messages are handled one after
-//! the other, in order; but no key is tied to a processor. A key whose messages go back
-//! unfinished (at shutdown, or at the deadline) stays held for good: none of its later
-//! messages may be finished after them. A fixed placement (the key's
+//! the other, in order; but no key is tied to a processor. A fixed placement (the key's
 //! hash modulo the processors) put two busy partitions on one processor while another
 //! idled, and made every key sharing a processor wait behind one slow message.
+//!
+//! A key whose messages go back unfinished (at shutdown, or at the deadline) stays held
+//! for good: none of its later messages may be finished after them.
 //!
 //! Bounded by the pipeline's credits: nothing is pushed that was not asked for.
 
