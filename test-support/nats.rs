@@ -8,6 +8,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "ports.rs"]
+mod ports;
+use ports::free_port;
+
 /// A NATS server of its own, killed when dropped.
 pub struct Nats {
     dir: PathBuf,
@@ -24,11 +28,7 @@ impl Nats {
         let dir = std::env::temp_dir().join(format!("longshore-nats-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = spawn(&dir, port);
         Nats { dir, port, child }
     }

@@ -7,6 +7,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "ports.rs"]
+mod ports;
+use ports::free_port;
+
 /// A PostgreSQL server of its own, stopped when dropped.
 pub struct Postgres {
     dir: PathBuf,
@@ -20,10 +24,14 @@ static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 /// Runs a PostgreSQL tool, as the `postgres` user when this runs as root (initdb refuses
 /// root); fails the test if it fails.
 fn pg(tool: &str, args: &[&str]) {
-    let output = pg_output(tool, args);
+    succeeded(&format!("{tool} {args:?}"), &pg_output(tool, args));
+}
+
+/// Fails the test with what `doing` printed, unless it succeeded.
+fn succeeded(doing: &str, output: &std::process::Output) {
     assert!(
         output.status.success(),
-        "{tool} {args:?}: {}{}",
+        "{doing}: {}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -45,15 +53,6 @@ fn pg_output(tool: &str, args: &[&str]) -> std::process::Output {
     command.args(args).output().unwrap_or_else(|error| {
         panic!("{tool} cannot run ({error}): PostgreSQL 15's binaries must be on PATH")
     })
-}
-
-/// A loopback port free now; another process may take it before the server binds it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// How many ports a server is tried on before its start fails the test.
@@ -99,13 +98,7 @@ impl Postgres {
     /// Starts the server on its folder and port.
     fn run(&self) {
         let output = start_on(&self.data, &self.dir, self.port);
-        assert!(
-            output.status.success(),
-            "pg_ctl start on port {}: {}{}",
-            self.port,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        succeeded(&format!("pg_ctl start on port {}", self.port), &output);
     }
 
     /// Kills the server (`-m immediate`: no clean shutdown, as a crash) and starts it

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "ports.rs"]
+mod ports;
+use ports::free_port;
+
 /// A RabbitMQ server of its own, killed when dropped.
 pub struct RabbitMq {
     dir: PathBuf,
@@ -20,14 +24,6 @@ pub struct RabbitMq {
 
 /// Servers started by this process so far: each gets a node and a folder of its own.
 static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 impl RabbitMq {
     pub fn start() -> Self {

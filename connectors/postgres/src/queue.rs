@@ -151,6 +151,32 @@ fn retried(code: &tokio_postgres::error::SqlState) -> bool {
 }
 
 impl Queue {
+    /// The queue `queue` of `table` in the database of `config`, its connections not yet
+    /// made, holding no lease; `wake` is woken by the listener.
+    pub(crate) fn new(
+        config: &tokio_postgres::Config,
+        table: &str,
+        queue: &str,
+        lease: Duration,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Queue {
+            settlers: Mutex::new(vec![Arc::new(Db::new(config.clone()))]),
+            turn: AtomicUsize::new(0),
+            side: Db::new(config.clone()),
+            depth: Db::new(config.clone()),
+            reachable: AtomicBool::new(true),
+            table: table.to_owned(),
+            name: Arc::from(queue),
+            lease,
+            held: Mutex::default(),
+            unextended: Mutex::default(),
+            extending: tokio::sync::Mutex::default(),
+            wake,
+            metrics: QueueMetrics::new(table, queue),
+        }
+    }
+
     /// Leases at most `limit` rows visible now, in the order they became visible; they
     /// are invisible to every consumer until the lease passes (or is extended, or the
     /// row is settled).
@@ -575,21 +601,13 @@ mod tests {
     /// running on its own (no extension ticks).
     fn queue(url: &str, lease: Duration) -> Queue {
         let config: tokio_postgres::Config = url.parse().expect("a url");
-        Queue {
-            settlers: Mutex::new(vec![Arc::new(Db::new(config.clone()))]),
-            turn: AtomicUsize::new(0),
-            side: Db::new(config.clone()),
-            depth: Db::new(config),
-            table: "longshore_queue".to_owned(),
-            name: Arc::from("queue-tests"),
+        Queue::new(
+            &config,
+            "longshore_queue",
+            "queue-tests",
             lease,
-            held: Mutex::default(),
-            unextended: Mutex::default(),
-            extending: tokio::sync::Mutex::default(),
-            wake: Arc::new(Notify::new()),
-            reachable: AtomicBool::new(true),
-            metrics: QueueMetrics::new("longshore_queue", "queue-tests"),
-        }
+            Arc::new(Notify::new()),
+        )
     }
 
     /// A server of its own with the queue table, and a plain client of it.

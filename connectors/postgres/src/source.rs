@@ -1,8 +1,8 @@
 //! The queue table source: rows leased only for the demand, woken by `NOTIFY`.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,6 @@ use crate::config::PgQueueConfig;
 use crate::db::{listen, Db};
 use crate::error::PgQueueError;
 use crate::metadata::{PgQueueMessage, PgQueueMetadata};
-use crate::metrics::QueueMetrics;
 use crate::queue::{lock, unreadable_column, Lease, Leased, Queue, READ_COLUMNS};
 
 /// Consumes one queue of a PostgreSQL queue table (see [`migration`](crate::migration)).
@@ -95,21 +94,13 @@ impl PgQueueSource {
         let db_config = db_config(&config.url)?;
         let wake = Arc::new(Notify::new());
         let first = Arc::new(Db::new(db_config.clone()));
-        let queue = Arc::new(Queue {
-            settlers: Mutex::new(vec![Arc::new(Db::new(db_config.clone()))]),
-            turn: AtomicUsize::new(0),
-            side: Db::new(db_config.clone()),
-            depth: Db::new(db_config.clone()),
-            reachable: AtomicBool::new(true),
-            table: config.table.clone(),
-            name: Arc::from(config.queue.as_str()),
-            lease: config.lease,
-            held: Mutex::default(),
-            unextended: Mutex::default(),
-            extending: tokio::sync::Mutex::default(),
-            wake: wake.clone(),
-            metrics: QueueMetrics::new(&config.table, &config.queue),
-        });
+        let queue = Arc::new(Queue::new(
+            &db_config,
+            &config.table,
+            &config.queue,
+            config.lease,
+            wake.clone(),
+        ));
         let connected = first
             .connected()
             .await
