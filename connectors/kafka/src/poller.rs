@@ -217,12 +217,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             // Dropped when the thread ends, even by a panic: that is the signal.
             let _done = done;
-            Poller {
-                consumer,
-                shared,
-                intake: Intake::default(),
-            }
-            .run(intervals, &group);
+            Poller { consumer, shared }.run(intervals, &group);
         })?;
     Ok(PollThread {
         handle,
@@ -268,11 +263,14 @@ impl PollThread {
 struct Poller {
     consumer: BaseConsumer<Context>,
     shared: Arc<Shared>,
-    intake: Intake,
 }
 
 impl Poller {
-    fn run(mut self, intervals: Intervals, group: &str) {
+    fn run(self, intervals: Intervals, group: &str) {
+        let mut intake = Intake::default();
+        // Kept from one handoff to the next, as the records in `Intake` are: made again
+        // for each handoff, these large allocations cost about 230 instructions a record.
+        let mut ready = Vec::with_capacity(HANDOFF);
         let mut last_commit = Instant::now();
         let mut watermarks_read = Instant::now();
         let mut full_since: Option<Instant> = None;
@@ -337,7 +335,6 @@ impl Poller {
             // bound has room for, `max_buffered_per_partition` records of partitions neither
             // stalled nor paused (a handoff of 512 used to overshoot it).
             let handoff = HANDOFF.min(limit.saturating_sub(queued).max(1));
-            let mut ready = Vec::with_capacity(handoff);
             let mut timeout = POLL_INTERVAL;
             while ready.len() < handoff {
                 match self.consumer.poll(timeout) {
@@ -353,14 +350,14 @@ impl Poller {
             // Once stopped, what arrives is not handed out, so it is read again later.
             if !stopped && !ready.is_empty() {
                 let only_topic = self.consumer.context().every_records_topic();
-                let full = self.intake.enqueue(&self.shared, &ready, only_topic);
+                let full = intake.enqueue(&self.shared, &ready, only_topic);
                 if !full.is_empty() && !self.set_paused(&full, true) {
                     // Still fetched: counted against the bound again (a paused partition's
                     // queue is not), and paused with their next record.
                     self.shared.not_paused_after_all(&full);
                 }
             }
-            drop(ready);
+            ready.clear();
             self.resume_drained();
             if last_commit.elapsed() >= intervals.commit {
                 commit(&self.consumer, &self.shared.commits(false), CommitMode::Async);
@@ -390,7 +387,7 @@ impl Poller {
 
     /// Pauses the assigned partitions an operator paused, and resumes the others that
     /// nothing else holds paused (unless every partition is paused: a stall or a stop).
-    fn apply_held(&mut self, paused_all: bool) {
+    fn apply_held(&self, paused_all: bool) {
         let assignment = match self.consumer.assignment() {
             Ok(assignment) => assignment,
             Err(error) => {
@@ -418,7 +415,7 @@ impl Poller {
 
     /// Reads the high watermarks of the assigned partitions an operator holds paused,
     /// in one request per broker (a list-offsets of the latest), for their lag.
-    fn read_held_watermarks(&mut self) {
+    fn read_held_watermarks(&self) {
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
@@ -449,7 +446,7 @@ impl Poller {
         self.shared.lock().held.high_watermarks = read;
     }
 
-    fn resume_drained(&mut self) {
+    fn resume_drained(&self) {
         let (resume, paused_all) = {
             let mut state = self.shared.lock();
             let mut resume = std::mem::take(&mut state.to_resume);
@@ -465,7 +462,7 @@ impl Poller {
     /// Pauses every assigned partition, or resumes those not paused for a stall: those
     /// stay paused until their records are acknowledged, so that a stuck partition's
     /// records never pile up.
-    fn pause_all(&mut self, paused: bool) {
+    fn pause_all(&self, paused: bool) {
         match self.consumer.assignment() {
             Ok(assignment) => {
                 let result = if paused {
@@ -508,6 +505,8 @@ struct Intake {
     /// The partition of the last record queued, and its slot (a hint).
     last: Option<(TopicPartition, Slot)>,
     blocks: Blocks,
+    /// The records of a handoff, between their copy and their queueing.
+    records: Vec<KafkaMetadata>,
 }
 
 impl Intake {
@@ -522,32 +521,30 @@ impl Intake {
         // Copied before taking the lock, which the pipeline's takes and acknowledgements
         // need meanwhile. librdkafka hands out runs of one partition: the last record's
         // slot is mostly this one's, a hint checked under the lock.
-        let records: Vec<KafkaMetadata> = messages
-            .iter()
-            .map(|message| {
-                let partition = message.partition();
-                let (topic, hint) = match (&self.last, only_topic) {
-                    (Some((tp, slot)), Some(_)) if tp.1 == partition => (tp.0.clone(), *slot),
-                    (Some((tp, slot)), None) if tp.1 == partition && *tp.0 == *message.topic() => {
-                        (tp.0.clone(), *slot)
-                    }
-                    _ => {
-                        let topic = match only_topic {
-                            Some(topic) => topic.clone(),
-                            None => self.topic(message.topic()),
-                        };
-                        self.last = Some(((topic.clone(), partition), Slot::NONE));
-                        (topic, Slot::NONE)
-                    }
-                };
-                KafkaMetadata::from_borrowed(message, topic, hint, &mut self.blocks)
-            })
-            .collect();
+        let mut records = std::mem::take(&mut self.records);
+        records.extend(messages.iter().map(|message| {
+            let partition = message.partition();
+            let (topic, hint) = match (&self.last, only_topic) {
+                (Some((tp, slot)), Some(_)) if tp.1 == partition => (tp.0.clone(), *slot),
+                (Some((tp, slot)), None) if tp.1 == partition && *tp.0 == *message.topic() => {
+                    (tp.0.clone(), *slot)
+                }
+                _ => {
+                    let topic = match only_topic {
+                        Some(topic) => topic.clone(),
+                        None => self.topic(message.topic()),
+                    };
+                    self.last = Some(((topic.clone(), partition), Slot::NONE));
+                    (topic, Slot::NONE)
+                }
+            };
+            KafkaMetadata::from_borrowed(message, topic, hint, &mut self.blocks)
+        }));
         let mut full = Vec::new();
         let mut state = shared.lock();
         let state = &mut *state;
         let (cap, now) = (shared.cap(state), Instant::now());
-        for mut record in records {
+        for mut record in records.drain(..) {
             if state.partitions.at(record.slot).is_none() {
                 let key = (record.topic_arc().clone(), record.partition());
                 let resolved = match &self.last {
@@ -563,6 +560,7 @@ impl Intake {
             }
             full.extend(state.queue_record(record, cap, shared.max_buffered_per_partition, now));
         }
+        self.records = records;
         shared.ready.notify_one();
         full
     }
