@@ -158,7 +158,7 @@ impl State {
         let pause = !partition.paused && stalled && out + partition.queued() + 1 >= max_buffered;
         partition.paused |= pause;
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
-        self.partitions.enqueue(record.into_message(), now);
+        self.partitions.enqueue(record, now);
         full
     }
 

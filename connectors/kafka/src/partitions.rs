@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metadata::KafkaMessage;
+use crate::metadata::{KafkaMessage, KafkaMetadata};
 use crate::offsets::PartitionOffsets;
 use crate::slot::Slot;
 
@@ -24,8 +24,10 @@ pub(crate) const STALLED_AFTER: Duration = Duration::from_millis(250);
 pub(crate) struct Partition {
     pub(crate) generation: u64,
     pub(crate) offsets: PartitionOffsets,
-    /// Of the received, those not yet handed to the pipeline, in offset order.
-    queue: VecDeque<KafkaMessage>,
+    /// Of the received, those not yet handed to the pipeline, in offset order. Records,
+    /// made messages only when taken: a message is twice a record's size, and every byte
+    /// queued is copied in and out.
+    queue: VecDeque<KafkaMetadata>,
     /// Since when `queue` has not been empty: `None` while it is.
     queued_since: Option<Instant>,
     /// Of the received, how many were dropped from the queue unhanded (a revoke, a
@@ -131,19 +133,19 @@ impl Partitions {
         self.slots[index as usize].take()
     }
 
-    /// Queues `message` behind the records of its partition, which must be assigned, at
+    /// Queues `record` behind the records of its partition, which must be assigned, at
     /// `now`; returns the partition.
-    pub(crate) fn enqueue(&mut self, message: KafkaMessage, now: Instant) -> &mut Partition {
-        let index = message.metadata().slot.index;
+    pub(crate) fn enqueue(&mut self, record: KafkaMetadata, now: Instant) -> &mut Partition {
+        let index = record.slot.index;
         let partition = self.slots[index as usize]
             .as_mut()
-            .filter(|p| p.generation == message.metadata().slot.generation)
+            .filter(|p| p.generation == record.slot.generation)
             .expect("an assigned partition's record");
         if partition.queue.is_empty() {
             self.ready.push_back(index);
             partition.queued_since = Some(now);
         }
-        partition.queue.push_back(message);
+        partition.queue.push_back(record);
         partition
     }
 
@@ -170,7 +172,7 @@ impl Partitions {
                 .as_mut()
                 .expect("a partition with records queued is assigned");
             let n = partition.may_hand_out(limit).min(wanted);
-            taken.extend(partition.queue.drain(..n));
+            taken.extend(partition.queue.drain(..n).map(KafkaMetadata::into_message));
             if partition.queue.is_empty() {
                 partition.queued_since = None;
             } else {
