@@ -17,7 +17,8 @@
 //!
 //! To compare two builds with less noise than whole runs give, serve a topic with one
 //! (`<bench binary> --serve-mock <records>` prints the mock cluster's address and
-//! serves until killed), then run each build's child alternately against it:
+//! serves until killed; it holds the timed topic only, not the counted one), then run
+//! each build's child alternately against it:
 //! `<bench binary> --case longshore|raw|raw-payload <address> <fresh group> <records>`
 //! prints `RESULT <msgs/s> <peak RSS MB> <p50 µs> <p99 µs> <CPU s>`.
 
@@ -260,8 +261,7 @@ enum Read {
 }
 
 /// The raw loops keep the records they read and drop them in runs of this many, not each
-/// once read: librdkafka frees its messages faster in a run (measured here: about 15%
-/// less CPU and 25% more throughput than dropping each at once).
+/// once read: that measured faster here (docs/benchmarks.md gives the figures).
 const DROPPED_TOGETHER: usize = 2048;
 
 /// The raw loops' consumer of `topic`, from its start, committing every 5 s
@@ -280,7 +280,8 @@ fn raw_consumer(bootstrap: &str, group: &str, topic: &str) -> BaseConsumer {
     consumer
 }
 
-/// The baseline: a plain rdkafka consumer loop.
+/// The baseline: a plain rdkafka consumer loop, dropping what it read in runs of
+/// [`DROPPED_TOGETHER`].
 fn raw(bootstrap: &str, group: &str, topic: &str, count: usize, read: Read) -> f64 {
     callgrind::start();
     let consumer = raw_consumer(bootstrap, group, topic);
@@ -302,8 +303,11 @@ fn raw(bootstrap: &str, group: &str, topic: &str, count: usize, read: Read) -> f
             read_ones.push(message);
         }
     }
+    // The last run is dropped inside the measured part, as each earlier one was.
+    drop(read_ones);
+    let elapsed = started.expect("records").elapsed();
     callgrind::end();
-    count as f64 / started.expect("records").elapsed().as_secs_f64()
+    count as f64 / elapsed.as_secs_f64()
 }
 
 /// Reads the payload; on one record in 64, samples the latency the pipeline adds: from

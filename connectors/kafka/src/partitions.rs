@@ -153,8 +153,8 @@ impl Partitions {
     /// turn, none beyond `limit` handed out. A partition at its limit keeps its records
     /// where they are, and goes to the back of the turns like any other.
     pub(crate) fn take(&mut self, demand: usize, limit: usize) -> Vec<KafkaMessage> {
-        // Sized first: grown by doubling, the vector would copy each record of a take once
-        // more on average, and a record is a few hundred bytes.
+        // Sized first: grown by doubling, the vector would copy each message of a take once
+        // more on average, and a message is a few hundred bytes.
         let takeable: usize = self
             .ready
             .iter()

@@ -269,7 +269,8 @@ impl Poller {
     fn run(self, intervals: Intervals, group: &str) {
         let mut intake = Intake::default();
         // Kept from one handoff to the next, as the records in `Intake` are: made again
-        // for each handoff, these large allocations cost about 230 instructions a record.
+        // for each handoff, these large allocations cost about 230 instructions a record
+        // (measured once on the mock cluster).
         let mut ready = Vec::with_capacity(HANDOFF);
         let mut last_commit = Instant::now();
         let mut watermarks_read = Instant::now();
