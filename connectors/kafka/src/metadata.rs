@@ -190,7 +190,7 @@ impl KafkaMetadata {
     /// `bytes` holds the key (if any), then the payload (if any).
     fn with_bytes(mut self, key: Option<&[u8]>, has_payload: bool, bytes: Bytes) -> Self {
         self.bytes = bytes;
-        self.key_len = key.map_or(0, |key| u32::try_from(key.len()).expect("a key below 4 GiB"));
+        self.key_len = key_len(key);
         self.has_key = key.is_some();
         self.has_payload = has_payload;
         self
@@ -225,21 +225,21 @@ impl KafkaMetadata {
         blocks: &mut Blocks,
     ) -> Self {
         let timestamp_ms = message.timestamp().to_millis();
-        let record = KafkaMetadata {
+        let (key, payload) = (message.key(), message.payload());
+        // Built in one go: the record is moved whole on each step of its way.
+        KafkaMetadata {
             topic,
-            bytes: Bytes::new(),
+            bytes: blocks.copy(key, payload),
             offset: message.offset(),
             timestamp_ms: timestamp_ms.unwrap_or_default(),
             headers: message.headers().and_then(read_headers),
             slot,
             partition: message.partition(),
-            key_len: 0,
-            has_key: false,
-            has_payload: false,
+            key_len: key_len(key),
+            has_key: key.is_some(),
+            has_payload: payload.is_some(),
             has_timestamp: timestamp_ms.is_some(),
-        };
-        let bytes = blocks.copy(message.key(), message.payload());
-        record.with_bytes(message.key(), message.payload().is_some(), bytes)
+        }
     }
 
     /// The topic.
@@ -307,6 +307,12 @@ impl KafkaMetadata {
     pub(crate) fn topic_arc(&self) -> &Arc<str> {
         &self.topic
     }
+}
+
+/// Where the payload starts in a record's bytes: after the key.
+fn key_len(key: Option<&[u8]>) -> u32 {
+    // Kafka's record length is an i32: a key of 4 GiB cannot arrive.
+    key.map_or(0, |key| u32::try_from(key.len()).expect("a key below 4 GiB"))
 }
 
 /// Copies records' keys and payloads into shared blocks: one allocation for many records
