@@ -4,10 +4,14 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../../../test-support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A running broker, stopped when dropped.
 pub struct Tansu {
@@ -94,15 +98,6 @@ impl Tansu {
             self.authentication,
         );
     }
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Adds the SASL/SCRAM-SHA-512 user `name` to the broker data in `dir`, through a broker
