@@ -169,7 +169,8 @@ fn main() {
 fn instructions_per_message(shape: &str, imp: &str) -> f64 {
     const COUNTED: u64 = 200_000;
     let env = [("LONGSHORE_BENCH_MESSAGES", COUNTED.to_string())];
-    callgrind::instructions(&format!("{shape}-{imp}"), &["--case", shape, imp], &env) / COUNTED as f64
+    let counts = callgrind::counts(&format!("{shape}-{imp}"), &["--case", shape, imp], &env);
+    counts.instructions / COUNTED as f64
 }
 
 /// Runs one case's three sides, each in a child process, in `rounds` rounds whose

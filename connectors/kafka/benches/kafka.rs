@@ -10,8 +10,9 @@
 //! `LONGSHORE_BENCH_ROUNDS` the rounds of adjacent runs (default 5; the median is reported).
 //! `scripts/bench kafka mock` (or `tansu`) runs one broker only.
 //! `cpu_ratio` is the consumer process's CPU time (user and system) against the raw
-//! loop's, for the same records; `instructions_per_record`, on both sides, is counted by
-//! callgrind (librdkafka's threads included) from the consumer's creation to its last
+//! loop's, for the same records; `instructions_per_record` and `allocations_per_record`
+//! (the C allocator's calls), on both sides, are counted by callgrind (librdkafka's
+//! threads included) from the consumer's creation to its last
 //! record (its prefetch included, which starts before the first record), over a topic a
 //! tenth as large, read whole.
 //!
@@ -195,12 +196,15 @@ fn compare(case: &str, bootstrap: &str, count: usize, smoke: bool) -> f64 {
                 let group = format!("{imp}-counted-{}-{}", std::process::id(), runs.get());
                 let records = (count / 10).to_string();
                 let args = ["--case", imp, bootstrap, &group, &records, COUNTED_TOPIC];
-                callgrind::instructions(&format!("{case}-{imp}"), &args, &[]) / (count / 10) as f64
+                let counts = callgrind::counts(&format!("{case}-{imp}"), &args, &[]);
+                let per_record = |n: f64| n / (count / 10) as f64;
+                (per_record(counts.instructions), per_record(counts.allocations))
             };
-            let (ours, raw) = (counted("longshore"), counted("raw"));
+            let ((ours, ours_allocations), (raw, raw_allocations)) = (counted("longshore"), counted("raw"));
             format!(
                 " instructions_per_record={ours:.0} baseline_instructions_per_record={raw:.0} \
-                 instructions_ratio={:.2}",
+                 instructions_ratio={:.2} allocations_per_record={ours_allocations:.2} \
+                 baseline_allocations_per_record={raw_allocations:.2}",
                 ours / raw
             )
         }
