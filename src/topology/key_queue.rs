@@ -140,9 +140,23 @@ impl<T, M> KeyQueue<T, M> {
     /// counts as key 0).
     pub(crate) fn push(&self, messages: Vec<Message<T, M>>) {
         let mut state = self.lock();
-        let state = &mut *state;
+        let State {
+            keys,
+            idle,
+            waiting,
+            free,
+            released,
+            to_release,
+            spare,
+            abandoned,
+            ..
+        } = &mut *state;
         let mut wake = false;
         let mut messages = messages.into_iter();
+        // The key of the run of messages being queued, and its queue (`None`: the key's
+        // messages go back): a run of one key's messages (a source's partition, often)
+        // is looked up once.
+        let mut run: Option<(u64, Option<&mut Key<T, M>>)> = None;
         // Each message is moved out of the vector only into its key's queue: taken out
         // first, it was copied twice more on the way, and a message is a hundred bytes.
         while let Some(key) = messages
@@ -150,28 +164,40 @@ impl<T, M> KeyQueue<T, M> {
             .first()
             .map(|m| m.order_key().unwrap_or_default())
         {
-            if state.abandoned || state.released.contains(&key) {
-                state.to_release.push(messages.next().expect("looked at"));
-                wake = true;
-                continue;
+            if run.as_ref().is_none_or(|(of, _)| *of != key) {
+                let queue = match *abandoned || released.contains(&key) {
+                    true => None,
+                    false => {
+                        let (entry, new) = match keys.entry(key) {
+                            Entry::Occupied(entry) => (entry.into_mut(), false),
+                            Entry::Vacant(entry) => {
+                                let waiting = spare.pop().unwrap_or_default();
+                                (entry.insert(Key { waiting, held: false }), true)
+                            }
+                        };
+                        // An idle key (counted so) or a new one: free from now on.
+                        if entry.is_idle() {
+                            if !new {
+                                *idle -= 1;
+                            }
+                            free.push_back(key);
+                            wake = true;
+                        }
+                        Some(entry)
+                    }
+                };
+                run = Some((key, queue));
             }
-            let (entry, new) = match state.keys.entry(key) {
-                Entry::Occupied(entry) => (entry.into_mut(), false),
-                Entry::Vacant(entry) => {
-                    let waiting = state.spare.pop().unwrap_or_default();
-                    (entry.insert(Key { waiting, held: false }), true)
+            match &mut run {
+                Some((_, Some(entry))) => {
+                    entry.waiting.push_back(messages.next().expect("looked at"));
+                    *waiting += 1;
                 }
-            };
-            // An idle key (counted so) or a new one: free from now on.
-            if entry.is_idle() {
-                if !new {
-                    state.idle -= 1;
+                _ => {
+                    to_release.push(messages.next().expect("looked at"));
+                    wake = true;
                 }
-                state.free.push_back(key);
-                wake = true;
             }
-            entry.waiting.push_back(messages.next().expect("looked at"));
-            state.waiting += 1;
         }
         if wake {
             self.ready.notify_one();
