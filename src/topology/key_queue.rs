@@ -171,8 +171,14 @@ impl<T, M> KeyQueue<T, M> {
                         let (entry, new) = match keys.entry(key) {
                             Entry::Occupied(entry) => (entry.into_mut(), false),
                             Entry::Vacant(entry) => {
-                                let waiting = spare.pop().unwrap_or_default();
-                                (entry.insert(Key { waiting, held: false }), true)
+                                let queue = spare.pop().unwrap_or_default();
+                                (
+                                    entry.insert(Key {
+                                        waiting: queue,
+                                        held: false,
+                                    }),
+                                    true,
+                                )
                             }
                         };
                         // An idle key (counted so) or a new one: free from now on.
@@ -542,6 +548,43 @@ mod tests {
         assert!(matches!(queue.next(false).await, Some(Work::Release(m)) if m.len() == 1));
         drop(sender);
         assert!(queue.next(false).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_released_keys_run_goes_back_and_the_live_keys_run_beside_it_is_queued() {
+        let (sender, queue) = KeyQueue::new(10);
+        queue.release_keys([1]);
+        sender.push(
+            [(1, 0), (1, 1), (2, 0), (2, 1), (1, 2), (2, 2)]
+                .map(|(k, n)| keyed(k, n))
+                .into(),
+        );
+        let Some(Work::Release(released)) = queue.next(false).await else {
+            panic!("expected released messages");
+        };
+        let released: Vec<_> = released.into_iter().map(Message::into_data).collect();
+        assert_eq!(released, vec![(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(handle(queue.next(false).await), vec![(2, 0), (2, 1), (2, 2)]);
+        let state = queue.lock();
+        assert_eq!((state.waiting, state.free.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn once_abandoned_every_run_pushed_goes_back_in_order() {
+        let (sender, queue) = KeyQueue::new(10);
+        queue.abandon();
+        sender.push(
+            [(1, 0), (1, 1), (2, 0), (2, 1), (1, 2)]
+                .map(|(k, n)| keyed(k, n))
+                .into(),
+        );
+        let Some(Work::Release(released)) = queue.next(false).await else {
+            panic!("expected released messages");
+        };
+        let released: Vec<_> = released.into_iter().map(Message::into_data).collect();
+        assert_eq!(released, vec![(1, 0), (1, 1), (2, 0), (2, 1), (1, 2)]);
+        let state = queue.lock();
+        assert_eq!((state.waiting, state.free.len(), state.keys.len()), (0, 0, 0));
     }
 
     /// A waker that notes it was woken.
