@@ -80,9 +80,17 @@ pub(crate) fn cpu_seconds() -> f64 {
 }
 
 /// The runtime every measured case runs on: two workers, as many as the machine's cores.
+#[allow(dead_code)] // the Kafka benchmark sizes its own
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    runtime_with_workers(2)
+}
+
+/// A runtime of `workers` workers, for a case whose source keeps a core busy with a
+/// thread of its own.
+#[allow(dead_code)] // not every benchmark has such a source
+pub(crate) fn runtime_with_workers(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("a tokio runtime")

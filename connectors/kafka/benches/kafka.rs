@@ -339,6 +339,13 @@ impl Handler for Touch {
     }
 }
 
+/// The runtime longshore runs on here: one worker, as the README advises, the poll thread
+/// taking the machine's other core. Two workers (tokio's default on two cores) gave it
+/// 2–8% more CPU and 5–12% less throughput (docs/benchmarks.md).
+fn runtime() -> tokio::runtime::Runtime {
+    support::runtime_with_workers(1)
+}
+
 /// longshore: the Kafka source, 2 processors in partition order, commits every 5 s.
 fn ours(bootstrap: &str, group: &str, topic: &str, count: usize) -> [f64; 3] {
     let touch = Arc::new(Touch {
@@ -346,7 +353,7 @@ fn ours(bootstrap: &str, group: &str, topic: &str, count: usize) -> [f64; 3] {
         first: OnceLock::new(),
         countdown: Countdown::new(count),
     });
-    let runtime = support::runtime();
+    let runtime = runtime();
     runtime.block_on(async {
         callgrind::start();
         let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [topic])).expect("source");

@@ -20,7 +20,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
-use super::support::{self, Countdown, Samples};
+use super::support::{Countdown, Samples};
 
 /// The topics of the latency case, one per consumer: empty until the consumer holds it.
 pub(crate) const TOPICS: [&str; 2] = ["latency", "latency-raw"];
@@ -39,7 +39,7 @@ pub(crate) fn run(bootstrap: &str, group: &str, count: usize, rate: f64) -> [f64
     let end_to_end = Arc::new(Samples::default());
     let base = Instant::now();
     let countdown = Arc::new(Countdown::new(count));
-    let runtime = support::runtime();
+    let runtime = super::runtime();
     runtime.block_on(async {
         let source = KafkaSource::new(KafkaConfig::new(bootstrap, group, [topic])).expect("source");
         let status = source.status();
