@@ -252,19 +252,6 @@ impl<T, M> KeyQueue<T, M> {
         if !state.to_release.is_empty() {
             return Some(Work::Release(std::mem::take(&mut state.to_release)));
         }
-        if state.abandoned {
-            // Every key's waiting messages go back; only the held keys stay (none is idle
-            // any more).
-            let mut all = Vec::new();
-            state.keys.retain(|_, key| {
-                all.extend(key.waiting.drain(..));
-                key.held
-            });
-            state.idle = 0;
-            state.waiting = 0;
-            state.free.clear();
-            return (!all.is_empty()).then_some(Work::Release(all));
-        }
         if state.free.is_empty() {
             // Every key with messages waiting is held: nothing to take.
             return None;
@@ -348,9 +335,30 @@ impl<T, M> KeyQueue<T, M> {
     }
 
     /// At the shutdown deadline: everything waiting, or still to come, goes back
-    /// unfinished, whichever key holds it.
+    /// unfinished, whichever key holds it. What waits goes back now, ahead of what comes
+    /// later: left in its key's queue until taken, a key's later messages went back
+    /// before its earlier ones.
     pub(crate) fn abandon(&self) {
-        self.lock().abandoned = true;
+        let mut state = self.lock();
+        let State {
+            keys,
+            idle,
+            waiting,
+            free,
+            to_release,
+            abandoned,
+            ..
+        } = &mut *state;
+        *abandoned = true;
+        // Only the held keys stay (none is idle any more).
+        keys.retain(|_, key| {
+            to_release.extend(key.waiting.drain(..));
+            key.held
+        });
+        *idle = 0;
+        *waiting = 0;
+        free.clear();
+        drop(state);
         self.ready.notify_waiters();
         self.ready.notify_one();
     }
@@ -570,6 +578,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn once_abandoned_a_keys_later_messages_go_back_behind_its_waiting_ones() {
+        let (sender, queue) = KeyQueue::new(10);
+        sender.push(vec![keyed(1, 0), keyed(2, 0), keyed(1, 1)]);
+        queue.abandon();
+        sender.push(vec![keyed(1, 2), keyed(2, 1)]);
+        let mut back = Vec::new();
+        while let Some(work) = queue.try_next(false) {
+            let Work::Release(messages) = work else {
+                panic!("nothing is handled after the deadline");
+            };
+            back.extend(messages.into_iter().map(Message::into_data));
+        }
+        let of = |key| {
+            back.iter()
+                .filter(|(k, _)| *k == key)
+                .map(|m| m.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!((of(1), of(2)), (vec![0, 1, 2], vec![0, 1]));
+    }
+
+    #[tokio::test]
     async fn once_abandoned_every_run_pushed_goes_back_in_order() {
         let (sender, queue) = KeyQueue::new(10);
         queue.abandon();
@@ -598,7 +628,8 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// A producer pushes one message of each of these keys.
+        /// A producer pushes one message of each of these keys (in runs of one key, as
+        /// a source's partitions come).
         Push(Vec<u64>),
         /// An idle processor asks for work (of one key only, or not).
         Take(usize, bool),
@@ -606,70 +637,124 @@ mod tests {
         TryTake(usize, bool),
         /// A processor is done with the keys it holds.
         Finish(usize),
+        /// Shutdown hands a message of these keys back: their later ones go back too.
+        Release(Vec<u64>),
     }
 
     fn op() -> impl Strategy<Value = Op> {
+        let runs = proptest::collection::vec((0..6u64, 1..4usize), 1..5);
         prop_oneof![
-            proptest::collection::vec(0..6u64, 1..8).prop_map(Op::Push),
-            (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::Take(p, one)),
-            (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::TryTake(p, one)),
-            (0..3usize).prop_map(Op::Finish),
+            8 => runs.prop_map(|runs| Op::Push(
+                runs.into_iter().flat_map(|(key, n)| std::iter::repeat_n(key, n)).collect()
+            )),
+            5 => (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::Take(p, one)),
+            5 => (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::TryTake(p, one)),
+            5 => (0..3usize).prop_map(Op::Finish),
+            1 => proptest::collection::vec(0..8u64, 1..3).prop_map(Op::Release),
         ]
     }
 
+    /// What the proptest below saw come out, per key: how many messages, and whether
+    /// its later ones must go back.
+    #[derive(Default)]
+    struct Out {
+        /// Messages out, handled or handed back, of each key.
+        out: BTreeMap<u64, u64>,
+        /// Keys held, per processor.
+        holding: Vec<Vec<u64>>,
+        released: HashSet<u64>,
+        abandoned: bool,
+    }
+
+    impl Out {
+        /// Checks work taken by processor `holder`, and notes it.
+        fn take(&mut self, work: Work<(u64, u64), ()>, holder: usize, max_chunk: usize, one_key: bool) {
+            match work {
+                Work::Handle(chunk) => {
+                    assert!(!self.abandoned, "messages handled after the deadline");
+                    assert!(chunk.len() <= max_chunk);
+                    let first = chunk[0].data().0;
+                    assert!(!one_key || chunk.iter().all(|m| m.data().0 == first));
+                    for (key, n) in chunk.into_iter().map(Message::into_data) {
+                        assert!(!self.released.contains(&key), "key {key} handled once released");
+                        self.next(key, n);
+                        assert!(
+                            self.holding
+                                .iter()
+                                .enumerate()
+                                .all(|(p, keys)| p == holder || !keys.contains(&key)),
+                            "key {key} held twice"
+                        );
+                        if !self.holding[holder].contains(&key) {
+                            self.holding[holder].push(key);
+                        }
+                    }
+                }
+                Work::Release(messages) => {
+                    for (key, n) in messages.into_iter().map(Message::into_data) {
+                        assert!(
+                            self.abandoned || self.released.contains(&key),
+                            "key {key} handed back unreleased"
+                        );
+                        self.next(key, n);
+                    }
+                }
+            }
+        }
+
+        /// Message `n` of `key` is out: the next of its key.
+        fn next(&mut self, key: u64, n: u64) {
+            let next = self.out.entry(key).or_default();
+            assert_eq!(n, *next, "key {key} out of order");
+            *next += 1;
+        }
+    }
+
     proptest! {
-        /// Random pushes, takes and finishes by three processors: a key is held by one
-        /// processor at a time, its messages come out in the order pushed, each once; no
-        /// processor waiting for work stays asleep while a key with messages waiting is
-        /// free (each wait is polled only when woken); and once the producer is gone,
-        /// everything is taken and the queue ends.
+        /// Random pushes (in runs of a key), takes and finishes by three processors,
+        /// keys released and, at some step or never, the deadline: a key is held by one
+        /// processor at a time; its messages come out in the order pushed, each once,
+        /// handled until it is released (or the deadline comes) and handed back after;
+        /// no processor waiting for work stays asleep while a key with messages waiting
+        /// is free, or messages wait to go back (each wait is polled only when woken);
+        /// and once the producer is gone, everything is out and the queue ends.
         #[test]
         fn keys_are_held_by_one_processor_at_a_time_and_keep_their_order(
             max_chunk in 1..6usize,
             ops in proptest::collection::vec(op(), 1..200),
+            abandon_at in proptest::option::of(0..200usize),
         ) {
             let (sender, queue) = KeyQueue::new(max_chunk);
             let mut pushed: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut holding: Vec<Vec<u64>> = vec![Vec::new(); 3];
+            let mut seen = Out { holding: vec![Vec::new(); 3], ..Out::default() };
             #[allow(clippy::type_complexity)]
             let mut waiting: Vec<Option<(Pin<Box<dyn Future<Output = Option<Work<(u64, u64), ()>>> + '_>>, Arc<Woken>, bool)>> =
                 (0..3).map(|_| None).collect();
-            let check = |chunk: Vec<Message<(u64, u64)>>, holder: usize, holding: &mut Vec<Vec<u64>>, taken: &mut BTreeMap<u64, u64>| {
-                assert!(chunk.len() <= max_chunk);
-                for (key, n) in chunk.into_iter().map(Message::into_data) {
-                    let next = taken.entry(key).or_default();
-                    assert_eq!(n, *next, "key {key} out of order");
-                    *next += 1;
-                    assert!(holding.iter().enumerate().all(|(p, keys)| p == holder || !keys.contains(&key)), "key {key} held twice");
-                    if !holding[holder].contains(&key) {
-                        holding[holder].push(key);
-                    }
+            for (step, op) in ops.into_iter().enumerate() {
+                if abandon_at == Some(step) {
+                    queue.abandon();
+                    seen.abandoned = true;
                 }
-            };
-            for op in ops {
                 match op {
                     Op::Push(keys) => sender.push(keys.into_iter().map(|key| {
                         let n = pushed.entry(key).or_default();
                         *n += 1;
                         keyed(key, *n - 1)
                     }).collect()),
-                    Op::Take(p, one_key) if holding[p].is_empty() && waiting[p].is_none() => {
+                    Op::Take(p, one_key) if seen.holding[p].is_empty() && waiting[p].is_none() => {
                         let flag = Arc::new(Woken(AtomicBool::new(true)));
                         waiting[p] = Some((Box::pin(queue.next(one_key)), flag, one_key));
                     }
-                    Op::TryTake(p, one_key) if holding[p].is_empty() && waiting[p].is_none() => {
-                        match queue.try_next(one_key) {
-                            Some(Work::Handle(chunk)) => {
-                                let first = chunk[0].data().0;
-                                assert!(!one_key || chunk.iter().all(|m| m.data().0 == first));
-                                check(chunk, p, &mut holding, &mut taken);
-                            }
-                            Some(other) => panic!("unexpected {other:?}"),
-                            None => {}
+                    Op::TryTake(p, one_key) if seen.holding[p].is_empty() && waiting[p].is_none() => {
+                        if let Some(work) = queue.try_next(one_key) {
+                            seen.take(work, p, max_chunk, one_key);
                         }
                     }
-                    Op::Finish(p) => queue.finish(std::mem::take(&mut holding[p])),
+                    Op::Finish(p) => queue.finish(std::mem::take(&mut seen.holding[p])),
+                    Op::Release(keys) => {
+                        seen.released.extend(keys.iter().copied());
+                        queue.release_keys(keys);
+                    }
                     Op::Take(..) | Op::TryTake(..) => {}
                 }
                 // Each woken processor polls its wait again, until none is woken.
@@ -685,15 +770,12 @@ mod tests {
                         polled = true;
                         let waker = futures_util::task::waker(flag.clone());
                         match next.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
-                            Poll::Ready(Some(Work::Handle(chunk))) => {
-                                if *one_key {
-                                    let first = chunk[0].data().0;
-                                    assert!(chunk.iter().all(|m| m.data().0 == first));
-                                }
+                            Poll::Ready(Some(work)) => {
+                                let one_key = *one_key;
                                 *slot = None;
-                                check(chunk, p, &mut holding, &mut taken);
+                                seen.take(work, p, max_chunk, one_key);
                             }
-                            Poll::Ready(other) => panic!("unexpected {other:?}"),
+                            Poll::Ready(None) => panic!("the queue ended with its producer there"),
                             Poll::Pending => {}
                         }
                     }
@@ -701,12 +783,15 @@ mod tests {
                         break;
                     }
                 }
-                // No processor sleeps while a key is free.
-                let free = pushed.iter().any(|(key, n)| {
-                    taken.get(key).copied().unwrap_or(0) < *n
-                        && holding.iter().all(|keys| !keys.contains(key))
+                // No processor sleeps while there is work: a free key's messages, or
+                // messages to hand back.
+                let ready = pushed.iter().any(|(key, n)| {
+                    seen.out.get(key).copied().unwrap_or(0) < *n
+                        && (seen.abandoned
+                            || seen.released.contains(key)
+                            || seen.holding.iter().all(|keys| !keys.contains(key)))
                 });
-                prop_assert!(!(free && waiting.iter().any(Option::is_some)), "a free key waits, every processor asleep");
+                prop_assert!(!(ready && waiting.iter().any(Option::is_some)), "work waits, every processor asleep");
                 let state = queue.lock();
                 let idle = state.keys.values().filter(|k| k.is_idle()).count();
                 prop_assert_eq!(state.idle, idle, "idle keys miscounted");
@@ -714,20 +799,20 @@ mod tests {
             // Waiting processors stop waiting (a wait is cancel safe).
             waiting.iter_mut().for_each(|w| *w = None);
             drop(sender);
-            for keys in &mut holding {
+            for keys in &mut seen.holding {
                 queue.finish(std::mem::take(keys));
             }
             loop {
                 match queue.next(false).now_or_never() {
-                    Some(Some(Work::Handle(chunk))) => {
-                        check(chunk, 0, &mut holding, &mut taken);
-                        queue.finish(std::mem::take(&mut holding[0]));
+                    Some(Some(work)) => {
+                        seen.take(work, 0, max_chunk, false);
+                        queue.finish(std::mem::take(&mut seen.holding[0]));
                     }
                     Some(None) => break,
                     other => panic!("the queue must end, got {other:?}"),
                 }
             }
-            prop_assert_eq!(taken, pushed);
+            prop_assert_eq!(seen.out, pushed);
         }
     }
 }
