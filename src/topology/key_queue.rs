@@ -165,32 +165,27 @@ impl<T, M> KeyQueue<T, M> {
             .map(|m| m.order_key().unwrap_or_default())
         {
             if run.as_ref().is_none_or(|(of, _)| *of != key) {
-                let queue = match *abandoned || released.contains(&key) {
-                    true => None,
-                    false => {
-                        let (entry, new) = match keys.entry(key) {
-                            Entry::Occupied(entry) => (entry.into_mut(), false),
-                            Entry::Vacant(entry) => {
-                                let queue = spare.pop().unwrap_or_default();
-                                (
-                                    entry.insert(Key {
-                                        waiting: queue,
-                                        held: false,
-                                    }),
-                                    true,
-                                )
-                            }
-                        };
-                        // An idle key (counted so) or a new one: free from now on.
-                        if entry.is_idle() {
-                            if !new {
+                let queue = if *abandoned || released.contains(&key) {
+                    None
+                } else {
+                    // An idle key (counted so) or a new one: free from now on.
+                    Some(match keys.entry(key) {
+                        Entry::Occupied(entry) => {
+                            let entry = entry.into_mut();
+                            if entry.is_idle() {
                                 *idle -= 1;
+                                free.push_back(key);
+                                wake = true;
                             }
+                            entry
+                        }
+                        Entry::Vacant(entry) => {
                             free.push_back(key);
                             wake = true;
+                            let waiting = spare.pop().unwrap_or_default();
+                            entry.insert(Key { waiting, held: false })
                         }
-                        Some(entry)
-                    }
+                    })
                 };
                 run = Some((key, queue));
             }
