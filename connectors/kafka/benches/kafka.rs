@@ -32,7 +32,7 @@ use longshore_kafka::{KafkaConfig, KafkaMessage, KafkaMetadata, KafkaSource};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
 
 #[path = "../../../benches/support/callgrind.rs"]
@@ -66,9 +66,7 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--serve-mock") {
         let count: usize = args[i + 1].parse().expect("a record count");
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic(TOPIC, 40, 1).expect("topic");
-        produce(&cluster.bootstrap_servers(), TOPIC, 40, count, 10_000);
+        let cluster = mock_cluster(&[(TOPIC, count)]);
         println!("{}", cluster.bootstrap_servers());
         std::thread::sleep(Duration::from_secs(100_000));
         return;
@@ -98,11 +96,7 @@ fn main() {
     let only =
         |broker: &str| !args.iter().any(|a| a == "mock" || a == "tansu") || args.iter().any(|a| a == broker);
     if only("mock") {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        for (topic, records) in [(TOPIC, count), (COUNTED_TOPIC, count / 10)] {
-            cluster.create_topic(topic, 40, 1).expect("topic");
-            produce(&cluster.bootstrap_servers(), topic, 40, records, 10_000);
-        }
+        let cluster = mock_cluster(&[(TOPIC, count), (COUNTED_TOPIC, count / 10)]);
         let peak = compare("kafka-mock", &cluster.bootstrap_servers(), count, smoke);
         cluster
             .create_topic(latency::TOPICS[0], latency::PARTITIONS, 1)
@@ -337,6 +331,16 @@ impl Handler for Touch {
         self.countdown.handled();
         Ok(())
     }
+}
+
+/// A mock cluster holding `topics` of 40 partitions, each with its record count.
+fn mock_cluster(topics: &[(&str, usize)]) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for &(topic, records) in topics {
+        cluster.create_topic(topic, 40, 1).expect("topic");
+        produce(&cluster.bootstrap_servers(), topic, 40, records, 10_000);
+    }
+    cluster
 }
 
 /// The runtime longshore runs on here: one worker, as the README advises, the poll thread
