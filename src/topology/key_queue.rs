@@ -7,8 +7,8 @@
 //! hash modulo the processors) put two busy partitions on one processor while another
 //! idled, and made every key sharing a processor wait behind one slow message.
 //!
-//! A key whose messages go back unfinished (at shutdown, or at the deadline) stays held
-//! for good: none of its later messages may be finished after them.
+//! Once a key's messages go back unfinished (at shutdown, or at the deadline), all its
+//! later ones go back too: none may be finished after them.
 //!
 //! Bounded by the pipeline's credits: nothing is pushed that was not asked for.
 
@@ -247,6 +247,8 @@ impl<T, M> KeyQueue<T, M> {
         if !state.to_release.is_empty() {
             return Some(Work::Release(std::mem::take(&mut state.to_release)));
         }
+        // Once abandoned, every message goes to `to_release`: no key has any waiting.
+        debug_assert!(!state.abandoned || state.free.is_empty());
         if state.free.is_empty() {
             // Every key with messages waiting is held: nothing to take.
             return None;
@@ -295,6 +297,7 @@ impl<T, M> KeyQueue<T, M> {
                 let small = entry.waiting.capacity() <= IDLE_CAPACITY;
                 state.let_go(key, small);
             } else {
+                debug_assert!(!state.abandoned, "a key has messages waiting once abandoned");
                 state.free.push_back(key);
                 wake = true;
             }
@@ -345,7 +348,7 @@ impl<T, M> KeyQueue<T, M> {
             ..
         } = &mut *state;
         *abandoned = true;
-        // Only the held keys stay (none is idle any more).
+        // Only the held keys stay, for their holders to finish.
         keys.retain(|_, key| {
             to_release.extend(key.waiting.drain(..));
             key.held
@@ -649,6 +652,14 @@ mod tests {
         ]
     }
 
+    /// A processor waiting for work: its wait, whether it was woken, and whether it
+    /// asked for one key only.
+    type Wait<'a> = Option<(
+        Pin<Box<dyn Future<Output = Option<Work<(u64, u64), ()>>> + 'a>>,
+        Arc<Woken>,
+        bool,
+    )>;
+
     /// What the proptest below saw come out, per key: how many messages, and whether
     /// its later ones must go back.
     #[derive(Default)]
@@ -703,6 +714,51 @@ mod tests {
             assert_eq!(n, *next, "key {key} out of order");
             *next += 1;
         }
+
+        /// Each woken processor polls its wait again, until none is woken. A wait may
+        /// see the end only once the producer is gone (`ended`).
+        fn poll_woken(&mut self, waiting: &mut [Wait<'_>], max_chunk: usize, ended: bool) {
+            loop {
+                let mut polled = false;
+                for (p, slot) in waiting.iter_mut().enumerate() {
+                    let Some((next, flag, one_key)) = slot.as_mut() else {
+                        continue;
+                    };
+                    if !flag.0.swap(false, Relaxed) {
+                        continue;
+                    }
+                    polled = true;
+                    let waker = futures_util::task::waker(flag.clone());
+                    match next.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+                        Poll::Ready(Some(work)) => {
+                            let one_key = *one_key;
+                            *slot = None;
+                            self.take(work, p, max_chunk, one_key);
+                        }
+                        Poll::Ready(None) => {
+                            assert!(ended, "the queue ended with its producer there");
+                            *slot = None;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if !polled {
+                    break;
+                }
+            }
+        }
+
+        /// Whether work waits while a processor sleeps: a free key's messages, or
+        /// messages to hand back.
+        fn work_waits(&self, pushed: &BTreeMap<u64, u64>, waiting: &[Wait<'_>]) -> bool {
+            let ready = pushed.iter().any(|(key, n)| {
+                self.out.get(key).copied().unwrap_or(0) < *n
+                    && (self.abandoned
+                        || self.released.contains(key)
+                        || self.holding.iter().all(|keys| !keys.contains(key)))
+            });
+            ready && waiting.iter().any(Option::is_some)
+        }
     }
 
     proptest! {
@@ -712,21 +768,22 @@ mod tests {
         /// handled until it is released (or the deadline comes) and handed back after;
         /// no processor waiting for work stays asleep while a key with messages waiting
         /// is free, or messages wait to go back (each wait is polled only when woken);
-        /// and once the producer is gone, everything is out and the queue ends.
+        /// and once the producer is gone (at the deadline or not), everything is out and
+        /// the queue ends.
         #[test]
         fn keys_are_held_by_one_processor_at_a_time_and_keep_their_order(
             max_chunk in 1..6usize,
             ops in proptest::collection::vec(op(), 1..200),
             abandon_at in proptest::option::of(0..200usize),
+            abandon_at_end in any::<bool>(),
         ) {
             let (sender, queue) = KeyQueue::new(max_chunk);
             let mut pushed: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut seen = Out { holding: vec![Vec::new(); 3], ..Out::default() };
-            #[allow(clippy::type_complexity)]
-            let mut waiting: Vec<Option<(Pin<Box<dyn Future<Output = Option<Work<(u64, u64), ()>>> + '_>>, Arc<Woken>, bool)>> =
-                (0..3).map(|_| None).collect();
+            let mut seen = Out { holding: vec![Vec::new(); 4], ..Out::default() };
+            let mut waiting: Vec<Wait<'_>> = (0..3).map(|_| None).collect();
             for (step, op) in ops.into_iter().enumerate() {
-                if abandon_at == Some(step) {
+                // Every processor abandons its input at the deadline: twice here.
+                if abandon_at.is_some_and(|at| step == at || step == at + 5) {
                     queue.abandon();
                     seen.abandoned = true;
                 }
@@ -752,61 +809,47 @@ mod tests {
                     }
                     Op::Take(..) | Op::TryTake(..) => {}
                 }
-                // Each woken processor polls its wait again, until none is woken.
-                loop {
-                    let mut polled = false;
-                    for (p, slot) in waiting.iter_mut().enumerate() {
-                        let Some((next, flag, one_key)) = slot.as_mut() else {
-                            continue;
-                        };
-                        if !flag.0.swap(false, Relaxed) {
-                            continue;
-                        }
-                        polled = true;
-                        let waker = futures_util::task::waker(flag.clone());
-                        match next.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
-                            Poll::Ready(Some(work)) => {
-                                let one_key = *one_key;
-                                *slot = None;
-                                seen.take(work, p, max_chunk, one_key);
-                            }
-                            Poll::Ready(None) => panic!("the queue ended with its producer there"),
-                            Poll::Pending => {}
-                        }
-                    }
-                    if !polled {
-                        break;
-                    }
-                }
-                // No processor sleeps while there is work: a free key's messages, or
-                // messages to hand back.
-                let ready = pushed.iter().any(|(key, n)| {
-                    seen.out.get(key).copied().unwrap_or(0) < *n
-                        && (seen.abandoned
-                            || seen.released.contains(key)
-                            || seen.holding.iter().all(|keys| !keys.contains(key)))
-                });
-                prop_assert!(!(ready && waiting.iter().any(Option::is_some)), "work waits, every processor asleep");
+                seen.poll_woken(&mut waiting, max_chunk, false);
+                prop_assert!(!seen.work_waits(&pushed, &waiting), "work waits, every processor asleep");
                 let state = queue.lock();
                 let idle = state.keys.values().filter(|k| k.is_idle()).count();
                 prop_assert_eq!(state.idle, idle, "idle keys miscounted");
             }
-            // Waiting processors stop waiting (a wait is cancel safe).
-            waiting.iter_mut().for_each(|w| *w = None);
+            // The producer goes, the processors still waiting see it (and the deadline,
+            // if it comes now).
             drop(sender);
+            if abandon_at_end {
+                queue.abandon();
+                seen.abandoned = true;
+            }
+            seen.poll_woken(&mut waiting, max_chunk, true);
+            prop_assert!(!seen.work_waits(&pushed, &waiting), "work waits, every processor asleep");
+            // The holders finish; the processors still waiting take what is left, and
+            // another (drawing with `next` directly) takes the rest.
             for keys in &mut seen.holding {
                 queue.finish(std::mem::take(keys));
             }
+            seen.poll_woken(&mut waiting, max_chunk, true);
             loop {
                 match queue.next(false).now_or_never() {
                     Some(Some(work)) => {
-                        seen.take(work, 0, max_chunk, false);
-                        queue.finish(std::mem::take(&mut seen.holding[0]));
+                        seen.take(work, 3, max_chunk, false);
+                        queue.finish(std::mem::take(&mut seen.holding[3]));
                     }
                     Some(None) => break,
-                    other => panic!("the queue must end, got {other:?}"),
+                    None => {
+                        // What is left waits behind keys that processors took waiting.
+                        assert!(seen.holding.iter().any(|keys| !keys.is_empty()), "the queue neither ends nor has work");
+                        for keys in &mut seen.holding {
+                            queue.finish(std::mem::take(keys));
+                        }
+                    }
                 }
+                seen.poll_woken(&mut waiting, max_chunk, true);
             }
+            // Every processor waiting saw the end.
+            seen.poll_woken(&mut waiting, max_chunk, true);
+            prop_assert!(waiting.iter().all(Option::is_none), "a processor waits for ever at the end");
             prop_assert_eq!(seen.out, pushed);
         }
     }
