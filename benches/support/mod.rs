@@ -79,7 +79,8 @@ pub(crate) fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-/// The runtime every measured case runs on: two workers, as many as the machine's cores.
+/// The runtime every measured case but Kafka's runs on: two workers, as many as the
+/// machine's cores.
 #[allow(dead_code)] // the Kafka benchmark sizes its own
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     runtime_with_workers(2)

@@ -591,7 +591,7 @@ mod tests {
         let of = |key| {
             back.iter()
                 .filter(|(k, _)| *k == key)
-                .map(|m| m.1)
+                .map(|(_, n)| *n)
                 .collect::<Vec<_>>()
         };
         assert_eq!((of(1), of(2)), (vec![0, 1, 2], vec![0, 1]));
@@ -639,30 +639,35 @@ mod tests {
         Release(Vec<u64>),
     }
 
+    /// Processors in the proptest below; one more, [`DRAINER`], takes what is left at the
+    /// end.
+    const PROCESSORS: usize = 3;
+    const DRAINER: usize = PROCESSORS;
+
     fn op() -> impl Strategy<Value = Op> {
         let runs = proptest::collection::vec((0..6u64, 1..4usize), 1..5);
         prop_oneof![
             8 => runs.prop_map(|runs| Op::Push(
                 runs.into_iter().flat_map(|(key, n)| std::iter::repeat_n(key, n)).collect()
             )),
-            5 => (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::Take(p, one)),
-            5 => (0..3usize, any::<bool>()).prop_map(|(p, one)| Op::TryTake(p, one)),
-            5 => (0..3usize).prop_map(Op::Finish),
+            5 => (0..PROCESSORS, any::<bool>()).prop_map(|(p, one)| Op::Take(p, one)),
+            5 => (0..PROCESSORS, any::<bool>()).prop_map(|(p, one)| Op::TryTake(p, one)),
+            5 => (0..PROCESSORS).prop_map(Op::Finish),
             1 => proptest::collection::vec(0..8u64, 1..3).prop_map(Op::Release),
         ]
     }
 
-    /// A processor waiting for work: its wait, whether it was woken, and whether it
-    /// asked for one key only.
-    type Wait<'a> = Option<(
-        Pin<Box<dyn Future<Output = Option<Work<(u64, u64), ()>>> + 'a>>,
-        Arc<Woken>,
-        bool,
-    )>;
+    type Next<'a> = Pin<Box<dyn Future<Output = Option<Work<(u64, u64), ()>>> + 'a>>;
+
+    /// A processor waiting for work.
+    struct Wait<'a> {
+        next: Next<'a>,
+        woken: Arc<Woken>,
+        one_key: bool,
+    }
 
     /// What the proptest below saw come out, per key: how many messages, and whether
     /// its later ones must go back.
-    #[derive(Default)]
     struct Out {
         /// Messages out, handled or handed back, of each key.
         out: BTreeMap<u64, u64>,
@@ -673,6 +678,15 @@ mod tests {
     }
 
     impl Out {
+        fn new() -> Self {
+            Out {
+                out: BTreeMap::new(),
+                holding: vec![Vec::new(); PROCESSORS + 1],
+                released: HashSet::new(),
+                abandoned: false,
+            }
+        }
+
         /// Checks work taken by processor `holder`, and notes it.
         fn take(&mut self, work: Work<(u64, u64), ()>, holder: usize, max_chunk: usize, one_key: bool) {
             match work {
@@ -717,18 +731,18 @@ mod tests {
 
         /// Each woken processor polls its wait again, until none is woken. A wait may
         /// see the end only once the producer is gone (`ended`).
-        fn poll_woken(&mut self, waiting: &mut [Wait<'_>], max_chunk: usize, ended: bool) {
+        fn poll_woken(&mut self, waiting: &mut [Option<Wait<'_>>], max_chunk: usize, ended: bool) {
             loop {
                 let mut polled = false;
                 for (p, slot) in waiting.iter_mut().enumerate() {
-                    let Some((next, flag, one_key)) = slot.as_mut() else {
+                    let Some(Wait { next, woken, one_key }) = slot.as_mut() else {
                         continue;
                     };
-                    if !flag.0.swap(false, Relaxed) {
+                    if !woken.0.swap(false, Relaxed) {
                         continue;
                     }
                     polled = true;
-                    let waker = futures_util::task::waker(flag.clone());
+                    let waker = futures_util::task::waker(woken.clone());
                     match next.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
                         Poll::Ready(Some(work)) => {
                             let one_key = *one_key;
@@ -750,7 +764,7 @@ mod tests {
 
         /// Whether work waits while a processor sleeps: a free key's messages, or
         /// messages to hand back.
-        fn work_waits(&self, pushed: &BTreeMap<u64, u64>, waiting: &[Wait<'_>]) -> bool {
+        fn work_waits(&self, pushed: &BTreeMap<u64, u64>, waiting: &[Option<Wait<'_>>]) -> bool {
             let ready = pushed.iter().any(|(key, n)| {
                 self.out.get(key).copied().unwrap_or(0) < *n
                     && (self.abandoned
@@ -779,8 +793,8 @@ mod tests {
         ) {
             let (sender, queue) = KeyQueue::new(max_chunk);
             let mut pushed: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut seen = Out { holding: vec![Vec::new(); 4], ..Out::default() };
-            let mut waiting: Vec<Wait<'_>> = (0..3).map(|_| None).collect();
+            let mut seen = Out::new();
+            let mut waiting: Vec<Option<Wait<'_>>> = (0..PROCESSORS).map(|_| None).collect();
             for (step, op) in ops.into_iter().enumerate() {
                 // Every processor abandons its input at the deadline: twice here.
                 if abandon_at.is_some_and(|at| step == at || step == at + 5) {
@@ -794,8 +808,8 @@ mod tests {
                         keyed(key, *n - 1)
                     }).collect()),
                     Op::Take(p, one_key) if seen.holding[p].is_empty() && waiting[p].is_none() => {
-                        let flag = Arc::new(Woken(AtomicBool::new(true)));
-                        waiting[p] = Some((Box::pin(queue.next(one_key)), flag, one_key));
+                        let woken = Arc::new(Woken(AtomicBool::new(true)));
+                        waiting[p] = Some(Wait { next: Box::pin(queue.next(one_key)), woken, one_key });
                     }
                     Op::TryTake(p, one_key) if seen.holding[p].is_empty() && waiting[p].is_none() => {
                         if let Some(work) = queue.try_next(one_key) {
@@ -833,8 +847,8 @@ mod tests {
             loop {
                 match queue.next(false).now_or_never() {
                     Some(Some(work)) => {
-                        seen.take(work, 3, max_chunk, false);
-                        queue.finish(std::mem::take(&mut seen.holding[3]));
+                        seen.take(work, DRAINER, max_chunk, false);
+                        queue.finish(std::mem::take(&mut seen.holding[DRAINER]));
                     }
                     Some(None) => break,
                     None => {

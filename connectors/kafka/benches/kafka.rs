@@ -48,6 +48,8 @@ use support::{Countdown, Samples};
 use tansu::{create_topic, Tansu};
 
 const TOPIC: &str = "bench";
+/// Each topic's partitions on the mock cluster.
+const MOCK_PARTITIONS: i32 = 40;
 /// A tenth of `TOPIC`'s records, which each counted run (under callgrind) reads whole:
 /// a run stopped partway would count, on the side that prefetches more, records read
 /// ahead and never handled.
@@ -333,19 +335,25 @@ impl Handler for Touch {
     }
 }
 
-/// A mock cluster holding `topics` of 40 partitions, each with its record count.
+/// A mock cluster holding `topics` of [`MOCK_PARTITIONS`], each with its record count.
 fn mock_cluster(topics: &[(&str, usize)]) -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(1).expect("mock cluster");
     for &(topic, records) in topics {
-        cluster.create_topic(topic, 40, 1).expect("topic");
-        produce(&cluster.bootstrap_servers(), topic, 40, records, 10_000);
+        cluster.create_topic(topic, MOCK_PARTITIONS, 1).expect("topic");
+        produce(
+            &cluster.bootstrap_servers(),
+            topic,
+            MOCK_PARTITIONS,
+            records,
+            10_000,
+        );
     }
     cluster
 }
 
 /// The runtime longshore runs on here: one worker, as the README advises, the poll thread
-/// taking the machine's other core. Two workers (tokio's default on two cores) gave it
-/// 2–8% more CPU and 5–12% less throughput (docs/benchmarks.md).
+/// keeping the machine's other core busy. One worker read 5–13% more records a second than
+/// two (tokio's default on two cores) for 2–8% less CPU (docs/benchmarks.md).
 fn runtime() -> tokio::runtime::Runtime {
     support::runtime_with_workers(1)
 }

@@ -24,7 +24,7 @@ use super::support::{Countdown, Samples};
 
 /// The topics of the latency case, one per consumer: empty until the consumer holds it.
 pub(crate) const TOPICS: [&str; 2] = ["latency", "latency-raw"];
-pub(crate) const PARTITIONS: i32 = 40;
+pub(crate) const PARTITIONS: i32 = super::MOCK_PARTITIONS;
 /// One record in this many is timed.
 const SAMPLE_EVERY: u64 = 64;
 /// How often the producer sends what is due.
