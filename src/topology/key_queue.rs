@@ -337,26 +337,19 @@ impl<T, M> KeyQueue<T, M> {
     /// later: left in its key's queue until taken, a key's later messages went back
     /// before its earlier ones.
     pub(crate) fn abandon(&self) {
-        let mut state = self.lock();
-        let State {
-            keys,
-            idle,
-            waiting,
-            free,
-            to_release,
-            abandoned,
-            ..
-        } = &mut *state;
-        *abandoned = true;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.abandoned = true;
         // Only the held keys stay, for their holders to finish.
-        keys.retain(|_, key| {
+        let to_release = &mut state.to_release;
+        state.keys.retain(|_, key| {
             to_release.extend(key.waiting.drain(..));
             key.held
         });
-        *idle = 0;
-        *waiting = 0;
-        free.clear();
-        drop(state);
+        state.idle = 0;
+        state.waiting = 0;
+        state.free.clear();
+        drop(guard);
         self.ready.notify_waiters();
         self.ready.notify_one();
     }
