@@ -363,6 +363,7 @@ impl Poller {
             if last_commit.elapsed() >= intervals.commit {
                 commit(&self.consumer, &self.shared.commits(false), CommitMode::Async);
                 last_commit = Instant::now();
+                self.resume_running();
             }
             if watermarks_read.elapsed() >= intervals.lag {
                 self.read_held_watermarks();
@@ -408,9 +409,31 @@ impl Poller {
         }
         self.shared.held_applied(&held, true);
         if !paused_all {
-            if let Err(error) = self.consumer.resume(&self.shared.not_paused(&assignment)) {
-                tracing::warn!(%error, "cannot resume partitions");
-            }
+            self.resume_not_paused(&assignment);
+        }
+    }
+
+    /// Resumes again the partitions that should be fetched (unless every partition is
+    /// paused: a stall or a stop). librdkafka drops a resume whose operation another has
+    /// outdated meanwhile: one made while a partition is being assigned can lose that
+    /// race to the assignment's own start of fetching (confluentinc/librdkafka#5591,
+    /// seen here after a lost session), and the partition then stays paused for good,
+    /// with nothing to say so. Resuming a partition that is not paused costs librdkafka
+    /// nothing (no operation is made).
+    fn resume_running(&self) {
+        if self.shared.lock().paused_all {
+            return;
+        }
+        match self.consumer.assignment() {
+            Ok(assignment) => self.resume_not_paused(&assignment),
+            Err(error) => tracing::debug!(%error, "cannot read the assignment"),
+        }
+    }
+
+    /// Resumes the partitions of `assignment` that nothing holds paused.
+    fn resume_not_paused(&self, assignment: &TopicPartitionList) {
+        if let Err(error) = self.consumer.resume(&self.shared.not_paused(assignment)) {
+            tracing::warn!(%error, "cannot resume partitions");
         }
     }
 
@@ -465,16 +488,12 @@ impl Poller {
     /// records never pile up.
     fn pause_all(&self, paused: bool) {
         match self.consumer.assignment() {
-            Ok(assignment) => {
-                let result = if paused {
-                    self.consumer.pause(&assignment)
-                } else {
-                    self.consumer.resume(&self.shared.not_paused(&assignment))
-                };
-                if let Err(error) = result {
-                    tracing::warn!(%error, paused, "cannot pause or resume partitions");
+            Ok(assignment) if paused => {
+                if let Err(error) = self.consumer.pause(&assignment) {
+                    tracing::warn!(%error, "cannot pause partitions");
                 }
             }
+            Ok(assignment) => self.resume_not_paused(&assignment),
             Err(error) => tracing::warn!(%error, "cannot read the assignment"),
         }
         self.shared.lock().paused_all = paused;
