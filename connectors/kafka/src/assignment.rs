@@ -280,15 +280,24 @@ impl Shared {
 
     /// The partitions of `tpl` an operator paused.
     pub(crate) fn held(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        self.held_or_not(tpl, true)
+    }
+
+    /// The partitions of `tpl` no operator paused.
+    pub(crate) fn not_held(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        self.held_or_not(tpl, false)
+    }
+
+    fn held_or_not(&self, tpl: &TopicPartitionList, held: bool) -> TopicPartitionList {
         let state = self.lock();
-        let mut held = TopicPartitionList::new();
+        let mut chosen = TopicPartitionList::new();
         for element in tpl.elements() {
             let key = key_of(&element);
-            if state.held.contains(&key) {
-                held.add_partition(&key.0, key.1);
+            if state.held.contains(&key) == held {
+                chosen.add_partition(&key.0, key.1);
             }
         }
-        held
+        chosen
     }
 
     /// librdkafka was told to pause `paused` for an operator; with `all`, those are all

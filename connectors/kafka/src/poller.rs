@@ -55,6 +55,9 @@ pub(crate) struct Context {
     /// Set once an assignment held a topic other than `only_topic`: a group's leader
     /// (another client's assignor) may hand out topics a member never subscribed to.
     pub(crate) assigned_unsubscribed: AtomicBool,
+    /// Set by each rebalance callback, cleared by the poll thread's next commit round
+    /// (see [`Poller::resume_running`]).
+    pub(crate) rebalanced: AtomicBool,
 }
 
 impl Context {
@@ -94,7 +97,19 @@ impl ConsumerContext for Context {
     }
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::Relaxed);
         if let Rebalance::Revoke(tpl) = rebalance {
+            // Revoked partitions go unpaused (but those an operator paused, paused
+            // again on a re-assign anyway): librdkafka keeps a pause across a revoke
+            // and a re-assign, and a resume made once they are assigned again can lose
+            // a race to the assignment's own start of fetching (it is dropped as
+            // outdated: confluentinc/librdkafka issue 5591), leaving the partition
+            // paused for good. Now, before the unassign, nothing races it; the
+            // partitions are not fetched meanwhile (librdkafka pauses them itself for
+            // the rebalance), and what comes of them is dropped as not ours any more.
+            if let Err(error) = consumer.resume(&self.shared.not_held(tpl)) {
+                tracing::warn!(%error, "cannot unpause revoked partitions");
+            }
             if consumer.assignment_lost() {
                 // The session expired: the partitions may be another consumer's already.
                 // Nothing more of them is handed out, acknowledged or committed: a broker
@@ -123,6 +138,7 @@ impl ConsumerContext for Context {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(tpl) => {
                 // Seen here, on the poll thread, before any record of the new partitions
@@ -414,14 +430,16 @@ impl Poller {
     }
 
     /// Resumes again the partitions that should be fetched (unless every partition is
-    /// paused: a stall or a stop). librdkafka drops a resume whose operation another has
-    /// outdated meanwhile: one made while a partition is being assigned can lose that
-    /// race to the assignment's own start of fetching (confluentinc/librdkafka#5591,
-    /// seen here after a lost session), and the partition then stays paused for good,
-    /// with nothing to say so. Resuming a partition that is not paused costs librdkafka
-    /// nothing (no operation is made).
+    /// paused: a stall or a stop), should librdkafka have dropped a resume: it drops one
+    /// whose operation another has outdated meanwhile (confluentinc/librdkafka issue
+    /// 5591), leaving the partition paused for good with nothing to say so. Resuming a
+    /// partition that librdkafka does not hold paused costs nothing (no operation is
+    /// made). Not in the round after a rebalance: while librdkafka pauses the assignment
+    /// for it, this resume would make an operation for each partition, which could
+    /// itself outdate the assignment's start of fetching.
     fn resume_running(&self) {
-        if self.shared.lock().paused_all {
+        if self.consumer.context().rebalanced.swap(false, Ordering::Relaxed) || self.shared.lock().paused_all
+        {
             return;
         }
         match self.consumer.assignment() {

@@ -65,6 +65,7 @@ impl KafkaSource {
             group: config.group_id.clone(),
             only_topic: poller::only_topic(&config.topics),
             assigned_unsubscribed: Default::default(),
+            rebalanced: Default::default(),
         };
         let consumer: BaseConsumer<Context> = config.client_config().create_with_context(context)?;
         let topics: Arc<[String]> = config.topics.iter().cloned().collect();
