@@ -149,11 +149,12 @@ impl ConsumerContext for Context {
                 {
                     tracing::warn!("assigned partitions of a topic this consumer did not subscribe to");
                 }
-                // New partitions run, whatever was paused before: librdkafka may keep a
-                // partition's pause across a revoke and a re-assign, and a resume made
-                // in between (of an empty assignment) reaches nothing. After a stall
-                // (everything paused), the partitions kept through an incremental
-                // rebalance run again too. A stall still going on pauses them again.
+                // New partitions run, whatever was paused before. The revoke unpaused
+                // them already, so this mostly makes no call into librdkafka; it still
+                // counts for a partition an operator let go of while it was not ours
+                // (its pause kept across), and for those kept through an incremental
+                // rebalance after a stall (everything paused), which run again too. A
+                // stall still going on pauses them again.
                 let was_paused_all = std::mem::take(&mut self.shared.lock().paused_all);
                 let resume = if was_paused_all {
                     consumer.assignment().unwrap_or_else(|_| (*tpl).clone())
@@ -436,7 +437,9 @@ impl Poller {
     /// partition that librdkafka does not hold paused costs nothing (no operation is
     /// made). Not in the round after a rebalance: while librdkafka pauses the assignment
     /// for it, this resume would make an operation for each partition, which could
-    /// itself outdate the assignment's start of fetching.
+    /// itself outdate the assignment's start of fetching. (A heuristic: the round after
+    /// is most often microseconds after the callbacks, while librdkafka's own resume and
+    /// starts of fetching are still pending.)
     fn resume_running(&self) {
         if self.consumer.context().rebalanced.swap(false, Ordering::Relaxed) || self.shared.lock().paused_all
         {
