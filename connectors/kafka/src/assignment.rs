@@ -252,30 +252,17 @@ impl Shared {
 
     /// The refused revoke commits (see [`State::unconfirmed`]) of partitions in `tpl`.
     pub(crate) fn pending(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
-        let state = self.lock();
-        let mut pending = TopicPartitionList::new();
-        for element in tpl.elements() {
-            let key = key_of(&element);
-            if let Some(&offset) = state.unconfirmed.get(&key) {
-                pending
-                    .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
-                    .expect("a valid offset");
-            }
-        }
-        pending
+        self.pick(tpl, |state, key| {
+            state.unconfirmed.get(key).map(|&offset| Offset::Offset(offset))
+        })
     }
 
     /// The partitions of `tpl` that are not paused for a stall nor by an operator.
     pub(crate) fn not_paused(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
-        let state = self.lock();
-        let mut running = TopicPartitionList::new();
-        for element in tpl.elements() {
-            let key = key_of(&element);
-            if !state.partitions.get(&key).is_some_and(|p| p.paused) && !state.held.contains(&key) {
-                running.add_partition(&key.0, key.1);
-            }
-        }
-        running
+        self.pick(tpl, |state, key| {
+            let paused = state.partitions.get(key).is_some_and(|p| p.paused) || state.held.contains(key);
+            (!paused).then_some(Offset::Invalid)
+        })
     }
 
     /// The partitions of `tpl` an operator paused.
@@ -289,15 +276,28 @@ impl Shared {
     }
 
     fn held_or_not(&self, tpl: &TopicPartitionList, held: bool) -> TopicPartitionList {
+        self.pick(tpl, |state, key| {
+            (state.held.contains(key) == held).then_some(Offset::Invalid)
+        })
+    }
+
+    /// The partitions of `tpl` that `pick` gives an offset, with it (`Offset::Invalid`:
+    /// none, as a list of partitions alone holds).
+    fn pick(
+        &self,
+        tpl: &TopicPartitionList,
+        pick: impl Fn(&State, &TopicPartition) -> Option<Offset>,
+    ) -> TopicPartitionList {
         let state = self.lock();
-        let mut chosen = TopicPartitionList::new();
-        for element in tpl.elements() {
-            let key = key_of(&element);
-            if state.held.contains(&key) == held {
-                chosen.add_partition(&key.0, key.1);
+        let mut picked = TopicPartitionList::new();
+        for key in tpl.elements().iter().map(key_of) {
+            if let Some(offset) = pick(&state, &key) {
+                picked
+                    .add_partition_offset(&key.0, key.1, offset)
+                    .expect("a valid offset");
             }
         }
-        chosen
+        picked
     }
 
     /// librdkafka was told to pause `paused` for an operator; with `all`, those are all
