@@ -292,8 +292,10 @@ impl Shared {
         let mut picked = TopicPartitionList::new();
         for key in tpl.elements().iter().map(key_of) {
             if let Some(offset) = pick(&state, &key) {
+                // Set on the element just added: `add_partition_offset` looks it up again.
                 picked
-                    .add_partition_offset(&key.0, key.1, offset)
+                    .add_partition(&key.0, key.1)
+                    .set_offset(offset)
                     .expect("a valid offset");
             }
         }
@@ -674,6 +676,31 @@ mod tests {
             .expect("assigned");
         let cap = shared.cap(&state);
         state.queue_record(record, cap, shared.max_buffered_per_partition, now);
+    }
+
+    #[test]
+    fn partitions_paused_for_a_stall_or_by_an_operator_are_not_resumed() {
+        let shared = Shared::new(100);
+        shared.assign(&list(&[0, 1, 2, 3]), None);
+        {
+            let mut state = shared.lock();
+            state.held.partitions.insert((Arc::from(TOPIC), 1));
+            let stalled = state
+                .partitions
+                .get_mut(&(Arc::from(TOPIC), 2))
+                .expect("assigned");
+            stalled.paused = true;
+        }
+        let partitions = |tpl: &TopicPartitionList| {
+            assert!(tpl.elements().iter().all(|e| e.offset() == Offset::Invalid));
+            tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>()
+        };
+        // Partition 4 is not assigned: neither paused nor held.
+        let all = list(&[0, 1, 2, 3, 4]);
+        assert_eq!(partitions(&shared.not_paused(&all)), [0, 3, 4]);
+        assert_eq!(partitions(&shared.held(&all)), [1]);
+        assert_eq!(partitions(&shared.not_held(&all)), [0, 2, 3, 4]);
+        assert_eq!(partitions(&shared.pending(&all)), [] as [i32; 0]);
     }
 
     #[test]
