@@ -690,6 +690,7 @@ mod tests {
                 .get_mut(&(Arc::from(TOPIC), 2))
                 .expect("assigned");
             stalled.paused = true;
+            state.unconfirmed.insert((Arc::from(TOPIC), 3), 7);
         }
         let partitions = |tpl: &TopicPartitionList| {
             assert!(tpl.elements().iter().all(|e| e.offset() == Offset::Invalid));
@@ -700,7 +701,8 @@ mod tests {
         assert_eq!(partitions(&shared.not_paused(&all)), [0, 3, 4]);
         assert_eq!(partitions(&shared.held(&all)), [1]);
         assert_eq!(partitions(&shared.not_held(&all)), [0, 2, 3, 4]);
-        assert_eq!(partitions(&shared.pending(&all)), [] as [i32; 0]);
+        // A commit refused earlier, with its offset.
+        assert_eq!(offsets(&shared.pending(&all)), BTreeMap::from([(3, 7)]));
     }
 
     #[test]
