@@ -45,6 +45,9 @@ pub(crate) struct State {
     /// Takes that handed out records, counted: the poll thread's sign that the pipeline
     /// still takes records while its queue is full.
     pub(crate) takes: u64,
+    /// The poll thread's handoffs of records to the queue, counted (see
+    /// [`Partition::paused_in`]).
+    pub(crate) intake_round: u64,
     /// Threads waiting on [`Shared`]'s condition variables, counted so that a signal is
     /// sent only to a waiter: std's signal is a system call even when none waits, and
     /// takes and acknowledgements, a few a chunk, almost never have one.
@@ -105,6 +108,7 @@ impl Default for State {
             finished: false,
             polled_at: Instant::now(),
             takes: 0,
+            intake_round: 0,
             waiting: Waiting::default(),
             held: Held::default(),
         }
@@ -154,9 +158,27 @@ impl State {
         // without bound behind a record that never finishes.
         // Not queued yet, so still counted as handed out: its cap is one more.
         let out = partition.handed_out() - 1;
-        let stalled = partition.is_stalled(cap + 1, now);
-        let pause = !partition.paused && stalled && out + partition.queued() + 1 >= max_buffered;
-        partition.paused |= pause;
+        let pause = if partition.paused {
+            // Polled after the pause was made (at the end of the round that decided it):
+            // librdkafka dropped it, as it drops an operation a rebalance's outdated
+            // (confluentinc/librdkafka issue 5591). Paused again, or its records would
+            // pile up without bound, counted by no bound.
+            let lost = partition.paused_in < self.intake_round;
+            if lost {
+                tracing::warn!(
+                    topic = %record.topic(),
+                    partition = record.partition(),
+                    "a paused partition is still fetched (librdkafka dropped the pause); pausing it again"
+                );
+            }
+            lost
+        } else {
+            partition.is_stalled(cap + 1, now) && out + partition.queued() + 1 >= max_buffered
+        };
+        if pause {
+            partition.paused = true;
+            partition.paused_in = self.intake_round;
+        }
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
         self.partitions.enqueue(record, now);
         full
@@ -668,6 +690,11 @@ mod tests {
     }
 
     fn receive_at(shared: &Shared, partition: i32, offset: i64, now: Instant) {
+        queue_at(shared, partition, offset, now);
+    }
+
+    /// Queues a record; the partition to pause, if any.
+    fn queue_at(shared: &Shared, partition: i32, offset: i64, now: Instant) -> Option<TopicPartition> {
         let mut state = shared.lock();
         let mut record = KafkaMetadata::new(TOPIC, partition, offset);
         record.slot = state
@@ -675,7 +702,7 @@ mod tests {
             .slot(&(Arc::from(TOPIC), partition))
             .expect("assigned");
         let cap = shared.cap(&state);
-        state.queue_record(record, cap, shared.max_buffered_per_partition, now);
+        state.queue_record(record, cap, shared.max_buffered_per_partition, now)
     }
 
     #[test]
@@ -896,6 +923,33 @@ mod tests {
         assert_eq!(shared.unstalled(&shared.lock(), start), 4);
         receive_at(&shared, 0, 5, later);
         assert!(paused(&shared), "paused again with its next record");
+    }
+
+    #[test]
+    fn a_paused_partition_whose_records_still_come_in_a_later_round_is_paused_again() {
+        let shared = Shared::new(4);
+        shared.set_max_in_flight(2);
+        shared.assign(&list(&[0, 1]), None);
+        let start = Instant::now();
+        let later = start + STALLED_AFTER;
+        receive_at(&shared, 0, 0, start);
+        assert_eq!(shared.take(10).len(), 1);
+        (1..4).for_each(|offset| receive_at(&shared, 0, offset, start));
+        let key = (Arc::from(TOPIC), 0);
+        assert_eq!(
+            queue_at(&shared, 0, 4, later),
+            Some(key.clone()),
+            "stalled: paused"
+        );
+        // Polled in the same round, before the poll thread paused it: expected.
+        assert_eq!(queue_at(&shared, 0, 5, later), None);
+        // The round ends; the poll thread pauses the partition. A record of it in a later
+        // round means librdkafka dropped the pause: it is paused again, once a round.
+        for offset in [6, 8] {
+            shared.lock().intake_round += 1;
+            assert_eq!(queue_at(&shared, 0, offset, later), Some(key.clone()), "{offset}");
+            assert_eq!(queue_at(&shared, 0, offset + 1, later), None, "{offset}");
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub(crate) struct Partition {
     /// shutdown): never acknowledged, read again by whoever owns the partition next.
     pub(crate) dropped: usize,
     pub(crate) paused: bool,
+    /// The intake round (`State::intake_round`) whose end paused it, if `paused`: no
+    /// record of it is polled in a later round unless librdkafka dropped the pause.
+    pub(crate) paused_in: u64,
     /// The offset last committed, as the broker confirmed.
     pub(crate) committed: Option<i64>,
     /// Records below this offset were acknowledged in an earlier assignment of the
@@ -55,6 +58,7 @@ impl Partition {
             queued_since: None,
             dropped: 0,
             paused: false,
+            paused_in: 0,
             committed: None,
             done_below,
             progressed_at: Instant::now(),

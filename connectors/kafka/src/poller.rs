@@ -601,6 +601,8 @@ impl Intake {
             }
             full.extend(state.queue_record(record, cap, shared.max_buffered_per_partition, now));
         }
+        // The partitions to pause are paused before the next poll.
+        state.intake_round += 1;
         self.records = records;
         shared.ready.notify_one();
         full
