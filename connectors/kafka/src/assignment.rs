@@ -73,9 +73,10 @@ pub(crate) struct Held {
     pub(crate) topics: HashSet<Arc<str>>,
     /// Changed since the poll thread last applied it.
     pub(crate) changed: bool,
-    /// The assigned partitions librdkafka was told to pause for it: nothing more of them
-    /// is fetched.
-    pub(crate) applied: HashSet<TopicPartition>,
+    /// The assigned partitions librdkafka was told to pause for it, each with the intake
+    /// round it was told in (`State::intake_round`; `u64::MAX` once found dropped):
+    /// nothing more of them is fetched.
+    pub(crate) applied: HashMap<TopicPartition, u64>,
     /// The high watermarks of the held partitions, read from the brokers: librdkafka's
     /// statistics take them from fetch responses, and a paused partition has none.
     pub(crate) high_watermarks: HashMap<TopicPartition, i64>,
@@ -180,8 +181,31 @@ impl State {
             partition.paused_in = self.intake_round;
         }
         let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
+        if !self.held.applied.is_empty() {
+            self.check_held(&record);
+        }
         self.partitions.enqueue(record, now);
         full
+    }
+
+    /// A record of a partition an operator paused, polled in a round after librdkafka
+    /// was told to pause it: the pause was dropped (as in [`State::queue_record`]). The
+    /// poll thread applies the operator's pauses again.
+    fn check_held(&mut self, record: &KafkaMetadata) {
+        let key = (record.topic_arc().clone(), record.partition());
+        let Some(applied_in) = self.held.applied.get_mut(&key) else {
+            return;
+        };
+        if *applied_in < self.intake_round {
+            // Once, until applied again.
+            *applied_in = u64::MAX;
+            self.held.changed = true;
+            tracing::warn!(
+                topic = %key.0,
+                partition = key.1,
+                "a partition an operator paused is still fetched (librdkafka dropped the pause); pausing it again"
+            );
+        }
     }
 
     /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
@@ -328,10 +352,14 @@ impl Shared {
     /// the assignment holds so paused.
     pub(crate) fn held_applied(&self, paused: &TopicPartitionList, all: bool) {
         let mut state = self.lock();
+        let round = state.intake_round;
         if all {
             state.held.applied.clear();
         }
-        state.held.applied.extend(paused.elements().iter().map(key_of));
+        state
+            .held
+            .applied
+            .extend(paused.elements().iter().map(|element| (key_of(element), round)));
     }
 
     /// Partitions revoked: their pause is no longer in effect here.
@@ -950,6 +978,29 @@ mod tests {
             assert_eq!(queue_at(&shared, 0, offset, later), Some(key.clone()), "{offset}");
             assert_eq!(queue_at(&shared, 0, offset + 1, later), None, "{offset}");
         }
+    }
+
+    #[test]
+    fn a_partition_an_operator_paused_whose_records_still_come_in_a_later_round_is_paused_again() {
+        let shared = Shared::new(100);
+        shared.assign(&list(&[0, 1]), None);
+        shared.held_applied(&list(&[1]), true);
+        let changed = |shared: &Shared| std::mem::take(&mut shared.lock().held.changed);
+        // Polled in the round the pause was made in, or of another partition: expected.
+        receive(&shared, 1, 0);
+        shared.lock().intake_round += 1;
+        receive(&shared, 0, 0);
+        assert!(!changed(&shared));
+        // Of it, a round later: librdkafka dropped the pause. Applied again, asked once.
+        receive(&shared, 1, 1);
+        assert!(changed(&shared));
+        receive(&shared, 1, 2);
+        assert!(!changed(&shared));
+        // Applied again, and dropped again.
+        shared.held_applied(&list(&[1]), true);
+        shared.lock().intake_round += 1;
+        receive(&shared, 1, 3);
+        assert!(changed(&shared));
     }
 
     #[test]
