@@ -73,10 +73,9 @@ pub(crate) struct Held {
     pub(crate) topics: HashSet<Arc<str>>,
     /// Changed since the poll thread last applied it.
     pub(crate) changed: bool,
-    /// The assigned partitions librdkafka was told to pause for it, each with the intake
-    /// round it was told in (`State::intake_round`; `u64::MAX` once found dropped):
-    /// nothing more of them is fetched.
-    pub(crate) applied: HashMap<TopicPartition, u64>,
+    /// The assigned partitions librdkafka was told to pause for it: nothing more of them
+    /// is fetched.
+    pub(crate) applied: HashSet<TopicPartition>,
     /// The high watermarks of the held partitions, read from the brokers: librdkafka's
     /// statistics take them from fetch responses, and a paused partition has none.
     pub(crate) high_watermarks: HashMap<TopicPartition, i64>,
@@ -180,32 +179,24 @@ impl State {
             partition.paused = true;
             partition.paused_in = self.intake_round;
         }
-        let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
-        if !self.held.applied.is_empty() {
-            self.check_held(&record);
+        // The same for a pause an operator asked for, while it still holds the partition
+        // (a resume of it not yet applied leaves the mark).
+        let mut held_lost = false;
+        if partition.held_in.is_some_and(|round| round < self.intake_round) {
+            let key = (record.topic_arc().clone(), record.partition());
+            held_lost = self.held.contains(&key);
+            partition.held_in = held_lost.then_some(self.intake_round);
+            if held_lost {
+                tracing::warn!(
+                    topic = %key.0,
+                    partition = key.1,
+                    "a partition an operator paused is still fetched (librdkafka dropped the pause); pausing it again"
+                );
+            }
         }
+        let full = (pause || held_lost).then(|| (record.topic_arc().clone(), record.partition()));
         self.partitions.enqueue(record, now);
         full
-    }
-
-    /// A record of a partition an operator paused, polled in a round after librdkafka
-    /// was told to pause it: the pause was dropped (as in [`State::queue_record`]). The
-    /// poll thread applies the operator's pauses again.
-    fn check_held(&mut self, record: &KafkaMetadata) {
-        let key = (record.topic_arc().clone(), record.partition());
-        let Some(applied_in) = self.held.applied.get_mut(&key) else {
-            return;
-        };
-        if *applied_in < self.intake_round {
-            // Once, until applied again.
-            *applied_in = u64::MAX;
-            self.held.changed = true;
-            tracing::warn!(
-                topic = %key.0,
-                partition = key.1,
-                "a partition an operator paused is still fetched (librdkafka dropped the pause); pausing it again"
-            );
-        }
     }
 
     /// Drops the queued records of `partitions` (unacknowledged: read again by whoever
@@ -235,7 +226,10 @@ impl State {
         self.next_generation += 1;
         // A new epoch: the offset it reset from may no longer exist (that is what an
         // `OffsetOutOfRange` says), so its commits start from the new position.
-        self.partitions.insert(key, Partition::new(generation, None))
+        let mut restarted = Partition::new(generation, None);
+        // Still paused for an operator in librdkafka: the restart changes no pause.
+        restarted.held_in = old.held_in;
+        self.partitions.insert(key, restarted)
     }
 }
 
@@ -352,14 +346,18 @@ impl Shared {
     /// the assignment holds so paused.
     pub(crate) fn held_applied(&self, paused: &TopicPartitionList, all: bool) {
         let mut state = self.lock();
-        let round = state.intake_round;
+        let state = &mut *state;
         if all {
             state.held.applied.clear();
+            state.partitions.values_mut().for_each(|p| p.held_in = None);
         }
-        state
-            .held
-            .applied
-            .extend(paused.elements().iter().map(|element| (key_of(element), round)));
+        for key in paused.elements().iter().map(key_of) {
+            // Not tracked yet in the assign callback: `assign` marks it.
+            if let Some(partition) = state.partitions.get_mut(&key) {
+                partition.held_in = Some(state.intake_round);
+            }
+            state.held.applied.insert(key);
+        }
     }
 
     /// Partitions revoked: their pause is no longer in effect here.
@@ -406,9 +404,10 @@ impl Shared {
                     .add_partition_offset(&key.0, key.1, Offset::Offset(offset))
                     .expect("a valid offset");
             }
-            state
-                .partitions
-                .insert(key, Partition::new(generation, done_below));
+            let mut partition = Partition::new(generation, done_below);
+            // Paused for an operator in the assign callback, before this.
+            partition.held_in = state.held.applied.contains(&key).then_some(state.intake_round);
+            state.partitions.insert(key, partition);
         }
         retry
     }
@@ -984,23 +983,34 @@ mod tests {
     fn a_partition_an_operator_paused_whose_records_still_come_in_a_later_round_is_paused_again() {
         let shared = Shared::new(100);
         shared.assign(&list(&[0, 1]), None);
+        let (one, two) = ((Arc::from(TOPIC), 1), (Arc::from(TOPIC), 2));
+        {
+            let mut state = shared.lock();
+            state.intake_round = 3;
+            state.held.partitions.extend([one.clone(), two.clone()]);
+        }
         shared.held_applied(&list(&[1]), true);
-        let changed = |shared: &Shared| std::mem::take(&mut shared.lock().held.changed);
+        let next_round = || shared.lock().intake_round += 1;
         // Polled in the round the pause was made in, or of another partition: expected.
-        receive(&shared, 1, 0);
-        shared.lock().intake_round += 1;
-        receive(&shared, 0, 0);
-        assert!(!changed(&shared));
-        // Of it, a round later: librdkafka dropped the pause. Applied again, asked once.
-        receive(&shared, 1, 1);
-        assert!(changed(&shared));
-        receive(&shared, 1, 2);
-        assert!(!changed(&shared));
-        // Applied again, and dropped again.
-        shared.held_applied(&list(&[1]), true);
-        shared.lock().intake_round += 1;
-        receive(&shared, 1, 3);
-        assert!(changed(&shared));
+        assert_eq!(queue_at(&shared, 1, 0, Instant::now()), None);
+        next_round();
+        assert_eq!(queue_at(&shared, 0, 0, Instant::now()), None);
+        // Of it, a round later: librdkafka dropped the pause. Paused again, once a round.
+        assert_eq!(queue_at(&shared, 1, 1, Instant::now()), Some(one.clone()));
+        assert_eq!(queue_at(&shared, 1, 2, Instant::now()), None);
+        next_round();
+        assert_eq!(queue_at(&shared, 1, 3, Instant::now()), Some(one.clone()));
+        // Resumed by the operator, not applied yet: not paused again.
+        shared.lock().held.partitions.remove(&one);
+        next_round();
+        assert_eq!(queue_at(&shared, 1, 4, Instant::now()), None);
+        // Paused in the assign callback, before the partition is tracked: marked by the
+        // assignment.
+        shared.held_applied(&list(&[2]), false);
+        shared.assign(&list(&[2]), None);
+        assert_eq!(queue_at(&shared, 2, 0, Instant::now()), None);
+        next_round();
+        assert_eq!(queue_at(&shared, 2, 1, Instant::now()), Some(two));
     }
 
     #[test]

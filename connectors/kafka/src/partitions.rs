@@ -37,6 +37,9 @@ pub(crate) struct Partition {
     /// The intake round (`State::intake_round`) whose end paused it, if `paused`: no
     /// record of it is polled in a later round unless librdkafka dropped the pause.
     pub(crate) paused_in: u64,
+    /// The intake round in which librdkafka was told to pause it for an operator, while
+    /// that pause is applied (see `paused_in`).
+    pub(crate) held_in: Option<u64>,
     /// The offset last committed, as the broker confirmed.
     pub(crate) committed: Option<i64>,
     /// Records below this offset were acknowledged in an earlier assignment of the
@@ -59,6 +62,7 @@ impl Partition {
             dropped: 0,
             paused: false,
             paused_in: 0,
+            held_in: None,
             committed: None,
             done_below,
             progressed_at: Instant::now(),
@@ -242,6 +246,10 @@ impl Partitions {
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &Partition> {
         self.slots.iter().flatten()
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Partition> {
+        self.slots.iter_mut().flatten()
     }
 
     /// How many partitions are assigned.

@@ -495,8 +495,11 @@ impl Poller {
         let (resume, paused_all) = {
             let mut state = self.shared.lock();
             let mut resume = std::mem::take(&mut state.to_resume);
-            // Drained, but paused by an operator: it stays paused.
-            resume.retain(|key| !state.held.contains(key));
+            // Drained, but paused by an operator, or paused again since (a pause
+            // librdkafka dropped, made again): it stays paused.
+            resume.retain(|key| {
+                !state.held.contains(key) && !state.partitions.get(key).is_some_and(|p| p.paused)
+            });
             (resume, state.paused_all)
         };
         if !resume.is_empty() && !paused_all {

@@ -55,7 +55,7 @@ impl KafkaStatus {
                 topic: key.0.to_string(),
                 partition: key.1,
                 paused: p.paused || state.paused_all,
-                held: state.held.applied.contains_key(key),
+                held: state.held.applied.contains(key),
                 queued: p.queued(),
                 in_flight: p.handed_out(),
             })
