@@ -160,7 +160,7 @@ impl State {
         let out = partition.handed_out() - 1;
         let pause = if partition.paused {
             // Polled after the pause was made (at the end of the round that decided it):
-            // librdkafka dropped it, as it drops an operation a rebalance's outdated
+            // librdkafka dropped it, as it drops an operation a rebalance outdated
             // (confluentinc/librdkafka issue 5591). Paused again, or its records would
             // pile up without bound, counted by no bound.
             let lost = partition.paused_in < self.intake_round;
@@ -1010,7 +1010,10 @@ mod tests {
         shared.assign(&list(&[2]), None);
         assert_eq!(queue_at(&shared, 2, 0, Instant::now()), None);
         next_round();
-        assert_eq!(queue_at(&shared, 2, 1, Instant::now()), Some(two));
+        assert_eq!(queue_at(&shared, 2, 1, Instant::now()), Some(two.clone()));
+        // Its offset going back restarts its tracking, still paused for the operator.
+        next_round();
+        assert_eq!(queue_at(&shared, 2, 0, Instant::now()), Some(two));
     }
 
     #[test]

@@ -371,7 +371,7 @@ impl Poller {
                 let full = intake.enqueue(&self.shared, &ready, only_topic);
                 if !full.is_empty() && !self.set_paused(&full, true) {
                     // Still fetched: counted against the bound again (a paused partition's
-                    // queue is not), and paused with their next record.
+                    // queue is not), and paused again with a record of a later round.
                     self.shared.not_paused_after_all(&full);
                 }
             }
@@ -602,7 +602,10 @@ impl Intake {
                 record.slot = slot;
                 self.last = Some((key, slot));
             }
-            full.extend(state.queue_record(record, cap, shared.max_buffered_per_partition, now));
+            // Once each: one record may find an operator's pause dropped, a later one
+            // its stall.
+            let pause = state.queue_record(record, cap, shared.max_buffered_per_partition, now);
+            full.extend(pause.filter(|key| !full.contains(key)));
         }
         // The partitions to pause are paused before the next poll.
         state.intake_round += 1;
