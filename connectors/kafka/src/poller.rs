@@ -371,7 +371,7 @@ impl Poller {
                 let full = intake.enqueue(&self.shared, &ready, only_topic);
                 if !full.is_empty() && !self.set_paused(&full, true) {
                     // Still fetched: counted against the bound again (a paused partition's
-                    // queue is not), and paused again with a record of a later round.
+                    // queue is not), and paused again with a later record.
                     self.shared.not_paused_after_all(&full);
                 }
             }
