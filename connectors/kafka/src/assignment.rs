@@ -928,17 +928,22 @@ mod tests {
         assert_eq!(shared.lock().to_resume, vec![(Arc::from(TOPIC), 0)]);
     }
 
-    #[test]
-    fn a_pause_librdkafka_refused_leaves_the_partition_counted_and_paused_again_later() {
+    /// Partition 0 (of two, each with a buffer of 4 and a share of 2 in flight) with its
+    /// share out and offsets 1 to 3 queued at `start`: stalled once `later` comes.
+    fn stalling() -> (Arc<Shared>, Instant, Instant) {
         let shared = Shared::new(4);
         shared.set_max_in_flight(2);
         shared.assign(&list(&[0, 1]), None);
         let start = Instant::now();
-        let later = start + STALLED_AFTER;
         receive_at(&shared, 0, 0, start);
-        let out = shared.take(10);
-        assert_eq!(out.len(), 1, "its share of 2 among two partitions");
+        assert_eq!(shared.take(10).len(), 1, "its share of 2 among two partitions");
         (1..4).for_each(|offset| receive_at(&shared, 0, offset, start));
+        (shared, start, start + STALLED_AFTER)
+    }
+
+    #[test]
+    fn a_pause_librdkafka_refused_leaves_the_partition_counted_and_paused_again_later() {
+        let (shared, start, later) = stalling();
         receive_at(&shared, 0, 4, later);
         let key = (Arc::from(TOPIC), 0);
         let paused = |shared: &Shared| shared.lock().partitions.get(&key).unwrap().paused;
@@ -954,14 +959,7 @@ mod tests {
 
     #[test]
     fn a_paused_partition_whose_records_still_come_in_a_later_round_is_paused_again() {
-        let shared = Shared::new(4);
-        shared.set_max_in_flight(2);
-        shared.assign(&list(&[0, 1]), None);
-        let start = Instant::now();
-        let later = start + STALLED_AFTER;
-        receive_at(&shared, 0, 0, start);
-        assert_eq!(shared.take(10).len(), 1);
-        (1..4).for_each(|offset| receive_at(&shared, 0, offset, start));
+        let (shared, _, later) = stalling();
         let key = (Arc::from(TOPIC), 0);
         assert_eq!(
             queue_at(&shared, 0, 4, later),
