@@ -158,43 +158,39 @@ impl State {
         // without bound behind a record that never finishes.
         // Not queued yet, so still counted as handed out: its cap is one more.
         let out = partition.handed_out() - 1;
-        let pause = if partition.paused {
-            // Polled after the pause was made (at the end of the round that decided it):
-            // librdkafka dropped it, as it drops an operation a rebalance outdated
-            // (confluentinc/librdkafka issue 5591). Paused again, or its records would
-            // pile up without bound, counted by no bound.
-            let lost = partition.paused_in < self.intake_round;
-            if lost {
-                tracing::warn!(
-                    topic = %record.topic(),
-                    partition = record.partition(),
-                    "a paused partition is still fetched (librdkafka dropped the pause); pausing it again"
-                );
-            }
-            lost
-        } else {
-            partition.is_stalled(cap + 1, now) && out + partition.queued() + 1 >= max_buffered
-        };
-        if pause {
+        // A record polled in a round after its partition's pause was made (a stall's at
+        // the end of the round that decided it) means librdkafka dropped the pause, as it
+        // drops an operation a rebalance outdated (confluentinc/librdkafka issue 5591).
+        // Paused again: a stalled partition's records would pile up without bound,
+        // counted by no bound; an operator's pause is kept while the operator still
+        // holds the partition (a resume of it not yet applied leaves the mark).
+        let round = self.intake_round;
+        let stall_lost = partition.paused && partition.paused_in < round;
+        let held_stale = partition.held_in.is_some_and(|held_in| held_in < round);
+        let held_lost = held_stale
+            && self
+                .held
+                .contains(&(record.topic_arc().clone(), record.partition()));
+        let stalled = !partition.paused
+            && partition.is_stalled(cap + 1, now)
+            && out + partition.queued() + 1 >= max_buffered;
+        if stalled || stall_lost {
             partition.paused = true;
-            partition.paused_in = self.intake_round;
+            partition.paused_in = round;
         }
-        // The same for a pause an operator asked for, while it still holds the partition
-        // (a resume of it not yet applied leaves the mark).
-        let mut held_lost = false;
-        if partition.held_in.is_some_and(|round| round < self.intake_round) {
-            let key = (record.topic_arc().clone(), record.partition());
-            held_lost = self.held.contains(&key);
-            partition.held_in = held_lost.then_some(self.intake_round);
-            if held_lost {
-                tracing::warn!(
-                    topic = %key.0,
-                    partition = key.1,
-                    "a partition an operator paused is still fetched (librdkafka dropped the pause); pausing it again"
-                );
-            }
+        if held_stale {
+            partition.held_in = held_lost.then_some(round);
         }
-        let full = (pause || held_lost).then(|| (record.topic_arc().clone(), record.partition()));
+        if stall_lost || held_lost {
+            tracing::warn!(
+                topic = %record.topic(),
+                partition = record.partition(),
+                for_operator = held_lost,
+                "a paused partition is still fetched (librdkafka dropped the pause); pausing it again"
+            );
+        }
+        let pause = stalled || stall_lost || held_lost;
+        let full = pause.then(|| (record.topic_arc().clone(), record.partition()));
         self.partitions.enqueue(record, now);
         full
     }
