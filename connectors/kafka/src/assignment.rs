@@ -443,6 +443,60 @@ impl Shared {
         self.unstalled(&state, Instant::now()) < limit
     }
 
+    /// Queues a handoff of records copied from librdkafka, in one lock and one wake-up
+    /// of the pipeline (see [`State::queue_record`]), at `now`, and ends the intake
+    /// round: the partitions it returns, each once, are paused before the next poll.
+    /// `last`: the partition of the last record queued and its slot, a hint kept from
+    /// one handoff to the next (librdkafka hands out runs of one partition). A record
+    /// of a partition not assigned any more (fetched just before its revoke) is dropped.
+    pub(crate) fn queue_handoff(
+        &self,
+        records: impl Iterator<Item = KafkaMetadata>,
+        last: &mut Option<(TopicPartition, Slot)>,
+        now: Instant,
+    ) -> Vec<TopicPartition> {
+        let mut full = Vec::new();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let cap = self.cap(state);
+        for mut record in records {
+            if state.partitions.at(record.slot).is_none() {
+                let key = (record.topic_arc().clone(), record.partition());
+                let resolved = match &*last {
+                    Some((tp, slot)) if *tp == key && state.partitions.at(*slot).is_some() => Some(*slot),
+                    _ => state.partitions.slot(&key),
+                };
+                let Some(slot) = resolved else {
+                    continue;
+                };
+                record.slot = slot;
+                *last = Some((key, slot));
+            }
+            // Once each: one record may find an operator's pause dropped, a later one
+            // its stall.
+            let pause = state.queue_record(record, cap, self.max_buffered_per_partition, now);
+            full.extend(pause.filter(|key| !full.contains(key)));
+        }
+        state.intake_round += 1;
+        self.ready.notify_one();
+        full
+    }
+
+    /// The drained partitions to resume (see [`Shared::acknowledge`]), taken from the
+    /// list: none while every partition is paused (a stall or a stop, undone by its own
+    /// resume), nor those an operator holds or that were paused again since (stalled
+    /// anew, or a pause librdkafka dropped made again), which stay paused.
+    pub(crate) fn drained_to_resume(&self) -> Vec<TopicPartition> {
+        let mut state = self.lock();
+        let mut resume = std::mem::take(&mut state.to_resume);
+        if state.paused_all {
+            return Vec::new();
+        }
+        resume
+            .retain(|key| !state.held.contains(key) && !state.partitions.get(key).is_some_and(|p| p.paused));
+        resume
+    }
+
     /// Partitions just marked paused whose pause librdkafka refused: they are still
     /// fetched, so their queues count against the poll thread's bound again.
     pub(crate) fn not_paused_after_all(&self, partitions: &[TopicPartition]) {
@@ -1008,6 +1062,95 @@ mod tests {
         // Its offset going back restarts its tracking, still paused for the operator.
         next_round();
         assert_eq!(queue_at(&shared, 2, 0, Instant::now()), Some(two));
+    }
+
+    #[test]
+    fn a_handoff_ends_its_intake_round_and_asks_to_pause_each_partition_once() {
+        // Partition 0 of two (a buffer of 4, a share of 2 in flight): one record out and
+        // one queued at `start`; paused by an operator.
+        let shared = Shared::new(4);
+        shared.set_max_in_flight(2);
+        shared.assign(&list(&[0, 1]), None);
+        let start = Instant::now();
+        receive_at(&shared, 0, 0, start);
+        assert_eq!(shared.take(10).len(), 1);
+        receive_at(&shared, 0, 1, start);
+        let key = (Arc::from(TOPIC), 0);
+        shared.lock().held.partitions.insert(key.clone());
+        shared.held_applied(&list(&[0]), true);
+        let mut last = None;
+        let later = start + STALLED_AFTER;
+        let mut handoff = |partition: i32, offsets: std::ops::Range<i64>| {
+            let records = offsets.map(|offset| KafkaMetadata::new(TOPIC, partition, offset));
+            shared.queue_handoff(records, &mut last, later)
+        };
+        // An empty handoff ends the round the pause was made in, too.
+        assert_eq!(handoff(0, 0..0), vec![]);
+        // In the next round: offset 2 finds the operator's pause dropped, offset 3 the
+        // partition stalled holding its buffer. Paused once.
+        assert_eq!(handoff(0, 2..4), vec![key.clone()]);
+        // The handoff ended its round: a record in the next one is a pause dropped again.
+        assert_eq!(handoff(0, 4..5), vec![key.clone()]);
+        // A record of a partition not assigned (revoked meanwhile) is dropped.
+        assert_eq!(handoff(5, 0..1), vec![]);
+        let state = shared.lock();
+        assert_eq!(state.partitions.get(&key).unwrap().queued(), 4);
+        assert!(state.partitions.get(&(Arc::from(TOPIC), 5)).is_none());
+    }
+
+    #[test]
+    fn a_drained_partition_is_resumed_unless_held_or_paused_again_since() {
+        let shared = Shared::new(4);
+        shared.set_max_in_flight(2);
+        shared.assign(&list(&[0, 1]), None);
+        let key = (Arc::from(TOPIC), 0);
+        let start = Instant::now();
+        let later = start + STALLED_AFTER;
+        receive_at(&shared, 0, 0, start);
+        let mut out = shared.take(10);
+        (1..4).for_each(|offset| receive_at(&shared, 0, offset, start));
+        // Records come until it is stalled holding its buffer: paused.
+        let mut next = 4;
+        let mut stall = || {
+            let first = next;
+            while queue_at(&shared, 0, next, later).is_none() {
+                next += 1;
+                assert!(next < first + 4, "paused within a buffer's worth");
+            }
+            next += 1;
+        };
+        // Acknowledged and taken one record at a time, down to half its buffer: drained.
+        let drain = |out: &mut Vec<KafkaMessage>| {
+            for _ in 0..4 {
+                if !shared.lock().to_resume.is_empty() {
+                    return;
+                }
+                shared.acknowledge(out.iter().map(Message::metadata));
+                *out = shared.take(10);
+            }
+            panic!("not drained");
+        };
+        stall();
+        drain(&mut out);
+        assert_eq!(shared.drained_to_resume(), vec![key.clone()]);
+        assert!(shared.lock().to_resume.is_empty(), "taken");
+        // Drained, then stalled again before the poll thread resumed it: stays paused.
+        stall();
+        drain(&mut out);
+        stall();
+        assert_eq!(shared.drained_to_resume(), vec![]);
+        // Drained, then paused by an operator: stays paused.
+        drain(&mut out);
+        shared.lock().held.partitions.insert(key.clone());
+        assert_eq!(shared.drained_to_resume(), vec![]);
+        // Drained while every partition is paused (a stall or a stop): their own resume
+        // undoes it.
+        shared.lock().held.partitions.clear();
+        stall();
+        drain(&mut out);
+        shared.lock().paused_all = true;
+        assert_eq!(shared.drained_to_resume(), vec![]);
+        assert!(shared.lock().to_resume.is_empty(), "taken");
     }
 
     #[test]

@@ -492,17 +492,8 @@ impl Poller {
     }
 
     fn resume_drained(&self) {
-        let (resume, paused_all) = {
-            let mut state = self.shared.lock();
-            let mut resume = std::mem::take(&mut state.to_resume);
-            // Drained, but paused by an operator, or paused again since (a pause
-            // librdkafka dropped, made again): it stays paused.
-            resume.retain(|key| {
-                !state.held.contains(key) && !state.partitions.get(key).is_some_and(|p| p.paused)
-            });
-            (resume, state.paused_all)
-        };
-        if !resume.is_empty() && !paused_all {
+        let resume = self.shared.drained_to_resume();
+        if !resume.is_empty() {
             self.set_paused(&resume, false);
         }
     }
@@ -584,33 +575,8 @@ impl Intake {
             };
             KafkaMetadata::from_borrowed(message, topic, hint, &mut self.blocks)
         }));
-        let mut full = Vec::new();
-        let mut state = shared.lock();
-        let state = &mut *state;
-        let (cap, now) = (shared.cap(state), Instant::now());
-        for mut record in records.drain(..) {
-            if state.partitions.at(record.slot).is_none() {
-                let key = (record.topic_arc().clone(), record.partition());
-                let resolved = match &self.last {
-                    Some((tp, slot)) if *tp == key && state.partitions.at(*slot).is_some() => Some(*slot),
-                    _ => state.partitions.slot(&key),
-                };
-                // None: fetched just before its revoke, not ours any more.
-                let Some(slot) = resolved else {
-                    continue;
-                };
-                record.slot = slot;
-                self.last = Some((key, slot));
-            }
-            // Once each: one record may find an operator's pause dropped, a later one
-            // its stall.
-            let pause = state.queue_record(record, cap, shared.max_buffered_per_partition, now);
-            full.extend(pause.filter(|key| !full.contains(key)));
-        }
-        // The partitions to pause are paused before the next poll.
-        state.intake_round += 1;
+        let full = shared.queue_handoff(records.drain(..), &mut self.last, Instant::now());
         self.records = records;
-        shared.ready.notify_one();
         full
     }
 
