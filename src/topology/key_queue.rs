@@ -435,23 +435,22 @@ mod tests {
         sender.push(vec![keyed(1, 0)]);
         assert_eq!(handle(queue.next(false).await), vec![(1, 0)]);
         sender.push(vec![keyed(1, 1)]);
-        // Two other processors wait: key 1 is held. The producers go, with it waiting.
-        let (first, second) = (queue.next(false), queue.next(false));
-        tokio::pin!(first, second);
-        assert!(futures_util::poll!(first.as_mut()).is_pending());
-        assert!(futures_util::poll!(second.as_mut()).is_pending());
+        // Three other processors wait: key 1 is held. The producers go, with it waiting.
+        let mut waiting: Vec<_> = (0..3).map(|_| Box::pin(queue.next(false))).collect();
+        for next in &mut waiting {
+            assert!(futures_util::poll!(next.as_mut()).is_pending());
+        }
         drop(sender);
-        assert!(futures_util::poll!(first.as_mut()).is_pending());
-        assert!(futures_util::poll!(second.as_mut()).is_pending());
-        // The holder is done with key 1 and takes its last message again: neither of the
-        // others may wait for ever.
+        for next in &mut waiting {
+            assert!(futures_util::poll!(next.as_mut()).is_pending());
+        }
+        // The holder is done with key 1 (which wakes one of them) and takes its last
+        // message again: none of the others may wait for ever.
         queue.finish([1]);
         assert_eq!(handle(queue.next(false).await), vec![(1, 1)]);
-        let ended = |polled: std::task::Poll<Option<Work<(u64, u64), ()>>>| {
-            matches!(polled, std::task::Poll::Ready(None))
-        };
-        assert!(ended(futures_util::poll!(first.as_mut())));
-        assert!(ended(futures_util::poll!(second.as_mut())));
+        for next in &mut waiting {
+            assert!(matches!(futures_util::poll!(next.as_mut()), Poll::Ready(None)));
+        }
     }
 
     #[tokio::test]
