@@ -392,7 +392,7 @@ impl Source for Redelivering {
 }
 
 /// A pipeline over a [`Redelivering`] source of `redelivery`, with `retry` and a
-/// dead-letter destination.
+/// dead-letter destination; with `ordered`, partitioned by the jobs' keys.
 struct Redelivered {
     pipeline: Pipeline,
     sender: longshore::testing::TestSender<Job, Job>,
@@ -401,7 +401,7 @@ struct Redelivered {
     acks: AckLog,
 }
 
-fn redelivered(redelivery: Redelivery, retry: RetryPolicy) -> Redelivered {
+fn redelivered(redelivery: Redelivery, retry: RetryPolicy, ordered: bool) -> Redelivered {
     let recorder = Arc::new(Recorder::default());
     let graveyard = Arc::new(Graveyard::default());
     let (inner, sender) = TestSource::new();
@@ -411,11 +411,13 @@ fn redelivered(redelivery: Redelivery, retry: RetryPolicy) -> Redelivered {
         acks: Arc::clone(&acks),
         redelivery,
     };
-    let pipeline = Pipeline::builder(source, recorder.clone())
+    let mut builder = Pipeline::builder(source, recorder.clone())
         .retry(retry)
-        .dead_letter(graveyard.clone())
-        .start()
-        .unwrap();
+        .dead_letter(graveyard.clone());
+    if ordered {
+        builder = builder.partition_by(|message| message.data().key);
+    }
+    let pipeline = builder.start().unwrap();
     Redelivered {
         pipeline,
         sender,
@@ -433,7 +435,7 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
         recorder,
         graveyard,
         acks,
-    } = redelivered(Redelivery::Broker, policy(3));
+    } = redelivered(Redelivery::Broker, policy(3), false);
     // Deliveries 1 and 2 of a failing message, then its third and last.
     let outcomes = sender
         .test_messages(with_metadata(vec![
@@ -472,8 +474,50 @@ async fn with_broker_redelivery_failures_go_back_to_the_broker_with_their_backof
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_broker_redelivery_ordered_messages_are_retried_in_process_and_none_passes_them() {
+    let Redelivered {
+        pipeline,
+        sender,
+        recorder,
+        acks,
+        ..
+    } = redelivered(Redelivery::Broker, policy(3), true);
+    // Job 1 fails its first attempt; job 2, of the same key, comes after it. (The source
+    // takes a job's id for its delivery count.)
+    let outcomes = sender
+        .test_messages(with_metadata(vec![
+            job(1, 7, Fate::Flaky(1)),
+            job(2, 7, Fate::Ok),
+        ]))
+        .await;
+    drop(sender);
+    let summary = pipeline.wait().await.expect("the pipeline ends cleanly");
+
+    assert!(outcomes.iter().all(|o| o.successful));
+    // Handed back to the broker, job 1 would be delivered again after job 2 was handled:
+    // retried in process instead, its key held, job 2 waits for it.
+    let calls: Vec<(u32, u32)> = recorder
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.0, c.1))
+        .collect();
+    assert_eq!(calls, vec![(1, 1), (1, 2), (2, 2)]);
+    assert_eq!(
+        (summary.retried, summary.redelivered, summary.successful),
+        (1, 0, 2)
+    );
+    assert!(acks
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&(_, successful, after)| successful && after.is_none()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandled() {
-    let run = redelivered(Redelivery::Broker, policy(3).with_max_deliveries(5));
+    let run = redelivered(Redelivery::Broker, policy(3).with_max_deliveries(5), false);
     // Its 5th delivery, within the limit; another's 6th: its last five ended unseen (a
     // consumer killed each time).
     let outcomes = run
@@ -502,7 +546,7 @@ async fn a_message_delivered_more_often_than_allowed_is_failed_for_good_unhandle
     // A source whose attempt is not its broker's delivery count (in-process redelivery)
     // is not judged by it.
     let Redelivered { pipeline, sender, .. } =
-        redelivered(Redelivery::InProcess, policy(3).with_max_deliveries(5));
+        redelivered(Redelivery::InProcess, policy(3).with_max_deliveries(5), false);
     let outcomes = sender
         .test_messages(with_metadata(vec![job(6, 0, Fate::Ok)]))
         .await;

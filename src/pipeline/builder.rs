@@ -205,8 +205,10 @@ where
 
     /// How failed messages are retried (default [`RetryPolicy::none`]). Retries happen in
     /// process, without blocking the stage, unless the source has the broker redeliver
-    /// ([`Redelivery::Broker`](crate::source::Redelivery::Broker)). A message waiting for
-    /// its retry stays in flight: many failures slow fetching instead of growing memory.
+    /// ([`Redelivery::Broker`](crate::source::Redelivery::Broker)) and messages are not
+    /// ordered: an ordered pipeline retries in process, the message's key held, so that
+    /// none of the key's later messages passes it. A message waiting for its retry stays
+    /// in flight: many failures slow fetching instead of growing memory.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = policy;
         self
@@ -330,6 +332,7 @@ where
             acknowledger: self.source.acknowledger(),
             retry: config.retry,
             redelivery: self.source.redelivery(),
+            ordered,
             dead_letter: self.dead_letter,
             #[cfg(feature = "otel")]
             tracing: self.tracing,

@@ -226,7 +226,10 @@ pub enum Redelivery {
     InProcess,
     /// The acknowledger gets the message as failed with
     /// [`Message::redeliver_after`] set, and makes the broker deliver it again after that
-    /// delay; the source sets the attempt from the broker's delivery count.
+    /// delay; the source sets the attempt from the broker's delivery count. An ordered
+    /// pipeline still retries in process (redelivered, the message would come after its
+    /// key's later messages): the source keeps what the pipeline holds from redelivery
+    /// meanwhile, as it does a message in a long handler call.
     Broker,
 }
 

@@ -72,6 +72,8 @@ pub(crate) struct Context<H: Handler, A> {
     pub(crate) acknowledger: A,
     pub(crate) retry: RetryPolicy,
     pub(crate) redelivery: Redelivery,
+    /// Messages are ordered by key (`partition_by`, or the source's own order).
+    pub(crate) ordered: bool,
     pub(crate) dead_letter: Option<Box<dyn ErasedDeadLetter<H::Metadata>>>,
     /// Makes the messages' and batches' spans, when the pipeline traces.
     #[cfg(feature = "otel")]
@@ -102,7 +104,13 @@ where
         };
         self.meter.add_retried();
         match self.redelivery {
+            // Ordered, a message is tried again in process whoever else would: its key
+            // stays held meanwhile. Handed back to the broker, it would come again after
+            // its key's later messages had passed it. (A source whose broker redelivers
+            // keeps what the pipeline holds from redelivery meanwhile, as it does a
+            // message in a long handler call.)
             Redelivery::InProcess => Some(delay),
+            Redelivery::Broker if self.ordered => Some(delay),
             Redelivery::Broker => {
                 message.set_redeliver_after(delay);
                 None

@@ -1,8 +1,8 @@
 //! The queue table source against a real PostgreSQL: a row failed for good is kept with
 //! its error (or deleted once a dead-letter destination has it), an insert wakes a
 //! waiting consumer at once through NOTIFY, a job longer than the lease is not leased
-//! to anyone else, the migration is the one shipped, and the lag gauges are exactly
-//! those documented.
+//! to anyone else, the migration is the one shipped, the lag gauges are exactly
+//! those documented, and rows of one key keep their order through retries.
 
 mod common;
 #[path = "../../../test-support/documented.rs"]
@@ -641,4 +641,43 @@ async fn a_retry_is_leased_when_its_backoff_ends_not_at_the_next_poll() {
     );
     until("the row deleted", async || rows(&db, "backoff").await == (0, 0)).await;
     pipeline.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_one_key_keep_their_order_through_retries() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(&db, "ordered", vec![b"first".to_vec(), b"second".to_vec()]).await;
+    let ids: Vec<i64> = db
+        .query(
+            "SELECT id FROM longshore_queue WHERE queue = 'ordered' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    // Each row fails its first attempt. Handed back to the table with its backoff, the
+    // first would be tried again after the second: retried in process, its key held.
+    let handled = Handled::default();
+    let pipeline = Pipeline::builder(
+        PgQueueSource::connect(PgQueueConfig::new(server.url()).queue("ordered"))
+            .await
+            .unwrap(),
+        FailFirst(handled.clone()),
+    )
+    .partition_by(|_| 0)
+    .retry(RetryPolicy::new(3).initial_backoff(Duration::from_millis(300)))
+    .start()
+    .unwrap();
+    until("both rows deleted", async || rows(&db, "ordered").await == (0, 0)).await;
+    pipeline.shutdown().await.unwrap();
+    let calls: Vec<(i64, u32)> = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&(id, attempt, _)| (id, attempt))
+        .collect();
+    assert_eq!(calls, vec![(ids[0], 1), (ids[0], 2), (ids[1], 1), (ids[1], 2)]);
 }
