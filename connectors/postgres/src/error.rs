@@ -16,8 +16,9 @@ pub enum PgQueueError {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// A column of the queue table has a type the source cannot read as it leases (a
-    /// table made by hand, or altered): refused at start rather than failing each lease.
+    /// A column of the queue table has a type the source cannot read as it leases, or
+    /// allows NULL where a lease needs a value (`visible_at`, `attempts`), in a table
+    /// made by hand or altered: refused at start rather than failing each lease.
     #[error("postgres queue table {table}: column {column} is {found}, expected {expected} (see longshore_postgres::migration)")]
     Schema {
         /// The table.

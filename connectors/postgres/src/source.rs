@@ -235,15 +235,41 @@ async fn check_columns(client: &tokio_postgres::Client, table: &str) -> Result<(
         .map_err(PgQueueError::database(
             "reading the queue table (run PgQueueSource::migrate)",
         ))?;
-    unreadable_column(statement.columns()).map_or(Ok(()), |(column, found)| {
-        Err(PgQueueError::Schema {
+    if let Some((column, found)) = unreadable_column(statement.columns()) {
+        return Err(PgQueueError::Schema {
             table: table.to_owned(),
             column: column.name,
             found,
             expected: column.expected,
-        })
-    })
+        });
+    }
+    // A NULL there, and a row could never be leased (`visible_at`) or told apart from
+    // its next lease (`attempts`, each lease's token): it would wait unseen, or come back
+    // with every lease unhandled.
+    let nullable = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass \
+             AND attname = ANY($2) AND NOT attnotnull AND NOT attisdropped ORDER BY attnum",
+            &[&table, &NOT_NULL_COLUMNS.as_slice()],
+        )
+        .await
+        .map_err(PgQueueError::database("reading the queue table's columns"))?;
+    match nullable.first().map(|row| row.get::<_, String>(0)) {
+        Some(name) => Err(PgQueueError::Schema {
+            table: table.to_owned(),
+            column: NOT_NULL_COLUMNS
+                .into_iter()
+                .find(|column| *column == name)
+                .expect("one of those asked for"),
+            found: "nullable".to_owned(),
+            expected: "NOT NULL",
+        }),
+        None => Ok(()),
+    }
 }
+
+/// The columns a lease cannot do without, which the migration makes `NOT NULL`.
+const NOT_NULL_COLUMNS: [&str; 2] = ["visible_at", "attempts"];
 
 impl Source for PgQueueSource {
     type Data = Bytes;

@@ -497,6 +497,23 @@ async fn a_table_the_source_cannot_read_is_refused_and_one_altered_or_with_a_nul
         "postgres queue table text_queue: column payload is text, expected bytea (see longshore_postgres::migration)"
     );
 
+    // Made by hand without NOT NULL on a column each lease needs: refused at start, naming
+    // it (a NULL attempts came back with each lease unhandled, a NULL visible_at was
+    // never leased).
+    db.batch_execute(
+        &make("nullable_queue", "bytea", "timestamptz")
+            .replace("attempts integer NOT NULL", "attempts integer"),
+    )
+    .await
+    .unwrap();
+    let error = PgQueueSource::connect(PgQueueConfig::new(server.url()).table("nullable_queue"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "postgres queue table nullable_queue: column attempts is nullable, expected NOT NULL (see longshore_postgres::migration)"
+    );
+
     // Made by hand with types the source reads all the same (varchar, a timestamp
     // without time zone), and no NOT NULL on the payload: a NULL payload keeps its row
     // failed, saying why, and the rows leased with it are handled.
