@@ -194,6 +194,13 @@ impl Queue {
         // columns' types): a table altered since the start is refused with nothing leased.
         let rows =
             timed(db.query_checked(&sql, &params, |statement| unreadable_column(statement.columns()))).await;
+        if matches!(rows, Err(Failed::TimedOut)) {
+            // Still running on the server (waiting for a lock, say): cancelled, or it would
+            // lease rows for nobody once it ran, each an attempt spent unhandled. (The
+            // connection runs this source's leases alone: at worst the next one is
+            // cancelled, and tried again.)
+            db.cancel().await;
+        }
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);
         let rows = match rows? {
             Ok(rows) => rows,

@@ -2,7 +2,8 @@
 //! its error (or deleted once a dead-letter destination has it), an insert wakes a
 //! waiting consumer at once through NOTIFY, a job longer than the lease is not leased
 //! to anyone else, the migration is the one shipped, the lag gauges are exactly
-//! those documented, and rows of one key keep their order through retries.
+//! those documented, rows of one key keep their order through retries, and a lease
+//! that times out is cancelled.
 
 mod common;
 #[path = "../../../test-support/documented.rs"]
@@ -697,4 +698,47 @@ async fn rows_of_one_key_keep_their_order_through_retries() {
         .map(|&(id, attempt, _)| (id, attempt))
         .collect();
     assert_eq!(calls, vec![(ids[0], 1), (ids[0], 2), (ids[1], 1), (ids[1], 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_times_out_is_cancelled_and_leases_no_row_for_nobody() {
+    let server = server().await;
+    let db = client(&server.url()).await;
+    enqueue(&db, "locked", vec![b"job".to_vec()]).await;
+    // A lock the lease waits for beyond its timeout (an index built, a migration).
+    let mut locker = client(&server.url()).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE longshore_queue IN SHARE MODE")
+        .await
+        .unwrap();
+    let (handler, handled) = judge(Duration::ZERO);
+    let config = PgQueueConfig::new(server.url()).queue("locked");
+    let pipeline = Pipeline::builder(PgQueueSource::connect(config).await.unwrap(), handler)
+        .start()
+        .unwrap();
+    let waiting = async || -> Option<(i32, std::time::SystemTime)> {
+        let row = db
+            .query_opt(
+                "SELECT pid, query_start FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'WITH next AS%' \
+                 ORDER BY query_start LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()?;
+        Some((row.get(0), row.get(1)))
+    };
+    let mut lease = None;
+    until("a lease waiting for the lock", async || {
+        lease = waiting().await;
+        lease.is_some()
+    })
+    .await;
+    // Past its timeout, the lease is cancelled on the server (one tried again after it
+    // may wait in turn): otherwise it would take the row once the lock goes, for nobody.
+    until("that lease cancelled", async || waiting().await != lease).await;
+    lock.commit().await.unwrap();
+    until("the row handled", async || !handled.lock().unwrap().is_empty()).await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(handled.lock().unwrap()[0].1, 1, "handled on its first lease");
 }
