@@ -246,7 +246,7 @@ impl Source for RedisStreamSource {
                 self.block,
             );
             let read = reader.fetch.take(demand.get(), |count| async move {
-                let taken = async {
+                let taken: Result<Vec<RedisStreamMetadata>, BoxError> = async {
                     if lock(&own_after).is_some() {
                         let _own = own_read.lock().await;
                         // Read after the last read of its own ended, which may have been the last.
@@ -282,8 +282,20 @@ impl Source for RedisStreamSource {
                         .entries)
                 }
                 .await;
-                if taken.is_err() {
+                if let Err(error) = &taken {
                     unseen.store(true, Ordering::SeqCst);
+                    let code = error.downcast_ref::<redis::RedisError>().and_then(redis::RedisError::code);
+                    if code == Some("NOGROUP") {
+                        // The stream went (deleted, flushed, evicted, a restart without
+                        // persistence), and a producer's add made it again without the
+                        // group; or the group was deleted. Made again from the stream's
+                        // start, or nothing would be read any more: what the stream holds
+                        // now is delivered (again, where only the group went).
+                        tracing::warn!(stream = %stream.key, group = %stream.group, "the redis stream's group is gone; creating it again from the stream's start");
+                        if let Err(error) = stream.create_group().await {
+                            tracing::warn!(%error, "redis group not created again; trying at the next read");
+                        }
+                    }
                 }
                 taken
             });

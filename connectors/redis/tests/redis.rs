@@ -1,5 +1,6 @@
 //! The Redis Streams source against a real Redis: a dead consumer's entries claimed by
-//! another once idle, a job longer than `claim_idle` not claimed away, a read whose reply
+//! another once idle, a stream deleted and made again read again, a job longer than
+//! `claim_idle` not claimed away, a read whose reply
 //! was lost taken back at once, the lag gauges
 //! exactly those documented, and bad settings refused naming the field.
 
@@ -101,6 +102,48 @@ async fn a_dead_consumers_entries_are_claimed_by_another_once_idle() {
     );
     until("all acknowledged", async || {
         unfinished(&mut db, "claims", "g").await == 0
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_and_made_again_by_a_producer_is_read_again() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "flushed", (0..5).map(|n| n.to_string())).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let record = Record {
+        name: "one",
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let pipeline = Pipeline::builder(
+        RedisStreamSource::connect(config(&server, "flushed", "one"))
+            .await
+            .unwrap(),
+        record,
+    )
+    .start()
+    .unwrap();
+    until("the first entries handled", async || {
+        handled.lock().unwrap().len() == 5
+    })
+    .await;
+    // Gone with its group (a flush, an eviction, a restart without persistence); a
+    // producer's add makes the stream again, without the group.
+    let _: () = longshore_redis::redis::cmd("DEL")
+        .arg("flushed")
+        .query_async(&mut db)
+        .await
+        .unwrap();
+    add(&mut db, "flushed", (5..10).map(|n| n.to_string())).await;
+    until("the entries added since handled", async || {
+        handled.lock().unwrap().len() == 10
+    })
+    .await;
+    until("all acknowledged", async || {
+        unfinished(&mut db, "flushed", "g").await == 0
     })
     .await;
     pipeline.shutdown().await.unwrap();
