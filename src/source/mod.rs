@@ -10,12 +10,14 @@ mod fetch_slots;
 mod kept_fetch;
 pub mod memory;
 mod panel;
+mod refusal;
 
 pub use ack_prefix::AckPrefix;
 pub use every::every;
 pub use fetch_slots::FetchSlots;
 pub use kept_fetch::KeptFetch;
 pub use panel::{PartChanges, SourcePanel, SourcePart};
+pub use refusal::Refusal;
 
 use std::future::Future;
 use std::num::NonZeroUsize;

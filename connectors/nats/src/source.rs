@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
+use async_nats::jetstream::context::{ConsumerInfoError, ConsumerInfoErrorKind};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use longshore::source::{every, FetchSlots, KeptFetch, Plan, Redelivery, Source, SourceSettings};
+use longshore::source::{every, FetchSlots, KeptFetch, Plan, Redelivery, Refusal, Source, SourceSettings};
 use longshore::{BoxError, BuildError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     fetch: Mutex<FetchLimits>,
     /// The `expires` set: what a fetch waits, unless the consumer's limit is lower.
     expires: Duration,
+    /// Since when the server has said the consumer or its stream is gone.
+    refusal: Refusal,
 }
 
 /// What one fetch asks for: at most the consumer's `max_batch` messages, waiting at most
@@ -194,6 +197,7 @@ impl JetStreamSource {
             metrics: ConsumerMetrics::new(&config.stream, &config.consumer),
             fetch,
             expires: config.expires,
+            refusal: Refusal::new("nats", REFUSED_LIMIT),
         });
         let stop = CancellationToken::new();
         let kept = shared.clone();
@@ -357,6 +361,14 @@ impl Source for JetStreamSource {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// `Err` once the server has said for a minute that the consumer or its stream is
+    /// gone (deleted by an operator): the pipeline stops and `/healthz` fails, so that the
+    /// process is restarted (which makes the consumer again) and the deletion seen. A
+    /// server that cannot be reached only makes the source not ready.
+    fn liveness(&self) -> Result<(), BoxError> {
+        self.shared.refusal.liveness()
+    }
+
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
         // Each receive under way is one pull request waiting at the server, which answers
         // those beyond the consumer's max_waiting with an error: once caught up, fetches
@@ -399,11 +411,15 @@ impl Source for JetStreamSource {
 /// dropped, and the messages come again after ack_wait.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the server may say the consumer or its stream is gone before the source
+/// reports it can no longer deliver (`liveness`).
+const REFUSED_LIMIT: Duration = Duration::from_secs(60);
+
 impl Shared {
     /// Reads the consumer's request limits again, after a fetch failed: an operator may
     /// have lowered them, and the server refuses every fetch over them.
     async fn read_limits(&self) {
-        match self.consumer.get_info().await {
+        match self.seen(self.consumer.get_info().await) {
             Ok(info) => {
                 let limits = FetchLimits::of(info.config.max_batch, info.config.max_expires, self.expires);
                 let mut fetch = lock(&self.fetch);
@@ -414,6 +430,24 @@ impl Shared {
             }
             Err(error) => tracing::debug!(%error, "cannot read the nats consumer's request limits"),
         }
+    }
+
+    /// `info`, read from the server, telling whether the consumer or its stream is gone.
+    /// (A fetch does not: with its consumer gone it ends empty, as with nothing to take.)
+    fn seen<T>(&self, info: Result<T, ConsumerInfoError>) -> Result<T, ConsumerInfoError> {
+        match &info {
+            Ok(_) => self.refusal.accepted(),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                self.refusal.refused(error);
+            }
+            Err(_) => {}
+        }
+        info
     }
 
     /// Sends progress for the messages held.
@@ -428,8 +462,7 @@ impl Shared {
 
     /// Reads the consumer's pending and unacknowledged counts into the gauges.
     async fn measure(&self) {
-        let mut consumer = self.consumer.clone();
-        match consumer.info().await {
+        match self.seen(self.consumer.get_info().await) {
             Ok(info) => {
                 self.metrics
                     .pending

@@ -1,7 +1,8 @@
 //! The JetStream source against a real NATS server: a job longer than `ack_wait` kept
 //! from redelivery by progress, a message failed for good terminated (never delivered
 //! again), a failure delivered again after the retry's backoff with its count, the lag
-//! gauges exactly those documented, and bad settings refused naming the field.
+//! gauges exactly those documented, bad settings refused naming the field, and a
+//! consumer deleted under the source failing the pipeline.
 
 mod common;
 #[path = "../../../test-support/documented.rs"]
@@ -105,6 +106,47 @@ async fn a_long_job_is_not_delivered_twice_and_failures_go_as_declared() {
     // The server's own count: a copy of the long job delivered again while it ran would be
     // dropped here, unseen by the handler, but counted there.
     assert_eq!(deliveries(&context, "JOBS", "c").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_under_the_source_fails_the_pipeline_after_a_minute() {
+    let server = Nats::start();
+    let context = context(&server.url()).await;
+    make_stream(&context, "DOOMED").await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = Record {
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    let pipeline = Pipeline::builder(
+        JetStreamSource::connect(config(&server, "DOOMED")).await.unwrap(),
+        handler,
+    )
+    .start()
+    .unwrap();
+    publish(&context, "DOOMED", ["1".to_owned()]).await;
+    until("the message handled", async || handled.lock().unwrap().len() == 1).await;
+    let deleted = Instant::now();
+    context
+        .get_stream("DOOMED")
+        .await
+        .unwrap()
+        .delete_consumer("c")
+        .await
+        .unwrap();
+    // Each fetch now fails. Not a passing outage: after a minute the source reports it
+    // can no longer deliver, rather than fetch in vain for ever with /healthz green.
+    let ended = tokio::time::timeout(Duration::from_secs(120), pipeline.wait())
+        .await
+        .expect("the pipeline ends on its own");
+    let error = ended.unwrap_err().to_string();
+    assert!(error.contains("nats has refused the consumer"), "{error}");
+    assert!(error.contains("consumer not found"), "{error}");
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(60),
+        "after {:?}",
+        deleted.elapsed()
+    );
 }
 
 /// Deliveries `consumer` of `stream` made, redeliveries included.

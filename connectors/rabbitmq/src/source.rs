@@ -4,13 +4,13 @@
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
-use longshore::source::{every, Plan, Source, SourceSettings};
+use longshore::source::{every, Plan, Refusal, Source, SourceSettings};
 use longshore::{BoxError, BuildError, Message, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
@@ -103,7 +103,7 @@ pub(crate) struct Shared {
     /// held for a longer run (the server may be waiting for them to deliver more).
     pub(crate) starved: AtomicBool,
     /// Since when, and why, the server refuses the consumer.
-    refused: Mutex<Option<(Instant, String)>>,
+    refused: Refusal,
     metrics: QueueMetrics,
 }
 
@@ -155,7 +155,7 @@ impl RabbitMqSource {
             held: AtomicUsize::new(0),
             unsettled: Mutex::default(),
             starved: AtomicBool::new(false),
-            refused: Mutex::default(),
+            refused: Refusal::new("rabbitmq", REFUSED_LIMIT),
         });
         let checked = async {
             let link = shared.link().await?;
@@ -332,14 +332,7 @@ impl Source for RabbitMqSource {
     /// process is restarted and the refusal seen. A server that cannot be reached only
     /// makes the source not ready.
     fn liveness(&self) -> Result<(), BoxError> {
-        match &*lock(&self.shared.refused) {
-            Some((since, why)) if since.elapsed() >= REFUSED_LIMIT => Err(format!(
-                "rabbitmq has refused the consumer for {:?}: {why}",
-                since.elapsed()
-            )
-            .into()),
-            _ => Ok(()),
-        }
+        self.shared.refused.liveness()
     }
 
     /// Connected to the server.
@@ -495,12 +488,9 @@ impl Shared {
 
     /// Records that the server refuses the consumer (`Some`, the first time), or not.
     fn refused(&self, error: Option<&RabbitMqError>) {
-        let mut refused = lock(&self.refused);
         match error.filter(|error| error.is_refusal()) {
-            Some(error) => {
-                refused.get_or_insert_with(|| (Instant::now(), error.to_string()));
-            }
-            None => *refused = None,
+            Some(error) => self.refused.refused(error),
+            None => self.refused.accepted(),
         }
     }
 
