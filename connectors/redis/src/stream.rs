@@ -557,6 +557,23 @@ impl Stream {
         self.let_go(ids);
     }
 
+    /// Sets the idle time of those of `ids` still pending for this consumer to `idle`
+    /// (zero: kept from claims; `claim_idle`: claimable at once), each checked and
+    /// claimed in one step; returns those.
+    async fn set_idle_owned(&self, ids: &[String], idle: Duration) -> redis::RedisResult<Vec<String>> {
+        let mut connection = self.commands.clone();
+        redis::cmd("EVAL")
+            .arg(SET_IDLE_OWNED)
+            .arg(1)
+            .arg(&*self.key)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(idle.as_millis() as u64)
+            .arg(ids)
+            .query_async(&mut connection)
+            .await
+    }
+
     /// Sends an `XACK` of `ids`, trying again while the server is away for a third of
     /// `claim_idle` (logged: the entries may be handled again): the last error then.
     async fn send_xack(&self, ids: &[EntryId]) -> redis::RedisResult<()> {
@@ -596,16 +613,7 @@ impl Stream {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut connection = self.commands.clone();
-        let owned: Vec<String> = redis::cmd("EVAL")
-            .arg(KEEP_OWNED)
-            .arg(1)
-            .arg(&*self.key)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(&ids)
-            .query_async(&mut connection)
-            .await?;
+        let owned = self.set_idle_owned(&ids, Duration::ZERO).await?;
         if owned.len() < ids.len() {
             let owned: std::collections::HashSet<&String> = owned.iter().collect();
             let mut held = lock(&self.held);
@@ -626,19 +634,10 @@ impl Stream {
             return;
         }
         let _renewing = self.renewing.lock().await;
-        let mut connection = self.commands.clone();
-        let handed: redis::RedisResult<Value> = redis::cmd("XCLAIM")
-            .arg(&*self.key)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(ids)
-            .arg("IDLE")
-            .arg(self.claim_idle.as_millis() as u64)
-            .arg("JUSTID")
-            .query_async(&mut connection)
-            .await;
-        if let Err(error) = handed {
+        // Only those this consumer still owns: one another consumer claimed after a lapse
+        // here is being handled there, and must not be made claimable by a third.
+        let named: Vec<String> = ids.iter().map(EntryId::to_string).collect();
+        if let Err(error) = self.set_idle_owned(&named, self.claim_idle).await {
             tracing::warn!(%error, entries = ids.len(), "redis entries not handed back; claimable after claim_idle");
         }
         self.let_go(ids);
@@ -669,14 +668,14 @@ impl Stream {
     }
 }
 
-/// Resets the idle time of each id (`ARGV[3..]`) still pending for consumer `ARGV[2]` of
-/// group `ARGV[1]`, and returns those.
-const KEEP_OWNED: &str = r"
+/// Sets to `ARGV[3]` milliseconds the idle time of each id (`ARGV[4..]`) still pending for
+/// consumer `ARGV[2]` of group `ARGV[1]`, and returns those.
+const SET_IDLE_OWNED: &str = r"
 local owned = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if #pending > 0 then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
     table.insert(owned, ARGV[i])
   end
 end

@@ -1,6 +1,7 @@
 //! The Redis Streams source against a real Redis: a dead consumer's entries claimed by
 //! another once idle, a stream deleted and made again read again, a job longer than
-//! `claim_idle` not claimed away, a read whose reply
+//! `claim_idle` not claimed away, a hand-back leaving what another consumer claimed, a
+//! read whose reply
 //! was lost taken back at once, the lag gauges
 //! exactly those documented, and bad settings refused naming the field.
 
@@ -374,6 +375,52 @@ async fn entries_left_at_shutdown_are_claimable_by_another_consumer_at_once() {
 /// Adds 30 entries to `stream`, which a consumer of `config` (whose claim_idle is long:
 /// no claim brings them back within a test) reads and never acknowledges: killed. Their
 /// ids, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_back_leaves_an_entry_another_consumer_claimed_meanwhile() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "stolen", (0..2).map(|n| n.to_string())).await;
+    let leaving =
+        RedisStreamSource::connect(config(&server, "stolen", "leaving").claim_idle(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    let read = leaving
+        .receive(std::num::NonZeroUsize::new(2).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    let ids: Vec<String> = read.iter().map(|m| m.metadata().id().to_owned()).collect();
+    // Another consumer claims the first (its idle time lapsed here, as in a long pause),
+    // and handles it; then this one hands both back, as at a shutdown cut short.
+    let _: longshore_redis::redis::Value = longshore_redis::redis::cmd("XCLAIM")
+        .arg("stolen")
+        .arg("g")
+        .arg("thief")
+        .arg(0)
+        .arg(&ids[0])
+        .arg("JUSTID")
+        .query_async(&mut db)
+        .await
+        .unwrap();
+    leaving.acknowledger().release(read).await;
+    let pending: Vec<(String, String, u64, u64)> = longshore_redis::redis::cmd("XPENDING")
+        .arg("stolen")
+        .arg("g")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut db)
+        .await
+        .unwrap();
+    let (owner, idle): (Vec<&str>, Vec<u64>) = pending.iter().map(|p| (p.1.as_str(), p.2)).unzip();
+    // The claimed one stays with its new owner, not made claimable by a third consumer
+    // while handled there; the other is handed back, claimable at once.
+    assert_eq!(owner, ["thief", "leaving"]);
+    assert!(idle[0] < 30_000 && idle[1] >= 30_000, "{pending:?}");
+    leaving.shutdown().await;
+}
+
 async fn taken_then_killed(
     db: &mut longshore_redis::redis::aio::MultiplexedConnection,
     stream: &str,
