@@ -137,6 +137,7 @@ impl RedisStreamSource {
             claim_idle: config.claim_idle,
             held: Mutex::default(),
             renewing: tokio::sync::Mutex::default(),
+            delivering: tokio::sync::RwLock::default(),
             claim_cursor: Mutex::new("0".to_owned()),
             acks: AckQueue::default(),
             waiting: Mutex::default(),

@@ -35,6 +35,12 @@ pub(crate) struct Stream {
     /// that read its entries before a hand-back would otherwise reset their idle time
     /// after it, and they would wait `claim_idle` instead of being claimable at once.
     pub(crate) renewing: tokio::sync::Mutex<()>,
+    /// Shared by each read and claim, from its command until what it delivered is held;
+    /// taken alone by a take-back of entries delivered unseen: an answer slow to come
+    /// back (a large one, a busy network) would otherwise have its entries, pending here
+    /// and not yet held, taken back and handed out, finished, then handed out again
+    /// with it.
+    pub(crate) delivering: tokio::sync::RwLock<()>,
     /// Where the next claim scan starts.
     pub(crate) claim_cursor: Mutex<String>,
     /// Acknowledgements made and not yet sent.
@@ -196,6 +202,7 @@ impl Stream {
         count: usize,
         block: Duration,
     ) -> redis::RedisResult<Read> {
+        let _delivering = self.delivering.read().await;
         let command = |block: Option<Duration>| {
             // Blocking only once a read found nothing: a read that waits is one that
             // shutdown may have to cut short.
@@ -376,6 +383,7 @@ impl Stream {
     /// last one stopped (Redis looks at ten times `count` pending entries a call), and
     /// entries this consumer holds itself are not handed out twice.
     pub(crate) async fn claim(&self, count: usize) -> redis::RedisResult<Vec<RedisStreamMetadata>> {
+        let _delivering = self.delivering.read().await;
         let mut connection = self.commands.clone();
         let start = lock(&self.claim_cursor).clone();
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -418,6 +426,8 @@ impl Stream {
         &self,
         count: usize,
     ) -> redis::RedisResult<(Vec<RedisStreamMetadata>, bool)> {
+        // Once the reads and claims in flight have held what they delivered.
+        let _alone = self.delivering.write().await;
         let mut connection = self.commands.clone();
         let mut start = "-".to_owned();
         loop {

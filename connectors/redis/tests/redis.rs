@@ -1,7 +1,7 @@
 //! The Redis Streams source against a real Redis: a dead consumer's entries claimed by
 //! another once idle, a stream deleted and made again read again, a job longer than
 //! `claim_idle` not claimed away, a hand-back leaving what another consumer claimed, a
-//! read whose reply
+//! read's slow reply not taken back by another read, a read whose reply
 //! was lost taken back at once, the lag gauges
 //! exactly those documented, and bad settings refused naming the field.
 
@@ -419,6 +419,75 @@ async fn a_hand_back_leaves_an_entry_another_consumer_claimed_meanwhile() {
     assert_eq!(owner, ["thief", "leaving"]);
     assert!(idle[0] < 30_000 && idle[1] >= 30_000, "{pending:?}");
     leaving.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reply_to_one_read_is_not_taken_back_by_another_and_handed_out_twice() {
+    let server = Redis::start();
+    let mut db = connection(&server.url()).await;
+    add(&mut db, "slow", ["first".to_owned()]).await;
+    let upstream = server.url().trim_start_matches("redis://").to_owned();
+    let (proxy, cuts) = cut_proxy::start(upstream).await;
+    let config = RedisStreamConfig::new(format!("redis://{proxy}"), "slow", "g")
+        .consumer("me")
+        .block(Duration::from_secs(20))
+        .claim_idle(Duration::from_secs(60));
+    let source = Arc::new(RedisStreamSource::connect(config).await.unwrap());
+    let demand = std::num::NonZeroUsize::new(5).unwrap();
+    // Past its own entries.
+    assert_eq!(source.receive(demand).await.unwrap().unwrap().len(), 1);
+    // One read waits at the server; the answer it gets is slow to come back.
+    cuts.delay(&[b"XREADGROUP", b"BLOCK"], Duration::from_secs(2));
+    let mut slow = receive_in_task(&source, 5);
+    until("a read waiting at the server", async || {
+        let clients: String = longshore_redis::redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut db)
+            .await
+            .unwrap();
+        clients
+            .lines()
+            .any(|l| l.contains("cmd=xreadgroup") && l.split(' ').any(|f| f == "flags=b"))
+    })
+    .await;
+    // New entries, added at once: delivered to that read at the server, its answer still
+    // on the way.
+    let mut adds = longshore_redis::redis::pipe();
+    for n in 0..3 {
+        adds.cmd("XADD")
+            .arg("slow")
+            .arg("*")
+            .arg("payload")
+            .arg(n)
+            .ignore();
+    }
+    adds.atomic().query_async::<()>(&mut db).await.unwrap();
+    // Meanwhile another read's answer is lost: the source looks for entries delivered to
+    // it unseen, and the three are in its pending list, not yet held.
+    cuts.arm(&[b"XREADGROUP", b"$1\r\n>\r\n"]);
+    assert!(source.receive(demand).await.is_err(), "the answer cut");
+    let mut next = receive_in_task(&source, 5);
+    let ids = |messages: &[RedisStreamMessage]| -> Vec<String> {
+        messages.iter().map(|m| m.metadata().id().to_owned()).collect()
+    };
+    // Taken back by the next receive, then finished, the three came again with the slow
+    // answer: handed out twice with no crash. The take-back waits for the read in flight.
+    let (taken_back, slow) = tokio::select! {
+        taken_back = &mut next => {
+            let taken_back = taken_back.unwrap();
+            let taken_ids = ids(&taken_back);
+            source.acknowledger().ack(taken_back, Vec::new()).await;
+            until("acknowledged", async || unfinished(&mut db, "slow", "g").await <= 1).await;
+            (taken_ids, ids(&slow.await.unwrap()))
+        }
+        slow = &mut slow => (Vec::new(), ids(&slow.unwrap())),
+    };
+    next.abort();
+    assert_eq!(slow.len(), 3, "the slow answer's entries");
+    assert!(
+        taken_back.iter().all(|id| !slow.contains(id)),
+        "handed out twice: {taken_back:?} and {slow:?}"
+    );
 }
 
 async fn taken_then_killed(
