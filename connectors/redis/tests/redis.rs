@@ -1,9 +1,9 @@
 //! The Redis Streams source against a real Redis: a dead consumer's entries claimed by
 //! another once idle, a stream deleted and made again read again, a job longer than
 //! `claim_idle` not claimed away, a hand-back leaving what another consumer claimed, a
-//! read's slow reply not taken back by another read, a read whose reply
-//! was lost taken back at once, the lag gauges
-//! exactly those documented, and bad settings refused naming the field.
+//! read's slow reply not taken back by another read, a read whose reply was lost taken
+//! back at once, the lag gauges exactly those documented, and bad settings refused
+//! naming the field.
 
 mod common;
 #[path = "../../../test-support/cut_proxy.rs"]
