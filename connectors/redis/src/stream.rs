@@ -258,6 +258,7 @@ impl Stream {
     /// nothing to handle (their ids as the reply gave them).
     async fn ack_trimmed(&self, ids: &[String]) -> redis::RedisResult<()> {
         if !ids.is_empty() {
+            self.trimmed_unhandled(ids.len());
             redis::cmd("XACK")
                 .arg(&*self.key)
                 .arg(&self.group)
@@ -266,6 +267,13 @@ impl Stream {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Says that `count` entries delivered and not acknowledged were trimmed from the
+    /// stream (a producer's `MAXLEN`, an `XDEL`) before they were handled: lost, with
+    /// nothing left to handle, which no other count shows.
+    fn trimmed_unhandled(&self, count: usize) {
+        tracing::warn!(stream = %self.key, entries = count, "redis entries trimmed from the stream before they were handled: let go unhandled (trim only what the group has acknowledged)");
     }
 
     /// Sends `read`, a read that blocks, unless reads were told to stop; the connection's
@@ -397,6 +405,10 @@ impl Stream {
             .query_async(&mut connection)
             .await?;
         *lock(&self.claim_cursor) = reply.next_stream_id;
+        // Taken out of the pending list by the claim itself.
+        if !reply.deleted_ids.is_empty() {
+            self.trimmed_unhandled(reply.deleted_ids.len());
+        }
         // Every id read before any is held: an error leaves nothing held and not handed out.
         let claimed = reply
             .claimed
