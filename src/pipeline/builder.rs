@@ -317,6 +317,7 @@ where
             max_in_flight: limit,
             dead_letter: self.dead_letter.is_some(),
             source_concurrency: config.source_concurrency,
+            ordered,
         })?;
         let meter = Meter::new(
             limit,

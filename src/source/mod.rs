@@ -201,6 +201,7 @@ pub trait SourceSettings {
 ///
 /// let plan = Plan::default();
 /// assert_eq!((plan.max_in_flight, plan.dead_letter, plan.source_concurrency), (0, false, 0));
+/// assert!(!plan.ordered);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -212,6 +213,9 @@ pub struct Plan {
     /// How many calls of [`Source::receive`] may be under way at once (the pipeline's
     /// `source_concurrency`).
     pub source_concurrency: usize,
+    /// Messages are ordered by key (`partition_by`, or the source's own order): failed
+    /// ones are retried in process, whatever [`Source::redelivery`] says.
+    pub ordered: bool,
 }
 
 /// A function from a message, as received (before any decode step), to its ordering key:

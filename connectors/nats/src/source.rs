@@ -303,6 +303,9 @@ impl Source for JetStreamSource {
                             }
                         }
                     }
+                    if !fetched.is_empty() {
+                        shared.refusal.accepted();
+                    }
                     let mut held = lock(&shared.held);
                     // The reply subject is parsed once, here: the rest goes by its numbers.
                     let fetched: Vec<Fetched> = fetched
@@ -432,11 +435,12 @@ impl Shared {
         }
     }
 
-    /// `info`, read from the server, telling whether the consumer or its stream is gone.
-    /// (A fetch does not: with its consumer gone it ends empty, as with nothing to take.)
+    /// `info`, read from the server, telling whether the consumer or its stream is gone
+    /// (another error, the server away, says it is not: that only makes the source not
+    /// ready). A fetch that brings messages says the consumer is there; one that ends
+    /// empty cannot tell, as with its consumer gone it ends so too.
     fn seen<T>(&self, info: Result<T, ConsumerInfoError>) -> Result<T, ConsumerInfoError> {
         match &info {
-            Ok(_) => self.refusal.accepted(),
             Err(error)
                 if matches!(
                     error.kind(),
@@ -445,7 +449,7 @@ impl Shared {
             {
                 self.refusal.refused(error);
             }
-            Err(_) => {}
+            _ => self.refusal.accepted(),
         }
         info
     }

@@ -1,8 +1,9 @@
 //! The JetStream source against a real NATS server: a job longer than `ack_wait` kept
 //! from redelivery by progress, a message failed for good terminated (never delivered
 //! again), a failure delivered again after the retry's backoff with its count, the lag
-//! gauges exactly those documented, bad settings refused naming the field, and a
-//! consumer deleted under the source failing the pipeline.
+//! gauges exactly those documented, bad settings refused naming the field, a consumer
+//! deleted under the source failing the pipeline, and with `partition_by` a retry
+//! waiting in process, kept from redelivery and in order.
 
 mod common;
 #[path = "../../../test-support/documented.rs"]
@@ -134,7 +135,7 @@ async fn a_consumer_deleted_under_the_source_fails_the_pipeline_after_a_minute()
         .delete_consumer("c")
         .await
         .unwrap();
-    // Each fetch now fails. Not a passing outage: after a minute the source reports it
+    // Each fetch now ends empty. Not a passing outage: after a minute the source reports it
     // can no longer deliver, rather than fetch in vain for ever with /healthz green.
     let ended = tokio::time::timeout(Duration::from_secs(120), pipeline.wait())
         .await
@@ -162,6 +163,49 @@ async fn deliveries(
         .unwrap()
         .delivered
         .consumer_sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partition_by_a_retry_waits_in_process_kept_from_redelivery_and_in_order() {
+    let server = Nats::start();
+    let context = context(&server.url()).await;
+    make_stream(&context, "ORDERED").await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = Record {
+        sleep: Duration::ZERO,
+        handled: handled.clone(),
+    };
+    // ack_wait 1 s, a backoff of 3 s: only progress keeps the message waiting for its
+    // retry from coming again; nak'ed instead, it would come after the key's next one.
+    let pipeline = Pipeline::builder(
+        JetStreamSource::connect(config(&server, "ORDERED"))
+            .await
+            .unwrap(),
+        handler,
+    )
+    .partition_by(|_| 0)
+    .retry(RetryPolicy::new(2).initial_backoff(Duration::from_secs(3)))
+    .start()
+    .unwrap();
+    publish(&context, "ORDERED", ["flaky".to_owned(), "next".to_owned()]).await;
+    until("both done", async || {
+        unfinished(&context, "ORDERED", "c").await == 0
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(
+        *handled.lock().unwrap(),
+        [
+            ("flaky".to_owned(), 1),
+            ("flaky".to_owned(), 2),
+            ("next".to_owned(), 1)
+        ]
+    );
+    assert_eq!(
+        deliveries(&context, "ORDERED", "c").await,
+        2,
+        "none delivered again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,8 +197,8 @@ impl Queue {
         if matches!(rows, Err(Failed::TimedOut)) {
             // Still running on the server (waiting for a lock, say): cancelled, or it would
             // lease rows for nobody once it ran, each an attempt spent unhandled. (The
-            // connection runs this source's leases alone: at worst the next one is
-            // cancelled, and tried again.)
+            // connection runs this receive's leases and its reading of when the next row
+            // comes alone: at worst the next of those is cancelled, and tried again.)
             db.cancel().await;
         }
         self.reachable.store(rows.is_ok(), Ordering::Relaxed);

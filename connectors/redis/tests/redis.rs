@@ -372,9 +372,6 @@ async fn entries_left_at_shutdown_are_claimable_by_another_consumer_at_once() {
     pipeline.shutdown().await.unwrap();
 }
 
-/// Adds 30 entries to `stream`, which a consumer of `config` (whose claim_idle is long:
-/// no claim brings them back within a test) reads and never acknowledges: killed. Their
-/// ids, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_back_leaves_an_entry_another_consumer_claimed_meanwhile() {
     let server = Redis::start();
@@ -490,6 +487,9 @@ async fn a_slow_reply_to_one_read_is_not_taken_back_by_another_and_handed_out_tw
     );
 }
 
+/// Adds 30 entries to `stream`, which a consumer of `config` (whose claim_idle is long:
+/// no claim brings them back within a test) reads and never acknowledges: killed. Their
+/// ids, in order.
 async fn taken_then_killed(
     db: &mut longshore_redis::redis::aio::MultiplexedConnection,
     stream: &str,

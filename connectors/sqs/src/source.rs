@@ -50,6 +50,8 @@ pub struct SqsSource {
     queue: Arc<Queue>,
     held: Arc<Held>,
     ordering: Ordering,
+    /// `extend_visibility`.
+    extends: bool,
     wait_time: Duration,
     /// Stops the background tasks when the source goes, if no pipeline flushed first.
     _stop: DropGuard,
@@ -106,6 +108,7 @@ impl SqsSource {
             queue,
             held,
             ordering: config.ordering,
+            extends: config.extend_visibility,
             wait_time: config.wait_time,
             _stop: stop.drop_guard(),
         })
@@ -190,6 +193,11 @@ impl Source for SqsSource {
     }
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
+        // Retried in process, a message waiting for its retry is kept invisible by the
+        // extension alone.
+        if !self.extends && (self.queue.fifo || plan.ordered) {
+            tracing::warn!(queue = %self.queue.name, visibility = ?self.queue.visibility, "extend_visibility is off and failures are retried in process (a FIFO queue, or an ordered pipeline): a message waiting longer than its visibility timeout is delivered again meanwhile, handled twice and out of order");
+        }
         self.acknowledger.check(plan)
     }
 

@@ -367,6 +367,7 @@ where
             max_in_flight: 64,
             dead_letter: false,
             source_concurrency: 1,
+            ordered: source.partition_by().is_some(),
         };
         source
             .prepare(&plan)
