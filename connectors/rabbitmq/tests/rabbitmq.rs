@@ -14,6 +14,8 @@ mod documented;
 mod http;
 #[path = "../../../test-support/prometheus.rs"]
 mod prometheus;
+#[path = "../../../test-support/refused.rs"]
+mod refused;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -250,16 +252,7 @@ async fn a_queue_deleted_under_the_consumer_fails_the_pipeline_after_a_minute() 
         .unwrap();
     // The server cancels the consumer; each new one is refused (404). Not a passing
     // outage: after a minute the source reports it can no longer deliver.
-    let ended = tokio::time::timeout(Duration::from_secs(120), pipeline.wait())
-        .await
-        .expect("the pipeline ends on its own");
-    let error = ended.unwrap_err().to_string();
-    assert!(error.contains("rabbitmq has refused the consumer"), "{error}");
-    assert!(
-        deleted.elapsed() >= Duration::from_secs(60),
-        "after {:?}",
-        deleted.elapsed()
-    );
+    refused::ends_refused(pipeline, "rabbitmq", deleted).await;
 }
 
 /// The server closes every client connection, as an operator or a broker-side

@@ -30,7 +30,34 @@ use receiving::receive_in_task;
 struct Record {
     name: &'static str,
     sleep: Duration,
-    handled: Arc<Mutex<Vec<(String, &'static str)>>>,
+    handled: Handled,
+}
+
+/// What [`Record`]s handled: (entry id, consumer).
+type Handled = Arc<Mutex<Vec<(String, &'static str)>>>;
+
+/// A pipeline of consumer `name` of `stream` (see [`config`]), its entries recorded into
+/// `handled` after `sleep` each.
+async fn recording(
+    server: &Redis,
+    stream: &str,
+    name: &'static str,
+    sleep: Duration,
+    handled: &Handled,
+) -> Pipeline {
+    let record = Record {
+        name,
+        sleep,
+        handled: handled.clone(),
+    };
+    Pipeline::builder(
+        RedisStreamSource::connect(config(server, stream, name))
+            .await
+            .unwrap(),
+        record,
+    )
+    .start()
+    .unwrap()
 }
 
 impl Handler for Record {
@@ -78,21 +105,9 @@ async fn a_dead_consumers_entries_are_claimed_by_another_once_idle() {
         .unwrap();
     assert_eq!(taken.len(), 5);
     drop((taken, dead));
-    let handled = Arc::new(Mutex::new(Vec::new()));
-    let alive = Record {
-        name: "alive",
-        sleep: Duration::ZERO,
-        handled: handled.clone(),
-    };
+    let handled = Handled::default();
     let started = Instant::now();
-    let pipeline = Pipeline::builder(
-        RedisStreamSource::connect(config(&server, "claims", "alive"))
-            .await
-            .unwrap(),
-        alive,
-    )
-    .start()
-    .unwrap();
+    let pipeline = recording(&server, "claims", "alive", Duration::ZERO, &handled).await;
     until("the dead consumer's entries handled", async || {
         handled.lock().unwrap().len() == 5
     })
@@ -113,20 +128,8 @@ async fn a_stream_deleted_and_made_again_by_a_producer_is_read_again() {
     let server = Redis::start();
     let mut db = connection(&server.url()).await;
     add(&mut db, "flushed", (0..5).map(|n| n.to_string())).await;
-    let handled = Arc::new(Mutex::new(Vec::new()));
-    let record = Record {
-        name: "one",
-        sleep: Duration::ZERO,
-        handled: handled.clone(),
-    };
-    let pipeline = Pipeline::builder(
-        RedisStreamSource::connect(config(&server, "flushed", "one"))
-            .await
-            .unwrap(),
-        record,
-    )
-    .start()
-    .unwrap();
+    let handled = Handled::default();
+    let pipeline = recording(&server, "flushed", "one", Duration::ZERO, &handled).await;
     until("the first entries handled", async || {
         handled.lock().unwrap().len() == 5
     })
@@ -154,39 +157,15 @@ async fn a_stream_deleted_and_made_again_by_a_producer_is_read_again() {
 async fn a_job_longer_than_claim_idle_is_not_claimed_away() {
     let server = Redis::start();
     let mut db = connection(&server.url()).await;
-    let handled = Arc::new(Mutex::new(Vec::new()));
-    let slow = Record {
-        name: "slow",
-        sleep: Duration::from_secs(3),
-        handled: handled.clone(),
-    };
-    let first = Pipeline::builder(
-        RedisStreamSource::connect(config(&server, "long", "slow"))
-            .await
-            .unwrap(),
-        slow,
-    )
-    .start()
-    .unwrap();
+    let handled = Handled::default();
+    let first = recording(&server, "long", "slow", Duration::from_secs(3), &handled).await;
     add(&mut db, "long", ["job".to_owned()]).await;
     // Once the slow consumer holds it, a second consumer claims whatever is idle 1 s.
     until("the job delivered", async || {
         unfinished(&mut db, "long", "g").await == 1 && pending(&mut db, "long").await == 1
     })
     .await;
-    let eager = Record {
-        name: "eager",
-        sleep: Duration::ZERO,
-        handled: handled.clone(),
-    };
-    let second = Pipeline::builder(
-        RedisStreamSource::connect(config(&server, "long", "eager"))
-            .await
-            .unwrap(),
-        eager,
-    )
-    .start()
-    .unwrap();
+    let second = recording(&server, "long", "eager", Duration::ZERO, &handled).await;
     until("the job done", async || {
         unfinished(&mut db, "long", "g").await == 0
     })
