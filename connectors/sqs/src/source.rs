@@ -193,10 +193,10 @@ impl Source for SqsSource {
     }
 
     fn prepare(&self, plan: &Plan) -> Result<(), BuildError> {
-        // Retried in process, a message waiting for its retry is kept invisible by the
-        // extension alone.
+        // Ordered, a message waits in memory (for a retry in process, or behind its key),
+        // kept invisible by the extension alone.
         if !self.extends && (self.queue.fifo || plan.ordered) {
-            tracing::warn!(queue = %self.queue.name, visibility = ?self.queue.visibility, "extend_visibility is off and failures are retried in process (a FIFO queue, or an ordered pipeline): a message waiting longer than its visibility timeout is delivered again meanwhile, handled twice and out of order");
+            tracing::warn!(queue = %self.queue.name, visibility = ?self.queue.visibility, "extend_visibility is off in an ordered pipeline: a message held longer than its visibility timeout (waiting for a retry in process, or behind its key) is delivered again meanwhile, handled twice and out of order");
         }
         self.acknowledger.check(plan)
     }
