@@ -140,6 +140,18 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalanced.store(true, Ordering::Relaxed);
         match rebalance {
+            // Closing (after the final commit), librdkafka turns the assignment into an
+            // unassign, and nothing here would be handed out: no commit is made either. One
+            // made now can land after the group has begun terminating, which librdkafka
+            // asserts never happens and aborts the process (`rd_kafka_cgrp_terminated`,
+            // confluentinc/librdkafka issue 4027). The next owner reads from the group's
+            // offsets.
+            Rebalance::Assign(tpl) if self.shared.lock().finished => {
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "partitions assigned while closing; left to the next owner"
+                );
+            }
             Rebalance::Assign(tpl) => {
                 // Seen here, on the poll thread, before any record of the new partitions
                 // is polled: the intake reads each record's topic from then on.
