@@ -246,21 +246,24 @@ async fn check_columns(client: &tokio_postgres::Client, table: &str) -> Result<(
     // A NULL there, and a row could never be leased (`visible_at`) or told apart from
     // its next lease (`attempts`, each lease's token): it would wait unseen, or come back
     // with every lease unhandled.
-    let nullable = client
+    let nullable: Vec<String> = client
         .query(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass \
-             AND attname = ANY($2) AND NOT attnotnull AND NOT attisdropped ORDER BY attnum",
+             AND attname = ANY($2) AND NOT attnotnull AND NOT attisdropped",
             &[&table, &NOT_NULL_COLUMNS.as_slice()],
         )
         .await
-        .map_err(PgQueueError::database("reading the queue table's columns"))?;
-    match nullable.first().map(|row| row.get::<_, String>(0)) {
-        Some(name) => Err(PgQueueError::Schema {
+        .map_err(PgQueueError::database("reading the queue table's columns"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    match NOT_NULL_COLUMNS
+        .into_iter()
+        .find(|column| nullable.iter().any(|name| name == column))
+    {
+        Some(column) => Err(PgQueueError::Schema {
             table: table.to_owned(),
-            column: NOT_NULL_COLUMNS
-                .into_iter()
-                .find(|column| *column == name)
-                .expect("one of those asked for"),
+            column,
             found: "nullable".to_owned(),
             expected: "NOT NULL",
         }),
